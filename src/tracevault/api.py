@@ -1,0 +1,450 @@
+"""The framework-free public API: configure, flush, the AuditLogger and tool calls.
+
+Typical use::
+
+    import tracevault
+
+    log = tracevault.AuditLogger(session_id="chat-42", user_id="alice")
+    log.log_input("What is the weather in Paris?", source="web")
+    with log.tool_call("get_weather", {"city": "Paris"}) as call:
+        call.result = get_weather("Paris")
+    log.log_output("It is sunny in Paris.")
+    tracevault.flush()
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any, TypeVar, cast
+
+from tracevault import capture
+from tracevault.config import Settings
+from tracevault.context import SpanRef, current_span, use_span
+from tracevault.ids import new_span_id, new_trace_id
+from tracevault.pipeline import Middleware, Pipeline, PipelineStats
+from tracevault.snapshot import describe_exception
+from tracevault.store import Store, open_store
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def configure(
+    *,
+    store: str | Store | None = None,
+    level: str | None = None,
+    middleware: Sequence[Middleware] | None = None,
+    slow_tool_ms: float | None = None,
+    queue_size: int | None = None,
+    batch_size: int | None = None,
+    block_timeout: float | None = None,
+    strict: bool | None = None,
+    **extra: Any,
+) -> Pipeline:
+    """Start recording with these settings (unset ones come from ``TRACEVAULT_*``).
+
+    Opens the store now, so a bad URL or an unwritable file raises
+    :class:`tracevault.StoreError` here rather than being discovered later. The previous
+    pipeline, if any, is flushed and shut down. ``middleware`` runs after the built-in
+    steps (redaction). ``extra`` keywords are kept for built-in middleware factories.
+    Returns the new pipeline.
+    """
+    settings = Settings.from_env(
+        store=store if isinstance(store, str) else None,
+        level=level.lower() if level else None,
+        slow_tool_ms=slow_tool_ms,
+        queue_size=queue_size,
+        batch_size=batch_size,
+        block_timeout=block_timeout,
+        strict=strict,
+        extra=extra or None,
+    )
+    opened = store if store is not None and not isinstance(store, str) else open_store(settings.store)
+    pipeline = Pipeline(
+        opened,
+        middleware=[*capture.default_middleware(settings), *(middleware or ())],
+        queue_size=settings.queue_size,
+        batch_size=settings.batch_size,
+        block_timeout=settings.block_timeout,
+    )
+    old = capture.install(pipeline, settings)
+    if old is not None:
+        old.shutdown()
+    return pipeline
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Block until everything captured so far is in the ledger; ``False`` on timeout."""
+    pipeline = capture.current_pipeline()
+    return True if pipeline is None else pipeline.flush(timeout)
+
+
+def shutdown(timeout: float | None = 30.0) -> PipelineStats | None:
+    """Flush and stop recording (the next capture starts again from the environment)."""
+    pipeline = capture.install(None, None)
+    return None if pipeline is None else pipeline.shutdown(timeout)
+
+
+def stats() -> PipelineStats | None:
+    """Return the active pipeline's counters (captured, written, failed, ...)."""
+    pipeline = capture.current_pipeline()
+    return None if pipeline is None else pipeline.stats()
+
+
+def _error_data(
+    error: BaseException | str,
+    where: str | None,
+    recovery_action: str | None,
+) -> dict[str, Any]:
+    data: dict[str, Any] = (
+        describe_exception(error)
+        if isinstance(error, BaseException)
+        else {"type": "Error", "message": str(error)}
+    )
+    if where is not None:
+        data["where"] = where
+    if recovery_action is not None:
+        data["recovery_action"] = recovery_action
+    return data
+
+
+def _drop_none(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+class AuditLogger:
+    """Records a session's inputs, reasoning, model and tool calls, outputs and errors.
+
+    ``session_id``/``user_id`` default to the enclosing :func:`tracevault.context`.
+    Events logged outside any span belong to this logger's trace (one trace per logger
+    unless ``trace_id`` is given); inside :meth:`span` or :meth:`tool_call` they become
+    children of that step.
+    """
+
+    def __init__(
+        self,
+        session_id: str | None = None,
+        user_id: str | None = None,
+        *,
+        trace_id: str | None = None,
+        tags: Sequence[str] = (),
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        self.session_id = session_id
+        self.user_id = user_id
+        self.trace_id = trace_id or new_trace_id()
+        self.tags = list(tags)
+        self.metadata = dict(metadata or {})
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def emit(
+        self,
+        kind: str,
+        data: dict[str, Any],
+        *,
+        phase: str = "point",
+        level: str = "info",
+        name: str | None = None,
+        span_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        durable: bool = False,
+    ) -> None:
+        """Record one event of any kind in this logger's session and trace."""
+        ref = current_span()
+        capture.emit(
+            kind,
+            phase=phase,
+            level=level,
+            name=name,
+            data=data,
+            session_id=self.session_id,
+            user_id=self.user_id,
+            trace_id=ref.trace_id if ref else self.trace_id,
+            span_id=span_id,
+            parent_span_id=ref.span_id if ref else None,
+            tags=self.tags,
+            metadata={**self.metadata, **metadata} if metadata else self.metadata,
+            durable=durable,
+        )
+
+    # --- the seed's "basic logging" ---------------------------------------------------
+
+    def log_input(
+        self,
+        content: Any,
+        *,
+        type: str = "user_message",
+        source: str | None = None,
+        ip_address: str | None = None,
+        **metadata: Any,
+    ) -> None:
+        """Record what came into the agent (a user message, an API request, ...)."""
+        data = _drop_none(type=type, content=content, source=source, ip_address=ip_address)
+        self.emit("input", data, name=type, metadata=metadata or None)
+
+    def log_reasoning(
+        self,
+        thought: str,
+        *,
+        plan: Sequence[str] | None = None,
+        confidence: float | None = None,
+    ) -> None:
+        """Record what the agent thought and planned before acting."""
+        data = _drop_none(thought=thought, plan=list(plan) if plan else None, confidence=confidence)
+        self.emit("reasoning", data)
+
+    def log_llm_call(
+        self,
+        model: str,
+        *,
+        provider: str | None = None,
+        messages: Any = None,
+        prompt: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        tools: Any = None,
+        response: Any = None,
+        tool_calls: Any = None,
+        finish_reason: str | None = None,
+        usage: dict[str, int] | None = None,
+        cost: float | None = None,
+        duration_ms: float | None = None,
+        time_to_first_token_ms: float | None = None,
+        status: str = "success",
+    ) -> None:
+        """Record one completed model call with its tokens and cost."""
+        data = _drop_none(
+            model=model, provider=provider, messages=messages, prompt=prompt,
+            parameters=parameters, tools=tools, response=response, tool_calls=tool_calls,
+            finish_reason=finish_reason, usage=usage, cost=cost, duration_ms=duration_ms,
+            time_to_first_token_ms=time_to_first_token_ms, status=status,
+        )
+        self.emit("llm_call", data, phase="end", name=model,
+                  level="error" if status == "error" else "info")
+
+    def log_tool_call(
+        self,
+        tool_name: str,
+        parameters: Any = None,
+        *,
+        result: Any = None,
+        status: str = "success",
+        duration_ms: float | None = None,
+        tool_call_id: str | None = None,
+        error: BaseException | str | None = None,
+    ) -> None:
+        """Record a tool call that already happened: its intent and its outcome."""
+        span_id = new_span_id()
+        intent = _drop_none(tool_name=tool_name, parameters=parameters,
+                            tool_call_id=tool_call_id, status="pending")
+        self.emit("tool_call", intent, phase="start", name=tool_name, span_id=span_id)
+        if error is not None:
+            status = "error"
+        outcome = _drop_none(tool_name=tool_name, result=result, status=status,
+                             duration_ms=duration_ms, tool_call_id=tool_call_id)
+        if error is not None:
+            outcome["error"] = _error_data(error, tool_name, None)
+        self.emit("tool_call", outcome, phase="end", name=tool_name, span_id=span_id,
+                  level="error" if status == "error" else "info")
+        if duration_ms is not None:
+            self._warn_if_slow(tool_name, duration_ms, span_id)
+
+    def log_retrieval(self, query: str, documents: Sequence[Any], *, name: str | None = None) -> None:
+        """Record a retrieval: the query and the documents (id, content, score, metadata)."""
+        self.emit("retrieval", {"query": query, "documents": list(documents)}, name=name)
+
+    def log_output(
+        self,
+        content: Any,
+        *,
+        type: str = "final_answer",
+        tokens_used: int | None = None,
+        model: str | None = None,
+        cost: float | None = None,
+    ) -> None:
+        """Record what the agent answered."""
+        data = _drop_none(type=type, content=content, tokens_used=tokens_used, model=model, cost=cost)
+        self.emit("output", data, name=type)
+
+    def log_error(
+        self,
+        error: BaseException | str,
+        *,
+        where: str | None = None,
+        recovery_action: str | None = None,
+    ) -> None:
+        """Record a failure: type, message, stack trace, where, and how it was handled."""
+        self.emit("error", _error_data(error, where, recovery_action), level="error", name=where)
+
+    def log_event(self, name: str, payload: Any = None, *, level: str = "info") -> None:
+        """Record anything else as a ``custom`` event."""
+        self.emit("custom", _drop_none(name=name, payload=payload), name=name, level=level)
+
+    # --- steps ------------------------------------------------------------------------
+
+    @contextmanager
+    def span(self, name: str, *, kind: str = "agent", inputs: Any = None) -> Iterator[SpanRef]:
+        """Record a structural ``agent``/``chain`` step; events inside become its children."""
+        if kind not in ("agent", "chain"):
+            raise ValueError(f"span kind must be 'agent' or 'chain', not {kind!r}")
+        parent = current_span()
+        ref = SpanRef(parent.trace_id if parent else self.trace_id, new_span_id())
+        self.emit(kind, _drop_none(inputs=inputs), phase="start", name=name, span_id=ref.span_id,
+                  level="debug")
+        started = time.perf_counter()
+        status = "success"
+        try:
+            with use_span(ref):
+                yield ref
+        except BaseException:
+            status = "error"
+            raise
+        finally:
+            data = {"status": status, "duration_ms": (time.perf_counter() - started) * 1000}
+            self.emit(kind, data, phase="end", name=name, span_id=ref.span_id,
+                      level="error" if status == "error" else "debug")
+
+    def tool_call(
+        self,
+        tool_name: str | None = None,
+        parameters: Any = None,
+        *,
+        tool_call_id: str | None = None,
+    ) -> ToolCall:
+        """Record a tool call around a block or a function.
+
+        As a context manager, set ``call.result``; an exception marks the call failed
+        (and is re-raised). As a decorator (``@log.tool_call()``), each call of the
+        function is recorded with its bound arguments and return value.
+        """
+        return ToolCall(self, tool_name, parameters, tool_call_id)
+
+    def _warn_if_slow(self, tool_name: str, duration_ms: float, span_id: str) -> None:
+        threshold = capture.settings().slow_tool_ms
+        if duration_ms > threshold:
+            self.emit(
+                "custom",
+                {"name": "slow_tool_call",
+                 "payload": {"tool_name": tool_name, "duration_ms": duration_ms,
+                             "threshold_ms": threshold}},
+                level="warning", name="slow_tool_call", span_id=span_id,
+            )
+
+
+class ToolCall:
+    """A tool call being recorded: intent on entry, outcome on exit (see ``tool_call``)."""
+
+    def __init__(
+        self,
+        logger: AuditLogger,
+        tool_name: str | None,
+        parameters: Any,
+        tool_call_id: str | None,
+    ) -> None:
+        self.logger = logger
+        self.tool_name = tool_name
+        self.parameters = parameters
+        self.tool_call_id = tool_call_id
+        self.result: Any = None
+        self.status = "success"
+        self.duration_ms: float | None = None
+        self._span: SpanRef | None = None
+        self._started = 0.0
+        self._token: Any = None
+
+    def set_result(self, result: Any) -> None:
+        """Set what the tool returned (recorded in the outcome)."""
+        self.result = result
+
+    def __enter__(self) -> ToolCall:
+        name = self.tool_name or "tool"
+        parent = current_span()
+        self._span = SpanRef(parent.trace_id if parent else self.logger.trace_id, new_span_id())
+        intent = _drop_none(tool_name=name, parameters=self.parameters,
+                            tool_call_id=self.tool_call_id, status="pending")
+        # In strict mode the intent must be durable before the tool may run.
+        self.logger.emit("tool_call", intent, phase="start", name=name,
+                         span_id=self._span.span_id, durable=capture.settings().strict)
+        self._cm = use_span(self._span)
+        self._cm.__enter__()
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.duration_ms = (time.perf_counter() - self._started) * 1000
+        self._cm.__exit__(None, None, None)
+        assert self._span is not None
+        name = self.tool_name or "tool"
+        outcome = _drop_none(tool_name=name, result=self.result, duration_ms=self.duration_ms,
+                             tool_call_id=self.tool_call_id)
+        if exc is not None:
+            self.status = "error"
+            outcome["error"] = _error_data(exc, name, None)
+        outcome["status"] = self.status
+        level = "error" if self.status == "error" else "info"
+        self.logger.emit("tool_call", outcome, phase="end", name=name,
+                         span_id=self._span.span_id, level=level)
+        if exc is not None:
+            self.logger.emit("error", _error_data(exc, name, None), level="error", name=name,
+                             span_id=self._span.span_id)
+        self.logger._warn_if_slow(name, self.duration_ms, self._span.span_id)
+
+    async def __aenter__(self) -> ToolCall:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def __call__(self, func: F) -> F:
+        name = self.tool_name or func.__name__
+        logger, call_id = self.logger, self.tool_call_id
+        signature = inspect.signature(func)
+
+        def bound(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+            try:
+                b = signature.bind(*args, **kwargs)
+                b.apply_defaults()
+                return dict(b.arguments)
+            except TypeError:
+                return {"args": list(args), "kwargs": kwargs}
+
+        if inspect.iscoroutinefunction(func):
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                with ToolCall(logger, name, bound(args, kwargs), call_id) as call:
+                    call.result = await func(*args, **kwargs)
+                    return call.result
+
+            return cast(F, async_wrapper)
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with ToolCall(logger, name, bound(args, kwargs), call_id) as call:
+                call.result = func(*args, **kwargs)
+                return call.result
+
+        return cast(F, wrapper)
+
+
+def tool_call(
+    tool_name: str | None = None,
+    parameters: Any = None,
+    *,
+    tool_call_id: str | None = None,
+) -> ToolCall:
+    """Record a tool call in the ambient session (see :meth:`AuditLogger.tool_call`)."""
+    return ToolCall(AuditLogger(), tool_name, parameters, tool_call_id)

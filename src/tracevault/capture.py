@@ -1,0 +1,189 @@
+"""The caller's-thread half of capture: build an event and hand it to the pipeline.
+
+:func:`emit` is the one entry point every producer uses (the core API and the
+framework handlers). On the caller's thread it only checks the level, enriches the
+event from the ambient :mod:`tracevault.context`, snapshots the payload into JSON-safe
+data and enqueues. It never raises into the caller, except a :class:`DurabilityError`
+in strict mode, where raising is the point.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from tracevault.config import Settings
+from tracevault.context import current_scope, current_span
+from tracevault.ids import uuid7
+from tracevault.pipeline import DurabilityError, Middleware, Pipeline
+from tracevault.schema import LEVEL_RANK, AuditEvent
+from tracevault.snapshot import snapshot
+
+log = logging.getLogger("tracevault")
+
+_lock = threading.RLock()
+_pipeline: Pipeline | None = None
+_settings: Settings | None = None
+_min_rank = LEVEL_RANK["debug"]
+_capture_errors = 0
+_middleware_factory: list[Any] = []  # callables (Settings) -> list[Middleware]
+
+
+def register_default_middleware(factory: Any) -> None:
+    """Register ``factory(settings) -> list[Middleware]`` to run before user middleware.
+
+    The redaction package uses this so every pipeline redacts by default.
+    """
+    if factory not in _middleware_factory:
+        _middleware_factory.append(factory)
+
+
+def default_middleware(settings: Settings) -> list[Middleware]:
+    """Return the built-in middleware for ``settings`` (redaction first)."""
+    steps: list[Middleware] = []
+    for factory in _middleware_factory:
+        steps.extend(factory(settings))
+    return steps
+
+
+def settings() -> Settings:
+    """Return the active settings (read from the environment on first use)."""
+    global _settings
+    if _settings is None:
+        with _lock:
+            if _settings is None:
+                _settings = Settings.from_env()
+    return _settings
+
+
+def get_pipeline() -> Pipeline:
+    """Return the active pipeline, starting one from the environment if needed."""
+    pipeline = _pipeline
+    if pipeline is not None:
+        return pipeline
+    with _lock:
+        if _pipeline is None:
+            s = settings()
+            install(Pipeline(
+                s.store,
+                middleware=default_middleware(s),
+                queue_size=s.queue_size,
+                batch_size=s.batch_size,
+                block_timeout=s.block_timeout,
+            ), s)
+        assert _pipeline is not None
+        return _pipeline
+
+
+def current_pipeline() -> Pipeline | None:
+    """Return the active pipeline without starting one."""
+    return _pipeline
+
+
+def install(pipeline: Pipeline | None, new_settings: Settings | None) -> Pipeline | None:
+    """Make ``pipeline`` the active one; return the one it replaces (not shut down)."""
+    global _pipeline, _settings, _min_rank
+    with _lock:
+        old, _pipeline = _pipeline, pipeline
+        if new_settings is not None:
+            _settings = new_settings
+            _min_rank = LEVEL_RANK[new_settings.level]
+        return old
+
+
+def is_enabled_for(level: str) -> bool:
+    """Return whether events at ``level`` are recorded (use it to skip costly payloads)."""
+    return LEVEL_RANK[level] >= _min_rank
+
+
+def capture_errors() -> int:
+    """Return how many captures failed inside tracevault (each was logged)."""
+    return _capture_errors
+
+
+def emit(
+    kind: str,
+    *,
+    phase: str = "point",
+    level: str = "info",
+    name: str | None = None,
+    data: Any = None,
+    framework: str = "manual",
+    session_id: str | None = None,
+    user_id: str | None = None,
+    trace_id: str | None = None,
+    span_id: str | None = None,
+    parent_span_id: str | None = None,
+    tags: Sequence[str] | None = None,
+    metadata: dict[str, Any] | None = None,
+    timestamp: datetime | None = None,
+    durable: bool = False,
+) -> AuditEvent | None:
+    """Record one event; return it, or ``None`` if its level is filtered out.
+
+    Session, user, metadata and tags not given here come from the enclosing
+    :func:`tracevault.context`; trace and parent come from the current span when
+    ``trace_id`` is not given. ``data`` and ``metadata`` are snapshotted, so callers may
+    pass live objects. With ``durable=True`` this returns only once the event is in the
+    ledger and raises :class:`DurabilityError` if it cannot be made so.
+    """
+    global _capture_errors
+    try:
+        if LEVEL_RANK[level] < _min_rank:
+            return None
+        scope = current_scope()
+        if trace_id is None:
+            ref = current_span()
+            if ref is not None:
+                trace_id = ref.trace_id
+                if parent_span_id is None:
+                    parent_span_id = ref.span_id
+        if metadata:
+            meta = snapshot({**scope.metadata, **metadata}) if scope.metadata else snapshot(metadata)
+        else:
+            meta = snapshot(scope.metadata) if scope.metadata else {}
+        event = AuditEvent(
+            uuid7(),
+            timestamp or datetime.now(timezone.utc),
+            kind,  # type: ignore[arg-type]
+            phase,  # type: ignore[arg-type]
+            level,  # type: ignore[arg-type]
+            name,
+            session_id if session_id is not None else scope.session_id,
+            user_id if user_id is not None else scope.user_id,
+            trace_id,
+            span_id,
+            parent_span_id,
+            framework,  # type: ignore[arg-type]
+            [*scope.tags, *tags] if tags else list(scope.tags),
+            meta,
+            snapshot(data) if data is not None else {},
+        )
+        pipeline = _pipeline if _pipeline is not None else get_pipeline()
+        if durable:
+            pipeline.submit_durable(event, settings().strict_timeout)
+        else:
+            pipeline.submit(event)
+        return event
+    except DurabilityError:
+        raise
+    except Exception as exc:  # never break the agent; count and say so once per kind
+        _capture_errors += 1
+        if _capture_errors <= 10:
+            log.error("tracevault: could not capture a %s event: %r", kind, exc, exc_info=True)
+        return None
+
+
+def _reset_after_fork() -> None:
+    # The writer thread does not survive fork(); the child starts its own pipeline
+    # (with the same settings) on first use instead of queueing into a dead one.
+    global _pipeline, _lock
+    _pipeline = None
+    _lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)

@@ -1,0 +1,80 @@
+"""Settings, with defaults read from ``TRACEVAULT_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from tracevault.schema import level_rank
+from tracevault.store import DEFAULT_URL
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_flag(name: str, default: bool = False, environ: Mapping[str, str] | None = None) -> bool:
+    """Read a boolean environment variable; raise ``ValueError`` on an unclear value."""
+    raw = (os.environ if environ is None else environ).get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{name}={raw!r} is not a boolean (use true/false, 1/0, yes/no, on/off)")
+
+
+def _env_number(name: str, default: float, environ: Mapping[str, str]) -> float:
+    raw = environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything :func:`tracevault.configure` accepts.
+
+    ``level``: events below it are not recorded. ``slow_tool_ms``: a tool call slower
+    than this also yields a ``warning`` event. ``queue_size``: events held in memory
+    before capture applies back-pressure. ``block_timeout``: seconds a capture may wait
+    for space (``None`` = wait until there is room; on timeout the event is counted as
+    dropped and a gap record is written). ``strict``: a tool's intent must be durable
+    before the tool runs, or the tool call fails.
+    """
+
+    store: str = DEFAULT_URL
+    level: str = "debug"
+    slow_tool_ms: float = 10_000.0
+    queue_size: int = 100_000
+    batch_size: int = 2_000
+    block_timeout: float | None = None
+    strict: bool = False
+    strict_timeout: float = 10.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        level_rank(self.level)  # raises ValueError with the choices
+        if self.queue_size < 1 or self.batch_size < 1:
+            raise ValueError("queue_size and batch_size must be at least 1")
+        if self.slow_tool_ms < 0:
+            raise ValueError("slow_tool_ms must not be negative")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from the environment, then apply non-None ``overrides``."""
+        env = os.environ if environ is None else environ
+        base = cls(
+            store=env.get("TRACEVAULT_STORE") or DEFAULT_URL,
+            level=(env.get("TRACEVAULT_LEVEL") or "debug").strip().lower(),
+            slow_tool_ms=_env_number("TRACEVAULT_SLOW_TOOL_MS", 10_000.0, env),
+            strict=env_flag("TRACEVAULT_STRICT", False, env),
+        )
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        return replace(base, **changes) if changes else base

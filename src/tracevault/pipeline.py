@@ -1,0 +1,359 @@
+"""The background half of capture: queue -> middleware chain -> ledger.
+
+The caller's thread only appends a finished :class:`AuditEvent` to an in-memory queue
+(:meth:`Pipeline.submit`). One writer thread drains the queue in batches, runs the
+middleware chain (redaction first) and appends each batch to the store in one
+transaction. Nothing is dropped silently:
+
+* the queue is bounded; a full queue makes ``submit`` wait for room (back-pressure).
+  Only with a ``block_timeout`` may an event be given up, and then it is counted and a
+  gap record naming the number lost is written;
+* a failing store is retried with exponential backoff for as long as it takes;
+  ``flush(timeout)`` reports whether everything before it became durable, and at
+  shutdown whatever still cannot be written goes to a dead-letter JSON-lines file;
+* a middleware that raises does not let the raw event through: its data and metadata
+  are withheld and the reason is recorded instead (fail closed).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import random
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import Protocol
+
+from tracevault.ids import uuid7
+from tracevault.ledger import decode_event, encode_event
+from tracevault.schema import AuditEvent
+from tracevault.store import Store, StoreError, open_store
+
+log = logging.getLogger("tracevault")
+
+
+class Middleware(Protocol):
+    """A step between capture and the ledger, run on the writer thread.
+
+    Return the event (the same object, changed, or a new one) to keep it, or ``None``
+    to drop it on purpose (counted as ``filtered``). Raising withholds the event's
+    payload: it is stored with a marker and the reason, never raw.
+    """
+
+    def __call__(self, event: AuditEvent, /) -> AuditEvent | None: ...
+
+
+class DurabilityError(RuntimeError):
+    """An event that had to be durable before continuing (strict mode) is not."""
+
+
+@dataclass(slots=True)
+class PipelineStats:
+    """Counters of one pipeline; ``captured == written + filtered + pending + lost``.
+
+    ``withheld`` events are written (with their payload withheld) and so are also
+    counted in ``written``; ``lost`` is ``dropped + dead_lettered``.
+    """
+
+    captured: int
+    written: int
+    filtered: int
+    withheld: int
+    dropped: int
+    dead_lettered: int
+    write_errors: int
+    pending: int
+    last_error: str | None
+
+
+class _Marker:
+    """A queue item that is signalled once everything queued before it is handled."""
+
+    __slots__ = ("done", "ok")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.ok = True
+
+
+_live: weakref.WeakSet[Pipeline] = weakref.WeakSet()
+
+
+class Pipeline:
+    """Owns the queue, the writer thread and the store of one configuration."""
+
+    def __init__(
+        self,
+        store: Store | str,
+        *,
+        middleware: Sequence[Middleware] = (),
+        queue_size: int = 100_000,
+        batch_size: int = 2_000,
+        block_timeout: float | None = None,
+        dead_letter_path: str | None = None,
+    ) -> None:
+        self._store: Store | None = store if not isinstance(store, str) else None
+        self._store_url = store if isinstance(store, str) else store.url
+        self._owns_store = isinstance(store, str)
+        self.middleware: list[Middleware] = list(middleware)
+        self._queue: deque[AuditEvent | _Marker] = deque()
+        self._maxsize = queue_size
+        self._batch_size = batch_size
+        self._block_timeout = block_timeout
+        self._dead_letter_path = dead_letter_path or os.path.join(
+            os.getcwd(), f"tracevault-dead-letter-{os.getpid()}.jsonl"
+        )
+        self._wake = threading.Event()
+        self._space = threading.Condition(threading.Lock())
+        self._waiting = 0
+        self._stop = threading.Event()
+        self._closed = False
+        self._received = 0
+        self._written = 0
+        self._filtered = 0
+        self._withheld = 0
+        self._dropped = 0
+        self._unreported_drops = 0
+        self._dead_lettered = 0
+        self._write_errors = 0
+        self._last_error: str | None = None
+        self._pending: list[AuditEvent] = []  # taken from the queue, not yet durable
+        self._thread = threading.Thread(target=self._run, name="tracevault-writer", daemon=True)
+        self._thread.start()
+        _live.add(self)
+
+    @property
+    def store_url(self) -> str:
+        return self._store_url
+
+    # --- caller side ------------------------------------------------------------------
+
+    def submit(self, event: AuditEvent) -> None:
+        """Queue ``event`` for the ledger. Waits only when the queue is full."""
+        if len(self._queue) >= self._maxsize and not self._wait_for_room():
+            self._dropped += 1  # only with block_timeout; reported as a gap record
+            self._unreported_drops += 1
+            return
+        self._queue.append(event)
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def submit_durable(self, event: AuditEvent, timeout: float) -> None:
+        """Queue ``event`` and return once it is in the ledger; raise otherwise."""
+        self.submit(event)
+        if not self.flush(timeout):
+            raise DurabilityError(
+                f"tracevault could not make event {event.event_id} durable in {timeout:g}s: "
+                f"{self._last_error or 'the ledger writer is behind'}"
+            )
+
+    def _wait_for_room(self) -> bool:
+        deadline = None if self._block_timeout is None else time.monotonic() + self._block_timeout
+        with self._space:
+            self._waiting += 1
+            try:
+                while len(self._queue) >= self._maxsize and not self._closed:
+                    self._wake.set()
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._space.wait(remaining if remaining is not None else 1.0)
+            finally:
+                self._waiting -= 1
+        return True
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every event submitted before this call is durable (or dropped on
+        purpose by middleware). Return ``False`` if that did not happen in ``timeout``."""
+        if not self._thread.is_alive():
+            return not self._queue and not self._pending
+        marker = _Marker()
+        self._queue.append(marker)
+        self._wake.set()
+        return marker.done.wait(timeout) and marker.ok
+
+    def stats(self) -> PipelineStats:
+        """Return a consistent-enough snapshot of the counters (cheap; any thread)."""
+        queued = sum(1 for item in list(self._queue) if not isinstance(item, _Marker))
+        pending = queued + len(self._pending)
+        return PipelineStats(
+            captured=self._received + queued + self._dropped,
+            written=self._written,
+            filtered=self._filtered,
+            withheld=self._withheld,
+            dropped=self._dropped,
+            dead_lettered=self._dead_lettered,
+            write_errors=self._write_errors,
+            pending=pending,
+            last_error=self._last_error,
+        )
+
+    def shutdown(self, timeout: float | None = 30.0) -> PipelineStats:
+        """Flush, stop the writer and close the store it opened. Idempotent.
+
+        Events that still cannot be written after ``timeout`` are appended to the
+        dead-letter file (one JSON event per line) and counted as ``dead_lettered``.
+        """
+        if not self._closed:
+            flushed = self.flush(timeout)
+            self._closed = True
+            self._stop.set()
+            self._wake.set()
+            with self._space:
+                self._space.notify_all()
+            self._thread.join(timeout if flushed else 5.0)
+            self._dead_letter_rest()
+            if self._owns_store and self._store is not None:
+                self._store.close()
+            _live.discard(self)
+        return self.stats()
+
+    # --- writer side ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        queue = self._queue
+        while True:
+            if not queue:
+                if self._stop.is_set():
+                    return
+                self._wake.clear()
+                if not queue:
+                    self._wake.wait(0.5)
+                continue
+            batch: list[AuditEvent] = []
+            markers: list[_Marker] = []
+            while queue and len(batch) < self._batch_size:
+                item = queue.popleft()
+                if isinstance(item, _Marker):
+                    markers.append(item)
+                    break  # everything before the marker is in this batch
+                batch.append(item)
+            self._received += len(batch)
+            if self._waiting:
+                with self._space:
+                    self._space.notify_all()
+            ok = self._process(batch)
+            for marker in markers:
+                marker.ok = ok
+                marker.done.set()
+
+    def _process(self, batch: list[AuditEvent]) -> bool:
+        events = [e for e in (self._apply_middleware(ev) for ev in batch) if e is not None]
+        if self._unreported_drops:
+            events.append(self._gap_record())
+        self._pending = events
+        ok = self._write(events)
+        self._pending = []
+        return ok
+
+    def _apply_middleware(self, event: AuditEvent) -> AuditEvent | None:
+        current: AuditEvent | None = event
+        for step in self.middleware:
+            try:
+                current = step(current)  # type: ignore[arg-type]
+            except Exception as exc:
+                self._withheld += 1
+                return _withhold(event, f"{_name(step)} failed: {type(exc).__name__}: {exc}")
+            if current is None:
+                self._filtered += 1
+                return None
+        return current
+
+    def _gap_record(self) -> AuditEvent:
+        lost, self._unreported_drops = self._unreported_drops, 0
+        return AuditEvent(
+            event_id=uuid7(),
+            timestamp=datetime.now(timezone.utc),
+            kind="error",
+            level="error",
+            name="tracevault.queue_full",
+            data={
+                "type": "tracevault.EventsDropped",
+                "message": f"{lost} events were not recorded: the capture queue stayed "
+                f"full longer than block_timeout={self._block_timeout}s",
+                "where": "tracevault.pipeline",
+            },
+        )
+
+    def _write(self, events: list[AuditEvent]) -> bool:
+        if not events:
+            return True
+        delay = 0.05
+        while True:
+            try:
+                store = self._ensure_store()
+                store.append(events)
+                self._written += len(events)
+                if self._last_error is not None:
+                    log.warning("tracevault: ledger writes recovered")
+                    self._last_error = None
+                return True
+            except Exception as exc:  # keep the events; back off; try again
+                self._write_errors += 1
+                message = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
+                if message != self._last_error:
+                    log.error("tracevault: cannot write to the ledger, retrying: %s", message)
+                self._last_error = message
+                if self._stop.wait(delay * (0.5 + random.random())):
+                    return False
+                delay = min(delay * 2, 5.0)
+
+    def _ensure_store(self) -> Store:
+        if self._store is None:
+            self._store = open_store(self._store_url)
+        return self._store
+
+    def _dead_letter_rest(self) -> None:
+        rest: list[AuditEvent] = list(self._pending)
+        rest += [i for i in self._queue if isinstance(i, AuditEvent)]
+        self._queue.clear()
+        self._pending = []
+        if not rest:
+            return
+        try:
+            with open(self._dead_letter_path, "ab") as fh:
+                for event in rest:
+                    fh.write(encode_event(event) + b"\n")
+            self._dead_lettered += len(rest)
+            log.error(
+                "tracevault: %d events could not reach the ledger and were saved to %s",
+                len(rest), self._dead_letter_path,
+            )
+        except OSError as exc:
+            self._dead_lettered += len(rest)
+            log.critical("tracevault: %d events lost, dead-letter file failed: %s", len(rest), exc)
+
+
+def _withhold(event: AuditEvent, reason: str) -> AuditEvent:
+    return replace(
+        event,
+        metadata={},
+        data={"withheld": True, "reason": reason},
+    )
+
+
+def _name(step: Callable[..., object]) -> str:
+    return getattr(step, "__qualname__", None) or type(step).__name__
+
+
+def _shutdown_all() -> None:
+    for pipeline in list(_live):
+        try:
+            pipeline.shutdown(timeout=10.0)
+        except Exception as exc:  # at exit, report and carry on with the others
+            log.error("tracevault: shutdown failed: %s", exc)
+
+
+atexit.register(_shutdown_all)
+
+
+def dead_letter_events(path: str) -> list[AuditEvent]:
+    """Read the events a pipeline saved to a dead-letter file (to re-append them)."""
+    with open(path, "rb") as fh:
+        return [decode_event(line) for line in fh if line.strip()]

@@ -1,0 +1,147 @@
+"""Model prices and the cost of a call, shared by every integration.
+
+Prices are USD per million tokens. A model is matched by its exact name, else by the
+longest known prefix (so ``gpt-4o-mini-2024-07-18`` uses ``gpt-4o-mini``), ignoring a
+``provider/`` or ``provider:`` prefix. Users extend or override the table with
+:func:`set_price` or a JSON file named by ``TRACEVAULT_PRICES``
+(``{"model": {"input": 1.0, "output": 2.0, "cached_input": 0.5}}``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per million input, output and cached-input tokens."""
+
+    input: float
+    output: float
+    cached_input: float | None = None
+
+
+# Public list prices (USD / 1M tokens) of widely used models; extend with set_price().
+BUILTIN_PRICES: dict[str, Price] = {
+    "gpt-4o": Price(2.50, 10.00, 1.25),
+    "gpt-4o-mini": Price(0.15, 0.60, 0.075),
+    "gpt-4.1": Price(2.00, 8.00, 0.50),
+    "gpt-4.1-mini": Price(0.40, 1.60, 0.10),
+    "gpt-4.1-nano": Price(0.10, 0.40, 0.025),
+    "gpt-5": Price(1.25, 10.00, 0.125),
+    "gpt-5-mini": Price(0.25, 2.00, 0.025),
+    "gpt-5-nano": Price(0.05, 0.40, 0.005),
+    "o1": Price(15.00, 60.00, 7.50),
+    "o3": Price(2.00, 8.00, 0.50),
+    "o3-mini": Price(1.10, 4.40, 0.55),
+    "o4-mini": Price(1.10, 4.40, 0.275),
+    "gpt-3.5-turbo": Price(0.50, 1.50),
+    "claude-opus-4": Price(15.00, 75.00, 1.50),
+    "claude-sonnet-4": Price(3.00, 15.00, 0.30),
+    "claude-3-7-sonnet": Price(3.00, 15.00, 0.30),
+    "claude-3-5-sonnet": Price(3.00, 15.00, 0.30),
+    "claude-3-5-haiku": Price(0.80, 4.00, 0.08),
+    "claude-haiku-4": Price(1.00, 5.00, 0.10),
+    "gemini-2.5-pro": Price(1.25, 10.00, 0.31),
+    "gemini-2.5-flash": Price(0.30, 2.50, 0.075),
+    "gemini-2.0-flash": Price(0.10, 0.40, 0.025),
+    "mistral-large": Price(2.00, 6.00),
+    "mistral-small": Price(0.10, 0.30),
+    "llama-3.1-70b": Price(0.88, 0.88),
+    "llama-3.1-8b": Price(0.18, 0.18),
+}
+
+_lock = threading.Lock()
+_overrides: dict[str, Price] = {}
+_env_loaded = False
+
+
+def set_price(
+    model: str, *, input: float, output: float, cached_input: float | None = None
+) -> None:
+    """Add or override the price of ``model`` (USD per million tokens)."""
+    if min(input, output, cached_input or 0.0) < 0:
+        raise ValueError("prices must not be negative")
+    with _lock:
+        _overrides[model.lower()] = Price(input, output, cached_input)
+
+
+def load_prices(source: str | Mapping[str, Any]) -> int:
+    """Load prices from a JSON file path or a mapping; return how many were loaded."""
+    if isinstance(source, str):
+        with open(source, encoding="utf-8") as fh:
+            source = json.load(fh)
+    if not isinstance(source, Mapping):
+        raise ValueError("a price table must be a JSON object of model -> {input, output}")
+    for model, entry in source.items():
+        try:
+            set_price(
+                str(model),
+                input=float(entry["input"]),
+                output=float(entry["output"]),
+                cached_input=(
+                    float(entry["cached_input"]) if entry.get("cached_input") is not None else None
+                ),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"bad price entry for {model!r}: {exc}") from None
+    return len(source)
+
+
+def _ensure_env() -> None:
+    global _env_loaded
+    if not _env_loaded:
+        _env_loaded = True
+        path = os.environ.get("TRACEVAULT_PRICES")
+        if path:
+            load_prices(path)
+
+
+def price_for(model: str | None) -> Price | None:
+    """Return the price of ``model`` (exact name, else longest prefix), or ``None``."""
+    if not model:
+        return None
+    _ensure_env()
+    name = model.lower()
+    for sep in ("/", ":"):
+        if sep in name and not name.startswith("ft:"):
+            name = name.rsplit(sep, 1)[-1] if sep == "/" else name.split(sep, 1)[-1]
+    if name.startswith("ft:"):
+        name = name[3:].split(":", 1)[0]
+    for table in (_overrides, BUILTIN_PRICES):
+        if name in table:
+            return table[name]
+    best: str | None = None
+    for table in (_overrides, BUILTIN_PRICES):
+        for known in table:
+            if name.startswith(known) and (best is None or len(known) > len(best)):
+                best = known
+        if best is not None:
+            return table[best]
+    return None
+
+
+def cost_of(
+    model: str | None,
+    input_tokens: int | None = None,
+    output_tokens: int | None = None,
+    cached_tokens: int | None = None,
+) -> float | None:
+    """Return the USD cost of a call, or ``None`` when the model's price is unknown.
+
+    ``cached_tokens`` are the part of ``input_tokens`` served from the prompt cache and
+    are billed at the cached rate where the model has one.
+    """
+    price = price_for(model)
+    if price is None:
+        return None
+    cached = min(cached_tokens or 0, input_tokens or 0)
+    fresh = (input_tokens or 0) - cached
+    cached_rate = price.cached_input if price.cached_input is not None else price.input
+    total = fresh * price.input + cached * cached_rate + (output_tokens or 0) * price.output
+    return round(total / 1_000_000, 10)

@@ -1,0 +1,251 @@
+"""Turn any callback payload into plain JSON-safe data, without ever raising.
+
+Framework payloads are live objects that are mutated after a callback returns, so the
+handler must copy what it records on the caller's thread. :func:`snapshot` copies
+containers, converts known non-JSON types (pydantic models, dataclasses, exceptions,
+datetimes, UUIDs, bytes, sets, numpy values, arbitrary objects) and marks what it had
+to cut: cycles, excessive depth, huge containers and huge strings (with their original
+size). Strings are immutable, so they are shared, not copied; lone surrogates are fixed
+later by :func:`sanitize_strings` on the writer thread, only when encoding fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as _dt
+import enum
+import math
+import traceback
+import uuid
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+MAX_STRING = 256 * 1024
+MAX_ITEMS = 10_000
+MAX_DEPTH = 40
+MAX_BYTES_KEPT = 4096
+
+_PRIMITIVES = (str, int, bool, type(None))
+_INT_LIMIT = 2**63
+
+
+def truncate_string(value: str, limit: int = MAX_STRING) -> str:
+    """Cut ``value`` to ``limit`` characters and say so, with the original length."""
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}…[truncated by tracevault: {len(value)} chars in original]"
+
+
+def describe_exception(exc: BaseException) -> dict[str, Any]:
+    """Return type, message and formatted stack trace of an exception as plain data."""
+    try:
+        message = str(exc)
+    except Exception:  # a broken __str__ must not hide the error itself
+        message = f"<unprintable {type(exc).__name__}>"
+    stack = ""
+    if exc.__traceback__ is not None:
+        try:
+            stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        except Exception:
+            stack = ""
+    return {
+        "type": _qualname(type(exc)),
+        "message": truncate_string(message),
+        "stack_trace": truncate_string(stack),
+    }
+
+
+def _qualname(cls: type) -> str:
+    module = getattr(cls, "__module__", "") or ""
+    name = getattr(cls, "__qualname__", cls.__name__)
+    return name if module in ("builtins", "__main__") else f"{module}.{name}"
+
+
+def _float(value: float) -> float | str:
+    # JSON has no NaN or infinities and orjson would silently write null: keep them
+    # visible as strings instead.
+    if math.isfinite(value):
+        return value
+    if math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
+
+
+def snapshot(
+    value: Any,
+    *,
+    max_string: int = MAX_STRING,
+    max_items: int = MAX_ITEMS,
+    max_depth: int = MAX_DEPTH,
+) -> Any:
+    """Return a JSON-safe deep copy of ``value``. Never raises."""
+    try:
+        return _Snapshotter(max_string, max_items, max_depth).convert(value, 0)
+    except Exception as exc:  # defensive: the caller's agent must not break
+        return f"<tracevault could not snapshot {type(value).__name__}: {exc!r}>"
+
+
+class _Snapshotter:
+    __slots__ = ("max_depth", "max_items", "max_string", "path")
+
+    def __init__(self, max_string: int, max_items: int, max_depth: int) -> None:
+        self.max_string = max_string
+        self.max_items = max_items
+        self.max_depth = max_depth
+        self.path: set[int] = set()  # ids of containers being converted (cycle guard)
+
+    def convert(self, value: Any, depth: int) -> Any:
+        cls = type(value)
+        if cls is str:
+            return value if len(value) <= self.max_string else truncate_string(
+                value, self.max_string
+            )
+        if cls is bool or value is None:
+            return value
+        if cls is int:
+            return value if -_INT_LIMIT < value < _INT_LIMIT else str(value)
+        if cls is float:
+            return _float(value)
+        if depth >= self.max_depth:
+            return f"<max depth {self.max_depth} reached: {cls.__name__}>"
+        if cls is dict or cls is list or cls is tuple:
+            return self._container(value, depth)
+        return self._other(value, cls, depth)
+
+    def _container(self, value: Any, depth: int) -> Any:
+        key = id(value)
+        if key in self.path:
+            return f"<cycle: {type(value).__name__}>"
+        self.path.add(key)
+        try:
+            if isinstance(value, Mapping):
+                return self._mapping(value, depth)
+            return self._sequence(value, depth)
+        finally:
+            self.path.discard(key)
+
+    def _mapping(self, value: Mapping[Any, Any], depth: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for i, (k, v) in enumerate(value.items()):
+            if i >= self.max_items:
+                out["…"] = f"[truncated by tracevault: {len(value)} items in original]"
+                break
+            out[k if type(k) is str else self._key(k)] = self.convert(v, depth + 1)
+        return out
+
+    def _sequence(self, value: Any, depth: int) -> list[Any]:
+        out = []
+        for i, v in enumerate(value):
+            if i >= self.max_items:
+                out.append(f"…[truncated by tracevault: {len(value)} items in original]")
+                break
+            out.append(self.convert(v, depth + 1))
+        return out
+
+    def _key(self, key: Any) -> str:
+        converted = self.convert(key, self.max_depth - 1)
+        return converted if isinstance(converted, str) else repr(converted)
+
+    def _other(self, value: Any, cls: type, depth: int) -> Any:
+        if isinstance(value, str):  # str subclasses (enums mixing in str, ...)
+            if isinstance(value, enum.Enum):
+                return self.convert(value.value, depth)
+            return self.convert(str.__str__(value), depth)
+        if isinstance(value, enum.Enum):
+            return self.convert(value.value, depth)
+        if isinstance(value, bool):
+            return bool(value)
+        if isinstance(value, int):
+            return self.convert(int(value), depth)
+        if isinstance(value, float):
+            return _float(float(value))
+        if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
+            return value.isoformat()
+        if isinstance(value, _dt.timedelta):
+            return value.total_seconds()
+        if isinstance(value, (uuid.UUID, Decimal)):
+            return str(value)
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            raw = bytes(value)
+            out: dict[str, Any] = {
+                "$bytes": base64.b64encode(raw[:MAX_BYTES_KEPT]).decode(),
+                "size": len(raw),
+            }
+            if len(raw) > MAX_BYTES_KEPT:
+                out["truncated"] = True
+            return out
+        if isinstance(value, BaseException):
+            return describe_exception(value)
+        if isinstance(value, (set, frozenset)):
+            items = list(value)
+            try:
+                items.sort()
+            except TypeError:
+                pass
+            return self._container(items, depth)
+        if isinstance(value, (Mapping, list, tuple)):
+            return self._container(value, depth)
+        return self._object(value, cls, depth)
+
+    def _object(self, value: Any, cls: type, depth: int) -> Any:
+        key = id(value)
+        if key in self.path:
+            return f"<cycle: {cls.__name__}>"
+        self.path.add(key)
+        try:
+            converted = _structured(value, cls)
+            if converted is not _NOT_STRUCTURED:
+                return self.convert(converted, depth + 1)
+        except Exception as exc:
+            return f"<{_qualname(cls)}: conversion failed: {exc!r}>"[: self.max_string]
+        finally:
+            self.path.discard(key)
+        try:
+            text = repr(value)
+        except Exception:
+            text = f"<unrepresentable {_qualname(cls)}>"
+        return truncate_string(text, self.max_string)
+
+
+_NOT_STRUCTURED = object()
+
+
+def _structured(value: Any, cls: type) -> Any:
+    """Return a plain-data view of a rich object, or ``_NOT_STRUCTURED``."""
+    module = cls.__module__
+    if module == "numpy" or module.startswith("numpy."):
+        if hasattr(value, "tolist"):
+            return value.tolist()
+    model_dump = getattr(value, "model_dump", None)
+    if callable(model_dump) and hasattr(cls, "model_fields"):
+        try:
+            # serialize_as_any keeps fields of subclasses (e.g. AIMessage.tool_calls,
+            # usage_metadata) that a dump by declared type silently drops.
+            return model_dump(mode="python", serialize_as_any=True)
+        except TypeError:
+            return model_dump()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name, None) for f in dataclasses.fields(value)}
+    if isinstance(value, type) or callable(value):
+        return f"<{_qualname(cls)} {getattr(value, '__qualname__', '')}>".replace(" >", ">")
+    attrs = getattr(value, "__dict__", None)
+    if isinstance(attrs, dict) and attrs:
+        return {"$type": _qualname(cls), **{k: v for k, v in attrs.items() if k[:1] != "_"}}
+    return _NOT_STRUCTURED
+
+
+def sanitize_strings(value: Any) -> Any:
+    """Replace lone UTF-16 surrogates in every string so the data encodes as UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {sanitize_strings(k): sanitize_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [sanitize_strings(v) for v in value]
+    return value

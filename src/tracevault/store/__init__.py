@@ -1,0 +1,67 @@
+"""Ledger backends and :func:`open_store`, which picks one from a URL."""
+
+from __future__ import annotations
+
+import importlib
+from urllib.parse import parse_qs, urlsplit
+
+from tracevault.store.base import (
+    DayStats,
+    ModelStats,
+    SessionSummary,
+    Stats,
+    Store,
+    StoredEvent,
+    StoreError,
+    ToolStats,
+)
+
+DEFAULT_URL = "sqlite:///tracevault.db"
+
+__all__ = [
+    "DEFAULT_URL",
+    "DayStats",
+    "ModelStats",
+    "SessionSummary",
+    "Stats",
+    "Store",
+    "StoreError",
+    "StoredEvent",
+    "ToolStats",
+    "open_store",
+]
+
+
+def open_store(url: str = DEFAULT_URL, *, create: bool = True) -> Store:
+    """Open the ledger at ``url``.
+
+    ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` or a bare file path
+    open an SQLite ledger (``?synchronous=normal`` trades power-loss durability for
+    speed); ``postgresql://...`` opens a PostgreSQL ledger (``tracevault[postgres]``).
+    With ``create=False`` a missing SQLite file is an error instead of a new ledger.
+    Raises :class:`StoreError` with a readable message on any problem.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in ("", "file") or (len(scheme) == 1 and url[1:3] in (":\\", ":/")):
+        from tracevault.store.sqlite import SQLiteStore
+
+        return SQLiteStore(parts.path if scheme == "file" else url, create=create)
+    if scheme == "sqlite":
+        from tracevault.store.sqlite import SQLiteStore
+
+        path = url[len("sqlite:///") :].split("?", 1)[0] if url.startswith("sqlite:///") else ""
+        if not path:
+            raise StoreError(f"bad SQLite URL {url!r}: use sqlite:///relative.db or sqlite:////abs.db")
+        options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        return SQLiteStore(path, create=create, synchronous=options.get("synchronous", "full"))
+    if scheme in ("postgresql", "postgres"):
+        try:
+            module = importlib.import_module("tracevault.store.postgres")
+        except ImportError as exc:
+            raise StoreError(
+                f"PostgreSQL ledger needs the postgres extra: pip install 'tracevault[postgres]' ({exc})"
+            ) from None
+        store: Store = module.PostgresStore(url, create=create)
+        return store
+    raise StoreError(f"unknown store URL scheme {scheme!r} in {url!r} (use sqlite:/// or postgresql://)")

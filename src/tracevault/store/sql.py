@@ -1,0 +1,292 @@
+"""Queries shared by the SQL ledgers (SQLite, PostgreSQL).
+
+A backend subclasses :class:`SQLStore` and supplies the connection handling, the append
+transaction and the few dialect differences (placeholders, how a timestamp is compared
+and read back, how a UTC day is extracted). The table layout is the same everywhere:
+``events`` (one row per event, columns from :data:`tracevault.ledger.COLUMNS` plus
+``seq``, ``payload``, ``salt``, ``digest``, ``chain``) and a one-row ``ledger_head``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+from tracevault.ledger import (
+    COLUMNS,
+    StoredRow,
+    VerifyReport,
+    decode_event,
+    parse_ts,
+    verify_rows,
+)
+from tracevault.schema import AuditEvent
+from tracevault.store.base import (
+    DayStats,
+    ModelStats,
+    SessionSummary,
+    Stats,
+    StoredEvent,
+    ToolStats,
+)
+
+_EVENT_COLUMNS = ", ".join(COLUMNS[:11])
+_VERIFY_SELECT = f"SELECT seq, {', '.join(COLUMNS)}, payload, salt, digest, chain FROM events ORDER BY seq"
+_OUTCOME = "phase IN ('end', 'point')"
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Return the ``q`` quantile (0..1) of ``values`` by the nearest-rank method."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q * len(ordered)))
+    return ordered[rank - 1]
+
+
+class SQLStore:
+    """Read side of a SQL ledger, written once for every dialect."""
+
+    url: str
+    day_sql = "substr(ts, 1, 10)"
+
+    # --- what a backend provides -------------------------------------------------------
+
+    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read query written with ``?`` placeholders; return all rows."""
+        raise NotImplementedError
+
+    def _stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        """Run a read query and yield rows without holding them all in memory."""
+        raise NotImplementedError
+
+    def _ts_param(self, ts: datetime) -> Any:
+        """Return the value to compare the ``ts`` column with."""
+        raise NotImplementedError
+
+    def _ts_text(self, value: Any) -> str:
+        """Return the canonical text of a ``ts`` value read from the database."""
+        raise NotImplementedError
+
+    def head(self) -> tuple[int, bytes]:
+        raise NotImplementedError
+
+    # --- shared queries ----------------------------------------------------------------
+
+    def _time_filter(
+        self, since: datetime | None, until: datetime | None
+    ) -> tuple[list[str], list[Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        if since is not None:
+            where.append("ts >= ?")
+            params.append(self._ts_param(since))
+        if until is not None:
+            where.append("ts < ?")
+            params.append(self._ts_param(until))
+        return where, params
+
+    def count(self) -> int:
+        return int(self._fetch("SELECT count(*) FROM events")[0][0])
+
+    def events(
+        self,
+        *,
+        session_id: str | None = None,
+        trace_id: str | None = None,
+        kinds: Sequence[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        after_seq: int = 0,
+        limit: int | None = None,
+    ) -> Iterator[StoredEvent]:
+        where, params = self._time_filter(since, until)
+        if after_seq:
+            where.append("seq > ?")
+            params.append(after_seq)
+        if session_id is not None:
+            where.append("session_id = ?")
+            params.append(session_id)
+        if trace_id is not None:
+            where.append("trace_id = ?")
+            params.append(trace_id)
+        if kinds:
+            where.append(f"kind IN ({', '.join('?' for _ in kinds)})")
+            params.extend(kinds)
+        sql = f"SELECT seq, payload, {_EVENT_COLUMNS} FROM events"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        for row in self._stream(sql, params):
+            yield StoredEvent(row[0], self._decode(row))
+
+    def _decode(self, row: tuple[Any, ...]) -> AuditEvent:
+        payload = row[1]
+        if payload is not None:
+            return decode_event(bytes(payload) if isinstance(payload, memoryview) else payload)
+        # Erased payload: the indexed columns survive, the content does not.
+        values = dict(zip(COLUMNS[:11], row[2:]))
+        return AuditEvent(
+            event_id=values["event_id"],
+            timestamp=parse_ts(self._ts_text(values["ts"])),
+            kind=values["kind"],
+            phase=values["phase"],
+            level=values["level"],
+            name=values["name"],
+            session_id=values["session_id"],
+            user_id=values["user_id"],
+            trace_id=values["trace_id"],
+            span_id=values["span_id"],
+            parent_span_id=values["parent_span_id"],
+            data={"erased": True},
+        )
+
+    def sessions(
+        self,
+        *,
+        user_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[SessionSummary]:
+        where, params = self._time_filter(since, until)
+        where.insert(0, "session_id IS NOT NULL")
+        sql = (
+            "SELECT session_id, max(user_id), min(ts), max(ts), count(*), "
+            "count(DISTINCT trace_id), "
+            "sum(CASE WHEN kind = 'error' THEN 1 ELSE 0 END), "
+            f"sum(CASE WHEN kind = 'tool_call' AND {_OUTCOME} THEN 1 ELSE 0 END), "
+            "coalesce(sum(tokens), 0), coalesce(sum(cost), 0) "
+            f"FROM events WHERE {' AND '.join(where)} GROUP BY session_id"
+        )
+        if user_id is not None:
+            sql += " HAVING max(user_id) = ?"
+            params.append(user_id)
+        sql += " ORDER BY max(ts) DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [
+            SessionSummary(
+                session_id=r[0],
+                user_id=r[1],
+                start=self._ts_text(r[2]),
+                end=self._ts_text(r[3]),
+                events=int(r[4]),
+                runs=int(r[5]),
+                errors=int(r[6]),
+                tool_calls=int(r[7]),
+                tokens=int(r[8]),
+                cost=float(r[9]),
+            )
+            for r in self._fetch(sql, params)
+        ]
+
+    def stats(self, *, since: datetime | None = None, until: datetime | None = None) -> Stats:
+        where, params = self._time_filter(since, until)
+        extra = "".join(f" AND {w}" for w in where)
+        return Stats(
+            tools=self._tool_stats(extra, params),
+            days=self._day_stats(where, params),
+            models=self._model_stats(extra, params),
+        )
+
+    def _tool_stats(self, extra: str, params: list[Any]) -> list[ToolStats]:
+        per_tool: dict[str, tuple[list[float], list[int]]] = {}
+        rows = self._stream(
+            "SELECT name, duration_ms, status FROM events "
+            f"WHERE kind = 'tool_call' AND {_OUTCOME}{extra}",
+            params,
+        )
+        for name, duration, status in rows:
+            durations, errors = per_tool.setdefault(name or "?", ([], [0, 0]))
+            errors[0] += 1
+            errors[1] += status == "error"
+            if duration is not None:
+                durations.append(float(duration))
+        out = []
+        for tool, (durations, (calls, errors)) in sorted(per_tool.items()):
+            out.append(
+                ToolStats(
+                    tool=tool,
+                    calls=calls,
+                    errors=errors,
+                    error_rate=errors / calls if calls else 0.0,
+                    avg_ms=sum(durations) / len(durations) if durations else None,
+                    p95_ms=percentile(durations, 0.95),
+                )
+            )
+        return out
+
+    def _day_stats(self, where: list[str], params: list[Any]) -> list[DayStats]:
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        day = self.day_sql
+        totals = self._fetch(
+            f"SELECT {day} AS day, count(*), "
+            "sum(CASE WHEN kind = 'error' THEN 1 ELSE 0 END), count(DISTINCT trace_id) "
+            f"FROM events{clause} GROUP BY {day} ORDER BY {day}",
+            params,
+        )
+        failed_where = " AND ".join(["kind = 'error'", *where])
+        failed = dict(
+            self._fetch(
+                f"SELECT {day}, count(DISTINCT trace_id) FROM events "
+                f"WHERE {failed_where} GROUP BY {day}",
+                params,
+            )
+        )
+        out = []
+        for d, events, errors, runs in totals:
+            failed_runs = int(failed.get(d, 0))
+            out.append(
+                DayStats(
+                    day=str(d),
+                    events=int(events),
+                    errors=int(errors),
+                    runs=int(runs),
+                    failed_runs=failed_runs,
+                    error_rate=failed_runs / runs if runs else 0.0,
+                )
+            )
+        return out
+
+    def _model_stats(self, extra: str, params: list[Any]) -> list[ModelStats]:
+        rows = self._fetch(
+            "SELECT name, count(*), coalesce(sum(tokens), 0), coalesce(sum(cost), 0) "
+            f"FROM events WHERE kind = 'llm_call' AND {_OUTCOME}{extra} "
+            "GROUP BY name ORDER BY name",
+            params,
+        )
+        return [ModelStats(r[0] or "?", int(r[1]), int(r[2]), float(r[3])) for r in rows]
+
+    def verify(self) -> VerifyReport:
+        head_seq, head_chain = self.head()
+        return verify_rows(self._verify_rows(), head_seq, head_chain)
+
+    def _verify_rows(self) -> Iterable[StoredRow]:
+        n = len(COLUMNS)
+        to_text = self._ts_text
+        for r in self._stream(_VERIFY_SELECT):
+            columns = list(r[1 : n + 1])
+            columns[1] = to_text(columns[1])
+            yield StoredRow(
+                r[0],
+                tuple(columns),
+                _bytes(r[n + 1]),
+                _bytes(r[n + 2]),
+                bytes(r[n + 3]),
+                bytes(r[n + 4]),
+            )
+
+
+def _bytes(value: Any) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass")
+    return bytes(value)

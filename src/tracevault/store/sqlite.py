@@ -1,0 +1,235 @@
+"""The embedded default ledger: one SQLite file in WAL mode.
+
+Appends run in ``BEGIN IMMEDIATE`` transactions that read the chain head, insert the
+batch and move the head in one step, so several processes writing the same file keep
+one consistent chain (SQLite serialises the writers; ``busy_timeout`` makes them wait
+instead of failing). Each thread gets its own connection, so readers never block the
+background writer. Triggers make the table append-only for ordinary SQL; they are a
+guard against accidents, while the hash chain is what detects deliberate tampering.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from tracevault.ledger import COLUMNS, GENESIS, format_ts, prepare, seal
+from tracevault.schema import AuditEvent
+from tracevault.store.base import StoreError
+from tracevault.store.sql import SQLStore
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    ts TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    level TEXT NOT NULL,
+    name TEXT,
+    session_id TEXT,
+    user_id TEXT,
+    trace_id TEXT,
+    span_id TEXT,
+    parent_span_id TEXT,
+    status TEXT,
+    duration_ms REAL,
+    tokens INTEGER,
+    cost REAL,
+    payload TEXT,
+    salt BLOB,
+    digest BLOB NOT NULL,
+    chain BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_session ON events (session_id, seq);
+CREATE INDEX IF NOT EXISTS events_user ON events (user_id, ts);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+CREATE INDEX IF NOT EXISTS events_kind ON events (kind, phase, name);
+CREATE INDEX IF NOT EXISTS events_trace ON events (trace_id, seq);
+CREATE TABLE IF NOT EXISTS ledger_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    chain BLOB NOT NULL
+);
+INSERT OR IGNORE INTO ledger_head (id, seq, chain) VALUES (1, 0, zeroblob(32));
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sink_cursors (
+    name TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    updated TEXT NOT NULL
+);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');
+CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'tracevault ledger is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
+WHEN NOT (NEW.payload IS NULL AND NEW.salt IS NULL AND NEW.seq = OLD.seq
+          AND NEW.digest = OLD.digest AND NEW.chain = OLD.chain)
+BEGIN SELECT RAISE(ABORT, 'tracevault ledger is append-only (only erasure may clear a payload)'); END;
+"""
+
+_INSERT = (
+    f"INSERT INTO events (seq, {', '.join(COLUMNS)}, payload, salt, digest, chain) "
+    f"VALUES ({', '.join('?' for _ in range(len(COLUMNS) + 5))})"
+)
+
+
+class SQLiteStore(SQLStore):
+    """A ledger in one SQLite file (created on first use unless ``create=False``)."""
+
+    def __init__(self, path: str, *, create: bool = True, synchronous: str = "full") -> None:
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise StoreError(f"{self.url}: synchronous must be off, normal, full or extra")
+        self._synchronous = synchronous.upper()
+        if not create and not os.path.exists(path):
+            raise StoreError(
+                f"no tracevault ledger at {path!r} (run an agent with tracevault first, "
+                "or pass --store / set TRACEVAULT_STORE)"
+            )
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        conn = self._conn()
+        try:
+            conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            self.close()
+            raise self._error("cannot initialise", exc) from None
+
+    def _error(self, doing: str, exc: BaseException) -> StoreError:
+        text = str(exc)
+        hint = ""
+        if "not a database" in text or "malformed" in text:
+            hint = " — the file is corrupt or not a tracevault ledger"
+        elif "readonly" in text or "unable to open" in text:
+            hint = " — check that the file and its directory exist and are writable"
+        elif "locked" in text or "busy" in text:
+            hint = " — another process holds the write lock for too long"
+        return StoreError(f"{doing} SQLite ledger {self.path!r}: {text}{hint}")
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        if self._closed:
+            raise StoreError(f"SQLite ledger {self.path!r} is closed")
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=60.0, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            conn.execute("PRAGMA busy_timeout=60000")
+        except sqlite3.Error as exc:
+            raise self._error("cannot open", exc) from None
+        self._local.conn = conn
+        with self._lock:
+            self._all.append(conn)
+        return conn
+
+    # --- SQLStore hooks ---------------------------------------------------------------
+
+    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._conn().execute(sql, tuple(params)).fetchall()
+        except sqlite3.Error as exc:
+            raise self._error("cannot read", exc) from None
+
+    def _stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        try:
+            # A connection of its own: the caller may interleave other queries while
+            # it iterates, and a WAL snapshot keeps the stream consistent.
+            conn = sqlite3.connect(self.path, timeout=60.0, check_same_thread=False)
+            try:
+                cursor = conn.execute(sql, tuple(params))
+                while rows := cursor.fetchmany(2000):
+                    yield from rows
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise self._error("cannot read", exc) from None
+
+    def _ts_param(self, ts: datetime) -> Any:
+        return format_ts(ts)
+
+    def _ts_text(self, value: Any) -> str:
+        return str(value)
+
+    # --- writing ----------------------------------------------------------------------
+
+    def head(self) -> tuple[int, bytes]:
+        row = self._fetch("SELECT seq, chain FROM ledger_head WHERE id = 1")
+        if not row:
+            return 0, GENESIS
+        return int(row[0][0]), bytes(row[0][1])
+
+    def append(self, events: Sequence[AuditEvent]) -> int:
+        rows = [prepare(e) for e in events]  # encode and hash outside the write lock
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                seq, chain = conn.execute(
+                    "SELECT seq, chain FROM ledger_head WHERE id = 1"
+                ).fetchone()
+                sealed = seal(rows, int(seq), bytes(chain))
+                conn.executemany(
+                    _INSERT,
+                    [
+                        (s.seq, *s.row.columns, s.row.payload.decode(), s.row.salt,
+                         s.row.digest, s.chain)
+                        for s in sealed
+                    ],
+                )
+                if sealed:
+                    conn.execute(
+                        "UPDATE ledger_head SET seq = ?, chain = ? WHERE id = 1",
+                        (sealed[-1].seq, sealed[-1].chain),
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise self._error("cannot append to", exc) from None
+        return sealed[-1].seq if sealed else int(seq)
+
+    def get_cursor(self, name: str) -> int:
+        row = self._fetch("SELECT seq FROM sink_cursors WHERE name = ?", (name,))
+        return int(row[0][0]) if row else 0
+
+    def set_cursor(self, name: str, seq: int) -> None:
+        try:
+            self._conn().execute(
+                "INSERT INTO sink_cursors (name, seq, updated) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET seq = max(seq, excluded.seq), "
+                "updated = excluded.updated",
+                (name, seq, format_ts(datetime.now(timezone.utc))),
+            )
+        except sqlite3.Error as exc:
+            raise self._error("cannot save a cursor in", exc) from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            conns, self._all = self._all, []
+        for conn in conns:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+        self._local = threading.local()
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
