@@ -20,7 +20,8 @@ PTH = os.path.join("src", "tracevault-autoenable.pth")
 class BuildPyWithPth(build_py):
     def run(self) -> None:
         super().run()
-        self.copy_file(PTH, os.path.join(self.build_lib, os.path.basename(PTH)), preserve_mode=False)
+        target = os.path.join(self.build_lib, os.path.basename(PTH))
+        self.copy_file(PTH, target, preserve_mode=False)
 
 
 class EditableWheelWithPth(editable_wheel):
