@@ -43,6 +43,7 @@ def configure(
     batch_size: int | None = None,
     block_timeout: float | None = None,
     strict: bool | None = None,
+    strict_timeout: float | None = None,
     **extra: Any,
 ) -> Pipeline:
     """Start recording with these settings (unset ones come from ``TRACEVAULT_*``).
@@ -61,6 +62,7 @@ def configure(
         batch_size=batch_size,
         block_timeout=block_timeout,
         strict=strict,
+        strict_timeout=strict_timeout,
         extra=extra or None,
     )
     opened = store if store is not None and not isinstance(store, str) else open_store(settings.store)

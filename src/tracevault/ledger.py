@@ -72,19 +72,20 @@ def parse_ts(text: str) -> datetime:
 
 def encode_event(event: AuditEvent) -> bytes:
     """Return the canonical JSON bytes of an event (sorted keys, UTC ``Z`` times)."""
+    return _encode(event)[0]
+
+
+def _encode(event: AuditEvent) -> tuple[bytes, AuditEvent]:
     try:
-        return orjson.dumps(event, option=_JSON_OPTIONS)
+        return orjson.dumps(event, option=_JSON_OPTIONS), event
     except orjson.JSONEncodeError:
-        # Lone surrogates (invalid unicode) are the only thing snapshot() leaves for
-        # here; repair them rather than lose the event.
-        fixed = AuditEvent(**sanitize_strings(_plain(event)))
-        return orjson.dumps(fixed, option=_JSON_OPTIONS)
-
-
-def _plain(event: AuditEvent) -> dict[str, Any]:
-    d = event.to_dict()
-    d["timestamp"] = event.timestamp  # keep the datetime; sanitize leaves it alone
-    return d
+        # Invalid unicode (lone surrogates) is the only thing snapshot() leaves for
+        # here; repair it rather than lose the event. The repaired copy is what gets
+        # stored and indexed.
+        plain = event.to_dict()
+        timestamp = plain.pop("timestamp")
+        fixed = AuditEvent(timestamp=timestamp, **sanitize_strings(plain))
+        return orjson.dumps(fixed, option=_JSON_OPTIONS), fixed
 
 
 def decode_event(payload: bytes | str) -> AuditEvent:
@@ -125,7 +126,7 @@ def _metrics(event: AuditEvent) -> tuple[str | None, float | None, int | None, f
 
 def prepare(event: AuditEvent) -> PreparedRow:
     """Encode and digest one event (the part of sealing that needs no chain head)."""
-    payload = encode_event(event)
+    payload, event = _encode(event)
     salt = os.urandom(SALT_BYTES)
     columns = (
         event.event_id,

@@ -242,6 +242,8 @@ class Pipeline:
             for marker in markers:
                 marker.ok = ok
                 marker.done.set()
+            if not ok:  # stopping while the store is down: shutdown dead-letters the rest
+                return
 
     def _process(self, batch: list[AuditEvent]) -> bool:
         events = [e for e in (self._apply_middleware(ev) for ev in batch) if e is not None]
@@ -249,7 +251,8 @@ class Pipeline:
             events.append(self._gap_record())
         self._pending = events
         ok = self._write(events)
-        self._pending = []
+        if ok:  # on failure (only when stopping) shutdown dead-letters what is pending
+            self._pending = []
         return ok
 
     def _apply_middleware(self, event: AuditEvent) -> AuditEvent | None:

@@ -1,0 +1,318 @@
+"""The capture pipeline: nothing lost, nothing raised, back-pressure, fail-closed."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tracevault
+from tracevault import capture
+from tracevault.pipeline import DurabilityError, Pipeline, dead_letter_events
+from tracevault.schema import AuditEvent
+from tracevault.store import StoreError, open_store
+from tracevault.store.sqlite import SQLiteStore
+from tracevault.testing import Capture
+
+
+class FlakyStore(SQLiteStore):
+    """A real SQLite ledger whose appends fail while ``healthy`` is clear."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.healthy = threading.Event()
+        self.healthy.set()
+        self.failures = 0
+
+    def append(self, events: Sequence[AuditEvent]) -> int:
+        if not self.healthy.is_set():
+            self.failures += 1
+            raise StoreError("simulated outage")
+        return super().append(events)
+
+
+class Weird:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_bad_inputs_never_raise_and_all_land(cap: Capture) -> None:
+    cyclic: list[Any] = []
+    cyclic.append(cyclic)
+    payloads = [
+        Weird(),
+        b"\x00\xffbytes",
+        {1, 2, 3},
+        ValueError("an exception as a payload"),
+        cyclic,
+        {"nan": math.nan, "inf": math.inf},
+        "lone surrogate \ud800 here",
+        "m" * (8 * 1024 * 1024),
+        {"\udc80key": "value"},
+        object(),
+    ]
+    log = tracevault.AuditLogger(session_id="bad-\ud800-inputs", user_id="u")
+    for p in payloads:
+        log.log_tool_call("weird", p, result=p)
+        log.log_input(p)
+    events = cap.events()
+    assert len(events) == 3 * len(payloads)
+    assert cap.store.verify().ok
+    big = [e for e in events if e.kind == "input" and isinstance(e.data["content"], str)
+           and "chars in original" in e.data["content"]]
+    assert len(big) == 1 and "8388608 chars in original" in big[0].data["content"]
+    assert {e.session_id for e in events} == {"bad-\ufffd-inputs"}
+    assert cap.pipeline.stats().written == len(events)
+
+
+def test_threads_all_land_in_one_chain(cap: Capture) -> None:
+    def work(n: int) -> None:
+        log = tracevault.AuditLogger(session_id=f"thread-{n}")
+        for i in range(10_000):
+            log.log_event("tick", {"i": i})
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    cap.flush()
+    assert cap.store.count() == 80_000
+    report = cap.store.verify()
+    assert report.ok and report.checked == 80_000
+    sessions = {s.session_id: s.events for s in cap.store.sessions()}
+    assert sessions == {f"thread-{n}": 10_000 for n in range(8)}
+
+
+def test_asyncio_tasks_all_land_with_their_own_context(cap: Capture) -> None:
+    async def task(n: int) -> None:
+        with tracevault.context(session_id=f"task-{n % 10}", user_id=f"user-{n}"):
+            await asyncio.sleep(0)  # interleave the tasks
+            tracevault.AuditLogger().log_input(f"hello from {n}")
+
+    async def main() -> None:
+        await asyncio.gather(*(task(n) for n in range(1000)))
+
+    asyncio.run(main())
+    events = cap.events()
+    assert len(events) == 1000
+    for e in events:
+        n = int(e.data["content"].rsplit(" ", 1)[1])
+        assert e.user_id == f"user-{n}" and e.session_id == f"task-{n % 10}"
+    assert cap.store.verify().ok
+
+
+def test_store_outage_applies_back_pressure_and_loses_nothing(tmp_path: Path) -> None:
+    store = FlakyStore(str(tmp_path / "flaky.db"))
+    store.healthy.clear()
+    tracevault.configure(store=store, queue_size=10, batch_size=5)
+    done = threading.Event()
+
+    def produce() -> None:
+        log = tracevault.AuditLogger(session_id="bp")
+        for i in range(200):
+            log.log_event("e", i)
+        done.set()
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    # The producer cannot finish: the queue is full and the store is down.
+    assert not done.wait(0.3)
+    assert not tracevault.flush(0.2)
+    store.healthy.set()
+    producer.join()
+    assert tracevault.flush(30)
+    stats = tracevault.stats()
+    assert stats is not None
+    assert stats.written == 200 and stats.dropped == 0 and stats.write_errors >= 1
+    assert store.count() == 200 and store.verify().ok
+    assert [e.event.data["payload"] for e in store.events()] == list(range(200))
+
+
+def test_block_timeout_drops_are_counted_and_recorded(tmp_path: Path) -> None:
+    store = FlakyStore(str(tmp_path / "flaky.db"))
+    store.healthy.clear()
+    tracevault.configure(store=store, queue_size=5, batch_size=5, block_timeout=0.01)
+    log = tracevault.AuditLogger(session_id="drops")
+    for i in range(40):
+        log.log_event("e", i)
+    stats = tracevault.stats()
+    assert stats is not None and stats.dropped > 0
+    dropped = stats.dropped
+    store.healthy.set()
+    assert tracevault.flush(30)
+    gaps = [e.event for e in store.events() if e.event.name == "tracevault.queue_full"]
+    assert len(gaps) == 1
+    assert gaps[0].data["message"].startswith(f"{dropped} events were not recorded")
+    assert store.count() == 40 - dropped + 1
+
+
+def test_failing_middleware_withholds_the_payload(tmp_path: Path) -> None:
+    def explode(event: AuditEvent) -> AuditEvent:
+        if event.kind == "input":
+            raise RuntimeError("detector crashed")
+        return event
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    tracevault.configure(store=url, middleware=[explode])
+    log = tracevault.AuditLogger(session_id="mw")
+    log.log_input("my card is 4111 1111 1111 1111", source="web", secret_meta="x")
+    log.log_output("fine")
+    assert tracevault.flush(10)
+    events = [s.event for s in open_store(url).events()]
+    assert [e.kind for e in events] == ["input", "output"]
+    assert events[0].data == {
+        "withheld": True,
+        "reason": "test_failing_middleware_withholds_the_payload.<locals>.explode failed: "
+        "RuntimeError: detector crashed",
+    }
+    assert events[0].metadata == {}
+    assert events[1].data["content"] == "fine"
+    assert b"4111" not in (tmp_path / "m.db").read_bytes()
+    stats = tracevault.stats()
+    assert stats is not None and stats.withheld == 1
+
+
+def test_middleware_may_drop_or_replace_events(tmp_path: Path) -> None:
+    def only_errors_and_tag(event: AuditEvent) -> AuditEvent | None:
+        if event.kind == "custom":
+            return None
+        event.tags.append("seen")
+        return event
+
+    with __import__("tracevault.testing").testing.capture_events(
+        tmp_path, middleware=[only_errors_and_tag]
+    ) as cap:
+        log = tracevault.AuditLogger(session_id="mw2")
+        log.log_event("noise")
+        log.log_error("real problem")
+        events = cap.events()
+        assert [(e.kind, e.tags) for e in events] == [("error", ["seen"])]
+        assert cap.pipeline.stats().filtered == 1
+
+
+def test_level_filter(tmp_path: Path) -> None:
+    with __import__("tracevault.testing").testing.capture_events(tmp_path, level="info") as cap:
+        log = tracevault.AuditLogger(session_id="lv")
+        with log.span("agent-step"):  # debug-level structural events
+            log.log_input("hi")
+        log.log_event("chatter", level="debug")
+        log.log_error("bad")
+        assert [e.kind for e in cap.events()] == ["input", "error"]
+    with pytest.raises(ValueError, match="unknown level 'loud'"):
+        tracevault.configure(store=f"sqlite:///{tmp_path / 'x.db'}", level="loud")
+
+
+def test_shutdown_dead_letters_what_cannot_be_written(tmp_path: Path) -> None:
+    store = FlakyStore(str(tmp_path / "down.db"))
+    store.healthy.clear()
+    path = str(tmp_path / "dead.jsonl")
+    pipeline = Pipeline(store, dead_letter_path=path)
+    events = [
+        AuditEvent(event_id=f"id-{i}", timestamp=__import__("datetime").datetime.now(
+            __import__("datetime").timezone.utc), kind="custom", data={"i": i})
+        for i in range(5)
+    ]
+    for e in events:
+        pipeline.submit(e)
+    stats = pipeline.shutdown(timeout=0.3)
+    assert stats.dead_lettered == 5 and stats.written == 0
+    saved = dead_letter_events(path)
+    assert [e.event_id for e in saved] == [e.event_id for e in events]
+    # The saved events can be appended once the store is back.
+    store.healthy.set()
+    store.append(saved)
+    assert store.verify().ok and store.count() == 5
+
+
+def test_strict_mode_stops_the_tool_when_intent_is_not_durable(tmp_path: Path) -> None:
+    store = FlakyStore(str(tmp_path / "strict.db"))
+    store.healthy.clear()
+    tracevault.configure(store=store, strict=True, strict_timeout=0.3)
+    ran: list[int] = []
+    log = tracevault.AuditLogger(session_id="strict")
+    with pytest.raises(DurabilityError, match="simulated outage"), log.tool_call("transfer_money"):
+        ran.append(1)
+    assert ran == []
+    store.healthy.set()
+    with log.tool_call("transfer_money", {"amount": 5}) as call:
+        ran.append(2)
+        call.result = "ok"
+    assert ran == [2]
+    assert tracevault.flush(10)
+
+
+def test_unwritable_and_corrupt_stores_give_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="check that the file and its directory exist"):
+        tracevault.configure(store=f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}")
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="corrupt or not a tracevault ledger"):
+        tracevault.configure(store=f"sqlite:///{corrupt}")
+    with pytest.raises(StoreError, match="unknown store URL scheme"):
+        tracevault.configure(store="mysql://nope")
+
+
+def test_a_killed_process_keeps_a_valid_chain(tmp_path: Path) -> None:
+    db = tmp_path / "killed.db"
+    script = textwrap.dedent(
+        f"""
+        import sys, tracevault
+        tracevault.configure(store="sqlite:///{db}")
+        log = tracevault.AuditLogger(session_id="killed")
+        for i in range(1_000_000):
+            log.log_event("e", {{"i": i, "pad": "x" * 200}})
+            if i % 500 == 499:
+                assert tracevault.flush(30)
+                print(i + 1, flush=True)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    durable = 0
+    for line in proc.stdout:
+        durable = int(line)
+        if durable >= 3000:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    store = open_store(f"sqlite:///{db}")
+    report = store.verify()
+    assert report.ok, report
+    assert store.count() >= durable
+    seen = [e.event.data["payload"]["i"] for e in store.events()]
+    assert seen == list(range(len(seen)))  # a prefix: nothing missing in the middle
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")
+def test_forked_child_records_through_its_own_writer(cap: Capture) -> None:
+    tracevault.AuditLogger(session_id="parent").log_event("before fork")
+    cap.flush()
+    pid = os.fork()
+    if pid == 0:  # child: the parent's writer thread does not exist here
+        code = 1
+        try:
+            tracevault.AuditLogger(session_id="child").log_event("in child")
+            code = 0 if tracevault.flush(30) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert sorted(s.session_id or "" for s in cap.store.sessions()) == ["child", "parent"]
+    assert cap.store.verify().ok
+
+
+def test_capture_errors_are_counted_not_raised(cap: Capture) -> None:
+    before = capture.capture_errors()
+    assert capture.emit("custom", level="not-a-level") is None
+    assert capture.capture_errors() == before + 1
