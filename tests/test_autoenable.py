@@ -52,7 +52,12 @@ def _run(world: Path, enabled: str | None) -> list[str]:
         env["TRACEVAULT_ENABLED"] = enabled
     out = subprocess.run(
         [sys.executable, str(world / "script.py")],
-        env=env, cwd=world, capture_output=True, text=True, timeout=120, check=True,
+        env=env,
+        cwd=world,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     return out.stdout.split("\n")
 

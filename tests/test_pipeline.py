@@ -68,8 +68,13 @@ def test_bad_inputs_never_raise_and_all_land(cap: Capture) -> None:
     events = cap.events()
     assert len(events) == 3 * len(payloads)
     assert cap.store.verify().ok
-    big = [e for e in events if e.kind == "input" and isinstance(e.data["content"], str)
-           and "chars in original" in e.data["content"]]
+    big = [
+        e
+        for e in events
+        if e.kind == "input"
+        and isinstance(e.data["content"], str)
+        and "chars in original" in e.data["content"]
+    ]
     assert len(big) == 1 and "8388608 chars in original" in big[0].data["content"]
     assert {e.session_id for e in events} == {"bad-\ufffd-inputs"}
     assert cap.pipeline.stats().written == len(events)
@@ -219,8 +224,12 @@ def test_shutdown_dead_letters_what_cannot_be_written(tmp_path: Path) -> None:
     path = str(tmp_path / "dead.jsonl")
     pipeline = Pipeline(store, dead_letter_path=path)
     events = [
-        AuditEvent(event_id=f"id-{i}", timestamp=__import__("datetime").datetime.now(
-            __import__("datetime").timezone.utc), kind="custom", data={"i": i})
+        AuditEvent(
+            event_id=f"id-{i}",
+            timestamp=__import__("datetime").datetime.now(__import__("datetime").timezone.utc),
+            kind="custom",
+            data={"i": i},
+        )
         for i in range(5)
     ]
     for e in events:

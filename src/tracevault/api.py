@@ -65,7 +65,9 @@ def configure(
         strict_timeout=strict_timeout,
         extra=extra or None,
     )
-    opened = store if store is not None and not isinstance(store, str) else open_store(settings.store)
+    opened = (
+        store if store is not None and not isinstance(store, str) else open_store(settings.store)
+    )
     pipeline = Pipeline(
         opened,
         middleware=[*capture.default_middleware(settings), *(middleware or ())],
@@ -220,13 +222,28 @@ class AuditLogger:
     ) -> None:
         """Record one completed model call with its tokens and cost."""
         data = _drop_none(
-            model=model, provider=provider, messages=messages, prompt=prompt,
-            parameters=parameters, tools=tools, response=response, tool_calls=tool_calls,
-            finish_reason=finish_reason, usage=usage, cost=cost, duration_ms=duration_ms,
-            time_to_first_token_ms=time_to_first_token_ms, status=status,
+            model=model,
+            provider=provider,
+            messages=messages,
+            prompt=prompt,
+            parameters=parameters,
+            tools=tools,
+            response=response,
+            tool_calls=tool_calls,
+            finish_reason=finish_reason,
+            usage=usage,
+            cost=cost,
+            duration_ms=duration_ms,
+            time_to_first_token_ms=time_to_first_token_ms,
+            status=status,
         )
-        self.emit("llm_call", data, phase="end", name=model,
-                  level="error" if status == "error" else "info")
+        self.emit(
+            "llm_call",
+            data,
+            phase="end",
+            name=model,
+            level="error" if status == "error" else "info",
+        )
 
     def log_tool_call(
         self,
@@ -241,21 +258,35 @@ class AuditLogger:
     ) -> None:
         """Record a tool call that already happened: its intent and its outcome."""
         span_id = new_span_id()
-        intent = _drop_none(tool_name=tool_name, parameters=parameters,
-                            tool_call_id=tool_call_id, status="pending")
+        intent = _drop_none(
+            tool_name=tool_name, parameters=parameters, tool_call_id=tool_call_id, status="pending"
+        )
         self.emit("tool_call", intent, phase="start", name=tool_name, span_id=span_id)
         if error is not None:
             status = "error"
-        outcome = _drop_none(tool_name=tool_name, result=result, status=status,
-                             duration_ms=duration_ms, tool_call_id=tool_call_id)
+        outcome = _drop_none(
+            tool_name=tool_name,
+            result=result,
+            status=status,
+            duration_ms=duration_ms,
+            tool_call_id=tool_call_id,
+        )
         if error is not None:
             outcome["error"] = _error_data(error, tool_name, None)
-        self.emit("tool_call", outcome, phase="end", name=tool_name, span_id=span_id,
-                  level="error" if status == "error" else "info")
+        self.emit(
+            "tool_call",
+            outcome,
+            phase="end",
+            name=tool_name,
+            span_id=span_id,
+            level="error" if status == "error" else "info",
+        )
         if duration_ms is not None:
             self._warn_if_slow(tool_name, duration_ms, span_id)
 
-    def log_retrieval(self, query: str, documents: Sequence[Any], *, name: str | None = None) -> None:
+    def log_retrieval(
+        self, query: str, documents: Sequence[Any], *, name: str | None = None
+    ) -> None:
         """Record a retrieval: the query and the documents (id, content, score, metadata)."""
         self.emit("retrieval", {"query": query, "documents": list(documents)}, name=name)
 
@@ -269,7 +300,9 @@ class AuditLogger:
         cost: float | None = None,
     ) -> None:
         """Record what the agent answered."""
-        data = _drop_none(type=type, content=content, tokens_used=tokens_used, model=model, cost=cost)
+        data = _drop_none(
+            type=type, content=content, tokens_used=tokens_used, model=model, cost=cost
+        )
         self.emit("output", data, name=type)
 
     def log_error(
@@ -295,8 +328,14 @@ class AuditLogger:
             raise ValueError(f"span kind must be 'agent' or 'chain', not {kind!r}")
         parent = current_span()
         ref = SpanRef(parent.trace_id if parent else self.trace_id, new_span_id())
-        self.emit(kind, _drop_none(inputs=inputs), phase="start", name=name, span_id=ref.span_id,
-                  level="debug")
+        self.emit(
+            kind,
+            _drop_none(inputs=inputs),
+            phase="start",
+            name=name,
+            span_id=ref.span_id,
+            level="debug",
+        )
         started = time.perf_counter()
         status = "success"
         try:
@@ -307,8 +346,14 @@ class AuditLogger:
             raise
         finally:
             data = {"status": status, "duration_ms": (time.perf_counter() - started) * 1000}
-            self.emit(kind, data, phase="end", name=name, span_id=ref.span_id,
-                      level="error" if status == "error" else "debug")
+            self.emit(
+                kind,
+                data,
+                phase="end",
+                name=name,
+                span_id=ref.span_id,
+                level="error" if status == "error" else "debug",
+            )
 
     def tool_call(
         self,
@@ -330,10 +375,17 @@ class AuditLogger:
         if duration_ms > threshold:
             self.emit(
                 "custom",
-                {"name": "slow_tool_call",
-                 "payload": {"tool_name": tool_name, "duration_ms": duration_ms,
-                             "threshold_ms": threshold}},
-                level="warning", name="slow_tool_call", span_id=span_id,
+                {
+                    "name": "slow_tool_call",
+                    "payload": {
+                        "tool_name": tool_name,
+                        "duration_ms": duration_ms,
+                        "threshold_ms": threshold,
+                    },
+                },
+                level="warning",
+                name="slow_tool_call",
+                span_id=span_id,
             )
 
 
@@ -366,11 +418,21 @@ class ToolCall:
         name = self.tool_name or "tool"
         parent = current_span()
         self._span = SpanRef(parent.trace_id if parent else self.logger.trace_id, new_span_id())
-        intent = _drop_none(tool_name=name, parameters=self.parameters,
-                            tool_call_id=self.tool_call_id, status="pending")
+        intent = _drop_none(
+            tool_name=name,
+            parameters=self.parameters,
+            tool_call_id=self.tool_call_id,
+            status="pending",
+        )
         # In strict mode the intent must be durable before the tool may run.
-        self.logger.emit("tool_call", intent, phase="start", name=name,
-                         span_id=self._span.span_id, durable=capture.settings().strict)
+        self.logger.emit(
+            "tool_call",
+            intent,
+            phase="start",
+            name=name,
+            span_id=self._span.span_id,
+            durable=capture.settings().strict,
+        )
         self._cm = use_span(self._span)
         self._cm.__enter__()
         self._started = time.perf_counter()
@@ -386,18 +448,28 @@ class ToolCall:
         self._cm.__exit__(None, None, None)
         assert self._span is not None
         name = self.tool_name or "tool"
-        outcome = _drop_none(tool_name=name, result=self.result, duration_ms=self.duration_ms,
-                             tool_call_id=self.tool_call_id)
+        outcome = _drop_none(
+            tool_name=name,
+            result=self.result,
+            duration_ms=self.duration_ms,
+            tool_call_id=self.tool_call_id,
+        )
         if exc is not None:
             self.status = "error"
             outcome["error"] = _error_data(exc, name, None)
         outcome["status"] = self.status
         level = "error" if self.status == "error" else "info"
-        self.logger.emit("tool_call", outcome, phase="end", name=name,
-                         span_id=self._span.span_id, level=level)
+        self.logger.emit(
+            "tool_call", outcome, phase="end", name=name, span_id=self._span.span_id, level=level
+        )
         if exc is not None:
-            self.logger.emit("error", _error_data(exc, name, None), level="error", name=name,
-                             span_id=self._span.span_id)
+            self.logger.emit(
+                "error",
+                _error_data(exc, name, None),
+                level="error",
+                name=name,
+                span_id=self._span.span_id,
+            )
         self.logger._warn_if_slow(name, self.duration_ms, self._span.span_id)
 
     async def __aenter__(self) -> ToolCall:
@@ -425,6 +497,7 @@ class ToolCall:
                 return {"args": list(args), "kwargs": kwargs}
 
         if inspect.iscoroutinefunction(func):
+
             @functools.wraps(func)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 with ToolCall(logger, name, bound(args, kwargs), call_id) as call:

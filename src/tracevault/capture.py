@@ -68,13 +68,16 @@ def get_pipeline() -> Pipeline:
     with _lock:
         if _pipeline is None:
             s = settings()
-            install(Pipeline(
-                s.store,
-                middleware=default_middleware(s),
-                queue_size=s.queue_size,
-                batch_size=s.batch_size,
-                block_timeout=s.block_timeout,
-            ), s)
+            install(
+                Pipeline(
+                    s.store,
+                    middleware=default_middleware(s),
+                    queue_size=s.queue_size,
+                    batch_size=s.batch_size,
+                    block_timeout=s.block_timeout,
+                ),
+                s,
+            )
         assert _pipeline is not None
         return _pipeline
 
@@ -143,7 +146,9 @@ def emit(
                 if parent_span_id is None:
                     parent_span_id = ref.span_id
         if metadata:
-            meta = snapshot({**scope.metadata, **metadata}) if scope.metadata else snapshot(metadata)
+            meta = (
+                snapshot({**scope.metadata, **metadata}) if scope.metadata else snapshot(metadata)
+            )
         else:
             meta = snapshot(scope.metadata) if scope.metadata else {}
         event = AuditEvent(

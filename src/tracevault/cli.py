@@ -93,12 +93,16 @@ def cmd_show(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if not events:
-        raise UsageError(f"no session {args.session!r} in {_store_url(args)} (see `tracevault sessions`)")
+        raise UsageError(
+            f"no session {args.session!r} in {_store_url(args)} (see `tracevault sessions`)"
+        )
     if args.json:
-        _print_json({
-            "session": summaries[0].to_dict() if summaries else None,
-            "events": [{"seq": e.seq, **e.event.to_dict()} for e in events],
-        })
+        _print_json(
+            {
+                "session": summaries[0].to_dict() if summaries else None,
+                "events": [{"seq": e.seq, **e.event.to_dict()} for e in events],
+            }
+        )
         return 0
     if summaries:
         print(session_header(summaries[0]))
@@ -132,7 +136,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         _print_json(report.to_dict())
     elif report.ok:
         erased = f", {report.erased} erased payloads" if report.erased else ""
-        print(f"OK: {report.checked} events verified, chain intact up to #{report.head_seq}{erased}")
+        print(
+            f"OK: {report.checked} events verified, chain intact up to #{report.head_seq}{erased}"
+        )
     else:
         print(f"TAMPERED: first bad event #{report.first_bad_seq}: {report.reason}")
     return 0 if report.ok else 1
@@ -169,19 +175,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser with every command registered."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--store", metavar="URL", help=f"ledger URL (default $TRACEVAULT_STORE or {DEFAULT_URL})")
+    common.add_argument(
+        "--store", metavar="URL", help=f"ledger URL (default $TRACEVAULT_STORE or {DEFAULT_URL})"
+    )
     reading = argparse.ArgumentParser(add_help=False, parents=[common])
     reading.add_argument("--json", action="store_true", help="print JSON instead of text")
 
-    parser = argparse.ArgumentParser(prog="tracevault", description="tamper-evident audit trail for LLM agents")
+    parser = argparse.ArgumentParser(
+        prog="tracevault", description="tamper-evident audit trail for LLM agents"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("demo", parents=[common], help="record a scripted offline agent run and show it")
+    p = sub.add_parser(
+        "demo", parents=[common], help="record a scripted offline agent run and show it"
+    )
     p.add_argument("--width", type=int, default=100, help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print the recorded session as JSON")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("sessions", parents=[reading], help="list sessions with counts, tokens and cost")
+    p = sub.add_parser(
+        "sessions", parents=[reading], help="list sessions with counts, tokens and cost"
+    )
     p.add_argument("--user", help="only sessions of this user id")
     p.add_argument("--since", help="from this time (ISO, or relative: 24h, 7d)")
     p.add_argument("--until", help="before this time (ISO, or relative)")
@@ -194,12 +208,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=100, help="width of one-line summaries")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("stats", parents=[reading], help="tool usage, errors per day, tokens and cost per model")
+    p = sub.add_parser(
+        "stats", parents=[reading], help="tool usage, errors per day, tokens and cost per model"
+    )
     p.add_argument("--since", help="from this time (ISO, or relative: 24h, 7d)")
     p.add_argument("--until", help="before this time (ISO, or relative)")
     p.set_defaults(func=cmd_stats)
 
-    p = sub.add_parser("verify", parents=[reading], help="check the hash chain (exit 1 if tampered)")
+    p = sub.add_parser(
+        "verify", parents=[reading], help="check the hash chain (exit 1 if tampered)"
+    )
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("schema", parents=[common], help="print the JSON Schema of an audit event")

@@ -49,10 +49,16 @@ def run_demo(session_id: str | None = None, user_id: str = "demo-user") -> str:
         )
         usage = {"input": 182, "output": 41, "total": 223}
         log.log_llm_call(
-            MODEL, provider="openai", messages=[{"role": "user", "content": question}],
-            tool_calls=[{"name": "get_weather", "args": {"city": "Paris"}},
-                        {"name": "get_local_time", "args": {"city": "Paris"}}],
-            finish_reason="tool_calls", usage=usage, duration_ms=412.0,
+            MODEL,
+            provider="openai",
+            messages=[{"role": "user", "content": question}],
+            tool_calls=[
+                {"name": "get_weather", "args": {"city": "Paris"}},
+                {"name": "get_local_time", "args": {"city": "Paris"}},
+            ],
+            finish_reason="tool_calls",
+            usage=usage,
+            duration_ms=412.0,
             cost=cost_of(MODEL, usage["input"], usage["output"]),
         )
         tool = log.tool_call("get_weather")(_get_weather)
@@ -66,10 +72,16 @@ def run_demo(session_id: str | None = None, user_id: str = "demo-user") -> str:
         usage2 = {"input": 260, "output": 24, "total": 284}
         answer = "It is sunny and 21 °C in Paris, and the local time is 14:05."
         log.log_llm_call(
-            MODEL, provider="openai", response=answer, finish_reason="stop", usage=usage2,
-            duration_ms=298.0, cost=cost_of(MODEL, usage2["input"], usage2["output"]),
+            MODEL,
+            provider="openai",
+            response=answer,
+            finish_reason="stop",
+            usage=usage2,
+            duration_ms=298.0,
+            cost=cost_of(MODEL, usage2["input"], usage2["output"]),
         )
         total_cost = (cost_of(MODEL, 182, 41) or 0) + (cost_of(MODEL, 260, 24) or 0)
-        log.log_output(answer, tokens_used=usage["total"] + usage2["total"], model=MODEL,
-                       cost=total_cost)
+        log.log_output(
+            answer, tokens_used=usage["total"] + usage2["total"], model=MODEL, cost=total_cost
+        )
     return session_id

@@ -149,7 +149,9 @@ def header(seq: int, columns: Sequence[Any]) -> bytes:
     """Return the bytes of a row's sequence number and columns that the chain covers."""
     parts = [str(seq)]
     for value in columns:
-        parts.append("" if value is None else repr(value) if isinstance(value, float) else str(value))
+        parts.append(
+            "" if value is None else repr(value) if isinstance(value, float) else str(value)
+        )
     return "\x1f".join(parts).encode("utf-8", "surrogatepass")
 
 
@@ -213,9 +215,7 @@ class VerifyReport:
         }
 
 
-def verify_rows(
-    rows: Iterable[StoredRow], head_seq: int, head_chain: bytes
-) -> VerifyReport:
+def verify_rows(rows: Iterable[StoredRow], head_seq: int, head_chain: bytes) -> VerifyReport:
     """Recompute digests and the chain over ``rows`` (in seq order) against the head.
 
     Reports the first sequence number at which the stored trail stops matching: a
@@ -240,7 +240,11 @@ def verify_rows(
         prev = sha256(prev + header(r.seq, r.columns) + r.digest).digest()
         if prev != r.chain:
             return VerifyReport(
-                False, checked, head_seq, r.seq, f"chain breaks at row {r.seq} (row altered, inserted or reordered)"
+                False,
+                checked,
+                head_seq,
+                r.seq,
+                f"chain breaks at row {r.seq} (row altered, inserted or reordered)",
             )
         checked += 1
         expected += 1
@@ -248,7 +252,11 @@ def verify_rows(
     if last != head_seq or prev != (head_chain if head_seq else GENESIS):
         bad = min(last, head_seq) + 1
         return VerifyReport(
-            False, checked, head_seq, bad,
-            f"ledger head says {head_seq} rows but the chain ends at {last} (rows removed or added at the end)",
+            False,
+            checked,
+            head_seq,
+            bad,
+            f"ledger head says {head_seq} rows but the chain ends at {last} "
+            "(rows removed or added at the end)",
         )
     return VerifyReport(True, checked, head_seq, erased=erased)

@@ -299,7 +299,9 @@ class Pipeline:
                 return True
             except Exception as exc:  # keep the events; back off; try again
                 self._write_errors += 1
-                message = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
+                message = (
+                    str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
+                )
                 if message != self._last_error:
                     log.error("tracevault: cannot write to the ledger, retrying: %s", message)
                 self._last_error = message
@@ -314,7 +316,12 @@ class Pipeline:
 
     def _dead_letter_rest(self) -> None:
         rest: list[AuditEvent] = list(self._pending)
-        rest += [i for i in self._queue if isinstance(i, AuditEvent)]
+        for item in self._queue:
+            if isinstance(item, _Marker):  # release flush() callers: not durable
+                item.ok = False
+                item.done.set()
+            else:
+                rest.append(item)
         self._queue.clear()
         self._pending = []
         if not rest:
@@ -326,7 +333,8 @@ class Pipeline:
             self._dead_lettered += len(rest)
             log.error(
                 "tracevault: %d events could not reach the ledger and were saved to %s",
-                len(rest), self._dead_letter_path,
+                len(rest),
+                self._dead_letter_path,
             )
         except OSError as exc:
             self._dead_lettered += len(rest)

@@ -109,13 +109,17 @@ def describe(node: Node, width: int = 80) -> str:
     if kind == "tool_call":
         status = data.get("status", "pending")
         mark = {"success": "ok", "error": "FAILED", "pending": "no outcome"}.get(status, status)
-        out = f"tool {data.get('tool_name') or ev.name}({short(data.get('parameters', ''), width // 2)})"
+        params = short(data.get("parameters", ""), width // 2)
+        out = f"tool {data.get('tool_name') or ev.name}({params})"
         if status == "error":
             err = data.get("error") or {}
-            out += f" ✗ {err.get('type', 'error')}: {short(err.get('message', data.get('result', '')), width // 2)}"
+            message = short(err.get("message", data.get("result", "")), width // 2)
+            out += f" ✗ {err.get('type', 'error')}: {message}"
         elif "result" in data:
             out += f" → {short(data['result'], width // 2)}"
-        return f"{out} · {mark}" + (f" · {_ms(data.get('duration_ms'))}" if "duration_ms" in data else "")
+        return f"{out} · {mark}" + (
+            f" · {_ms(data.get('duration_ms'))}" if "duration_ms" in data else ""
+        )
     if kind == "llm_call":
         usage = data.get("usage") or {}
         parts = [f"llm {data.get('model') or ev.name or '?'}"]
@@ -149,7 +153,9 @@ def describe(node: Node, width: int = 80) -> str:
     if kind in ("agent", "chain"):
         status = data.get("status")
         tail = f" · {status}" if status else ""
-        return f"{kind} {ev.name or ''}{tail}" + (f" · {_ms(data['duration_ms'])}" if "duration_ms" in data else "")
+        return f"{kind} {ev.name or ''}{tail}" + (
+            f" · {_ms(data['duration_ms'])}" if "duration_ms" in data else ""
+        )
     return f"{kind} {ev.name or ''}: {short(data.get('payload', data), width)}"
 
 
@@ -167,7 +173,9 @@ def _render_nodes(nodes: list[Node], prefix: str, lines: list[str], full: bool, 
         last = i == len(nodes) - 1
         ev = node.event
         when = ev.timestamp.strftime("%H:%M:%S.%f")[:-3]
-        lines.append(f"{prefix}{'└─ ' if last else '├─ '}{when} #{node.seq} {describe(node, width)}")
+        lines.append(
+            f"{prefix}{'└─ ' if last else '├─ '}{when} #{node.seq} {describe(node, width)}"
+        )
         child_prefix = prefix + ("   " if last else "│  ")
         if full:
             for part in (node.start, node.end):
@@ -192,7 +200,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Render a plain aligned text table."""
     cells = [[str(h) for h in headers], *[["" if v is None else _cell(v) for v in r] for r in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    out = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    out = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)
 
@@ -206,10 +216,31 @@ def _cell(value: Any) -> str:
 def render_sessions(sessions: Sequence[SessionSummary]) -> str:
     """Render the ``tracevault sessions`` table."""
     return table(
-        ["SESSION", "USER", "START", "END", "RUNS", "EVENTS", "TOOLS", "ERRORS", "TOKENS", "COST $"],
         [
-            [s.session_id, s.user_id or "-", s.start[:19], s.end[:19], s.runs, s.events,
-             s.tool_calls, s.errors, s.tokens, s.cost]
+            "SESSION",
+            "USER",
+            "START",
+            "END",
+            "RUNS",
+            "EVENTS",
+            "TOOLS",
+            "ERRORS",
+            "TOKENS",
+            "COST $",
+        ],
+        [
+            [
+                s.session_id,
+                s.user_id or "-",
+                s.start[:19],
+                s.end[:19],
+                s.runs,
+                s.events,
+                s.tool_calls,
+                s.errors,
+                s.tokens,
+                s.cost,
+            ]
             for s in sessions
         ],
     )
@@ -221,16 +252,26 @@ def render_stats(stats: Stats) -> str:
         "Tool usage",
         table(
             ["TOOL", "CALLS", "ERRORS", "ERROR RATE", "AVG MS", "P95 MS"],
-            [[t.tool, t.calls, t.errors, f"{t.error_rate:.1%}",
-              None if t.avg_ms is None else round(t.avg_ms, 2),
-              None if t.p95_ms is None else round(t.p95_ms, 2)] for t in stats.tools],
+            [
+                [
+                    t.tool,
+                    t.calls,
+                    t.errors,
+                    f"{t.error_rate:.1%}",
+                    None if t.avg_ms is None else round(t.avg_ms, 2),
+                    None if t.p95_ms is None else round(t.p95_ms, 2),
+                ]
+                for t in stats.tools
+            ],
         ),
         "",
         "Per day (UTC)",
         table(
             ["DAY", "EVENTS", "ERROR EVENTS", "RUNS", "FAILED RUNS", "RUN ERROR RATE"],
-            [[d.day, d.events, d.errors, d.runs, d.failed_runs, f"{d.error_rate:.1%}"]
-             for d in stats.days],
+            [
+                [d.day, d.events, d.errors, d.runs, d.failed_runs, f"{d.error_rate:.1%}"]
+                for d in stats.days
+            ],
         ),
         "",
         "Models",

@@ -18,9 +18,8 @@ import dataclasses
 from datetime import datetime
 from typing import Any, Literal, get_args
 
-from typing_extensions import TypedDict
-
 from pydantic import TypeAdapter
+from typing_extensions import TypedDict
 
 SCHEMA_VERSION = 1
 
@@ -201,9 +200,7 @@ def validate_event(raw: dict[str, Any] | AuditEvent) -> AuditEvent:
 
     Raises ``pydantic.ValidationError`` with the failing field paths on bad input.
     """
-    event = EVENT_ADAPTER.validate_python(
-        raw.to_dict() if isinstance(raw, AuditEvent) else raw
-    )
+    event = EVENT_ADAPTER.validate_python(raw.to_dict() if isinstance(raw, AuditEvent) else raw)
     _DATA_ADAPTERS[event.kind].validate_python(event.data)
     return event
 

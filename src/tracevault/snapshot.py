@@ -12,6 +12,7 @@ later by :func:`sanitize_strings` on the writer thread, only when encoding fails
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime as _dt
 import enum
@@ -99,8 +100,8 @@ class _Snapshotter:
     def convert(self, value: Any, depth: int) -> Any:
         cls = type(value)
         if cls is str:
-            return value if len(value) <= self.max_string else truncate_string(
-                value, self.max_string
+            return (
+                value if len(value) <= self.max_string else truncate_string(value, self.max_string)
             )
         if cls is bool or value is None:
             return value
@@ -180,10 +181,8 @@ class _Snapshotter:
             return describe_exception(value)
         if isinstance(value, (set, frozenset)):
             items = list(value)
-            try:
+            with contextlib.suppress(TypeError):  # mixed types keep insertion order
                 items.sort()
-            except TypeError:
-                pass
             return self._container(items, depth)
         if isinstance(value, (Mapping, list, tuple)):
             return self._container(value, depth)
@@ -215,9 +214,8 @@ _NOT_STRUCTURED = object()
 def _structured(value: Any, cls: type) -> Any:
     """Return a plain-data view of a rich object, or ``_NOT_STRUCTURED``."""
     module = cls.__module__
-    if module == "numpy" or module.startswith("numpy."):
-        if hasattr(value, "tolist"):
-            return value.tolist()
+    if (module == "numpy" or module.startswith("numpy.")) and hasattr(value, "tolist"):
+        return value.tolist()
     model_dump = getattr(value, "model_dump", None)
     if callable(model_dump) and hasattr(cls, "model_fields"):
         try:

@@ -52,7 +52,9 @@ def open_store(url: str = DEFAULT_URL, *, create: bool = True) -> Store:
 
         path = url[len("sqlite:///") :].split("?", 1)[0] if url.startswith("sqlite:///") else ""
         if not path:
-            raise StoreError(f"bad SQLite URL {url!r}: use sqlite:///relative.db or sqlite:////abs.db")
+            raise StoreError(
+                f"bad SQLite URL {url!r}: use sqlite:///relative.db or sqlite:////abs.db"
+            )
         options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         return SQLiteStore(path, create=create, synchronous=options.get("synchronous", "full"))
     if scheme in ("postgresql", "postgres"):
@@ -60,8 +62,11 @@ def open_store(url: str = DEFAULT_URL, *, create: bool = True) -> Store:
             module = importlib.import_module("tracevault.store.postgres")
         except ImportError as exc:
             raise StoreError(
-                f"PostgreSQL ledger needs the postgres extra: pip install 'tracevault[postgres]' ({exc})"
+                "PostgreSQL ledger needs the postgres extra: "
+                f"pip install 'tracevault[postgres]' ({exc})"
             ) from None
         store: Store = module.PostgresStore(url, create=create)
         return store
-    raise StoreError(f"unknown store URL scheme {scheme!r} in {url!r} (use sqlite:/// or postgresql://)")
+    raise StoreError(
+        f"unknown store URL scheme {scheme!r} in {url!r} (use sqlite:/// or postgresql://)"
+    )

@@ -33,7 +33,9 @@ from tracevault.store.base import (
 )
 
 _EVENT_COLUMNS = ", ".join(COLUMNS[:11])
-_VERIFY_SELECT = f"SELECT seq, {', '.join(COLUMNS)}, payload, salt, digest, chain FROM events ORDER BY seq"
+_VERIFY_SELECT = (
+    f"SELECT seq, {', '.join(COLUMNS)}, payload, salt, digest, chain FROM events ORDER BY seq"
+)
 _OUTCOME = "phase IN ('end', 'point')"
 
 
@@ -130,7 +132,7 @@ class SQLStore:
         if payload is not None:
             return decode_event(bytes(payload) if isinstance(payload, memoryview) else payload)
         # Erased payload: the indexed columns survive, the content does not.
-        values = dict(zip(COLUMNS[:11], row[2:]))
+        values = dict(zip(COLUMNS[:11], row[2:], strict=True))
         return AuditEvent(
             event_id=values["event_id"],
             timestamp=parse_ts(self._ts_text(values["ts"])),
@@ -197,20 +199,21 @@ class SQLStore:
         )
 
     def _tool_stats(self, extra: str, params: list[Any]) -> list[ToolStats]:
-        per_tool: dict[str, tuple[list[float], list[int]]] = {}
+        per_tool: dict[str, tuple[list[float], list[int]]] = {}  # durations, [calls, errors]
         rows = self._stream(
             "SELECT name, duration_ms, status FROM events "
             f"WHERE kind = 'tool_call' AND {_OUTCOME}{extra}",
             params,
         )
         for name, duration, status in rows:
-            durations, errors = per_tool.setdefault(name or "?", ([], [0, 0]))
-            errors[0] += 1
-            errors[1] += status == "error"
+            durations, counts = per_tool.setdefault(name or "?", ([], [0, 0]))
+            counts[0] += 1
+            counts[1] += status == "error"
             if duration is not None:
                 durations.append(float(duration))
         out = []
-        for tool, (durations, (calls, errors)) in sorted(per_tool.items()):
+        for tool, (durations, counts) in sorted(per_tool.items()):
+            calls, errors = counts
             out.append(
                 ToolStats(
                     tool=tool,

@@ -10,6 +10,7 @@ guard against accidents, while the hash chain is what detects deliberate tamperi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -70,7 +71,9 @@ BEGIN SELECT RAISE(ABORT, 'tracevault ledger is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
 WHEN NOT (NEW.payload IS NULL AND NEW.salt IS NULL AND NEW.seq = OLD.seq
           AND NEW.digest = OLD.digest AND NEW.chain = OLD.chain)
-BEGIN SELECT RAISE(ABORT, 'tracevault ledger is append-only (only erasure may clear a payload)'); END;
+BEGIN
+    SELECT RAISE(ABORT, 'tracevault ledger is append-only (only erasure may clear a payload)');
+END;
 """
 
 _INSERT = (
@@ -184,8 +187,14 @@ class SQLiteStore(SQLStore):
                 conn.executemany(
                     _INSERT,
                     [
-                        (s.seq, *s.row.columns, s.row.payload.decode(), s.row.salt,
-                         s.row.digest, s.chain)
+                        (
+                            s.seq,
+                            *s.row.columns,
+                            s.row.payload.decode(),
+                            s.row.salt,
+                            s.row.digest,
+                            s.chain,
+                        )
                         for s in sealed
                     ],
                 )
@@ -222,10 +231,8 @@ class SQLiteStore(SQLStore):
             self._closed = True
             conns, self._all = self._all, []
         for conn in conns:
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 conn.close()
-            except sqlite3.Error:
-                pass
         self._local = threading.local()
 
     def __enter__(self) -> SQLiteStore:

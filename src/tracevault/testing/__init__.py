@@ -1,11 +1,11 @@
 """Helpers for tests (yours and ours): record into a throw-away ledger and read it back.
 
-    from tracevault.testing import capture_events
+from tracevault.testing import capture_events
 
-    with capture_events(tmp_path) as cap:
-        agent.invoke(...)
-        events = cap.events()          # flushes, then reads the ledger
-        assert [e.kind for e in events][:2] == ["input", "llm_call"]
+with capture_events(tmp_path) as cap:
+    agent.invoke(...)
+    events = cap.events()          # flushes, then reads the ledger
+    assert [e.kind for e in events][:2] == ["input", "llm_call"]
 """
 
 from __future__ import annotations
