@@ -1,0 +1,175 @@
+"""The SQLite ledger: tamper evidence via `tracevault verify`, multi-process appends."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import tracevault
+from tracevault.cli import main
+from tracevault.store import open_store
+from tracevault.store.sqlite import SQLiteStore
+
+
+def _record(db: Path, n: int = 10) -> None:
+    tracevault.configure(store=f"sqlite:///{db}")
+    log = tracevault.AuditLogger(session_id="tamper", user_id="alice")
+    for i in range(n):
+        log.log_tool_call("lookup", {"i": i}, result=f"result {i}", duration_ms=1.0 + i)
+    assert tracevault.flush(10)
+    tracevault.shutdown()
+
+
+def _attacker(db: Path) -> sqlite3.Connection:
+    """A raw connection with the append-only guards removed, as an attacker would."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("DROP TRIGGER events_no_update")
+    conn.execute("DROP TRIGGER events_no_delete")
+    return conn
+
+
+def _verify(db: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(["verify", "--store", f"sqlite:///{db}"])
+    return code, capsys.readouterr().out
+
+
+@pytest.fixture()
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "ledger.db"
+    _record(path)
+    return path
+
+
+def test_intact_ledger_verifies(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = _verify(db, capsys)
+    assert code == 0
+    assert out.startswith("OK: 20 events verified, chain intact up to #20")
+
+
+@pytest.mark.parametrize("seq", [1, 7, 20])
+def test_one_changed_payload_byte_is_detected(
+    db: Path, seq: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conn = _attacker(db)
+    payload = conn.execute("SELECT payload FROM events WHERE seq = ?", (seq,)).fetchone()[0]
+    i = payload.index('"tool_name":"lookup"') + len('"tool_name":"l')
+    conn.execute(
+        "UPDATE events SET payload = ? WHERE seq = ?",
+        (payload[:i] + "0" + payload[i + 1 :], seq),
+    )
+    code, out = _verify(db, capsys)
+    assert code == 1
+    assert f"first bad event #{seq}: payload of row {seq} does not match its digest" in out
+
+
+def test_a_changed_indexed_column_is_detected(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _attacker(db).execute("UPDATE events SET user_id = 'mallory' WHERE seq = 5")
+    code, out = _verify(db, capsys)
+    assert code == 1 and "first bad event #5: chain breaks at row 5" in out
+
+
+def test_a_deleted_row_is_detected(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _attacker(db).execute("DELETE FROM events WHERE seq = 8")
+    code, out = _verify(db, capsys)
+    assert code == 1 and "first bad event #8: row 8 is missing" in out
+
+
+def test_a_deleted_tail_is_detected(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _attacker(db).execute("DELETE FROM events WHERE seq >= 19")
+    code, out = _verify(db, capsys)
+    assert code == 1 and "first bad event #19: ledger head says 20 rows" in out
+
+
+def test_an_inserted_row_is_detected(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conn = _attacker(db)
+    cols = [r[1] for r in conn.execute("PRAGMA table_info(events)")]
+    row = list(conn.execute("SELECT * FROM events WHERE seq = 3").fetchone())
+    conn.execute("UPDATE events SET seq = seq + 1000 WHERE seq > 3")  # make room
+    conn.execute("UPDATE events SET seq = seq - 999 WHERE seq > 1000")
+    row[cols.index("seq")] = 4
+    row[cols.index("event_id")] = "forged-event"
+    conn.execute(f"INSERT INTO events VALUES ({', '.join('?' for _ in cols)})", row)
+    code, out = _verify(db, capsys)
+    assert code == 1 and "first bad event #4: chain breaks at row 4" in out
+
+
+def test_swapped_rows_are_detected(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conn = _attacker(db)
+    conn.execute("UPDATE events SET seq = -1 WHERE seq = 10")
+    conn.execute("UPDATE events SET seq = 10 WHERE seq = 11")
+    conn.execute("UPDATE events SET seq = 11 WHERE seq = -1")
+    code, out = _verify(db, capsys)
+    assert code == 1 and "first bad event #10: chain breaks at row 10" in out
+
+
+def test_recomputed_digest_without_the_chain_is_detected(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import hashlib
+
+    conn = _attacker(db)
+    salt, payload = conn.execute("SELECT salt, payload FROM events WHERE seq = 12").fetchone()
+    forged = payload.replace("result 5", "result X")
+    digest = hashlib.sha256(salt + forged.encode()).digest()
+    conn.execute("UPDATE events SET payload = ?, digest = ? WHERE seq = 12", (forged, digest))
+    code, out = _verify(db, capsys)
+    assert code == 1 and "first bad event #12: chain breaks" in out
+
+
+def test_triggers_keep_the_table_append_only(db: Path) -> None:
+    conn = sqlite3.connect(db, isolation_level=None)
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("UPDATE events SET name = 'x' WHERE seq = 1")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("DELETE FROM events WHERE seq = 1")
+    # Erasure (clearing payload and salt) is the one permitted change, and it verifies.
+    conn.execute("UPDATE events SET payload = NULL, salt = NULL WHERE seq = 2")
+    report = open_store(f"sqlite:///{db}").verify()
+    assert report.ok and report.erased == 1
+    erased = next(open_store(f"sqlite:///{db}").events(limit=2, after_seq=1))
+    assert erased.event.data == {"erased": True} and erased.event.session_id == "tamper"
+
+
+def _writer(path: str, worker: int, n: int) -> None:
+    store = SQLiteStore(path)
+    from datetime import datetime, timezone
+
+    from tracevault.ids import uuid7
+    from tracevault.schema import AuditEvent
+
+    for start in range(0, n, 50):
+        batch = [
+            AuditEvent(
+                event_id=uuid7(),
+                timestamp=datetime.now(timezone.utc),
+                kind="custom",
+                session_id=f"worker-{worker}",
+                data={"i": i},
+            )
+            for i in range(start, min(start + 50, n))
+        ]
+        store.append(batch)
+    store.close()
+
+
+def test_several_processes_keep_one_chain(tmp_path: Path) -> None:
+    path = str(tmp_path / "shared.db")
+    SQLiteStore(path).close()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, w, 1000)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    store = open_store(f"sqlite:///{path}")
+    report = store.verify()
+    assert report.ok and report.checked == 4000
+    per_worker = {s.session_id: s.events for s in store.sessions()}
+    assert per_worker == {f"worker-{w}": 1000 for w in range(4)}
+    for w in range(4):  # each worker's events are in its own order
+        seen = [e.event.data["i"] for e in store.events(session_id=f"worker-{w}")]
+        assert seen == list(range(1000))
