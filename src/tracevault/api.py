@@ -281,6 +281,8 @@ class AuditLogger:
             span_id=span_id,
             level="error" if status == "error" else "info",
         )
+        if error is not None:
+            self.emit("error", outcome["error"], level="error", name=tool_name, span_id=span_id)
         if duration_ms is not None:
             self._warn_if_slow(tool_name, duration_ms, span_id)
 

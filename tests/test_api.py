@@ -1,0 +1,186 @@
+"""The framework-free API: AuditLogger, tool calls, spans, context."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+import tracevault
+from tracevault.testing import Capture, capture_events
+
+
+def test_seed_logging_methods_record_every_kind(cap: Capture) -> None:
+    log = tracevault.AuditLogger(session_id="s1", user_id="alice", tags=["prod"])
+    log.log_input("Where is my order?", source="web", ip_address="203.0.113.9", channel="chat")
+    log.log_reasoning("Look the order up.", plan=["find order", "answer"], confidence=0.8)
+    log.log_llm_call(
+        "gpt-4o-mini",
+        provider="openai",
+        messages=[{"role": "user", "content": "Where is my order?"}],
+        usage={"input": 10, "output": 5, "total": 15},
+        cost=0.001,
+        finish_reason="stop",
+    )
+    log.log_retrieval("order 42", [{"id": "d1", "content": "Order 42 shipped", "score": 0.9}])
+    log.log_tool_call("lookup_order", {"order": 42}, result={"status": "shipped"}, duration_ms=12.5)
+    log.log_error(TimeoutError("carrier API slow"), where="track", recovery_action="used cache")
+    log.log_output("It shipped yesterday.", tokens_used=15, model="gpt-4o-mini", cost=0.001)
+    log.log_event("feedback", {"thumbs": "up"})
+    events = cap.events()
+    assert [(e.kind, e.phase) for e in events] == [
+        ("input", "point"),
+        ("reasoning", "point"),
+        ("llm_call", "end"),
+        ("retrieval", "point"),
+        ("tool_call", "start"),
+        ("tool_call", "end"),
+        ("error", "point"),
+        ("output", "point"),
+        ("custom", "point"),
+    ]
+    assert {e.session_id for e in events} == {"s1"} and {e.user_id for e in events} == {"alice"}
+    assert len({e.trace_id for e in events}) == 1
+    assert all(e.tags == ["prod"] for e in events)
+    inp = events[0]
+    assert inp.data == {
+        "type": "user_message",
+        "content": "Where is my order?",
+        "source": "web",
+        "ip_address": "203.0.113.9",
+    }
+    assert inp.metadata == {"channel": "chat"}
+    assert events[1].data["plan"] == ["find order", "answer"]
+    assert events[4].data == {
+        "tool_name": "lookup_order",
+        "parameters": {"order": 42},
+        "status": "pending",
+    }
+    assert (
+        events[5].data["result"] == {"status": "shipped"} and events[5].data["duration_ms"] == 12.5
+    )
+    assert events[4].span_id == events[5].span_id
+    err = events[6].data
+    assert err["type"] == "TimeoutError" and err["where"] == "track"
+    assert err["recovery_action"] == "used cache"
+    assert events[6].level == "error"
+    for e in events:
+        tracevault.validate_event(e)
+    summary = cap.store.sessions()[0]
+    assert (summary.tokens, summary.cost, summary.errors, summary.tool_calls) == (15, 0.001, 1, 1)
+
+
+def test_tool_call_context_manager_records_intent_outcome_and_errors(cap: Capture) -> None:
+    log = tracevault.AuditLogger(session_id="tools")
+    with log.tool_call("search", {"q": "paris"}, tool_call_id="call_1") as call:
+        intent = cap.events()  # the intent is durable before the tool finishes
+        call.result = ["Paris is in France"]
+    assert [(e.kind, e.phase) for e in intent] == [("tool_call", "start")]
+    with pytest.raises(KeyError), log.tool_call("broken", {"x": 1}):
+        raise KeyError("missing")
+    events = cap.events()
+    ok_end, bad_start, bad_end, error = events[1], events[2], events[3], events[4]
+    assert ok_end.data["status"] == "success" and ok_end.data["tool_call_id"] == "call_1"
+    assert ok_end.data["result"] == ["Paris is in France"]
+    assert ok_end.data["duration_ms"] >= 0
+    assert bad_start.data["status"] == "pending"
+    assert bad_end.data["status"] == "error" and bad_end.level == "error"
+    assert bad_end.data["error"]["type"] == "KeyError"
+    assert error.kind == "error" and error.data["where"] == "broken"
+    assert error.span_id == bad_end.span_id
+
+
+def test_tool_call_decorator_sync_and_async(cap: Capture) -> None:
+    log = tracevault.AuditLogger(session_id="deco")
+
+    @log.tool_call()
+    def add(a: int, b: int = 2) -> int:
+        return a + b
+
+    @log.tool_call("remote_fetch")
+    async def fetch(url: str) -> str:
+        await asyncio.sleep(0)
+        return f"body of {url}"
+
+    assert add(1) == 3
+    assert asyncio.run(fetch("https://example.test/x")) == "body of https://example.test/x"
+    events = cap.events()
+    assert [(e.name, e.phase) for e in events] == [
+        ("add", "start"),
+        ("add", "end"),
+        ("remote_fetch", "start"),
+        ("remote_fetch", "end"),
+    ]
+    assert events[0].data["parameters"] == {"a": 1, "b": 2}
+    assert events[1].data["result"] == 3
+    assert events[3].data["result"] == "body of https://example.test/x"
+
+
+def test_slow_tool_yields_a_warning(tmp_path: Path) -> None:
+    with capture_events(tmp_path, slow_tool_ms=0.0) as cap:
+        log = tracevault.AuditLogger(session_id="slow")
+        with log.tool_call("crawl") as call:
+            call.result = "done"
+        warnings = [e for e in cap.events() if e.level == "warning"]
+        assert len(warnings) == 1
+        assert warnings[0].name == "slow_tool_call"
+        assert warnings[0].data["payload"]["tool_name"] == "crawl"
+        assert warnings[0].data["payload"]["threshold_ms"] == 0.0
+
+
+def test_spans_build_a_tree(cap: Capture) -> None:
+    log = tracevault.AuditLogger(session_id="tree")
+    with log.span("planner", kind="agent"):
+        log.log_reasoning("plan")
+        with log.span("retrieve", kind="chain"), log.tool_call("search"):
+            log.log_event("inner")
+    runs = cap.runs()
+    assert len(runs) == 1
+    (agent,) = runs[0].roots
+    assert agent.event.name == "planner" and agent.start and agent.end
+    assert [c.event.kind for c in agent.children] == ["reasoning", "chain"]
+    chain = agent.children[1]
+    assert [c.event.name for c in chain.children] == ["search"]
+    assert [c.event.name for c in chain.children[0].children] == ["inner"]
+    with pytest.raises(ValueError, match="span kind"), log.span("x", kind="tool"):
+        pass
+
+
+def test_context_follows_tasks_and_copied_threads(cap: Capture) -> None:
+    seen: list[tuple[str | None, str | None]] = []
+
+    def in_thread() -> None:
+        tracevault.AuditLogger().log_event("thread")
+
+    with tracevault.context(session_id="ctx", user_id="bob", tenant="acme", tags=["t1"]):
+        with tracevault.context(user_id="carol"):
+            tracevault.AuditLogger().log_event("nested")
+        ctx = contextvars.copy_context()
+        t = threading.Thread(target=ctx.run, args=(in_thread,))
+        t.start()
+        t.join()
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(contextvars.copy_context().run, in_thread).result()
+    tracevault.AuditLogger().log_event("outside")
+    for e in cap.events():
+        seen.append((e.session_id, e.user_id))
+        if e.session_id == "ctx":
+            assert e.metadata == {"tenant": "acme"} and e.tags == ["t1"]
+    assert seen == [("ctx", "carol"), ("ctx", "bob"), ("ctx", "bob"), (None, None)]
+
+
+def test_explicit_ids_win_over_context(cap: Capture) -> None:
+    with tracevault.context(session_id="ambient", user_id="ambient-user"):
+        tracevault.AuditLogger(session_id="explicit").log_event("e")
+    (event,) = cap.events()
+    assert (event.session_id, event.user_id) == ("explicit", "ambient-user")
+
+
+def test_flush_and_stats_without_a_pipeline() -> None:
+    assert tracevault.flush() is True
+    assert tracevault.stats() is None
+    assert tracevault.shutdown() is None

@@ -1,0 +1,155 @@
+"""The `tracevault` command line, run as users run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tracevault
+from tracevault.cli import main, parse_when
+
+
+def _cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TRACEVAULT_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "tracevault.cli", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_demo_creates_the_default_ledger_and_prints_the_session(tmp_path: Path) -> None:
+    out = _cli("demo", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "tracevault.db").exists()
+    assert "recorded session" in out.stdout
+    session = out.stdout.split("recorded session ", 1)[1].split()[0]
+    assert "tool" in out.stdout and "error" in out.stdout and "output" in out.stdout
+    verify = _cli("verify", cwd=tmp_path)
+    assert verify.returncode == 0 and verify.stdout.startswith("OK: ")
+    listed = json.loads(_cli("sessions", "--json", cwd=tmp_path).stdout)
+    assert [s["session_id"] for s in listed] == [session]
+    assert listed[0]["tool_calls"] >= 2 and listed[0]["errors"] >= 1 and listed[0]["tokens"] > 0
+    shown = json.loads(_cli("show", session, "--json", cwd=tmp_path).stdout)
+    kinds = [e["kind"] for e in shown["events"]]
+    for kind in ("input", "llm_call", "tool_call", "error", "output"):
+        assert kind in kinds
+    stats = json.loads(_cli("stats", "--json", cwd=tmp_path).stdout)
+    assert stats["tools"] and stats["models"] and stats["days"]
+
+
+def test_store_flag_and_environment_select_the_ledger(tmp_path: Path) -> None:
+    db = tmp_path / "elsewhere.db"
+    out = _cli("demo", "--store", f"sqlite:///{db}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert db.exists() and not (tmp_path / "tracevault.db").exists()
+    env = {"TRACEVAULT_STORE": f"sqlite:///{db}"}
+    assert json.loads(_cli("verify", "--json", cwd=tmp_path, env=env).stdout)["ok"] is True
+
+
+def _seed(db: Path) -> None:
+    tracevault.configure(store=f"sqlite:///{db}")
+    for user, session in (("alice", "a-1"), ("alice", "a-2"), ("bob", "b-1")):
+        log = tracevault.AuditLogger(session_id=session, user_id=user)
+        log.log_input(f"hi from {user}")
+        log.log_tool_call("search", {"q": session}, result="r", duration_ms=10.0)
+        log.log_tool_call("search", {"q": session}, error=RuntimeError("down"), duration_ms=30.0)
+    assert tracevault.flush(10)
+    tracevault.shutdown()
+
+
+def test_sessions_filters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "s.db"
+    _seed(db)
+    store = f"sqlite:///{db}"
+    assert main(["sessions", "--store", store, "--user", "alice", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert sorted(r["session_id"] for r in rows) == ["a-1", "a-2"]
+    assert main(["sessions", "--store", store, "--since", "2999-01-01", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert main(["sessions", "--store", store, "--since", "1h", "--limit", "1", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 1
+    assert main(["sessions", "--store", store]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split()[:2] == ["SESSION", "USER"] and "b-1" in table
+
+
+def test_stats_tool_error_rate_and_p95(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "s.db"
+    _seed(db)
+    assert main(["stats", "--store", f"sqlite:///{db}", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    (search,) = stats["tools"]
+    assert search["calls"] == 6 and search["errors"] == 3 and search["error_rate"] == 0.5
+    assert search["avg_ms"] == 20.0 and search["p95_ms"] == 30.0
+    (day,) = stats["days"]
+    assert day["runs"] == 3 and day["failed_runs"] == 3 and day["errors"] == 3
+
+
+def test_show_renders_a_readable_tree(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "s.db"
+    _seed(db)
+    assert main(["show", "a-1", "--store", f"sqlite:///{db}", "--full"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("session a-1 · user alice")
+    assert 'tool search({"q":"a-1"}) → r · ok · 10.0 ms' in out
+    assert "✗ RuntimeError: down · FAILED · 30.0 ms" in out
+    assert '"status": "pending"' in out  # --full prints payloads
+
+
+def test_errors_are_one_line_messages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sessions", "--store", f"sqlite:///{tmp_path / 'none.db'}"]) == 2
+    assert "no tracevault ledger at" in capsys.readouterr().err
+    db = tmp_path / "s.db"
+    _seed(db)
+    assert main(["show", "nope", "--store", f"sqlite:///{db}"]) == 2
+    assert "no session 'nope'" in capsys.readouterr().err
+    assert main(["sessions", "--store", f"sqlite:///{db}", "--since", "yesterday-ish"]) == 2
+    assert "cannot read time" in capsys.readouterr().err
+    (tmp_path / "junk.db").write_text("junk" * 1000)
+    assert main(["verify", "--store", f"sqlite:///{tmp_path / 'junk.db'}"]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt or not a tracevault ledger" in err and "Traceback" not in err
+
+
+def test_schema_prints_a_json_schema_with_every_kind(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    kinds = [b["if"]["properties"]["kind"]["const"] for b in schema["allOf"]]
+    assert kinds == list(tracevault.schema.KINDS)
+    assert set(schema["properties"]) >= {
+        "event_id",
+        "timestamp",
+        "schema_version",
+        "session_id",
+        "user_id",
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "kind",
+        "phase",
+        "level",
+        "name",
+        "framework",
+        "tags",
+        "metadata",
+        "data",
+    }
+    assert "usage" in schema["$defs"]["LLMCallData"]["properties"]
+
+
+def test_parse_when_accepts_dates_times_and_relative() -> None:
+    assert parse_when("2026-11-27").isoformat() == "2026-11-27T00:00:00+00:00"
+    assert parse_when("2026-11-27T10:00:00Z").hour == 10
+    assert parse_when("7d") < parse_when("1h")
