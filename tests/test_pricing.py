@@ -1,0 +1,44 @@
+"""The shared price table: lookups, cached tokens, user overrides."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tracevault import pricing
+
+
+def test_exact_prefix_and_provider_prefixed_names() -> None:
+    assert pricing.price_for("gpt-4o-mini") == pricing.BUILTIN_PRICES["gpt-4o-mini"]
+    assert pricing.price_for("gpt-4o-mini-2024-07-18") == pricing.BUILTIN_PRICES["gpt-4o-mini"]
+    assert pricing.price_for("gpt-4o-2024-08-06") == pricing.BUILTIN_PRICES["gpt-4o"]
+    assert pricing.price_for("openai/gpt-4o") == pricing.BUILTIN_PRICES["gpt-4o"]
+    assert pricing.price_for("ft:gpt-4o-mini:acme::abc") == pricing.BUILTIN_PRICES["gpt-4o-mini"]
+    assert pricing.price_for("unknown-model") is None
+    assert pricing.price_for(None) is None
+
+
+def test_cost_bills_cached_input_at_the_cached_rate() -> None:
+    # gpt-4o-mini: 0.15 in, 0.60 out, 0.075 cached per million tokens
+    assert pricing.cost_of("gpt-4o-mini", 1_000_000, 0) == pytest.approx(0.15)
+    assert pricing.cost_of("gpt-4o-mini", 0, 1_000_000) == pytest.approx(0.60)
+    assert pricing.cost_of("gpt-4o-mini", 1_000_000, 0, cached_tokens=400_000) == pytest.approx(
+        0.6 * 0.15 + 0.4 * 0.075
+    )
+    assert pricing.cost_of("no-such-model", 10, 10) is None
+
+
+def test_user_prices_override_and_extend(tmp_path: Path) -> None:
+    pricing.set_price("acme-llm", input=1.0, output=2.0)
+    assert pricing.cost_of("acme-llm-v2", 1_000_000, 1_000_000) == pytest.approx(3.0)
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps({"gpt-4o": {"input": 100, "output": 100}}))
+    assert pricing.load_prices(str(path)) == 1
+    assert pricing.cost_of("gpt-4o", 1_000_000, 0) == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="bad price entry"):
+        pricing.load_prices({"x": {"input": 1}})
+    with pytest.raises(ValueError, match="negative"):
+        pricing.set_price("x", input=-1, output=1)
+    pricing._overrides.clear()
