@@ -1,0 +1,254 @@
+"""How runs become audit events: tree placement, session resolution and emit helpers.
+
+:class:`Recorder` holds the logic shared by every callback of
+:class:`~tracevault_langchain.TracevaultCallbackHandler`: it opens and closes run state
+in the shared :data:`~tracevault_langchain.runs.RUNS` table, decides the trace, span and
+parent of each event, and calls :func:`tracevault.capture.emit` (the only way events
+leave this package). It never does I/O: ``emit`` only snapshots and enqueues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+from uuid import UUID
+
+from tracevault import capture
+from tracevault.context import current_scope, current_span
+from tracevault.snapshot import describe_exception
+from tracevault_langchain.runs import RUNS, FailedTool, RunState, RunTable, Trace
+
+log = logging.getLogger("tracevault.langchain")
+
+FRAMEWORK = "langchain"
+HIDDEN_TAG = "langsmith:hidden"  # LangGraph's internal plumbing runs
+_SESSION_KEYS = ("session_id", "thread_id", "conversation_id")
+_CANCELLED = (GeneratorExit, asyncio.CancelledError, KeyboardInterrupt)
+# LangGraph signals interrupts and hand-offs by raising these: control flow, not errors.
+_CONTROL_FLOW = frozenset({"GraphBubbleUp", "GraphInterrupt", "NodeInterrupt", "ParentCommand"})
+
+
+def is_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` means the consumer stopped (abandoned stream, cancelled task)."""
+    return isinstance(exc, _CANCELLED)
+
+
+def is_control_flow(exc: BaseException) -> bool:
+    """Whether ``exc`` is a LangGraph interrupt or command rather than a failure."""
+    return any(cls.__name__ in _CONTROL_FLOW for cls in type(exc).__mro__)
+
+
+def error_summary(exc: BaseException) -> dict[str, str]:
+    """Return the type and message of an exception (the stack goes in ``error`` events)."""
+    data = describe_exception(exc)
+    return {"type": data["type"], "message": data["message"]}
+
+
+def _text(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+class Recorder:
+    """Run bookkeeping and event emission for one handler (state lives in ``RUNS``)."""
+
+    def __init__(
+        self,
+        session_id: str | None,
+        user_id: str | None,
+        strict: bool | None,
+        runs: RunTable | None = None,
+    ) -> None:
+        self.session_id = session_id
+        self.user_id = user_id
+        self.strict = strict
+        self.runs = runs if runs is not None else RUNS
+        self.owner = id(self)
+        self.unmatched = 0  # end callbacks for runs this handler did not record
+
+    def is_strict(self) -> bool:
+        """Whether tool intents must be durable (the handler's setting, else the config)."""
+        return self.strict if self.strict is not None else capture.settings().strict
+
+    # --- opening and closing runs -----------------------------------------------------
+
+    def open(
+        self,
+        kind: str,
+        name: str,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        metadata: Mapping[str, Any] | None,
+        tags: list[str] | None,
+    ) -> RunState | None:
+        """Start tracking a run; ``None`` if another handler already records it."""
+        parent = self.runs.get(parent_run_id) if parent_run_id is not None else None
+        meta = metadata or {}
+        scope = None
+        session = next((_text(meta[k]) for k in _SESSION_KEYS if meta.get(k)), None)
+        session = session or self.session_id or (parent.session_id if parent else None)
+        if session is None:
+            scope = current_scope()
+            session = scope.session_id
+        user = _text(meta.get("user_id")) or self.user_id or (parent.user_id if parent else None)
+        if user is None:
+            user = (scope or current_scope()).user_id
+        if parent is not None:
+            trace, parent_span, is_root = parent.trace, parent.child_span, False
+        else:
+            ambient = current_span() if parent_run_id is None else None
+            if ambient is not None:  # inside an AuditLogger span: join its trace
+                trace, parent_span = Trace(ambient.trace_id, run_id), ambient.span_id
+            else:
+                # The top of what this handler sees; a parent it never saw keeps its id.
+                trace = Trace(str(run_id), run_id)
+                parent_span = str(parent_run_id) if parent_run_id is not None else None
+            is_root = True
+        hidden = not is_root and tags is not None and HIDDEN_TAG in tags
+        state = RunState(
+            self.owner, kind, name, None if hidden else str(run_id), parent_span, trace,
+            session, user, is_root,
+        )
+        claimed, evicted = self.runs.claim(run_id, state)
+        for old in evicted:
+            self._report_evicted(old)
+        return state if claimed else None
+
+    def close(self, run_id: UUID) -> RunState | None:
+        """Stop tracking a run and return its state (``None`` if not recorded here)."""
+        state = self.runs.pop(run_id, self.owner)
+        if state is None:
+            self.unmatched += 1
+        return state
+
+    def mine(self, run_id: UUID | None) -> RunState | None:
+        """Return the open run if this handler records it."""
+        if run_id is None:
+            return None
+        state = self.runs.get(run_id)
+        return state if state is not None and state.owner == self.owner else None
+
+    # --- emitting -----------------------------------------------------------------------
+
+    def emit(
+        self,
+        state: RunState,
+        kind: str,
+        phase: str,
+        data: dict[str, Any],
+        *,
+        level: str = "info",
+        name: str | None = None,
+        point: bool = False,
+        metadata: dict[str, Any] | None = None,
+        durable: bool = False,
+    ) -> None:
+        """Emit an event of ``state``'s run (its start/end), or a point inside it."""
+        if point:
+            span, parent = None, state.child_span
+        else:
+            span, parent = state.span, state.parent_span
+        capture.emit(
+            kind,
+            phase=phase,
+            level=level,
+            name=name if name is not None else state.name,
+            data=data,
+            framework=FRAMEWORK,
+            session_id=state.session_id,
+            user_id=state.user_id,
+            trace_id=state.trace.trace_id,
+            span_id=span,
+            parent_span_id=parent,
+            metadata=metadata,
+            durable=durable,
+        )
+
+    def emit_on(self, state: RunState, kind: str, data: dict[str, Any], *, level: str,
+                name: str | None = None) -> None:
+        """Emit a point event that belongs to ``state``'s run itself (errors, warnings)."""
+        capture.emit(
+            kind,
+            level=level,
+            name=name if name is not None else state.name,
+            data=data,
+            framework=FRAMEWORK,
+            session_id=state.session_id,
+            user_id=state.user_id,
+            trace_id=state.trace.trace_id,
+            span_id=state.child_span,
+            parent_span_id=state.parent_span if state.span is not None else None,
+        )
+
+    def error(
+        self,
+        state: RunState,
+        exc: BaseException,
+        *,
+        where: str | None = None,
+        recovery_action: str | None = None,
+        level: str = "error",
+    ) -> None:
+        """Record ``exc`` as an ``error`` event once per trace (errors bubble up)."""
+        if not state.trace.first_report(exc):
+            return
+        data: dict[str, Any] = describe_exception(exc)
+        data["where"] = where or state.name
+        if recovery_action is not None:
+            data["recovery_action"] = recovery_action
+        self.emit_on(state, "error", data, level=level)
+
+    def tool_failed(self, state: RunState, error_type: str, message: str) -> None:
+        """Remember a failed tool call so its recovery can be recorded later."""
+        if state.tool_call_id and state.span is not None:
+            state.trace.tool_failed(
+                state.tool_call_id, FailedTool(state.span, state.name, error_type, message)
+            )
+
+    def recoveries(self, state: RunState, tool_call_ids: list[str]) -> None:
+        """Record that failed tool calls' errors were handed back to the model."""
+        for call_id, failed in state.trace.take_failed(tool_call_ids):
+            payload = {
+                "type": failed.error_type,
+                "message": failed.message,
+                "where": failed.name,
+                "tool_call_id": call_id,
+                "recovery_action": "the tool's error was returned to the model, "
+                "which carried on",
+            }
+            capture.emit(
+                "custom",
+                level="warning",
+                name="error_recovered",
+                data={"name": "error_recovered", "payload": payload},
+                framework=FRAMEWORK,
+                session_id=state.session_id,
+                user_id=state.user_id,
+                trace_id=state.trace.trace_id,
+                span_id=failed.span,
+                parent_span_id=state.child_span,
+            )
+
+    def warn_if_slow(self, state: RunState, duration_ms: float) -> None:
+        """Record a ``slow_tool_call`` warning like the core ``AuditLogger`` does."""
+        threshold = capture.settings().slow_tool_ms
+        if duration_ms > threshold:
+            payload = {"tool_name": state.name, "duration_ms": duration_ms,
+                       "threshold_ms": threshold}
+            self.emit_on(state, "custom", {"name": "slow_tool_call", "payload": payload},
+                         level="warning", name="slow_tool_call")
+
+    def _report_evicted(self, state: RunState) -> None:
+        log.warning(
+            "tracevault: %d runs open at once; the oldest (%s %r) was evicted and its end "
+            "will not be recorded", self.runs.max_open, state.kind, state.name,
+        )
+        self.emit_on(state, "error", {
+            "type": "tracevault.RunStateEvicted",
+            "message": f"more than {self.runs.max_open} runs were open at once; this run's "
+            "state was evicted and its end will not be recorded",
+            "where": state.name,
+        }, level="warning", name="tracevault.run_evicted")

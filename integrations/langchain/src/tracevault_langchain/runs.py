@@ -1,0 +1,158 @@
+"""Bounded, thread-safe state of the runs a handler is recording, keyed by ``run_id``.
+
+LangChain passes ``metadata`` (session, user, model) only to ``*_start`` callbacks and
+the tree only as ``parent_run_id``, so each open run keeps what its later callbacks and
+its children need. A run's state is added on start and removed on its end or error;
+an abandoned stream still ends its runs (with ``GeneratorExit``), possibly after the
+parent. Runs that never end (an async generator collected after its loop closed) are
+evicted oldest-first once ``max_open`` runs are open, so memory stays bounded.
+
+One table is shared by every handler in the process: the first handler to see a run
+start owns it, so a run is recorded once even when two handlers are attached (the
+auto-enabled one and one the user passed).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+DEFAULT_MAX_OPEN = 50_000
+_MAX_TRACKED = 1_000  # per trace: reported exceptions and failed tool calls remembered
+
+
+@dataclass(slots=True)
+class FailedTool:
+    """A tool call that failed and whose error may be handed back to the model."""
+
+    span: str
+    name: str
+    error_type: str
+    message: str
+
+
+@dataclass(slots=True)
+class Trace:
+    """What one root run accumulates over its whole tree (updated from many threads)."""
+
+    trace_id: str
+    root_run_id: UUID
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    tokens: int = 0
+    cost: float | None = None
+    model: str | None = None
+    reported: set[int] = field(default_factory=set)  # id() of exceptions already recorded
+    failed_tools: dict[str, FailedTool] = field(default_factory=dict)  # by tool_call_id
+
+    def add_usage(self, model: str | None, tokens: int, cost: float | None) -> None:
+        """Add one model call's tokens and cost to the run's totals."""
+        with self.lock:
+            self.tokens += tokens
+            if cost is not None:
+                self.cost = (self.cost or 0.0) + cost
+            if model:
+                self.model = model
+
+    def first_report(self, exc: BaseException) -> bool:
+        """Return True the first time ``exc`` is seen in this trace (errors bubble up)."""
+        key = id(exc)
+        with self.lock:
+            if key in self.reported:
+                return False
+            if len(self.reported) < _MAX_TRACKED:
+                self.reported.add(key)
+            return True
+
+    def tool_failed(self, tool_call_id: str, failed: FailedTool) -> None:
+        """Remember a failed tool call until the model is shown its error."""
+        with self.lock:
+            if len(self.failed_tools) < _MAX_TRACKED:
+                self.failed_tools[tool_call_id] = failed
+
+    def take_failed(self, tool_call_ids: list[str]) -> list[tuple[str, FailedTool]]:
+        """Remove and return the failed calls among ``tool_call_ids``."""
+        with self.lock:
+            return [
+                (cid, self.failed_tools.pop(cid)) for cid in tool_call_ids
+                if cid in self.failed_tools
+            ]
+
+
+@dataclass(slots=True)
+class RunState:
+    """One open run: where it sits in the tree and what its end callback needs."""
+
+    owner: int  # id() of the handler recording it
+    kind: str  # agent, chain, llm_call, tool_call, retrieval
+    name: str
+    span: str | None  # span id events of this run carry (None: a hidden run)
+    parent_span: str | None  # nearest recorded ancestor's span id
+    trace: Trace
+    session_id: str | None
+    user_id: str | None
+    is_root: bool
+    started: float = field(default_factory=time.perf_counter)
+    first_token: float | None = None
+    model: str | None = None
+    tool_call_id: str | None = None
+    query: str | None = None
+    defers_inputs: bool = False
+    extra: dict[str, Any] | None = None
+
+    @property
+    def child_span(self) -> str | None:
+        """The span id children of this run hang under (hidden runs pass through)."""
+        return self.span if self.span is not None else self.parent_span
+
+
+class RunTable:
+    """Open runs by ``run_id``: lock-free reads, locked inserts and bounded size."""
+
+    def __init__(self, max_open: int = DEFAULT_MAX_OPEN) -> None:
+        self.max_open = max_open
+        self._runs: dict[UUID, RunState] = {}
+        self._lock = threading.Lock()
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def get(self, run_id: UUID) -> RunState | None:
+        """Return the open run ``run_id`` (a dict read: atomic, no lock needed)."""
+        return self._runs.get(run_id)
+
+    def claim(self, run_id: UUID, state: RunState) -> tuple[bool, list[RunState]]:
+        """Add ``state`` unless another handler owns ``run_id``.
+
+        Returns whether ``state`` was added and the runs evicted to make room for it.
+        """
+        evicted: list[RunState] = []
+        with self._lock:
+            current = self._runs.get(run_id)
+            if current is not None and current.owner != state.owner:
+                return False, evicted
+            while len(self._runs) >= self.max_open:
+                oldest = next(iter(self._runs))
+                evicted.append(self._runs.pop(oldest))
+            self._runs[run_id] = state
+            self.evicted += len(evicted)
+        return True, evicted
+
+    def pop(self, run_id: UUID, owner: int) -> RunState | None:
+        """Remove and return the run if ``owner`` records it; else leave it alone."""
+        state = self._runs.get(run_id)
+        if state is None or state.owner != owner:
+            return None
+        with self._lock:
+            return self._runs.pop(run_id, None)
+
+    def clear(self) -> None:
+        """Forget every open run (tests; after a fork)."""
+        with self._lock:
+            self._runs.clear()
+
+
+RUNS = RunTable()
