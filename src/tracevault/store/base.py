@@ -92,6 +92,21 @@ class Stats:
         return asdict(self)
 
 
+@dataclass(slots=True)
+class SinkCursor:
+    """A forwarder's persisted position and its last delivery error (``None`` once it
+    delivers again); times are ISO strings, ``None`` when never set."""
+
+    name: str
+    seq: int
+    updated: str | None
+    last_error: str | None
+    error_at: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @runtime_checkable
 class Store(Protocol):
     """A tamper-evident, append-only event ledger.
@@ -153,6 +168,14 @@ class Store(Protocol):
 
     def set_cursor(self, name: str, seq: int) -> None:
         """Persist forwarder ``name``'s position (it only moves forward)."""
+        ...
+
+    def set_sink_error(self, name: str, error: str | None) -> None:
+        """Persist forwarder ``name``'s last delivery error; ``None`` clears it."""
+        ...
+
+    def sink_cursors(self) -> list[SinkCursor]:
+        """Return every forwarder's cursor and last error, by name."""
         ...
 
     def close(self) -> None:

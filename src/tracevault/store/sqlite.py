@@ -20,7 +20,7 @@ from typing import Any
 
 from tracevault.ledger import COLUMNS, GENESIS, format_ts, prepare, seal
 from tracevault.schema import AuditEvent
-from tracevault.store.base import StoreError
+from tracevault.store.base import SinkCursor, StoreError
 from tracevault.store.sql import SQLStore
 
 SCHEMA_VERSION = 1
@@ -64,6 +64,11 @@ CREATE TABLE IF NOT EXISTS sink_cursors (
     name TEXT PRIMARY KEY,
     seq INTEGER NOT NULL,
     updated TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sink_errors (
+    name TEXT PRIMARY KEY,
+    error TEXT,
+    at TEXT NOT NULL
 );
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');
 CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
@@ -225,6 +230,28 @@ class SQLiteStore(SQLStore):
             )
         except sqlite3.Error as exc:
             raise self._error("cannot save a cursor in", exc) from None
+
+    def set_sink_error(self, name: str, error: str | None) -> None:
+        try:
+            self._conn().execute(
+                "INSERT INTO sink_errors (name, error, at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET error = excluded.error, at = excluded.at",
+                (name, error, format_ts(datetime.now(timezone.utc))),
+            )
+        except sqlite3.Error as exc:
+            raise self._error("cannot save a sink error in", exc) from None
+
+    def sink_cursors(self) -> list[SinkCursor]:
+        rows = self._fetch(
+            "SELECT n.name, c.seq, c.updated, e.error, e.at FROM "
+            "(SELECT name FROM sink_cursors UNION SELECT name FROM sink_errors) AS n "
+            "LEFT JOIN sink_cursors c ON c.name = n.name "
+            "LEFT JOIN sink_errors e ON e.name = n.name ORDER BY n.name"
+        )
+        return [
+            SinkCursor(r[0], int(r[1] or 0), r[2], r[3], r[4] if r[3] is not None else None)
+            for r in rows
+        ]
 
     def close(self) -> None:
         with self._lock:

@@ -1,0 +1,324 @@
+"""The sink contract and the :class:`Forwarder` that feeds a sink from the ledger.
+
+The split follows the OpenTelemetry SDK: a *sink* is an exporter (I/O only: it turns a
+batch of stored events into requests and raises if they were not accepted), and the
+*forwarder* is the processor around it (ordering, batching, the background thread,
+retries and the lifecycle: :meth:`Forwarder.force_flush`, :meth:`Forwarder.shutdown`).
+
+Delivery is **at-least-once**: the forwarder reads the ledger in sequence order after
+the sink's persisted cursor, hands a batch to the sink and moves the cursor past the
+batch only once the sink returned. A failure, a crash or a kill between the two means
+the batch is sent again, so every sink derives the ids it sends deterministically from
+tracevault ids (event, span and trace ids) and receivers that upsert by id see each
+event once. Only the ledger is read, and the ledger holds events after redaction, so no
+raw payload ever reaches a sink.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from tracevault.sinks.tree import SpanIndex
+from tracevault.store import Store, StoredEvent
+
+log = logging.getLogger("tracevault.sinks")
+
+
+class SinkError(RuntimeError):
+    """A sink cannot be configured (missing package, key or endpoint)."""
+
+
+class TransientError(RuntimeError):
+    """A delivery failed in a way worth retrying (network, 5xx, timeout).
+
+    ``retry_after`` (seconds), when the receiver said how long to wait, overrides the
+    forwarder's own backoff.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RetryAfter(TransientError):
+    """The receiver asked to be called again after ``retry_after`` seconds (429/503)."""
+
+    def __init__(self, retry_after: float, message: str | None = None) -> None:
+        super().__init__(message or f"receiver asked to retry after {retry_after:g}s",
+                         retry_after=retry_after)
+
+
+@dataclass(slots=True)
+class Batch:
+    """What a sink receives: stored events in ledger order, plus a span lookup.
+
+    ``spans`` finds the start event of any span of a trace (from earlier batches or the
+    ledger), so a sink can pair an end with its start and rebuild ancestry even after a
+    restart.
+    """
+
+    events: list[StoredEvent]
+    spans: SpanIndex
+
+    @property
+    def last_seq(self) -> int:
+        return self.events[-1].seq if self.events else 0
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """An exporter: delivers a batch or raises. Must be idempotent by tracevault id.
+
+    ``name`` keys the persisted cursor, so it must be unique per destination.
+    ``export`` runs on the forwarder's thread, never on the agent's.
+    """
+
+    name: str
+
+    def export(self, batch: Batch) -> None:
+        """Deliver ``batch``; return only once the receiver accepted all of it."""
+        ...
+
+    def shutdown(self) -> None:
+        """Release clients and connections; idempotent."""
+        ...
+
+
+def backoff_delay(
+    attempt: int,
+    error: BaseException | None = None,
+    *,
+    base: float = 0.5,
+    cap: float = 60.0,
+    rng: Callable[[], float] = random.random,
+) -> float:
+    """Return how long to wait before retry number ``attempt`` (1 = first retry).
+
+    Exponential with equal jitter (half fixed, half random) capped at ``cap``; a
+    ``retry_after`` carried by ``error`` wins (capped at one hour), so a receiver that
+    asks for a pause gets at least that pause.
+    """
+    retry_after = getattr(error, "retry_after", None)
+    if isinstance(retry_after, (int, float)) and retry_after >= 0:
+        return float(min(retry_after, 3600.0))
+    ceiling = min(cap, base * (2 ** max(attempt - 1, 0)))
+    return ceiling / 2 + rng() * ceiling / 2
+
+
+@dataclass(slots=True)
+class DrainReport:
+    """Outcome of :meth:`Forwarder.drain_once`: delivered events, cursor, error if any."""
+
+    sink: str
+    delivered: int
+    cursor: int
+    head: int
+    error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.cursor >= self.head
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming an exception, for logs and ``tracevault status``."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}"[:500] if text else type(exc).__name__
+
+
+class Forwarder:
+    """Feeds one sink from the ledger, in order, from its persisted cursor.
+
+    Use :meth:`start` for a background thread (what ``TRACEVAULT_SINKS`` does), or
+    :meth:`drain_once` to deliver what is there now on the calling thread (what
+    ``tracevault forward`` does). ``wait`` replaces the pause between retries (tests
+    pass a recorder); it returns ``True`` to stop.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        sink: Sink,
+        *,
+        batch_size: int = 500,
+        poll_interval: float = 0.5,
+        base_backoff: float = 0.5,
+        max_backoff: float = 60.0,
+        wait: Callable[[float], bool] | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.store = store
+        self.sink = sink
+        self.name = sink.name
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.base_backoff = base_backoff
+        self.max_backoff = max_backoff
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._wait = wait or self._stop.wait
+        self._progress = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._cursor: int | None = None
+        self._spans = SpanIndex(store)
+        self._closed = False
+        self.delivered = 0
+        self.failures = 0
+        self.last_error: str | None = None
+
+    # --- one step ---------------------------------------------------------------------
+
+    @property
+    def cursor(self) -> int:
+        """The last sequence number delivered (read from the store on first use)."""
+        if self._cursor is None:
+            self._cursor = self.store.get_cursor(self.name)
+        return self._cursor
+
+    def deliver_next(self) -> int:
+        """Send the next batch after the cursor; return how many events it held.
+
+        Raises whatever the sink raised; the cursor then stays where it was.
+        """
+        events = list(self.store.events(after_seq=self.cursor, limit=self.batch_size))
+        if not events:
+            return 0
+        self._spans.observe(events)
+        self.sink.export(Batch(events, self._spans))
+        last = events[-1].seq
+        self.store.set_cursor(self.name, last)
+        with self._progress:
+            self._cursor = last
+            self.delivered += len(events)
+            self._progress.notify_all()
+        if self.last_error is not None:
+            self._record_error(None)
+            log.warning("tracevault: sink %s delivers again", self.name)
+        return len(events)
+
+    def _record_error(self, error: str | None) -> None:
+        self.last_error = error
+        setter = getattr(self.store, "set_sink_error", None)
+        if setter is None:
+            return
+        try:
+            setter(self.name, error)
+        except Exception as exc:  # the error is still in memory and in the log
+            log.debug("tracevault: cannot persist sink error for %s: %s", self.name, exc)
+
+    def _failed(self, exc: BaseException, attempt: int) -> float:
+        self.failures += 1
+        message = describe(exc)
+        if message != self.last_error:
+            log.error("tracevault: sink %s failed, will retry: %s", self.name, message)
+            self._record_error(message)
+        return backoff_delay(attempt, exc, base=self.base_backoff, cap=self.max_backoff)
+
+    # --- on the calling thread --------------------------------------------------------
+
+    def drain_once(self, timeout: float | None = 60.0) -> DrainReport:
+        """Deliver everything up to the current head, retrying until ``timeout``.
+
+        Returns a report; ``report.ok`` is false when the sink still failed at the
+        deadline (the cursor then says how far it got).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        head = self.store.head()[0]
+        delivered = 0
+        attempt = 0
+        error: str | None = None
+        while self.cursor < head:
+            try:
+                n = self.deliver_next()
+            except Exception as exc:
+                attempt += 1
+                delay = self._failed(exc, attempt)
+                error = describe(exc)
+                if deadline is not None and time.monotonic() + delay > deadline:
+                    break
+                if self._wait(delay):
+                    break
+                continue
+            if n == 0:
+                break
+            delivered += n
+            attempt = 0
+            error = None
+        return DrainReport(self.name, delivered, self.cursor, head, error)
+
+    # --- in the background ------------------------------------------------------------
+
+    def start(self) -> Forwarder:
+        """Start the background thread (idempotent); return ``self``."""
+        if self._thread is None and not self._closed:
+            self._thread = threading.Thread(
+                target=self._run, name=f"tracevault-forward-{self.name}", daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                n = self.deliver_next()
+            except Exception as exc:
+                attempt += 1
+                if self._wait(self._failed(exc, attempt)):
+                    return
+                continue
+            attempt = 0
+            if n < self.batch_size:  # caught up: poll for new events or a flush request
+                self._wake.wait(self.poll_interval)
+                self._wake.clear()
+
+    def force_flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until everything in the ledger now has been delivered; ``False`` on
+        timeout (the sink may be down: nothing is lost, delivery continues later)."""
+        target = self.store.head()[0]
+        if self._thread is None:
+            return self.drain_once(timeout).ok
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._wake.set()
+        with self._progress:
+            while self.cursor < target:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._wake.set()
+                self._progress.wait(min(remaining, 0.2) if remaining is not None else 0.2)
+        return True
+
+    def shutdown(self, timeout: float | None = 10.0) -> None:
+        """Stop the thread (after its current batch) and shut the sink down. Idempotent.
+
+        Does not wait for delivery: call :meth:`force_flush` first for that. What is
+        left is delivered by the next forwarder of the same name.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        try:
+            self.sink.shutdown()
+        except Exception as exc:
+            log.warning("tracevault: sink %s did not shut down cleanly: %s", self.name, exc)
+
+
+def sink_names(sinks: Sequence[Sink]) -> list[str]:
+    """Return the sinks' names; raise ``ValueError`` if two share one (one cursor each)."""
+    names = [s.name for s in sinks]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"two sinks are named {', '.join(dupes)}: give each a unique name")
+    return names
