@@ -1,0 +1,39 @@
+"""Fixtures for the LangChain/LangGraph integration tests: a fresh ledger per test,
+scripted agents, and a check that no per-run state outlives any test."""
+
+from __future__ import annotations
+
+import gc
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tracevault_langchain.runs import RUNS
+
+import tracevault
+from tracevault.testing import Capture, capture_events
+
+# The shared helpers (lc_agents, lc_tree) sit next to the tests; pytest's importlib mode
+# does not put this directory on sys.path by itself.
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture()
+def cap(tmp_path: Path) -> Iterator[Capture]:
+    """A pipeline recording into a fresh SQLite ledger in ``tmp_path``."""
+    with capture_events(tmp_path) as capture:
+        yield capture
+
+
+@pytest.fixture(autouse=True)
+def _runs_evicted() -> Iterator[None]:
+    """Every test starts and ends with no open run state and no active pipeline."""
+    tracevault.shutdown()
+    RUNS.clear()
+    yield
+    gc.collect()  # abandoned generators end their runs when collected
+    leftover = len(RUNS)
+    RUNS.clear()
+    tracevault.shutdown()
+    assert leftover == 0, f"{leftover} runs still open after the test"
