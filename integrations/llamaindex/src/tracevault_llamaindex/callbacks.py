@@ -1,0 +1,207 @@
+"""A legacy ``CallbackManager`` handler for code paths that still report through it.
+
+    from llama_index.core.callbacks import CallbackManager
+    llm.callback_manager = CallbackManager([TracevaultCallbackHandler(session_id="s1")])
+
+Use it *instead of* :func:`tracevault_llamaindex.instrument` for a component, not with
+it: LlamaIndex 0.14 reports LLM calls to both systems, so both would record them.
+Unlike instrumentation handlers, a ``CallbackManager`` lets handler exceptions break the
+LLM call, so every hook here catches everything and only counts failures.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from llama_index.core.callbacks.base_handler import BaseCallbackHandler
+from llama_index.core.callbacks.schema import CBEventType, EventPayload
+
+from tracevault import capture
+from tracevault.context import current_scope, current_span
+from tracevault.snapshot import describe_exception
+from tracevault_llamaindex import payloads, usage
+from tracevault_llamaindex.state import FRAMEWORK
+
+log = logging.getLogger("tracevault.llamaindex")
+
+# event type -> (kind, name, level) of the recorded start/end pair
+_STEPS: dict[CBEventType, tuple[str, str, str]] = {
+    CBEventType.LLM: ("llm_call", "llm", "info"),
+    CBEventType.FUNCTION_CALL: ("tool_call", "tool", "info"),
+    CBEventType.RETRIEVE: ("retrieval", "retrieve", "info"),
+    CBEventType.RERANKING: ("retrieval", "rerank", "info"),
+    CBEventType.QUERY: ("chain", "query", "debug"),
+    CBEventType.SYNTHESIZE: ("chain", "synthesize", "debug"),
+    CBEventType.EMBEDDING: ("chain", "embedding", "debug"),
+    CBEventType.SUB_QUESTION: ("chain", "sub_question", "debug"),
+    CBEventType.AGENT_STEP: ("agent", "agent_step", "info"),
+}
+_MAX_OPEN = 10_000
+
+
+class TracevaultCallbackHandler(BaseCallbackHandler):
+    """Records LLM, tool, retrieval, query and agent-step callbacks (never raises)."""
+
+    def __init__(self, session_id: str | None = None, user_id: str | None = None) -> None:
+        super().__init__(event_starts_to_ignore=[], event_ends_to_ignore=[])
+        self.session_id = session_id
+        self.user_id = user_id
+        self.errors = 0
+        # event_id -> (trace_id, parent, started, kind, name, level, session, user, model)
+        self._open: dict[str, tuple[Any, ...]] = {}
+        self._lock = threading.Lock()
+
+    def _failed(self, where: str, exc: BaseException) -> None:
+        self.errors += 1
+        if self.errors <= 10:
+            log.error("tracevault: callback handler failed in %s: %r", where, exc, exc_info=True)
+
+    def start_trace(self, trace_id: str | None = None) -> None:
+        """Nothing to do: traces are derived from the events' parent links."""
+
+    def end_trace(
+        self, trace_id: str | None = None, trace_map: dict[str, list[str]] | None = None
+    ) -> None:
+        """Nothing to do: every event was recorded when it happened."""
+
+    def on_event_start(
+        self,
+        event_type: CBEventType,
+        payload: dict[str, Any] | None = None,
+        event_id: str = "",
+        parent_id: str = "",
+        **kwargs: Any,
+    ) -> str:
+        try:
+            self._start(event_type, payload or {}, event_id, parent_id)
+        except Exception as exc:
+            self._failed("on_event_start", exc)
+        return event_id
+
+    def on_event_end(
+        self,
+        event_type: CBEventType,
+        payload: dict[str, Any] | None = None,
+        event_id: str = "",
+        **kwargs: Any,
+    ) -> None:
+        try:
+            self._end(event_type, payload or {}, event_id)
+        except Exception as exc:
+            self._failed("on_event_end", exc)
+
+    # --- mapping ---------------------------------------------------------------------------
+
+    def _start(self, event_type: CBEventType, payload: dict[str, Any], event_id: str,
+               parent_id: str) -> None:
+        parent = self._open.get(parent_id) if parent_id and parent_id != "root" else None
+        parent_span: str | None
+        if parent is not None:
+            trace_id, parent_span, session, user = parent[0], parent_id, parent[6], parent[7]
+        else:
+            ref = current_span()
+            trace_id = ref.trace_id if ref else event_id
+            parent_span = ref.span_id if ref else None
+            scope = current_scope()
+            session = scope.session_id or self.session_id
+            user = scope.user_id or self.user_id
+        if event_type == CBEventType.EXCEPTION:
+            self._error(payload, trace_id, parent_span, session, user)
+            return
+        step = _STEPS.get(event_type)
+        if step is None:
+            return
+        kind, name, level = step
+        data: dict[str, Any]
+        model = None
+        if kind == "llm_call":
+            serialized = payload.get(EventPayload.SERIALIZED)
+            model = usage.model_of(serialized)
+            data = {"model": model, "provider": usage.provider_of(serialized)}
+            if EventPayload.MESSAGES in payload:
+                data["messages"] = payloads.messages(payload[EventPayload.MESSAGES])
+            if EventPayload.PROMPT in payload:
+                data["prompt"] = payloads.plain(payload[EventPayload.PROMPT])
+            name = model or data.get("provider") or name
+        elif kind == "tool_call":
+            tool = payload.get(EventPayload.TOOL)
+            name = str(getattr(tool, "name", None) or name)
+            data = {"tool_name": name, "status": "pending",
+                    "parameters": payloads.plain(payload.get(EventPayload.FUNCTION_CALL))}
+        elif kind == "retrieval":
+            data = {"query": payloads.plain(payload.get(EventPayload.QUERY_STR))}
+        else:
+            data = {"inputs": {k.value if hasattr(k, "value") else str(k): payloads.plain(v)
+                               for k, v in payload.items()
+                               if k not in (EventPayload.SERIALIZED, EventPayload.EMBEDDINGS)}}
+        if len(self._open) >= _MAX_OPEN:
+            with self._lock:
+                self._open.pop(next(iter(self._open)), None)
+        self._open[event_id] = (trace_id, parent_span, time.perf_counter(), kind, name, level,
+                                session, user, model)
+        self._emit(kind, "start", level, name, data, trace_id, event_id, parent_span, session,
+                   user)
+
+    def _end(self, event_type: CBEventType, payload: dict[str, Any], event_id: str) -> None:
+        entry = self._open.pop(event_id, None)
+        if entry is None:
+            return
+        trace_id, parent_span, started, kind, name, level, session, user, model = entry
+        exc = payload.get(EventPayload.EXCEPTION)
+        data: dict[str, Any] = {
+            "status": "error" if exc is not None else "success",
+            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+        }
+        if kind == "llm_call":
+            response = payload.get(EventPayload.RESPONSE) or payload.get(EventPayload.COMPLETION)
+            text, calls, _ = payloads.response_parts(response)
+            data["response"] = text
+            if calls:
+                data["tool_calls"] = calls
+            counts = usage.token_usage(response)
+            if counts:
+                data["usage"] = counts
+                from tracevault.pricing import cost_of
+
+                cost = cost_of(model, counts.get("input"), counts.get("output"),
+                               counts.get("cached"))
+                if cost is not None:
+                    data["cost"] = cost
+        elif kind == "tool_call":
+            output = payload.get(EventPayload.FUNCTION_OUTPUT)
+            data["tool_name"] = name
+            data["result"] = payloads.plain(output)
+            data["is_error"] = exc is not None or bool(getattr(output, "is_error", False))
+            if data["is_error"]:
+                data["status"] = "error"
+        elif kind == "retrieval":
+            data["documents"] = payloads.documents(payload.get(EventPayload.NODES))
+        else:
+            outputs = {k.value if hasattr(k, "value") else str(k): payloads.plain(v)
+                       for k, v in payload.items()
+                       if k not in (EventPayload.EMBEDDINGS, EventPayload.EXCEPTION)}
+            data["outputs"] = outputs
+        if exc is not None:
+            self._error(payload, trace_id, event_id, session, user)
+        self._emit(kind, "end", "error" if exc is not None else level, name, data, trace_id,
+                   event_id, parent_span, session, user)
+
+    def _error(self, payload: dict[str, Any], trace_id: str, parent: str | None,
+               session: Any, user: Any) -> None:
+        exc = payload.get(EventPayload.EXCEPTION)
+        if isinstance(exc, BaseException):
+            data = describe_exception(exc)
+        else:
+            data = {"type": "Error", "message": str(exc)}
+        self._emit("error", "point", "error", data.get("type"), data, trace_id, None, parent,
+                   session, user)
+
+    def _emit(self, kind: str, phase: str, level: str, name: str | None, data: dict[str, Any],
+              trace_id: str, span_id: str | None, parent: str | None, session: Any,
+              user: Any) -> None:
+        capture.emit(kind, phase=phase, level=level, name=name, data=data,
+                     framework=FRAMEWORK, session_id=session, user_id=user, trace_id=trace_id,
+                     span_id=span_id, parent_span_id=parent)

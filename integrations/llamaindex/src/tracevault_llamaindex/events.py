@@ -1,0 +1,217 @@
+"""The event handler: LLM calls, queries, retrieval, synthesis, embeddings, reranks.
+
+Each LlamaIndex event carries the id of the span it was fired in. A start/end pair
+(query, retrieval, synthesis, embedding, rerank) turns that span into a recorded step,
+so whatever runs inside it (the retriever inside a query, the LLM inside synthesis)
+hangs under it in the tree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from pydantic import PrivateAttr
+
+from tracevault_llamaindex import llm, payloads
+from tracevault_llamaindex.state import Recorder, Span, elapsed_ms
+
+Handler = Callable[[Recorder, Any], None]
+
+
+def _span(rec: Recorder, event: Any) -> Span | None:
+    span_id = event.span_id
+    return rec.spans.get(span_id) if span_id else None
+
+
+def _is_root(span: Span) -> bool:
+    return span.parent is None and span.parent_anchor is None
+
+
+def _step_start(rec: Recorder, event: Any, kind: str, name: str, data: dict[str, Any],
+                level: str = "debug") -> Span | None:
+    span = _span(rec, event)
+    if span is None or span.step is not None:
+        return None
+    span.step = (kind, name)
+    span.anchor = span.id
+    span.recorded = True
+    rec.emit(kind, span, phase="start", level=level, name=name, data=data,
+             span_id=span.id, parent=span.parent_anchor)
+    return span
+
+
+def _step_end(rec: Recorder, event: Any, kind: str, data: dict[str, Any],
+              level: str = "debug") -> Span | None:
+    span = _span(rec, event)
+    if span is None or span.step is None or span.step[0] != kind:
+        return None
+    name = span.step[1]
+    span.step = None
+    data["status"] = "success"
+    data["duration_ms"] = elapsed_ms(span.started)
+    rec.emit(kind, span, phase="end", level=level, name=name, data=data,
+             span_id=span.id, parent=span.parent_anchor)
+    return span
+
+
+def _query_start(rec: Recorder, event: Any) -> None:
+    query = payloads.text_of(event.query)
+    span = _step_start(rec, event, "chain", "query", {"inputs": {"query": query}})
+    if span is not None and _is_root(span):
+        rec.emit("input", span, name="query", data={"type": "query", "content": query},
+                 parent=span.id)
+
+
+def _query_end(rec: Recorder, event: Any) -> None:
+    response = event.response
+    text = payloads.text_of(response)
+    span = _step_end(rec, event, "chain", {"outputs": {"response": text}})
+    if span is None or not _is_root(span):
+        return
+    gen = getattr(response, "response_gen", None) or getattr(
+        response, "async_response_gen", None)
+    if gen is not None:  # the answer is streamed later: the LLM call's end records it
+        flag = rec.watch_stream(gen, span)
+        if flag is not None:
+            flag[0], flag[1] = True, span.id
+        return
+    rec.emit("output", span, name="final_answer",
+             data={"type": "final_answer", "content": text}, parent=span.id)
+
+
+def _retrieval_start(rec: Recorder, event: Any) -> None:
+    query = payloads.text_of(event.str_or_query_bundle)
+    _step_start(rec, event, "retrieval", "retrieve", {"query": query}, level="info")
+
+
+def _retrieval_end(rec: Recorder, event: Any) -> None:
+    _step_end(rec, event, "retrieval", {
+        "query": payloads.text_of(event.str_or_query_bundle),
+        "documents": payloads.documents(event.nodes),
+    }, level="info")
+
+
+def _synthesize_start(rec: Recorder, event: Any) -> None:
+    _step_start(rec, event, "chain", "synthesize",
+                {"inputs": {"query": payloads.text_of(event.query)}})
+
+
+def _synthesize_end(rec: Recorder, event: Any) -> None:
+    _step_end(rec, event, "chain", {"outputs": {"response": payloads.text_of(event.response)}})
+
+
+def _embedding_start(rec: Recorder, event: Any) -> None:
+    model = event.model_dict
+    name = model.get("model_name") if isinstance(model, dict) else None
+    _step_start(rec, event, "chain", "embedding", {"inputs": {
+        "model": name, "provider": model.get("class_name") if isinstance(model, dict) else None,
+    }})
+
+
+def _embedding_end(rec: Recorder, event: Any) -> None:
+    vectors = event.embeddings
+    first = vectors[0] if vectors else None
+    _step_end(rec, event, "chain", {"outputs": {
+        "chunks": len(event.chunks),
+        "dimensions": len(first) if first is not None else None,
+    }})
+
+
+def _rerank_start(rec: Recorder, event: Any) -> None:
+    _step_start(rec, event, "retrieval", "rerank", {
+        "query": payloads.text_of(event.query),
+        "model": event.model_name,
+        "top_n": event.top_n,
+        "candidates": len(event.nodes),
+    }, level="info")
+
+
+def _rerank_end(rec: Recorder, event: Any) -> None:
+    _step_end(rec, event, "retrieval", {"documents": payloads.documents(event.nodes)},
+              level="info")
+
+
+def _exception(rec: Recorder, event: Any) -> None:
+    exc = event.exception
+    if llm.exception(rec, event.span_id, exc):
+        return
+    _record_error(rec, event, exc)
+
+
+def _stream_chat_error(rec: Recorder, event: Any) -> None:
+    _record_error(rec, event, event.exception)
+
+
+def _record_error(rec: Recorder, event: Any, exc: BaseException) -> None:
+    span_id = event.span_id
+    span = rec.spans.get(span_id) if span_id else None
+    if span is None and span_id:
+        span = rec.recent.get(span_id)
+    if span is None:
+        return
+    entry = rec.new_error(span, exc, span.name, span.id if span.recorded else None)
+    if entry is not None:
+        rec.emit_error(entry)
+
+
+_HANDLERS: dict[str, Handler] = {
+    "LLMChatStartEvent": lambda rec, ev: llm.start(rec, ev, True),
+    "LLMCompletionStartEvent": lambda rec, ev: llm.start(rec, ev, False),
+    "LLMChatInProgressEvent": llm.progress,
+    "LLMCompletionInProgressEvent": llm.progress,
+    "LLMChatEndEvent": llm.end,
+    "LLMCompletionEndEvent": llm.end,
+    "ExceptionEvent": _exception,
+    "StreamChatErrorEvent": _stream_chat_error,
+    "QueryStartEvent": _query_start,
+    "QueryEndEvent": _query_end,
+    "RetrievalStartEvent": _retrieval_start,
+    "RetrievalEndEvent": _retrieval_end,
+    "SynthesizeStartEvent": _synthesize_start,
+    "SynthesizeEndEvent": _synthesize_end,
+    "EmbeddingStartEvent": _embedding_start,
+    "EmbeddingEndEvent": _embedding_end,
+    "SparseEmbeddingStartEvent": _embedding_start,
+    "SparseEmbeddingEndEvent": _embedding_end,
+    "ReRankStartEvent": _rerank_start,
+    "ReRankEndEvent": _rerank_end,
+}
+_by_type: dict[type, Handler | None] = {}
+
+
+def _handler_for(cls: type) -> Handler | None:
+    # Subclasses of the known events (user or integration events) are handled like
+    # their base; resolved once per class.
+    for base in cls.__mro__:
+        found = _HANDLERS.get(base.__name__)
+        if found is not None:
+            return found
+    return None
+
+
+class TracevaultEventHandler(BaseEventHandler):
+    """Records LLM calls and retrieval steps from LlamaIndex events (never raises)."""
+
+    _rec: Recorder = PrivateAttr()
+
+    def __init__(self, recorder: Recorder) -> None:
+        super().__init__()
+        self._rec = recorder
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "TracevaultEventHandler"
+
+    def handle(self, event: Any, **kwargs: Any) -> None:
+        try:
+            cls = type(event)
+            try:
+                handler = _by_type[cls]
+            except KeyError:
+                handler = _by_type[cls] = _handler_for(cls)
+            if handler is not None:
+                handler(self._rec, event)
+        except Exception as exc:
+            self._rec.failed(f"handle({type(event).__name__})", exc)

@@ -1,0 +1,280 @@
+"""LLM calls: one ``llm_call`` start/end per actual call, streaming or not.
+
+LlamaIndex reports a call as start / in-progress* / end events tagged with the LLM
+method's span id. Some LLM classes nest instrumented methods (``achat`` calls ``chat``,
+``CustomLLM.chat`` calls ``complete``, ``astream_chat`` lazily starts ``stream_chat``),
+so one call arrives as several event streams: only the outermost is recorded and the
+nested ones are mapped to it and ignored. A streaming call's span closes before its
+chunks arrive, so the call lives here until its end event, its exception (``GeneratorExit``
+when the consumer abandons the stream) or the garbage collection of a stream nobody
+read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import weakref
+from typing import Any
+
+from tracevault.pricing import cost_of
+from tracevault_llamaindex import payloads, usage
+from tracevault_llamaindex.state import LLMCall, Recorder, Span, elapsed_ms
+
+_tool_specs: dict[int, tuple[Any, Any]] = {}  # id(tool metadata) -> (metadata, spec)
+_MAX_SPECS = 1_024
+
+
+def _offered_tools(tools: Any) -> list[Any] | None:
+    if not tools:
+        return None
+    out = []
+    for tool in tools:
+        if isinstance(tool, dict):
+            out.append(payloads.plain(tool))
+            continue
+        meta = getattr(tool, "metadata", None)
+        key = id(meta)
+        cached = _tool_specs.get(key)
+        if cached is not None and cached[0] is meta:
+            out.append(cached[1])
+            continue
+        spec = payloads.tool_spec(tool)
+        if len(_tool_specs) >= _MAX_SPECS:
+            _tool_specs.clear()
+        _tool_specs[key] = (meta, spec)
+        out.append(spec)
+    return out
+
+
+def _is_nested(rec: Recorder, span: Span, inputs: Any) -> str | None:
+    """Return the outer call that ``span``'s call duplicates, if any."""
+    owner = span.llm_owner
+    if owner is not None and owner in rec.llm:
+        return owner
+    waiting = rec.lazy.get(span.instance_key)
+    if waiting:
+        for outer in waiting:
+            call = rec.llm.get(outer)
+            if call is not None and call.first_token is None and _same(call.inputs_ref, inputs):
+                return outer
+    return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    # Event fields are re-validated copies: compare the messages they hold, by identity.
+    if isinstance(a, str) or isinstance(b, str):
+        return bool(a == b)
+    try:
+        return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=False))
+    except TypeError:
+        return a is b
+
+
+def start(rec: Recorder, event: Any, chat: bool) -> None:
+    """Handle ``LLMChatStartEvent`` / ``LLMCompletionStartEvent``."""
+    span_id = event.span_id
+    span = rec.spans.get(span_id) if span_id else None
+    if span is None:
+        return
+    inputs = event.messages if chat else event.prompt
+    outer = _is_nested(rec, span, inputs)
+    if outer is not None:
+        rec.dups[span_id] = outer
+        span.llm_owner = outer
+        return
+    model_dict = event.model_dict
+    call = LLMCall(
+        span_id=span_id,
+        trace_id=span.trace_id,
+        parent_anchor=span.parent_anchor,
+        session_id=span.session_id,
+        user_id=span.user_id,
+        started=time.perf_counter(),
+        instance_key=span.instance_key,
+        inputs_ref=inputs,
+        model=usage.model_of(model_dict),
+        provider=usage.provider_of(model_dict),
+    )
+    call.output_flag = span.output_flag
+    span.llm_owner = span_id
+    span.anchor = span_id
+    extra = event.additional_kwargs
+    data: dict[str, Any] = {}
+    if call.model:
+        data["model"] = call.model
+    if call.provider:
+        data["provider"] = call.provider
+    if chat:
+        data["messages"] = payloads.messages(inputs)
+    else:
+        data["prompt"] = inputs
+    tools = _offered_tools(extra.get("tools")) if isinstance(extra, dict) else None
+    if tools:
+        data["tools"] = tools
+    params = usage.parameters_of(model_dict, extra)
+    if params:
+        data["parameters"] = params
+    rec.open_llm(call)
+    rec.emit(
+        "llm_call",
+        call,
+        phase="start",
+        name=call.model or call.provider,
+        data=data,
+        span_id=span_id,
+        parent=call.parent_anchor,
+    )
+
+
+def progress(rec: Recorder, event: Any) -> None:
+    """Handle an in-progress (streamed chunk) event: time to first token, thinking."""
+    call = rec.llm.get(event.span_id)
+    if call is None:
+        return
+    response = event.response
+    if call.first_token is None:
+        call.first_token = time.perf_counter()
+        waiting = rec.lazy.get(call.instance_key)
+        if waiting and call.span_id in waiting:
+            waiting.remove(call.span_id)
+    call.last = response
+    extra = response.additional_kwargs
+    if extra:
+        delta = extra.get("thinking_delta")
+        if delta:
+            call.thinking.append(str(delta))
+
+
+def streaming(rec: Recorder, span: Span, result: Any) -> None:
+    """The LLM method returned a stream: keep the call open until the stream ends."""
+    call = rec.llm.get(span.id)
+    if call is None:
+        return
+    call.streaming = True
+    rec.lazy.setdefault(call.instance_key, []).append(call.span_id)
+    with contextlib.suppress(TypeError):  # objects without weak references
+        weakref.finalize(result, _unread, rec, call.span_id)
+
+
+def _unread(rec: Recorder, span_id: str) -> None:
+    # A stream garbage-collected without being read to the end (and without its
+    # GeneratorExit reaching the wrapper: it was never started).
+    try:
+        call = rec.llm.get(span_id)
+        if call is not None:
+            finish(rec, call, None, status="abandoned", reason="stream never read")
+    except Exception as exc:
+        rec.failed("llm stream finalizer", exc)
+
+
+def end(rec: Recorder, event: Any) -> None:
+    """Handle ``LLMChatEndEvent`` / ``LLMCompletionEndEvent``."""
+    span_id = event.span_id
+    if rec.dups.pop(span_id, None) is not None:
+        return
+    call = rec.llm.get(span_id)
+    if call is not None:
+        finish(rec, call, event.response)
+
+
+def exception(rec: Recorder, span_id: str | None, exc: BaseException) -> bool:
+    """Handle an exception of a (streaming) LLM call; return whether it was one."""
+    if span_id is None:
+        return False
+    if rec.dups.pop(span_id, None) is not None:
+        return True
+    call = rec.llm.get(span_id)
+    if call is None:
+        return False
+    if isinstance(exc, GeneratorExit):
+        finish(rec, call, call.last, status="abandoned", reason="the consumer stopped reading")
+    else:
+        finish(rec, call, call.last, status="error", exc=exc)
+    return True
+
+
+def finish(
+    rec: Recorder,
+    call: LLMCall,
+    response: Any,
+    *,
+    status: str = "success",
+    reason: str | None = None,
+    exc: BaseException | None = None,
+) -> None:
+    """Emit the call's end (and its reasoning, error and streamed output) and forget it."""
+    if rec.llm.pop(call.span_id, None) is None:
+        return
+    waiting = rec.lazy.get(call.instance_key)
+    if waiting and call.span_id in waiting:
+        waiting.remove(call.span_id)
+        if not waiting:
+            rec.lazy.pop(call.instance_key, None)
+    text, tool_calls, thinking = payloads.response_parts(response)
+    data: dict[str, Any] = {"status": status, "duration_ms": elapsed_ms(call.started)}
+    model = call.model or usage.model_of(None, response)
+    if model:
+        data["model"] = model
+    if response is not None:
+        data["response"] = text
+    if tool_calls:
+        data["tool_calls"] = tool_calls
+    if call.streaming:
+        data["streamed"] = True
+        if call.first_token is not None:
+            data["time_to_first_token_ms"] = round((call.first_token - call.started) * 1000, 3)
+    if reason:
+        data["reason"] = reason
+    counts = usage.token_usage(response) if response is not None else {}
+    if counts:
+        data["usage"] = counts
+        cost = cost_of(model, counts.get("input"), counts.get("output"), counts.get("cached"))
+        if cost is not None:
+            data["cost"] = cost
+    finish_reason = usage.finish_reason_of(response)
+    if finish_reason:
+        data["finish_reason"] = finish_reason
+    level = "info" if status == "success" else ("warning" if status == "abandoned" else "error")
+    rec.emit(
+        "llm_call",
+        call,
+        phase="end",
+        level=level,
+        name=model or call.provider,
+        data=data,
+        span_id=call.span_id,
+        parent=call.parent_anchor,
+    )
+    thought = "".join(call.thinking) or thinking
+    if thought:
+        rec.emit(
+            "reasoning",
+            call,
+            name="thinking",
+            data={"thought": thought, "source": "thinking"},
+            parent=call.parent_anchor,
+        )
+    if text and tool_calls:
+        rec.emit(
+            "reasoning",
+            call,
+            name="thought",
+            data={"thought": text, "source": "text before tool calls"},
+            parent=call.parent_anchor,
+        )
+    if exc is not None:
+        owner = rec.spans.get(call.span_id) or rec.recent.get(call.span_id)
+        if owner is not None:
+            entry = rec.new_error(owner, exc, owner.name, call.span_id)
+            if entry is not None:
+                rec.hand_up(owner, [entry])
+    flag = call.output_flag
+    if flag is not None and flag[0] and status == "success":
+        rec.emit(
+            "output",
+            call,
+            name="final_answer",
+            data={"type": "final_answer", "content": text, "model": model},
+            parent=flag[1] or call.parent_anchor,
+        )

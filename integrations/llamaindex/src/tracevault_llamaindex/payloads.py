@@ -1,0 +1,236 @@
+"""Turn live LlamaIndex payloads into small plain-data records.
+
+LlamaIndex hands handlers live objects (chat messages with content blocks, tools,
+nodes, workflow events holding the whole run context). The generic
+:func:`tracevault.snapshot.snapshot` would walk such objects attribute by attribute, so
+these converters pick out what an audit record needs and return plain dicts, lists and
+strings. Nothing here raises: a converter that cannot read an object returns a short
+description of it instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from tracevault.snapshot import truncate_string
+
+_PRIMITIVES = (str, int, float, bool, type(None))
+MAX_REPR = 2_000
+MAX_DEPTH = 6
+MAX_ITEMS = 200
+
+
+def short_repr(value: Any, limit: int = MAX_REPR) -> str:
+    """Return ``repr(value)`` cut to ``limit`` characters (never raises)."""
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<unrepresentable {type(value).__name__}>"
+    return truncate_string(text, limit)
+
+
+def plain(value: Any, depth: int = 0) -> Any:
+    """Return a plain-data view of ``value`` without walking arbitrary objects.
+
+    Primitives, mappings and sequences are copied (bounded); chat messages, nodes,
+    tool outputs and pydantic models of known shape are converted; anything else
+    becomes a short ``repr``.
+    """
+    if isinstance(value, _PRIMITIVES):
+        return value
+    if depth >= MAX_DEPTH:
+        return short_repr(value, 200)
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for i, (k, v) in enumerate(value.items()):
+            if i >= MAX_ITEMS:
+                out["…"] = f"[{len(value)} items in original]"
+                break
+            out[k if isinstance(k, str) else short_repr(k, 200)] = plain(v, depth + 1)
+        return out
+    if isinstance(value, (list, tuple)):
+        items = [plain(v, depth + 1) for v in value[:MAX_ITEMS]]
+        if len(value) > MAX_ITEMS:
+            items.append(f"…[{len(value)} items in original]")
+        return items
+    name = type(value).__name__
+    if name == "ChatMessage":
+        return message_dict(value)
+    if name in ("NodeWithScore",):
+        return document(value)
+    if name == "ToolOutput":
+        return tool_output_content(value)
+    if name == "ToolSelection":
+        return {
+            "id": getattr(value, "tool_id", None),
+            "name": getattr(value, "tool_name", None),
+            "arguments": plain(getattr(value, "tool_kwargs", None), depth + 1),
+        }
+    if isinstance(value, BaseException):
+        return f"{type(value).__name__}: {value}"
+    return short_repr(value)
+
+
+def text_of(value: Any) -> Any:
+    """Return the text of a message, response, query bundle or string (else ``plain``)."""
+    if value is None or isinstance(value, str):
+        return value
+    name = type(value).__name__
+    if name == "ChatMessage":
+        return value.content
+    if name in ("ChatResponse",):
+        return value.message.content
+    if name in ("CompletionResponse",):
+        return value.text
+    if name == "QueryBundle":
+        return value.query_str
+    if name in ("StreamingResponse", "AsyncStreamingResponse"):
+        return None  # not produced yet: the streaming LLM call records the text
+    if name in ("Response", "PydanticResponse"):
+        return str(value.response) if value.response is not None else None
+    if name == "AgentOutput":
+        return value.response.content
+    return plain(value)
+
+
+def message_dict(message: Any) -> dict[str, Any]:
+    """Return ``{"role", "content", ...}`` for a LlamaIndex ``ChatMessage``."""
+    try:
+        role = message.role
+        out: dict[str, Any] = {"role": getattr(role, "value", role)}
+        texts: list[str] = []
+        calls: list[dict[str, Any]] = []
+        thinking: list[str] = []
+        other: list[dict[str, Any]] = []
+        for block in message.blocks:
+            kind = getattr(block, "block_type", None)
+            if kind == "text":
+                texts.append(block.text)
+            elif kind == "tool_call":
+                calls.append(tool_call_block(block))
+            elif kind == "thinking":
+                if block.content:
+                    thinking.append(block.content)
+            else:
+                entry: dict[str, Any] = {"type": kind or type(block).__name__}
+                for attr in ("url", "path", "title"):
+                    ref = getattr(block, attr, None)
+                    if ref:
+                        entry[attr] = str(ref)
+                other.append(entry)
+        out["content"] = "\n".join(texts) if texts else None
+        if calls:
+            out["tool_calls"] = calls
+        if thinking:
+            out["thinking"] = "\n".join(thinking)
+        if other:
+            out["attachments"] = other
+        extra = message.additional_kwargs
+        if extra:
+            if "tool_call_id" in extra:
+                out["tool_call_id"] = plain(extra["tool_call_id"])
+            if "tool_calls" in extra and not calls:
+                out["tool_calls"] = plain(extra["tool_calls"])
+            if "name" in extra:
+                out["name"] = plain(extra["name"])
+        return out
+    except Exception:
+        return {"role": "unknown", "content": short_repr(message)}
+
+
+def tool_call_block(block: Any) -> dict[str, Any]:
+    """Return ``{"id", "name", "arguments"}`` for a ``ToolCallBlock``."""
+    return {
+        "id": block.tool_call_id,
+        "name": block.tool_name,
+        "arguments": plain(block.tool_kwargs),
+    }
+
+
+def messages(value: Any) -> list[Any]:
+    """Convert a sequence of chat messages."""
+    if not isinstance(value, Sequence) or isinstance(value, str):
+        return [plain(value)]
+    return [message_dict(m) if type(m).__name__ == "ChatMessage" else plain(m) for m in value]
+
+
+def response_parts(response: Any) -> tuple[Any, list[dict[str, Any]], str | None]:
+    """Return ``(text, tool_calls, thinking)`` of a chat or completion response."""
+    if response is None:
+        return None, [], None
+    message = getattr(response, "message", None)
+    if message is None:  # CompletionResponse
+        return getattr(response, "text", None), [], None
+    data = message_dict(message)
+    calls = data.get("tool_calls") or []
+    if not isinstance(calls, list):
+        calls = [calls]
+    return data.get("content"), calls, data.get("thinking")
+
+
+def tool_spec(tool: Any) -> Any:
+    """Return ``{"name", "description", "parameters"}`` for an offered tool."""
+    metadata = getattr(tool, "metadata", None)
+    if metadata is None:
+        return plain(tool)
+    try:
+        parameters = metadata.get_parameters_dict()
+    except Exception:
+        parameters = None
+    return {
+        "name": getattr(metadata, "name", None),
+        "description": truncate_string(str(getattr(metadata, "description", "") or ""), 4_000),
+        "parameters": plain(parameters),
+    }
+
+
+def tool_output_content(output: Any) -> Any:
+    """Return what a tool produced: its text content (what the model is shown)."""
+    try:
+        return output.content
+    except Exception:
+        return short_repr(output)
+
+
+def document(item: Any) -> dict[str, Any]:
+    """Return ``{"id", "content", "score", "metadata"}`` for a node (with or without score)."""
+    node = getattr(item, "node", item)
+    out: dict[str, Any] = {}
+    try:
+        out["id"] = node.node_id
+    except Exception:
+        out["id"] = None
+    try:
+        out["content"] = truncate_string(node.get_content(), 16_000)
+    except Exception:
+        out["content"] = short_repr(node)
+    score = getattr(item, "score", None)
+    if score is not None:
+        out["score"] = float(score)
+    meta = getattr(node, "metadata", None)
+    if meta:
+        out["metadata"] = plain(meta)
+    return out
+
+
+def documents(nodes: Any) -> list[dict[str, Any]]:
+    """Convert a list of nodes (``NodeWithScore``) into retrieval documents."""
+    if not nodes:
+        return []
+    return [document(n) for n in list(nodes)[:MAX_ITEMS]]
+
+
+def event_fields(event: Any) -> dict[str, Any]:
+    """Return the declared and dynamic fields of a workflow event as plain data."""
+    out: dict[str, Any] = {}
+    try:
+        for name in type(event).model_fields:
+            out[name] = plain(getattr(event, name, None))
+        data = getattr(event, "_data", None)
+        if isinstance(data, Mapping):
+            for key, value in data.items():
+                out[str(key)] = plain(value)
+    except Exception:
+        return {"event": short_repr(event)}
+    return out

@@ -1,0 +1,430 @@
+"""The span handler: runs, agent turns, tool calls, ReAct thoughts and failures.
+
+LlamaIndex 0.14 agents fire no instrumentation event for tool calls or agent steps, so
+those come from spans: the workflow run span (``FunctionAgent.run-…``), its step spans
+(whose input event names the current agent and the model's tool call id), tool
+``call``/``acall`` spans (arguments in ``bound_args``, a ``ToolOutput`` on exit, a
+dropped span on failure) and ``ReActOutputParser.parse`` (the parsed thought). Every
+other span is transparent: events under it hang under its nearest recorded ancestor.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Any
+
+from llama_index.core.instrumentation.span import SimpleSpan
+from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
+from pydantic import PrivateAttr
+
+from tracevault import capture
+from tracevault.ids import new_span_id
+from tracevault_llamaindex import llm, payloads
+from tracevault_llamaindex.state import (
+    LLM,
+    OTHER,
+    PARSER,
+    RUN,
+    STEP,
+    TOOL,
+    Recorder,
+    RunState,
+    Span,
+    elapsed_ms,
+)
+
+_LLM_METHODS = frozenset(
+    {"chat", "achat", "stream_chat", "astream_chat", "complete", "acomplete",
+     "stream_complete", "astream_complete"}
+)
+_TOOL_METHODS = frozenset({"call", "acall", "__call__"})
+_TOOL_RECOVERY = "the error was returned to the agent as the tool's result and the run continued"
+_roles: dict[tuple[type, str], int] = {}
+
+
+def _classify(instance: Any, method: str) -> int:
+    key = (type(instance), method)
+    role = _roles.get(key)
+    if role is None:
+        role = _roles[key] = _role_of(instance, method)
+    return role
+
+
+def _role_of(instance: Any, method: str) -> int:
+    from llama_index.core.agent.react.output_parser import ReActOutputParser
+    from llama_index.core.base.llms.base import BaseLLM
+    from llama_index.core.tools.types import BaseTool
+    from workflows.workflow import Workflow
+
+    if method == "run" and isinstance(instance, Workflow):
+        return RUN
+    if method in _TOOL_METHODS and isinstance(instance, BaseTool):
+        return TOOL
+    if method in _LLM_METHODS and isinstance(instance, BaseLLM):
+        return LLM
+    if method == "parse" and isinstance(instance, ReActOutputParser):
+        return PARSER
+    return OTHER
+
+
+def _is_stream(value: Any) -> bool:
+    return inspect.isgenerator(value) or inspect.isasyncgen(value)
+
+
+class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
+    """Records agent runs, turns and tool calls from LlamaIndex spans (never raises)."""
+
+    _rec: Recorder = PrivateAttr()
+
+    def __init__(self, recorder: Recorder) -> None:
+        super().__init__()
+        self._rec = recorder
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "TracevaultSpanHandler"
+
+    # The abstract hooks of BaseSpanHandler are unused: we override the entry points to
+    # avoid its span objects and lock, and keep our own (bounded) state in the Recorder.
+    def new_span(self, *args: Any, **kwargs: Any) -> SimpleSpan | None:
+        return None
+
+    def prepare_to_exit_span(self, *args: Any, **kwargs: Any) -> SimpleSpan | None:
+        return None
+
+    def prepare_to_drop_span(self, *args: Any, **kwargs: Any) -> SimpleSpan | None:
+        return None
+
+    # --- entry points ----------------------------------------------------------------------
+
+    def span_enter(
+        self,
+        id_: str,
+        bound_args: inspect.BoundArguments,
+        instance: Any | None = None,
+        parent_id: str | None = None,
+        tags: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            self._enter(id_, bound_args, instance, parent_id, tags)
+        except Exception as exc:
+            self._rec.failed("span_enter", exc)
+
+    def span_exit(
+        self,
+        id_: str,
+        bound_args: inspect.BoundArguments,
+        instance: Any | None = None,
+        result: Any | None = None,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            span = self._rec.spans.get(id_)
+            if span is not None:
+                self._exit(span, result)
+        except Exception as exc:
+            self._rec.failed("span_exit", exc)
+
+    def span_drop(
+        self,
+        id_: str,
+        bound_args: inspect.BoundArguments,
+        instance: Any | None = None,
+        err: BaseException | None = None,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            span = self._rec.spans.get(id_)
+            if span is not None:
+                self._drop(span, err)
+        except Exception as exc:
+            self._rec.failed("span_drop", exc)
+
+    # --- enter -------------------------------------------------------------------------------
+
+    def _enter(
+        self,
+        id_: str,
+        bound_args: inspect.BoundArguments,
+        instance: Any,
+        parent_id: str | None,
+        tags: dict[str, Any] | None,
+    ) -> None:
+        rec = self._rec
+        name = id_[:-37] if len(id_) > 37 else id_  # "<Class>.<method>-<uuid4>"
+        parent = rec.find_parent(parent_id)
+        flag = None
+        if parent is not None:
+            trace_id, anchor = parent.trace_id, parent.anchor
+        else:
+            adopted = rec.adopt()
+            if adopted is None:
+                trace_id, anchor = id_, None
+            else:
+                trace_id, anchor, flag = adopted
+        session, user = rec.identity(tags, parent)
+        method = name.rpartition(".")[2]
+        if instance is not None:
+            role = _classify(instance, method)
+        else:
+            role = STEP if parent is not None and parent.role == RUN else OTHER
+        span = Span(id_, name, role, trace_id, anchor, anchor, session, user,
+                    time.perf_counter(), parent)
+        if parent is not None:
+            span.llm_owner = parent.llm_owner
+            span.tool_name = parent.tool_name
+            span.tool_id = parent.tool_id
+            span.run = parent.run
+            span.output_flag = parent.output_flag
+        else:
+            span.output_flag = flag
+        rec.spans[id_] = span
+        if role == OTHER:
+            return
+        if role == LLM:
+            span.instance_key = id(instance)
+        elif role == STEP:
+            self._step_start(span, method, bound_args)
+        elif role == TOOL:
+            self._tool_start(span, instance, bound_args)
+        elif role == RUN:
+            self._run_start(span, instance, bound_args)
+
+    def _run_start(self, span: Span, instance: Any, bound_args: inspect.BoundArguments) -> None:
+        from llama_index.core.agent.workflow import AgentWorkflow, BaseWorkflowAgent
+
+        agent = isinstance(instance, BaseWorkflowAgent)
+        name = (getattr(instance, "name", None) if agent else None) or type(instance).__name__
+        span.run = RunState(str(name), isinstance(instance, AgentWorkflow))
+        span.name = span.run.name
+        span.anchor = span.id
+        span.recorded = True
+        start_event = bound_args.arguments.get("start_event")
+        inputs = payloads.event_fields(start_event) if start_event is not None else {}
+        user_msg = inputs.pop("user_msg", None)
+        inputs.pop("memory", None)
+        self._rec.emit("agent", span, phase="start", name=span.name, data={"inputs": inputs},
+                       span_id=span.id, parent=span.parent_anchor)
+        if start_event is not None and user_msg is not None:
+            content = payloads.text_of(start_event.get("user_msg"))
+            self._rec.emit("input", span, name="user_message",
+                           data={"type": "user_message", "content": content},
+                           parent=span.id)
+
+    def _step_start(self, span: Span, method: str, bound_args: inspect.BoundArguments) -> None:
+        from workflows.events import Event
+
+        span.name = method
+        run = span.run
+        for value in bound_args.arguments.values():
+            if isinstance(value, Event):
+                tool_id = getattr(value, "tool_id", None)
+                if isinstance(tool_id, str):
+                    span.tool_id = tool_id
+                agent = getattr(value, "current_agent_name", None)
+                if (run is not None and run.multi and isinstance(agent, str)
+                        and agent != run.turn_agent and span.parent is not None):
+                    self._switch_turn(span.parent, run, agent)
+                break
+        if run is not None and run.turn_id is not None:
+            span.anchor = span.parent_anchor = run.turn_id
+        if capture.is_enabled_for("trace"):
+            self._rec.emit("chain", span, phase="start", level="trace", name=method,
+                           data={}, span_id=span.id, parent=span.parent_anchor)
+            span.anchor = span.id
+            span.recorded = True
+
+    def _switch_turn(self, run_span: Span, run: RunState, agent: str | None,
+                     status: str = "success") -> None:
+        rec = self._rec
+        if run.turn_id is not None:
+            rec.emit("agent", run_span, phase="end", name=run.turn_agent,
+                     data={"status": status, "duration_ms": elapsed_ms(run.turn_started)},
+                     span_id=run.turn_id, parent=run_span.id)
+        run.turn_id = run.turn_agent = None
+        if agent is None:
+            return
+        run.turn_id = new_span_id()
+        run.turn_agent = agent
+        run.turn_started = time.perf_counter()
+        rec.emit("agent", run_span, phase="start", name=agent,
+                 data={"inputs": {"agent": agent, "workflow": run.name}},
+                 span_id=run.turn_id, parent=run_span.id)
+
+    def _tool_start(self, span: Span, instance: Any, bound_args: inspect.BoundArguments) -> None:
+        metadata = instance.metadata
+        tool_name = getattr(metadata, "name", None) or type(instance).__name__
+        if span.tool_name == tool_name:  # __call__ -> call, or an async adapter
+            span.role = OTHER
+            return
+        span.tool_name = tool_name
+        span.name = tool_name
+        span.anchor = span.id
+        span.recorded = True
+        data: dict[str, Any] = {
+            "tool_name": tool_name,
+            "parameters": _tool_parameters(instance, bound_args),
+            "status": "pending",
+        }
+        if span.tool_id is not None:
+            data["tool_call_id"] = span.tool_id
+        self._rec.emit("tool_call", span, phase="start", name=tool_name, data=data,
+                       span_id=span.id, parent=span.parent_anchor,
+                       durable=capture.settings().strict)
+
+    # --- exit ----------------------------------------------------------------------------------
+
+    def _exit(self, span: Span, result: Any) -> None:
+        rec = self._rec
+        role = span.role
+        if role == TOOL:
+            self._tool_end(span, result, None)
+        elif role == LLM:
+            if _is_stream(result):
+                llm.streaming(rec, span, result)
+            else:
+                call = rec.llm.get(span.id)
+                if call is not None:  # no end event came: finish from the result
+                    llm.finish(rec, call, result)
+        elif role == PARSER:
+            self._thought(span, result)
+        elif role == RUN:
+            self._run_end(span, result, None)
+        elif role == STEP and span.recorded:
+            rec.emit("chain", span, phase="end", level="trace", name=span.name,
+                     data={"status": "success", "duration_ms": elapsed_ms(span.started)},
+                     span_id=span.id, parent=span.parent_anchor)
+        if span.step is not None:  # an event-derived step whose end event never came
+            kind, name = span.step
+            span.step = None
+            rec.emit(kind, span, phase="end", level="debug", name=name,
+                     data={"status": "success", "duration_ms": elapsed_ms(span.started)},
+                     span_id=span.id, parent=span.parent_anchor)
+        if span.pending:
+            rec.settle(span, _TOOL_RECOVERY if role == STEP else
+                       f"handled in {span.name}; the run continued")
+        if role != LLM:
+            gen = getattr(result, "response_gen", None) or getattr(
+                result, "async_response_gen", None) or result
+            if _is_stream(gen):
+                rec.watch_stream(gen, span)
+        rec.close_span(span)
+
+    def _tool_end(self, span: Span, result: Any, err: BaseException | None) -> None:
+        if err is not None:
+            status, is_error, content = "error", True, f"{type(err).__name__}: {err}"
+        elif type(result).__name__ == "ToolOutput":
+            is_error = bool(getattr(result, "is_error", False))
+            status, content = ("error" if is_error else "success"), payloads.tool_output_content(
+                result)
+        else:
+            status, is_error, content = "success", False, payloads.plain(result)
+        duration = elapsed_ms(span.started)
+        data: dict[str, Any] = {"tool_name": span.name, "result": content, "status": status,
+                                "is_error": is_error, "duration_ms": duration}
+        if span.tool_id is not None:
+            data["tool_call_id"] = span.tool_id
+        rec = self._rec
+        rec.emit("tool_call", span, phase="end", level="error" if is_error else "info",
+                 name=span.name, data=data, span_id=span.id, parent=span.parent_anchor)
+        threshold = capture.settings().slow_tool_ms
+        if duration > threshold:
+            rec.emit("custom", span, level="warning", name="slow_tool_call",
+                     data={"name": "slow_tool_call", "payload": {
+                         "tool_name": span.name, "duration_ms": duration,
+                         "threshold_ms": threshold}},
+                     span_id=span.id, parent=span.parent_anchor)
+
+    def _thought(self, span: Span, step: Any) -> None:
+        thought = getattr(step, "thought", None)
+        if not thought:
+            return
+        data: dict[str, Any] = {"thought": thought, "source": "react"}
+        action = getattr(step, "action", None)
+        if action:
+            data["plan"] = [str(action)]
+            data["action"] = action
+            data["action_input"] = payloads.plain(getattr(step, "action_input", None))
+        answer = getattr(step, "response", None)
+        if answer is not None:
+            data["answer"] = answer
+        self._rec.emit("reasoning", span, name="thought", data=data, parent=span.anchor)
+
+    def _run_end(self, span: Span, result: Any, err: BaseException | None) -> None:
+        rec = self._rec
+        run = span.run
+        status = "success" if err is None else "error"
+        if run is not None and run.turn_id is not None:
+            self._switch_turn(span, run, None, status)
+        if err is None:
+            value = getattr(result, "result", result)
+            data: dict[str, Any] = {"type": "final_answer", "content": payloads.text_of(value)}
+            structured = getattr(value, "structured_response", None)
+            if structured is not None:
+                data["structured"] = payloads.plain(structured)
+            agent = getattr(value, "current_agent_name", None)
+            if isinstance(agent, str):
+                data["agent"] = agent
+            rec.emit("output", span, name="final_answer", data=data, parent=span.id)
+        rec.emit("agent", span, phase="end", level="info" if err is None else "error",
+                 name=span.name, data={"status": status, "duration_ms": elapsed_ms(span.started)},
+                 span_id=span.id, parent=span.parent_anchor)
+
+    # --- drop ------------------------------------------------------------------------------------
+
+    def _drop(self, span: Span, err: BaseException | None) -> None:
+        rec = self._rec
+        entries, span.pending = span.pending or [], None
+        if err is not None:
+            where = span.name
+            entry = rec.new_error(span, err, where, span.id if span.recorded else None)
+            if entry is not None:
+                entries.append(entry)
+        role = span.role
+        if role == TOOL:
+            self._tool_end(span, None, err or RuntimeError("tool span dropped"))
+            rec.hand_up(span, entries)
+        elif role == LLM:
+            call = rec.llm.get(span.id)
+            if call is not None:
+                llm.finish(rec, call, None, status="error")
+            rec.hand_up(span, entries)
+        elif role == RUN:
+            rec.hand_up(span, entries)
+            self._run_end(span, None, err)
+        else:
+            rec.hand_up(span, entries)
+            if span.step is not None:
+                kind, name = span.step
+                rec.emit(kind, span, phase="end", level="error", name=name,
+                         data={"status": "error", "duration_ms": elapsed_ms(span.started)},
+                         span_id=span.id, parent=span.parent_anchor)
+            elif span.recorded:
+                rec.emit("chain", span, phase="end", level="error", name=span.name,
+                         data={"status": "error", "duration_ms": elapsed_ms(span.started)},
+                         span_id=span.id, parent=span.parent_anchor)
+        rec.close_span(span)
+
+
+def _tool_parameters(tool: Any, bound_args: inspect.BoundArguments) -> Any:
+    """Return the arguments a tool was called with, without injected workflow context."""
+    args = bound_args.arguments
+    params: dict[str, Any] = {}
+    skip = getattr(tool, "ctx_param_name", None)
+    for key, value in args.items():
+        if key == "self":
+            continue
+        if key == "kwargs" and isinstance(value, dict):
+            for k, v in value.items():
+                if k != skip and type(v).__name__ != "Context":
+                    params[k] = payloads.plain(v)
+        elif key == "args" and isinstance(value, tuple):
+            if value:
+                params["args"] = payloads.plain(value)
+        elif key != skip and type(value).__name__ != "Context":
+            params[key] = payloads.plain(value)
+    if list(params) == ["input"]:
+        return params["input"]
+    return params

@@ -1,0 +1,318 @@
+"""Per-run state shared by the span and event handlers, and the one way they emit.
+
+The :class:`Recorder` maps LlamaIndex span ids to what tracevault needs to place an
+event in the tree (trace, parent, session, user) and keeps the few things that outlive a
+span: streaming LLM calls (their span closes before the stream is read), recently
+closed spans (so a late child still finds its parent) and generators returned by closed
+spans (a lazily started LLM call inside them is hung under the span that returned
+them). Everything is bounded and forgotten when a span, call or stream ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from tracevault import capture
+from tracevault.context import current_scope, current_span
+from tracevault.snapshot import describe_exception
+
+log = logging.getLogger("tracevault.llamaindex")
+
+FRAMEWORK = "llamaindex"
+MAX_RECENT = 4_096  # closed spans kept for late children
+MAX_OPEN_LLM = 10_000  # unfinished LLM calls before the oldest is closed as abandoned
+MAX_STREAMS = 4_096  # generators returned by closed spans, awaiting their consumer
+_SEEN = "_tracevault_reported_in"  # attribute marking an exception already recorded
+
+# Span roles (what a LlamaIndex span means for the audit trail).
+OTHER, RUN, STEP, TOOL, LLM, PARSER = range(6)
+
+
+@dataclass(slots=True)
+class RunState:
+    """A workflow or agent run: its name and, for multi-agent workflows, the current turn."""
+
+    name: str
+    multi: bool
+    turn_id: str | None = None
+    turn_agent: str | None = None
+    turn_started: float = 0.0
+    turn_status: str = "success"
+
+
+@dataclass(slots=True)
+class Span:
+    """What tracevault knows about one open (or recently closed) LlamaIndex span."""
+
+    id: str
+    name: str
+    role: int
+    trace_id: str
+    parent_anchor: str | None  # tracevault parent of this span's own events
+    anchor: str | None  # tracevault span that children hang under
+    session_id: str | None
+    user_id: str | None
+    started: float
+    parent: Span | None = None
+    instance_key: int = 0
+    llm_owner: str | None = None  # the open LLM call this span runs inside
+    tool_name: str | None = None  # the nearest enclosing tool (collapses adapters)
+    tool_id: str | None = None  # the model's tool call id, from the agent's ToolCall
+    output_flag: list[Any] | None = None  # set: a streamed answer is this trace's output
+    run: RunState | None = None
+    step: tuple[str, str] | None = None  # (kind, name) of an event-derived open step
+    recorded: bool = False  # emitted a start event that still needs its end
+    pending: list[dict[str, Any]] | None = None  # errors awaiting handled/propagated
+
+
+@dataclass(slots=True)
+class LLMCall:
+    """One model call, from its start event to its end (or abandonment)."""
+
+    span_id: str
+    trace_id: str
+    parent_anchor: str | None
+    session_id: str | None
+    user_id: str | None
+    started: float
+    instance_key: int
+    inputs_ref: Any
+    model: str | None
+    provider: str | None
+    streaming: bool = False
+    first_token: float | None = None
+    last: Any = None
+    thinking: list[str] = field(default_factory=list)
+    output_flag: list[Any] | None = None
+
+
+class Recorder:
+    """State and emission shared by the handlers of one :func:`instrument` call."""
+
+    def __init__(self, session_id: str | None = None, user_id: str | None = None) -> None:
+        self.session_id = session_id
+        self.user_id = user_id
+        self.spans: dict[str, Span] = {}
+        self.recent: dict[str, Span] = {}
+        self.llm: dict[str, LLMCall] = {}
+        self.dups: dict[str, str] = {}
+        self.lazy: dict[int, list[str]] = {}
+        self.streams: dict[int, tuple[Any, Span, list[Any]]] = {}
+        self.errors = 0
+        self.lock = threading.Lock()
+
+    # --- failures inside tracevault ----------------------------------------------------
+
+    def failed(self, where: str, exc: BaseException) -> None:
+        """Count a failure of our own handler code (LlamaIndex would hide it)."""
+        self.errors += 1
+        if self.errors <= 10:
+            log.error("tracevault: LlamaIndex handler failed in %s: %r", where, exc, exc_info=True)
+
+    # --- emission ------------------------------------------------------------------------
+
+    def emit(
+        self,
+        kind: str,
+        owner: Span | LLMCall,
+        *,
+        phase: str = "point",
+        level: str = "info",
+        name: str | None = None,
+        data: dict[str, Any] | None = None,
+        span_id: str | None = None,
+        parent: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        durable: bool = False,
+    ) -> None:
+        """Emit one event in ``owner``'s trace, session and user."""
+        capture.emit(
+            kind,
+            phase=phase,
+            level=level,
+            name=name,
+            data=data,
+            framework=FRAMEWORK,
+            session_id=owner.session_id,
+            user_id=owner.user_id,
+            trace_id=owner.trace_id,
+            span_id=span_id,
+            parent_span_id=parent,
+            metadata=metadata,
+            durable=durable,
+        )
+
+    # --- identity and placement ------------------------------------------------------------
+
+    def identity(self, tags: dict[str, Any] | None, parent: Span | None) -> tuple[Any, Any]:
+        """Return ``(session_id, user_id)``: instrument_tags, then parent or context, then
+        the defaults given to :func:`instrument`."""
+        session = user = None
+        if tags:
+            session = tags.get("session_id") or tags.get("tracevault.session_id")
+            user = tags.get("user_id") or tags.get("tracevault.user_id")
+        if session is None or user is None:
+            if parent is not None:
+                session = session if session is not None else parent.session_id
+                user = user if user is not None else parent.user_id
+            else:
+                scope = current_scope()
+                session = session if session is not None else scope.session_id
+                user = user if user is not None else scope.user_id
+        return (
+            str(session) if session is not None else self.session_id,
+            str(user) if user is not None else self.user_id,
+        )
+
+    def find_parent(self, parent_id: str | None) -> Span | None:
+        """Return the open (or recently closed) span ``parent_id``."""
+        if parent_id is None:
+            return None
+        found = self.spans.get(parent_id)
+        return found if found is not None else self.recent.get(parent_id)
+
+    def adopt(self) -> tuple[str, str | None, list[Any] | None] | None:
+        """For a LlamaIndex root: return ``(trace, parent, output_flag)`` to hang it under.
+
+        A root started while a generator returned by a closed span is running belongs to
+        that span (a streaming response's lazily started LLM call); otherwise one started
+        inside a current tracevault span (another framework's step) belongs to that.
+        """
+        if self.streams:
+            frame: Any = sys._getframe(1)
+            depth = 0
+            while frame is not None and depth < 64:
+                entry = self.streams.get(id(frame))
+                if entry is not None:
+                    gen = entry[0]()
+                    if gen is not None and _frame_of(gen) is frame:
+                        owner = entry[1]
+                        return owner.trace_id, owner.anchor, entry[2]
+                frame = frame.f_back
+                depth += 1
+        ref = current_span()
+        if ref is not None:
+            return ref.trace_id, ref.span_id, None
+        return None
+
+    def watch_stream(self, gen: Any, owner: Span) -> list[Any] | None:
+        """Remember that ``owner`` returned generator ``gen``; return its output flag."""
+        frame = _frame_of(gen)
+        if frame is None:
+            return None
+        key = id(frame)
+        entry = self.streams.get(key)
+        if entry is not None:
+            return entry[2]
+        if len(self.streams) >= MAX_STREAMS:
+            self.streams.pop(next(iter(self.streams)), None)
+        flag: list[Any] = [False, None]  # [the trace's output, its parent span]
+
+        def forget(_: Any, key: int = key, streams: dict[int, Any] = self.streams) -> None:
+            streams.pop(key, None)
+
+        try:
+            self.streams[key] = (weakref.ref(gen, forget), owner, flag)
+        except TypeError:
+            return None
+        return flag
+
+    def close_span(self, span: Span) -> None:
+        """Forget an open span, keeping a bounded memory of it for late children."""
+        self.spans.pop(span.id, None)
+        recent = self.recent
+        recent[span.id] = span
+        if len(recent) > MAX_RECENT:
+            with self.lock:
+                while len(recent) > MAX_RECENT:
+                    try:
+                        old = recent.pop(next(iter(recent)))
+                    except (KeyError, StopIteration, RuntimeError):
+                        break
+                    old.parent = None  # let long chains be collected
+
+    # --- errors ---------------------------------------------------------------------------
+
+    def new_error(
+        self, span: Span, exc: BaseException, where: str, span_id: str | None
+    ) -> dict[str, Any] | None:
+        """Return a pending error record for ``exc``, or ``None`` if already recorded."""
+        try:
+            if getattr(exc, _SEEN, None) == span.trace_id:
+                return None
+            setattr(exc, _SEEN, span.trace_id)
+        except Exception:
+            pass
+        data = describe_exception(exc)
+        data["where"] = where
+        return {"data": data, "owner": span, "span_id": span_id, "parent": span.parent_anchor}
+
+    def emit_error(self, entry: dict[str, Any], recovery: str | None = None) -> None:
+        """Record a pending error, with how it was recovered from if it was."""
+        data = entry["data"]
+        if recovery is not None:
+            data["recovery_action"] = recovery
+        self.emit(
+            "error",
+            entry["owner"],
+            level="warning" if recovery is not None else "error",
+            name=data.get("type"),
+            data=data,
+            span_id=entry["span_id"],
+            parent=entry["parent"],
+        )
+
+    def hand_up(self, span: Span, entries: list[dict[str, Any]]) -> None:
+        """Pass errors of a failed span to its parent, or record them at a root."""
+        parent = span.parent
+        if parent is not None and parent.id in self.spans:
+            if parent.pending is None:
+                parent.pending = []
+            parent.pending.extend(entries)
+            return
+        for entry in entries:
+            self.emit_error(entry)
+
+    def settle(self, span: Span, recovery: str) -> None:
+        """A span ended normally: the errors below it were handled."""
+        pending, span.pending = span.pending, None
+        if pending:
+            for entry in pending:
+                self.emit_error(entry, recovery)
+
+    # --- bounded LLM bookkeeping ----------------------------------------------------------
+
+    def open_llm(self, call: LLMCall) -> None:
+        """Track a started LLM call, closing the oldest as abandoned past the bound."""
+        self.llm[call.span_id] = call
+        if len(self.llm) > MAX_OPEN_LLM:
+            with self.lock:
+                try:
+                    oldest = self.llm.pop(next(iter(self.llm)))
+                except (KeyError, StopIteration, RuntimeError):
+                    return
+            self.emit(
+                "llm_call",
+                oldest,
+                phase="end",
+                level="warning",
+                name=oldest.model or oldest.provider,
+                data={"status": "abandoned", "reason": "never finished (evicted)"},
+                span_id=oldest.span_id,
+                parent=oldest.parent_anchor,
+            )
+
+
+def _frame_of(gen: Any) -> Any:
+    return getattr(gen, "gi_frame", None) or getattr(gen, "ag_frame", None)
+
+
+def elapsed_ms(started: float) -> float:
+    """Milliseconds since ``started`` (a ``time.perf_counter()`` value)."""
+    return round((time.perf_counter() - started) * 1000, 3)

@@ -1,0 +1,190 @@
+"""Model name, provider, parameters and token usage of a LlamaIndex LLM call.
+
+LlamaIndex has no common usage field: each LLM class puts counts in the response's
+``additional_kwargs`` (``prompt_tokens``/``completion_tokens``) or in ``raw`` (an SDK
+object or dict with ``usage``/``usage_metadata``). :func:`token_usage` looks in all of
+them and returns the schema's ``{input, output, total, cached, reasoning}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+_INPUT = ("prompt_tokens", "input_tokens", "prompt_token_count", "input_token_count")
+_OUTPUT = (
+    "completion_tokens",
+    "output_tokens",
+    "candidates_token_count",
+    "output_token_count",
+    "generated_tokens",
+)
+_TOTAL = ("total_tokens", "total_token_count")
+_CACHED = ("cache_read_input_tokens", "cached_content_token_count", "cached_tokens")
+_REASONING = ("reasoning_tokens", "thoughts_token_count")
+_REASONING_DETAILS = (
+    "completion_tokens_details",
+    "output_tokens_details",
+    "output_token_details",
+)
+_PARAMETERS = (
+    "temperature",
+    "max_tokens",
+    "max_new_tokens",
+    "num_output",
+    "top_p",
+    "top_k",
+    "frequency_penalty",
+    "presence_penalty",
+    "seed",
+    "stop",
+    "reasoning_effort",
+    "context_window",
+)
+_CALL_PARAMETERS = ("tool_choice", "tool_required", "allow_parallel_tool_calls", "temperature")
+
+
+def _get(obj: Any, key: str) -> Any:
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(key)
+    try:
+        return getattr(obj, key, None)
+    except Exception:
+        return None
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _first(sources: list[Any], keys: tuple[str, ...]) -> int | None:
+    for source in sources:
+        for key in keys:
+            found = _int(_get(source, key))
+            if found is not None:
+                return found
+    return None
+
+
+def _usage_sources(response: Any) -> list[Any]:
+    sources: list[Any] = []
+    extra = _get(response, "additional_kwargs")
+    if extra:
+        sources.append(extra)
+        for key in ("usage", "usage_metadata", "token_usage"):
+            nested = _get(extra, key)
+            if nested is not None:
+                sources.append(nested)
+    raw = _get(response, "raw")
+    if raw is not None:
+        for key in ("usage", "usage_metadata", "token_usage"):
+            nested = _get(raw, key)
+            if nested is not None:
+                sources.append(nested)
+        meta = _get(raw, "response_metadata")
+        if meta is not None:
+            sources.append(_get(meta, "usage") or _get(meta, "token_usage"))
+        sources.append(raw)
+    return [s for s in sources if s is not None]
+
+
+def token_usage(response: Any) -> dict[str, int]:
+    """Return the token counts found on ``response`` (only the keys that were found)."""
+    sources = _usage_sources(response)
+    if not sources:
+        return {}
+    usage: dict[str, int] = {}
+    found = {
+        "input": _first(sources, _INPUT),
+        "output": _first(sources, _OUTPUT),
+        "total": _first(sources, _TOTAL),
+        "cached": _first(sources, _CACHED),
+        "reasoning": _first(sources, _REASONING),
+    }
+    if found["cached"] is None:
+        for source in sources:
+            for key in ("prompt_tokens_details", "input_tokens_details", "input_token_details"):
+                details = _get(source, key)
+                cached = _int(_get(details, "cached_tokens")) or _int(_get(details, "cache_read"))
+                if cached is not None:
+                    found["cached"] = cached
+                    break
+    if found["reasoning"] is None:
+        for source in sources:
+            for key in _REASONING_DETAILS:
+                details = _get(source, key)
+                reasoning = _int(_get(details, "reasoning_tokens")) or _int(
+                    _get(details, "reasoning")
+                )
+                if reasoning is not None:
+                    found["reasoning"] = reasoning
+                    break
+    if found["total"] is None and found["input"] is not None and found["output"] is not None:
+        found["total"] = found["input"] + found["output"]
+    for key, value in found.items():
+        if value is not None:
+            usage[key] = value
+    return usage
+
+
+def model_of(model_dict: Any, response: Any = None) -> str | None:
+    """Return the model name from the LLM's payload, else from the raw response."""
+    for key in ("model", "model_name", "model_id", "deployment_name", "engine"):
+        value = _get(model_dict, key)
+        if isinstance(value, str) and value:
+            return value
+    raw = _get(response, "raw")
+    value = _get(raw, "model") or _get(raw, "model_version")
+    if isinstance(value, str) and value:
+        return value
+    return None
+
+
+def provider_of(model_dict: Any) -> str | None:
+    """Return the LLM class name LlamaIndex reports (e.g. ``OpenAI``, ``Anthropic``)."""
+    value = _get(model_dict, "class_name")
+    return value if isinstance(value, str) else None
+
+
+def parameters_of(model_dict: Any, call_kwargs: Any) -> dict[str, Any]:
+    """Return sampling parameters of the model and of this call (no secrets, no tools)."""
+    params: dict[str, Any] = {}
+    for key in _PARAMETERS:
+        value = _get(model_dict, key)
+        if value is not None and isinstance(value, (str, int, float, bool, list)):
+            params[key] = value
+    extra = _get(model_dict, "additional_kwargs")
+    if isinstance(extra, Mapping):
+        for key in _PARAMETERS:
+            value = extra.get(key)
+            if value is not None and isinstance(value, (str, int, float, bool, list)):
+                params[key] = value
+    if isinstance(call_kwargs, Mapping):
+        for key in _CALL_PARAMETERS:
+            value = call_kwargs.get(key)
+            if value is not None and isinstance(value, (str, int, float, bool, dict)):
+                params[key] = value
+    return params
+
+
+def finish_reason_of(response: Any) -> str | None:
+    """Return the provider's finish/stop reason, if the raw response has one."""
+    raw = _get(response, "raw")
+    for key in ("finish_reason", "stop_reason"):
+        value = _get(raw, key)
+        if isinstance(value, str):
+            return value
+    choices = _get(raw, "choices")
+    if isinstance(choices, (list, tuple)) and choices:
+        value = _get(choices[0], "finish_reason")
+        if isinstance(value, str):
+            return value
+    return None
