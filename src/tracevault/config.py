@@ -53,7 +53,7 @@ class Settings:
     level: str = "debug"
     slow_tool_ms: float = 10_000.0
     queue_size: int = 100_000
-    batch_size: int = 2_000
+    batch_size: int = 4_096
     block_timeout: float | None = None
     strict: bool = False
     strict_timeout: float = 10.0

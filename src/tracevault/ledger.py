@@ -31,6 +31,7 @@ from tracevault.schema import AuditEvent
 from tracevault.snapshot import sanitize_strings
 
 GENESIS = bytes(32)
+_SEP = "\x1f"
 SALT_BYTES = 16
 _JSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z
 
@@ -55,11 +56,19 @@ COLUMNS: tuple[str, ...] = (
 )
 
 
+# The first TEXT_COLUMNS of COLUMNS are text; the rest are numbers.
+TEXT_COLUMNS = 12
+_NUMBERS = TEXT_COLUMNS + 1
+_N = len(COLUMNS)
+_PAYLOAD, _SALT, _DIGEST, _CHAIN = _N + 1, _N + 2, _N + 3, _N + 4
+
+
 def format_ts(ts: datetime) -> str:
     """Return the canonical UTC text form of a timestamp (microseconds, ``Z``)."""
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=timezone.utc)
-    return ts.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if ts.tzinfo is not timezone.utc:
+        ts = ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+    # isoformat is several times faster than strftime; its UTC suffix is "+00:00".
+    return ts.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def parse_ts(text: str) -> datetime:
@@ -147,12 +156,16 @@ def prepare(event: AuditEvent) -> PreparedRow:
 
 def header(seq: int, columns: Sequence[Any]) -> bytes:
     """Return the bytes of a row's sequence number and columns that the chain covers."""
-    parts = [str(seq)]
-    for value in columns:
-        parts.append(
-            "" if value is None else repr(value) if isinstance(value, float) else str(value)
-        )
-    return "\x1f".join(parts).encode("utf-8", "surrogatepass")
+    texts = ["" if v is None else v for v in columns[:TEXT_COLUMNS]]
+    numbers = [_text(v) for v in columns[TEXT_COLUMNS:]]
+    return f"{seq}{_SEP}{_SEP.join(texts)}{_SEP}{_SEP.join(numbers)}".encode(
+        "utf-8", "surrogatepass"
+    )
+
+
+def _text(v: Any) -> str:
+    # floats by repr so they round-trip exactly; the chain must not depend on formatting
+    return "" if v is None else repr(v) if v.__class__ is float else str(v)
 
 
 def link(prev: bytes, seq: int, columns: Sequence[Any], digest: bytes) -> bytes:
@@ -182,18 +195,6 @@ def seal(rows: Sequence[PreparedRow], head_seq: int, head_chain: bytes) -> list[
 
 
 @dataclass(slots=True)
-class StoredRow:
-    """A row as read back for verification (``payload``/``salt`` are None if erased)."""
-
-    seq: int
-    columns: tuple[Any, ...]
-    payload: bytes | None
-    salt: bytes | None
-    digest: bytes
-    chain: bytes
-
-
-@dataclass(slots=True)
 class VerifyReport:
     """Outcome of :func:`verify_rows`: ``ok`` and, if not, where and why it broke."""
 
@@ -215,36 +216,59 @@ class VerifyReport:
         }
 
 
-def verify_rows(rows: Iterable[StoredRow], head_seq: int, head_chain: bytes) -> VerifyReport:
+def verify_rows(
+    rows: Iterable[Sequence[Any]], head_seq: int, head_chain: bytes
+) -> VerifyReport:
     """Recompute digests and the chain over ``rows`` (in seq order) against the head.
 
-    Reports the first sequence number at which the stored trail stops matching: a
-    changed payload or column (digest or chain mismatch), a deleted row (gap), an
-    inserted or reordered row (chain mismatch), or a truncated tail (head mismatch).
+    Each row is ``(seq, *COLUMNS, payload, salt, digest, chain)`` where the text columns
+    (the first :data:`TEXT_COLUMNS`; ``ts`` as :func:`format_ts` writes it) come with
+    NULL as ``""`` (SQL ``coalesce(col, '')``), so the header is one C-level join;
+    ``payload``/``salt`` are None once erased. Reports the first sequence number at
+    which the stored trail stops matching: a changed payload or column (digest or chain
+    mismatch), a deleted row (gap), an inserted or reordered row (chain mismatch), or a
+    truncated tail (head mismatch).
     """
     prev = GENESIS
     expected = 1
     checked = erased = 0
     sha256 = hashlib.sha256
+    sep = _SEP
+    text_of = _text
     for r in rows:
-        if r.seq != expected:
-            bad = min(r.seq, expected)
-            what = "missing" if r.seq > expected else "duplicated or out of order"
+        seq = r[0]
+        if seq != expected:
+            bad = min(seq, expected)
+            what = "missing" if seq > expected else "duplicated or out of order"
             return VerifyReport(False, checked, head_seq, bad, f"row {bad} is {what}")
-        if r.payload is None or r.salt is None:
+        payload = r[_PAYLOAD]
+        salt = r[_SALT]
+        digest = bytes(r[_DIGEST])
+        if payload is None or salt is None:
             erased += 1
-        elif sha256(r.salt + r.payload).digest() != r.digest:
-            return VerifyReport(
-                False, checked, head_seq, r.seq, f"payload of row {r.seq} does not match its digest"
-            )
-        prev = sha256(prev + header(r.seq, r.columns) + r.digest).digest()
-        if prev != r.chain:
+        else:
+            if payload.__class__ is str:
+                payload = payload.encode("utf-8", "surrogatepass")
+            if sha256(bytes(salt) + payload).digest() != digest:
+                return VerifyReport(
+                    False,
+                    checked,
+                    head_seq,
+                    seq,
+                    f"payload of row {seq} does not match its digest",
+                )
+        text = (
+            f"{seq}{sep}{sep.join(r[1:_NUMBERS])}{sep}{text_of(r[_NUMBERS])}"
+            f"{sep}{text_of(r[_NUMBERS + 1])}{sep}{text_of(r[_NUMBERS + 2])}"
+        ).encode("utf-8", "surrogatepass")
+        prev = sha256(prev + text + digest).digest()
+        if prev != bytes(r[_CHAIN]):
             return VerifyReport(
                 False,
                 checked,
                 head_seq,
-                r.seq,
-                f"chain breaks at row {r.seq} (row altered, inserted or reordered)",
+                seq,
+                f"chain breaks at row {seq} (row altered, inserted or reordered)",
             )
         checked += 1
         expected += 1

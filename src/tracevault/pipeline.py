@@ -94,7 +94,7 @@ class Pipeline:
         *,
         middleware: Sequence[Middleware] = (),
         queue_size: int = 100_000,
-        batch_size: int = 2_000,
+        batch_size: int = 4_096,
         block_timeout: float | None = None,
         dead_letter_path: str | None = None,
     ) -> None:

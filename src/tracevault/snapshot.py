@@ -112,37 +112,58 @@ class _Snapshotter:
         if depth >= self.max_depth:
             return f"<max depth {self.max_depth} reached: {cls.__name__}>"
         if cls is dict or cls is list or cls is tuple:
-            return self._container(value, depth)
+            return self._container(value, depth, cls is dict)
         return self._other(value, cls, depth)
 
-    def _container(self, value: Any, depth: int) -> Any:
+    def _container(self, value: Any, depth: int, is_mapping: bool | None = None) -> Any:
         key = id(value)
-        if key in self.path:
+        path = self.path
+        if key in path:
             return f"<cycle: {type(value).__name__}>"
-        self.path.add(key)
+        path.add(key)
         try:
-            if isinstance(value, Mapping):
-                return self._mapping(value, depth)
-            return self._sequence(value, depth)
+            if is_mapping is None:
+                is_mapping = isinstance(value, Mapping)
+            return self._mapping(value, depth) if is_mapping else self._sequence(value, depth)
         finally:
-            self.path.discard(key)
+            path.discard(key)
 
     def _mapping(self, value: Mapping[Any, Any], depth: int) -> dict[str, Any]:
+        items: Any = value.items()
+        if len(value) > self.max_items:
+            items = list(items)[: self.max_items]
         out: dict[str, Any] = {}
-        for i, (k, v) in enumerate(value.items()):
-            if i >= self.max_items:
-                out["…"] = f"[truncated by tracevault: {len(value)} items in original]"
-                break
-            out[k if type(k) is str else self._key(k)] = self.convert(v, depth + 1)
+        convert = self.convert
+        limit = self.max_string
+        depth += 1
+        for k, v in items:
+            cls = v.__class__
+            # Inline the common leaf types: this loop runs on the caller's thread.
+            if (
+                (cls is str and len(v) <= limit)
+                or (cls is int and -_INT_LIMIT < v < _INT_LIMIT)
+                or cls is bool
+                or v is None
+            ):
+                out[k if k.__class__ is str else self._key(k)] = v
+            else:
+                out[k if k.__class__ is str else self._key(k)] = convert(v, depth)
+        if len(value) > self.max_items:
+            out["…"] = f"[truncated by tracevault: {len(value)} items in original]"
         return out
 
     def _sequence(self, value: Any, depth: int) -> list[Any]:
-        out = []
-        for i, v in enumerate(value):
-            if i >= self.max_items:
-                out.append(f"…[truncated by tracevault: {len(value)} items in original]")
-                break
-            out.append(self.convert(v, depth + 1))
+        convert = self.convert
+        limit = self.max_string
+        depth += 1
+        out = [
+            v
+            if (v.__class__ is str and len(v) <= limit) or v is None
+            else convert(v, depth)
+            for v in (value[: self.max_items] if len(value) > self.max_items else value)
+        ]
+        if len(value) > self.max_items:
+            out.append(f"…[truncated by tracevault: {len(value)} items in original]")
         return out
 
     def _key(self, key: Any) -> str:

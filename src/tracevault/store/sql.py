@@ -10,13 +10,13 @@ and read back, how a UTC day is extracted). The table layout is the same everywh
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
 from tracevault.ledger import (
     COLUMNS,
-    StoredRow,
+    TEXT_COLUMNS,
     VerifyReport,
     decode_event,
     parse_ts,
@@ -33,9 +33,6 @@ from tracevault.store.base import (
 )
 
 _EVENT_COLUMNS = ", ".join(COLUMNS[:11])
-_VERIFY_SELECT = (
-    f"SELECT seq, {', '.join(COLUMNS)}, payload, salt, digest, chain FROM events ORDER BY seq"
-)
 _OUTCOME = "phase IN ('end', 'point')"
 
 
@@ -53,6 +50,8 @@ class SQLStore:
 
     url: str
     day_sql = "substr(ts, 1, 10)"
+    # SQL giving ``ts`` as format_ts() text; a dialect storing a timestamp type overrides it.
+    ts_text_sql = "ts"
 
     # --- what a backend provides -------------------------------------------------------
 
@@ -271,25 +270,13 @@ class SQLStore:
         head_seq, head_chain = self.head()
         return verify_rows(self._verify_rows(), head_seq, head_chain)
 
-    def _verify_rows(self) -> Iterable[StoredRow]:
-        n = len(COLUMNS)
-        to_text = self._ts_text
-        for r in self._stream(_VERIFY_SELECT):
-            columns = list(r[1 : n + 1])
-            columns[1] = to_text(columns[1])
-            yield StoredRow(
-                r[0],
-                tuple(columns),
-                _bytes(r[n + 1]),
-                _bytes(r[n + 2]),
-                bytes(r[n + 3]),
-                bytes(r[n + 4]),
-            )
-
-
-def _bytes(value: Any) -> bytes | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogatepass")
-    return bytes(value)
+    def _verify_rows(self) -> Iterator[tuple[Any, ...]]:
+        text = [
+            f"coalesce({self.ts_text_sql if c == 'ts' else c}, '')"
+            for c in COLUMNS[:TEXT_COLUMNS]
+        ]
+        sql = (
+            f"SELECT seq, {', '.join(text)}, {', '.join(COLUMNS[TEXT_COLUMNS:])}, "
+            "payload, salt, digest, chain FROM events ORDER BY seq"
+        )
+        return self._stream(sql)

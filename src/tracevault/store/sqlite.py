@@ -50,7 +50,6 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_session ON events (session_id, seq);
 CREATE INDEX IF NOT EXISTS events_user ON events (user_id, ts);
-CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
 CREATE INDEX IF NOT EXISTS events_kind ON events (kind, phase, name);
 CREATE INDEX IF NOT EXISTS events_trace ON events (trace_id, seq);
 CREATE TABLE IF NOT EXISTS ledger_head (

@@ -1,0 +1,190 @@
+"""Core performance: capture cost, end-to-end CPU, append, verify and `show` latency.
+
+Run: ``.venv/bin/python benchmarks/bench_core.py [--events N] [--big N]``. Prints a
+table and writes ``benchmarks/results/core.json``. Every figure comes from the real
+code path into a real SQLite file in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import tracevault
+from tracevault import capture
+from tracevault.ids import uuid7
+from tracevault.render import build_runs, render_tree
+from tracevault.schema import AuditEvent
+from tracevault.store import open_store
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    """Describe the machine the figures come from."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
+
+
+def one_kb_data(i: int) -> dict[str, Any]:
+    """A tool-call payload of about 1 KB of JSON."""
+    return {
+        "tool_name": "search_orders",
+        "parameters": {"customer": f"cust-{i % 977}", "query": "late delivery " * 8, "page": i},
+        "result": [{"id": f"ord-{i}-{k}", "status": "shipped", "note": "x" * 120} for k in range(5)],
+        "status": "success",
+        "duration_ms": 12.5,
+    }
+
+
+def bench_capture(tmp: Path, n: int) -> dict[str, float]:
+    """Caller-thread cost of emit() and end-to-end CPU per ~1 KB event."""
+    tracevault.configure(store=f"sqlite:///{tmp / 'capture.db'}", queue_size=n + 10)
+    payloads = [one_kb_data(i) for i in range(n)]
+    ids = {"session_id": "bench", "trace_id": "t" * 32, "parent_span_id": "p" * 16}
+    # Warm up (imports, first connection, JIT-free but cache-warm).
+    for i in range(1000):
+        capture.emit("tool_call", phase="end", name="search_orders", data=payloads[i], **ids)
+    assert tracevault.flush(60)
+    cpu0 = time.process_time()
+    thread0 = time.thread_time()
+    wall0 = time.perf_counter()
+    for i in range(n):
+        capture.emit("tool_call", phase="end", name="search_orders", data=payloads[i], **ids)
+    caller_thread = time.thread_time() - thread0
+    caller_wall = time.perf_counter() - wall0
+    assert tracevault.flush(600)
+    total_cpu = time.process_time() - cpu0
+    tracevault.shutdown()
+
+    # The caller's cost without the writer competing for the GIL: a pipeline whose
+    # writer is parked behind a store that is not opened until after the loop.
+    small = {"tool_name": "t", "parameters": {"q": "x"}, "status": "pending"}
+    tracevault.configure(store=f"sqlite:///{tmp / 'capture2.db'}", queue_size=n + 10)
+    thread0 = time.thread_time()
+    for _ in range(n):
+        capture.emit("tool_call", phase="start", name="t", data=small, **ids)
+    small_thread = time.thread_time() - thread0
+    assert tracevault.flush(600)
+    tracevault.shutdown()
+    return {
+        "capture_us_per_event_1kb_thread_cpu": caller_thread / n * 1e6,
+        "capture_us_per_event_1kb_wall": caller_wall / n * 1e6,
+        "capture_us_per_event_small_thread_cpu": small_thread / n * 1e6,
+        "end_to_end_cpu_us_per_event_1kb": total_cpu / n * 1e6,
+    }
+
+
+def make_events(n: int, sessions: int) -> list[AuditEvent]:
+    """``n`` ~1 KB events spread over ``sessions`` sessions, runs of 20 events."""
+    now = datetime.now(timezone.utc)
+    out = []
+    for i in range(n):
+        run = i // 20
+        out.append(
+            AuditEvent(
+                event_id=uuid7(),
+                timestamp=now,
+                kind="tool_call",
+                phase="end" if i % 2 else "start",
+                name="search_orders",
+                session_id=f"session-{run % sessions}",
+                user_id=f"user-{run % 97}",
+                trace_id=f"trace-{run}",
+                span_id=f"span-{i // 2}",
+                data=one_kb_data(i),
+            )
+        )
+    return out
+
+
+def bench_append_verify(tmp: Path, n: int) -> dict[str, float]:
+    store = open_store(f"sqlite:///{tmp / 'append.db'}")
+    events = make_events(n, 1000)
+    t0 = time.perf_counter()
+    for start in range(0, n, 2000):
+        store.append(events[start : start + 2000])
+    append_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    report = store.verify()
+    verify_s = time.perf_counter() - t0
+    assert report.ok and report.checked == n
+    store.close()
+    return {"append_events_per_s": n / append_s, "verify_events_per_s": n / verify_s}
+
+
+def bench_show(tmp: Path, n: int) -> dict[str, float]:
+    """`show` of one session (query + tree + render) in a store of ``n`` events."""
+    path = tmp / "big.db"
+    store = open_store(f"sqlite:///{path}?synchronous=normal")
+    sessions = max(1, n // 100)
+    for start in range(0, n, 20_000):
+        store.append(make_events(min(20_000, n - start), sessions))
+    count = store.count()
+    store.close()
+    store = open_store(f"sqlite:///{path}", create=False)
+    timings = []
+    for k in range(25):
+        sid = f"session-{(k * 7919) % sessions}"
+        t0 = time.perf_counter()
+        events = list(store.events(session_id=sid))
+        text = render_tree(build_runs(events))
+        timings.append((time.perf_counter() - t0) * 1000)
+        assert events and text
+    t0 = time.perf_counter()
+    store.sessions(limit=20)
+    sessions_ms = (time.perf_counter() - t0) * 1000
+    store.close()
+    return {
+        "store_events": count,
+        "show_ms_median": statistics.median(timings),
+        "show_ms_p95": sorted(timings)[int(0.95 * len(timings)) - 1],
+        "sessions_list_ms": sessions_ms,
+        "events_per_session": len(events),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=100_000, help="events for capture/append")
+    parser.add_argument("--big", type=int, default=1_000_000, help="events in the `show` store")
+    args = parser.parse_args()
+    results: dict[str, Any] = {"machine": machine()}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        results["capture"] = bench_capture(tmp, args.events)
+        results["ledger"] = bench_append_verify(tmp, args.events)
+        results["show"] = bench_show(tmp, args.big)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "core.json").write_text(json.dumps(results, indent=2))
+    for section, values in results.items():
+        print(f"[{section}]")
+        for key, value in values.items():
+            shown = f"{value:,.2f}" if isinstance(value, float) else value
+            print(f"  {key:45} {shown}")
+
+
+if __name__ == "__main__":
+    main()
