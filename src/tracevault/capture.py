@@ -44,6 +44,8 @@ def register_default_middleware(factory: Any) -> None:
 
 def default_middleware(settings: Settings) -> list[Middleware]:
     """Return the built-in middleware for ``settings`` (redaction first)."""
+    import tracevault.redaction  # noqa: F401  (registers the Redactor; imported late: cycle)
+
     steps: list[Middleware] = []
     for factory in _middleware_factory:
         steps.extend(factory(settings))

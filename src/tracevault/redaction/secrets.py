@@ -1,0 +1,189 @@
+"""Built-in detectors of secrets, and the field names whose values are secret.
+
+Provider keys are recognised by their documented prefixes and alphabets (OpenAI
+``sk-``/``sk-proj-``, Anthropic ``sk-ant-``, AWS ``AKIA``/``ASIA`` key ids and secret
+keys in context, GitHub ``ghp_``/``gho_``/``ghs_``/``ghu_``/``ghr_``/``github_pat_``,
+Slack ``xox*`` and webhooks, Stripe ``sk_``/``rk_``/``pk_`` live and test keys, Google
+``AIza``), plus JSON Web Tokens, PEM private key blocks, bearer/basic credentials,
+passwords in URLs and ``key=value`` / ``"key": "value"`` pairs whose key names a secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import orjson
+
+from tracevault.redaction.detectors import Detector
+
+# Field names (lower-cased, without "-", "_", "." or spaces) whose values are secret,
+# and endings that make a name secret ("db_password", "x-api-key", "refresh_token").
+SECRET_NAMES: frozenset[str] = frozenset({
+    "password", "passwd", "pwd", "pass", "passphrase", "secret", "token", "apikey",
+    "authorization", "auth", "proxyauthorization", "cookie", "cookies", "setcookie",
+    "credential", "credentials", "privatekey", "secretkey", "accesskey", "clientsecret",
+    "sessionkey", "signingkey", "encryptionkey", "xapikey", "apitoken", "authtoken",
+    "connectionstring", "dsn",
+})
+SECRET_SUFFIXES: tuple[str, ...] = (
+    "password", "passwd", "passphrase", "secret", "token", "apikey", "privatekey",
+    "secretkey", "accesskey", "credential", "credentials", "cookie",
+)
+_NOT_A_NAME = re.compile(r"[\s_.\-]")
+
+
+def normalize_name(name: str) -> str:
+    """Return a field name lower-cased without separators (``X-Api-Key`` -> ``xapikey``)."""
+    return _NOT_A_NAME.sub("", name).lower()
+
+
+def is_secret_name(name: str, extra: Iterable[str] = ()) -> bool:
+    """Return whether a field called ``name`` holds a secret (built-in names or ``extra``,
+    which must be normalized with :func:`normalize_name`)."""
+    n = normalize_name(name)
+    return n in SECRET_NAMES or n.endswith(SECRET_SUFFIXES) or n in extra
+
+
+def _mixed(value: str, need_upper: bool = False) -> bool:
+    has_digit = any(c.isdigit() for c in value)
+    has_alpha = any(c.isalpha() for c in value)
+    if need_upper:
+        return has_digit and any(c.isupper() for c in value) and any(c.islower() for c in value)
+    return has_digit and has_alpha
+
+
+def _entropy(value: str) -> float:
+    counts: dict[str, int] = {}
+    for c in value:
+        counts[c] = counts.get(c, 0) + 1
+    n = len(value)
+    return -sum(k / n * math.log2(k / n) for k in counts.values())
+
+
+_SK = re.compile(
+    r"(?<![\w\-])sk-(?:proj-|svcacct-|admin-|ant-(?:api|admin)\d{2}-)?([A-Za-z0-9_\-]{20,})"
+    r"(?![\w\-])"
+)
+_AWS_PREFIXES = ("AKIA", "ASIA", "ABIA", "ACCA", "AGPA", "AIDA", "AIPA", "ANPA", "ANVA", "APKA",
+                 "AROA", "ASCA")
+_AWS_ID = re.compile(
+    r"(?<![A-Za-z0-9])(?:" + "|".join(_AWS_PREFIXES) + r")[A-Z2-7]{16}(?![A-Za-z0-9])"
+)
+_AWS_SECRET = re.compile(
+    r"(?i:(?:aws|secret)[^\n\x00]{0,40}?)(?<![A-Za-z0-9/+])([A-Za-z0-9/+]{40})"
+    r"(?![A-Za-z0-9/+=])"
+)
+_GITHUB = re.compile(r"(?<!\w)(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_\w{22,255})(?!\w)")
+_SLACK = re.compile(
+    r"(?<![\w\-])xox[abposre]-[A-Za-z0-9\-]{10,250}(?![\w\-])"
+    r"|https://hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9/_\-]{20,}"
+)
+_STRIPE = re.compile(r"(?<!\w)(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]{10,247}(?!\w)")
+_GOOGLE = re.compile(r"(?<![\w\-])AIza[0-9A-Za-z_\-]{35}(?![\w\-])")
+_JWT = re.compile(
+    r"(?<![\w\-])eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*(?![\w\-])"
+)
+_BEARER = re.compile(r"(?i:\bbearer\s+)([A-Za-z0-9\-._~+/]{12,}=*)")
+_PEM = re.compile(
+    r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----[^\x00]*?"
+    r"(?:-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|(?=\x00)|\Z)"
+)
+_URL_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]{0,20}://[^\s:/@\x00]{0,128}:([^\s/@\x00]{1,256})@")
+_SCHEME_TAIL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]{0,20}\Z")
+_HIGH_ENTROPY = re.compile(r"(?<![\w/+\-])[A-Za-z0-9_\-/+]{32,}={0,2}(?![\w/+=\-])")
+
+
+def _sk_ok(text: str, m: re.Match[str]) -> bool:
+    return _mixed(m.group(1))
+
+
+def _aws_secret_ok(text: str, m: re.Match[str]) -> bool:
+    value = m.group(1)
+    return _mixed(value, need_upper=True) and not all(c in "0123456789abcdef" for c in value)
+
+
+def _jwt_ok(text: str, m: re.Match[str]) -> bool:
+    header = m.group().split(".", 1)[0]
+    try:
+        decoded: Any = orjson.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))
+    except (ValueError, orjson.JSONDecodeError):
+        return False
+    return isinstance(decoded, dict) and ("alg" in decoded or "typ" in decoded)
+
+
+def _bearer_ok(text: str, m: re.Match[str]) -> bool:
+    return _mixed(m.group(1))
+
+
+def _find_url_passwords(text: str, pos: int, endpos: int) -> Iterator[tuple[int, int]]:
+    i = text.find("@", pos, endpos)
+    while i != -1:
+        j = text.rfind("://", max(0, i - 400), i)
+        scheme = _SCHEME_TAIL.search(text, max(0, j - 21), j) if j != -1 else None
+        if scheme is not None:
+            m = _URL_PASSWORD.match(text, scheme.start(), i + 1)
+            if m is not None and m.end() == i + 1:
+                yield m.span(1)
+        i = text.find("@", i + 1, endpos)
+
+
+def _high_entropy_ok(text: str, m: re.Match[str]) -> bool:
+    value = m.group()
+    return _mixed(value, need_upper=True) and _entropy(value) >= 4.0
+
+
+SECRET_DETECTORS: tuple[Detector, ...] = (
+    Detector("pem_private_key", "SECRET", _PEM, "pem"),
+    Detector("jwt", "SECRET", _JWT, "token", _jwt_ok, literals=("eyJ",)),
+    Detector("openai_or_anthropic_key", "SECRET", _SK, "token", _sk_ok, literals=("sk-",)),
+    Detector("aws_access_key_id", "SECRET", _AWS_ID, "token", literals=_AWS_PREFIXES),
+    Detector("aws_secret_access_key", "SECRET", _AWS_SECRET, "token", _aws_secret_ok, group=1,
+             literals=("aws", "secret"), ignore_case=True),
+    Detector("github_token", "SECRET", _GITHUB, "token", literals=("gh", "github_pat_")),
+    Detector("slack_token", "SECRET", _SLACK, "token", literals=("xox", "hooks.slack.com")),
+    Detector("stripe_key", "SECRET", _STRIPE, "token", literals=("_live_", "_test_")),
+    Detector("google_api_key", "SECRET", _GOOGLE, "token", literals=("AIza",)),
+    Detector("bearer_token", "SECRET", _BEARER, "token", _bearer_ok, group=1,
+             literals=("bearer",), ignore_case=True),
+    Detector("url_password", "SECRET", None, "at", finder=_find_url_passwords),
+    Detector("high_entropy", "SECRET", _HIGH_ENTROPY, "token", _high_entropy_ok,
+             strict_only=True),
+)
+
+# --- key = value pairs in free text --------------------------------------------------------
+
+_KEY_BEFORE = re.compile(r"([A-Za-z][\w\-.]{0,40})[\"']?\s*$")
+_VALUE_AFTER = re.compile(
+    r"[ \t]*(?:\"([^\"\x00\n]{1,1024})\"|'([^'\x00\n]{1,1024})'"
+    r"|((?:(?i:basic|bearer|token|digest|apikey)[ \t]+)?[^\s\"',;&)}\]<>\x00]{1,1024}))"
+)
+_STOP_VALUES = frozenset({
+    "is", "was", "the", "a", "an", "to", "for", "and", "or", "of", "in", "on", "not",
+    "required", "invalid", "expired", "missing", "null", "none", "true", "false",
+    "undefined", "n/a", "redacted", "changed", "reset", "updated", "set", "empty",
+})
+
+
+def find_key_values(
+    text: str, pos: int, endpos: int, extra_names: Iterable[str] = ()
+) -> Iterator[tuple[int, int]]:
+    """Yield spans of values written as ``key=value``, ``key: value`` or ``"key": "value"``
+    in ``text[pos:endpos]`` whose key names a secret."""
+    extra = frozenset(extra_names)
+    for sep in ("=", ":"):
+        i = text.find(sep, pos, endpos)
+        while i != -1:
+            key = _KEY_BEFORE.search(text, max(pos, i - 44), i)
+            if key is not None and is_secret_name(key.group(1), extra):
+                m = _VALUE_AFTER.match(text, i + 1, endpos)
+                if m is not None:
+                    g = 1 if m.group(1) is not None else 2 if m.group(2) is not None else 3
+                    value = m.group(g)
+                    if (len(value) >= 3 and value.lower() not in _STOP_VALUES
+                            and not value.startswith("[") and not value.startswith("*")):
+                        yield m.span(g)
+            i = text.find(sep, i + 1, endpos)
