@@ -154,6 +154,18 @@ def prepare(event: AuditEvent) -> PreparedRow:
     return PreparedRow(columns, payload, salt, hashlib.sha256(salt + payload).digest())
 
 
+def unique_rows(rows: Sequence[PreparedRow]) -> list[PreparedRow]:
+    """Drop rows whose event id appeared earlier in ``rows`` (appends are idempotent)."""
+    seen: set[str] = set()
+    out = []
+    for row in rows:
+        event_id = row.columns[0]
+        if event_id not in seen:
+            seen.add(event_id)
+            out.append(row)
+    return out
+
+
 def header(seq: int, columns: Sequence[Any]) -> bytes:
     """Return the bytes of a row's sequence number and columns that the chain covers."""
     texts = ["" if v is None else v for v in columns[:TEXT_COLUMNS]]

@@ -173,3 +173,19 @@ def test_several_processes_keep_one_chain(tmp_path: Path) -> None:
     for w in range(4):  # each worker's events are in its own order
         seen = [e.event.data["i"] for e in store.events(session_id=f"worker-{w}")]
         assert seen == list(range(1000))
+
+
+def test_appends_are_idempotent_by_event_id(tmp_path: Path) -> None:
+    from datetime import datetime, timezone
+
+    from tracevault.ids import uuid7
+    from tracevault.schema import AuditEvent
+
+    store = SQLiteStore(str(tmp_path / "idem.db"))
+    now = datetime.now(timezone.utc)
+    events = [AuditEvent(event_id=uuid7(), timestamp=now, kind="custom") for _ in range(5)]
+    assert store.append(events[:3]) == 3
+    # A retried batch overlapping what is stored, with an internal duplicate too.
+    assert store.append([events[1], events[3], events[3], events[2], events[4]]) == 5
+    assert [e.event.event_id for e in store.events()] == [e.event_id for e in events]
+    assert store.verify().ok

@@ -18,7 +18,15 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from tracevault.ledger import COLUMNS, GENESIS, format_ts, prepare, seal
+from tracevault.ledger import (
+    COLUMNS,
+    GENESIS,
+    PreparedRow,
+    format_ts,
+    prepare,
+    seal,
+    unique_rows,
+)
 from tracevault.schema import AuditEvent
 from tracevault.store.base import SinkCursor, StoreError
 from tracevault.store.sql import SQLStore
@@ -179,41 +187,56 @@ class SQLiteStore(SQLStore):
         return int(row[0][0]), bytes(row[0][1])
 
     def append(self, events: Sequence[AuditEvent]) -> int:
-        rows = [prepare(e) for e in events]  # encode and hash outside the write lock
-        conn = self._conn()
+        """Seal and store ``events``; events whose id is already stored are skipped, so
+        re-appending a batch (a retry, a dead-letter replay) never duplicates a record."""
+        rows = unique_rows([prepare(e) for e in events])  # encode and hash outside the lock
         try:
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                seq, chain = conn.execute(
-                    "SELECT seq, chain FROM ledger_head WHERE id = 1"
-                ).fetchone()
-                sealed = seal(rows, int(seq), bytes(chain))
-                conn.executemany(
-                    _INSERT,
-                    [
-                        (
-                            s.seq,
-                            *s.row.columns,
-                            s.row.payload.decode(),
-                            s.row.salt,
-                            s.row.digest,
-                            s.chain,
-                        )
-                        for s in sealed
-                    ],
-                )
-                if sealed:
-                    conn.execute(
-                        "UPDATE ledger_head SET seq = ?, chain = ? WHERE id = 1",
-                        (sealed[-1].seq, sealed[-1].chain),
-                    )
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+                return self._append_rows(rows)
+            except sqlite3.IntegrityError:
+                stored = self._stored_ids([r.columns[0] for r in rows])
+                return self._append_rows([r for r in rows if r.columns[0] not in stored])
         except sqlite3.Error as exc:
             raise self._error("cannot append to", exc) from None
+
+    def _append_rows(self, rows: Sequence[PreparedRow]) -> int:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            seq, chain = conn.execute("SELECT seq, chain FROM ledger_head WHERE id = 1").fetchone()
+            sealed = seal(rows, int(seq), bytes(chain))
+            conn.executemany(
+                _INSERT,
+                [
+                    (
+                        s.seq,
+                        *s.row.columns,
+                        s.row.payload.decode(),
+                        s.row.salt,
+                        s.row.digest,
+                        s.chain,
+                    )
+                    for s in sealed
+                ],
+            )
+            if sealed:
+                conn.execute(
+                    "UPDATE ledger_head SET seq = ?, chain = ? WHERE id = 1",
+                    (sealed[-1].seq, sealed[-1].chain),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
         return sealed[-1].seq if sealed else int(seq)
+
+    def _stored_ids(self, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            sql = f"SELECT event_id FROM events WHERE event_id IN ({', '.join('?' * len(chunk))})"
+            found.update(r[0] for r in self._conn().execute(sql, chunk))
+        return found
 
     def get_cursor(self, name: str) -> int:
         row = self._fetch("SELECT seq FROM sink_cursors WHERE name = ?", (name,))
