@@ -94,7 +94,10 @@ def parse_multipart(body: bytes, content_type: str) -> dict[str, bytes]:
     return parts
 
 
-def runs_from_multipart(parts: dict[str, bytes]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+Runs = list[dict[str, Any]]
+
+
+def runs_from_multipart(parts: dict[str, bytes]) -> tuple[Runs, Runs]:
     runs: dict[tuple[str, str], dict[str, Any]] = {}
     for name, payload in parts.items():
         pieces = name.split(".")
@@ -152,7 +155,8 @@ class CaptureServer:
                     if failing:
                         server.fail_times -= 1
                 if failing:
-                    headers = {"Retry-After": server.fail_retry_after} if server.fail_retry_after else {}
+                    retry = server.fail_retry_after
+                    headers = {"Retry-After": retry} if retry else {}
                     self._reply(server.fail_status or 503, b"{}", "application/json", headers)
                     return
                 body = decode_body(raw, self.headers.get("Content-Encoding"))
@@ -234,7 +238,8 @@ class CaptureServer:
         for run in posts:
             runs.setdefault(str(run["id"]), {}).update(run)
         for run in patches:
-            runs.setdefault(str(run["id"]), {}).update({k: v for k, v in run.items() if v is not None})
+            changes = {k: v for k, v in run.items() if v is not None}
+            runs.setdefault(str(run["id"]), {}).update(changes)
         return runs
 
     def body_text(self) -> str:
@@ -272,6 +277,22 @@ def free_port() -> int:
 
 
 @pytest.fixture
+def make_receiver() -> Iterator[Any]:
+    """A factory of capture servers (``make_receiver(port=..., multipart=...)``)."""
+    servers: list[CaptureServer] = []
+
+    def make(**kwargs: Any) -> CaptureServer:
+        servers.append(CaptureServer(**kwargs))
+        return servers[-1]
+
+    try:
+        yield make
+    finally:
+        for server in servers:
+            server.close()
+
+
+@pytest.fixture
 def receiver() -> Iterator[CaptureServer]:
     server = CaptureServer()
     try:
@@ -293,7 +314,8 @@ def record_agent_run(session_id: str = "chat-7", user_id: str = "alice") -> str:
     log = tracevault.AuditLogger(session_id=session_id, user_id=user_id, tags=["sinks-test"])
     with log.span("support-agent", kind="agent", inputs={"question": "Weather in Paris?"}):
         log.log_input("What is the weather in Paris?", source="web")
-        log.log_reasoning("I need the weather tool.", plan=["get_weather", "answer"], confidence=0.8)
+        log.log_reasoning("I need the weather tool.", plan=["get_weather", "answer"],
+                          confidence=0.8)
         with log.span("plan", kind="chain"):
             log.log_llm_call(
                 "gpt-4o-mini", provider="openai",

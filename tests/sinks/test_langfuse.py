@@ -38,7 +38,7 @@ def test_one_trace_typed_observations_and_tree(tmp_path, receiver, agent_run):
     trace_id, public_key = _deliver(tmp_path, receiver, agent_run)
     assert otel_trace.get_tracer_provider() is before  # the global provider is untouched
 
-    method, path, headers = receiver.received.requests[0]
+    _, path, headers = receiver.received.requests[0]
     assert path == "/api/public/otel/v1/traces"
     auth = {k.lower(): v for k, v in headers.items()}["authorization"]
     assert base64.b64decode(auth.split()[1]).decode() == f"{public_key}:sk-lf-test"

@@ -77,8 +77,10 @@ def test_metrics_token_usage_duration_tools_errors(tmp_path, receiver, agent_run
     _deliver(tmp_path, receiver, agent_run)
     metrics = receiver.received.metrics
     usage = metrics["gen_ai.client.token.usage"][-1]
-    points = {dict((kv.key, kv.value.string_value) for kv in p.attributes)["gen_ai.token.type"]: p.sum
-              for p in usage.histogram.data_points}
+    points = {
+        {kv.key: kv.value.string_value for kv in p.attributes}["gen_ai.token.type"]: p.sum
+        for p in usage.histogram.data_points
+    }
     assert points == {"input": 120, "output": 30}
     assert "gen_ai.client.operation.duration" in metrics
     tools = metrics["tracevault.tool.calls"][-1].sum.data_points

@@ -106,8 +106,8 @@ def backoff_delay(
     """
     retry_after = getattr(error, "retry_after", None)
     if isinstance(retry_after, (int, float)) and retry_after >= 0:
-        return float(min(retry_after, 3600.0))
-    ceiling = min(cap, base * (2 ** max(attempt - 1, 0)))
+        return min(float(retry_after), 3600.0)
+    ceiling = min(cap, base * 2.0 ** max(attempt - 1, 0))
     return ceiling / 2 + rng() * ceiling / 2
 
 

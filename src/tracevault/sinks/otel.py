@@ -126,7 +126,9 @@ class OTelSink:
     ) -> None:
         self.name = name
         self.capture_content = (
-            env_flag("TRACEVAULT_OTEL_CAPTURE_CONTENT") if capture_content is None else capture_content
+            env_flag("TRACEVAULT_OTEL_CAPTURE_CONTENT")
+            if capture_content is None
+            else capture_content
         )
         base = endpoint.rstrip("/") if endpoint else None
         self.responses = ResponseRecorder()

@@ -52,7 +52,7 @@ class SpanIndex:
         """Record the span starts in a batch, for traces already loaded."""
         for stored in events:
             e = stored.event
-            if e.phase == "start" and e.span_id and e.trace_id in self._traces:
+            if e.phase == "start" and e.span_id and e.trace_id and e.trace_id in self._traces:
                 self._traces[e.trace_id].setdefault(e.span_id, e)
 
     def add(self, events: Iterable[AuditEvent]) -> None:
@@ -203,7 +203,7 @@ def nodes(events: Sequence[StoredEvent], spans: SpanIndex) -> list[Node]:
                                 start.timestamp, max(e.timestamp, start.timestamp), start, e,
                                 [start.event_id, e.event_id]))
                 continue
-            began = e.timestamp - _duration(e.data)
+            began = e.timestamp - duration_of(e.data)
             out.append(Node(e.span_id or e.event_id, trace, e.parent_span_id, began,
                             e.timestamp, None, e, [e.event_id]))
             continue
@@ -212,7 +212,8 @@ def nodes(events: Sequence[StoredEvent], spans: SpanIndex) -> list[Node]:
     return out
 
 
-def _duration(data: dict[str, Any]) -> timedelta:
+def duration_of(data: dict[str, Any]) -> timedelta:
+    """Return ``data["duration_ms"]`` as a timedelta (zero when absent or absurd)."""
     value = data.get("duration_ms")
     if isinstance(value, (int, float)) and 0 <= value < 86_400_000:
         return timedelta(milliseconds=float(value))
