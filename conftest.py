@@ -1,0 +1,23 @@
+"""Suite-wide pytest policy: in CI (``CI`` set), a skipped test fails the run.
+
+Every test here is meant to run on a machine that `make test` prepared (PostgreSQL and
+all). A skip in CI means something the suite depends on was not set up, which must be
+seen as a failure rather than a quietly smaller green run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not os.environ.get("CI"):
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter is not None else 0
+    if skipped and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if reporter is not None:
+            reporter.write_line(f"CI: {skipped} skipped; a skip fails the run in CI", red=True)
