@@ -76,13 +76,15 @@ def _first(sources: list[Any], keys: tuple[str, ...]) -> int | None:
 
 def _usage_sources(response: Any) -> list[Any]:
     sources: list[Any] = []
-    extra = _get(response, "additional_kwargs")
-    if extra:
-        sources.append(extra)
-        for key in ("usage", "usage_metadata", "token_usage"):
-            nested = _get(extra, key)
-            if nested is not None:
-                sources.append(nested)
+    # Chat responses converted from completions carry the counts on the message.
+    for extra in (_get(response, "additional_kwargs"),
+                  _get(_get(response, "message"), "additional_kwargs")):
+        if extra:
+            sources.append(extra)
+            for key in ("usage", "usage_metadata", "token_usage"):
+                nested = _get(extra, key)
+                if nested is not None:
+                    sources.append(nested)
     raw = _get(response, "raw")
     if raw is not None:
         for key in ("usage", "usage_metadata", "token_usage"):

@@ -1,0 +1,73 @@
+"""Tools, agents and tree checks shared by the LlamaIndex integration tests."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from llama_index.core.agent.workflow import FunctionAgent, ReActAgent
+from llama_index.core.llms import MockFunctionCallingLLM
+from llama_index.core.tools import FunctionTool
+
+from tracevault.schema import AuditEvent, validate_event
+from tracevault_llamaindex.testing import ScriptedReActLLM, tool_then_answer
+
+
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+def fail(x: str) -> str:
+    """A tool that always fails."""
+    raise RuntimeError(f"cannot handle {x}")
+
+
+ADD = FunctionTool.from_defaults(add)
+FAIL = FunctionTool.from_defaults(fail)
+
+
+def function_agent(streaming: bool = False) -> FunctionAgent:
+    """A FunctionAgent that calls add(2, 3) and fail('y') in one turn, then answers."""
+    llm = MockFunctionCallingLLM(response_generator=tool_then_answer(
+        [("add", {"a": 2, "b": 3}), ("fail", {"x": "y"})], "The sum is 5.",
+        thought="I will add the numbers and try the other tool."))
+    return FunctionAgent(tools=[ADD, FAIL], llm=llm, streaming=streaming)
+
+
+def react_agent(streaming: bool = False) -> ReActAgent:
+    """A ReActAgent that calls add(2, 3), then answers."""
+    llm = ScriptedReActLLM(thought="I need to add 2 and 3.", action="add",
+                           action_input={"a": 2, "b": 3}, answer="It is 5.")
+    return ReActAgent(tools=[ADD], llm=llm, streaming=streaming)
+
+
+def kinds(events: list[AuditEvent]) -> list[tuple[str, str]]:
+    """Return ``(kind, phase)`` of each event, in ledger order."""
+    return [(e.kind, e.phase) for e in events]
+
+
+def check_tree(events: list[AuditEvent], external_parents: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    """Assert the events form valid trees: valid schema, unique ids, every start has
+    one end, every parent is a recorded step of the same trace (or a given outer one)."""
+    for event in events:
+        validate_event(event)
+        assert event.framework in ("llamaindex", "manual")
+    assert len({e.event_id for e in events}) == len(events)
+    starts = Counter((e.trace_id, e.span_id) for e in events if e.phase == "start")
+    ends = Counter((e.trace_id, e.span_id) for e in events if e.phase == "end")
+    assert all(n == 1 for n in starts.values()), "a step started twice"
+    assert starts == ends, f"unbalanced steps: {set(starts) ^ set(ends)}"
+    steps = {(e.trace_id, e.span_id) for e in events if e.phase == "start"}
+    for event in events:
+        if event.parent_span_id is not None and event.parent_span_id not in external_parents:
+            assert (event.trace_id, event.parent_span_id) in steps, (
+                f"{event.kind} {event.name} hangs under an unknown step {event.parent_span_id}")
+
+
+def one(events: list[AuditEvent], kind: str, phase: str = "point", **data: Any) -> AuditEvent:
+    """Return the single event of ``kind``/``phase`` whose data contains ``data``."""
+    found = [e for e in events if e.kind == kind and e.phase == phase
+             and all(e.data.get(k) == v for k, v in data.items())]
+    assert len(found) == 1, f"expected one {kind}/{phase} {data}, found {len(found)}"
+    return found[0]

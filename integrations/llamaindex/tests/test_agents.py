@@ -1,0 +1,204 @@
+"""Real LlamaIndex agents driven by scripted models, recorded into a real ledger."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from li_agents import ADD, add, check_tree, function_agent, kinds, one, react_agent
+from llama_index.core.agent.workflow import AgentWorkflow, FunctionAgent
+from llama_index.core.base.llms.types import ToolCallBlock
+from llama_index.core.llms import ChatMessage, MockFunctionCallingLLM
+from llama_index.core.tools import FunctionTool
+
+import tracevault
+from tracevault.testing import Capture
+from tracevault_llamaindex.instrument import Installed
+from tracevault_llamaindex.testing import tool_then_answer
+
+FUNCTION_AGENT_KINDS = [
+    "agent", "input", "llm_call", "llm_call", "reasoning",
+    "tool_call", "tool_call", "tool_call", "tool_call", "error",
+    "llm_call", "llm_call", "output", "agent",
+]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_function_agent_two_tools_one_failing(
+    cap: Capture, instrumented: Installed, streaming: bool
+) -> None:
+    result = await function_agent(streaming).run(user_msg="What is 2 + 3?")
+    assert str(result) == "The sum is 5."
+    events = cap.events()
+    assert [e.kind for e in events] == FUNCTION_AGENT_KINDS
+    check_tree(events)
+
+    run = events[0]
+    assert (run.kind, run.phase, run.name, run.parent_span_id) == ("agent", "start", "Agent", None)
+    assert {e.trace_id for e in events} == {run.span_id}
+    assert all(e.framework == "llamaindex" for e in events)
+    assert one(events, "input").data == {"type": "user_message", "content": "What is 2 + 3?"}
+
+    first_start, first_end = events[2], events[3]
+    assert first_start.span_id == first_end.span_id and first_start.parent_span_id == run.span_id
+    assert first_start.data["messages"] == [{"role": "user", "content": "What is 2 + 3?"}]
+    assert [t["name"] for t in first_start.data["tools"]] == ["add", "fail"]
+    assert first_start.data["tools"][0]["parameters"]["required"] == ["a", "b"]
+    assert first_end.data["tool_calls"] == [
+        {"id": "call-0-add", "name": "add", "arguments": {"a": 2, "b": 3}},
+        {"id": "call-1-fail", "name": "fail", "arguments": {"x": "y"}},
+    ]
+    assert first_end.data["status"] == "success"
+    assert first_end.data.get("streamed", False) is streaming
+    if streaming:
+        assert first_end.data["time_to_first_token_ms"] >= 0
+    assert one(events, "reasoning").data["thought"] == (
+        "I will add the numbers and try the other tool.")
+
+    add_start = one(events, "tool_call", "start", tool_name="add")
+    add_end = one(events, "tool_call", "end", tool_name="add")
+    assert add_start.data == {"tool_name": "add", "parameters": {"a": 2, "b": 3},
+                              "status": "pending", "tool_call_id": "call-0-add"}
+    assert add_end.span_id == add_start.span_id and add_end.parent_span_id == run.span_id
+    assert (add_end.data["result"], add_end.data["status"], add_end.data["is_error"]) == (
+        "5", "success", False)
+    assert events.index(add_start) < events.index(add_end)
+    assert add_end.data["duration_ms"] >= 0
+
+    fail_start = one(events, "tool_call", "start", tool_name="fail")
+    fail_end = one(events, "tool_call", "end", tool_name="fail")
+    assert fail_start.data["parameters"] == {"x": "y"}
+    assert fail_end.data["status"] == "error" and fail_end.data["is_error"] is True
+    assert "cannot handle y" in fail_end.data["result"]
+    error = one(events, "error")
+    assert error.span_id == fail_start.span_id and error.parent_span_id == run.span_id
+    assert error.data["type"] == "RuntimeError" and error.data["message"] == "cannot handle y"
+    assert error.data["where"] == "fail"
+    assert "returned to the agent" in error.data["recovery_action"]
+    assert "Traceback" in error.data["stack_trace"]
+
+    second = [e for e in events if e.kind == "llm_call"][2:]
+    assert second[0].data["messages"][-1]["role"] == "tool"
+    assert second[1].data["response"] == "The sum is 5."
+    assert one(events, "output").data["content"] == "The sum is 5."
+    assert events[-1].data["status"] == "success"
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_react_agent(cap: Capture, instrumented: Installed, streaming: bool) -> None:
+    result = await react_agent(streaming).run(user_msg="Add 2 and 3")
+    assert str(result) == "It is 5."
+    events = cap.events()
+    assert [e.kind for e in events] == [
+        "agent", "input", "llm_call", "llm_call", "reasoning", "tool_call", "tool_call",
+        "llm_call", "llm_call", "reasoning", "output", "agent",
+    ]
+    check_tree(events)
+    # CustomLLM nests chat -> complete (and astream_chat -> stream_chat -> stream_complete):
+    # one record per actual call.
+    calls = [e for e in events if e.kind == "llm_call"]
+    assert len({e.span_id for e in calls}) == 2
+    end = calls[1]
+    assert end.data["model"] == "gpt-4o-mini"
+    assert end.data["usage"] == {"input": 120, "output": 30, "total": 150}
+    assert end.data["cost"] == pytest.approx((120 * 0.15 + 30 * 0.60) / 1e6)
+    assert end.data["response"].startswith("Thought: I need to add 2 and 3.")
+    if streaming:
+        assert end.data["streamed"] is True and end.data["time_to_first_token_ms"] >= 0
+    thoughts = [e.data for e in events if e.kind == "reasoning"]
+    assert thoughts[0]["thought"] == "I need to add 2 and 3."
+    assert thoughts[0]["action"] == "add" and thoughts[0]["action_input"] == {"a": 2, "b": 3}
+    assert thoughts[1] == {"thought": "I can answer without using any more tools.",
+                           "answer": "It is 5.", "source": "react"}
+    tool_end = one(events, "tool_call", "end")
+    assert tool_end.data["result"] == "5" and tool_end.data["status"] == "success"
+    assert one(events, "tool_call", "start").data["parameters"] == {"a": 2, "b": 3}
+
+
+async def test_agent_workflow_hand_off(cap: Capture, instrumented: Installed) -> None:
+    def lookup(city: str) -> str:
+        """Look up the weather of a city."""
+        return f"sunny in {city}"
+
+    router = FunctionAgent(
+        name="router", description="Routes requests.", streaming=False,
+        llm=MockFunctionCallingLLM(response_generator=tool_then_answer(
+            [("handoff", {"to_agent": "weather", "reason": "needs the weather"})], "unused")),
+        can_handoff_to=["weather"])
+
+    def weather_reply(messages: Any, **kwargs: Any) -> Any:
+        # After the hand-off: look the weather up once, then answer.
+        done = any(m.role == "tool" and "sunny" in (m.content or "") for m in messages)
+        if done:
+            return ChatMessage(role="assistant", content="It is sunny in Paris.")
+        return ChatMessage(role="assistant", blocks=[ToolCallBlock(
+            tool_call_id="w1", tool_name="lookup", tool_kwargs={"city": "Paris"})])
+
+    weather = FunctionAgent(
+        name="weather", description="Knows the weather.", streaming=False,
+        llm=MockFunctionCallingLLM(response_generator=weather_reply),
+        tools=[FunctionTool.from_defaults(lookup)])
+    workflow = AgentWorkflow(agents=[router, weather], root_agent="router")
+    result = await workflow.run(user_msg="Weather in Paris?")
+    assert "sunny in Paris" in str(result)
+
+    events = cap.events()
+    check_tree(events)
+    run = events[0]
+    assert (run.kind, run.name) == ("agent", "AgentWorkflow")
+    turns = [e for e in events if e.kind == "agent" and e.phase == "start" and e is not run]
+    assert [t.name for t in turns] == ["router", "weather"]
+    assert all(t.parent_span_id == run.span_id for t in turns)
+    router_turn, weather_turn = (t.span_id for t in turns)
+    handoff = one(events, "tool_call", "start", tool_name="handoff")
+    assert handoff.parent_span_id == router_turn
+    assert handoff.data["parameters"] == {"to_agent": "weather", "reason": "needs the weather"}
+    lookup_end = one(events, "tool_call", "end", tool_name="lookup")
+    assert lookup_end.parent_span_id == weather_turn and lookup_end.data["result"] == "sunny in Paris"
+    llm_parents = [e.parent_span_id for e in events if e.kind == "llm_call" and e.phase == "start"]
+    assert llm_parents[0] == router_turn and set(llm_parents[1:]) == {weather_turn}
+    # the router's turn ends before the weather agent's starts
+    names = [(e.kind, e.phase, e.name) for e in events if e.kind == "agent"]
+    assert names == [("agent", "start", "AgentWorkflow"), ("agent", "start", "router"),
+                     ("agent", "end", "router"), ("agent", "start", "weather"),
+                     ("agent", "end", "weather"), ("agent", "end", "AgentWorkflow")]
+    output = one(events, "output")
+    assert output.data["agent"] == "weather" and output.parent_span_id == run.span_id
+
+
+async def test_200_concurrent_runs_on_one_loop(cap: Capture, instrumented: Installed) -> None:
+    llm = MockFunctionCallingLLM(response_generator=tool_then_answer(
+        lambda user: [("add", {"a": int(user.split()[1]), "b": 1})],
+        lambda user: f"done {user.split()[1]}"))
+    agent = FunctionAgent(tools=[ADD], llm=llm, streaming=False)
+
+    async def one_run(i: int) -> str:
+        with tracevault.context(session_id=f"session-{i}", user_id=f"user-{i % 7}"):
+            return str(await agent.run(user_msg=f"add {i} and 1"))
+
+    results = await asyncio.gather(*(one_run(i) for i in range(200)))
+    assert results == [f"done {i}" for i in range(200)]
+
+    events = cap.events()
+    check_tree(events)
+    by_trace: dict[str | None, list[Any]] = {}
+    for event in events:
+        by_trace.setdefault(event.trace_id, []).append(event)
+    assert len(by_trace) == 200
+    seen_sessions = set()
+    for trace in by_trace.values():
+        assert [e.kind for e in trace] == [
+            "agent", "input", "llm_call", "llm_call", "tool_call", "tool_call",
+            "llm_call", "llm_call", "output", "agent"]
+        i = int(trace[1].data["content"].split()[1])
+        assert {e.session_id for e in trace} == {f"session-{i}"}
+        assert {e.user_id for e in trace} == {f"user-{i % 7}"}
+        start = next(e for e in trace if e.kind == "tool_call" and e.phase == "start")
+        end = next(e for e in trace if e.kind == "tool_call" and e.phase == "end")
+        assert start.data["parameters"] == {"a": i, "b": 1}
+        assert end.data["result"] == str(add(i, 1))
+        assert trace[-2].data["content"] == f"done {i}"
+        seen_sessions.add(trace[0].session_id)
+    assert len(seen_sessions) == 200
+    assert len(events) == 2000
