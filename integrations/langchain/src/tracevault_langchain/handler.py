@@ -175,7 +175,7 @@ class TracevaultCallbackHandler(_Base):
             st.kind = "agent"
             extra = convert.user_metadata(meta)
             self._rec.emit(st, "agent", "start", {}, metadata=extra or None)
-            if kwargs.get("defers_inputs"):
+            if _deferred(inputs, kwargs):
                 st.defers_inputs = True  # .stream(): the real inputs arrive on end
                 st.extra = extra
             else:
@@ -185,7 +185,7 @@ class TracevaultCallbackHandler(_Base):
         if "langgraph_node" in meta:
             data["node"] = meta["langgraph_node"]
             data["step"] = meta.get("langgraph_step")
-        if capture.is_enabled_for("trace") and not kwargs.get("defers_inputs"):
+        if capture.is_enabled_for("trace") and not _deferred(inputs, kwargs):
             data["inputs"] = inputs
         self._rec.emit(st, "chain", "start", data, level="debug")
 
@@ -567,11 +567,8 @@ class TracevaultCallbackHandler(_Base):
         if st is None or outcome is None or not outcome.failed:
             return
         exc = outcome.exception()
-        if exc is None:
-            return
-        attempt = retry_state.attempt_number
-        self._rec.error(st, exc, recovery_action=f"retried (attempt {attempt + 1})",
-                        level="warning")
+        if exc is not None:
+            self._rec.retried(st, exc, retry_state.attempt_number)
 
     @_guarded
     def on_custom_event(
@@ -625,6 +622,13 @@ class TracevaultCallbackHandler(_Base):
                        checkpoint_ns=list(getattr(event, "checkpoint_ns", ()) or ()))
         self._rec.emit(st, "custom", "point", {"name": name, "payload": payload}, name=name,
                        point=True)
+
+
+def _deferred(inputs: Any, kwargs: dict[str, Any]) -> bool:
+    # Streaming runs start with a placeholder and report their real inputs on end.
+    return bool(kwargs.get("defers_inputs")) or (
+        "defers_inputs" in kwargs and inputs == {"input": ""}
+    )
 
 
 def _ms(started: float) -> float:

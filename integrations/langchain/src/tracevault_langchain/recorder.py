@@ -24,6 +24,7 @@ log = logging.getLogger("tracevault.langchain")
 
 FRAMEWORK = "langchain"
 HIDDEN_TAG = "langsmith:hidden"  # LangGraph's internal plumbing runs
+_RETRY_TAG = "retry:attempt:"  # RunnableRetry tags every attempt after the first
 _SESSION_KEYS = ("session_id", "thread_id", "conversation_id")
 _CANCELLED = (GeneratorExit, asyncio.CancelledError, KeyboardInterrupt)
 # LangGraph signals interrupts and hand-offs by raising these: control flow, not errors.
@@ -115,7 +116,22 @@ class Recorder:
         claimed, evicted = self.runs.claim(run_id, state)
         for old in evicted:
             self._report_evicted(old)
-        return state if claimed else None
+        if not claimed:
+            return None
+        if tags:
+            attempt = next((t for t in tags if t.startswith(_RETRY_TAG)), None)
+            if attempt is not None:  # RunnableRetry: this attempt recovers the last one
+                self._retry_started(state, attempt[len(_RETRY_TAG):])
+        return state
+
+    def _retry_started(self, state: RunState, attempt: str) -> None:
+        failed = state.trace.take_last_failure(state.parent_span)
+        if failed is not None:
+            self.recovered(state, failed.span, {
+                "type": failed.error_type, "message": failed.message, "where": failed.name,
+                "attempt": int(attempt) - 1 if attempt.isdigit() else attempt,
+                "recovery_action": f"retried (attempt {attempt})",
+            }, parent=state.parent_span)
 
     def close(self, run_id: UUID) -> RunState | None:
         """Stop tracking a run and return its state (``None`` if not recorded here)."""
@@ -191,15 +207,22 @@ class Recorder:
         where: str | None = None,
         recovery_action: str | None = None,
         level: str = "error",
-    ) -> None:
-        """Record ``exc`` as an ``error`` event once per trace (errors bubble up)."""
+    ) -> bool:
+        """Record ``exc`` as an ``error`` event once per trace (errors bubble up).
+
+        Returns False if ``exc`` was already recorded in this trace.
+        """
         if not state.trace.first_report(exc):
-            return
+            return False
         data: dict[str, Any] = describe_exception(exc)
         data["where"] = where or state.name
         if recovery_action is not None:
             data["recovery_action"] = recovery_action
         self.emit_on(state, "error", data, level=level)
+        if state.span is not None:
+            state.trace.run_failed(state.parent_span, FailedTool(
+                state.span, data["where"], data["type"], data["message"]))
+        return True
 
     def tool_failed(self, state: RunState, error_type: str, message: str) -> None:
         """Remember a failed tool call so its recovery can be recorded later."""
@@ -211,26 +234,44 @@ class Recorder:
     def recoveries(self, state: RunState, tool_call_ids: list[str]) -> None:
         """Record that failed tool calls' errors were handed back to the model."""
         for call_id, failed in state.trace.take_failed(tool_call_ids):
-            payload = {
+            self.recovered(state, failed.span, {
                 "type": failed.error_type,
                 "message": failed.message,
                 "where": failed.name,
                 "tool_call_id": call_id,
                 "recovery_action": "the tool's error was returned to the model, "
                 "which carried on",
-            }
-            capture.emit(
-                "custom",
-                level="warning",
-                name="error_recovered",
-                data={"name": "error_recovered", "payload": payload},
-                framework=FRAMEWORK,
-                session_id=state.session_id,
-                user_id=state.user_id,
-                trace_id=state.trace.trace_id,
-                span_id=failed.span,
-                parent_span_id=state.child_span,
-            )
+            })
+
+    def retried(self, state: RunState, exc: BaseException, attempt: int) -> None:
+        """Record that ``state``'s run failed with ``exc`` and is being tried again."""
+        action = f"retried (attempt {attempt + 1})"
+        if self.error(state, exc, recovery_action=action, level="warning"):
+            return  # the failure surfaced only here: one error event says it all
+        summary = error_summary(exc)
+        self.recovered(state, state.child_span, {**summary, "where": state.name,
+                                                 "attempt": attempt, "recovery_action": action},
+                       parent=state.parent_span)
+
+    def recovered(self, state: RunState, span: str | None, payload: dict[str, Any],
+                  parent: str | None = None) -> None:
+        """Record how the run carried on after an error already recorded at ``span``.
+
+        A ``custom`` event named ``error_recovered`` rather than a second ``error``, so
+        each failure is counted once.
+        """
+        capture.emit(
+            "custom",
+            level="warning",
+            name="error_recovered",
+            data={"name": "error_recovered", "payload": payload},
+            framework=FRAMEWORK,
+            session_id=state.session_id,
+            user_id=state.user_id,
+            trace_id=state.trace.trace_id,
+            span_id=span,
+            parent_span_id=parent if parent is not None else state.child_span,
+        )
 
     def warn_if_slow(self, state: RunState, duration_ms: float) -> None:
         """Record a ``slow_tool_call`` warning like the core ``AuditLogger`` does."""

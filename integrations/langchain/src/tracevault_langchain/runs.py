@@ -26,7 +26,7 @@ _MAX_TRACKED = 1_000  # per trace: reported exceptions and failed tool calls rem
 
 @dataclass(slots=True)
 class FailedTool:
-    """A tool call that failed and whose error may be handed back to the model."""
+    """A failed run (a tool call, a retried attempt) whose recovery may follow."""
 
     span: str
     name: str
@@ -46,6 +46,7 @@ class Trace:
     model: str | None = None
     reported: set[int] = field(default_factory=set)  # id() of exceptions already recorded
     failed_tools: dict[str, FailedTool] = field(default_factory=dict)  # by tool_call_id
+    last_failure: dict[str | None, FailedTool] = field(default_factory=dict)  # by parent span
 
     def add_usage(self, model: str | None, tokens: int, cost: float | None) -> None:
         """Add one model call's tokens and cost to the run's totals."""
@@ -71,6 +72,17 @@ class Trace:
         with self.lock:
             if len(self.failed_tools) < _MAX_TRACKED:
                 self.failed_tools[tool_call_id] = failed
+
+    def run_failed(self, parent_span: str | None, failed: FailedTool) -> None:
+        """Remember the last failed run under ``parent_span`` (a retry may follow)."""
+        with self.lock:
+            if len(self.last_failure) < _MAX_TRACKED or parent_span in self.last_failure:
+                self.last_failure[parent_span] = failed
+
+    def take_last_failure(self, parent_span: str | None) -> FailedTool | None:
+        """Remove and return the last failed run under ``parent_span``."""
+        with self.lock:
+            return self.last_failure.pop(parent_span, None)
 
     def take_failed(self, tool_call_ids: list[str]) -> list[tuple[str, FailedTool]]:
         """Remove and return the failed calls among ``tool_call_ids``."""

@@ -1,0 +1,394 @@
+"""Chains, retrievers, subgraphs, threads, abandoned streams, retries and interrupts."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import operator
+from typing import Annotated, Any, TypedDict
+
+import pytest
+from langchain_core.callbacks import (
+    CallbackManagerForLLMRun,
+    CallbackManagerForRetrieverRun,
+    dispatch_custom_event,
+)
+from langchain_core.documents import Document
+from langchain_core.language_models.fake import FakeListLLM
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.outputs import ChatResult
+from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables import RunnableConfig, RunnableLambda, RunnablePassthrough
+from langchain_core.runnables.config import ContextThreadPoolExecutor
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Command, interrupt
+from lc_agents import get_weather, lc_agent, weather_model
+from lc_tree import check_tree, kinds, parent_of
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_none,
+)
+from tracevault_langchain import TracevaultCallbackHandler
+from tracevault_langchain.testing import ScriptedChatModel, ai
+
+from tracevault.pricing import cost_of
+from tracevault.schema import AuditEvent
+from tracevault.testing import Capture
+
+
+def _cfg(**kwargs: Any) -> RunnableConfig:
+    return {"callbacks": [TracevaultCallbackHandler()], **kwargs}  # type: ignore[typeddict-item]
+
+
+def _answer_model(text: str = "one two three", n: int = 10) -> ScriptedChatModel:
+    return ScriptedChatModel(respond=lambda _m: ai(text, input_tokens=12, output_tokens=3))
+
+
+def _counting_chain() -> Any:
+    prompt = ChatPromptTemplate.from_messages([("human", "{q}")])
+    return prompt | _answer_model() | StrOutputParser()
+
+
+class Docs(BaseRetriever):
+    """A retriever over two fixed documents."""
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+    ) -> list[Document]:
+        return [
+            Document("Paris is the capital of France.", id="d1",
+                     metadata={"source": "atlas", "score": 0.92}),
+            Document(f"Nothing else about {query}.", metadata={"source": "notes"}),
+        ]
+
+
+def test_retriever_chain(cap: Capture) -> None:
+    prompt = ChatPromptTemplate.from_messages([("human", "{context}\n\n{question}")])
+    chain = ({"context": Docs(), "question": RunnablePassthrough()} | prompt
+             | _answer_model("Paris.") | StrOutputParser())
+    assert chain.invoke("capital of France?", _cfg()) == "Paris."
+    events = cap.events()
+    starts = check_tree(events)
+    assert kinds(events, steps=False) == [
+        ("agent", "start", "RunnableSequence"),
+        ("input", "point", "user_message"),
+        ("retrieval", "start", "Docs"),
+        ("retrieval", "end", "Docs"),
+        ("llm_call", "start", "gpt-4o-mini"),
+        ("llm_call", "end", "gpt-4o-mini"),
+        ("output", "point", "final_answer"),
+        ("agent", "end", "RunnableSequence"),
+    ]
+    start = next(e for e in events if e.kind == "retrieval" and e.phase == "start")
+    assert start.data == {"query": "capital of France?"}
+    assert parent_of(start, starts).name == "RunnableParallel<context,question>"
+    end = next(e for e in events if e.kind == "retrieval" and e.phase == "end")
+    assert end.data["documents"] == [
+        {"id": "d1", "content": "Paris is the capital of France.",
+         "metadata": {"source": "atlas", "score": 0.92}, "score": 0.92},
+        {"content": "Nothing else about capital of France?.", "metadata": {"source": "notes"}},
+    ]
+    assert end.data["duration_ms"] >= 0
+    output = next(e for e in events if e.kind == "output")
+    assert output.data["content"] == "Paris."
+    assert output.data["tokens_used"] == 15
+
+
+def test_failing_retriever_is_an_error(cap: Capture) -> None:
+    class Down(BaseRetriever):
+        def _get_relevant_documents(
+            self, query: str, *, run_manager: CallbackManagerForRetrieverRun
+        ) -> list[Document]:
+            raise ConnectionError("index offline")
+
+    chain = Down() | RunnableLambda(lambda docs: len(docs))
+    with pytest.raises(ConnectionError):
+        chain.invoke("q", _cfg())
+    events = cap.events()
+    check_tree(events)
+    errors = [e for e in events if e.kind == "error"]
+    assert [(e.data["type"], e.data["where"]) for e in errors] == [("ConnectionError", "Down")]
+    end = next(e for e in events if e.kind == "retrieval" and e.phase == "end")
+    assert end.data["status"] == "error" and end.level == "error"
+    assert events[-1].data["status"] == "error"
+
+
+class State(TypedDict):
+    log: Annotated[list[str], operator.add]
+
+
+def _subgraph(name: str, model: ScriptedChatModel) -> Any:
+    def think(state: State) -> dict[str, list[str]]:
+        reply = model.invoke([HumanMessage(name)])
+        return {"log": [f"{name}:{reply.content}"]}
+
+    sub = StateGraph(State)
+    sub.add_node("think", think)
+    sub.add_edge(START, "think")
+    sub.add_edge("think", END)
+    return sub.compile(name=name)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_parallel_subgraphs_keep_their_parents(cap: Capture, mode: str) -> None:
+    model = _answer_model("ok")
+    graph = StateGraph(State)
+    graph.add_node("left", _subgraph("left", model))
+    graph.add_node("right", _subgraph("right", model))
+    graph.add_edge(START, "left")
+    graph.add_edge(START, "right")
+    graph.add_edge("left", END)
+    graph.add_edge("right", END)
+    app = graph.compile()
+    if mode == "sync":
+        out = app.invoke({"log": []}, _cfg())
+    else:
+        out = await app.ainvoke({"log": []}, _cfg())
+    assert sorted(out["log"]) == ["left:ok", "right:ok"]
+    events = cap.events()
+    starts = check_tree(events)
+    root = events[0]
+    llm_starts = [e for e in events if e.kind == "llm_call" and e.phase == "start"]
+    assert len(llm_starts) == 2
+    for llm in llm_starts:
+        think = parent_of(llm, starts)
+        assert think.name == "think"
+        subgraph = parent_of(think, starts)
+        assert subgraph.name == llm.data["messages"][0]["content"], "each call under its branch"
+        node = parent_of(subgraph, starts)
+        assert node.name == subgraph.name
+        assert node.parent_span_id == root.span_id
+    assert next(e for e in events if e.kind == "output").data["tokens_used"] == 30
+
+
+def test_context_thread_pool_executor_keeps_the_tree(cap: Capture) -> None:
+    model = _answer_model("x")
+
+    def fan_out(cities: list[str]) -> list[str]:
+        with ContextThreadPoolExecutor(max_workers=4) as pool:
+            return [str(r.content) for r in pool.map(lambda c: model.invoke(c), cities)]
+
+    chain = RunnableLambda(fan_out)
+    assert chain.invoke(["a", "b", "c", "d"], _cfg()) == ["x"] * 4
+    events = cap.events()
+    check_tree(events)
+    root = events[0]
+    llm_starts = [e for e in events if e.kind == "llm_call" and e.phase == "start"]
+    assert len(llm_starts) == 4
+    assert {e.parent_span_id for e in llm_starts} == {root.span_id}
+    assert {e.trace_id for e in events} == {root.span_id}
+
+
+def test_stream_records_deferred_inputs_and_output(cap: Capture) -> None:
+    chain = _counting_chain()
+    assert "".join(chain.stream({"q": "count"}, _cfg())) == "one two three"
+    events = cap.events()
+    check_tree(events)
+    assert kinds(events, steps=False) == [
+        ("agent", "start", "RunnableSequence"),
+        ("llm_call", "start", "gpt-4o-mini"),
+        ("llm_call", "end", "gpt-4o-mini"),
+        ("input", "point", "chain_input"),
+        ("output", "point", "final_answer"),
+        ("agent", "end", "RunnableSequence"),
+    ]
+    assert next(e for e in events if e.kind == "input").data["content"] == "count"
+    end = next(e for e in events if e.kind == "llm_call" and e.phase == "end")
+    assert end.data["usage"] == {"input": 12, "output": 3, "total": 15}
+    assert end.data["time_to_first_token_ms"] <= end.data["duration_ms"]
+
+
+def test_abandoned_sync_stream_ends_every_run(cap: Capture) -> None:
+    chain = _counting_chain()
+    for _chunk in chain.stream({"q": "count"}, _cfg()):
+        break
+    events = cap.events()
+    check_tree(events)  # every started run ended, although the consumer walked away
+    assert not [e for e in events if e.kind == "error"]
+
+
+async def test_abandoned_async_stream_is_cancelled_not_failed(cap: Capture) -> None:
+    chain = _counting_chain()
+    stream = chain.astream({"q": "count"}, _cfg())
+    async for _chunk in stream:
+        break
+    await stream.aclose()  # type: ignore[attr-defined]
+    # The inner generators are closed by the loop's finalizer hook once collected; run
+    # that now instead of waiting for it.
+    gc.collect()
+    await asyncio.get_running_loop().shutdown_asyncgens()
+    events = cap.events()
+    check_tree(events)
+    assert not [e for e in events if e.kind == "error"]
+    ends = {e.kind: e.data for e in events if e.phase == "end"}
+    assert ends["agent"]["status"] == "cancelled"
+    assert ends["llm_call"]["status"] == "cancelled"
+
+
+def test_abandoned_agent_stream(cap: Capture) -> None:
+    agent = lc_agent(weather_model(), [get_weather])
+    for _chunk in agent.stream({"messages": [HumanMessage("Paris")]}, _cfg(),
+                               stream_mode="messages"):
+        break
+    events = cap.events()
+    check_tree(events)
+    assert events[-1].kind == "agent" and events[-1].data["status"] == "cancelled"
+    assert not [e for e in events if e.kind == "error"]
+
+
+def test_model_error_is_recorded_once_with_the_failing_model(cap: Capture) -> None:
+    def fail(_messages: list[BaseMessage]) -> AIMessage:
+        raise RuntimeError("rate limited")
+
+    chain = ChatPromptTemplate.from_messages([("human", "{q}")]) | ScriptedChatModel(respond=fail)
+    with pytest.raises(RuntimeError):
+        chain.invoke({"q": "hi"}, _cfg())
+    events = cap.events()
+    check_tree(events)
+    errors = [e for e in events if e.kind == "error"]
+    assert len(errors) == 1
+    assert errors[0].data["where"] == "gpt-4o-mini"
+    assert errors[0].data["message"] == "rate limited"
+    llm_end = next(e for e in events if e.kind == "llm_call" and e.phase == "end")
+    assert errors[0].span_id == llm_end.span_id
+    assert llm_end.data["status"] == "error"
+    assert events[-1].data["status"] == "error"
+
+
+def test_retry_records_each_failure_and_the_recovery(cap: Capture) -> None:
+    attempts = {"n": 0}
+
+    def flaky(x: int) -> int:
+        attempts["n"] += 1
+        if attempts["n"] < 3:
+            raise ConnectionError(f"attempt {attempts['n']} failed")
+        return x * 2
+
+    chain = RunnableLambda(flaky).with_retry(stop_after_attempt=3,
+                                             wait_exponential_jitter=False)
+    assert chain.invoke(21, _cfg()) == 42
+    events = cap.events()
+    check_tree(events)
+    errors = [e.data["message"] for e in events if e.kind == "error"]
+    assert errors == ["attempt 1 failed", "attempt 2 failed"]
+    recovered = [e.data["payload"] for e in events if e.name == "error_recovered"]
+    assert [r["recovery_action"] for r in recovered] == ["retried (attempt 2)",
+                                                        "retried (attempt 3)"]
+    assert events[-1].data["status"] == "success"
+
+
+def test_custom_events_hang_under_their_run(cap: Capture) -> None:
+    def work(x: int, config: RunnableConfig) -> int:
+        dispatch_custom_event("progress", {"done": 1, "of": 2}, config=config)
+        return x
+
+    RunnableLambda(work).invoke(5, _cfg())
+    events = cap.events()
+    check_tree(events)
+    custom = next(e for e in events if e.kind == "custom")
+    assert (custom.name, custom.data) == ("progress", {"name": "progress",
+                                                       "payload": {"done": 1, "of": 2}})
+    assert custom.parent_span_id == events[0].span_id
+
+
+def test_interrupt_and_resume_are_control_flow(cap: Capture) -> None:
+    def ask(state: State) -> dict[str, list[str]]:
+        answer = interrupt("approve the transfer?")
+        return {"log": [f"approved={answer}"]}
+
+    graph = StateGraph(State)
+    graph.add_node("ask", ask)
+    graph.add_edge(START, "ask")
+    graph.add_edge("ask", END)
+    app = graph.compile(checkpointer=InMemorySaver())
+    config = _cfg(configurable={"thread_id": "thread-7"})
+    first = app.invoke({"log": []}, config)
+    assert "__interrupt__" in first
+    assert app.invoke(Command(resume="yes"), config)["log"] == ["approved=yes"]
+    events = cap.events()
+    check_tree(events)
+    assert not [e for e in events if e.kind == "error"]
+    assert {e.session_id for e in events} == {"thread-7"}
+    runs: dict[str | None, list[AuditEvent]] = {}
+    for ev in events:
+        runs.setdefault(ev.trace_id, []).append(ev)
+    paused, resumed = runs.values()
+    stop = next(e for e in paused if e.name == "interrupt")
+    assert stop.data["payload"]["interrupts"][0]["value"] == "approve the transfer?"
+    node = next(e for e in paused if e.kind == "chain" and e.phase == "end")
+    assert node.data["status"] == "interrupted"
+    go = next(e for e in resumed if e.kind == "input")
+    assert go.data == {"type": "resume", "content": "yes"}
+    assert any(e.name == "resume" for e in resumed)
+
+
+def test_direct_model_call_is_a_root_with_input_and_output(cap: Capture) -> None:
+    model = _answer_model("hello")
+    model.invoke("hi there", _cfg())
+    events = cap.events()
+    check_tree(events)
+    assert kinds(events) == [
+        ("llm_call", "start", "gpt-4o-mini"),
+        ("input", "point", "user_message"),
+        ("llm_call", "end", "gpt-4o-mini"),
+        ("output", "point", "final_answer"),
+    ]
+    out = events[-1].data
+    assert out["content"] == "hello"
+    assert out["cost"] == pytest.approx(cost_of("gpt-4o-mini", 12, 3))
+
+
+class FlakyModel(ScriptedChatModel):
+    """A provider client that retries overloaded calls and reports each retry."""
+
+    failures: int = 2
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None,
+                  **kwargs: Any) -> ChatResult:
+        def report(state: RetryCallState) -> None:
+            if run_manager is not None:
+                run_manager.on_retry(state)
+
+        for attempt in Retrying(stop=stop_after_attempt(3), wait=wait_none(), reraise=True,
+                                retry=retry_if_exception_type(ConnectionError),
+                                before_sleep=report):
+            with attempt:
+                if self.failures:
+                    self.failures -= 1
+                    raise ConnectionError(f"overloaded ({self.failures} more)")
+        return super()._generate(messages, stop, run_manager, **kwargs)
+
+
+def test_model_retries_are_errors_with_their_recovery(cap: Capture) -> None:
+    model = FlakyModel(respond=lambda _m: ai("fine", input_tokens=5, output_tokens=1))
+    assert model.invoke("hi", _cfg()).content == "fine"
+    events = cap.events()
+    check_tree(events)
+    errors = [e for e in events if e.kind == "error"]
+    assert [(e.level, e.data["message"], e.data["recovery_action"]) for e in errors] == [
+        ("warning", "overloaded (1 more)", "retried (attempt 2)"),
+        ("warning", "overloaded (0 more)", "retried (attempt 3)"),
+    ]
+    llm_end = next(e for e in events if e.kind == "llm_call" and e.phase == "end")
+    assert {e.span_id for e in errors} == {llm_end.span_id}
+    assert llm_end.data["status"] == "success"
+
+
+def test_text_completion_model_records_its_prompt(cap: Capture) -> None:
+    llm = FakeListLLM(responses=["42"])
+    chain = PromptTemplate.from_template("What is {x}?") | llm
+    assert chain.invoke({"x": "6*7"}, _cfg()) == "42"
+    events = cap.events()
+    check_tree(events)
+    start = next(e for e in events if e.kind == "llm_call" and e.phase == "start")
+    assert start.data["prompt"] == "What is 6*7?"
+    end = next(e for e in events if e.kind == "llm_call" and e.phase == "end")
+    assert end.data["response"] == "42"
+    assert next(e for e in events if e.kind == "output").data["content"] == "42"
