@@ -173,6 +173,8 @@ class Pipeline:
         purpose by middleware). Return ``False`` if that did not happen in ``timeout``."""
         if not self._thread.is_alive():
             return not self._queue and not self._pending
+        if threading.current_thread() is self._thread:
+            return False  # called from middleware: waiting for ourselves would deadlock
         marker = _Marker()
         self._queue.append(marker)
         self._wake.set()
