@@ -99,6 +99,7 @@ def start(rec: Recorder, event: Any, chat: bool) -> None:
     call.output_flag = span.output_flag
     span.llm_owner = span_id
     span.anchor = span_id
+    span.recorded = True
     extra = event.additional_kwargs
     data: dict[str, Any] = {}
     if call.model:

@@ -377,7 +377,8 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
     def _drop(self, span: Span, err: BaseException | None) -> None:
         rec = self._rec
         entries, span.pending = span.pending or [], None
-        if err is not None:
+        nested = span.role == LLM and rec.dups.pop(span.id, None) is not None
+        if err is not None and not nested:  # a nested LLM call's error is its outer call's
             where = span.name
             entry = rec.new_error(span, err, where, span.id if span.recorded else None)
             if entry is not None:

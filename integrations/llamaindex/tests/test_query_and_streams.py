@@ -1,0 +1,148 @@
+"""Query engines over a VectorStoreIndex, streaming, abandoned streams and LLM failures."""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+import pytest
+from li_agents import check_tree, one
+from llama_index.core import Document, VectorStoreIndex
+from llama_index.core.agent.workflow import FunctionAgent
+from llama_index.core.embeddings import MockEmbedding
+from llama_index.core.llms import ChatMessage, MockFunctionCallingLLM, MockLLM
+
+from tracevault.schema import AuditEvent
+from tracevault.testing import Capture
+from tracevault_llamaindex.instrument import Installed
+from tracevault_llamaindex.testing import ScriptedReActLLM
+
+DOCS = [
+    Document(text="Paris is the capital of France.", id_="france"),
+    Document(text="Berlin is the capital of Germany.", id_="germany"),
+    Document(text="Rome is the capital of Italy.", id_="italy"),
+]
+
+
+def _index() -> VectorStoreIndex:
+    return VectorStoreIndex.from_documents(DOCS, embed_model=MockEmbedding(embed_dim=8))
+
+
+def _trace_of(events: list[AuditEvent], kind: str, name: str) -> list[AuditEvent]:
+    root = next(e for e in events if e.kind == kind and e.name == name and e.phase == "start")
+    return [e for e in events if e.trace_id == root.trace_id]
+
+
+def test_query_engine(cap: Capture, instrumented: Installed) -> None:
+    engine = _index().as_query_engine(llm=MockLLM(max_tokens=6), similarity_top_k=2)
+    response = engine.query("What is the capital of France?")
+    events = cap.events()
+    check_tree(events)
+    trace = _trace_of(events, "chain", "query")
+    assert [(e.kind, e.phase, e.name) for e in trace] == [
+        ("chain", "start", "query"), ("input", "point", "query"),
+        ("retrieval", "start", "retrieve"),
+        ("chain", "start", "embedding"), ("chain", "end", "embedding"),
+        ("retrieval", "end", "retrieve"),
+        ("chain", "start", "synthesize"),
+        ("llm_call", "start", "unknown"), ("llm_call", "end", "unknown"),
+        ("chain", "end", "synthesize"),
+        ("chain", "end", "query"), ("output", "point", "final_answer"),
+    ]
+    query, retrieval_end = trace[0], trace[5]
+    assert trace[1].data == {"type": "query", "content": "What is the capital of France?"}
+    assert retrieval_end.parent_span_id == query.span_id
+    assert retrieval_end.data["query"] == "What is the capital of France?"
+    docs = retrieval_end.data["documents"]
+    assert len(docs) == 2
+    assert {d["content"] for d in docs} <= {d.text for d in DOCS}
+    assert all(isinstance(d["score"], float) and d["id"] for d in docs)
+    synth = trace[6]
+    assert synth.parent_span_id == query.span_id
+    llm_start = trace[7]
+    assert llm_start.parent_span_id == synth.span_id
+    assert "Paris is the capital of France." in llm_start.data["prompt"] or any(
+        d["content"] in llm_start.data["prompt"] for d in docs)
+    assert trace[-1].data["content"] == str(response) == trace[8].data["response"]
+    # building the index embedded the documents in a trace of its own
+    index_trace = [e for e in events if e.trace_id != query.trace_id]
+    assert [(e.kind, e.name) for e in index_trace] == [("chain", "embedding")] * 2
+    assert index_trace[1].data["outputs"] == {"chunks": 3, "dimensions": 8}
+
+
+def test_streaming_query_engine_is_one_tree(cap: Capture, instrumented: Installed) -> None:
+    llm = ScriptedReActLLM(thought="Paris is the capital of France.", action="none")
+    engine = _index().as_query_engine(llm=llm, similarity_top_k=2, streaming=True)
+    response = engine.query("What is the capital of France?")
+    text = "".join(response.response_gen)  # the LLM runs only now, after query returned
+    events = cap.events()
+    check_tree(events)
+    trace = _trace_of(events, "chain", "query")
+    assert [(e.kind, e.phase, e.name) for e in trace] == [
+        ("chain", "start", "query"), ("input", "point", "query"),
+        ("retrieval", "start", "retrieve"),
+        ("chain", "start", "embedding"), ("chain", "end", "embedding"),
+        ("retrieval", "end", "retrieve"),
+        ("chain", "start", "synthesize"),
+        ("chain", "end", "synthesize"), ("chain", "end", "query"),  # they return a stream
+        ("llm_call", "start", "gpt-4o-mini"), ("llm_call", "end", "gpt-4o-mini"),
+        ("output", "point", "final_answer"),
+    ]
+    query, synth = trace[0], trace[6]
+    assert trace[8].data["outputs"] == {"response": None}
+    llm_start, llm_end, output = trace[-3:]
+    assert llm_start.parent_span_id == synth.span_id  # hung under the step that streamed
+    assert llm_end.data["streamed"] is True and llm_end.data["time_to_first_token_ms"] >= 0
+    assert llm_end.data["response"] == text
+    assert llm_end.data["usage"] == {"input": 120, "output": 30, "total": 150}
+    assert output.parent_span_id == query.span_id and output.data["content"] == text
+
+
+async def test_abandoned_stream_is_marked(cap: Capture, instrumented: Installed) -> None:
+    llm = ScriptedReActLLM(thought="one two three four five six seven")
+    stream = await llm.astream_chat([ChatMessage(role="user", content="hi")])
+    first = await stream.__anext__()
+    assert first.delta
+    await stream.aclose()  # the consumer stops reading
+    gc.collect()
+    events = cap.events()
+    check_tree(events)
+    assert [(e.kind, e.phase) for e in events] == [("llm_call", "start"), ("llm_call", "end")]
+    end = events[1]
+    assert end.level == "warning"
+    assert end.data["status"] == "abandoned" and end.data["streamed"] is True
+    assert end.data["reason"] == "the consumer stopped reading"
+    assert end.data["response"] == first.message.content  # what had arrived
+    assert "usage" not in end.data
+
+
+def test_unread_stream_is_marked_when_collected(cap: Capture, instrumented: Installed) -> None:
+    llm = MockLLM(max_tokens=4)
+    stream = llm.stream_complete("never read")
+    del stream
+    gc.collect()
+    events = cap.events()
+    assert [(e.kind, e.phase) for e in events] == [("llm_call", "start"), ("llm_call", "end")]
+    assert events[1].data["status"] == "abandoned"
+    assert events[1].data["reason"] == "stream never read"
+
+
+async def test_llm_failure_is_one_error(cap: Capture, instrumented: Installed) -> None:
+    def broken(messages: Any, **kwargs: Any) -> ChatMessage:
+        raise ConnectionError("model endpoint unreachable")
+
+    agent = FunctionAgent(tools=[], llm=MockFunctionCallingLLM(response_generator=broken),
+                          streaming=False)
+    with pytest.raises(Exception, match="unreachable"):
+        await agent.run(user_msg="hello")
+    events = cap.events()
+    check_tree(events)
+    assert [(e.kind, e.phase) for e in events] == [
+        ("agent", "start"), ("input", "point"), ("llm_call", "start"), ("llm_call", "end"),
+        ("error", "point"), ("agent", "end"),
+    ]
+    llm_end, error, run_end = events[3], events[4], events[5]
+    assert llm_end.data["status"] == "error" and llm_end.level == "error"
+    assert error.data["type"] == "ConnectionError" and "recovery_action" not in error.data
+    assert error.span_id == llm_end.span_id
+    assert run_end.data["status"] == "error" and run_end.level == "error"
