@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -97,7 +98,25 @@ def install(pipeline: Pipeline | None, new_settings: Settings | None) -> Pipelin
         if new_settings is not None:
             _settings = new_settings
             _min_rank = LEVEL_RANK[new_settings.level]
-        return old
+    _forwarders_follow(pipeline, new_settings)
+    return old
+
+
+def _forwarders_follow(pipeline: Pipeline | None, new_settings: Settings | None) -> None:
+    # Hook for tracevault.sinks: when sinks are configured (TRACEVAULT_SINKS or
+    # configure(sinks=...)), forwarders start and stop with the active pipeline. The
+    # sinks package is imported only then; it builds everything on its own thread.
+    wanted = os.environ.get("TRACEVAULT_SINKS") or (
+        new_settings is not None and "sinks" in new_settings.extra
+    )
+    if not wanted and "tracevault.sinks.registry" not in sys.modules:
+        return
+    try:
+        from tracevault.sinks.registry import pipeline_installed
+
+        pipeline_installed(pipeline, new_settings)
+    except Exception as exc:  # never break capture because forwarding is misconfigured
+        log.error("tracevault: sinks not started: %s", exc)
 
 
 def is_enabled_for(level: str) -> bool:

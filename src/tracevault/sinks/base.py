@@ -172,6 +172,7 @@ class Forwarder:
         self.delivered = 0
         self.failures = 0
         self.last_error: str | None = None
+        self._cleared = False
 
     # --- one step ---------------------------------------------------------------------
 
@@ -198,9 +199,12 @@ class Forwarder:
             self._cursor = last
             self.delivered += len(events)
             self._progress.notify_all()
-        if self.last_error is not None:
+        if self.last_error is not None or not self._cleared:
+            # also once per forwarder: an error persisted by an earlier process is stale now
+            if self.last_error is not None:
+                log.warning("tracevault: sink %s delivers again", self.name)
             self._record_error(None)
-            log.warning("tracevault: sink %s delivers again", self.name)
+            self._cleared = True
         return len(events)
 
     def _record_error(self, error: str | None) -> None:

@@ -1,0 +1,126 @@
+"""``tracevault status`` and ``tracevault forward``.
+
+* ``status``: per sink, the cursor (last delivered sequence number), the lag (ledger head
+  minus cursor), when it last moved and the last delivery error, if any. Sinks named in
+  ``TRACEVAULT_SINKS`` are listed even before their first delivery.
+* ``forward``: deliver what the ledger holds now to each sink and exit (for cron or
+  serverless). Exit status 0 when every sink caught up, 1 when one still failed at the
+  deadline (nothing is lost: the next run continues from the cursor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+import orjson
+
+from tracevault.sinks.base import Forwarder, describe
+from tracevault.sinks.registry import build, parse, persist_error
+from tracevault.store import DEFAULT_URL, Store, open_store
+from tracevault.store.base import SinkCursor
+
+
+def _store(args: argparse.Namespace) -> Store:
+    url = str(args.store or os.environ.get("TRACEVAULT_STORE") or DEFAULT_URL)
+    return open_store(url, create=False)
+
+
+def _names(args: argparse.Namespace) -> list[str]:
+    chosen = args.sink or [os.environ.get("TRACEVAULT_SINKS") or ""]
+    names: list[str] = []
+    for item in parse(",".join(chosen)):
+        name = "otlp" if item == "otel" else str(item)
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def sink_status(store: Store, names: list[str]) -> list[dict[str, Any]]:
+    """Return one row per sink: name, cursor, head, lag, updated, last_error, error_at."""
+    head = store.head()[0]
+    listing = getattr(store, "sink_cursors", None)
+    known: dict[str, SinkCursor] = {c.name: c for c in listing()} if listing else {}
+    for name in names:
+        if name not in known:
+            known[name] = SinkCursor(name, store.get_cursor(name), None, None, None)
+    return [
+        {"sink": c.name, "cursor": c.seq, "head": head, "lag": max(head - c.seq, 0),
+         "updated": c.updated, "last_error": c.last_error, "error_at": c.error_at}
+        for c in sorted(known.values(), key=lambda c: c.name)
+    ]
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        rows = sink_status(store, _names(args))
+    finally:
+        store.close()
+    if args.json:
+        sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    if not rows:
+        print("no sinks configured (set TRACEVAULT_SINKS) and no forwarding recorded yet")
+        return 0
+    width = max(len(r["sink"]) for r in rows)
+    print(f"{'SINK':<{width}}  {'CURSOR':>8}  {'LAG':>8}  UPDATED                      LAST ERROR")
+    for r in rows:
+        print(f"{r['sink']:<{width}}  {r['cursor']:>8}  {r['lag']:>8}  "
+              f"{r['updated'] or '-':<27}  {r['last_error'] or '-'}")
+    return 0
+
+
+def cmd_forward(args: argparse.Namespace) -> int:
+    names = _names(args)
+    if not names:
+        raise ValueError("no sinks to forward to: set TRACEVAULT_SINKS or pass --sink NAME")
+    store = _store(args)
+    failed = 0
+    try:
+        for name in names:
+            try:
+                sink = build(name)
+            except Exception as exc:
+                failed += 1
+                message = describe(exc)
+                print(f"{name}: not started: {message}", file=sys.stderr)
+                persist_error(store, name, message)
+                continue
+            forwarder = Forwarder(store, sink, batch_size=args.batch_size)
+            try:
+                report = forwarder.drain_once(timeout=args.timeout)
+            finally:
+                forwarder.shutdown()
+            line = (f"{name}: delivered {report.delivered} events, cursor {report.cursor}"
+                    f" of {report.head}")
+            if report.ok:
+                print(line)
+            else:
+                failed += 1
+                print(f"{line}; failed: {report.error}", file=sys.stderr)
+    finally:
+        store.close()
+    return 1 if failed else 0
+
+
+def register(sub: Any, common: argparse.ArgumentParser, reading: argparse.ArgumentParser) -> None:
+    """Add ``status`` and ``forward`` to the ``tracevault`` command line."""
+    p = sub.add_parser("status", parents=[reading],
+                       help="per sink: cursor, lag behind the ledger, last delivery error")
+    p.add_argument("--sink", action="append", metavar="NAME",
+                   help="also list this sink (default: those in TRACEVAULT_SINKS)")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("forward", parents=[common],
+                       help="deliver what the ledger holds now to the sinks, then exit")
+    p.add_argument("--sink", action="append", metavar="NAME",
+                   help="sink to feed (repeatable; default: TRACEVAULT_SINKS)")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to keep retrying a failing sink (default 60)")
+    p.add_argument("--batch-size", type=int,
+                   default=int(os.environ.get("TRACEVAULT_FORWARD_BATCH") or 500),
+                   help="events per request (default 500, or TRACEVAULT_FORWARD_BATCH)")
+    p.set_defaults(func=cmd_forward)

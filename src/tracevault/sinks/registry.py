@@ -1,0 +1,219 @@
+"""Choosing sinks and running their forwarders alongside the capture pipeline.
+
+Sinks are chosen with ``TRACEVAULT_SINKS`` (comma-separated names: ``langfuse``,
+``langsmith``, ``otlp`` (alias ``otel``), ``jsonl``) or in code with
+``tracevault.configure(sinks=[...])``, whose items are names or :class:`Sink` objects
+(``sinks=[]`` turns forwarding off whatever the environment says).
+
+The hook: :func:`tracevault.capture.install` calls :func:`pipeline_installed` whenever
+a pipeline becomes active (``configure()`` or the first capture) or is removed
+(``shutdown()``). It starts one :class:`ForwarderGroup` per pipeline: a background
+thread opens the ledger, builds the sinks (importing their SDKs there, never on the
+caller's thread) and runs one :class:`Forwarder` per sink. At interpreter exit the group
+waits up to ``TRACEVAULT_FORWARD_EXIT_TIMEOUT`` seconds (default 5) for delivery of
+what is in the ledger; what is left is delivered by the next run or ``tracevault
+forward``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from tracevault.sinks.base import Forwarder, Sink, SinkError, describe, sink_names
+from tracevault.store import Store, open_store
+
+log = logging.getLogger("tracevault.sinks")
+
+FACTORIES: dict[str, str] = {
+    "langfuse": "tracevault.sinks.langfuse:from_env",
+    "langsmith": "tracevault.sinks.langsmith:from_env",
+    "otlp": "tracevault.sinks.otel:from_env",
+    "otel": "tracevault.sinks.otel:from_env",
+    "jsonl": "tracevault.sinks.jsonl:from_env",
+}
+EXTRAS = {"langfuse": "langfuse", "langsmith": "langsmith", "otlp": "otel", "otel": "otel"}
+
+SinkSpec = str | Sink
+
+
+def parse(spec: str | Sequence[SinkSpec] | None) -> list[SinkSpec]:
+    """Return the sinks named in ``spec`` (a ``TRACEVAULT_SINKS`` string or a list).
+
+    Raises ``ValueError`` naming the choices for an unknown name.
+    """
+    if spec is None:
+        return []
+    items: list[SinkSpec] = (
+        [s.strip().lower() for s in spec.split(",") if s.strip()] if isinstance(spec, str)
+        else list(spec)
+    )
+    for item in items:
+        if isinstance(item, str) and item.lower() not in FACTORIES:
+            raise ValueError(f"unknown sink {item!r} in TRACEVAULT_SINKS; choose from "
+                             f"{', '.join(sorted(FACTORIES))}")
+    return items
+
+
+def configured(extra: dict[str, Any] | None = None) -> list[SinkSpec]:
+    """Return the sinks of ``configure(sinks=...)``, else of ``TRACEVAULT_SINKS``."""
+    if extra is not None and "sinks" in extra:
+        return parse(extra["sinks"])
+    return parse(os.environ.get("TRACEVAULT_SINKS"))
+
+
+def build(spec: SinkSpec) -> Sink:
+    """Return a sink object for a name (from its vendor's environment) or a sink."""
+    if not isinstance(spec, str):
+        return spec
+    name = spec.lower()
+    module, func = FACTORIES[name].split(":")
+    try:
+        factory = getattr(importlib.import_module(module), func)
+    except ImportError as exc:
+        extra = EXTRAS.get(name)
+        hint = f": pip install 'tracevault[{extra}]'" if extra else ""
+        raise SinkError(f"the {name} sink needs its SDK{hint} ({exc})") from None
+    sink: Sink = factory("otlp" if name == "otel" else name)
+    return sink
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw and raw.strip() else default
+
+
+class ForwarderGroup:
+    """The forwarders of one pipeline: built and run on a background thread."""
+
+    def __init__(self, store: Store | str, specs: Sequence[SinkSpec], *,
+                 batch_size: int | None = None) -> None:
+        self._store_arg = store
+        self.specs = list(specs)
+        self.batch_size = batch_size or _int_env("TRACEVAULT_FORWARD_BATCH", 500)
+        self.forwarders: list[Forwarder] = []
+        self.errors: dict[str, str] = {}
+        self.store: Store | None = None
+        self._ready = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._boot, name="tracevault-forwarders",
+                                        daemon=True)
+
+    def start(self) -> ForwarderGroup:
+        self._thread.start()
+        return self
+
+    def _boot(self) -> None:
+        try:
+            store = self._store_arg
+            self.store = open_store(store) if isinstance(store, str) else store
+            sinks: list[Sink] = []
+            for spec in self.specs:
+                label = spec if isinstance(spec, str) else spec.name
+                try:
+                    sinks.append(build(spec))
+                except Exception as exc:  # one broken sink does not stop the others
+                    self.errors[label] = describe(exc)
+                    log.error("tracevault: sink %s not started: %s", label, self.errors[label])
+                    persist_error(self.store, label, self.errors[label])
+            sink_names(sinks)
+            if not self._closed:
+                self.forwarders = [Forwarder(self.store, s, batch_size=self.batch_size).start()
+                                   for s in sinks]
+        except Exception as exc:
+            self.errors["*"] = describe(exc)
+            log.error("tracevault: forwarders not started: %s", self.errors["*"])
+        finally:
+            self._ready.set()
+
+    def wait_ready(self, timeout: float | None = 30.0) -> bool:
+        """Wait until the sinks are built and their forwarders running."""
+        return self._ready.wait(timeout)
+
+    def force_flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until every sink delivered what the ledger holds now."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self.wait_ready(timeout):
+            return False
+        ok = not self.errors
+        for forwarder in self.forwarders:
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            ok = forwarder.force_flush(remaining) and ok
+        return ok
+
+    def shutdown(self, timeout: float | None = 10.0) -> None:
+        """Stop every forwarder (after its current batch). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.wait_ready(timeout)
+        for forwarder in self.forwarders:
+            forwarder.shutdown(timeout)
+        if isinstance(self._store_arg, str) and self.store is not None:
+            self.store.close()
+
+
+def persist_error(store: Store | None, name: str, error: str) -> None:
+    """Record a sink's error in the store when it can keep one (best effort)."""
+    setter = getattr(store, "set_sink_error", None)
+    if setter is not None:
+        with contextlib.suppress(Exception):
+            setter(name, error)
+
+
+_lock = threading.Lock()
+_group: ForwarderGroup | None = None
+
+
+def active() -> ForwarderGroup | None:
+    """Return the running forwarder group, if sinks are configured."""
+    return _group
+
+
+def pipeline_installed(pipeline: Any, settings: Any) -> None:
+    """The capture hook: start forwarders for a new pipeline, stop the previous ones."""
+    global _group
+    specs = configured(getattr(settings, "extra", None)) if pipeline is not None else []
+    with _lock:
+        old, _group = _group, None
+        if specs:
+            _group = ForwarderGroup(pipeline.store_url, specs).start()
+    if old is not None:
+        old.shutdown(timeout=5.0)
+
+
+def flush(timeout: float | None = 30.0) -> bool:
+    """Flush the capture pipeline, then wait until the sinks delivered it; ``True`` when
+    everything recorded so far reached every sink."""
+    import tracevault
+
+    if not tracevault.flush(timeout):
+        return False
+    group = _group
+    return True if group is None else group.force_flush(timeout)
+
+
+def _at_exit() -> None:
+    group = _group
+    if group is None:
+        return
+    try:
+        timeout = float(os.environ.get("TRACEVAULT_FORWARD_EXIT_TIMEOUT") or 5.0)
+        if timeout > 0:
+            flush(timeout)
+    except Exception as exc:
+        log.warning("tracevault: final forwarding at exit failed: %s", exc)
+    finally:
+        group.shutdown(timeout=2.0)
+
+
+# Registered on import, i.e. after the pipeline module's own exit handler, so it runs
+# first (atexit is last-in, first-out): the ledger is still open and flushable.
+atexit.register(_at_exit)
