@@ -431,8 +431,6 @@ class TracevaultCallbackHandler(_Base):
                                 "status": "pending"}
         if st.tool_call_id:
             data["tool_call_id"] = st.tool_call_id
-        if st.is_root:
-            self._input(st, data["parameters"], convert.user_metadata(metadata))
         strict = self._rec.is_strict()
         try:
             # In strict mode the intent is in the ledger before the tool may run.
@@ -440,6 +438,8 @@ class TracevaultCallbackHandler(_Base):
         except DurabilityError:
             self._rec.close(run_id)  # the tool will not run: no end callback follows
             raise
+        if st.is_root:
+            self._input(st, data["parameters"], convert.user_metadata(metadata))
 
     @_guarded
     def on_tool_end(
@@ -515,9 +515,9 @@ class TracevaultCallbackHandler(_Base):
         if st is None:
             return
         st.query = query
+        self._rec.emit(st, "retrieval", "start", {"query": query})
         if st.is_root:
             self._input(st, query, convert.user_metadata(metadata))
-        self._rec.emit(st, "retrieval", "start", {"query": query})
 
     @_guarded
     def on_retriever_end(

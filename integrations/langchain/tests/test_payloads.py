@@ -1,0 +1,179 @@
+"""Payloads that are not JSON are recorded faithfully; tool calls and usage survive."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from typing import Any
+
+import numpy as np
+import pytest
+from langchain_core.callbacks import dispatch_custom_event
+from langchain_core.documents import Document
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, LLMResult
+from langchain_core.runnables import RunnableConfig, RunnableLambda
+from langchain_core.tools import tool
+from lc_tree import check_tree
+from pydantic import BaseModel
+from tracevault_langchain import TracevaultCallbackHandler, convert
+from tracevault_langchain.testing import ScriptedChatModel, ai, tool_call
+
+from tracevault.pricing import cost_of
+from tracevault.testing import Capture
+
+
+class Order(BaseModel):
+    id: int
+    items: list[str]
+
+
+@dataclasses.dataclass
+class Point:
+    x: float
+    y: float
+
+
+def _cfg() -> RunnableConfig:
+    return {"callbacks": [TracevaultCallbackHandler()]}
+
+
+def _message_with_calls() -> AIMessage:
+    return AIMessage(
+        "thinking out loud",
+        tool_calls=[tool_call("lookup", {"q": "x"}, "t1")],
+        usage_metadata={"input_tokens": 7, "output_tokens": 2, "total_tokens": 9},
+    )
+
+
+def test_rich_tool_arguments_and_results(cap: Capture) -> None:
+    when = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    key = uuid.UUID("12345678-1234-5678-1234-567812345678")
+
+    @tool
+    def inspect(order: Order, values: Any) -> dict[str, Any]:
+        """Return everything, untouched."""
+        return {"order": order, "point": Point(1.5, -2.0), "array": np.arange(3),
+                "scalar": np.float32(0.5), "when": when, "id": key, "raw": b"\x00\xff",
+                "tags": {"b", "a"}, "error": ValueError("bad input"),
+                "nan": float("nan"), "values": values}
+
+    inspect.invoke({"order": Order(id=7, items=["tea"]), "values": np.array([[1, 2], [3, 4]])},
+                   _cfg())
+    events = cap.events()
+    check_tree(events)
+    start, end = (e for e in events if e.kind == "tool_call")
+    assert start.data["parameters"]["order"] == {"id": 7, "items": ["tea"]}
+    assert start.data["parameters"]["values"] == [[1, 2], [3, 4]]
+    result = end.data["result"]
+    assert result["order"] == {"id": 7, "items": ["tea"]}
+    assert result["point"] == {"x": 1.5, "y": -2.0}
+    assert result["array"] == [0, 1, 2]
+    assert result["scalar"] == 0.5
+    assert result["when"] == "2026-01-02T03:04:05+00:00"
+    assert result["id"] == str(key)
+    assert result["raw"] == {"$bytes": "AP8=", "size": 2}
+    assert result["tags"] == ["a", "b"]
+    assert result["error"]["type"] == "ValueError"
+    assert result["error"]["message"] == "bad input"
+    assert result["nan"] == "NaN"
+
+
+def test_messages_llmresult_documents_and_cycles_in_custom_payloads(cap: Capture) -> None:
+    cyclic: dict[str, Any] = {"name": "loop"}
+    cyclic["self"] = cyclic
+    result = LLMResult(generations=[[ChatGeneration(message=_message_with_calls())]])
+
+    def work(_: Any, config: RunnableConfig) -> str:
+        dispatch_custom_event("payload", {
+            "message": _message_with_calls(), "result": result,
+            "document": Document("text", metadata={"page": 3}), "cyclic": cyclic,
+        }, config=config)
+        return "done"
+
+    RunnableLambda(work).invoke(None, _cfg())
+    payload = next(e for e in cap.events() if e.kind == "custom").data["payload"]
+    message = payload["message"]
+    assert message["tool_calls"][0]["name"] == "lookup"
+    assert message["usage_metadata"]["total_tokens"] == 9
+    generation = payload["result"]["generations"][0][0]["message"]
+    assert generation["tool_calls"][0]["args"] == {"q": "x"}, "model_dump dropped tool calls"
+    assert generation["usage_metadata"]["input_tokens"] == 7, "model_dump dropped usage"
+    assert payload["document"]["page_content"] == "text"
+    assert payload["document"]["metadata"] == {"page": 3}
+    assert payload["cyclic"]["self"] == "<cycle: dict>"
+
+
+def test_live_messages_are_copied_when_recorded(cap: Capture) -> None:
+    history = [HumanMessage("first")]
+    model = ScriptedChatModel(respond=lambda _m: ai("ok", input_tokens=1, output_tokens=1))
+    model.invoke(history, _cfg())
+    history[0].content = "changed afterwards"  # agents mutate messages after callbacks
+    start = next(e for e in cap.events() if e.kind == "llm_call" and e.phase == "start")
+    assert start.data["messages"] == [{"type": "human", "content": "first",
+                                       **({"id": history[0].id} if history[0].id else {})}]
+
+
+def test_message_views_keep_tool_calls_status_and_artifacts() -> None:
+    views = convert.messages_view([[
+        HumanMessage("q", id="h1"),
+        _message_with_calls(),
+        ToolMessage("oops", tool_call_id="t1", status="error", artifact={"raw": 1}),
+        ("user", "shorthand"),
+    ]])
+    assert views[0] == {"type": "human", "content": "q", "id": "h1"}
+    assert views[1]["tool_calls"] == [{"name": "lookup", "args": {"q": "x"}, "id": "t1",
+                                       "type": "tool_call"}]
+    assert views[1]["usage_metadata"]["output_tokens"] == 2
+    assert views[2] == {"type": "tool", "content": "oops", "tool_call_id": "t1",
+                        "status": "error", "artifact": {"raw": 1}}
+    assert views[3] == {"type": "user", "content": "shorthand"}
+
+
+def test_cached_and_reasoning_tokens_are_priced_when_streaming(cap: Capture) -> None:
+    reply = ai("4", input_tokens=1000, output_tokens=300, cached_tokens=800,
+               reasoning_tokens=250)
+    model = ScriptedChatModel(respond=lambda _m: reply, model_name="o4-mini")
+    assert "".join(str(c.content) for c in model.stream("2+2?", _cfg())) == "4"
+    end = next(e for e in cap.events() if e.kind == "llm_call" and e.phase == "end")
+    assert end.data["usage"] == {"input": 1000, "output": 300, "total": 1300,
+                                 "cached": 800, "reasoning": 250}
+    assert end.data["cost"] == pytest.approx(cost_of("o4-mini", 1000, 300, 800))
+    assert end.data["cost"] < (cost_of("o4-mini", 1000, 300) or 0), "cached input is cheaper"
+
+
+def test_user_prices_apply_and_unknown_models_have_no_cost(cap: Capture) -> None:
+    from tracevault.pricing import set_price
+
+    set_price("house-model-v1", input=10.0, output=20.0)
+    priced = ScriptedChatModel(respond=lambda _m: ai("a", input_tokens=100, output_tokens=10),
+                               model_name="house-model-v1")
+    unknown = ScriptedChatModel(respond=lambda _m: ai("b", input_tokens=100, output_tokens=10),
+                                model_name="mystery-7b")
+    priced.invoke("x", _cfg())
+    unknown.invoke("y", _cfg())
+    ends = [e for e in cap.events() if e.kind == "llm_call" and e.phase == "end"]
+    assert ends[0].data["cost"] == pytest.approx(100 * 10e-6 + 10 * 20e-6)
+    assert "cost" not in ends[1].data
+    assert ends[1].data["usage"]["total"] == 110
+
+
+def test_reasoning_blocks_are_recorded_as_reasoning(cap: Capture) -> None:
+    reply = AIMessage(
+        content=[{"type": "reasoning", "reasoning": "The user wants a sum."},
+                 {"type": "text", "text": "Calling the adder."}],
+        tool_calls=[tool_call("add", {"a": 1, "b": 2}, "r1")],
+    )
+    model = ScriptedChatModel(respond=lambda _m: reply)
+    model.invoke("1+2", _cfg())
+    reasoning = next(e for e in cap.events() if e.kind == "reasoning")
+    assert reasoning.data == {"thought": "The user wants a sum.\nCalling the adder.",
+                              "plan": ['add({"a": 1, "b": 2})']}
+
+
+def test_plain_answer_without_tool_calls_is_not_reasoning() -> None:
+    assert convert.reasoning_of(AIMessage("just an answer")) is None
+    assert convert.reasoning_of(
+        AIMessage("", additional_kwargs={"reasoning_content": "hidden chain"})
+    ) == "hidden chain"
