@@ -1,0 +1,511 @@
+"""The shared team ledger: PostgreSQL, one chain for many processes on many machines.
+
+Every append is one transaction that locks the single ``ledger_head`` row
+(``SELECT ... FOR UPDATE``), seals the batch after it, streams the rows in with
+``COPY`` and moves the head, so concurrent writers anywhere queue on that row lock and
+the chain stays one sequence. The rows keep the exact canonical JSON that was digested
+(``payload``); a generated ``doc`` JSONB column holds a copy for queries. ``events`` is
+partitioned by month on ``ts``; a partition is created by the first append that needs
+it, under the same lock. The schema is created and migrated on first use
+(:mod:`tracevault.store.postgres_schema`).
+
+Connection failures never lose an event: ``append`` retries once on a fresh connection
+when a pooled one went stale, and otherwise raises :class:`StoreError` (the pipeline's
+writer keeps the batch and retries with backoff); the next call reconnects. A commit
+whose acknowledgement was lost is recognised on the retry and not written twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql as pgsql
+from psycopg.rows import TupleRow
+
+from tracevault.ledger import (
+    COLUMNS,
+    GENESIS,
+    PreparedRow,
+    VerifyReport,
+    format_ts,
+    prepare,
+    seal,
+)
+from tracevault.schema import AuditEvent
+from tracevault.store.base import SinkCursor, StoreError
+from tracevault.store.postgres_schema import (
+    MIGRATION_LOCK,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    partition_ddl,
+    partition_name,
+)
+from tracevault.store.sql import SQLStore
+
+Conn = psycopg.Connection[TupleRow]
+
+_ROW_COLUMNS = ("seq", *COLUMNS, "payload", "salt", "digest", "chain")
+_COPY = f"COPY events ({', '.join(_ROW_COLUMNS)}) FROM STDIN"
+_HEAD = "SELECT seq, chain FROM ledger_head WHERE id = 1"
+_IDLE_KEPT = 4  # idle read connections kept for reuse
+_DEFAULTS = {
+    "connect_timeout": "10",
+    "application_name": "tracevault",
+    # Notice a peer that vanished without closing the connection within about a minute.
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+}
+
+
+@lru_cache(maxsize=256)
+def to_pg(query: str) -> str:
+    """Translate a query written with ``?`` placeholders (the SQLStore dialect) to
+    psycopg's ``%s`` ones; the shared queries contain no other ``?`` or ``%``."""
+    return query.replace("%", "%%").replace("?", "%s")
+
+
+def _detail(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class PostgresStore(SQLStore):
+    """A ledger in a PostgreSQL database, created and migrated on first use.
+
+    ``url`` is a libpq URL (``postgresql://user:pass@host:5432/db``); an extra
+    ``schema=NAME`` query parameter keeps the ledger's tables in their own schema.
+    With ``create=False`` a database without a ledger is an error.
+    """
+
+    day_sql = "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+    ts_text_sql = "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        self.url = url
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query)
+        self._schema = next((v for k, v in query if k == "schema"), None)
+        rest = [(k, v) for k, v in query if k != "schema"]
+        self._conninfo = urlunsplit(parts._replace(query=urlencode(rest)))
+        # The place, never the password, goes into messages.
+        self.where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}"
+        self._given = {k for k, _ in rest}
+        self._lock = threading.Lock()  # guards the pool and the writer connection
+        self._write_lock = threading.Lock()  # one append at a time per process
+        self._idle: list[Conn] = []
+        self._writer: Conn | None = None
+        self._local = threading.local()
+        self._pid = os.getpid()
+        self._closed = False
+        self._months: set[str] = set()
+        # (event ids, last seq, last chain) of a batch whose commit may have been lost.
+        self._in_doubt: tuple[tuple[str, ...], int, bytes] | None = None
+        conn = self._connect()
+        try:
+            self._migrate(conn, create)
+        except BaseException:
+            conn.close()
+            raise
+        self._release(conn)
+
+    # --- connections ------------------------------------------------------------------
+
+    def _connect(self) -> Conn:
+        if self._closed:
+            raise StoreError(f"PostgreSQL ledger {self.where} is closed")
+        options = {k: v for k, v in _DEFAULTS.items() if k not in self._given}
+        try:
+            conn = psycopg.connect(self._conninfo, autocommit=True, **options)  # type: ignore[arg-type]
+        except psycopg.Error as exc:
+            raise StoreError(
+                f"cannot connect to PostgreSQL ledger {self.where}: {_detail(exc)} "
+                "(is the server running and reachable? nothing is lost: writes wait "
+                "and retry)"
+            ) from None
+        try:
+            if self._schema:
+                name = pgsql.Identifier(self._schema)
+                conn.execute(pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(name))
+                conn.execute(pgsql.SQL("SET search_path TO {}").format(name))
+        except psycopg.Error as exc:
+            conn.close()
+            raise self._error("cannot select the schema of", exc) from None
+        return conn
+
+    def _forget_after_fork(self) -> None:
+        # A forked child must not touch its parent's sockets (closing them would end
+        # the parent's sessions); it drops the references and opens its own.
+        if os.getpid() != self._pid:
+            with self._lock:
+                self._pid = os.getpid()
+                self._idle = []
+                self._writer = None
+                self._local = threading.local()
+
+    def _take(self) -> tuple[Conn, bool]:
+        """Return a read connection and whether it was reused (so may be stale)."""
+        self._forget_after_fork()
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"PostgreSQL ledger {self.where} is closed")
+            if self._idle:
+                return self._idle.pop(), True
+        return self._connect(), False
+
+    def _release(self, conn: Conn) -> None:
+        if conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.close()
+            return
+        with self._lock:
+            if not self._closed and len(self._idle) < _IDLE_KEPT:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def _error(self, doing: str, exc: BaseException) -> StoreError:
+        if isinstance(exc, psycopg.OperationalError):
+            return StoreError(
+                f"{doing} PostgreSQL ledger {self.where}: connection lost or refused "
+                f"({_detail(exc)}); it reconnects on the next attempt"
+            )
+        return StoreError(f"{doing} PostgreSQL ledger {self.where}: {_detail(exc)}")
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[Conn]:
+        """Run the reads of this thread inside one REPEATABLE READ transaction."""
+        conn, _ = self._take()
+        try:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                self._local.snapshot = conn
+                try:
+                    yield conn
+                finally:
+                    self._local.snapshot = None
+        except psycopg.Error as exc:
+            conn.close()
+            raise self._error("cannot read", exc) from None
+        finally:
+            self._release(conn)  # closes it instead if it is broken or mid-transaction
+
+    # --- migrations -------------------------------------------------------------------
+
+    def _migrate(self, conn: Conn, create: bool) -> None:
+        try:
+            version = self._schema_version(conn)
+            if version == SCHEMA_VERSION:
+                return
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"PostgreSQL ledger {self.where} has schema version {version}, newer "
+                    f"than this tracevault understands ({SCHEMA_VERSION}): upgrade tracevault"
+                )
+            if version == 0 and not create:
+                raise StoreError(
+                    f"no tracevault ledger in PostgreSQL database {self.where} (run an "
+                    "agent with tracevault first, or pass --store / set TRACEVAULT_STORE)"
+                )
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+                version = self._schema_version(conn)  # another process may have won
+                for number, script in MIGRATIONS:
+                    if number > version:
+                        conn.execute(script.encode())
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', %s) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (str(max(version, SCHEMA_VERSION)),),
+                )
+        except psycopg.Error as exc:
+            raise self._error("cannot initialise", exc) from None
+
+    @staticmethod
+    def _schema_version(conn: Conn) -> int:
+        row = conn.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()
+        if not row or not row[0]:
+            return 0
+        found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(found[0]) if found else 0
+
+    def schema_version(self) -> int:
+        """Return the schema version of the database (after the migrations ran)."""
+        return int(self._fetch("SELECT value FROM meta WHERE key = 'schema_version'")[0][0])
+
+    # --- SQLStore hooks ---------------------------------------------------------------
+
+    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        snapshot: Conn | None = getattr(self._local, "snapshot", None)
+        if snapshot is not None:
+            return snapshot.execute(to_pg(sql), tuple(params)).fetchall()
+        for _ in range(2):
+            conn, reused = self._take()
+            try:
+                rows = conn.execute(to_pg(sql), tuple(params)).fetchall()
+            except psycopg.OperationalError as exc:
+                conn.close()
+                if reused:  # a pooled connection went stale (e.g. a server restart)
+                    continue
+                raise self._error("cannot read", exc) from None
+            except psycopg.Error as exc:
+                self._release(conn)
+                raise self._error("cannot read", exc) from None
+            self._release(conn)
+            return rows
+        raise StoreError(f"cannot read PostgreSQL ledger {self.where}")  # pragma: no cover
+
+    def _stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        snapshot: Conn | None = getattr(self._local, "snapshot", None)
+        if snapshot is not None:
+            yield from self._cursor_rows(snapshot, sql, params)
+            return
+        for _ in range(2):
+            conn, reused = self._take()
+            started = False
+            try:
+                with conn.transaction():  # a server-side cursor lives in a transaction
+                    for row in self._cursor_rows(conn, sql, params):
+                        started = True
+                        yield row
+            except psycopg.OperationalError as exc:
+                conn.close()
+                if reused and not started:
+                    continue
+                raise self._error("cannot read", exc) from None
+            except psycopg.Error as exc:
+                conn.close()
+                raise self._error("cannot read", exc) from None
+            except BaseException:  # the caller stopped iterating (GeneratorExit)
+                self._release(conn)
+                raise
+            self._release(conn)
+            return
+
+    @staticmethod
+    def _cursor_rows(conn: Conn, sql: str, params: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
+        with conn.cursor(name=f"tracevault_{threading.get_ident()}_{id(sql)}") as cur:
+            cur.itersize = 2000
+            cur.execute(to_pg(sql), tuple(params))
+            yield from cur
+
+    def _ts_param(self, ts: datetime) -> Any:
+        return ts if ts.tzinfo is not None else ts.replace(tzinfo=timezone.utc)
+
+    def _ts_text(self, value: Any) -> str:
+        return format_ts(value) if isinstance(value, datetime) else str(value)
+
+    def head(self) -> tuple[int, bytes]:
+        row = self._fetch(_HEAD)
+        if not row:
+            return 0, GENESIS
+        return int(row[0][0]), bytes(row[0][1])
+
+    def verify(self) -> VerifyReport:
+        # The head and the rows must come from one snapshot, or appends landing
+        # between the two reads would look like an extended tail.
+        with self._snapshot():
+            return super().verify()
+
+    # --- writing ----------------------------------------------------------------------
+
+    def append(self, events: Sequence[AuditEvent]) -> int:
+        if not events:
+            return self.head()[0]
+        rows = [_storable(prepare(e)) for e in events]  # outside the lock
+        ids = tuple(r.columns[0] for r in rows)
+        with self._write_lock:
+            return self._write(rows, ids)
+
+    def _write(self, rows: list[PreparedRow], ids: tuple[str, ...]) -> int:
+        for attempt in range(2):
+            conn, reused = self._writer_conn()
+            try:
+                if self._in_doubt is not None:
+                    done = self._resolve_in_doubt(conn, ids)
+                    if done is not None:
+                        return done
+                return self._append_tx(conn, rows, ids)
+            except psycopg.OperationalError as exc:
+                self._drop_writer()
+                if reused and attempt == 0:
+                    continue
+                raise self._error("cannot append to", exc) from None
+            except psycopg.Error as exc:
+                self._in_doubt = None  # rolled back: nothing of the batch is stored
+                raise self._error("cannot append to", exc) from None
+        raise StoreError(f"cannot append to PostgreSQL ledger {self.where}")  # pragma: no cover
+
+    def _writer_conn(self) -> tuple[Conn, bool]:
+        self._forget_after_fork()
+        if self._writer is not None and not self._writer.closed:
+            return self._writer, True
+        self._writer = self._connect()
+        return self._writer, False
+
+    def _drop_writer(self) -> None:
+        conn, self._writer = self._writer, None
+        if conn is not None:
+            conn.close()
+
+    def _resolve_in_doubt(self, conn: Conn, ids: tuple[str, ...]) -> int | None:
+        """Return the last seq if this very batch was committed by an earlier attempt
+        whose acknowledgement was lost; ``None`` if it must be written."""
+        assert self._in_doubt is not None
+        doubted, seq, chain = self._in_doubt
+        found = conn.execute("SELECT chain FROM events WHERE seq = %s", (seq,)).fetchall()
+        self._in_doubt = None
+        if doubted == ids and any(bytes(r[0]) == chain for r in found):
+            return seq
+        return None
+
+    def _append_tx(self, conn: Conn, rows: list[PreparedRow], ids: tuple[str, ...]) -> int:
+        with conn.transaction():
+            head = conn.execute(_HEAD + " FOR UPDATE").fetchone()
+            if head is None:
+                raise StoreError(f"PostgreSQL ledger {self.where} has no head row")
+            created = self._ensure_partitions(conn, {r.columns[1][:7] for r in rows})
+            sealed = seal(rows, int(head[0]), bytes(head[1]))
+            last = sealed[-1]
+            self._in_doubt = (ids, last.seq, last.chain)
+            with conn.cursor().copy(_COPY) as copy:
+                for s in sealed:
+                    r = s.row
+                    copy.write_row(
+                        (s.seq, *r.columns, r.payload.decode(), r.salt, r.digest, s.chain)
+                    )
+            conn.execute(
+                "UPDATE ledger_head SET seq = %s, chain = %s WHERE id = 1", (last.seq, last.chain)
+            )
+        self._in_doubt = None
+        self._months |= created
+        return last.seq
+
+    def _ensure_partitions(self, conn: Conn, months: set[str]) -> set[str]:
+        """Create the monthly partitions ``months`` need (the caller holds the head lock
+        and remembers the returned months once its transaction commits)."""
+        new = months - self._months
+        for month in sorted(new):
+            found = conn.execute("SELECT to_regclass(%s)", (partition_name(month),)).fetchone()
+            if not found or found[0] is None:
+                conn.execute(partition_ddl(month).encode())
+        return new
+
+    def copy_rows(self, rows: Sequence[Sequence[Any]], after: tuple[int, bytes]) -> int:
+        """Store rows of another ledger exactly as they are (``seq``, columns with ``ts``
+        as text, ``payload``, ``salt``, ``digest``, ``chain``), after ``after`` = the
+        (seq, chain) this ledger's head must have. Return the new head seq."""
+        if not rows:
+            return after[0]
+        with self._write_lock:
+            conn, _ = self._writer_conn()
+            try:
+                with conn.transaction():
+                    head = conn.execute(_HEAD + " FOR UPDATE").fetchone()
+                    if head is None or (int(head[0]), bytes(head[1])) != after:
+                        raise StoreError(
+                            f"PostgreSQL ledger {self.where} changed during the copy "
+                            f"(head is #{head[0] if head else '?'}, expected #{after[0]})"
+                        )
+                    created = self._ensure_partitions(conn, {str(r[2])[:7] for r in rows})
+                    with conn.cursor().copy(_COPY) as copy:
+                        for r in rows:
+                            copy.write_row(r)
+                    conn.execute(
+                        "UPDATE ledger_head SET seq = %s, chain = %s WHERE id = 1",
+                        (rows[-1][0], bytes(rows[-1][-1])),
+                    )
+            except psycopg.OperationalError as exc:
+                self._drop_writer()
+                raise self._error("cannot copy into", exc) from None
+            except psycopg.Error as exc:
+                raise self._error("cannot copy into", exc) from None
+            self._months |= created
+        return int(rows[-1][0])
+
+    # --- forwarder cursors ------------------------------------------------------------
+
+    def _execute(self, doing: str, sql: str, params: Sequence[Any]) -> None:
+        for _ in range(2):
+            conn, reused = self._take()
+            try:
+                conn.execute(sql, tuple(params))
+            except psycopg.OperationalError as exc:
+                conn.close()
+                if reused:
+                    continue
+                raise self._error(doing, exc) from None
+            except psycopg.Error as exc:
+                self._release(conn)
+                raise self._error(doing, exc) from None
+            self._release(conn)
+            return
+
+    def get_cursor(self, name: str) -> int:
+        row = self._fetch("SELECT seq FROM sink_cursors WHERE name = ?", (name,))
+        return int(row[0][0]) if row else 0
+
+    def set_cursor(self, name: str, seq: int) -> None:
+        self._execute(
+            "cannot save a cursor in",
+            "INSERT INTO sink_cursors (name, seq, updated) VALUES (%s, %s, %s) "
+            "ON CONFLICT (name) DO UPDATE SET seq = greatest(sink_cursors.seq, excluded.seq), "
+            "updated = excluded.updated",
+            (name, seq, format_ts(datetime.now(timezone.utc))),
+        )
+
+    def set_sink_error(self, name: str, error: str | None) -> None:
+        self._execute(
+            "cannot save a sink error in",
+            "INSERT INTO sink_errors (name, error, at) VALUES (%s, %s, %s) "
+            "ON CONFLICT (name) DO UPDATE SET error = excluded.error, at = excluded.at",
+            (name, error, format_ts(datetime.now(timezone.utc))),
+        )
+
+    def sink_cursors(self) -> list[SinkCursor]:
+        rows = self._fetch(
+            "SELECT n.name, c.seq, c.updated, e.error, e.at FROM "
+            "(SELECT name FROM sink_cursors UNION SELECT name FROM sink_errors) AS n "
+            "LEFT JOIN sink_cursors c ON c.name = n.name "
+            "LEFT JOIN sink_errors e ON e.name = n.name ORDER BY n.name"
+        )
+        return [
+            SinkCursor(r[0], int(r[1] or 0), r[2], r[3], r[4] if r[3] is not None else None)
+            for r in rows
+        ]
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            conns, self._idle = self._idle, []
+            writer, self._writer = self._writer, None
+        if os.getpid() != self._pid:
+            return  # the parent's connections: not ours to close
+        for conn in [*conns, *([writer] if writer else [])]:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+    def __enter__(self) -> PostgresStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _storable(row: PreparedRow) -> PreparedRow:
+    """Return ``row`` with NUL characters in its text columns replaced (PostgreSQL text
+    cannot hold them; the payload keeps them, escaped). The chain covers the stored
+    values, so the ledger verifies."""
+    columns = row.columns
+    if not any(c.__class__ is str and "\x00" in c for c in columns):
+        return row
+    fixed = tuple(c.replace("\x00", "\ufffd") if c.__class__ is str else c for c in columns)
+    return PreparedRow(fixed, row.payload, row.salt, row.digest)

@@ -1,0 +1,107 @@
+"""The PostgreSQL ledger's schema, as numbered migrations applied on first use.
+
+Version 1 is the ledger itself: ``events`` partitioned by month on ``ts`` (the same
+indexed columns as SQLite, the exact canonical JSON in ``payload`` and a generated
+``doc`` JSONB copy for queries), the one-row ``ledger_head``, forwarder cursors and
+triggers that keep ``events`` append-only. Version 2 adds the expression index on the
+tool name inside the JSONB payload. A new version is appended to :data:`MIGRATIONS`;
+existing entries never change, because deployed databases have already run them.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+SCHEMA_VERSION = 2
+
+# ``payload`` holds the exact bytes that were digested; JSONB normalises JSON (key
+# order, whitespace, number spelling) and rejects the escaped NUL character, so it is
+# only a derived copy. Replacing the six characters ``\u0000`` keeps the text valid JSON
+# whichever way they parse (an escaped NUL, or an escaped backslash followed by
+# ``u0000``) and turns NUL into U+2400 in the query copy only.
+_V1 = r"""
+CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE events (
+    seq bigint NOT NULL,
+    event_id text NOT NULL,
+    ts timestamptz NOT NULL,
+    kind text NOT NULL,
+    phase text NOT NULL,
+    level text NOT NULL,
+    name text,
+    session_id text,
+    user_id text,
+    trace_id text,
+    span_id text,
+    parent_span_id text,
+    status text,
+    duration_ms double precision,
+    tokens bigint,
+    cost double precision,
+    payload text,
+    salt bytea,
+    digest bytea NOT NULL,
+    chain bytea NOT NULL,
+    doc jsonb GENERATED ALWAYS AS (replace(payload, '\u0000', '\u2400')::jsonb) STORED,
+    PRIMARY KEY (seq, ts)
+) PARTITION BY RANGE (ts);
+CREATE INDEX events_session ON events (session_id, seq);
+CREATE INDEX events_user ON events (user_id, ts);
+CREATE INDEX events_ts ON events (ts);
+CREATE INDEX events_kind ON events (kind, phase, name);
+CREATE INDEX events_trace ON events (trace_id, seq);
+CREATE TABLE ledger_head (
+    id integer PRIMARY KEY CHECK (id = 1),
+    seq bigint NOT NULL,
+    chain bytea NOT NULL
+);
+INSERT INTO ledger_head (id, seq, chain) VALUES (1, 0, decode(repeat('00', 32), 'hex'));
+CREATE TABLE sink_cursors (name text PRIMARY KEY, seq bigint NOT NULL, updated text NOT NULL);
+CREATE TABLE sink_errors (name text PRIMARY KEY, error text, at text NOT NULL);
+CREATE FUNCTION tracevault_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE' AND NEW.payload IS NULL AND NEW.salt IS NULL
+       AND NEW.seq = OLD.seq AND NEW.digest = OLD.digest AND NEW.chain = OLD.chain THEN
+        RETURN NEW;  -- erasure: the one permitted change
+    END IF;
+    IF TG_OP = 'UPDATE' THEN
+        RAISE EXCEPTION 'tracevault ledger is append-only (only erasure may clear a payload)';
+    END IF;
+    RAISE EXCEPTION 'tracevault ledger is append-only';
+END
+$$;
+CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+    FOR EACH ROW EXECUTE FUNCTION tracevault_append_only();
+CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+    FOR EACH ROW EXECUTE FUNCTION tracevault_append_only();
+CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION tracevault_append_only();
+"""
+
+# Tool statistics and ad-hoc JSONB queries look tools up by the name in the payload.
+_V2 = """
+CREATE INDEX events_tool ON events ((doc -> 'data' ->> 'tool_name'), ts)
+    WHERE kind = 'tool_call';
+"""
+
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2))
+
+# Key of the transaction-level advisory lock that serialises migrations between
+# processes opening the same database for the first time at once.
+MIGRATION_LOCK = 0x7472_6163_6576  # "tracev"
+
+
+def partition_name(month: str) -> str:
+    """Return the table name of the partition holding month ``YYYY-MM``."""
+    return f"events_p{month[:4]}{month[5:7]}"
+
+
+def partition_ddl(month: str) -> str:
+    """Return the statement creating the partition of month ``YYYY-MM``."""
+    year, mon = int(month[:4]), int(month[5:7])
+    start = date(year, mon, 1)
+    end = f"{year + 1:04d}-01-01" if mon == 12 else f"{year:04d}-{mon + 1:02d}-01"
+    return (
+        f"CREATE TABLE IF NOT EXISTS {partition_name(month)} PARTITION OF events "
+        f"FOR VALUES FROM ('{start.isoformat()} 00:00:00+00') TO ('{end} 00:00:00+00')"
+    )

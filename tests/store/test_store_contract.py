@@ -1,0 +1,363 @@
+"""The `Store` contract, run against both ledgers: SQLite and a real PostgreSQL.
+
+Each test gets an empty ledger of each kind (``backend``); what one backend does, the
+other must do identically: reading, sessions, stats, verification, tampering
+detection, forwarder cursors, several processes appending at once, the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tracevault
+from tracevault.cli import main
+from tracevault.ledger import encode_event
+from tracevault.schema import AuditEvent
+from tracevault.store import Store, open_store
+
+T0 = datetime(2026, 1, 31, 23, 0, tzinfo=timezone.utc)  # spans two months and days
+
+
+@dataclass
+class Backend:
+    """An empty ledger of one kind, and raw SQL access to it as an attacker would have."""
+
+    kind: str
+    url: str
+
+    def open(self) -> Store:
+        return open_store(self.url)
+
+    def attack(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run ``sql`` (``?`` placeholders) with the append-only triggers dropped."""
+        if self.kind == "sqlite":
+            conn = sqlite3.connect(self.url[len("sqlite:///") :], isolation_level=None)
+            try:
+                conn.execute("DROP TRIGGER IF EXISTS events_no_update")
+                conn.execute("DROP TRIGGER IF EXISTS events_no_delete")
+                return conn.execute(sql, params).fetchall()
+            finally:
+                conn.close()
+        import psycopg
+
+        from tracevault.store.postgres import to_pg
+
+        with psycopg.connect(self.url, autocommit=True) as pg:
+            pg.execute("DROP TRIGGER IF EXISTS events_no_update ON events")
+            pg.execute("DROP TRIGGER IF EXISTS events_no_delete ON events")
+            cur = pg.execute(to_pg(sql).encode(), params)
+            return cur.fetchall() if cur.description else []
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "sqlite":
+        return Backend("sqlite", f"sqlite:///{tmp_path / 'ledger.db'}")
+    return Backend("postgres", request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture()
+def store(backend: Backend) -> Iterator[Store]:
+    opened = backend.open()
+    yield opened
+    opened.close()
+
+
+def _ev(i: int, kind: str, **fields: Any) -> AuditEvent:
+    fields.setdefault("timestamp", T0 + timedelta(minutes=i))
+    return AuditEvent(event_id=f"ev-{i:04d}", kind=kind, **fields)
+
+
+def sample() -> list[AuditEvent]:
+    """Two users, three sessions, four runs, tools that succeed and fail, model calls."""
+    out: list[AuditEvent] = []
+    for run, (session, user) in enumerate(
+        [("s-a", "alice"), ("s-a", "alice"), ("s-b", "bob"), ("s-c", "alice")]
+    ):
+        base = run * 20
+        common = {"session_id": session, "user_id": user, "trace_id": f"run-{run}"}
+        out.append(_ev(base, "input", phase="point", data={"content": f"question {run}"}, **common))
+        for t, (tool, ms, status) in enumerate(
+            [("search", 10.0, "success"), ("search", 30.0, "success"), ("calc", 5.0, "error")]
+        ):
+            span = {"span_id": f"sp-{run}-{t}", **common}
+            out.append(
+                _ev(base + 1 + 2 * t, "tool_call", phase="start", name=tool,
+                    data={"tool_name": tool, "parameters": {"q": t}, "status": "pending"}, **span)
+            )  # fmt: skip
+            out.append(
+                _ev(base + 2 + 2 * t, "tool_call", phase="end", name=tool,
+                    data={"tool_name": tool, "result": "r", "status": status,
+                          "duration_ms": ms + run}, **span)
+            )  # fmt: skip
+        out.append(
+            _ev(base + 8, "llm_call", phase="end", name="gpt-x",
+                data={"model": "gpt-x", "usage": {"input": 7, "output": 3, "total": 10},
+                      "cost": 0.25}, **common)
+        )  # fmt: skip
+        if run == 2:
+            out.append(_ev(base + 9, "error", level="error", data={"message": "boom"}, **common))
+        out.append(_ev(base + 10, "output", phase="point", data={"content": "answer"}, **common))
+    return out
+
+
+def test_appended_events_read_back_exactly(store: Store) -> None:
+    events = sample()
+    assert store.head()[0] == 0 and store.count() == 0
+    assert store.append(events[:10]) == 10
+    assert store.append(events[10:]) == len(events)
+    assert store.count() == len(events) and store.head()[0] == len(events)
+    read = list(store.events())
+    assert [e.seq for e in read] == list(range(1, len(events) + 1))
+    assert [encode_event(e.event) for e in read] == [encode_event(e) for e in events]
+
+
+def test_event_filters(store: Store) -> None:
+    events = sample()
+    store.append(events)
+
+    def ids(**kw: Any) -> list[str]:
+        return [e.event.event_id for e in store.events(**kw)]
+
+    assert ids(session_id="s-b") == [e.event_id for e in events if e.session_id == "s-b"]
+    assert ids(trace_id="run-3") == [e.event_id for e in events if e.trace_id == "run-3"]
+    assert ids(kinds=["error", "llm_call"]) == [
+        e.event_id for e in events if e.kind in ("error", "llm_call")
+    ]
+    since, until = T0 + timedelta(minutes=20), T0 + timedelta(minutes=40)
+    assert ids(since=since, until=until) == [
+        e.event_id for e in events if since <= e.timestamp < until
+    ]
+    assert ids(after_seq=5, limit=3) == [e.event_id for e in events[5:8]]
+    assert ids(session_id="nobody") == []
+
+
+def test_sessions(store: Store) -> None:
+    store.append(sample())
+    sessions = {s.session_id: s for s in store.sessions()}
+    assert [s.session_id for s in store.sessions()] == ["s-c", "s-b", "s-a"]  # latest first
+    a = sessions["s-a"]
+    assert (a.user_id, a.events, a.runs, a.errors, a.tool_calls, a.tokens) == (
+        "alice", 18, 2, 0, 6, 20
+    )  # fmt: skip
+    assert a.cost == pytest.approx(0.5)
+    assert a.start == "2026-01-31T23:00:00.000000Z" and a.end == "2026-01-31T23:30:00.000000Z"
+    assert sessions["s-b"].errors == 1
+    assert [s.session_id for s in store.sessions(user_id="bob")] == ["s-b"]
+    assert [s.session_id for s in store.sessions(limit=1)] == ["s-c"]
+    late = store.sessions(since=T0 + timedelta(minutes=60))
+    assert [s.session_id for s in late] == ["s-c"]
+
+
+def test_stats(store: Store) -> None:
+    store.append(sample())
+    stats = store.stats()
+    tools = {t.tool: t for t in stats.tools}
+    assert (tools["search"].calls, tools["search"].errors) == (8, 0)
+    assert tools["search"].avg_ms == pytest.approx(21.5)
+    assert tools["search"].p95_ms == 33.0
+    assert (tools["calc"].calls, tools["calc"].errors, tools["calc"].error_rate) == (4, 4, 1.0)
+    assert [(m.model, m.calls, m.tokens) for m in stats.models] == [("gpt-x", 4, 40)]
+    assert stats.models[0].cost == pytest.approx(1.0)
+    days = {d.day: d for d in stats.days}
+    assert sorted(days) == ["2026-01-31", "2026-02-01"]
+    assert (days["2026-01-31"].runs, days["2026-01-31"].failed_runs) == (3, 1)
+    assert (days["2026-02-01"].runs, days["2026-02-01"].failed_runs) == (1, 0)
+    assert sum(d.events for d in stats.days) == len(sample())
+    early = store.stats(until=T0 + timedelta(minutes=20))
+    assert sum(d.events for d in early.days) == 9
+
+
+def test_verify_and_erasure(backend: Backend, store: Store) -> None:
+    store.append(sample())
+    report = store.verify()
+    assert report.ok and report.checked == len(sample()) and report.erased == 0
+    # Erasure (clearing payload and salt) is permitted by the triggers and still verifies.
+    if backend.kind == "sqlite":
+        conn = sqlite3.connect(backend.url[len("sqlite:///") :], isolation_level=None)
+        conn.execute("UPDATE events SET payload = NULL, salt = NULL WHERE seq = 2")
+        conn.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(backend.url, autocommit=True) as pg:
+            pg.execute("UPDATE events SET payload = NULL, salt = NULL WHERE seq = 2")
+    report = store.verify()
+    assert report.ok and report.erased == 1
+    erased = next(store.events(after_seq=1, limit=1))
+    assert erased.event.data == {"erased": True} and erased.event.session_id == "s-a"
+
+
+def _tamper_cases() -> list[tuple[str, str, tuple[Any, ...], int, str]]:
+    return [
+        ("column", "UPDATE events SET user_id = 'mallory' WHERE seq = 5", (), 5, "chain breaks"),
+        ("delete", "DELETE FROM events WHERE seq = 8", (), 8, "row 8 is missing"),
+        ("tail", "DELETE FROM events WHERE seq >= 35", (), 35, "ledger head says"),
+        ("erase-forged", "UPDATE events SET payload = NULL, salt = NULL, digest = ? WHERE seq = 3",
+         (b"\x00" * 32,), 3, "chain breaks"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", _tamper_cases(), ids=lambda c: c[0])
+def test_tampering_through_sql_is_detected(
+    backend: Backend, store: Store, case: tuple[str, str, tuple[Any, ...], int, str]
+) -> None:
+    store.append(sample())
+    _, sql, params, bad, reason = case
+    backend.attack(sql, params)
+    report = store.verify()
+    assert not report.ok
+    assert report.first_bad_seq == bad and reason in (report.reason or "")
+
+
+def test_changed_payload_and_swapped_rows_are_detected(backend: Backend, store: Store) -> None:
+    store.append(sample())
+    (payload,) = backend.attack("SELECT payload FROM events WHERE seq = 7")[0]
+    forged = payload.replace('"r"', '"R"')
+    assert forged != payload
+    backend.attack("UPDATE events SET payload = ? WHERE seq = 7", (forged,))
+    report = store.verify()
+    assert report.first_bad_seq == 7 and "does not match its digest" in (report.reason or "")
+    backend.attack("UPDATE events SET payload = ? WHERE seq = 7", (payload,))
+    assert store.verify().ok  # the original bytes verify again: nothing else was touched
+    backend.attack("UPDATE events SET seq = -1 WHERE seq = 10")
+    backend.attack("UPDATE events SET seq = 10 WHERE seq = 11")
+    backend.attack("UPDATE events SET seq = 11 WHERE seq = -1")
+    report = store.verify()
+    assert report.first_bad_seq == 10 and "chain breaks" in (report.reason or "")
+
+
+def test_triggers_refuse_changes(backend: Backend, store: Store) -> None:
+    store.append(sample())
+    if backend.kind == "sqlite":
+        conn = sqlite3.connect(backend.url[len("sqlite:///") :], isolation_level=None)
+        errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+        run = conn.execute
+    else:
+        import psycopg
+
+        pg = psycopg.connect(backend.url, autocommit=True)
+        errors = (psycopg.Error,)
+        run = pg.execute  # type: ignore[assignment]
+    for sql in ("UPDATE events SET name = 'x' WHERE seq = 1", "DELETE FROM events WHERE seq = 1"):
+        with pytest.raises(errors, match="append-only"):
+            run(sql)
+    assert store.count() == len(sample()) and store.verify().ok
+
+
+def test_cursors(store: Store) -> None:
+    assert store.get_cursor("otlp") == 0
+    store.set_cursor("otlp", 7)
+    store.set_cursor("otlp", 3)  # a cursor only moves forward
+    store.set_cursor("jsonl", 2)
+    assert (store.get_cursor("otlp"), store.get_cursor("jsonl")) == (7, 2)
+    store.set_sink_error("otlp", "HTTP 503")
+    cursors = {c.name: c for c in store.sink_cursors()}
+    assert cursors["otlp"].seq == 7 and cursors["otlp"].last_error == "HTTP 503"
+    assert cursors["otlp"].error_at is not None and cursors["jsonl"].last_error is None
+    store.set_sink_error("otlp", None)
+    assert {c.name: c.last_error for c in store.sink_cursors()} == {"otlp": None, "jsonl": None}
+
+
+def test_awkward_content_round_trips_and_verifies(store: Store) -> None:
+    events = [
+        _ev(1, "custom", name="nul\x00name", session_id="s\x00", data={"text": "a\x00b"}),
+        _ev(2, "custom", data={"escaped": "\\u0000 is not a NUL", "uni": "żółw 🐢"}),
+        _ev(3, "custom", data={"surrogate": "bad \ud800 half", "nan": float("nan")}),
+        _ev(4, "custom", data={"big": "x" * 300_000, "deep": [[[[[[[[1]]]]]]]]}),
+        _ev(5, "custom", timestamp=datetime(1999, 12, 31, 23, 59, 59, 999999, timezone.utc)),
+        _ev(6, "custom", timestamp=datetime(2031, 7, 1, tzinfo=timezone(timedelta(hours=5)))),
+        _ev(7, "tool_call", phase="end", data={"duration_ms": 0.1 + 0.2, "status": "success"}),
+        _ev(8, "llm_call", phase="end", data={"usage": {"total": 2**40}, "cost": 1e-12}),
+    ]
+    assert store.append(events) == len(events)
+    read = [e.event for e in store.events()]
+    assert read[0].data == {"text": "a\x00b"}
+    assert read[1].data == events[1].data
+    assert read[2].data["surrogate"] != events[2].data["surrogate"]  # repaired, not lost
+    assert len(read[3].data["big"]) == 300_000
+    assert read[4].timestamp == events[4].timestamp
+    assert read[5].timestamp == datetime(2031, 6, 30, 19, tzinfo=timezone.utc)
+    report = store.verify()
+    assert report.ok and report.checked == len(events)
+
+
+def test_the_pipeline_records_into_the_store(backend: Backend) -> None:
+    tracevault.configure(store=backend.url)
+    log = tracevault.AuditLogger(session_id="pipe", user_id="ann")
+    for i in range(50):
+        log.log_tool_call("lookup", {"i": i}, result=i, duration_ms=float(i))
+    assert tracevault.flush(30)
+    tracevault.shutdown()
+    store = backend.open()
+    try:
+        assert store.count() == 100 and store.verify().ok
+        (summary,) = store.sessions()
+        assert (summary.session_id, summary.tool_calls) == ("pipe", 50)
+    finally:
+        store.close()
+
+
+def test_cli_commands_work_unchanged(
+    backend: Backend, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store.append(sample())
+    url = ["--store", backend.url, "--json"]
+    assert main(["sessions", *url]) == 0
+    assert [s["session_id"] for s in json.loads(capsys.readouterr().out)] == ["s-c", "s-b", "s-a"]
+    assert main(["show", "s-b", *url]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["session"]["errors"] == 1 and len(shown["events"]) == 10
+    assert main(["stats", *url]) == 0
+    assert {t["tool"] for t in json.loads(capsys.readouterr().out)["tools"]} == {"search", "calc"}
+    assert main(["verify", *url]) == 0
+    assert json.loads(capsys.readouterr().out)["checked"] == len(sample())
+    assert main(["show", "s-b", "--store", backend.url]) == 0
+    assert "calc" in capsys.readouterr().out
+
+
+_WRITER = """
+import sys
+from datetime import datetime, timezone
+from tracevault.ids import uuid7
+from tracevault.schema import AuditEvent
+from tracevault.store import open_store
+
+url, worker, n, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+store = open_store(url)
+for start in range(0, n, batch):
+    store.append([
+        AuditEvent(event_id=uuid7(), timestamp=datetime.now(timezone.utc), kind="custom",
+                   session_id=f"worker-{worker}", data={"i": i})
+        for i in range(start, min(start + batch, n))
+    ])
+store.close()
+"""
+
+
+def test_eight_processes_keep_one_chain(backend: Backend, store: Store) -> None:
+    workers, per_worker = 8, 5_000
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _WRITER, backend.url, str(w), str(per_worker), "250"])
+        for w in range(workers)
+    ]  # fmt: skip
+    for p in procs:
+        assert p.wait(timeout=300) == 0
+    report = store.verify()
+    assert report.ok and report.checked == workers * per_worker == 40_000
+    assert store.head()[0] == 40_000
+    counts = {s.session_id: s.events for s in store.sessions()}
+    assert counts == {f"worker-{w}": per_worker for w in range(workers)}
+    for w in (0, workers - 1):  # each worker's events are stored in its own order
+        seen = [e.event.data["i"] for e in store.events(session_id=f"worker-{w}")]
+        assert seen == list(range(per_worker))
