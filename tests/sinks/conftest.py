@@ -340,3 +340,9 @@ def record_agent_run(session_id: str = "chat-7", user_id: str = "alice") -> str:
 @pytest.fixture
 def agent_run() -> Any:
     return record_agent_run
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A port on 127.0.0.1 where nothing listens (yet)."""
+    return free_port()

@@ -195,16 +195,16 @@ class Forwarder:
         self.sink.export(Batch(events, self._spans))
         last = events[-1].seq
         self.store.set_cursor(self.name, last)
-        with self._progress:
-            self._cursor = last
-            self.delivered += len(events)
-            self._progress.notify_all()
         if self.last_error is not None or not self._cleared:
             # also once per forwarder: an error persisted by an earlier process is stale now
             if self.last_error is not None:
                 log.warning("tracevault: sink %s delivers again", self.name)
             self._record_error(None)
             self._cleared = True
+        with self._progress:
+            self._cursor = last
+            self.delivered += len(events)
+            self._progress.notify_all()
         return len(events)
 
     def _record_error(self, error: str | None) -> None:

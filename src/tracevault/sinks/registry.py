@@ -9,7 +9,9 @@ The hook: :func:`tracevault.capture.install` calls :func:`pipeline_installed` wh
 a pipeline becomes active (``configure()`` or the first capture) or is removed
 (``shutdown()``). It starts one :class:`ForwarderGroup` per pipeline: a background
 thread opens the ledger, builds the sinks (importing their SDKs there, never on the
-caller's thread) and runs one :class:`Forwarder` per sink. At interpreter exit the group
+caller's thread) and runs one :class:`Forwarder` per sink (``TRACEVAULT_FORWARD_BATCH``
+events per request, default 500; retries back off up to ``TRACEVAULT_FORWARD_MAX_BACKOFF``
+seconds, default 60). At interpreter exit the group
 waits up to ``TRACEVAULT_FORWARD_EXIT_TIMEOUT`` seconds (default 5) for delivery of
 what is in the ledger; what is left is delivered by the next run or ``tracevault
 forward``.
@@ -125,8 +127,11 @@ class ForwarderGroup:
                     persist_error(self.store, label, self.errors[label])
             sink_names(sinks)
             if not self._closed:
-                self.forwarders = [Forwarder(self.store, s, batch_size=self.batch_size).start()
-                                   for s in sinks]
+                cap = float(os.environ.get("TRACEVAULT_FORWARD_MAX_BACKOFF") or 60.0)
+                self.forwarders = [
+                    Forwarder(self.store, s, batch_size=self.batch_size, max_backoff=cap).start()
+                    for s in sinks
+                ]
         except Exception as exc:
             self.errors["*"] = describe(exc)
             log.error("tracevault: forwarders not started: %s", self.errors["*"])
