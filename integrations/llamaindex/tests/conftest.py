@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import tracevault_llamaindex
+from tracevault_llamaindex.instrument import Installed
 
 import tracevault
-import tracevault_llamaindex
 from tracevault.testing import Capture, capture_events
-from tracevault_llamaindex.instrument import Installed
 
 # Shared helpers (li_agents) sit next to the tests; importlib mode does not add this
 # directory to sys.path by itself.

@@ -8,9 +8,9 @@ from typing import Any
 from llama_index.core.agent.workflow import FunctionAgent, ReActAgent
 from llama_index.core.llms import MockFunctionCallingLLM
 from llama_index.core.tools import FunctionTool
+from tracevault_llamaindex.testing import ScriptedReActLLM, tool_then_answer
 
 from tracevault.schema import AuditEvent, validate_event
-from tracevault_llamaindex.testing import ScriptedReActLLM, tool_then_answer
 
 
 def add(a: int, b: int) -> int:

@@ -6,16 +6,16 @@ import asyncio
 from typing import Any
 
 import pytest
-from li_agents import ADD, add, check_tree, function_agent, kinds, one, react_agent
+from li_agents import ADD, add, check_tree, function_agent, one, react_agent
 from llama_index.core.agent.workflow import AgentWorkflow, FunctionAgent
 from llama_index.core.base.llms.types import ToolCallBlock
 from llama_index.core.llms import ChatMessage, MockFunctionCallingLLM
 from llama_index.core.tools import FunctionTool
+from tracevault_llamaindex.instrument import Installed
+from tracevault_llamaindex.testing import tool_then_answer
 
 import tracevault
 from tracevault.testing import Capture
-from tracevault_llamaindex.instrument import Installed
-from tracevault_llamaindex.testing import tool_then_answer
 
 FUNCTION_AGENT_KINDS = [
     "agent", "input", "llm_call", "llm_call", "reasoning",
@@ -155,7 +155,8 @@ async def test_agent_workflow_hand_off(cap: Capture, instrumented: Installed) ->
     assert handoff.parent_span_id == router_turn
     assert handoff.data["parameters"] == {"to_agent": "weather", "reason": "needs the weather"}
     lookup_end = one(events, "tool_call", "end", tool_name="lookup")
-    assert lookup_end.parent_span_id == weather_turn and lookup_end.data["result"] == "sunny in Paris"
+    assert lookup_end.parent_span_id == weather_turn
+    assert lookup_end.data["result"] == "sunny in Paris"
     llm_parents = [e.parent_span_id for e in events if e.kind == "llm_call" and e.phase == "start"]
     assert llm_parents[0] == router_turn and set(llm_parents[1:]) == {weather_turn}
     # the router's turn ends before the weather agent's starts

@@ -6,16 +6,16 @@ import gc
 from typing import Any
 
 import pytest
-from li_agents import check_tree, one
+from li_agents import check_tree
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.agent.workflow import FunctionAgent
 from llama_index.core.embeddings import MockEmbedding
 from llama_index.core.llms import ChatMessage, MockFunctionCallingLLM, MockLLM
+from tracevault_llamaindex.instrument import Installed
+from tracevault_llamaindex.testing import ScriptedReActLLM
 
 from tracevault.schema import AuditEvent
 from tracevault.testing import Capture
-from tracevault_llamaindex.instrument import Installed
-from tracevault_llamaindex.testing import ScriptedReActLLM
 
 DOCS = [
     Document(text="Paris is the capital of France.", id_="france"),

@@ -52,6 +52,7 @@ class TracevaultCallbackHandler(BaseCallbackHandler):
         self.errors = 0
         # event_id -> (trace_id, parent, started, kind, name, level, session, user, model)
         self._open: dict[str, tuple[Any, ...]] = {}
+        self._llm_inputs: dict[str, tuple[Any, Any, Any]] = {}  # open LLM calls' inputs
         self._lock = threading.Lock()
 
     def _failed(self, where: str, exc: BaseException) -> None:
@@ -114,6 +115,8 @@ class TracevaultCallbackHandler(BaseCallbackHandler):
         step = _STEPS.get(event_type)
         if step is None:
             return
+        if step[0] == "llm_call" and self._nested(payload, parent_id):
+            return
         kind, name, level = step
         data: dict[str, Any]
         model = None
@@ -139,13 +142,33 @@ class TracevaultCallbackHandler(BaseCallbackHandler):
                                if k not in (EventPayload.SERIALIZED, EventPayload.EMBEDDINGS)}}
         if len(self._open) >= _MAX_OPEN:
             with self._lock:
-                self._open.pop(next(iter(self._open)), None)
+                oldest = next(iter(self._open))
+                self._open.pop(oldest, None)
+                self._llm_inputs.pop(oldest, None)
+        if kind == "llm_call":
+            self._llm_inputs[event_id] = (parent_id, payload.get(EventPayload.MESSAGES),
+                                          payload.get(EventPayload.SERIALIZED))
         self._open[event_id] = (trace_id, parent_span, time.perf_counter(), kind, name, level,
                                 session, user, model)
         self._emit(kind, "start", level, name, data, trace_id, event_id, parent_span, session,
                    user)
 
+    def _nested(self, payload: dict[str, Any], parent_id: str) -> bool:
+        # achat() reports its inner chat() (same message list) and CustomLLM.chat() its
+        # inner complete() (same model, a prompt instead of messages): one record per call.
+        messages = payload.get(EventPayload.MESSAGES)
+        serialized = payload.get(EventPayload.SERIALIZED)
+        for other in list(self._llm_inputs.values()):
+            if other[0] != parent_id:
+                continue
+            if messages is not None and other[1] is messages:
+                return True
+            if messages is None and other[1] is not None and other[2] == serialized:
+                return True
+        return False
+
     def _end(self, event_type: CBEventType, payload: dict[str, Any], event_id: str) -> None:
+        self._llm_inputs.pop(event_id, None)
         entry = self._open.pop(event_id, None)
         if entry is None:
             return

@@ -18,6 +18,8 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+from llama_index_instrumentation.dispatcher import active_instrument_tags
+
 from tracevault import capture
 from tracevault.context import current_scope, current_span
 from tracevault.snapshot import describe_exception
@@ -154,6 +156,8 @@ class Recorder:
         """Return ``(session_id, user_id)``: instrument_tags, then parent or context, then
         the defaults given to :func:`instrument`."""
         session = user = None
+        if tags is None:  # e.g. workflow run spans: the tags are only in the context
+            tags = active_instrument_tags.get()
         if tags:
             session = tags.get("session_id") or tags.get("tracevault.session_id")
             user = tags.get("user_id") or tags.get("tracevault.user_id")

@@ -23,6 +23,7 @@ from llama_index.core.base.llms.types import (
     ToolCallBlock,
 )
 from llama_index.core.llms import CustomLLM
+from pydantic import Field
 from llama_index.core.llms.callbacks import llm_completion_callback
 
 ToolPlan = Callable[[str], Sequence[tuple[str, dict[str, Any]]]]
@@ -69,7 +70,7 @@ class ScriptedReActLLM(CustomLLM):
     model_name: str = "gpt-4o-mini"
     thought: str = "I need to use a tool."
     action: str = "add"
-    action_input: dict[str, Any] = {}
+    action_input: dict[str, Any] = Field(default_factory=dict)
     final_thought: str = "I can answer without using any more tools."
     answer: str = "Done."
     prompt_tokens: int = 120

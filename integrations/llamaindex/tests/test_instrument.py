@@ -1,0 +1,199 @@
+"""instrument()/uninstrument(), session precedence, failure isolation, cross-framework
+nesting, the legacy CallbackManager handler, the public surface and auto-enable."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tracevault_llamaindex
+from li_agents import check_tree, react_agent
+from llama_index.core.callbacks import CallbackManager
+from llama_index.core.instrumentation import dispatcher as _dispatcher_module  # noqa: F401
+from llama_index.core.instrumentation.dispatcher import instrument_tags
+from llama_index.core.llms import ChatMessage, MockLLM
+from llama_index_instrumentation import get_dispatcher
+from tracevault_llamaindex import callbacks, llm, usage
+from tracevault_llamaindex.instrument import Installed
+
+import tracevault
+from tracevault.testing import Capture
+
+
+def test_public_surface() -> None:
+    assert sorted(tracevault_llamaindex.__all__) == [
+        "TracevaultCallbackHandler", "TracevaultEventHandler", "TracevaultSpanHandler",
+        "handler_errors", "instrument", "is_instrumented", "uninstrument",
+    ]
+
+
+def test_uninstrument_restores_the_dispatcher() -> None:
+    tracevault_llamaindex.uninstrument()
+    dispatcher = get_dispatcher()
+    spans_before = list(dispatcher.span_handlers)
+    events_before = list(dispatcher.event_handlers)
+    first = tracevault_llamaindex.instrument()
+    second = tracevault_llamaindex.instrument(session_id="s2")
+    assert second is first and tracevault_llamaindex.is_instrumented()
+    assert first.recorder.session_id == "s2"  # a second call only updates the defaults
+    assert dispatcher.span_handlers == [*spans_before, first.span_handler]
+    assert dispatcher.event_handlers == [*events_before, first.event_handler]
+    tracevault_llamaindex.uninstrument()
+    tracevault_llamaindex.uninstrument()  # idempotent
+    assert not tracevault_llamaindex.is_instrumented()
+    assert len(dispatcher.span_handlers) == len(spans_before)
+    assert all(a is b for a, b in zip(dispatcher.span_handlers, spans_before, strict=True))
+    assert all(a is b for a, b in zip(dispatcher.event_handlers, events_before, strict=True))
+
+
+async def test_instrument_twice_records_once(cap: Capture, instrumented: Installed) -> None:
+    assert tracevault_llamaindex.instrument() is instrumented
+    await react_agent().run(user_msg="Add 2 and 3")
+    events = cap.events()
+    check_tree(events)
+    assert [e.phase for e in events if e.kind == "llm_call"] == ["start", "end"] * 2
+    assert sum(e.kind == "tool_call" for e in events) == 2
+
+
+async def test_nothing_recorded_after_uninstrument(cap: Capture, instrumented: Installed) -> None:
+    tracevault_llamaindex.uninstrument()
+    await react_agent().run(user_msg="Add 2 and 3")
+    assert cap.events() == []
+
+
+async def test_session_and_user_precedence(cap: Capture, instrumented: Installed) -> None:
+    tracevault_llamaindex.instrument(session_id="default-session", user_id="default-user")
+    await react_agent().run(user_msg="first")
+    with tracevault.context(session_id="context-session"):
+        await react_agent().run(user_msg="second")
+        with instrument_tags({"session_id": "tag-session", "user_id": "tag-user"}):
+            await react_agent().run(user_msg="third")
+    events = cap.events()
+    by_input = {}
+    for event in events:
+        by_input.setdefault(event.trace_id, set()).add((event.session_id, event.user_id))
+    inputs = {e.data["content"]: e.trace_id for e in events if e.kind == "input"}
+    assert by_input[inputs["first"]] == {("default-session", "default-user")}
+    assert by_input[inputs["second"]] == {("context-session", "default-user")}
+    assert by_input[inputs["third"]] == {("tag-session", "tag-user")}
+
+
+async def test_handler_failures_never_reach_the_agent(
+    cap: Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        raise ValueError("bug in the handler")
+
+    monkeypatch.setattr(llm, "start", broken)
+    tracevault_llamaindex.uninstrument()
+    tracevault_llamaindex.instrument()
+    try:
+        result = await react_agent().run(user_msg="Add 2 and 3")
+        assert str(result) == "It is 5."
+        assert calls and tracevault_llamaindex.handler_errors() == len(calls)  # all counted
+        events = cap.events()
+        assert not any(e.kind == "llm_call" for e in events)
+        assert sum(e.kind == "tool_call" for e in events) == 2  # the rest still recorded
+    finally:
+        tracevault_llamaindex.uninstrument()
+
+
+def test_query_inside_another_frameworks_step_joins_its_tree(
+    cap: Capture, instrumented: Installed
+) -> None:
+    from llama_index.core import Document, VectorStoreIndex
+    from llama_index.core.embeddings import MockEmbedding
+
+    index = VectorStoreIndex.from_documents(
+        [Document(text="Paris is in France.")], embed_model=MockEmbedding(embed_dim=4))
+    engine = index.as_query_engine(llm=MockLLM(max_tokens=3))
+    log = tracevault.AuditLogger(session_id="one-session", user_id="ann")
+    with tracevault.context(session_id="one-session", user_id="ann"), log.tool_call(
+        "ask_docs", {"question": "Where is Paris?"}
+    ) as call:
+        call.result = str(engine.query("Where is Paris?"))
+    events = [e for e in cap.events() if e.name != "embedding" or e.parent_span_id]
+    tool = next(e for e in events if e.kind == "tool_call" and e.phase == "start")
+    query = next(e for e in events if e.kind == "chain" and e.name == "query")
+    assert query.parent_span_id == tool.span_id
+    assert {e.trace_id for e in events} == {tool.trace_id}
+    assert {e.session_id for e in events} == {"one-session"}
+    assert {e.framework for e in events} == {"manual", "llamaindex"}
+    check_tree(events)
+
+
+def test_legacy_callback_handler(cap: Capture) -> None:
+    handler = tracevault_llamaindex.TracevaultCallbackHandler(session_id="legacy", user_id="u")
+    model = MockLLM(max_tokens=3, callback_manager=CallbackManager([handler]))
+    model.chat([ChatMessage(role="user", content="hello")])
+    events = cap.events()
+    check_tree(events)
+    assert [(e.kind, e.phase) for e in events] == [("llm_call", "start"), ("llm_call", "end")]
+    start, end = events
+    assert start.data["messages"] == [{"role": "user", "content": "hello"}]
+    assert end.data["response"] == "text text text" and end.data["status"] == "success"
+    assert {e.session_id for e in events} == {"legacy"}
+    assert handler.errors == 0
+
+
+def test_legacy_handler_failures_never_break_the_call(
+    cap: Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        raise ValueError("bug in the handler")
+
+    monkeypatch.setattr(usage, "model_of", broken)
+    handler = callbacks.TracevaultCallbackHandler()
+    model = MockLLM(max_tokens=2, callback_manager=CallbackManager([handler]))
+    response = model.chat([ChatMessage(role="user", content="hello")])
+    assert response.message.content == "text text"
+    assert calls and handler.errors == len(calls)
+    assert cap.events() == []
+
+
+@pytest.mark.skipif(
+    not Path(tracevault.__file__).with_name("autoenable.py").exists(),
+    reason="the core auto-enable mechanism is not installed",
+)
+def test_auto_enable_without_code_change(tmp_path: Path) -> None:
+    db = tmp_path / "auto.db"
+    script = textwrap.dedent("""
+        import asyncio, json
+        import tracevault
+        from llama_index.core.agent.workflow import ReActAgent
+        from llama_index.core.tools import FunctionTool
+        from tracevault_llamaindex.testing import ScriptedReActLLM
+
+        def add(a: int, b: int) -> int:
+            "Add two integers."
+            return a + b
+
+        async def main():
+            agent = ReActAgent(tools=[FunctionTool.from_defaults(add)],
+                               llm=ScriptedReActLLM(action_input={"a": 1, "b": 2}))
+            await agent.run(user_msg="1 + 2?")
+
+        asyncio.run(main())
+        tracevault.flush()
+        store = tracevault.open_store(%r)
+        print(json.dumps([e.event.kind for e in store.events()]))
+    """) % f"sqlite:///{db}"
+    env = {**os.environ, "TRACEVAULT_ENABLED": "true", "TRACEVAULT_STORE": f"sqlite:///{db}"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    kinds = json.loads(done.stdout.strip().splitlines()[-1])
+    assert kinds == ["agent", "input", "llm_call", "llm_call", "reasoning", "tool_call",
+                     "tool_call", "llm_call", "llm_call", "reasoning", "output", "agent"]
