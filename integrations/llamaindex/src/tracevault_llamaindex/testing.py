@@ -23,8 +23,8 @@ from llama_index.core.base.llms.types import (
     ToolCallBlock,
 )
 from llama_index.core.llms import CustomLLM
-from pydantic import Field
 from llama_index.core.llms.callbacks import llm_completion_callback
+from pydantic import Field
 
 ToolPlan = Callable[[str], Sequence[tuple[str, dict[str, Any]]]]
 
