@@ -347,10 +347,11 @@ store.close()
 
 def test_eight_processes_keep_one_chain(backend: Backend, store: Store) -> None:
     workers, per_worker = 8, 5_000
+    args = [str(per_worker), "250"]
     procs = [
-        subprocess.Popen([sys.executable, "-c", _WRITER, backend.url, str(w), str(per_worker), "250"])
+        subprocess.Popen([sys.executable, "-c", _WRITER, backend.url, str(w), *args])
         for w in range(workers)
-    ]  # fmt: skip
+    ]
     for p in procs:
         assert p.wait(timeout=300) == 0
     report = store.verify()

@@ -399,37 +399,33 @@ class PostgresStore(SQLStore):
                 conn.execute(partition_ddl(month).encode())
         return new
 
-    def copy_rows(self, rows: Sequence[Sequence[Any]], after: tuple[int, bytes]) -> int:
+    def copy_rows(
+        self, rows: Sequence[Sequence[Any]], after: tuple[int, bytes], head: tuple[int, bytes]
+    ) -> None:
         """Store rows of another ledger exactly as they are (``seq``, columns with ``ts``
-        as text, ``payload``, ``salt``, ``digest``, ``chain``), after ``after`` = the
-        (seq, chain) this ledger's head must have. Return the new head seq."""
-        if not rows:
-            return after[0]
+        as text, ``payload``, ``salt``, ``digest``, ``chain``) after ``after``, the
+        (seq, chain) this ledger's head must have; then set the head to ``head``."""
         with self._write_lock:
             conn, _ = self._writer_conn()
             try:
                 with conn.transaction():
-                    head = conn.execute(_HEAD + " FOR UPDATE").fetchone()
-                    if head is None or (int(head[0]), bytes(head[1])) != after:
+                    found = conn.execute(_HEAD + " FOR UPDATE").fetchone()
+                    if found is None or (int(found[0]), bytes(found[1])) != after:
                         raise StoreError(
                             f"PostgreSQL ledger {self.where} changed during the copy "
-                            f"(head is #{head[0] if head else '?'}, expected #{after[0]})"
+                            f"(head is #{found[0] if found else '?'}, expected #{after[0]})"
                         )
                     created = self._ensure_partitions(conn, {str(r[2])[:7] for r in rows})
                     with conn.cursor().copy(_COPY) as copy:
                         for r in rows:
                             copy.write_row(r)
-                    conn.execute(
-                        "UPDATE ledger_head SET seq = %s, chain = %s WHERE id = 1",
-                        (rows[-1][0], bytes(rows[-1][-1])),
-                    )
+                    conn.execute("UPDATE ledger_head SET seq = %s, chain = %s WHERE id = 1", head)
             except psycopg.OperationalError as exc:
                 self._drop_writer()
                 raise self._error("cannot copy into", exc) from None
             except psycopg.Error as exc:
                 raise self._error("cannot copy into", exc) from None
             self._months |= created
-        return int(rows[-1][0])
 
     # --- forwarder cursors ------------------------------------------------------------
 
