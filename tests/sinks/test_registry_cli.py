@@ -1,0 +1,97 @@
+"""Choosing sinks (TRACEVAULT_SINKS / configure), the capture hook, status and forward."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import tracevault
+from tracevault.cli import main
+from tracevault.sinks import registry
+from tracevault.testing import capture_events
+
+
+def test_parse_names_and_reject_unknown_ones():
+    assert registry.parse("otlp, JSONL,langfuse") == ["otlp", "jsonl", "langfuse"]
+    with pytest.raises(ValueError, match="choose from"):
+        registry.parse("otlp,datadog")
+
+
+def test_env_starts_forwarders_with_the_pipeline(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACEVAULT_SINKS", "jsonl")
+    monkeypatch.setenv("TRACEVAULT_JSONL_DIR", str(tmp_path / "out"))
+    with capture_events(tmp_path) as cap:
+        tracevault.AuditLogger(session_id="s").log_input("hi")
+        assert registry.flush(30)
+        ids = {e.event_id for e in cap.events()}
+    assert registry.active() is None  # shutdown stopped the forwarders
+    lines = [json.loads(x) for p in (tmp_path / "out").iterdir() for x in p.read_text().split("\n")
+             if x]
+    assert {line["event_id"] for line in lines} == ids
+
+
+def test_configure_sinks_overrides_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACEVAULT_SINKS", "jsonl")
+    with capture_events(tmp_path, sinks=[]):
+        assert registry.active() is None
+
+
+def test_a_sink_that_cannot_start_is_reported_and_the_others_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("LANGFUSE_PUBLIC_KEY", raising=False)
+    monkeypatch.delenv("LANGFUSE_SECRET_KEY", raising=False)
+    monkeypatch.setenv("TRACEVAULT_JSONL_DIR", str(tmp_path / "out"))
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    with capture_events(url, sinks=["langfuse", "jsonl"]):
+        tracevault.AuditLogger().log_input("hi")
+        group = registry.active()
+        assert group is not None
+        assert registry.flush(30) is False  # langfuse could not start
+        assert "LANGFUSE_PUBLIC_KEY" in group.errors["langfuse"]
+        assert [f.name for f in group.forwarders] == ["jsonl"]
+    assert main(["status", "--store", url, "--json"]) == 0
+    rows = {r["sink"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["jsonl"]["lag"] == 0
+    assert "LANGFUSE_PUBLIC_KEY" in rows["langfuse"]["last_error"]
+
+
+def test_forward_drains_once_and_status_shows_cursor_and_lag(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("TRACEVAULT_SINKS", raising=False)
+    monkeypatch.setenv("TRACEVAULT_JSONL_DIR", str(tmp_path / "out"))
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    with capture_events(url):
+        log = tracevault.AuditLogger()
+        for i in range(7):
+            log.log_event("e", i)
+    assert main(["status", "--store", url, "--sink", "jsonl", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["sink"], row["cursor"], row["lag"]) == ("jsonl", 0, 7)
+    assert main(["forward", "--store", url, "--sink", "jsonl"]) == 0
+    assert "delivered 7 events" in capsys.readouterr().out
+    assert main(["status", "--store", url, "--sink", "jsonl"]) == 0
+    text = capsys.readouterr().out
+    assert "jsonl" in text and " 7 " in text
+
+
+def test_forward_exits_1_when_a_sink_stays_down(tmp_path, monkeypatch, capsys, unused_port):
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{unused_port}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
+    monkeypatch.setenv("TRACEVAULT_OTEL_METRICS", "false")
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    with capture_events(url):
+        with tracevault.AuditLogger().span("a"):
+            pass
+    assert main(["forward", "--store", url, "--sink", "otlp", "--timeout", "1"]) == 1
+    assert "failed" in capsys.readouterr().err
+    assert main(["status", "--store", url, "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["lag"] == 2 and "unreachable" in row["last_error"]
+
+
+def test_forward_without_sinks_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("TRACEVAULT_SINKS", raising=False)
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    with capture_events(url):
+        tracevault.AuditLogger().log_input("x")
+    assert main(["forward", "--store", url]) == 2
+    assert "TRACEVAULT_SINKS" in capsys.readouterr().err
