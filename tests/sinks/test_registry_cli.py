@@ -78,9 +78,8 @@ def test_forward_exits_1_when_a_sink_stays_down(tmp_path, monkeypatch, capsys, u
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
     monkeypatch.setenv("TRACEVAULT_OTEL_METRICS", "false")
     url = f"sqlite:///{tmp_path}/ledger.db"
-    with capture_events(url):
-        with tracevault.AuditLogger().span("a"):
-            pass
+    with capture_events(url), tracevault.AuditLogger().span("a"):
+        pass
     assert main(["forward", "--store", url, "--sink", "otlp", "--timeout", "1"]) == 1
     assert "failed" in capsys.readouterr().err
     assert main(["status", "--store", url, "--json"]) == 0
