@@ -27,7 +27,7 @@ from typing import Any
 
 from tracevault.redaction.detectors import CATEGORIES, PII_DETECTORS, Detector
 from tracevault.redaction.scanner import Scanner
-from tracevault.redaction.secrets import SECRET_DETECTORS, normalize_name
+from tracevault.redaction.secrets import SECRET_DETECTORS, is_secret_name, normalize_name
 
 MODES: tuple[str, ...] = ("default", "strict", "off")
 ENV_MODE = "TRACEVAULT_REDACT"
@@ -151,6 +151,28 @@ class Policy:
     @cached_property
     def _normalizers(self) -> dict[str, Any]:
         return {d.name: d.normalize for d in self.active_detectors if d.normalize is not None}
+
+    @cached_property
+    def key_kinds(self) -> dict[str, int]:
+        """Cache of :meth:`classify_key` results (field names repeat across events)."""
+        return {}
+
+    def classify_key(self, key: str) -> int:
+        """Return how the Redactor treats a dict key: 0 = scan its value, 1 = its value is
+        a secret, 2 = allowed field (kept as is), 4|0 = also scan the key itself."""
+        if self.allow_fields and normalize_name(key) in self.allow_fields:
+            kind = 2
+        elif "SECRET" not in self.disabled and is_secret_name(key, self.secret_fields):
+            kind = 1
+        elif len(key) >= 5 and ("@" in key or any("0" <= c <= "9" for c in key)):
+            kind = 4
+        else:
+            kind = 0
+        cache = self.key_kinds
+        if len(cache) >= 50_000:  # keys made of data (ids as keys) must not grow it forever
+            cache.clear()
+        cache[key] = kind
+        return kind
 
     def allowed(self, value: str) -> bool:
         """Return whether ``value`` is on the allow-list."""

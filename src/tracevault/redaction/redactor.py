@@ -19,6 +19,7 @@ names no value; the pipeline then withholds the event's payload (fail closed).
 from __future__ import annotations
 
 import bisect
+from itertools import accumulate
 from collections.abc import Callable
 from typing import Any
 
@@ -26,87 +27,114 @@ import orjson
 
 from tracevault.redaction.policy import Policy
 from tracevault.redaction.scanner import SEPARATOR, Finding
-from tracevault.redaction.secrets import is_secret_name, normalize_name
 from tracevault.schema import AuditEvent
 
 REDACTIONS_KEY = "redactions"
 _MAX_JSON_DEPTH = 64
 _INT_SCAN_MIN = 10**6  # shorter integers cannot be any detected value
+_JSON_START = "{[ \t\r\n"
 
 
 class RedactionError(RuntimeError):
     """Redaction failed on an event; the message never contains event data."""
 
 
-class _Slot:
-    """Where one scanned string lives, so its replacement can be written back."""
+# A path is built lazily (formatted only when something is redacted): a root name, or
+# (parent, key, how) with how = "." (dict key), "[]" (list index) or "(json)".
+Path = Any
+_KEY_NORMAL, _KEY_SECRET, _KEY_ALLOWED, _KEY_SCAN = 0, 1, 2, 4
 
-    __slots__ = ("container", "is_key", "json_scopes", "key", "path", "text")
 
-    def __init__(self, container: Any, key: Any, path: str, text: str, is_key: bool,
-                 json_scopes: tuple[int, ...]) -> None:
-        self.container = container
-        self.key = key
-        self.path = path
-        self.text = text
-        self.is_key = is_key
-        self.json_scopes = json_scopes
+def format_path(path: Path) -> str:
+    """Return the dotted text form of a lazily built path."""
+    parts: list[str] = []
+    while isinstance(path, tuple):
+        parent, key, how = path
+        parts.append(f"[{key}]" if how == "[]" else "(json)" if how == "(json)" else
+                     f".{key}" if isinstance(parent, tuple) or parent else str(key))
+        path = parent
+    parts.append(path)
+    return "".join(reversed(parts))
 
 
 class _Walk:
-    """One pass over a value: collect strings, apply field-name rules, write back."""
+    """One pass over a value: collect strings, apply field-name rules, write back.
+
+    Strings to scan are kept in ``texts``; ``places[i]`` says where ``texts[i]`` lives:
+    ``(container, key, parent path, how, is_key, json scopes)``.
+    """
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
-        self.secret_fields = "SECRET" not in policy.disabled
-        self.slots: list[_Slot] = []
-        self.counts: dict[tuple[str, str], int] = {}
-        self.json_slots: list[tuple[Any, Any, Any, str]] = []  # container, key, parsed, path
+        self.key_kinds = policy.key_kinds
+        self.texts: list[str] = []
+        self.places: list[tuple[Any, Any, Path, str, bool, tuple[int, ...]]] = []
+        self.counts: dict[tuple[Path, str], int] = {}
+        self.json_slots: list[tuple[Any, Any, Any]] = []  # container, key, parsed
         self.json_changed: set[int] = set()
         self.renames: list[tuple[dict[str, Any], str, str]] = []
         self.scopes: tuple[int, ...] = ()
 
-    def count(self, path: str, category: str, n: int = 1) -> None:
+    def count(self, path: Path, category: str) -> None:
         key = (path, category)
-        self.counts[key] = self.counts.get(key, 0) + n
+        self.counts[key] = self.counts.get(key, 0) + 1
         self.json_changed.update(self.scopes)
 
     # --- collect --------------------------------------------------------------------------
 
-    def visit(self, value: Any, container: Any, key: Any, path: str, depth: int) -> None:
+    def visit(self, value: Any, container: Any, key: Any, parent: Path, how: str,
+              depth: int) -> None:
         cls = type(value)
         if cls is str:
             if len(value) >= 5:
-                if value[0] in "{[" or value[:1].isspace():
+                if value[0] in _JSON_START:
                     parsed = self._json(value, depth)
                     if parsed is not None:
-                        self._visit_json(parsed, container, key, path, depth)
+                        self._visit_json(parsed, container, key, (parent, key, how), depth)
                         return
-                self.slots.append(_Slot(container, key, path, value, False, self.scopes))
+                self.texts.append(value)
+                self.places.append((container, key, parent, how, False, self.scopes))
         elif cls is dict:
-            self._visit_dict(value, path, depth)
+            self._visit_dict(value, (parent, key, how) if how else key, depth)
         elif cls is list:
+            path = (parent, key, how) if how else key
             for i, item in enumerate(value):
-                self.visit(item, value, i, f"{path}[{i}]", depth + 1)
+                if type(item) is not str or len(item) >= 5:
+                    self.visit(item, value, i, path, "[]", depth + 1)
         elif cls is int and (value >= _INT_SCAN_MIN or value <= -_INT_SCAN_MIN):
-            self.slots.append(_Slot(container, key, path, str(value), False, self.scopes))
+            self.texts.append(str(value))
+            self.places.append((container, key, parent, how, False, self.scopes))
 
-    def _visit_dict(self, value: dict[str, Any], path: str, depth: int) -> None:
-        policy = self.policy
-        prefix = f"{path}." if path else ""
+    def _visit_dict(self, value: dict[str, Any], path: Path, depth: int) -> None:
+        # The hot loop of the walk: the common cases are inlined.
+        kinds = self.key_kinds
+        texts, places, scopes = self.texts, self.places, self.scopes
         for k, item in value.items():
-            sub = f"{prefix}{k}"
-            if policy.allow_fields and normalize_name(k) in policy.allow_fields:
-                continue
-            if self.secret_fields and is_secret_name(k, policy.secret_fields):
+            kind = kinds.get(k)
+            if kind is None:
+                kind = self.policy.classify_key(k)
+            if kind == _KEY_NORMAL:
+                cls = type(item)
+                if cls is str:
+                    if len(item) >= 5:
+                        if item[0] in _JSON_START:
+                            self.visit(item, value, k, path, ".", depth + 1)
+                        else:
+                            texts.append(item)
+                            places.append((value, k, path, ".", False, scopes))
+                elif cls is dict or cls is list or (
+                        cls is int and (item >= _INT_SCAN_MIN or item <= -_INT_SCAN_MIN)):
+                    self.visit(item, value, k, path, ".", depth + 1)
+            elif kind & _KEY_SCAN:
+                texts.append(k)
+                places.append((value, k, (path, k, "."), "[]", True, self.scopes))
+                self.visit(item, value, k, path, ".", depth + 1)
+            elif kind == _KEY_SECRET:
                 if item is not None and item is not True and item is not False and item != "":
                     if not (isinstance(item, str) and item.startswith("[SECRET")):
-                        value[k] = policy.replacement("SECRET", _text_of(item), "field")
-                        self.count(sub, "SECRET")
-                continue
-            if len(k) >= 5 and ("@" in k or any("0" <= c <= "9" for c in k)):
-                self.slots.append(_Slot(value, k, f"{sub}(key)", k, True, self.scopes))
-            self.visit(item, value, k, sub, depth + 1)
+                        value[k] = self.policy.replacement("SECRET", _text_of(item), "field")
+                        self.count((path, k, "."), "SECRET")
+            # _KEY_ALLOWED: kept as it is
 
     def _json(self, text: str, depth: int) -> Any:
         stripped = text.strip()
@@ -119,49 +147,44 @@ class _Walk:
             return None
         return parsed if isinstance(parsed, (dict, list)) else None
 
-    def _visit_json(self, parsed: Any, container: Any, key: Any, path: str, depth: int) -> None:
+    def _visit_json(self, parsed: Any, container: Any, key: Any, path: Path, depth: int) -> None:
         index = len(self.json_slots)
-        self.json_slots.append((container, key, parsed, path))
+        self.json_slots.append((container, key, parsed))
         outer = self.scopes
         self.scopes = (*outer, index)
         try:
-            holder = [parsed]
-            self.visit(parsed, holder, 0, f"{path}(json)", depth + 1)
-            self.json_slots[index] = (container, key, holder[0], path)
+            self.visit(parsed, None, "", path, "(json)", depth + 1)
         finally:
             self.scopes = outer
 
     # --- scan and write back --------------------------------------------------------------
 
     def apply(self) -> None:
-        slots = self.slots
-        if slots:
-            texts = [s.text for s in slots]
-            joined = SEPARATOR.join(texts)
-            starts: list[int] = []
-            offset = 0
-            for t in texts:
-                starts.append(offset)
-                offset += len(t) + 1
-            per_slot: dict[int, list[Finding]] = {}
-            for f in self.policy.scanner.scan(joined):
-                i = bisect.bisect_right(starts, f.start) - 1
-                base = starts[i]
-                per_slot.setdefault(i, []).append(
-                    f._replace(start=f.start - base, end=min(f.end, base + len(texts[i])) - base))
-            for i, findings in per_slot.items():
-                self._replace(slots[i], findings)
+        texts = self.texts
+        if texts:
+            findings = self.policy.scanner.scan(SEPARATOR.join(texts))
+            if findings:
+                starts = [0, *accumulate(len(t) + 1 for t in texts)]
+                per_text: dict[int, list[Finding]] = {}
+                for f in findings:
+                    i = bisect.bisect_right(starts, f.start) - 1
+                    base = starts[i]
+                    per_text.setdefault(i, []).append(f._replace(
+                        start=f.start - base, end=min(f.end, base + len(texts[i])) - base))
+                for i, found in per_text.items():
+                    self._replace(texts[i], self.places[i], found)
         for container, old, new in reversed(self.renames):
             _rename(container, old, new)
         for index in sorted(self.json_changed, reverse=True):
-            container, key, parsed, _ = self.json_slots[index]
+            container, key, parsed = self.json_slots[index]
             container[key] = orjson.dumps(parsed).decode()
 
-    def _replace(self, slot: _Slot, findings: list[Finding]) -> None:
-        text = slot.text
+    def _replace(self, text: str, place: tuple[Any, Any, Path, str, bool, tuple[int, ...]],
+                 findings: list[Finding]) -> None:
+        container, key, parent, how, is_key, scopes = place
+        path = (parent, "key", how) if is_key else (parent, key, how) if how else key
         parts: list[str] = []
         last = 0
-        changed = False
         for f in findings:
             value = text[f.start:f.end]
             if self.policy.allowed(value):
@@ -169,20 +192,28 @@ class _Walk:
             parts.append(text[last:f.start])
             parts.append(self.policy.replacement(f.category, value, f.detector))
             last = f.end
-            changed = True
-            self.scopes = slot.json_scopes
-            self.count(slot.path, f.category)
-        if not changed:
+            self.scopes = scopes
+            self.count(path, f.category)
+        if not parts:
             return
         parts.append(text[last:])
         new = "".join(parts)
-        if slot.is_key:
-            self.renames.append((slot.container, slot.key, new))
+        if is_key:
+            self.renames.append((container, key, new))
         else:
-            slot.container[slot.key] = new
+            container[key] = new
+
+    def _safe(self, path: str) -> str:
+        # A dict key may itself be a value ({"bob@example.com": ...}): the recorded path
+        # must not carry it.
+        findings = self.policy.scanner.scan(path)
+        for f in reversed(findings):
+            path = f"{path[:f.start]}[{f.category}]{path[f.end:]}"
+        return path
 
     def report(self) -> list[dict[str, Any]]:
-        return [{"path": p, "category": c, "count": n} for (p, c), n in sorted(self.counts.items())]
+        rows = [(self._safe(format_path(p)), c, n) for (p, c), n in self.counts.items()]
+        return [{"path": p, "category": c, "count": n} for p, c, n in sorted(rows)]
 
 
 def _text_of(value: Any) -> str:
@@ -217,21 +248,21 @@ class Redactor:
             return event
         try:
             walk = _Walk(self.policy)
+            strict = self.policy.strict
             holder: dict[str, Any] = {"data": event.data, "metadata": event.metadata,
-                                      "tags": event.tags}
-            if event.name is not None:
-                holder["name"] = event.name
-            if self.policy.strict:
+                                      "tags": event.tags, "name": event.name}
+            if strict:
                 holder["session_id"] = event.session_id
                 holder["user_id"] = event.user_id
-            for field in holder:
-                walk.visit(holder[field], holder, field, field, 0)
+            walk._visit_dict(holder, "", 0)
             walk.apply()
+            if not walk.counts:
+                return event
             event.data = holder["data"]
             event.metadata = holder["metadata"]
             event.tags = holder["tags"]
-            event.name = holder.get("name", event.name)
-            if self.policy.strict:
+            event.name = holder["name"]
+            if strict:
                 event.session_id = holder["session_id"]
                 event.user_id = holder["user_id"]
             report = walk.report()
@@ -252,7 +283,7 @@ class Redactor:
         copy = orjson.loads(orjson.dumps(value)) if not isinstance(value, str) else value
         walk = _Walk(self.policy)
         holder = {path: copy}
-        walk.visit(copy, holder, path, path, 0)
+        walk.visit(copy, holder, path, "", "", 0)
         walk.apply()
         return holder[path], walk.report()
 

@@ -33,7 +33,7 @@ _NUM_SHAPE = _table(
 _TOKEN_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.+/="
 _TOK_SHAPE = _table({ord(c): ord("a") for c in _TOKEN_CHARS}, ord(" "))
 _LONG_TOKEN = b"a" * 16
-_NUM_TRIGGERS = (b"000", b"0.0", b"+0")
+_NUM_RUN = re.compile(rb"0[0 .()+\-]{5,}0")
 _IPV6_HINT = re.compile(r":[0-9A-Fa-f]{0,4}:")
 
 
@@ -79,6 +79,8 @@ class Scanner:
         self._at = tuple(by_family.get("at", ()))
         self._colon = tuple(by_family.get("colon", ()))
         self._token = tuple(by_family.get("token", ()))
+        self._token_gates = tuple((d, tuple(lit.lower() for lit in d.literals))
+                                  for d in self._token)
         self._pem = tuple(by_family.get("pem", ()))
         self._text = tuple(by_family.get("text", ()))
 
@@ -88,8 +90,9 @@ class Scanner:
             return []
         found: list[Finding] = []
         raw = text.encode("ascii", "replace")  # one byte per character, always
+        numbers = raw.translate(_NUM_SHAPE)
         if self._numeric or self._iban:
-            self._scan_numeric(text, raw, found)
+            self._scan_numeric(text, numbers, found)
         if self._at and "@" in text:
             for det in self._at:
                 found.extend(Finding(s, e, det.category, det.name)
@@ -97,7 +100,7 @@ class Scanner:
         if self._colon and ":" in text:
             self._scan_colon(text, found)
         if self._token:
-            self._scan_tokens(text, raw, found)
+            self._scan_tokens(text, raw, numbers, found)
         if self._pem and "PRIVATE KEY" in text:
             for det in self._pem:
                 found.extend(Finding(s, e, det.category, det.name)
@@ -121,20 +124,15 @@ class Scanner:
                 return
         found.extend(Finding(s, e, det.category, det.name) for s, e in det.find(text, start, end))
 
-    def _scan_numeric(self, text: str, raw: bytes, found: list[Finding]) -> None:
-        shape = raw.translate(_NUM_SHAPE)
+    def _scan_numeric(self, text: str, shape: bytes, found: list[Finding]) -> None:
+        # Every numeric value spans at least 7 characters from its first digit to its
+        # last ("1.1.1.1"); shorter numbers ("200", "2.4.1", "8f3a2b1c") are never looked
+        # at. The pattern starts with a literal, so the regex engine skips ahead in C.
         n = len(shape)
-        nxt = [shape.find(t) for t in _NUM_TRIGGERS]
-        while True:
-            hits = [h for h in nxt if h >= 0]
-            if not hits:
-                return
-            hit = min(hits)
-            left = shape.rfind(b"x", 0, hit) + 1
-            right = shape.find(b"x", hit)
-            if right < 0:
-                right = n
-            run = shape[left:right]
+        for m in _NUM_RUN.finditer(shape):
+            left = shape.rfind(b"x", 0, m.start()) + 1  # include a leading "+" or "("
+            right = m.end()
+            run = m.group()
             if run.count(b"0") >= 8 or run.count(b".") >= 3:
                 end = min(n, right + 1)  # lookaheads must see the character after
                 for det in self._numeric:
@@ -142,10 +140,6 @@ class Scanner:
             if self._iban and b"0000" in run:
                 for det in self._iban:
                     self._run(det, text, max(0, left - 34), min(n, right + 34), found)
-            if right >= n:
-                return
-            nxt = [h if h >= right else shape.find(t, right)
-                   for h, t in zip(nxt, _NUM_TRIGGERS)]
 
     def _scan_colon(self, text: str, found: list[Finding]) -> None:
         windows = [(max(0, m.start() - 40), min(len(text), m.end() + 45))
@@ -154,7 +148,7 @@ class Scanner:
             for det in self._colon:
                 self._run(det, text, start, end, found)
 
-    def _scan_tokens(self, text: str, raw: bytes, found: list[Finding]) -> None:
+    def _scan_tokens(self, text: str, raw: bytes, numbers: bytes, found: list[Finding]) -> None:
         shape = raw.translate(_TOK_SHAPE)
         n = len(shape)
         windows: list[tuple[int, int]] = []
@@ -164,13 +158,18 @@ class Scanner:
             if right < 0:
                 right = n
             left = shape.rfind(b" ", 0, hit) + 1
-            # left context: "Bearer ", "aws_secret_access_key = "
-            windows.append((max(0, left - 48), min(n, right + 1)))
+            # Every token detector wants a digit in the value (keys, JWTs and bearer
+            # tokens have them; identifiers, paths and long words mostly do not).
+            if b"0" in numbers[left:right]:
+                # left context: "Bearer ", "aws_secret_access_key = "
+                windows.append((max(0, left - 48), min(n, right + 1)))
             hit = shape.find(_LONG_TOKEN, right)
         for start, end in _merge(windows):
-            window = text[start:end]
-            for det in self._token:
-                self._run(det, text, start, end, found, window)
+            lowered = text[start:end].lower()
+            for det, literals in self._token_gates:
+                if not literals or any(lit in lowered for lit in literals):
+                    found.extend(Finding(s, e, det.category, det.name)
+                                 for s, e in det.find(text, start, end))
 
 
 def _resolve(found: list[Finding]) -> list[Finding]:
