@@ -51,9 +51,12 @@ def test_seed_logging_methods_record_every_kind(cap: Capture) -> None:
         "type": "user_message",
         "content": "Where is my order?",
         "source": "web",
-        "ip_address": "203.0.113.9",
+        "ip_address": "[IP]",  # redacted before it is stored (default policy)
     }
-    assert inp.metadata == {"channel": "chat"}
+    assert inp.metadata == {
+        "channel": "chat",
+        "redactions": [{"category": "IP", "count": 1, "path": "data.ip_address"}],
+    }
     assert events[1].data["plan"] == ["find order", "answer"]
     assert events[4].data == {
         "tool_name": "lookup_order",
