@@ -1,0 +1,212 @@
+"""Enabling: auto-enable in a fresh process, one handler per process, and strict mode."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain.agents import create_agent
+from langchain_core.messages import HumanMessage
+from langchain_core.tools import tool
+from lc_agents import get_weather, lc_agent, weather_model
+from lc_tree import check_tree
+from tracevault_langchain import TracevaultCallbackHandler, autoenable
+from tracevault_langchain.testing import ScriptedChatModel, ai, tool_call
+
+from tracevault import capture
+from tracevault.pipeline import DurabilityError, Pipeline
+from tracevault.schema import AuditEvent
+from tracevault.store import StoreError, open_store
+from tracevault.store.sqlite import SQLiteStore
+from tracevault.testing import Capture
+
+# An unmodified LangGraph program: it never imports tracevault.
+PROGRAM = textwrap.dedent(
+    """
+    import sys
+    from langchain.agents import create_agent
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+    from langchain_core.messages import AIMessage, HumanMessage
+    from langchain_core.tools import tool
+
+    class Model(GenericFakeChatModel):
+        def bind_tools(self, tools, **kwargs):
+            return self
+
+    @tool
+    def lookup(city: str) -> str:
+        '''Look a city up.'''
+        return f"{city} is lovely"
+
+    model = Model(messages=iter([
+        AIMessage("", tool_calls=[{"name": "lookup", "args": {"city": "Oslo"}, "id": "k1"}]),
+        AIMessage("Oslo is lovely."),
+    ]))
+    agent = create_agent(model, [lookup])
+    callbacks = []
+    if "--explicit" in sys.argv:  # the user also passes a handler of their own
+        from tracevault_langchain import TracevaultCallbackHandler
+        callbacks = [TracevaultCallbackHandler()]
+    agent.invoke({"messages": [HumanMessage("Tell me about Oslo")]},
+                 {"callbacks": callbacks, "metadata": {"session_id": "auto-1"}})
+    print("imported before run:", sorted(m for m in sys.modules if m == "tracevault"))
+    """
+)
+
+
+def _run_program(tmp_path: Path, *args: str, enabled: bool = True) -> list[AuditEvent]:
+    script = tmp_path / "program.py"
+    script.write_text(PROGRAM)
+    db = tmp_path / "auto.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACEVAULT_")}
+    env["TRACEVAULT_STORE"] = f"sqlite:///{db}"
+    if enabled:
+        env["TRACEVAULT_ENABLED"] = "true"
+    done = subprocess.run([sys.executable, str(script), *args], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    if not db.exists():
+        return []
+    store = open_store(f"sqlite:///{db}")
+    try:
+        return [s.event for s in store.events()]
+    finally:
+        store.close()
+
+
+def test_auto_enable_records_an_unmodified_program(tmp_path: Path) -> None:
+    events = _run_program(tmp_path)
+    check_tree(events)
+    assert [(e.kind, e.phase) for e in events if e.kind not in ("chain",)] == [
+        ("agent", "start"), ("input", "point"),
+        ("llm_call", "start"), ("llm_call", "end"),
+        ("tool_call", "start"), ("tool_call", "end"),
+        ("llm_call", "start"), ("llm_call", "end"),
+        ("output", "point"), ("agent", "end"),
+    ]
+    assert {e.session_id for e in events} == {"auto-1"}
+    tool_end = next(e for e in events if e.kind == "tool_call" and e.phase == "end")
+    assert tool_end.data["result"] == "Oslo is lovely"
+
+
+def test_auto_enable_with_an_explicit_handler_records_each_event_once(tmp_path: Path) -> None:
+    events = _run_program(tmp_path, "--explicit")
+    check_tree(events)  # a span started twice would fail here
+    assert len([e for e in events if e.kind == "tool_call"]) == 2
+    assert len([e for e in events if e.kind == "output"]) == 1
+
+
+def test_without_the_variable_nothing_is_recorded(tmp_path: Path) -> None:
+    assert _run_program(tmp_path, enabled=False) == []
+
+
+@pytest.fixture()
+def enabled() -> Iterator[TracevaultCallbackHandler]:
+    handler = autoenable.enable()
+    yield handler
+    autoenable.disable()
+
+
+def test_enable_is_idempotent_and_needs_no_callbacks(
+    cap: Capture, enabled: TracevaultCallbackHandler
+) -> None:
+    assert autoenable.enable() is enabled
+    assert autoenable.installed_handler() is enabled
+    agent = lc_agent(weather_model(), [get_weather])
+    agent.invoke({"messages": [HumanMessage("Paris")]})
+    # an inner runnable given its own handler: each run is still recorded once
+    inner = TracevaultCallbackHandler()
+    agent.invoke({"messages": [HumanMessage("Lyon")]},
+                 {"callbacks": [inner], "metadata": {"session_id": "explicit"}})
+    events = cap.events()
+    check_tree(events)
+    assert len({e.trace_id for e in events}) == 2
+    assert len([e for e in events if e.kind == "output"]) == 2
+    autoenable.disable()
+    assert autoenable.installed_handler() is None
+    agent.invoke({"messages": [HumanMessage("Nice")]})
+    assert len(cap.events()) == len(events), "a disabled handler records nothing"
+
+
+# --- strict mode ----------------------------------------------------------------------
+
+
+class BrokenStore(SQLiteStore):
+    """A ledger whose disk refuses every write."""
+
+    def append(self, events: Sequence[AuditEvent]) -> int:
+        raise StoreError("disk full")
+
+
+@pytest.fixture()
+def broken_ledger(tmp_path: Path) -> Iterator[None]:
+    pipeline = Pipeline(BrokenStore(str(tmp_path / "ledger.db")),
+                        dead_letter_path=str(tmp_path / "dead.jsonl"))
+    settings = dataclasses.replace(capture.settings(), strict_timeout=0.3)
+    capture.install(pipeline, settings)
+    yield
+    capture.install(None, None)
+    pipeline.shutdown(timeout=0.3)
+
+
+def _charge_tool() -> tuple[Any, list[int]]:
+    charged: list[int] = []
+
+    @tool
+    def charge(amount: int) -> str:
+        """Charge the customer's card."""
+        charged.append(amount)
+        return "charged"
+
+    return charge, charged
+
+
+def test_strict_tool_does_not_run_when_its_intent_is_not_durable(broken_ledger: None) -> None:
+    charge, charged = _charge_tool()
+    with pytest.raises(DurabilityError):
+        charge.invoke({"amount": 40}, {"callbacks": [TracevaultCallbackHandler(strict=True)]})
+    assert charged == []
+
+
+def test_strict_setting_aborts_an_agent_tool_call(
+    broken_ledger: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # TRACEVAULT_STRICT=true / configure(strict=True): handlers without strict= follow it
+    monkeypatch.setattr(capture, "_settings",
+                        dataclasses.replace(capture.settings(), strict=True))
+    charge, charged = _charge_tool()
+    model = ScriptedChatModel(messages=iter([
+        ai("", tool_calls=[tool_call("charge", {"amount": 5}, "p1")])]))
+    agent = create_agent(model, [charge])
+    with pytest.raises(DurabilityError):
+        agent.invoke({"messages": [HumanMessage("pay")]},
+                     {"callbacks": [TracevaultCallbackHandler()]})
+    assert charged == []
+
+
+def test_without_strict_a_broken_ledger_never_stops_the_tool(broken_ledger: None) -> None:
+    charge, charged = _charge_tool()
+    assert charge.invoke({"amount": 3}, {"callbacks": [TracevaultCallbackHandler()]}) == "charged"
+    assert charged == [3]
+
+
+def test_strict_intent_is_in_the_ledger_before_the_tool_runs(cap: Capture) -> None:
+    seen: list[list[str]] = []
+
+    @tool
+    def transfer(amount: int) -> str:
+        """Move money."""
+        seen.append([e.event.data.get("status") for e in cap.store.events(kinds=["tool_call"])])
+        return "ok"
+
+    transfer.invoke({"amount": 1}, {"callbacks": [TracevaultCallbackHandler(strict=True)]})
+    assert seen == [["pending"]], "the tool saw its own intent in the ledger"
+    assert [e.data["status"] for e in cap.events() if e.kind == "tool_call"] == [
+        "pending", "success"]
