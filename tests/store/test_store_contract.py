@@ -11,6 +11,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -23,7 +24,7 @@ import tracevault
 from tracevault.cli import main
 from tracevault.ledger import encode_event
 from tracevault.schema import AuditEvent
-from tracevault.store import Store, open_store
+from tracevault.store import Store, StoreError, open_store
 
 T0 = datetime(2026, 1, 31, 23, 0, tzinfo=timezone.utc)  # spans two months and days
 
@@ -362,3 +363,51 @@ def test_eight_processes_keep_one_chain(backend: Backend, store: Store) -> None:
     for w in (0, workers - 1):  # each worker's events are stored in its own order
         seen = [e.event.data["i"] for e in store.events(session_id=f"worker-{w}")]
         assert seen == list(range(per_worker))
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_the_database_going_away_mid_run_loses_nothing(
+    pg_server: Any, pg_url: str, mode: str
+) -> None:
+    """PostgreSQL stops (cleanly, or as if it crashed) while an agent keeps recording and
+    the writer is appending; it comes back; every event is stored once, in order."""
+    total, cut_at = 30_000, 10_000
+    tracevault.configure(store=pg_url)
+    log = tracevault.AuditLogger(session_id="outage")
+    halfway, resume = threading.Event(), threading.Event()
+
+    def agent() -> None:
+        for i in range(total):
+            log.log_event("tick", {"i": i})
+            if i == cut_at:
+                halfway.set()
+            if i == 2 * cut_at:
+                resume.wait(120)  # keep part of the run for after the restart
+
+    producer = threading.Thread(target=agent)
+    producer.start()
+    try:
+        assert halfway.wait(60)
+        pg_server.stop(mode)
+        with pytest.raises(StoreError, match="cannot connect to PostgreSQL ledger"):
+            open_store(pg_url)
+        assert not tracevault.flush(1)  # nothing can become durable while it is down
+        stats = tracevault.stats()
+        assert stats is not None and stats.write_errors > 0 and stats.dropped == 0
+        assert "PostgreSQL ledger" in (stats.last_error or "")
+    finally:
+        if not pg_server.running():
+            pg_server.start()
+        resume.set()
+        producer.join(120)
+    assert tracevault.flush(120)
+    stats = tracevault.shutdown()
+    assert stats is not None and stats.written == total and stats.dropped == 0
+    store = open_store(pg_url)
+    try:
+        seen = [e.event.data["payload"]["i"] for e in store.events(session_id="outage")]
+        assert seen == list(range(total))  # all of them, once each, in order
+        report = store.verify()
+        assert report.ok and report.checked == total
+    finally:
+        store.close()

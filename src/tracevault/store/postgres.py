@@ -215,24 +215,28 @@ class PostgresStore(SQLStore):
                     f"no tracevault ledger in PostgreSQL database {self.where} (run an "
                     "agent with tracevault first, or pass --store / set TRACEVAULT_STORE)"
                 )
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-                version = self._schema_version(conn)  # another process may have won
-                for number, script in MIGRATIONS:
-                    if number > version:
-                        conn.execute(script.encode())
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', %s) "
-                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    (str(max(version, SCHEMA_VERSION)),),
-                )
+            # A session lock taken before the transaction starts: the transaction then
+            # sees the catalog as another process that held the lock left it.
+            conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+            try:
+                with conn.transaction():
+                    version = self._schema_version(conn)  # another process may have won
+                    for number, script in MIGRATIONS:
+                        if number > version:
+                            conn.execute(script.encode())
+                    conn.execute(
+                        "INSERT INTO meta (key, value) VALUES ('schema_version', %s) "
+                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        (str(max(version, SCHEMA_VERSION)),),
+                    )
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
         except psycopg.Error as exc:
             raise self._error("cannot initialise", exc) from None
 
     @staticmethod
     def _schema_version(conn: Conn) -> int:
-        row = conn.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()
-        if not row or not row[0]:
+        if not _exists(conn, "meta"):
             return 0
         found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         return int(found[0]) if found else 0
@@ -394,8 +398,7 @@ class PostgresStore(SQLStore):
         and remembers the returned months once its transaction commits)."""
         new = months - self._months
         for month in sorted(new):
-            found = conn.execute("SELECT to_regclass(%s)", (partition_name(month),)).fetchone()
-            if not found or found[0] is None:
+            if not _exists(conn, partition_name(month)):
                 conn.execute(partition_ddl(month).encode())
         return new
 
@@ -494,6 +497,18 @@ class PostgresStore(SQLStore):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _exists(conn: Conn, table: str) -> bool:
+    # The catalog itself, read with the statement's snapshot: name lookups such as
+    # to_regclass() may answer from a cache that has not yet seen another process's
+    # commit when only a row or advisory lock was waited for.
+    row = conn.execute(
+        "SELECT count(*) FROM pg_catalog.pg_class "
+        "WHERE relname = %s AND relnamespace = current_schema()::regnamespace",
+        (table,),
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def _storable(row: PreparedRow) -> PreparedRow:

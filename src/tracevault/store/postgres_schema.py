@@ -16,9 +16,9 @@ SCHEMA_VERSION = 2
 
 # ``payload`` holds the exact bytes that were digested; JSONB normalises JSON (key
 # order, whitespace, number spelling) and rejects the escaped NUL character, so it is
-# only a derived copy. Replacing the six characters ``\u0000`` keeps the text valid JSON
-# whichever way they parse (an escaped NUL, or an escaped backslash followed by
-# ``u0000``) and turns NUL into U+2400 in the query copy only.
+# only a derived copy in which an escaped NUL (``\u0000`` after an even number of
+# backslashes) becomes U+2400 "␀". ``strpos`` keeps the regular expression off the
+# common path.
 _V1 = r"""
 CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);
 CREATE TABLE events (
@@ -42,7 +42,9 @@ CREATE TABLE events (
     salt bytea,
     digest bytea NOT NULL,
     chain bytea NOT NULL,
-    doc jsonb GENERATED ALWAYS AS (replace(payload, '\u0000', '\u2400')::jsonb) STORED,
+    doc jsonb GENERATED ALWAYS AS ((CASE WHEN strpos(payload, '\u0000') = 0 THEN payload
+        ELSE regexp_replace(payload, '(?<!\\)((?:\\\\)*)\\u0000', '\1\\u2400', 'g')
+        END)::jsonb) STORED,
     PRIMARY KEY (seq, ts)
 ) PARTITION BY RANGE (ts);
 CREATE INDEX events_session ON events (session_id, seq);

@@ -1,0 +1,342 @@
+"""What only the PostgreSQL ledger has: partitions, migrations, JSONB, reconnection,
+lost commit acknowledgements, tampering through ``psql``."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from tracevault.cli import main
+from tracevault.schema import AuditEvent
+from tracevault.store import StoreError, open_store
+
+psycopg = pytest.importorskip("psycopg")
+
+from tracevault.store.postgres import PostgresStore  # noqa: E402
+from tracevault.store.postgres_schema import MIGRATIONS, SCHEMA_VERSION  # noqa: E402
+
+
+def _events(n: int, start: datetime | None = None, step: timedelta = timedelta(seconds=1),
+            prefix: str = "e") -> list[AuditEvent]:  # fmt: skip
+    t0 = start or datetime(2026, 3, 1, tzinfo=timezone.utc)
+    return [
+        AuditEvent(
+            event_id=f"{prefix}{i}", timestamp=t0 + i * step, kind="tool_call", phase="end",
+            name="lookup" if i % 2 else "search", session_id=f"s{i % 3}",
+            data={"tool_name": "lookup" if i % 2 else "search", "i": i, "status": "success"},
+        )
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def _sql(url: str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(query.encode(), params)
+        return cur.fetchall() if cur.description else []
+
+
+@pytest.fixture()
+def store(pg_url: str) -> Iterator[PostgresStore]:
+    opened = PostgresStore(pg_url)
+    yield opened
+    opened.close()
+
+
+# --- partitions ---------------------------------------------------------------------------
+
+
+def test_events_land_in_monthly_partitions(store: PostgresStore, pg_url: str) -> None:
+    store.append(_events(90, datetime(2025, 12, 15, tzinfo=timezone.utc), timedelta(days=1)))
+    parts = _sql(
+        pg_url,
+        "SELECT c.relname, count(e.*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "LEFT JOIN events e ON e.tableoid = c.oid "
+        "WHERE i.inhparent = 'events'::regclass GROUP BY c.relname ORDER BY c.relname",
+    )
+    assert parts == [
+        ("events_p202512", 17), ("events_p202601", 31), ("events_p202602", 28),
+        ("events_p202603", 14),
+    ]  # fmt: skip
+    # A query for one month only reads that month's partition.
+    plan = "\n".join(
+        r[0]
+        for r in _sql(
+            pg_url,
+            "EXPLAIN SELECT count(*) FROM events "
+            "WHERE ts >= '2026-02-01T00:00:00Z' AND ts < '2026-03-01T00:00:00Z'",
+        )
+    )
+    assert "events_p202602" in plan and "events_p202601" not in plan
+    assert store.verify().ok
+    # Dropping a partition (retention done behind the ledger's back) is detected.
+    _sql(pg_url, "DROP TABLE events_p202601")
+    report = store.verify()
+    assert not report.ok and report.first_bad_seq == 18 and "missing" in (report.reason or "")
+
+
+def test_a_new_month_is_created_once_by_concurrent_writers(pg_url: str) -> None:
+    """Processes start writing into months that have no partition yet, at once."""
+    script = (
+        "import sys; from datetime import datetime, timedelta, timezone\n"
+        "from tracevault.schema import AuditEvent; from tracevault.store import open_store\n"
+        "s = open_store(sys.argv[1]); w = int(sys.argv[2])\n"
+        "for m in range(1, 7):\n"
+        "    t = datetime(2024, m, 1, tzinfo=timezone.utc)\n"
+        "    s.append([AuditEvent(event_id=f'{w}-{m}-{i}', timestamp=t + timedelta(hours=i),"
+        " kind='custom') for i in range(20)])\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, pg_url, str(w)]) for w in range(4)]
+    assert [p.wait(timeout=120) for p in procs] == [0] * 4
+    store = open_store(pg_url)
+    assert store.count() == 4 * 6 * 20 and store.verify().ok
+    (parts,) = _sql(pg_url, "SELECT count(*) FROM pg_inherits WHERE inhparent = 'events'::regclass")
+    assert parts == (6,)
+
+
+# --- migrations ---------------------------------------------------------------------------
+
+
+def test_schema_is_created_on_first_use_and_reopening_is_a_no_op(pg_url: str) -> None:
+    first = PostgresStore(pg_url)
+    assert first.schema_version() == SCHEMA_VERSION
+    first.append(_events(5))
+    again = PostgresStore(pg_url)
+    assert again.schema_version() == SCHEMA_VERSION and again.count() == 5
+    tables = {r[0] for r in _sql(pg_url, "SELECT tablename FROM pg_tables")}
+    assert {"events", "ledger_head", "meta", "sink_cursors", "sink_errors"} <= tables
+
+
+def test_an_older_ledger_is_migrated_and_keeps_verifying(pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # a ledger at version 1
+        conn.execute(MIGRATIONS[0][1].encode())
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    assert not _sql(pg_url, "SELECT 1 FROM pg_indexes WHERE indexname = 'events_tool'")
+    store = PostgresStore(pg_url)
+    assert store.schema_version() == 2
+    assert _sql(pg_url, "SELECT 1 FROM pg_indexes WHERE indexname = 'events_tool'") == [(1,)]
+    store.append(_events(10))
+    assert store.verify().ok
+
+
+def test_processes_opening_a_new_database_at_once_migrate_it_once(pg_url: str) -> None:
+    script = "import sys; from tracevault.store import open_store; open_store(sys.argv[1]).close()"
+    procs = [subprocess.Popen([sys.executable, "-c", script, pg_url]) for _ in range(4)]
+    assert [p.wait(timeout=120) for p in procs] == [0] * 4
+    assert _sql(pg_url, "SELECT value FROM meta") == [(str(SCHEMA_VERSION),)]
+    assert _sql(pg_url, "SELECT seq FROM ledger_head") == [(0,)]
+
+
+def test_a_newer_schema_or_no_ledger_is_a_clear_error(pg_url: str) -> None:
+    with pytest.raises(StoreError, match="no tracevault ledger"):
+        PostgresStore(pg_url, create=False)
+    PostgresStore(pg_url).close()
+    _sql(pg_url, "UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="newer than this tracevault understands"):
+        PostgresStore(pg_url)
+
+
+def test_a_schema_of_its_own(pg_url: str) -> None:
+    store = open_store(pg_url + "?schema=audit")
+    store.append(_events(3))
+    assert _sql(pg_url, "SELECT count(*) FROM audit.events") == [(3,)]
+    assert not _sql(pg_url, "SELECT 1 FROM pg_tables WHERE schemaname = 'public'")
+
+
+# --- JSONB --------------------------------------------------------------------------------
+
+
+def test_payload_keeps_the_digested_bytes_and_doc_is_queryable(
+    store: PostgresStore, pg_url: str
+) -> None:
+    events = _events(20)
+    awkward = ["a\x00b", "\\u0000 is text", "\\\x00", "\x00\x00", "\\\\u0000", "ünï 🐢"]
+    events[0].data["texts"] = awkward
+    store.append(events)
+    for payload, salt, digest in _sql(pg_url, "SELECT payload, salt, digest FROM events"):
+        assert hashlib.sha256(bytes(salt) + payload.encode()).digest() == bytes(digest)
+    query = """SELECT count(*) FROM events WHERE doc @> '{"data": {"tool_name": "lookup"}}'"""
+    assert _sql(pg_url, query) == [(10,)]
+    (texts,) = _sql(pg_url, "SELECT doc -> 'data' -> 'texts' FROM events WHERE seq = 1")[0]
+    assert texts == [t.replace("\x00", "\u2400") for t in awkward]  # NUL reads as ␀ there
+    assert next(store.events(limit=1)).event.data["texts"] == awkward  # exact in the ledger
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("SET enable_seqscan = off")
+        plan = "\n".join(
+            r[0]
+            for r in conn.execute(
+                "EXPLAIN SELECT count(*) FROM events "
+                "WHERE kind = 'tool_call' AND doc -> 'data' ->> 'tool_name' = 'lookup'"
+            )
+        )
+    assert re.search(r"Index Scan using events_p202603_expr_ts_idx", plan), plan
+
+
+# --- connections --------------------------------------------------------------------------
+
+
+def test_an_unreachable_database_is_a_clear_error_without_the_password() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    with pytest.raises(StoreError) as err:
+        open_store(f"postgresql://me:s3cret@127.0.0.1:{port}/db")
+    assert f"cannot connect to PostgreSQL ledger 127.0.0.1:{port}/db" in str(err.value)
+    assert "s3cret" not in str(err.value)
+
+
+def test_reads_and_writes_survive_a_server_restart(pg_server: Any, pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    store.append(_events(10))
+    assert store.count() == 10  # both the writer and a read connection are pooled now
+    pg_server.stop()
+    try:
+        with pytest.raises(StoreError, match="cannot connect"):
+            store.append(_events(5, prefix="down"))
+        with pytest.raises(StoreError, match="cannot connect"):
+            store.count()
+    finally:
+        pg_server.start()
+    assert store.append(_events(5, prefix="up")) == 15  # reconnects by itself
+    assert store.count() == 15 and store.verify().ok
+
+
+class CommitCutter:
+    """A TCP proxy in front of PostgreSQL that cuts one connection at a COMMIT: before
+    forwarding it (the server rolls back) or after the server answered (the server
+    committed, the client never hears so)."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.mode: str | None = None
+        self.cuts = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            swallow = threading.Event()
+            threading.Thread(target=self._up, args=(client, server, swallow), daemon=True).start()
+            threading.Thread(target=self._down, args=(server, client, swallow), daemon=True).start()
+
+    def _up(self, client: socket.socket, server: socket.socket, swallow: threading.Event) -> None:
+        while data := self._recv(client):
+            if self.mode and b"COMMIT" in data:
+                mode, self.mode = self.mode, None
+                self.cuts += 1
+                if mode == "before":
+                    self._close(client, server)
+                    return
+                swallow.set()  # the answer to this COMMIT never reaches the client
+            server.sendall(data)
+        self._close(client, server)
+
+    def _down(self, server: socket.socket, client: socket.socket, swallow: threading.Event) -> None:
+        while data := self._recv(server):
+            if swallow.is_set():
+                self._close(client, server)
+                return
+            client.sendall(data)
+        self._close(client, server)
+
+    @staticmethod
+    def _recv(sock: socket.socket) -> bytes:
+        try:
+            return sock.recv(65536)
+        except OSError:
+            return b""
+
+    @staticmethod
+    def _close(*socks: socket.socket) -> None:
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+
+@pytest.mark.parametrize("mode", ["before", "after"])
+@pytest.mark.parametrize("warm", [True, False], ids=["pooled", "fresh"])
+def test_a_cut_commit_is_written_exactly_once(
+    pg_server: Any, pg_url: str, mode: str, warm: bool
+) -> None:
+    PostgresStore(pg_url).close()  # create the schema directly
+    proxy = CommitCutter(pg_server.port)
+    store = PostgresStore(pg_url.replace(f":{pg_server.port}/", f":{proxy.port}/"))
+    if warm:
+        store.append(_events(10, prefix="warm"))
+    base = store.count()
+    batch = _events(100)
+    proxy.mode = mode
+    if warm:
+        # A pooled connection that breaks is retried at once on a fresh one.
+        assert store.append(batch) == base + 100
+    else:
+        with pytest.raises(StoreError, match="connection lost"):
+            store.append(batch)
+        # The writer retries the same batch; it is stored once whether or not the
+        # lost commit went through.
+        assert store.append(batch) == base + 100
+    assert proxy.cuts == 1
+    assert store.count() == base + 100 and store.verify().ok
+    assert [e.event.event_id for e in store.events(after_seq=base)] == [e.event_id for e in batch]
+    proxy.listener.close()
+    store.close()
+
+
+# --- concurrency and tampering ------------------------------------------------------------
+
+
+def test_verify_during_appends_sees_one_consistent_snapshot(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    script = (
+        "import sys; from datetime import datetime, timezone\n"
+        "from tracevault.schema import AuditEvent; from tracevault.store import open_store\n"
+        "s = open_store(sys.argv[1])\n"
+        "for b in range(200):\n"
+        "    s.append([AuditEvent(event_id=f'{b}-{i}', timestamp=datetime.now(timezone.utc),"
+        " kind='custom') for i in range(50)])\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", script, pg_url])
+    reports = []
+    while writer.poll() is None and len(reports) < 200:
+        reports.append(store.verify())
+    assert writer.wait(timeout=120) == 0
+    assert all(r.ok for r in reports), [r for r in reports if not r.ok][:1]
+    final = store.verify()
+    assert final.ok and final.checked == 10_000
+
+
+def test_tampering_through_psql_is_detected(
+    pg_server: Any, pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = PostgresStore(pg_url)
+    store.append(_events(50))
+    db = pg_url.rsplit("/", 1)[1]
+    refused = pg_server.psql(db, "UPDATE events SET name = 'x' WHERE seq = 9")
+    assert refused.returncode != 0 and "append-only" in refused.stderr
+    attack = pg_server.psql(
+        db,
+        "ALTER TABLE events DISABLE TRIGGER USER; "
+        "UPDATE events SET payload = replace(payload, '\"i\":9,', '\"i\":90,') WHERE seq = 10; "
+        "ALTER TABLE events ENABLE TRIGGER USER;",
+    )
+    assert attack.returncode == 0, attack.stderr
+    assert main(["verify", "--store", pg_url]) == 1
+    assert "first bad event #10: payload of row 10 does not match its digest" in (
+        capsys.readouterr().out
+    )
