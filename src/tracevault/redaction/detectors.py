@@ -83,14 +83,24 @@ class Detector:
                     yield start, end
 
 
-def context_before(text: str, start: int, width: int = 40) -> str:
-    """Return the lower-cased text just before ``start`` (for context keywords)."""
-    return text[max(0, start - width):start].lower()
+def _words_before(words: str, *, adjacent: bool = False) -> re.Pattern[str]:
+    # whole words only ("tel" is not in "hotel"); ``adjacent``: right before the value
+    tail = r"[\s:#.=\-]*\Z" if adjacent else r"\b"
+    return re.compile(rf"(?i)(?<![^\W_])(?:{words}){tail}")
 
 
-_PHONE_WORDS = ("phone", "tel", "call", "mobile", "cell", "sms", "fax", "whatsapp", "contact",
-                "number", "dial", "reach")
-_SSN_WORDS = ("ssn", "social security", "ss#", "ss #", "ssn#", "social-security", "tin")
+def has_context(pattern: re.Pattern[str], text: str, start: int, width: int = 40) -> bool:
+    """Return whether ``pattern`` (a context word) occurs in the ``width`` characters
+    before ``start``."""
+    return pattern.search(text, max(0, start - width), start) is not None
+
+
+_PHONE_WORDS = _words_before(
+    r"phone|tel|telephone|call|mobile|cell|sms|text|fax|whatsapp|contact|dial|reach")
+_SSN_WORDS = _words_before(r"ssn|ss#|social security(?: number)?|social-security|tin")
+# "version 1.2.3.4", "section 3.2.1.4": dotted numbers right after these are not addresses
+_VERSION_WORDS = _words_before(
+    r"version|ver|release|build|v|section|chapter|step|clause|rule|oid|item|§", adjacent=True)
 
 
 def _has_separator(text: str) -> bool:
@@ -125,6 +135,13 @@ def _find_emails(text: str, pos: int, endpos: int) -> Iterator[tuple[int, int]]:
 
 
 EMAIL = Detector("email", "EMAIL", None, "at", finder=_find_emails, normalize=str.lower)
+# URL-encoded, as in query strings in access logs: "?email=kim.lee%40example.com"
+_EMAIL_ENCODED = re.compile(
+    r"(?<![\w.%+\-])[\w.+\-]{1,128}%40(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+"
+    r"[A-Za-z]{2,24}(?![\w\-])"
+)
+EMAIL_ENCODED = Detector("email_urlencoded", "EMAIL", _EMAIL_ENCODED, literals=("%40",),
+                         normalize=lambda s: s.replace("%40", "@").lower())
 
 # --- numbers -----------------------------------------------------------------------------
 
@@ -142,7 +159,7 @@ def _nanp_ok(text: str, m: re.Match[str]) -> bool:
         return False
     if value.startswith("+") or _has_separator(value):
         return True
-    return any(w in context_before(text, m.start()) for w in _PHONE_WORDS)
+    return has_context(_PHONE_WORDS, text, m.start())
 
 
 def _nanp_strict_ok(text: str, m: re.Match[str]) -> bool:
@@ -160,7 +177,7 @@ def _ssn_ok(text: str, m: re.Match[str]) -> bool:
         return False
     if m.group(1) == "-":
         return True
-    return any(w in context_before(text, m.start()) for w in _SSN_WORDS)
+    return has_context(_SSN_WORDS, text, m.start())
 
 
 def _ssn_strict_ok(text: str, m: re.Match[str]) -> bool:
@@ -195,13 +212,12 @@ def _find_iban(text: str, pos: int, endpos: int) -> Iterator[tuple[int, int]]:
 
 
 _IPV4 = re.compile(r"(?<![\w.\-])(?:\d{1,3}\.){3}\d{1,3}(?![\w\-]|\.\d)")
-_VERSION_WORDS = ("version", "ver ", "ver.", "release", "build", "v.")
 
 
 def _ipv4_ok(text: str, m: re.Match[str]) -> bool:
     if not v.ipv4_ok(m.group()):
         return False
-    return not any(w in context_before(text, m.start(), 16) for w in _VERSION_WORDS)
+    return not has_context(_VERSION_WORDS, text, m.start(), 24)
 
 
 _IPV6 = re.compile(
@@ -224,6 +240,7 @@ def _e164_ok(text: str, m: re.Match[str]) -> bool:
 
 PII_DETECTORS: tuple[Detector, ...] = (
     EMAIL,
+    EMAIL_ENCODED,
     Detector("card", "CARD", _CARD, "numeric", _card_ok, normalize=v.digits_of),
     Detector("iban", "IBAN", None, "numeric", finder=_find_iban,
              normalize=lambda s: s.replace(" ", "").replace("-", "").upper()),

@@ -109,7 +109,7 @@ class Scanner:
             found.extend(Finding(s, e, "SECRET", "key_value")
                          for s, e in find_key_values(text, 0, len(text), self.secret_names))
         for det in self._text:
-            self._run(det, text, 0, len(text), found)
+            self._run(det, text, 0, len(text), found, text)
         return _resolve(found) if found else found
 
     # --- families ---------------------------------------------------------------------

@@ -156,15 +156,19 @@ SECRET_DETECTORS: tuple[Detector, ...] = (
 
 # --- key = value pairs in free text --------------------------------------------------------
 
-_KEY_BEFORE = re.compile(r"([A-Za-z][\w\-.]{0,40})[\"']?\s*$")
+_KEY_BEFORE = re.compile(r"([A-Za-z][\w\-.]{0,40})\\?[\"']?\s*$")
+# the value: "quoted" (JSON, with escapes), \"quoted\" (JSON inside a JSON string),
+# 'quoted', or a bare word (with an auth scheme in front: "Basic dXNlcjpwYXNz")
 _VALUE_AFTER = re.compile(
-    r"[ \t]*(?:\"([^\"\x00\n]{1,1024})\"|'([^'\x00\n]{1,1024})'"
-    r"|((?:(?i:basic|bearer|token|digest|apikey)[ \t]+)?[^\s\"',;&)}\]<>\x00]{1,1024}))"
+    r"[ \t]*(?:\\\"([^\"\\\x00\n]{1,1024})\\\"|\"((?:[^\"\\\x00\n]|\\.){1,1024})\""
+    r"|'([^'\x00\n]{1,1024})'"
+    r"|((?:(?i:basic|bearer|token|digest|apikey)[ \t]+)?[^\s\"',;&)}\]<>\\\x00]{1,1024}))"
 )
 _STOP_VALUES = frozenset({
     "is", "was", "the", "a", "an", "to", "for", "and", "or", "of", "in", "on", "not",
     "required", "invalid", "expired", "missing", "null", "none", "true", "false",
-    "undefined", "n/a", "redacted", "changed", "reset", "updated", "set", "empty",
+    "undefined", "n/a", "redacted", "changed", "reset", "updated", "set", "empty", "bearer",
+    "basic", "digest", "token",
 })
 
 
@@ -181,7 +185,7 @@ def find_key_values(
             if key is not None and is_secret_name(key.group(1), extra):
                 m = _VALUE_AFTER.match(text, i + 1, endpos)
                 if m is not None:
-                    g = 1 if m.group(1) is not None else 2 if m.group(2) is not None else 3
+                    g = next(i for i in (1, 2, 3, 4) if m.group(i) is not None)
                     value = m.group(g)
                     if (len(value) >= 3 and value.lower() not in _STOP_VALUES
                             and not value.startswith("[") and not value.startswith("*")):
