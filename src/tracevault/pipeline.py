@@ -347,6 +347,7 @@ def _withhold(event: AuditEvent, reason: str) -> AuditEvent:
     return replace(
         event,
         metadata={},
+        tags=[],  # tags are free text too: withheld with the payload
         data={"withheld": True, "reason": reason},
     )
 
