@@ -76,7 +76,8 @@ MIXED_TEXT = (
     "Agent: I found order 100234987 placed on 2024-06-01T12:30:45Z for $1,299.99. ",
     "Call me at (415) 555-2671 or +44 20 7946 0958 tomorrow. ",
     "Traceback (most recent call last):\n  File \"/srv/app/tools.py\", line 88, in charge\n",
-    "ValueError: card 4111 1111 1111 1111 declined (request id 7f9c1e2a-55b1-4c1e-9d2f-3a6b8e0c4d11)\n",
+    "ValueError: card 4111 1111 1111 1111 declined "
+    "(request id 7f9c1e2a-55b1-4c1e-9d2f-3a6b8e0c4d11)\n",
     "Connecting to postgres://app:s3cr3t-pw@db.internal.example.com:5432/orders ... ok\n",
     "The retry policy uses exponential backoff with jitter; see the operations guide. ",
     "Client 203.0.113.7 sent Authorization: Bearer abcDEF1234567890ghiJKL. ",

@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (a table of value formats and templates reads better one per line)
 """Generate the templated part of the redaction evaluation set (``data/generated.jsonl``).
 
 Run: ``.venv/bin/python tests/redaction/make_eval.py`` (deterministic: fixed seed). The
@@ -296,7 +297,7 @@ NEGATIVES: list[Any] = [
     lambda: f"git@{rs('abc', 3)}:not-an-email",
     lambda: f"@{rnd.choice(FIRST)} please review PR #{rnd.randint(100, 9999)}",
     lambda: f"ULID {rs('0123456789ABCDEFGHJKMNPQRSTVWXYZ', 26)}",
-    lambda: f"dead::beef is not an address",
+    lambda: "dead::beef is not an address",
     lambda: f"std::vector<int> v({rnd.randint(1, 99)});",
 ]
 

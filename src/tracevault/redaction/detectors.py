@@ -206,9 +206,9 @@ def _find_iban(text: str, pos: int, endpos: int) -> Iterator[tuple[int, int]]:
                 if seen == length:
                     end = i + 1
                     break
-        if seen == length and (end >= len(text) or not text[end].isalnum()):
-            if v.iban_ok(text[m.start():end]):
-                yield m.start(), end
+        at_boundary = end >= len(text) or not text[end].isalnum()
+        if seen == length and at_boundary and v.iban_ok(text[m.start():end]):
+            yield m.start(), end
 
 
 _IPV4 = re.compile(r"(?<![\w.\-])(?:\d{1,3}\.){3}\d{1,3}(?![\w\-]|\.\d)")

@@ -19,8 +19,8 @@ names no value; the pipeline then withholds the event's payload (fail closed).
 from __future__ import annotations
 
 import bisect
-from itertools import accumulate
 from collections.abc import Callable
+from itertools import accumulate
 from typing import Any
 
 import orjson
@@ -129,11 +129,9 @@ class _Walk:
                 texts.append(k)
                 places.append((value, k, (path, k, "."), "[]", True, self.scopes))
                 self.visit(item, value, k, path, ".", depth + 1)
-            elif kind == _KEY_SECRET:
-                if item is not None and item is not True and item is not False and item != "":
-                    if not (isinstance(item, str) and item.startswith("[SECRET")):
-                        value[k] = self.policy.replacement("SECRET", _text_of(item), "field")
-                        self.count((path, k, "."), "SECRET")
+            elif kind == _KEY_SECRET and _worth_hiding(item):
+                value[k] = self.policy.replacement("SECRET", _text_of(item), "field")
+                self.count((path, k, "."), "SECRET")
             # _KEY_ALLOWED: kept as it is
 
     def _json(self, text: str, depth: int) -> Any:
@@ -214,6 +212,13 @@ class _Walk:
     def report(self) -> list[dict[str, Any]]:
         rows = [(self._safe(format_path(p)), c, n) for (p, c), n in self.counts.items()]
         return [{"path": p, "category": c, "count": n} for p, c, n in sorted(rows)]
+
+
+def _worth_hiding(value: Any) -> bool:
+    # null, booleans and "" say nothing; an existing placeholder is already safe
+    if value is None or value is True or value is False or value == "":
+        return False
+    return not (isinstance(value, str) and value.startswith("[SECRET"))
 
 
 def _text_of(value: Any) -> str:
