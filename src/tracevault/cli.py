@@ -27,7 +27,9 @@ from tracevault.store import DEFAULT_URL, Store, StoreError, open_store
 
 # Commands contributed by other modules: each exposes ``register(subparsers, common)``
 # which adds a sub-parser whose ``func`` default returns an exit status.
-PLUGIN_COMMANDS: tuple[str, ...] = ("tracevault.sinks.cli", "tracevault.cli_copy")
+PLUGIN_COMMANDS: tuple[str, ...] = (
+    "tracevault.sinks.cli", "tracevault.cli_copy", "tracevault.redaction.cli",
+)
 
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
