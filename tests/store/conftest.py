@@ -50,11 +50,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class PostgresServer:
-    """A throwaway PostgreSQL cluster: ``start()``, ``stop()``, ``create_database()``."""
+# Tests need no crash safety from the OS: skip fsync (a clean or immediate stop still
+# keeps every committed row, only an OS crash could lose some).
+TEST_SETTINGS = {"fsync": "off", "full_page_writes": "off"}
 
-    def __init__(self, bindir: Path) -> None:
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster: ``start()``, ``stop()``, ``create_database()``.
+
+    ``settings`` are server parameters (``-c name=value``) on top of the defaults.
+    """
+
+    def __init__(self, bindir: Path, settings: dict[str, str] | None = None) -> None:
         self.bindir = bindir
+        self.settings = dict(TEST_SETTINGS if settings is None else settings)
         self.root = Path(tempfile.mkdtemp(prefix="tracevault-pg-"))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
@@ -88,11 +97,14 @@ class PostgresServer:
 
     def start(self) -> None:
         """Start (or restart) the server on the same port and data directory."""
-        options = (
-            f"-c listen_addresses=127.0.0.1 -p {self.port} "
-            f"-c unix_socket_directories={self.root} -c fsync=off "
-            "-c full_page_writes=off -c max_connections=200"
-        )
+        settings = {
+            "listen_addresses": "127.0.0.1",
+            "port": str(self.port),
+            "unix_socket_directories": str(self.root),
+            "max_connections": "200",
+            **self.settings,
+        }
+        options = " ".join(f"-c {k}={v}" for k, v in settings.items())
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start")
 
     def stop(self, mode: str = "fast") -> None:
