@@ -209,11 +209,20 @@ def test_middleware_may_drop_or_replace_events(tmp_path: Path) -> None:
 def test_level_filter(tmp_path: Path) -> None:
     with __import__("tracevault.testing").testing.capture_events(tmp_path, level="info") as cap:
         log = tracevault.AuditLogger(session_id="lv")
-        with log.span("agent-step"):  # debug-level structural events
+        with log.span("retrieve", kind="chain"):  # chain steps are debug-level
             log.log_input("hi")
+        with log.span("planner"):  # agent steps are info: a run keeps its root
+            log.log_reasoning("plan")
         log.log_event("chatter", level="debug")
         log.log_error("bad")
-        assert [e.kind for e in cap.events()] == ["input", "error"]
+        kinds = [(e.kind, e.phase) for e in cap.events()]
+        assert kinds == [
+            ("input", "point"),
+            ("agent", "start"),
+            ("reasoning", "point"),
+            ("agent", "end"),
+            ("error", "point"),
+        ]
     with pytest.raises(ValueError, match="unknown level 'loud'"):
         tracevault.configure(store=f"sqlite:///{tmp_path / 'x.db'}", level="loud")
 

@@ -325,9 +325,14 @@ class AuditLogger:
 
     @contextmanager
     def span(self, name: str, *, kind: str = "agent", inputs: Any = None) -> Iterator[SpanRef]:
-        """Record a structural ``agent``/``chain`` step; events inside become its children."""
+        """Record a structural ``agent``/``chain`` step; events inside become its children.
+
+        Agent steps are recorded at ``info`` (they are the roots of a run's tree and must
+        survive ``TRACEVAULT_LEVEL=info``); chain steps at ``debug``.
+        """
         if kind not in ("agent", "chain"):
             raise ValueError(f"span kind must be 'agent' or 'chain', not {kind!r}")
+        level = "info" if kind == "agent" else "debug"
         parent = current_span()
         ref = SpanRef(parent.trace_id if parent else self.trace_id, new_span_id())
         self.emit(
@@ -336,7 +341,7 @@ class AuditLogger:
             phase="start",
             name=name,
             span_id=ref.span_id,
-            level="debug",
+            level=level,
         )
         started = time.perf_counter()
         status = "success"
@@ -354,7 +359,7 @@ class AuditLogger:
                 phase="end",
                 name=name,
                 span_id=ref.span_id,
-                level="error" if status == "error" else "debug",
+                level="error" if status == "error" else level,
             )
 
     def tool_call(
