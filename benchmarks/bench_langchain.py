@@ -90,7 +90,7 @@ class _Sink(BaseHTTPRequestHandler):
     requests = 0
     received = 0
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         type(self).requests += 1
         type(self).received += len(body)
@@ -99,7 +99,7 @@ class _Sink(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(b"{}")
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self.do_POST()
 
     def log_message(self, *args: Any) -> None:
@@ -204,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.runs} runs after {args.warmup} warm-up")
     print(f"{'config':<12}{'median µs':>12}{'p99 µs':>12}{'p99/med':>9}{'drain ms':>10}"
           f"{'ev/run':>8}{'µs/event':>10}")
+    if "langfuse" in results:
+        print(f"langfuse exported {_Sink.requests} requests, {_Sink.received} bytes to the "
+              "local server")
     for name, r in results.items():
         per_event = r.get("per_event_over_noop_us")
         print(f"{name:<12}{r['median_us']:>12.0f}{r['p99_us']:>12.0f}"
