@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
-from pydantic import PrivateAttr
 
 from tracevault_llamaindex import llm, payloads
 from tracevault_llamaindex.state import Recorder, Span, elapsed_ms
@@ -194,11 +193,11 @@ def _handler_for(cls: type) -> Handler | None:
 class TracevaultEventHandler(BaseEventHandler):
     """Records LLM calls and retrieval steps from LlamaIndex events (never raises)."""
 
-    _rec: Recorder = PrivateAttr()
+    _rec: Recorder  # a plain instance attribute: pydantic's private-attribute lookup is slow
 
     def __init__(self, recorder: Recorder) -> None:
         super().__init__()
-        self._rec = recorder
+        object.__setattr__(self, "_rec", recorder)
 
     @classmethod
     def class_name(cls) -> str:

@@ -41,7 +41,7 @@ def plain(value: Any, depth: int = 0) -> Any:
         return value
     if depth >= MAX_DEPTH:
         return short_repr(value, 200)
-    if isinstance(value, Mapping):
+    if type(value) is dict or isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for i, (k, v) in enumerate(value.items()):
             if i >= MAX_ITEMS:

@@ -16,7 +16,6 @@ from typing import Any
 
 from llama_index.core.instrumentation.span import SimpleSpan
 from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
-from pydantic import PrivateAttr
 
 from tracevault import capture
 from tracevault.ids import new_span_id
@@ -40,6 +39,7 @@ _LLM_METHODS = frozenset(
 )
 _TOOL_METHODS = frozenset({"call", "acall", "__call__"})
 _TOOL_RECOVERY = "the error was returned to the agent as the tool's result and the run continued"
+_STREAMING_RESPONSES = frozenset({"StreamingResponse", "AsyncStreamingResponse"})
 _roles: dict[tuple[type, str], int] = {}
 
 
@@ -75,11 +75,11 @@ def _is_stream(value: Any) -> bool:
 class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
     """Records agent runs, turns and tool calls from LlamaIndex spans (never raises)."""
 
-    _rec: Recorder = PrivateAttr()
+    _rec: Recorder  # a plain instance attribute: pydantic's private-attribute lookup is slow
 
     def __init__(self, recorder: Recorder) -> None:
         super().__init__()
-        self._rec = recorder
+        object.__setattr__(self, "_rec", recorder)
 
     @classmethod
     def class_name(cls) -> str:
@@ -220,13 +220,16 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
         run = span.run
         for value in bound_args.arguments.values():
             if isinstance(value, Event):
-                tool_id = getattr(value, "tool_id", None)
-                if isinstance(tool_id, str):
-                    span.tool_id = tool_id
-                agent = getattr(value, "current_agent_name", None)
-                if (run is not None and run.multi and isinstance(agent, str)
-                        and agent != run.turn_agent and span.parent is not None):
-                    self._switch_turn(span.parent, run, agent)
+                # Read declared fields only: a missing attribute on a workflow event is
+                # an expensive lookup in its dynamic data.
+                fields = type(value).model_fields
+                if "tool_id" in fields and isinstance(value.tool_id, str):
+                    span.tool_id = value.tool_id
+                if (run is not None and run.multi and "current_agent_name" in fields
+                        and span.parent is not None):
+                    agent = value.current_agent_name
+                    if isinstance(agent, str) and agent != run.turn_agent:
+                        self._switch_turn(span.parent, run, agent)
                 break
         if run is not None and run.turn_id is not None:
             span.anchor = span.parent_anchor = run.turn_id
@@ -305,9 +308,11 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
         if span.pending:
             rec.settle(span, _TOOL_RECOVERY if role == STEP else
                        f"handled in {span.name}; the run continued")
-        if role != LLM:
-            gen = getattr(result, "response_gen", None) or getattr(
-                result, "async_response_gen", None) or result
+        if role != LLM and result is not None:
+            gen = result
+            if type(result).__name__ in _STREAMING_RESPONSES:
+                gen = getattr(result, "response_gen", None) or getattr(
+                    result, "async_response_gen", None)
             if _is_stream(gen):
                 rec.watch_stream(gen, span)
         rec.close_span(span)

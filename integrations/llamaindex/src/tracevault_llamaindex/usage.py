@@ -47,6 +47,8 @@ _CALL_PARAMETERS = ("tool_choice", "tool_required", "allow_parallel_tool_calls",
 def _get(obj: Any, key: str) -> Any:
     if obj is None:
         return None
+    if type(obj) is dict:  # the common case, without the slow ABC check
+        return obj.get(key)
     if isinstance(obj, Mapping):
         return obj.get(key)
     try:
