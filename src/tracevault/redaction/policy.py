@@ -35,7 +35,7 @@ ENV_KEY = "TRACEVAULT_REDACT_KEY"
 
 # configure() keywords this package reads from Settings.extra.
 _EXTRA_KEYS = ("redact", "redact_key", "redact_allow", "redact_allow_fields", "redact_fields",
-               "redact_disable", "redact_detectors")
+               "redact_disable", "redact_detectors", "redact_presidio")
 
 
 def _names(values: Iterable[str]) -> frozenset[str]:
@@ -95,7 +95,8 @@ class Policy:
         """Build the policy from ``configure()`` keywords (falling back to the
         environment): ``redact`` (a mode name, a :class:`Policy`, or ``False`` for off),
         ``redact_key``, ``redact_allow``, ``redact_allow_fields``, ``redact_fields``,
-        ``redact_disable``, ``redact_detectors``."""
+        ``redact_disable``, ``redact_detectors``, ``redact_presidio`` (``True`` or a spaCy
+        model name: add Presidio names/locations when available, else log why)."""
         unknown = [k for k in extra if k.startswith("redact") and k not in _EXTRA_KEYS]
         if unknown:
             raise ValueError(f"unknown redaction settings {unknown}; use {', '.join(_EXTRA_KEYS)}")
@@ -122,6 +123,13 @@ class Policy:
                 changes[attr] = frozenset(getattr(base, attr)) | frozenset(extra[name])
         if extra.get("redact_detectors") is not None:
             changes["detectors"] = (*base.detectors, *extra["redact_detectors"])
+        presidio = extra.get("redact_presidio")
+        if presidio and base.enabled:
+            from tracevault.redaction.presidio import DEFAULT_MODEL, presidio_detectors_or_none
+
+            model = presidio if isinstance(presidio, str) else DEFAULT_MODEL
+            found = presidio_detectors_or_none(model)
+            changes["detectors"] = (*changes.get("detectors", base.detectors), *found)
         return replace(base, **changes) if changes else base
 
     # --- use ------------------------------------------------------------------------------
