@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable
+from copy import deepcopy
 from itertools import accumulate
 from typing import Any
 
@@ -285,7 +286,7 @@ class Redactor:
 
         ``value`` itself is not changed.
         """
-        copy = orjson.loads(orjson.dumps(value)) if not isinstance(value, str) else value
+        copy = deepcopy(value)
         walk = _Walk(self.policy)
         holder = {path: copy}
         walk.visit(copy, holder, path, "", "", 0)
