@@ -293,3 +293,16 @@ def test_batch_records_one_trace_per_input(cap: Capture) -> None:
         _check_weather_run(trace_events, city)
         answered.add(city)
     assert answered == set(cities)
+
+
+def test_at_level_info_graph_steps_are_skipped_and_the_tree_stays_whole(tmp_path: Any) -> None:
+    from tracevault.testing import capture_events
+
+    with capture_events(tmp_path, level="info") as cap:
+        lc_agent(weather_model(), [get_weather]).invoke(
+            {"messages": [HumanMessage("Paris")]}, _config())
+        events = cap.events()
+    starts = check_tree(events)  # no event points at a step that was not recorded
+    assert kinds(events) == AGENT_SEQUENCE
+    tool = next(e for e in events if e.kind == "tool_call")
+    assert parent_of(tool, starts).kind == "agent"

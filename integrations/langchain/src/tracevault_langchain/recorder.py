@@ -108,7 +108,12 @@ class Recorder:
                 trace = Trace(str(run_id), run_id)
                 parent_span = str(parent_run_id) if parent_run_id is not None else None
             is_root = True
-        hidden = not is_root and tags is not None and HIDDEN_TAG in tags
+        # Steps that are not recorded (LangGraph plumbing, or chain steps below the
+        # level) pass their children up to the nearest recorded ancestor.
+        hidden = not is_root and (
+            (tags is not None and HIDDEN_TAG in tags)
+            or (kind == "chain" and not capture.is_enabled_for("debug"))
+        )
         state = RunState(
             self.owner, kind, name, None if hidden else str(run_id), parent_span, trace,
             session, user, is_root,
