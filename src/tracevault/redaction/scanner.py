@@ -34,6 +34,13 @@ _TOKEN_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-
 _TOK_SHAPE = _table({ord(c): ord("a") for c in _TOKEN_CHARS}, ord(" "))
 _LONG_TOKEN = b"a" * 16
 _NUM_RUN = re.compile(rb"0[0 .()+\-]{5,}0")
+# What a run of digits needs before a built-in numeric detector is worth running on it:
+# (digits, dots, a character it must contain)
+_NUMERIC_GATES: dict[str, tuple[int, int, bytes]] = {
+    "card": (12, 0, b""), "ssn": (9, 0, b""), "ssn_bare": (9, 0, b""),
+    "phone_e164": (8, 0, b"+"), "phone_nanp": (10, 0, b""), "phone_nanp_bare": (10, 0, b""),
+    "phone_intl_00": (9, 0, b""), "ipv4": (4, 3, b""),
+}
 _IPV6_HINT = re.compile(r":[0-9A-Fa-f]{0,4}:")
 
 
@@ -132,12 +139,16 @@ class Scanner:
         for m in _NUM_RUN.finditer(shape):
             left = shape.rfind(b"x", 0, m.start()) + 1  # include a leading "+" or "("
             right = m.end()
-            run = m.group()
-            if run.count(b"0") >= 8 or run.count(b".") >= 3:
+            run = shape[left:right]
+            digits, dots = run.count(b"0"), run.count(b".")
+            if digits >= 8 or dots >= 3:
                 end = min(n, right + 1)  # lookaheads must see the character after
                 for det in self._numeric:
-                    self._run(det, text, left, end, found)
-            if self._iban and b"0000" in run:
+                    gate = _NUMERIC_GATES.get(det.name)
+                    if gate is None or (digits >= gate[0] and dots >= gate[1]
+                                        and gate[2] in run):
+                        self._run(det, text, left, end, found)
+            if self._iban and b"0000" in run:  # every IBAN has 4 digits in a row
                 for det in self._iban:
                     self._run(det, text, max(0, left - 34), min(n, right + 34), found)
 

@@ -156,7 +156,6 @@ SECRET_DETECTORS: tuple[Detector, ...] = (
 
 # --- key = value pairs in free text --------------------------------------------------------
 
-_KEY_BEFORE = re.compile(r"([A-Za-z][\w\-.]{0,40})\\?[\"']?\s*$")
 # the value: "quoted" (JSON, with escapes), \"quoted\" (JSON inside a JSON string),
 # 'quoted', or a bare word (with an auth scheme in front: "Basic dXNlcjpwYXNz")
 _VALUE_AFTER = re.compile(
@@ -172,6 +171,21 @@ _STOP_VALUES = frozenset({
 })
 
 
+_KEY_EDGE = " \t\"'\\"
+_KEY_JUNK = "\\\"'{[(,;<>&?|*#!"
+_name_cache: dict[tuple[str, frozenset[str]], bool] = {}
+
+
+def _secret_key(name: str, extra: frozenset[str]) -> bool:
+    key = (name, extra)
+    hit = _name_cache.get(key)
+    if hit is None:
+        if len(_name_cache) >= 20_000:  # names made of data must not grow it forever
+            _name_cache.clear()
+        hit = _name_cache[key] = bool(name) and name[0].isalpha() and is_secret_name(name, extra)
+    return hit
+
+
 def find_key_values(
     text: str, pos: int, endpos: int, extra_names: Iterable[str] = ()
 ) -> Iterator[tuple[int, int]]:
@@ -181,8 +195,10 @@ def find_key_values(
     for sep in ("=", ":"):
         i = text.find(sep, pos, endpos)
         while i != -1:
-            key = _KEY_BEFORE.search(text, max(pos, i - 44), i)
-            if key is not None and is_secret_name(key.group(1), extra):
+            # the word just before the separator, without quotes or spaces around it
+            before = text[max(pos, i - 44):i].rstrip(_KEY_EDGE)
+            words = before.rsplit(None, 1)
+            if words and _secret_key(words[-1].lstrip(_KEY_JUNK), extra):
                 m = _VALUE_AFTER.match(text, i + 1, endpos)
                 if m is not None:
                     g = next(i for i in (1, 2, 3, 4) if m.group(i) is not None)
