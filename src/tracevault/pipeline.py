@@ -86,7 +86,11 @@ _live: weakref.WeakSet[Pipeline] = weakref.WeakSet()
 
 
 class Pipeline:
-    """Owns the queue, the writer thread and the store of one configuration."""
+    """Owns the queue, the writer thread and the store of one configuration.
+
+    The writer lingers up to ``linger`` seconds after the first event of a burst so that
+    a burst becomes one transaction; ``flush()`` cuts the wait short.
+    """
 
     def __init__(
         self,
@@ -97,6 +101,7 @@ class Pipeline:
         batch_size: int = 4_096,
         block_timeout: float | None = None,
         dead_letter_path: str | None = None,
+        linger: float = 0.005,
     ) -> None:
         self._store: Store | None = store if not isinstance(store, str) else None
         self._store_url = store if isinstance(store, str) else store.url
@@ -110,6 +115,9 @@ class Pipeline:
             os.getcwd(), f"tracevault-dead-letter-{os.getpid()}.jsonl"
         )
         self._wake = threading.Event()
+        # Set by flush()/shutdown(): write now rather than linger for a fuller batch.
+        self._urgent = threading.Event()
+        self._linger = linger
         self._space = threading.Condition(threading.Lock())
         self._waiting = 0
         self._stop = threading.Event()
@@ -177,6 +185,7 @@ class Pipeline:
             return False  # called from middleware: waiting for ourselves would deadlock
         marker = _Marker()
         self._queue.append(marker)
+        self._urgent.set()
         self._wake.set()
         return marker.done.wait(timeout) and marker.ok
 
@@ -206,6 +215,7 @@ class Pipeline:
             flushed = self.flush(timeout)
             self._closed = True
             self._stop.set()
+            self._urgent.set()
             self._wake.set()
             with self._space:
                 self._space.notify_all()
@@ -228,6 +238,11 @@ class Pipeline:
                 if not queue:
                     self._wake.wait(0.5)
                 continue
+            if len(queue) < self._batch_size and not self._urgent.is_set():
+                # Events of one agent step arrive in bursts: waiting a few ms turns a
+                # burst into one transaction instead of one per event.
+                self._urgent.wait(self._linger)
+            self._urgent.clear()
             batch: list[AuditEvent] = []
             markers: list[_Marker] = []
             while queue and len(batch) < self._batch_size:
