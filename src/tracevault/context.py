@@ -80,6 +80,19 @@ def context(
         _scope.reset(token)
 
 
+def swap_span(ref: SpanRef | None) -> SpanRef | None:
+    """Make ``ref`` the current span in this context; return the span it replaces.
+
+    For callback-style integrations that cannot wrap the code they observe in a
+    ``with`` block: call it in the start callback, and again with the returned value
+    in the end callback, so code running in between (e.g. another framework called
+    from inside a tool) records its events as children of ``ref``.
+    """
+    previous = _span.get()
+    _span.set(ref)
+    return previous
+
+
 @contextmanager
 def use_span(ref: SpanRef) -> Iterator[SpanRef]:
     """Make ``ref`` the current span for the block (events inside become its children)."""

@@ -26,6 +26,7 @@ from langchain_core.messages import BaseMessage, ToolMessage
 from langchain_core.outputs import LLMResult
 
 from tracevault import capture
+from tracevault.context import SpanRef, swap_span
 from tracevault.pipeline import DurabilityError
 from tracevault.pricing import cost_of
 from tracevault_langchain import convert
@@ -440,6 +441,11 @@ class TracevaultCallbackHandler(_Base):
             raise
         if st.is_root:
             self._input(st, data["parameters"], convert.user_metadata(metadata))
+        if st.span is not None:
+            # The tool body runs between this callback and its end: make the tool the
+            # current span so code it calls (a LlamaIndex query engine, AuditLogger
+            # events) lands under it in the same tree.
+            st.ambient = (swap_span(SpanRef(st.trace.trace_id, st.span)),)
 
     @_guarded
     def on_tool_end(
@@ -453,6 +459,7 @@ class TracevaultCallbackHandler(_Base):
         st = self._rec.close(run_id)
         if st is None:
             return
+        _restore_ambient(st)
         result, status, artifact = convert.tool_result(output)
         duration = _ms(st.started)
         data: dict[str, Any] = {"tool_name": st.name, "result": result, "status": status,
@@ -484,6 +491,7 @@ class TracevaultCallbackHandler(_Base):
         st = self._rec.close(run_id)
         if st is None:
             return
+        _restore_ambient(st)
         duration = _ms(st.started)
         summary = error_summary(error)
         data: dict[str, Any] = {"tool_name": st.name, "status": "error", "duration_ms": duration,
@@ -633,3 +641,9 @@ def _deferred(inputs: Any, kwargs: dict[str, Any]) -> bool:
 
 def _ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000
+
+
+def _restore_ambient(st: RunState) -> None:
+    if st.ambient is not None:
+        swap_span(st.ambient[0])
+        st.ambient = None

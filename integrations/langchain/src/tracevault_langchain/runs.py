@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+from tracevault.context import SpanRef
+
 DEFAULT_MAX_OPEN = 50_000
 _MAX_TRACKED = 1_000  # per trace: reported exceptions and failed tool calls remembered
 
@@ -113,6 +115,8 @@ class RunState:
     query: str | None = None
     defers_inputs: bool = False
     extra: dict[str, Any] | None = None
+    # The span that was current before this tool made itself current (see handler).
+    ambient: tuple[SpanRef | None] | None = None
 
     @property
     def child_span(self) -> str | None:

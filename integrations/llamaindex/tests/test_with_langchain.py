@@ -1,0 +1,90 @@
+"""A LangChain agent whose tool queries a LlamaIndex engine: one session, one tree."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from langchain.agents import create_agent
+from langchain_core.tools import tool
+from llama_index.core import Document, VectorStoreIndex
+from llama_index.core.embeddings import MockEmbedding
+from llama_index.core.llms import MockLLM
+from tracevault_langchain import TracevaultCallbackHandler
+from tracevault_langchain.testing import ScriptedChatModel, ai, tool_call
+from tracevault_llamaindex.instrument import Installed
+
+import tracevault
+from tracevault.testing import Capture
+
+DOCS = [
+    Document(text="Paris is the capital of France.", id_="france"),
+    Document(text="Rome is the capital of Italy.", id_="italy"),
+]
+
+
+def _agent() -> Any:
+    engine = VectorStoreIndex.from_documents(
+        DOCS, embed_model=MockEmbedding(embed_dim=8)
+    ).as_query_engine(llm=MockLLM(max_tokens=6), similarity_top_k=1)
+
+    @tool
+    def lookup(question: str) -> str:
+        """Answer a question from the document index."""
+        return str(engine.query(question))
+
+    model = ScriptedChatModel(
+        messages=iter(
+            [
+                ai(
+                    tool_calls=[tool_call("lookup", {"question": "capital of France?"}, "c1")],
+                    input_tokens=20,
+                    output_tokens=5,
+                ),
+                ai("Paris.", input_tokens=30, output_tokens=2),
+            ]
+        )
+    )
+    return create_agent(model, [lookup])
+
+
+@pytest.mark.parametrize("mode", ["invoke", "ainvoke"])
+def test_llamaindex_inside_a_langchain_tool_joins_the_tree(
+    cap: Capture, instrumented: Installed, mode: str
+) -> None:
+    agent = _agent()
+    config: Any = {"callbacks": [TracevaultCallbackHandler()]}
+    request = {"messages": [("user", "What is the capital of France?")]}
+    with tracevault.context(session_id="mixed-frameworks", user_id="ada"):
+        if mode == "invoke":
+            agent.invoke(request, config=config)
+        else:
+            asyncio.run(agent.ainvoke(request, config=config))
+    everything = cap.events()
+    root = next(e for e in everything if e.kind == "agent" and e.phase == "start")
+    events = [e for e in everything if e.trace_id == root.trace_id]
+    # Only building the index (embedding the documents, before the run) is elsewhere.
+    assert {e.name for e in everything if e not in events} == {"embedding"}
+    assert {e.framework for e in events} == {"langchain", "llamaindex"}
+    assert {e.session_id for e in events} == {"mixed-frameworks"}
+    assert {e.user_id for e in events} == {"ada"}
+    spans = {e.span_id for e in events if e.span_id}
+    orphans = [e for e in events if e.parent_span_id and e.parent_span_id not in spans]
+    assert orphans == []
+    lc_tool = next(e for e in events if e.kind == "tool_call" and e.phase == "start")
+    li_root = next(e for e in events if e.framework == "llamaindex" and e.name == "query")
+    assert li_root.parent_span_id == lc_tool.span_id
+    # The query's retrieval and synthesis hang below the LangChain tool.
+    by_span = {e.span_id: e for e in events if e.span_id}
+    retrieval = next(e for e in events if e.kind == "retrieval" and e.phase == "end")
+    ancestors = []
+    node = retrieval
+    while node.parent_span_id:
+        node = by_span[node.parent_span_id]
+        ancestors.append(node.span_id)
+    assert lc_tool.span_id in ancestors
+    tool_end = next(e for e in events if e.kind == "tool_call" and e.phase == "end")
+    answer = next(e for e in events if e.framework == "llamaindex" and e.kind == "output")
+    assert tool_end.data["status"] == "success"
+    assert tool_end.data["result"] == answer.data["content"]
