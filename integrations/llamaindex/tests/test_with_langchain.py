@@ -85,6 +85,10 @@ def test_llamaindex_inside_a_langchain_tool_joins_the_tree(
         ancestors.append(node.span_id)
     assert lc_tool.span_id in ancestors
     tool_end = next(e for e in events if e.kind == "tool_call" and e.phase == "end")
-    answer = next(e for e in events if e.framework == "llamaindex" and e.kind == "output")
+    answer = next(
+        e
+        for e in events
+        if e.framework == "llamaindex" and e.kind == "llm_call" and e.phase == "end"
+    )
     assert tool_end.data["status"] == "success"
-    assert tool_end.data["result"] == answer.data["content"]
+    assert tool_end.data["result"] == answer.data["response"]
