@@ -378,22 +378,9 @@ class AuditLogger:
         return ToolCall(self, tool_name, parameters, tool_call_id)
 
     def _warn_if_slow(self, tool_name: str, duration_ms: float, span_id: str) -> None:
-        threshold = capture.settings().slow_tool_ms
-        if duration_ms > threshold:
-            self.emit(
-                "custom",
-                {
-                    "name": "slow_tool_call",
-                    "payload": {
-                        "tool_name": tool_name,
-                        "duration_ms": duration_ms,
-                        "threshold_ms": threshold,
-                    },
-                },
-                level="warning",
-                name="slow_tool_call",
-                span_id=span_id,
-            )
+        warning = capture.slow_tool_warning(tool_name, duration_ms)
+        if warning is not None:
+            self.emit("custom", warning, level="warning", name=capture.SLOW_TOOL, span_id=span_id)
 
 
 class ToolCall:

@@ -124,6 +124,23 @@ def is_enabled_for(level: str) -> bool:
     return LEVEL_RANK[level] >= _min_rank
 
 
+SLOW_TOOL = "slow_tool_call"
+
+
+def slow_tool_warning(tool_name: str, duration_ms: float) -> dict[str, Any] | None:
+    """Return the data of a ``slow_tool_call`` warning (a ``custom`` event at level
+    ``warning``) when a tool took longer than ``slow_tool_ms``; ``None`` otherwise.
+
+    Every producer records slow tools the same way; each emits the returned data with
+    its own ids.
+    """
+    threshold = settings().slow_tool_ms
+    if duration_ms <= threshold:
+        return None
+    payload = {"tool_name": tool_name, "duration_ms": duration_ms, "threshold_ms": threshold}
+    return {"name": SLOW_TOOL, "payload": payload}
+
+
 def capture_errors() -> int:
     """Return how many captures failed inside tracevault (each was logged)."""
     return _capture_errors

@@ -280,12 +280,9 @@ class Recorder:
 
     def warn_if_slow(self, state: RunState, duration_ms: float) -> None:
         """Record a ``slow_tool_call`` warning like the core ``AuditLogger`` does."""
-        threshold = capture.settings().slow_tool_ms
-        if duration_ms > threshold:
-            payload = {"tool_name": state.name, "duration_ms": duration_ms,
-                       "threshold_ms": threshold}
-            self.emit_on(state, "custom", {"name": "slow_tool_call", "payload": payload},
-                         level="warning", name="slow_tool_call")
+        warning = capture.slow_tool_warning(state.name, duration_ms)
+        if warning is not None:
+            self.emit_on(state, "custom", warning, level="warning", name=capture.SLOW_TOOL)
 
     def _report_evicted(self, state: RunState) -> None:
         log.warning(

@@ -334,12 +334,9 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
         rec = self._rec
         rec.emit("tool_call", span, phase="end", level="error" if is_error else "info",
                  name=span.name, data=data, span_id=span.id, parent=span.parent_anchor)
-        threshold = capture.settings().slow_tool_ms
-        if duration > threshold:
-            rec.emit("custom", span, level="warning", name="slow_tool_call",
-                     data={"name": "slow_tool_call", "payload": {
-                         "tool_name": span.name, "duration_ms": duration,
-                         "threshold_ms": threshold}},
+        warning = capture.slow_tool_warning(span.name, duration)
+        if warning is not None:
+            rec.emit("custom", span, level="warning", name=capture.SLOW_TOOL, data=warning,
                      span_id=span.id, parent=span.parent_anchor)
 
     def _thought(self, span: Span, step: Any) -> None:
