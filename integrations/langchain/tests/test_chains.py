@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import operator
+from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 import pytest
@@ -22,6 +23,7 @@ from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableConfig, RunnableLambda, RunnablePassthrough
 from langchain_core.runnables.config import ContextThreadPoolExecutor
+from langchain_core.tools import tool as lc_tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
@@ -39,7 +41,7 @@ from tracevault_langchain.testing import ScriptedChatModel, ai
 
 from tracevault.pricing import cost_of
 from tracevault.schema import AuditEvent
-from tracevault.testing import Capture
+from tracevault.testing import Capture, capture_events
 
 
 def _cfg(**kwargs: Any) -> RunnableConfig:
@@ -392,3 +394,21 @@ def test_text_completion_model_records_its_prompt(cap: Capture) -> None:
     end = next(e for e in events if e.kind == "llm_call" and e.phase == "end")
     assert end.data["response"] == "42"
     assert next(e for e in events if e.kind == "output").data["content"] == "42"
+
+
+def test_slow_tool_yields_a_warning(tmp_path: Path) -> None:
+    @lc_tool
+    def crawl(url: str) -> str:
+        """Fetch a page."""
+        return f"page {url}"
+
+    with capture_events(tmp_path, slow_tool_ms=0.0) as slow:
+        crawl.invoke({"url": "https://example.test"},
+                     config={"callbacks": [TracevaultCallbackHandler()]})
+        events = slow.events()
+    warning = next(e for e in events if e.level == "warning")
+    tool_end = next(e for e in events if e.kind == "tool_call" and e.phase == "end")
+    assert warning.name == "slow_tool_call" and warning.kind == "custom"
+    assert warning.data["payload"]["tool_name"] == "crawl"
+    assert warning.data["payload"]["duration_ms"] == tool_end.data["duration_ms"]
+    assert warning.data["payload"]["threshold_ms"] == 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from tracevault_llamaindex.instrument import Installed
 from tracevault_llamaindex.testing import tool_then_answer
 
 import tracevault
-from tracevault.testing import Capture
+from tracevault.testing import Capture, capture_events
 
 FUNCTION_AGENT_KINDS = [
     "agent", "input", "llm_call", "llm_call", "reasoning",
@@ -203,3 +204,15 @@ async def test_200_concurrent_runs_on_one_loop(cap: Capture, instrumented: Insta
         seen_sessions.add(trace[0].session_id)
     assert len(seen_sessions) == 200
     assert len(events) == 2000
+
+
+async def test_slow_tool_yields_a_warning(tmp_path: Path, instrumented: Installed) -> None:
+    with capture_events(tmp_path, slow_tool_ms=0.0) as slow:
+        await function_agent().run(user_msg="What is 2 + 3?")
+        events = slow.events()
+    warnings = [e for e in events if e.level == "warning" and e.name == "slow_tool_call"]
+    ends = {e.span_id: e for e in events if e.kind == "tool_call" and e.phase == "end"}
+    assert sorted(w.data["payload"]["tool_name"] for w in warnings) == ["add", "fail"]
+    for w in warnings:
+        assert w.kind == "custom" and w.data["payload"]["threshold_ms"] == 0.0
+        assert w.data["payload"]["duration_ms"] == ends[w.span_id].data["duration_ms"]
