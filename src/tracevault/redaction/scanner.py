@@ -89,7 +89,8 @@ class Scanner:
         self._token_gates = tuple((d, tuple(lit.lower() for lit in d.literals))
                                   for d in self._token)
         self._pem = tuple(by_family.get("pem", ()))
-        self._text = tuple(by_family.get("text", ()))
+        self._text_gates = tuple((d, tuple(lit.lower() for lit in d.literals) if d.ignore_case
+                                  else d.literals) for d in by_family.get("text", ()))
 
     def scan(self, text: str) -> list[Finding]:
         """Return the values to replace in ``text``: sorted, never overlapping."""
@@ -106,17 +107,25 @@ class Scanner:
                              for s, e in det.find(text, 0, len(text)))
         if self._colon and ":" in text:
             self._scan_colon(text, found)
-        if self._token:
-            self._scan_tokens(text, raw, numbers, found)
-        if self._pem and "PRIVATE KEY" in text:
+        # a PEM body is made of long runs of base64, so no long run means no PEM block
+        long_runs = self._scan_tokens(text, raw, numbers, found) if self._token else True
+        if self._pem and long_runs and "PRIVATE KEY" in text:
             for det in self._pem:
                 found.extend(Finding(s, e, det.category, det.name)
                              for s, e in det.find(text, 0, len(text)))
         if self.key_values and ("=" in text or ":" in text):
             found.extend(Finding(s, e, "SECRET", "key_value")
                          for s, e in find_key_values(text, 0, len(text), self.secret_names))
-        for det in self._text:
-            self._run(det, text, 0, len(text), found, text)
+        for det, literals in self._text_gates:
+            if literals:
+                hay = text.lower() if det.ignore_case else text
+                for lit in literals:
+                    if lit in hay:
+                        break
+                else:
+                    continue
+            found.extend(Finding(s, e, det.category, det.name)
+                         for s, e in det.find(text, 0, len(text)))
         return _resolve(found) if found else found
 
     # --- families ---------------------------------------------------------------------
@@ -159,11 +168,14 @@ class Scanner:
             for det in self._colon:
                 self._run(det, text, start, end, found)
 
-    def _scan_tokens(self, text: str, raw: bytes, numbers: bytes, found: list[Finding]) -> None:
+    def _scan_tokens(self, text: str, raw: bytes, numbers: bytes, found: list[Finding]) -> bool:
+        """Run the token detectors around long runs; return whether there was any run."""
         shape = raw.translate(_TOK_SHAPE)
         n = len(shape)
         windows: list[tuple[int, int]] = []
         hit = shape.find(_LONG_TOKEN)
+        if hit < 0:
+            return False
         while hit >= 0:
             right = shape.find(b" ", hit)
             if right < 0:
@@ -175,12 +187,13 @@ class Scanner:
                 # left context: "Bearer ", "aws_secret_access_key = "
                 windows.append((max(0, left - 48), min(n, right + 1)))
             hit = shape.find(_LONG_TOKEN, right)
-        for start, end in _merge(windows):
+        for start, end in _merge(windows) if len(windows) > 1 else windows:
             lowered = text[start:end].lower()
             for det, literals in self._token_gates:
                 if not literals or any(lit in lowered for lit in literals):
                     found.extend(Finding(s, e, det.category, det.name)
                                  for s, e in det.find(text, start, end))
+        return True
 
 
 def _resolve(found: list[Finding]) -> list[Finding]:
