@@ -36,6 +36,8 @@ def event(**fields: Any) -> AuditEvent:
     ("postgres://app:hunter2@db:5432/x", "postgres://app:[SECRET]@db:5432/x"),
     ("Authorization: Bearer abcDEF1234567890ghiJKL", "Authorization: [SECRET]"),
     ("password=hunter2&user=bob", "password=[SECRET]&user=bob"),
+    ("Cookie: sid=abc123; csrf=zz9\nHost: x", "Cookie: [SECRET]\nHost: x"),
+    ("Authorization: Basic dXNlcjpwYXNz", "Authorization: [SECRET]"),
 ])
 def test_each_category_gets_its_placeholder(text: str, expected: str) -> None:
     assert R.redact_text(text)[0] == expected
@@ -185,6 +187,8 @@ def test_policy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Policy.from_env({}).mode == "default"
     assert Policy.from_env({"TRACEVAULT_REDACT": "STRICT"}).mode == "strict"
     assert Policy.from_env({"TRACEVAULT_REDACT_KEY": "s3"}).key == b"s3"
+    on = Policy.from_extra({"redact": True}, environ={"TRACEVAULT_REDACT": "off"})
+    assert on.mode == "default"
     with pytest.raises(ValueError, match="default, strict, off"):
         Policy.from_env({"TRACEVAULT_REDACT": "maybe"})
     with pytest.raises(ValueError, match="unknown redaction settings"):

@@ -105,8 +105,11 @@ class Policy:
             base = chosen
         elif chosen is False:
             base = cls(mode="off")
-        elif chosen is None or chosen is True:
+        elif chosen is None:
             base = cls.from_env(environ)
+        elif chosen is True:
+            base = cls.from_env(environ)
+            base = base if base.enabled else replace(base, mode="default")
         elif isinstance(chosen, str):
             base = replace(cls.from_env(environ), mode=chosen.strip().lower())
         else:

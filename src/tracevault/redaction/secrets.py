@@ -174,6 +174,12 @@ _STOP_VALUES = frozenset({
 _KEY_EDGE = " \t\"'\\"
 _KEY_JUNK = "\\\"'{[(,;<>&?|*#!"
 _name_cache: dict[tuple[str, frozenset[str]], bool] = {}
+_WHOLE_LINE_KEYS = frozenset({"cookie", "setcookie", "authorization", "proxyauthorization"})
+
+
+def _line_end(text: str, start: int, endpos: int) -> int:
+    ends = [j for j in (text.find(c, start, endpos) for c in "\n\x00\"") if j != -1]
+    return min(ends) if ends else endpos
 
 
 def _secret_key(name: str, extra: frozenset[str]) -> bool:
@@ -198,12 +204,17 @@ def find_key_values(
             # the word just before the separator, without quotes or spaces around it
             before = text[max(pos, i - 44):i].rstrip(_KEY_EDGE)
             words = before.rsplit(None, 1)
-            if words and _secret_key(words[-1].lstrip(_KEY_JUNK), extra):
+            name = words[-1].lstrip(_KEY_JUNK) if words else ""
+            if name and _secret_key(name, extra):
                 m = _VALUE_AFTER.match(text, i + 1, endpos)
                 if m is not None:
                     g = next(i for i in (1, 2, 3, 4) if m.group(i) is not None)
+                    start, end = m.span(g)
                     value = m.group(g)
+                    if g == 4 and normalize_name(name) in _WHOLE_LINE_KEYS:
+                        # "Cookie: a=1; b=2" -- every cookie, to the end of the line
+                        end = _line_end(text, end, endpos)
                     if (len(value) >= 3 and value.lower() not in _STOP_VALUES
                             and not value.startswith("[") and not value.startswith("*")):
-                        yield m.span(g)
+                        yield start, end
             i = text.find(sep, i + 1, endpos)
