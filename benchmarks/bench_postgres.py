@@ -64,7 +64,7 @@ def event(i: int, writer: int = 0, sessions: int = 10_000) -> AuditEvent:
     session = i % sessions
     return AuditEvent(
         event_id=f"w{writer}-{i}",
-        timestamp=T0 + timedelta(seconds=i * 8),  # 1M events span 3 months
+        timestamp=T0 + timedelta(seconds=i * 16),  # 2 writers x 500,000: 3 months
         kind="tool_call",
         phase="end",
         name=f"tool_{i % 12}",
@@ -230,7 +230,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "sessions_limit_20": timed(lambda: store.sessions(limit=20), 5),
             "stats_all": timed(store.stats, 3),
             "stats_last_7_days": timed(
-                lambda: store.stats(since=T0 + timedelta(days=60), until=T0 + timedelta(days=67)),
+                lambda: store.stats(since=T0 + timedelta(days=85), until=T0 + timedelta(days=92)),
                 5,
             ),
             "cli_stats": timed(lambda: quiet_cli("stats", "--store", url), 3),

@@ -87,7 +87,7 @@ class PostgresStore(SQLStore):
     With ``create=False`` a database without a ledger is an error.
     """
 
-    day_sql = "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+    day_sql = "((ts AT TIME ZONE 'UTC')::date)"  # str() of the date is YYYY-MM-DD
     ts_text_sql = "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 
     def __init__(self, url: str, *, create: bool = True) -> None:
@@ -145,12 +145,15 @@ class PostgresStore(SQLStore):
     def _forget_after_fork(self) -> None:
         # A forked child must not touch its parent's sockets (closing them would end
         # the parent's sessions); it drops the references and opens its own.
+        # Its locks may have been held by a thread of the parent at the fork: new ones.
         if os.getpid() != self._pid:
-            with self._lock:
-                self._pid = os.getpid()
-                self._idle = []
-                self._writer = None
-                self._local = threading.local()
+            self._pid = os.getpid()
+            self._lock = threading.Lock()
+            self._write_lock = threading.Lock()
+            self._idle = []
+            self._writer = None
+            self._local = threading.local()
+            self._in_doubt = None
 
     def _take(self) -> tuple[Conn, bool]:
         """Return a read connection and whether it was reused (so may be stale)."""
@@ -326,6 +329,7 @@ class PostgresStore(SQLStore):
             return self.head()[0]
         rows = [_storable(prepare(e)) for e in events]  # outside the lock
         ids = tuple(r.columns[0] for r in rows)
+        self._forget_after_fork()
         with self._write_lock:
             return self._write(rows, ids)
 
@@ -408,6 +412,7 @@ class PostgresStore(SQLStore):
         """Store rows of another ledger exactly as they are (``seq``, columns with ``ts``
         as text, ``payload``, ``salt``, ``digest``, ``chain``) after ``after``, the
         (seq, chain) this ledger's head must have; then set the head to ``head``."""
+        self._forget_after_fork()
         with self._write_lock:
             conn, _ = self._writer_conn()
             try:
