@@ -159,15 +159,18 @@ def pg_server() -> Iterator[PostgresServer]:
     if bindir is None:
         _unavailable("PostgreSQL is not installed (`make test` installs it)")
         raise AssertionError  # unreachable: skip/fail raise
-    server = PostgresServer(bindir)
+    server: PostgresServer | None = None
     try:
+        server = PostgresServer(bindir)
         server.init()
         server.start()
-    except (OSError, subprocess.SubprocessError) as exc:
-        log = server.log.read_text() if server.log.exists() else ""
+    except Exception as exc:  # e.g. no `postgres` account, initdb or pg_ctl failing
+        log = server.log.read_text() if server and server.log.exists() else ""
         detail = getattr(exc, "stderr", "") or ""
-        server.cleanup()
+        if server is not None:
+            server.cleanup()
         _unavailable(f"cannot start PostgreSQL: {exc} {detail} {log[-2000:]}")
+    assert server is not None
     try:
         yield server
     finally:
