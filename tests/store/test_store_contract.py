@@ -123,6 +123,16 @@ def test_appended_events_read_back_exactly(store: Store) -> None:
     assert [encode_event(e.event) for e in read] == [encode_event(e) for e in events]
 
 
+def test_appends_are_idempotent_by_event_id(store: Store) -> None:
+    events = sample()[:6]
+    assert store.append(events[:3]) == 3
+    # A retried batch overlapping what is stored, with an internal duplicate too.
+    assert store.append([events[1], events[3], events[3], events[2], events[4], events[5]]) == 6
+    assert store.append(events[:2]) == 6  # all stored already: nothing written
+    assert [e.event.event_id for e in store.events()] == [e.event_id for e in events]
+    assert store.verify().ok
+
+
 def test_event_filters(store: Store) -> None:
     events = sample()
     store.append(events)

@@ -11,8 +11,10 @@ it, under the same lock. The schema is created and migrated on first use
 
 Connection failures never lose an event: ``append`` retries once on a fresh connection
 when a pooled one went stale, and otherwise raises :class:`StoreError` (the pipeline's
-writer keeps the batch and retries with backoff); the next call reconnects. A commit
-whose acknowledgement was lost is recognised on the retry and not written twice.
+writer keeps the batch and retries with backoff); the next call reconnects. Appends are
+idempotent by event id (``UNIQUE (event_id, ts)``; a re-appended event has both), so a
+batch whose commit went through but whose acknowledgement was lost is not written twice
+when it is retried.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from tracevault.ledger import (
     format_ts,
     prepare,
     seal,
+    unique_rows,
 )
 from tracevault.schema import AuditEvent
 from tracevault.store.base import SinkCursor, StoreError
@@ -108,8 +111,6 @@ class PostgresStore(SQLStore):
         self._pid = os.getpid()
         self._closed = False
         self._months: set[str] = set()
-        # (event ids, last seq, last chain) of a batch whose commit may have been lost.
-        self._in_doubt: tuple[tuple[str, ...], int, bytes] | None = None
         conn = self._connect()
         try:
             self._migrate(conn, create)
@@ -153,7 +154,6 @@ class PostgresStore(SQLStore):
             self._idle = []
             self._writer = None
             self._local = threading.local()
-            self._in_doubt = None
 
     def _take(self) -> tuple[Conn, bool]:
         """Return a read connection and whether it was reused (so may be stale)."""
@@ -325,32 +325,37 @@ class PostgresStore(SQLStore):
     # --- writing ----------------------------------------------------------------------
 
     def append(self, events: Sequence[AuditEvent]) -> int:
-        if not events:
-            return self.head()[0]
-        rows = [_storable(prepare(e)) for e in events]  # outside the lock
-        ids = tuple(r.columns[0] for r in rows)
+        """Seal and store ``events``; events whose id is already stored are skipped, so
+        re-appending a batch (a retry after a lost commit acknowledgement, a dead-letter
+        replay) never duplicates a record."""
+        rows = unique_rows([_storable(prepare(e)) for e in events])  # outside the lock
         self._forget_after_fork()
         with self._write_lock:
-            return self._write(rows, ids)
+            return self._write(rows)
 
-    def _write(self, rows: list[PreparedRow], ids: tuple[str, ...]) -> int:
-        for attempt in range(2):
+    def _write(self, rows: list[PreparedRow]) -> int:
+        reconnected = filtered = False
+        while True:
             conn, reused = self._writer_conn()
             try:
-                if self._in_doubt is not None:
-                    done = self._resolve_in_doubt(conn, ids)
-                    if done is not None:
-                        return done
-                return self._append_tx(conn, rows, ids)
+                if not rows:
+                    head = conn.execute(_HEAD).fetchone()
+                    return int(head[0]) if head else 0
+                return self._append_tx(conn, rows)
+            except psycopg.errors.UniqueViolation as exc:
+                if filtered:
+                    raise self._error("cannot append to", exc) from None
+                filtered = True  # some of the batch is stored already: write the rest
+                stored = self._stored_ids(conn, [r.columns[0] for r in rows])
+                rows = [r for r in rows if r.columns[0] not in stored]
             except psycopg.OperationalError as exc:
                 self._drop_writer()
-                if reused and attempt == 0:
+                if reused and not reconnected:  # a pooled connection went stale
+                    reconnected = True
                     continue
                 raise self._error("cannot append to", exc) from None
             except psycopg.Error as exc:
-                self._in_doubt = None  # rolled back: nothing of the batch is stored
                 raise self._error("cannot append to", exc) from None
-        raise StoreError(f"cannot append to PostgreSQL ledger {self.where}")  # pragma: no cover
 
     def _writer_conn(self) -> tuple[Conn, bool]:
         self._forget_after_fork()
@@ -364,36 +369,28 @@ class PostgresStore(SQLStore):
         if conn is not None:
             conn.close()
 
-    def _resolve_in_doubt(self, conn: Conn, ids: tuple[str, ...]) -> int | None:
-        """Return the last seq if this very batch was committed by an earlier attempt
-        whose acknowledgement was lost; ``None`` if it must be written."""
-        assert self._in_doubt is not None
-        doubted, seq, chain = self._in_doubt
-        found = conn.execute("SELECT chain FROM events WHERE seq = %s", (seq,)).fetchall()
-        self._in_doubt = None
-        if doubted == ids and any(bytes(r[0]) == chain for r in found):
-            return seq
-        return None
+    @staticmethod
+    def _stored_ids(conn: Conn, ids: list[str]) -> set[str]:
+        rows = conn.execute("SELECT event_id FROM events WHERE event_id = ANY(%s)", (ids,))
+        return {r[0] for r in rows}
 
-    def _append_tx(self, conn: Conn, rows: list[PreparedRow], ids: tuple[str, ...]) -> int:
+    def _append_tx(self, conn: Conn, rows: list[PreparedRow]) -> int:
         with conn.transaction():
             head = conn.execute(_HEAD + " FOR UPDATE").fetchone()
             if head is None:
                 raise StoreError(f"PostgreSQL ledger {self.where} has no head row")
             created = self._ensure_partitions(conn, {r.columns[1][:7] for r in rows})
             sealed = seal(rows, int(head[0]), bytes(head[1]))
-            last = sealed[-1]
-            self._in_doubt = (ids, last.seq, last.chain)
             with conn.cursor().copy(_COPY) as copy:
                 for s in sealed:
                     r = s.row
                     copy.write_row(
                         (s.seq, *r.columns, r.payload.decode(), r.salt, r.digest, s.chain)
                     )
+            last = sealed[-1]
             conn.execute(
                 "UPDATE ledger_head SET seq = %s, chain = %s WHERE id = 1", (last.seq, last.chain)
             )
-        self._in_doubt = None
         self._months |= created
         return last.seq
 

@@ -45,7 +45,10 @@ CREATE TABLE events (
     doc jsonb GENERATED ALWAYS AS ((CASE WHEN strpos(payload, '\u0000') = 0 THEN payload
         ELSE regexp_replace(payload, '(?<!\\)((?:\\\\)*)\\u0000', '\1\\u2400', 'g')
         END)::jsonb) STORED,
-    PRIMARY KEY (seq, ts)
+    PRIMARY KEY (seq, ts),
+    -- A partitioned table's unique keys include the partition key; a re-appended
+    -- event has the same id and timestamp, so this makes appends idempotent.
+    UNIQUE (event_id, ts)
 ) PARTITION BY RANGE (ts);
 CREATE INDEX events_session ON events (session_id, seq);
 CREATE INDEX events_user ON events (user_id, ts);
