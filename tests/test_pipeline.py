@@ -334,3 +334,23 @@ def test_capture_errors_are_counted_not_raised(cap: Capture) -> None:
     before = capture.capture_errors()
     assert capture.emit("custom", level="not-a-level") is None
     assert capture.capture_errors() == before + 1
+
+
+def test_dead_letters_are_redacted_too(tmp_path: Path) -> None:
+    store = FlakyStore(str(tmp_path / "down.db"))
+    store.healthy.clear()
+    path = tmp_path / "dead.jsonl"
+    from tracevault.redaction import Redactor
+
+    pipeline = Pipeline(store, middleware=[Redactor()], dead_letter_path=str(path))
+    log = tracevault.AuditLogger(session_id="dl")
+    capture.install(pipeline, None)
+    try:
+        for _ in range(3):
+            log.log_input("reach me at carol.dead@example.org")
+        stats = pipeline.shutdown(timeout=0.3)
+    finally:
+        capture.install(None, None)
+    assert stats.dead_lettered == 3
+    text = path.read_text()
+    assert "carol.dead@example.org" not in text and text.count("[EMAIL]") == 3

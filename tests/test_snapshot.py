@@ -176,3 +176,36 @@ def test_lone_surrogates_are_repaired_for_encoding() -> None:
     fixed = sanitize_strings(value)
     encoded = orjson.dumps(fixed)
     assert orjson.loads(encoded) == {"text": "ok \ufffd end", "\ufffd": ["\U0001f600"]}
+
+
+def test_freeze_round_trips_plain_payloads_and_falls_back_exactly() -> None:
+    from tracevault.snapshot import Frozen, freeze, thaw
+
+    when = dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc)
+    plain = {"q": "x", "n": [1, 2.5, True], "when": when, "point": Point(1, [2])}
+    frozen = freeze(plain)
+    assert isinstance(frozen, Frozen)  # the fast path
+    assert thaw(frozen) == snapshot(plain)
+    live = {"messages": [{"content": "hi"}]}
+    frozen = freeze(live)
+    live["messages"][0]["content"] = "changed later"
+    assert thaw(frozen) == {"messages": [{"content": "hi"}]}
+    cyclic: list[Any] = [1]
+    cyclic.append(cyclic)
+    # Everything orjson would not encode exactly takes the snapshot path.
+    for value in (
+        {"nan": math.nan},
+        {"none": None},
+        [2**80],
+        {1: "int key"},
+        cyclic,
+        {"s": "lone \ud800"},
+        {"big": "x" * 20_000},
+    ):
+        out = freeze(value)
+        assert not isinstance(out, Frozen)
+        assert thaw(out) == snapshot(value)
+    assert thaw(freeze({"nan": math.nan})) == {"nan": "NaN"}
+    # Rich objects orjson does not know are converted by snapshot() inside the fast path.
+    model = {"m": Sub(name="m", when=when)}
+    assert thaw(freeze(model)) == snapshot(model) and thaw(freeze(model))["m"]["extra"] == 7

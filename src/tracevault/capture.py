@@ -22,7 +22,7 @@ from tracevault.context import current_scope, current_span
 from tracevault.ids import uuid7
 from tracevault.pipeline import DurabilityError, Middleware, Pipeline
 from tracevault.schema import LEVEL_RANK, AuditEvent
-from tracevault.snapshot import snapshot
+from tracevault.snapshot import freeze
 
 log = logging.getLogger("tracevault")
 
@@ -163,13 +163,13 @@ def emit(
     metadata: dict[str, Any] | None = None,
     timestamp: datetime | None = None,
     durable: bool = False,
-) -> AuditEvent | None:
-    """Record one event; return it, or ``None`` if its level is filtered out.
+) -> str | None:
+    """Record one event; return its id, or ``None`` if its level is filtered out.
 
     Session, user, metadata and tags not given here come from the enclosing
     :func:`tracevault.context`; trace and parent come from the current span when
-    ``trace_id`` is not given. ``data`` and ``metadata`` are snapshotted, so callers may
-    pass live objects. With ``durable=True`` this returns only once the event is in the
+    ``trace_id`` is not given. ``data`` and ``metadata`` are copied (frozen) here, so
+    callers may pass live objects. With ``durable=True`` this returns only once the event is in the
     ledger and raises :class:`DurabilityError` if it cannot be made so.
     """
     global _capture_errors
@@ -184,11 +184,9 @@ def emit(
                 if parent_span_id is None:
                     parent_span_id = ref.span_id
         if metadata:
-            meta = (
-                snapshot({**scope.metadata, **metadata}) if scope.metadata else snapshot(metadata)
-            )
+            meta = freeze({**scope.metadata, **metadata} if scope.metadata else metadata)
         else:
-            meta = snapshot(scope.metadata) if scope.metadata else {}
+            meta = freeze(scope.metadata) if scope.metadata else {}
         event = AuditEvent(
             uuid7(),
             timestamp or datetime.now(timezone.utc),
@@ -204,14 +202,14 @@ def emit(
             framework,  # type: ignore[arg-type]
             [*scope.tags, *tags] if tags else list(scope.tags),
             meta,
-            snapshot(data) if data is not None else {},
+            freeze(data) if data is not None else {},
         )
         pipeline = _pipeline if _pipeline is not None else get_pipeline()
         if durable:
             pipeline.submit_durable(event, settings().strict_timeout)
         else:
             pipeline.submit(event)
-        return event
+        return event.event_id
     except DurabilityError:
         raise
     except Exception as exc:  # never break the agent; count and say so once per kind

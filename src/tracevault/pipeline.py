@@ -30,9 +30,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Protocol
 
+import orjson
+
 from tracevault.ids import uuid7
 from tracevault.ledger import decode_event, encode_event
 from tracevault.schema import AuditEvent
+from tracevault.snapshot import snapshot, thaw
 from tracevault.store import Store, StoreError, open_store
 
 log = logging.getLogger("tracevault")
@@ -255,7 +258,17 @@ class Pipeline:
             if self._waiting:
                 with self._space:
                     self._space.notify_all()
-            ok = self._process(batch)
+            try:
+                ok = self._process(batch)
+            except Exception as exc:  # a bug must not stop the writer: save and go on
+                log.critical("tracevault: writer failed on a batch: %r", exc, exc_info=True)
+                self._last_error = f"writer failed: {type(exc).__name__}"
+                # Pending events went through middleware; if it never ran, nothing of the
+                # batch may reach the dead-letter file unredacted.
+                reason = f"the ledger writer failed before redaction ({type(exc).__name__})"
+                self._dead_letter(self._pending or [_withhold(e, reason) for e in batch])
+                self._pending = []
+                ok = False
             for marker in markers:
                 marker.ok = ok
                 marker.done.set()
@@ -273,6 +286,7 @@ class Pipeline:
         return ok
 
     def _apply_middleware(self, event: AuditEvent) -> AuditEvent | None:
+        _thaw(event)
         current: AuditEvent | None = event
         for step in self.middleware:
             try:
@@ -322,7 +336,11 @@ class Pipeline:
                 if message != self._last_error:
                     log.error("tracevault: cannot write to the ledger, retrying: %s", message)
                 self._last_error = message
-                if self._stop.wait(delay * (0.5 + random.random())):
+                # Back off, but a flush() (someone waiting, e.g. a strict-mode tool) or
+                # shutdown cuts the wait short and gets an immediate retry.
+                self._urgent.wait(delay * (0.5 + random.random()))
+                self._urgent.clear()
+                if self._stop.is_set():
                     return False
                 delay = min(delay * 2, 5.0)
 
@@ -332,21 +350,26 @@ class Pipeline:
         return self._store
 
     def _dead_letter_rest(self) -> None:
-        rest: list[AuditEvent] = list(self._pending)
+        rest: list[AuditEvent] = list(self._pending)  # already through middleware
         for item in self._queue:
             if isinstance(item, _Marker):  # release flush() callers: not durable
                 item.ok = False
                 item.done.set()
-            else:
-                rest.append(item)
+            else:  # redact before anything touches the disk
+                processed = self._apply_middleware(item)
+                if processed is not None:
+                    rest.append(processed)
         self._queue.clear()
         self._pending = []
+        self._dead_letter(rest)
+
+    def _dead_letter(self, rest: list[AuditEvent]) -> None:
         if not rest:
             return
         try:
             with open(self._dead_letter_path, "ab") as fh:
                 for event in rest:
-                    fh.write(encode_event(event) + b"\n")
+                    fh.write(_dead_letter_line(event))
             self._dead_lettered += len(rest)
             log.error(
                 "tracevault: %d events could not reach the ledger and were saved to %s",
@@ -356,6 +379,21 @@ class Pipeline:
         except OSError as exc:
             self._dead_lettered += len(rest)
             log.critical("tracevault: %d events lost, dead-letter file failed: %s", len(rest), exc)
+
+
+def _dead_letter_line(event: AuditEvent) -> bytes:
+    try:
+        return encode_event(event) + b"\n"
+    except Exception:  # whatever broke the writer may break encoding too: keep the rest
+        plain = snapshot({**event.to_dict(), "data": {"withheld": True}, "metadata": {}})
+        return orjson.dumps(plain) + b"\n"
+
+
+def _thaw(event: AuditEvent) -> AuditEvent:
+    # Payloads arrive frozen from the caller's thread (see snapshot.freeze).
+    event.data = thaw(event.data)
+    event.metadata = thaw(event.metadata)
+    return event
 
 
 def _withhold(event: AuditEvent, reason: str) -> AuditEvent:

@@ -7,6 +7,12 @@ datetimes, UUIDs, bytes, sets, numpy values, arbitrary objects) and marks what i
 to cut: cycles, excessive depth, huge containers and huge strings (with their original
 size). Strings are immutable, so they are shared, not copied; lone surrogates are fixed
 later by :func:`sanitize_strings` on the writer thread, only when encoding fails.
+
+:func:`freeze` is what capture uses on the caller's thread: most payloads are plain
+JSON, which orjson encodes to immutable bytes four to five times faster than the
+Python walk; the writer thread turns them back into data with :func:`thaw`. Anything
+orjson would not encode exactly (NaN, huge ints, non-string keys, cycles, invalid
+unicode, large payloads that may need truncating) takes the :func:`snapshot` path.
 """
 
 from __future__ import annotations
@@ -23,10 +29,16 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 MAX_STRING = 256 * 1024
 MAX_ITEMS = 10_000
 MAX_DEPTH = 40
 MAX_BYTES_KEPT = 4096
+# Payloads whose JSON is larger take the snapshot path, which truncates: below this
+# size no string can exceed MAX_STRING and no container MAX_ITEMS (each item costs at
+# least two bytes), so the fast path never has anything to cut.
+FAST_LIMIT = 16 * 1024
 
 _PRIMITIVES = (str, int, bool, type(None))
 _INT_LIMIT = 2**63
@@ -268,3 +280,37 @@ def sanitize_strings(value: Any) -> Any:
     if isinstance(value, list):
         return [sanitize_strings(v) for v in value]
     return value
+
+
+class Frozen:
+    """A payload captured as JSON bytes on the caller's thread, awaiting :func:`thaw`."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+
+_FREEZE_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS  # dataclasses go through snapshot()
+
+
+def freeze(value: Any) -> Any:
+    """Return an immutable, JSON-safe copy of ``value`` as fast as possible. Never raises.
+
+    The result is either :class:`Frozen` JSON bytes or what :func:`snapshot` returns;
+    :func:`thaw` turns both into plain data.
+    """
+    try:
+        out = orjson.dumps(value, default=snapshot, option=_FREEZE_OPTIONS)
+    except (TypeError, orjson.JSONEncodeError):
+        return snapshot(value)
+    # orjson writes NaN and infinities as null without a word; snapshot() keeps them
+    # visible, so any null sends the payload the careful way.
+    if len(out) > FAST_LIMIT or b"null" in out:
+        return snapshot(value)
+    return Frozen(out)
+
+
+def thaw(value: Any) -> Any:
+    """Return the plain data of a :func:`freeze` result."""
+    return orjson.loads(value.raw) if value.__class__ is Frozen else value
