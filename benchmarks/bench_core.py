@@ -8,17 +8,14 @@ code path into a real SQLite file in a temporary directory.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
-import sys
 import tempfile
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from harness import GatedStore, machine, write_results
 
 import tracevault
 from tracevault import capture
@@ -26,27 +23,6 @@ from tracevault.ids import uuid7
 from tracevault.render import build_runs, render_tree
 from tracevault.schema import AuditEvent
 from tracevault.store import open_store
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def machine() -> dict[str, Any]:
-    """Describe the machine the figures come from."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-    }
 
 
 def one_kb_data(i: int) -> dict[str, Any]:
@@ -60,26 +36,6 @@ def one_kb_data(i: int) -> dict[str, Any]:
         "status": "success",
         "duration_ms": 12.5,
     }
-
-
-class GatedStore:
-    """Delegates to a real store, but appends wait until ``gate`` is set.
-
-    Parking the writer this way measures what capture itself costs the caller's
-    thread, without the writer competing for the GIL at the same moment.
-    """
-
-    def __init__(self, store: Any) -> None:
-        self.store = store
-        self.url = store.url
-        self.gate = threading.Event()
-
-    def append(self, events: Any) -> int:
-        self.gate.wait()
-        return int(self.store.append(events))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.store, name)
 
 
 def _emit_loop(payloads: list[dict[str, Any]], phase: str) -> tuple[float, float]:
@@ -200,8 +156,7 @@ def main() -> None:
         results["capture"] = bench_capture(tmp, args.events)
         results["ledger"] = bench_append_verify(tmp, args.events)
         results["show"] = bench_show(tmp, args.big)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "core.json").write_text(json.dumps(results, indent=2))
+    write_results("core", results)
     for section, values in results.items():
         print(f"[{section}]")
         for key, value in values.items():

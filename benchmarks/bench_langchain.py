@@ -36,6 +36,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from harness import GatedStore
 from langchain.agents import create_agent
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage, HumanMessage, ToolMessage
@@ -67,23 +68,6 @@ class NoopHandler(BaseCallbackHandler):
 
     def on_chat_model_start(self, serialized: Any, messages: Any, **kwargs: Any) -> None:
         return None
-
-
-class GatedStore:
-    """A real store whose appends wait for ``gate``: parks the ledger writer so the
-    caller's-thread cost is measured without the writer competing for the GIL."""
-
-    def __init__(self, store: Any) -> None:
-        self.store = store
-        self.url = store.url
-        self.gate = threading.Event()
-
-    def append(self, events: Any) -> int:
-        self.gate.wait()
-        return int(self.store.append(events))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.store, name)
 
 
 class _Sink(BaseHTTPRequestHandler):

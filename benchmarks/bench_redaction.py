@@ -9,37 +9,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import orjson
+from harness import machine, write_results
 
 from tracevault.redaction import Policy, Redactor
 from tracevault.schema import AuditEvent
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def machine() -> dict[str, Any]:
-    """Describe the machine the figures come from."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": sys.version.split()[0],
-            "platform": platform.platform()}
 
 
 def clean_event_data() -> dict[str, Any]:
@@ -162,8 +142,7 @@ def main() -> int:
     print(f"mixed text with PII ({len(text)} chars, {len(findings)} findings): "
           f"{results['mixed_text_mb_per_s']} MB/s")
     print(f"clean prose ({len(clean_text)} chars): {results['clean_text_mb_per_s']} MB/s")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "redaction.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_results("redaction", results)
     return 0
 
 

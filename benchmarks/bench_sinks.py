@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import http.server
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -25,30 +23,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
+
+from harness import machine, write_results
 
 import tracevault
 from tracevault.sinks import registry
 from tracevault.sinks.base import Forwarder, Sink
 from tracevault.store import open_store
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def machine() -> dict[str, Any]:
-    """Describe the machine the figures come from."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": sys.version.split()[0],
-            "platform": platform.platform()}
 
 
 class Sink200(http.server.BaseHTTPRequestHandler):
@@ -187,8 +169,7 @@ def main() -> int:
           f"{with_sinks:.2f} µs/event with JSONL + OTLP forwarders running")
     for name, rate in rates.items():
         print(f"delivery {name}: {rate} events/s")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "sinks.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_results("sinks", results)
     return 0
 
 
