@@ -21,7 +21,6 @@ import io
 import json
 import multiprocessing
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -32,31 +31,15 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from harness import machine, write_results
 
 from tracevault.cli import main as cli
 from tracevault.ledger import prepare
 from tracevault.schema import AuditEvent
 from tracevault.store.postgres import _COPY, PostgresStore
 
-RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 8, 1, tzinfo=timezone.utc)
-
-
-def machine() -> dict[str, Any]:
-    """Describe the machine the figures come from."""
-    cpu = platform.machine()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-    }
 
 
 def event(i: int, writer: int = 0, sessions: int = 10_000) -> AuditEvent:
@@ -222,7 +205,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out["load_seconds"] = round(load(url, args.events), 1)
         store = PostgresStore(url)
         session = "session-04242"
-        assert len(list(store.events(session_id=session))) == args.events // 10_000
+        in_session = 2 * len(range(4242, args.events // 2, 10_000))  # 2 writers
+        assert len(list(store.events(session_id=session))) == in_session
         out["events"] = store.count()
         out["read"] = {
             "events_of_one_session": timed(lambda: list(store.events(session_id=session)), 20),
@@ -256,8 +240,7 @@ def main() -> None:
     if os.geteuid() == 0 and not args.url and shutil.which("runuser") is None:
         sys.exit("needs runuser to start PostgreSQL as the postgres account")
     result = run(args)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "postgres.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_results("postgres", result)
     print(json.dumps(result, indent=2))
 
 

@@ -20,17 +20,13 @@ when it is retried.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
-from psycopg import sql as pgsql
-from psycopg.rows import TupleRow
 
 from tracevault.ledger import (
     COLUMNS,
@@ -44,30 +40,13 @@ from tracevault.ledger import (
 )
 from tracevault.schema import AuditEvent
 from tracevault.store.base import SinkCursor, StoreError
-from tracevault.store.postgres_schema import (
-    MIGRATION_LOCK,
-    MIGRATIONS,
-    SCHEMA_VERSION,
-    partition_ddl,
-    partition_name,
-)
+from tracevault.store.postgres_pool import Conn, Pool
+from tracevault.store.postgres_schema import migrate, partition_ddl, partition_name, table_exists
 from tracevault.store.sql import SQLStore
-
-Conn = psycopg.Connection[TupleRow]
 
 _ROW_COLUMNS = ("seq", *COLUMNS, "payload", "salt", "digest", "chain")
 _COPY = f"COPY events ({', '.join(_ROW_COLUMNS)}) FROM STDIN"
 _HEAD = "SELECT seq, chain FROM ledger_head WHERE id = 1"
-_IDLE_KEPT = 4  # idle read connections kept for reuse
-_DEFAULTS = {
-    "connect_timeout": "10",
-    "application_name": "tracevault",
-    # Notice a peer that vanished without closing the connection within about a minute.
-    "keepalives": "1",
-    "keepalives_idle": "30",
-    "keepalives_interval": "10",
-    "keepalives_count": "3",
-}
 
 
 @lru_cache(maxsize=256)
@@ -75,11 +54,6 @@ def to_pg(query: str) -> str:
     """Translate a query written with ``?`` placeholders (the SQLStore dialect) to
     psycopg's ``%s`` ones; the shared queries contain no other ``?`` or ``%``."""
     return query.replace("%", "%%").replace("?", "%s")
-
-
-def _detail(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 class PostgresStore(SQLStore):
@@ -95,98 +69,25 @@ class PostgresStore(SQLStore):
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         self.url = url
-        parts = urlsplit(url)
-        query = parse_qsl(parts.query)
-        self._schema = next((v for k, v in query if k == "schema"), None)
-        rest = [(k, v) for k, v in query if k != "schema"]
-        self._conninfo = urlunsplit(parts._replace(query=urlencode(rest)))
-        # The place, never the password, goes into messages.
-        self.where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}"
-        self._given = {k for k, _ in rest}
-        self._lock = threading.Lock()  # guards the pool and the writer connection
-        self._write_lock = threading.Lock()  # one append at a time per process
-        self._idle: list[Conn] = []
-        self._writer: Conn | None = None
+        self._pool = Pool(url)
+        self.where = self._pool.where
         self._local = threading.local()
-        self._pid = os.getpid()
-        self._closed = False
         self._months: set[str] = set()
-        conn = self._connect()
+        conn = self._pool.connect()
         try:
-            self._migrate(conn, create)
+            migrate(conn, where=self.where, create=create)
+        except psycopg.Error as exc:
+            conn.close()
+            raise self._pool.error("cannot initialise", exc) from None
         except BaseException:
             conn.close()
             raise
-        self._release(conn)
-
-    # --- connections ------------------------------------------------------------------
-
-    def _connect(self) -> Conn:
-        if self._closed:
-            raise StoreError(f"PostgreSQL ledger {self.where} is closed")
-        options = {k: v for k, v in _DEFAULTS.items() if k not in self._given}
-        try:
-            conn = psycopg.connect(self._conninfo, autocommit=True, **options)  # type: ignore[arg-type]
-        except psycopg.Error as exc:
-            raise StoreError(
-                f"cannot connect to PostgreSQL ledger {self.where}: {_detail(exc)} "
-                "(is the server running and reachable? nothing is lost: writes wait "
-                "and retry)"
-            ) from None
-        try:
-            if self._schema:
-                name = pgsql.Identifier(self._schema)
-                conn.execute(pgsql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(name))
-                conn.execute(pgsql.SQL("SET search_path TO {}").format(name))
-        except psycopg.Error as exc:
-            conn.close()
-            raise self._error("cannot select the schema of", exc) from None
-        return conn
-
-    def _forget_after_fork(self) -> None:
-        # A forked child must not touch its parent's sockets (closing them would end
-        # the parent's sessions); it drops the references and opens its own.
-        # Its locks may have been held by a thread of the parent at the fork: new ones.
-        if os.getpid() != self._pid:
-            self._pid = os.getpid()
-            self._lock = threading.Lock()
-            self._write_lock = threading.Lock()
-            self._idle = []
-            self._writer = None
-            self._local = threading.local()
-
-    def _take(self) -> tuple[Conn, bool]:
-        """Return a read connection and whether it was reused (so may be stale)."""
-        self._forget_after_fork()
-        with self._lock:
-            if self._closed:
-                raise StoreError(f"PostgreSQL ledger {self.where} is closed")
-            if self._idle:
-                return self._idle.pop(), True
-        return self._connect(), False
-
-    def _release(self, conn: Conn) -> None:
-        if conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            conn.close()
-            return
-        with self._lock:
-            if not self._closed and len(self._idle) < _IDLE_KEPT:
-                self._idle.append(conn)
-                return
-        conn.close()
-
-    def _error(self, doing: str, exc: BaseException) -> StoreError:
-        if isinstance(exc, psycopg.OperationalError):
-            return StoreError(
-                f"{doing} PostgreSQL ledger {self.where}: connection lost or refused "
-                f"({_detail(exc)}); it reconnects on the next attempt"
-            )
-        return StoreError(f"{doing} PostgreSQL ledger {self.where}: {_detail(exc)}")
+        self._pool.give_back(conn)
 
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[Conn]:
         """Run the reads of this thread inside one REPEATABLE READ transaction."""
-        conn, _ = self._take()
+        conn, _ = self._pool.take()
         try:
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -197,52 +98,9 @@ class PostgresStore(SQLStore):
                     self._local.snapshot = None
         except psycopg.Error as exc:
             conn.close()
-            raise self._error("cannot read", exc) from None
+            raise self._pool.error("cannot read", exc) from None
         finally:
-            self._release(conn)  # closes it instead if it is broken or mid-transaction
-
-    # --- migrations -------------------------------------------------------------------
-
-    def _migrate(self, conn: Conn, create: bool) -> None:
-        try:
-            version = self._schema_version(conn)
-            if version == SCHEMA_VERSION:
-                return
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"PostgreSQL ledger {self.where} has schema version {version}, newer "
-                    f"than this tracevault understands ({SCHEMA_VERSION}): upgrade tracevault"
-                )
-            if version == 0 and not create:
-                raise StoreError(
-                    f"no tracevault ledger in PostgreSQL database {self.where} (run an "
-                    "agent with tracevault first, or pass --store / set TRACEVAULT_STORE)"
-                )
-            # A session lock taken before the transaction starts: the transaction then
-            # sees the catalog as another process that held the lock left it.
-            conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
-            try:
-                with conn.transaction():
-                    version = self._schema_version(conn)  # another process may have won
-                    for number, script in MIGRATIONS:
-                        if number > version:
-                            conn.execute(script.encode())
-                    conn.execute(
-                        "INSERT INTO meta (key, value) VALUES ('schema_version', %s) "
-                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                        (str(max(version, SCHEMA_VERSION)),),
-                    )
-            finally:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
-        except psycopg.Error as exc:
-            raise self._error("cannot initialise", exc) from None
-
-    @staticmethod
-    def _schema_version(conn: Conn) -> int:
-        if not _exists(conn, "meta"):
-            return 0
-        found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        return int(found[0]) if found else 0
+            self._pool.give_back(conn)  # closes it instead if broken or mid-transaction
 
     def schema_version(self) -> int:
         """Return the schema version of the database (after the migrations ran)."""
@@ -255,18 +113,18 @@ class PostgresStore(SQLStore):
         if snapshot is not None:
             return snapshot.execute(to_pg(sql), tuple(params)).fetchall()
         for _ in range(2):
-            conn, reused = self._take()
+            conn, reused = self._pool.take()
             try:
                 rows = conn.execute(to_pg(sql), tuple(params)).fetchall()
             except psycopg.OperationalError as exc:
                 conn.close()
                 if reused:  # a pooled connection went stale (e.g. a server restart)
                     continue
-                raise self._error("cannot read", exc) from None
+                raise self._pool.error("cannot read", exc) from None
             except psycopg.Error as exc:
-                self._release(conn)
-                raise self._error("cannot read", exc) from None
-            self._release(conn)
+                self._pool.give_back(conn)
+                raise self._pool.error("cannot read", exc) from None
+            self._pool.give_back(conn)
             return rows
         raise StoreError(f"cannot read PostgreSQL ledger {self.where}")  # pragma: no cover
 
@@ -276,7 +134,7 @@ class PostgresStore(SQLStore):
             yield from self._cursor_rows(snapshot, sql, params)
             return
         for _ in range(2):
-            conn, reused = self._take()
+            conn, reused = self._pool.take()
             started = False
             try:
                 with conn.transaction():  # a server-side cursor lives in a transaction
@@ -287,14 +145,14 @@ class PostgresStore(SQLStore):
                 conn.close()
                 if reused and not started:
                     continue
-                raise self._error("cannot read", exc) from None
+                raise self._pool.error("cannot read", exc) from None
             except psycopg.Error as exc:
                 conn.close()
-                raise self._error("cannot read", exc) from None
+                raise self._pool.error("cannot read", exc) from None
             except BaseException:  # the caller stopped iterating (GeneratorExit)
-                self._release(conn)
+                self._pool.give_back(conn)
                 raise
-            self._release(conn)
+            self._pool.give_back(conn)
             return
 
     @staticmethod
@@ -329,14 +187,14 @@ class PostgresStore(SQLStore):
         re-appending a batch (a retry after a lost commit acknowledgement, a dead-letter
         replay) never duplicates a record."""
         rows = unique_rows([_storable(prepare(e)) for e in events])  # outside the lock
-        self._forget_after_fork()
-        with self._write_lock:
+        self._pool.after_fork()
+        with self._pool.write_lock:
             return self._write(rows)
 
     def _write(self, rows: list[PreparedRow]) -> int:
         reconnected = filtered = False
         while True:
-            conn, reused = self._writer_conn()
+            conn, reused = self._pool.writer()
             try:
                 if not rows:
                     head = conn.execute(_HEAD).fetchone()
@@ -344,30 +202,18 @@ class PostgresStore(SQLStore):
                 return self._append_tx(conn, rows)
             except psycopg.errors.UniqueViolation as exc:
                 if filtered:
-                    raise self._error("cannot append to", exc) from None
+                    raise self._pool.error("cannot append to", exc) from None
                 filtered = True  # some of the batch is stored already: write the rest
                 stored = self._stored_ids(conn, [r.columns[0] for r in rows])
                 rows = [r for r in rows if r.columns[0] not in stored]
             except psycopg.OperationalError as exc:
-                self._drop_writer()
+                self._pool.drop_writer()
                 if reused and not reconnected:  # a pooled connection went stale
                     reconnected = True
                     continue
-                raise self._error("cannot append to", exc) from None
+                raise self._pool.error("cannot append to", exc) from None
             except psycopg.Error as exc:
-                raise self._error("cannot append to", exc) from None
-
-    def _writer_conn(self) -> tuple[Conn, bool]:
-        self._forget_after_fork()
-        if self._writer is not None and not self._writer.closed:
-            return self._writer, True
-        self._writer = self._connect()
-        return self._writer, False
-
-    def _drop_writer(self) -> None:
-        conn, self._writer = self._writer, None
-        if conn is not None:
-            conn.close()
+                raise self._pool.error("cannot append to", exc) from None
 
     @staticmethod
     def _stored_ids(conn: Conn, ids: list[str]) -> set[str]:
@@ -399,7 +245,7 @@ class PostgresStore(SQLStore):
         and remembers the returned months once its transaction commits)."""
         new = months - self._months
         for month in sorted(new):
-            if not _exists(conn, partition_name(month)):
+            if not table_exists(conn, partition_name(month)):
                 conn.execute(partition_ddl(month).encode())
         return new
 
@@ -409,9 +255,9 @@ class PostgresStore(SQLStore):
         """Store rows of another ledger exactly as they are (``seq``, columns with ``ts``
         as text, ``payload``, ``salt``, ``digest``, ``chain``) after ``after``, the
         (seq, chain) this ledger's head must have; then set the head to ``head``."""
-        self._forget_after_fork()
-        with self._write_lock:
-            conn, _ = self._writer_conn()
+        self._pool.after_fork()
+        with self._pool.write_lock:
+            conn, _ = self._pool.writer()
             try:
                 with conn.transaction():
                     found = conn.execute(_HEAD + " FOR UPDATE").fetchone()
@@ -426,28 +272,28 @@ class PostgresStore(SQLStore):
                             copy.write_row(r)
                     conn.execute("UPDATE ledger_head SET seq = %s, chain = %s WHERE id = 1", head)
             except psycopg.OperationalError as exc:
-                self._drop_writer()
-                raise self._error("cannot copy into", exc) from None
+                self._pool.drop_writer()
+                raise self._pool.error("cannot copy into", exc) from None
             except psycopg.Error as exc:
-                raise self._error("cannot copy into", exc) from None
+                raise self._pool.error("cannot copy into", exc) from None
             self._months |= created
 
     # --- forwarder cursors ------------------------------------------------------------
 
     def _execute(self, doing: str, sql: str, params: Sequence[Any]) -> None:
         for _ in range(2):
-            conn, reused = self._take()
+            conn, reused = self._pool.take()
             try:
                 conn.execute(sql, tuple(params))
             except psycopg.OperationalError as exc:
                 conn.close()
                 if reused:
                     continue
-                raise self._error(doing, exc) from None
+                raise self._pool.error(doing, exc) from None
             except psycopg.Error as exc:
-                self._release(conn)
-                raise self._error(doing, exc) from None
-            self._release(conn)
+                self._pool.give_back(conn)
+                raise self._pool.error(doing, exc) from None
+            self._pool.give_back(conn)
             return
 
     def get_cursor(self, name: str) -> int:
@@ -484,33 +330,13 @@ class PostgresStore(SQLStore):
         ]
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            conns, self._idle = self._idle, []
-            writer, self._writer = self._writer, None
-        if os.getpid() != self._pid:
-            return  # the parent's connections: not ours to close
-        for conn in [*conns, *([writer] if writer else [])]:
-            with contextlib.suppress(psycopg.Error):
-                conn.close()
+        self._pool.close()
 
     def __enter__(self) -> PostgresStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _exists(conn: Conn, table: str) -> bool:
-    # The catalog itself, read with the statement's snapshot: name lookups such as
-    # to_regclass() may answer from a cache that has not yet seen another process's
-    # commit when only a row or advisory lock was waited for.
-    row = conn.execute(
-        "SELECT count(*) FROM pg_catalog.pg_class "
-        "WHERE relname = %s AND relnamespace = current_schema()::regnamespace",
-        (table,),
-    ).fetchone()
-    return bool(row and row[0])
 
 
 def _storable(row: PreparedRow) -> PreparedRow:

@@ -1,4 +1,5 @@
-"""The PostgreSQL ledger's schema, as numbered migrations applied on first use.
+"""The PostgreSQL ledger's schema, as numbered migrations, and :func:`migrate`, which
+applies them on first use.
 
 Version 1 is the ledger itself: ``events`` partitioned by month on ``ts`` (the same
 indexed columns as SQLite, the exact canonical JSON in ``payload`` and a generated
@@ -11,6 +12,11 @@ existing entries never change, because deployed databases have already run them.
 from __future__ import annotations
 
 from datetime import date
+
+from psycopg import Connection
+from psycopg.rows import TupleRow
+
+from tracevault.store.base import StoreError
 
 SCHEMA_VERSION = 2
 
@@ -110,3 +116,61 @@ def partition_ddl(month: str) -> str:
         f"CREATE TABLE IF NOT EXISTS {partition_name(month)} PARTITION OF events "
         f"FOR VALUES FROM ('{start.isoformat()} 00:00:00+00') TO ('{end} 00:00:00+00')"
     )
+
+
+def table_exists(conn: Connection[TupleRow], table: str) -> bool:
+    """Whether ``table`` exists in the current schema, as committed right now."""
+    # The catalog itself, read with the statement's snapshot: name lookups such as
+    # to_regclass() may answer from a cache that has not yet seen another process's
+    # commit when only a row or advisory lock was waited for.
+    row = conn.execute(
+        "SELECT count(*) FROM pg_catalog.pg_class "
+        "WHERE relname = %s AND relnamespace = current_schema()::regnamespace",
+        (table,),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def schema_version(conn: Connection[TupleRow]) -> int:
+    """Return the schema version of the ledger (0 if there is none)."""
+    if not table_exists(conn, "meta"):
+        return 0
+    found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return int(found[0]) if found else 0
+
+
+def migrate(conn: Connection[TupleRow], *, where: str, create: bool) -> None:
+    """Bring the ledger's schema to :data:`SCHEMA_VERSION` (creating it if ``create``).
+
+    Raises :class:`StoreError` for a newer schema or, with ``create=False``, for a
+    database without a ledger; driver errors propagate.
+    """
+    version = schema_version(conn)
+    if version == SCHEMA_VERSION:
+        return
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"PostgreSQL ledger {where} has schema version {version}, newer than this "
+            f"tracevault understands ({SCHEMA_VERSION}): upgrade tracevault"
+        )
+    if version == 0 and not create:
+        raise StoreError(
+            f"no tracevault ledger in PostgreSQL database {where} (run an agent with "
+            "tracevault first, or pass --store / set TRACEVAULT_STORE)"
+        )
+    # A session lock taken before the transaction starts: the transaction then sees the
+    # catalog as another process that held the lock left it.
+    conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+    try:
+        with conn.transaction():
+            version = schema_version(conn)  # another process may have done it meanwhile
+            for number, script in MIGRATIONS:
+                if number > version:
+                    conn.execute(script.encode())
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(max(version, SCHEMA_VERSION)),),
+            )
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
