@@ -91,7 +91,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     store = _open_existing(args)
     try:
         events = list(store.events(session_id=args.session))
-        summaries = [s for s in store.sessions() if s.session_id == args.session] if events else []
+        summaries = store.sessions(session_id=args.session) if events else []
     finally:
         store.close()
     if not events:

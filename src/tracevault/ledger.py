@@ -19,6 +19,7 @@ This module is storage-agnostic: SQLite and PostgreSQL stores both use it.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from typing import Any
 import orjson
 
 from tracevault.schema import AuditEvent
-from tracevault.snapshot import sanitize_strings
+from tracevault.snapshot import sanitize_strings, snapshot
 
 GENESIS = bytes(32)
 _SEP = "\x1f"
@@ -88,12 +89,13 @@ def _encode(event: AuditEvent) -> tuple[bytes, AuditEvent]:
     try:
         return orjson.dumps(event, option=_JSON_OPTIONS), event
     except orjson.JSONEncodeError:
-        # Invalid unicode (lone surrogates) is the only thing snapshot() leaves for
-        # here; repair it rather than lose the event. The repaired copy is what gets
+        # Captured events only get here with invalid unicode (lone surrogates), which
+        # snapshot() leaves for the writer; events appended to a store directly may hold
+        # anything. Repair rather than lose the event: the repaired copy is what gets
         # stored and indexed.
         plain = event.to_dict()
         timestamp = plain.pop("timestamp")
-        fixed = AuditEvent(timestamp=timestamp, **sanitize_strings(plain))
+        fixed = AuditEvent(timestamp=timestamp, **sanitize_strings(snapshot(plain)))
         return orjson.dumps(fixed, option=_JSON_OPTIONS), fixed
 
 
@@ -127,10 +129,24 @@ def _metrics(event: AuditEvent) -> tuple[str | None, float | None, int | None, f
         cost = data.get("cost")
     return (
         status if isinstance(status, str) else None,
-        float(duration) if isinstance(duration, (int, float)) else None,
-        int(tokens) if isinstance(tokens, (int, float)) else None,
-        float(cost) if isinstance(cost, (int, float)) else None,
+        _number(duration),
+        int(tokens) if _number(tokens) is not None and abs(tokens) < _INT_COLUMN else None,
+        _number(cost),
     )
+
+
+_INT_COLUMN = 2**63  # SQLite INTEGER and PostgreSQL bigint
+
+
+def _number(value: Any) -> float | None:
+    """A finite number for a metric column, else None (the payload keeps the original)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def prepare(event: AuditEvent) -> PreparedRow:

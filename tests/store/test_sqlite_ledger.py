@@ -189,3 +189,39 @@ def test_appends_are_idempotent_by_event_id(tmp_path: Path) -> None:
     assert store.append([events[1], events[3], events[3], events[2], events[4]]) == 5
     assert [e.event.event_id for e in store.events()] == [e.event_id for e in events]
     assert store.verify().ok
+
+
+def test_odd_metric_values_are_stored_without_breaking_the_append(tmp_path: Path) -> None:
+    from datetime import datetime, timezone
+
+    from tracevault.ids import uuid7
+    from tracevault.schema import AuditEvent
+
+    store = SQLiteStore(str(tmp_path / "odd.db"))
+    now = datetime.now(timezone.utc)
+    odd = [float("inf"), float("nan"), 2**70, True, "12"]
+    events = [
+        AuditEvent(event_id=uuid7(), timestamp=now, kind="llm_call", phase="end",
+                   session_id="odd", data={"usage": {"total": v}, "cost": v, "duration_ms": v})
+        for v in odd
+    ]
+    assert store.append(events) == len(odd)
+    assert store.verify().ok
+    (summary,) = store.sessions(session_id="odd")
+    assert (summary.events, summary.tokens, summary.cost) == (5, 0, 0.0)
+
+
+def test_verify_is_consistent_while_another_process_appends(tmp_path: Path) -> None:
+    path = str(tmp_path / "busy.db")
+    SQLiteStore(path).close()
+    ctx = multiprocessing.get_context("spawn")
+    writer = ctx.Process(target=_writer, args=(path, 0, 20_000))
+    writer.start()
+    store = SQLiteStore(path)
+    reports = []
+    while writer.is_alive():  # bounded: the writer appends a fixed number of events
+        reports.append(store.verify())
+    writer.join(120)
+    assert writer.exitcode == 0
+    assert len(reports) > 10 and all(r.ok for r in reports), [r for r in reports if not r.ok][:1]
+    assert store.verify().checked == 20_000

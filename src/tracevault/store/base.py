@@ -150,8 +150,9 @@ class Store(Protocol):
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int | None = None,
+        session_id: str | None = None,
     ) -> list[SessionSummary]:
-        """Return sessions, most recent first."""
+        """Return sessions (or just ``session_id``), most recent first."""
         ...
 
     def stats(self, *, since: datetime | None = None, until: datetime | None = None) -> Stats:

@@ -154,9 +154,14 @@ class SQLStore:
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int | None = None,
+        session_id: str | None = None,
     ) -> list[SessionSummary]:
         where, params = self._time_filter(since, until)
-        where.insert(0, "session_id IS NOT NULL")
+        if session_id is not None:  # one session: its index, not a scan of all of them
+            where.insert(0, "session_id = ?")
+            params.insert(0, session_id)
+        else:
+            where.insert(0, "session_id IS NOT NULL")
         sql = (
             "SELECT session_id, max(user_id), min(ts), max(ts), count(*), "
             "count(DISTINCT trace_id), "
@@ -271,12 +276,14 @@ class SQLStore:
         return verify_rows(self._verify_rows(), head_seq, head_chain)
 
     def _verify_rows(self) -> Iterator[tuple[Any, ...]]:
+        return self._stream(self._verify_sql())
+
+    def _verify_sql(self) -> str:
+        """The query giving rows in the shape :func:`verify_rows` reads."""
         text = [
-            f"coalesce({self.ts_text_sql if c == 'ts' else c}, '')"
-            for c in COLUMNS[:TEXT_COLUMNS]
+            f"coalesce({self.ts_text_sql if c == 'ts' else c}, '')" for c in COLUMNS[:TEXT_COLUMNS]
         ]
-        sql = (
+        return (
             f"SELECT seq, {', '.join(text)}, {', '.join(COLUMNS[TEXT_COLUMNS:])}, "
             "payload, salt, digest, chain FROM events ORDER BY seq"
         )
-        return self._stream(sql)

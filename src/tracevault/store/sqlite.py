@@ -22,10 +22,12 @@ from tracevault.ledger import (
     COLUMNS,
     GENESIS,
     PreparedRow,
+    VerifyReport,
     format_ts,
     prepare,
     seal,
     unique_rows,
+    verify_rows,
 )
 from tracevault.schema import AuditEvent
 from tracevault.store.base import SinkCursor, StoreError
@@ -177,6 +179,27 @@ class SQLiteStore(SQLStore):
 
     def _ts_text(self, value: Any) -> str:
         return str(value)
+
+    def verify(self) -> VerifyReport:
+        """Verify the head and the rows as of one read snapshot (WAL), so appends by other
+        writers during the check cannot look like an extended or broken tail."""
+        try:
+            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            try:
+                conn.execute("BEGIN")
+                row = conn.execute("SELECT seq, chain FROM ledger_head WHERE id = 1").fetchone()
+                head_seq, head_chain = (int(row[0]), bytes(row[1])) if row else (0, GENESIS)
+                cursor = conn.execute(self._verify_sql())
+
+                def rows() -> Iterator[tuple[Any, ...]]:
+                    while batch := cursor.fetchmany(2000):
+                        yield from batch
+
+                return verify_rows(rows(), head_seq, head_chain)
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise self._error("cannot verify", exc) from None
 
     # --- writing ----------------------------------------------------------------------
 
