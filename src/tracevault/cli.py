@@ -128,10 +128,22 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_anchor(text: str) -> tuple[int, bytes]:
+    """Parse ``--anchor SEQ:CHAIN`` (as printed by an earlier ``verify``)."""
+    seq, _, chain = text.partition(":")
+    try:
+        value = (int(seq), bytes.fromhex(chain))
+    except ValueError:
+        value = (0, b"")
+    if value[0] < 1 or len(value[1]) != 32:
+        raise UsageError(f"bad anchor {text!r}: use SEQ:CHAIN as `tracevault verify` prints it")
+    return value
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     store = _open_existing(args)
     try:
-        report = store.verify()
+        report = store.verify(parse_anchor(args.anchor) if args.anchor else None)
     finally:
         store.close()
     if args.json:
@@ -141,6 +153,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(
             f"OK: {report.checked} events verified, chain intact up to #{report.head_seq}{erased}"
         )
+        if report.head_seq:
+            print(f"anchor: {report.head_seq}:{report.head_chain}")
     else:
         print(f"TAMPERED: first bad event #{report.first_bad_seq}: {report.reason}")
     return 0 if report.ok else 1
@@ -219,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "verify", parents=[reading], help="check the hash chain (exit 1 if tampered)"
+    )
+    p.add_argument(
+        "--anchor",
+        metavar="SEQ:CHAIN",
+        help="an anchor printed by an earlier verify and kept elsewhere: the chain must "
+        "pass through it (detects a trail rewritten from some row onward)",
     )
     p.set_defaults(func=cmd_verify)
 

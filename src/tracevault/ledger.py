@@ -232,12 +232,14 @@ class VerifyReport:
     first_bad_seq: int | None = None
     reason: str | None = None
     erased: int = 0
+    head_chain: str | None = None  # hex chain value of the verified head (to anchor)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
             "checked": self.checked,
             "head_seq": self.head_seq,
+            "head_chain": self.head_chain,
             "first_bad_seq": self.first_bad_seq,
             "reason": self.reason,
             "erased": self.erased,
@@ -245,7 +247,10 @@ class VerifyReport:
 
 
 def verify_rows(
-    rows: Iterable[Sequence[Any]], head_seq: int, head_chain: bytes
+    rows: Iterable[Sequence[Any]],
+    head_seq: int,
+    head_chain: bytes,
+    anchor: tuple[int, bytes] | None = None,
 ) -> VerifyReport:
     """Recompute digests and the chain over ``rows`` (in seq order) against the head.
 
@@ -256,6 +261,10 @@ def verify_rows(
     which the stored trail stops matching: a changed payload or column (digest or chain
     mismatch), a deleted row (gap), an inserted or reordered row (chain mismatch), or a
     truncated tail (head mismatch).
+
+    ``anchor`` is a ``(seq, chain)`` pair kept outside the ledger (from an earlier
+    ``verify``): the chain must pass through it, which also catches a trail rewritten
+    consistently from some row onward.
     """
     prev = GENESIS
     expected = 1
@@ -298,9 +307,26 @@ def verify_rows(
                 seq,
                 f"chain breaks at row {seq} (row altered, inserted or reordered)",
             )
+        if anchor is not None and seq == anchor[0] and prev != anchor[1]:
+            return VerifyReport(
+                False,
+                checked,
+                head_seq,
+                seq,
+                f"row {seq} does not match the anchored chain value: the trail up to it "
+                "was rewritten",
+            )
         checked += 1
         expected += 1
     last = expected - 1
+    if anchor is not None and last < anchor[0]:
+        return VerifyReport(
+            False,
+            checked,
+            head_seq,
+            last + 1,
+            f"the ledger ends at row {last}, before the anchored row {anchor[0]}",
+        )
     if last != head_seq or prev != (head_chain if head_seq else GENESIS):
         bad = min(last, head_seq) + 1
         return VerifyReport(
@@ -311,4 +337,4 @@ def verify_rows(
             f"ledger head says {head_seq} rows but the chain ends at {last} "
             "(rows removed or added at the end)",
         )
-    return VerifyReport(True, checked, head_seq, erased=erased)
+    return VerifyReport(True, checked, head_seq, erased=erased, head_chain=prev.hex())

@@ -225,3 +225,40 @@ def test_verify_is_consistent_while_another_process_appends(tmp_path: Path) -> N
     assert writer.exitcode == 0
     assert len(reports) > 10 and all(r.ok for r in reports), [r for r in reports if not r.ok][:1]
     assert store.verify().checked == 20_000
+
+
+def test_an_anchor_catches_a_consistently_rewritten_trail(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import hashlib
+
+    from tracevault.ledger import GENESIS, link, verify_rows
+
+    code, out = _verify(db, capsys)
+    anchor = out.split("anchor: ", 1)[1].split()[0]
+    assert code == 0 and anchor.startswith("20:") and len(anchor) == 3 + 64
+    # An attacker rewrites row 8 and re-seals every later row and the head, so the
+    # chain alone is consistent again...
+    store = SQLiteStore(str(db))  # (opening a store re-creates the guards: open first)
+    sql = store._verify_sql()
+    conn = _attacker(db)
+    salt, payload = conn.execute("SELECT salt, payload FROM events WHERE seq = 8").fetchone()
+    forged = payload.replace("result 3", "result Z")
+    assert forged != payload
+    conn.execute(
+        "UPDATE events SET payload = ?, digest = ? WHERE seq = 8",
+        (forged, hashlib.sha256(salt + forged.encode()).digest()),
+    )
+    prev = GENESIS
+    for row in conn.execute(sql).fetchall():
+        prev = link(prev, row[0], row[1:16], bytes(row[18]))
+        conn.execute("UPDATE events SET chain = ? WHERE seq = ?", (prev, row[0]))
+    conn.execute("UPDATE ledger_head SET chain = ? WHERE id = 1", (prev,))
+    assert store.verify().ok  # ...which plain verification cannot tell
+    assert verify_rows(conn.execute(sql), 20, prev).ok
+    # The anchor kept elsewhere can.
+    assert main(["verify", "--store", f"sqlite:///{db}", "--anchor", anchor]) == 1
+    assert "row 20 does not match the anchored chain value" in capsys.readouterr().out
+    assert main(["verify", "--store", f"sqlite:///{db}", "--anchor", "21:" + "0" * 64]) == 1
+    assert "the ledger ends at row 20, before the anchored row 21" in capsys.readouterr().out
+    assert main(["verify", "--store", f"sqlite:///{db}", "--anchor", "nonsense"]) == 2

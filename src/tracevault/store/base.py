@@ -159,8 +159,11 @@ class Store(Protocol):
         """Return tool, day and model aggregates."""
         ...
 
-    def verify(self) -> VerifyReport:
-        """Recompute the chain; report the first bad sequence number if any."""
+    def verify(self, anchor: tuple[int, bytes] | None = None) -> VerifyReport:
+        """Recompute the chain; report the first bad sequence number if any.
+
+        ``anchor``: a ``(seq, chain)`` kept elsewhere that the chain must pass through.
+        """
         ...
 
     def get_cursor(self, name: str) -> int:

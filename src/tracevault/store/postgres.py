@@ -174,11 +174,11 @@ class PostgresStore(SQLStore):
             return 0, GENESIS
         return int(row[0][0]), bytes(row[0][1])
 
-    def verify(self) -> VerifyReport:
+    def verify(self, anchor: tuple[int, bytes] | None = None) -> VerifyReport:
         # The head and the rows must come from one snapshot, or appends landing
         # between the two reads would look like an extended tail.
         with self._snapshot():
-            return super().verify()
+            return super().verify(anchor)
 
     # --- writing ----------------------------------------------------------------------
 

@@ -271,9 +271,9 @@ class SQLStore:
         )
         return [ModelStats(r[0] or "?", int(r[1]), int(r[2]), float(r[3])) for r in rows]
 
-    def verify(self) -> VerifyReport:
+    def verify(self, anchor: tuple[int, bytes] | None = None) -> VerifyReport:
         head_seq, head_chain = self.head()
-        return verify_rows(self._verify_rows(), head_seq, head_chain)
+        return verify_rows(self._verify_rows(), head_seq, head_chain, anchor)
 
     def _verify_rows(self) -> Iterator[tuple[Any, ...]]:
         return self._stream(self._verify_sql())

@@ -180,7 +180,7 @@ class SQLiteStore(SQLStore):
     def _ts_text(self, value: Any) -> str:
         return str(value)
 
-    def verify(self) -> VerifyReport:
+    def verify(self, anchor: tuple[int, bytes] | None = None) -> VerifyReport:
         """Verify the head and the rows as of one read snapshot (WAL), so appends by other
         writers during the check cannot look like an extended or broken tail."""
         try:
@@ -195,7 +195,7 @@ class SQLiteStore(SQLStore):
                     while batch := cursor.fetchmany(2000):
                         yield from batch
 
-                return verify_rows(rows(), head_seq, head_chain)
+                return verify_rows(rows(), head_seq, head_chain, anchor)
             finally:
                 conn.close()
         except sqlite3.Error as exc:
