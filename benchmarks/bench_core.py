@@ -76,11 +76,12 @@ def bench_capture(tmp: Path, n: int) -> dict[str, float]:
     return out
 
 
-def make_events(n: int, sessions: int) -> list[AuditEvent]:
-    """``n`` ~1 KB events spread over ``sessions`` sessions, runs of 20 events."""
+def make_events(n: int, sessions: int, start: int = 0) -> list[AuditEvent]:
+    """``n`` ~1 KB events (numbered from ``start``) over ``sessions`` sessions, runs of
+    20 events."""
     now = datetime.now(timezone.utc)
     out = []
-    for i in range(n):
+    for i in range(start, start + n):
         run = i // 20
         out.append(
             AuditEvent(
@@ -120,7 +121,7 @@ def bench_show(tmp: Path, n: int) -> dict[str, float]:
     store = open_store(f"sqlite:///{path}?synchronous=normal")
     sessions = max(1, n // 100)
     for start in range(0, n, 20_000):
-        store.append(make_events(min(20_000, n - start), sessions))
+        store.append(make_events(min(20_000, n - start), sessions, start))
     count = store.count()
     store.close()
     store = open_store(f"sqlite:///{path}", create=False)
