@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import tracevault_llamaindex
-from bench_core import RESULTS, machine
+from harness import machine, write_results
 from llama_index.core.agent.workflow import FunctionAgent
 from llama_index.core.llms import MockFunctionCallingLLM
 from llama_index.core.tools import FunctionTool
@@ -131,8 +130,7 @@ def main() -> None:
         "loop_cpu_overhead_us_per_event": (statistics.median(on_cpu) - statistics.median(base_cpu))
         / per_round * 1e6,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "llamaindex.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_results("llamaindex", result)
     for key, value in result.items():
         print(f"{key:34} {value:.2f}" if isinstance(value, float) else f"{key:34} {value}")
 
