@@ -32,6 +32,7 @@ from tracevault.schema import AuditEvent
 from tracevault.snapshot import sanitize_strings, snapshot
 
 GENESIS = bytes(32)
+_NO_LIMIT = 2**62
 _SEP = "\x1f"
 SALT_BYTES = 16
 _JSON_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_UTC_Z
@@ -95,7 +96,9 @@ def _encode(event: AuditEvent) -> tuple[bytes, AuditEvent]:
         # stored and indexed.
         plain = event.to_dict()
         timestamp = plain.pop("timestamp")
-        fixed = AuditEvent(timestamp=timestamp, **sanitize_strings(snapshot(plain)))
+        # Convert only: captured payloads were already cut to size once.
+        safe = snapshot(plain, max_string=_NO_LIMIT, max_items=_NO_LIMIT)
+        fixed = AuditEvent(timestamp=timestamp, **sanitize_strings(safe))
         return orjson.dumps(fixed, option=_JSON_OPTIONS), fixed
 
 
