@@ -39,7 +39,7 @@ from tracevault.ledger import (
     unique_rows,
 )
 from tracevault.schema import AuditEvent
-from tracevault.store.base import SinkCursor, StoreError
+from tracevault.store.base import StoreError
 from tracevault.store.postgres_pool import Conn, Pool
 from tracevault.store.postgres_schema import migrate, partition_ddl, partition_name, table_exists
 from tracevault.store.sql import SQLStore
@@ -316,18 +316,6 @@ class PostgresStore(SQLStore):
             "ON CONFLICT (name) DO UPDATE SET error = excluded.error, at = excluded.at",
             (name, error, format_ts(datetime.now(timezone.utc))),
         )
-
-    def sink_cursors(self) -> list[SinkCursor]:
-        rows = self._fetch(
-            "SELECT n.name, c.seq, c.updated, e.error, e.at FROM "
-            "(SELECT name FROM sink_cursors UNION SELECT name FROM sink_errors) AS n "
-            "LEFT JOIN sink_cursors c ON c.name = n.name "
-            "LEFT JOIN sink_errors e ON e.name = n.name ORDER BY n.name"
-        )
-        return [
-            SinkCursor(r[0], int(r[1] or 0), r[2], r[3], r[4] if r[3] is not None else None)
-            for r in rows
-        ]
 
     def close(self) -> None:
         self._pool.close()

@@ -27,6 +27,7 @@ from tracevault.store.base import (
     DayStats,
     ModelStats,
     SessionSummary,
+    SinkCursor,
     Stats,
     StoredEvent,
     ToolStats,
@@ -270,6 +271,19 @@ class SQLStore:
             params,
         )
         return [ModelStats(r[0] or "?", int(r[1]), int(r[2]), float(r[3])) for r in rows]
+
+    def sink_cursors(self) -> list[SinkCursor]:
+        """Every forwarder's cursor and last error (a forwarder may have only one)."""
+        rows = self._fetch(
+            "SELECT n.name, c.seq, c.updated, e.error, e.at FROM "
+            "(SELECT name FROM sink_cursors UNION SELECT name FROM sink_errors) AS n "
+            "LEFT JOIN sink_cursors c ON c.name = n.name "
+            "LEFT JOIN sink_errors e ON e.name = n.name ORDER BY n.name"
+        )
+        return [
+            SinkCursor(r[0], int(r[1] or 0), r[2], r[3], r[4] if r[3] is not None else None)
+            for r in rows
+        ]
 
     def verify(self, anchor: tuple[int, bytes] | None = None) -> VerifyReport:
         head_seq, head_chain = self.head()

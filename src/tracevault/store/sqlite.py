@@ -30,7 +30,7 @@ from tracevault.ledger import (
     verify_rows,
 )
 from tracevault.schema import AuditEvent
-from tracevault.store.base import SinkCursor, StoreError
+from tracevault.store.base import StoreError
 from tracevault.store.sql import SQLStore
 
 SCHEMA_VERSION = 1
@@ -285,18 +285,6 @@ class SQLiteStore(SQLStore):
             )
         except sqlite3.Error as exc:
             raise self._error("cannot save a sink error in", exc) from None
-
-    def sink_cursors(self) -> list[SinkCursor]:
-        rows = self._fetch(
-            "SELECT n.name, c.seq, c.updated, e.error, e.at FROM "
-            "(SELECT name FROM sink_cursors UNION SELECT name FROM sink_errors) AS n "
-            "LEFT JOIN sink_cursors c ON c.name = n.name "
-            "LEFT JOIN sink_errors e ON e.name = n.name ORDER BY n.name"
-        )
-        return [
-            SinkCursor(r[0], int(r[1] or 0), r[2], r[3], r[4] if r[3] is not None else None)
-            for r in rows
-        ]
 
     def close(self) -> None:
         with self._lock:
