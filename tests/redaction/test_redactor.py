@@ -33,6 +33,7 @@ def event(**fields: Any) -> AuditEvent:
     ("iban GB29 NWBK 6016 1331 9268 19 for rent", "iban [IBAN] for rent"),
     ("from 203.0.113.7 and 2001:db8::8a2e:370:7334", "from [IP] and [IP]"),
     ("key AKIAIOSFODNN7EXAMPLE", "key [SECRET]"),
+    ("key AKIANQYBMOZAQWLBSEXA", "key [SECRET]"),  # base32 ids may have no digit
     ("postgres://app:hunter2@db:5432/x", "postgres://app:[SECRET]@db:5432/x"),
     ("Authorization: Bearer abcDEF1234567890ghiJKL", "Authorization: [SECRET]"),
     ("password=hunter2&user=bob", "password=[SECRET]&user=bob"),

@@ -88,6 +88,11 @@ class Scanner:
         self._token = tuple(by_family.get("token", ()))
         self._token_gates = tuple((d, tuple(lit.lower() for lit in d.literals))
                                   for d in self._token)
+        # Case-sensitive prefixes a key may start with even when it has no digit (AWS key
+        # ids are base32: about one in 28 is all letters).
+        self._token_prefixes = tuple(
+            lit for d in self._token if not d.ignore_case for lit in d.literals
+        )
         self._pem = tuple(by_family.get("pem", ()))
         self._text_gates = tuple((d, tuple(lit.lower() for lit in d.literals) if d.ignore_case
                                   else d.literals) for d in by_family.get("text", ()))
@@ -183,7 +188,7 @@ class Scanner:
             left = shape.rfind(b" ", 0, hit) + 1
             # Every token detector wants a digit in the value (keys, JWTs and bearer
             # tokens have them; identifiers, paths and long words mostly do not).
-            if b"0" in numbers[left:right]:
+            if b"0" in numbers[left:right] or text.startswith(self._token_prefixes, left):
                 # left context: "Bearer ", "aws_secret_access_key = "
                 windows.append((max(0, left - 48), min(n, right + 1)))
             hit = shape.find(_LONG_TOKEN, right)
