@@ -412,3 +412,25 @@ def test_slow_tool_yields_a_warning(tmp_path: Path) -> None:
     assert warning.data["payload"]["tool_name"] == "crawl"
     assert warning.data["payload"]["duration_ms"] == tool_end.data["duration_ms"]
     assert warning.data["payload"]["threshold_ms"] == 0.0
+
+
+def test_every_failure_is_recorded_even_when_exception_ids_are_reused(cap: Capture) -> None:
+    @lc_tool
+    def flaky(x: int) -> str:
+        """Always fails."""
+        raise ValueError(f"boom {x}")
+
+    def body(_: Any, config: RunnableConfig) -> int:
+        caught = 0
+        for i in range(60):  # each exception is freed before the next: ids get reused
+            try:
+                flaky.invoke({"x": i}, config=config)
+            except ValueError:
+                caught += 1
+        return caught
+
+    assert RunnableLambda(body).invoke("go", config=_cfg()) == 60
+    events = cap.events()
+    messages = [e.data["message"] for e in events if e.kind == "error"]
+    assert messages == [f"boom {i}" for i in range(60)]
+    assert sum(1 for e in events if e.kind == "tool_call" and e.phase == "end") == 60

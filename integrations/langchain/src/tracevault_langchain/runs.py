@@ -23,6 +23,7 @@ from uuid import UUID
 from tracevault.context import SpanRef
 
 DEFAULT_MAX_OPEN = 50_000
+_REPORTED = "_tracevault_reported_in"  # attribute marking an exception already recorded
 _MAX_TRACKED = 1_000  # per trace: reported exceptions and failed tool calls remembered
 
 
@@ -46,7 +47,9 @@ class Trace:
     tokens: int = 0
     cost: float | None = None
     model: str | None = None
-    reported: set[int] = field(default_factory=set)  # id() of exceptions already recorded
+    # Exceptions already recorded that could not be marked (see first_report), kept
+    # alive so their id() cannot be reused by a later exception.
+    reported: dict[int, BaseException] = field(default_factory=dict)
     failed_tools: dict[str, FailedTool] = field(default_factory=dict)  # by tool_call_id
     last_failure: dict[str | None, FailedTool] = field(default_factory=dict)  # by parent span
 
@@ -60,14 +63,23 @@ class Trace:
                 self.model = model
 
     def first_report(self, exc: BaseException) -> bool:
-        """Return True the first time ``exc`` is seen in this trace (errors bubble up)."""
-        key = id(exc)
+        """Return True the first time ``exc`` is seen in this trace (errors bubble up).
+
+        The exception itself is marked: an id() alone would be reused by the next
+        exception once this one is freed, and that failure would go unrecorded.
+        """
         with self.lock:
-            if key in self.reported:
-                return False
-            if len(self.reported) < _MAX_TRACKED:
-                self.reported.add(key)
-            return True
+            try:
+                if getattr(exc, _REPORTED, None) == self.trace_id:
+                    return False
+                setattr(exc, _REPORTED, self.trace_id)
+                return True
+            except (AttributeError, TypeError):  # an exception that refuses attributes
+                if self.reported.get(id(exc)) is exc:
+                    return False
+                if len(self.reported) < _MAX_TRACKED:
+                    self.reported[id(exc)] = exc
+                return True
 
     def tool_failed(self, tool_call_id: str, failed: FailedTool) -> None:
         """Remember a failed tool call until the model is shown its error."""
