@@ -179,9 +179,9 @@ def test_failing_middleware_withholds_the_payload(tmp_path: Path) -> None:
     assert events[0].data == {
         "withheld": True,
         "reason": "test_failing_middleware_withholds_the_payload.<locals>.explode failed: "
-        "RuntimeError: detector crashed",
+        "RuntimeError",
     }
-    assert events[0].metadata == {}
+    assert events[0].metadata == {} and events[0].name is None
     assert events[1].data["content"] == "fine"
     assert b"4111" not in (tmp_path / "m.db").read_bytes()
     stats = tracevault.stats()

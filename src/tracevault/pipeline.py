@@ -293,7 +293,11 @@ class Pipeline:
                 current = step(current)  # type: ignore[arg-type]
             except Exception as exc:
                 self._withheld += 1
-                return _withhold(event, f"{_name(step)} failed: {type(exc).__name__}: {exc}")
+                # The stored reason names the step and the error type only: an exception
+                # message may quote the very data that was to be redacted.
+                log.error("tracevault: middleware %s failed; payload withheld: %r",
+                          _name(step), exc)
+                return _withhold(event, f"{_name(step)} failed: {type(exc).__name__}")
             if current is None:
                 self._filtered += 1
                 return None
@@ -399,8 +403,9 @@ def _thaw(event: AuditEvent) -> AuditEvent:
 def _withhold(event: AuditEvent, reason: str) -> AuditEvent:
     return replace(
         event,
+        name=None,  # names, tags and metadata are free text too: withheld with the payload
         metadata={},
-        tags=[],  # tags are free text too: withheld with the payload
+        tags=[],
         data={"withheld": True, "reason": reason},
     )
 

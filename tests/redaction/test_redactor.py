@@ -34,6 +34,8 @@ def event(**fields: Any) -> AuditEvent:
     ("from 203.0.113.7 and 2001:db8::8a2e:370:7334", "from [IP] and [IP]"),
     ("key AKIAIOSFODNN7EXAMPLE", "key [SECRET]"),
     ("key AKIANQYBMOZAQWLBSEXA", "key [SECRET]"),  # base32 ids may have no digit
+    ("AWS_ACCESS_KEY_ID=AKIANQYBMOZAQWLBSEXA", "AWS_ACCESS_KEY_ID=[SECRET]"),
+    ("export DB_PASS=hunter2hunter2", "export DB_PASS=[SECRET]"),
     ("postgres://app:hunter2@db:5432/x", "postgres://app:[SECRET]@db:5432/x"),
     ("Authorization: Bearer abcDEF1234567890ghiJKL", "Authorization: [SECRET]"),
     ("password=hunter2&user=bob", "password=[SECRET]&user=bob"),
@@ -51,6 +53,7 @@ def test_each_category_gets_its_placeholder(text: str, expected: str) -> None:
     "at 2024-06-01T12:30:45.123456Z", "price $1,299.99",
     "sha 2fd4e1c67a2d28fced849ee1bb76e7391b93eb12",
     "loopback 127.0.0.1 and ::1", "pip install scikit-learn", "the bearer token expired",
+    "bypass=on", "compass: north",
 ])
 def test_look_alikes_survive(text: str) -> None:
     assert R.redact_text(text)[0] == text

@@ -173,6 +173,11 @@ class Scanner:
             for det in self._colon:
                 self._run(det, text, start, end, found)
 
+    def _has_prefix(self, text: str, left: int, right: int) -> bool:
+        # Anywhere in the run, not only at its start: "AWS_ACCESS_KEY_ID=AKIA..." is one
+        # run of token characters.
+        return any(text.find(p, left, right) >= 0 for p in self._token_prefixes)
+
     def _scan_tokens(self, text: str, raw: bytes, numbers: bytes, found: list[Finding]) -> bool:
         """Run the token detectors around long runs; return whether there was any run."""
         shape = raw.translate(_TOK_SHAPE)
@@ -188,7 +193,7 @@ class Scanner:
             left = shape.rfind(b" ", 0, hit) + 1
             # Every token detector wants a digit in the value (keys, JWTs and bearer
             # tokens have them; identifiers, paths and long words mostly do not).
-            if b"0" in numbers[left:right] or text.startswith(self._token_prefixes, left):
+            if b"0" in numbers[left:right] or self._has_prefix(text, left, right):
                 # left context: "Bearer ", "aws_secret_access_key = "
                 windows.append((max(0, left - 48), min(n, right + 1)))
             hit = shape.find(_LONG_TOKEN, right)

@@ -34,6 +34,8 @@ SECRET_SUFFIXES: tuple[str, ...] = (
     "secretkey", "accesskey", "credential", "credentials", "cookie",
 )
 _NOT_A_NAME = re.compile(r"[\s_.\-]")
+# "pass" as the last word of a name ("DB_PASS", "smtp-pass"), but not "bypass"/"compass".
+_PASS_WORD = re.compile(r"(?:^|[\s_.\-])pass$", re.IGNORECASE)
 
 
 def normalize_name(name: str) -> str:
@@ -45,7 +47,12 @@ def is_secret_name(name: str, extra: Iterable[str] = ()) -> bool:
     """Return whether a field called ``name`` holds a secret (built-in names or ``extra``,
     which must be normalized with :func:`normalize_name`)."""
     n = normalize_name(name)
-    return n in SECRET_NAMES or n.endswith(SECRET_SUFFIXES) or n in extra
+    return (
+        n in SECRET_NAMES
+        or n.endswith(SECRET_SUFFIXES)
+        or n in extra
+        or _PASS_WORD.search(name) is not None
+    )
 
 
 def _mixed(value: str, need_upper: bool = False) -> bool:
