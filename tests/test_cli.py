@@ -153,3 +153,18 @@ def test_parse_when_accepts_dates_times_and_relative() -> None:
     assert parse_when("2026-11-27").isoformat() == "2026-11-27T00:00:00+00:00"
     assert parse_when("2026-11-27T10:00:00Z").hour == 10
     assert parse_when("7d") < parse_when("1h")
+
+
+def test_show_renders_unusual_payload_shapes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tracevault.configure(store=f"sqlite:///{tmp_path / 'odd.db'}")
+    log = tracevault.AuditLogger(session_id="odd")
+    log.emit("tool_call", {"status": "error", "error": "boom"}, phase="end", name="t")
+    log.emit("llm_call", {"usage": 42, "tool_calls": "not a list"}, phase="end", name="m")
+    log.emit("custom", ["not", "a", "dict"])
+    assert tracevault.flush(10)
+    tracevault.shutdown()
+    assert main(["show", "odd", "--store", f"sqlite:///{tmp_path / 'odd.db'}"]) == 0
+    out = capsys.readouterr().out
+    assert "✗ error: boom" in out and '"value":["not","a","dict"]' in out

@@ -354,3 +354,112 @@ def test_dead_letters_are_redacted_too(tmp_path: Path) -> None:
     assert stats.dead_lettered == 3
     text = path.read_text()
     assert "carol.dead@example.org" not in text and text.count("[EMAIL]") == 3
+
+
+def test_an_event_the_store_rejects_is_dead_lettered_and_the_rest_written(
+    tmp_path: Path,
+) -> None:
+    class Picky(SQLiteStore):
+        def append(self, events: Sequence[AuditEvent]) -> int:
+            if any(e.data.get("poison") for e in events):
+                raise TypeError("cannot encode this event")
+            return super().append(events)
+
+    store = Picky(str(tmp_path / "picky.db"))
+    dead = tmp_path / "dead.jsonl"
+    pipeline = Pipeline(store, dead_letter_path=str(dead))
+    capture.install(pipeline, None)
+    try:
+        log = tracevault.AuditLogger(session_id="poison")
+        log.log_event("a")
+        log.emit("custom", {"poison": True, "name": "bad"})
+        log.log_event("b")
+        assert not pipeline.flush(10)  # one event is not durable...
+        log.log_event("c")
+        assert pipeline.flush(10)  # ...and the writer carries on
+    finally:
+        capture.reset()
+        pipeline.shutdown()
+    names = [e.event.data.get("name") for e in store.events()]
+    assert names == ["a", "b", "c"]
+    assert dead.read_text().count('"poison":true') == 1
+    assert pipeline.stats().dead_lettered == 1
+
+
+def test_a_middleware_bug_does_not_stop_the_writer(tmp_path: Path) -> None:
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("and its message is broken too")
+
+    def flaky(event: AuditEvent) -> AuditEvent:
+        if event.data.get("name") == "boom":
+            raise Unprintable()
+        return event
+
+    with __import__("tracevault.testing").testing.capture_events(
+        tmp_path, middleware=[flaky]
+    ) as cap:
+        log = tracevault.AuditLogger(session_id="bug")
+        log.log_event("boom")
+        log.log_event("after")
+        events = cap.events()
+        assert [e.data.get("name", e.data.get("withheld")) for e in events] == [True, "after"]
+        assert cap.pipeline._thread.is_alive()
+
+
+def test_ids_do_not_follow_the_users_random_seed() -> None:
+    import random
+
+    from tracevault.ids import new_span_id, new_trace_id, uuid7
+
+    random.seed(1234)
+    first = (new_trace_id(), new_span_id(), uuid7()[-12:])
+    random.seed(1234)
+    second = (new_trace_id(), new_span_id(), uuid7()[-12:])
+    assert first[0] != second[0] and first[1] != second[1] and first[2] != second[2]
+
+
+def test_a_bad_environment_value_does_not_raise_into_the_caller(
+    cap: Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    capture.reset()
+    monkeypatch.setenv("TRACEVAULT_LEVEL", "verbose")
+    monkeypatch.setenv("TRACEVAULT_STORE", cap.store.url)
+    log = tracevault.AuditLogger(session_id="env")
+    with log.tool_call("t") as call:  # reads the settings: must not raise
+        call.result = 1
+    assert capture.settings().level == "debug"  # the defaults, and an error was logged
+    assert tracevault.flush(10)
+    assert [e.event.phase for e in cap.store.events(session_id="env")] == ["start", "end"]
+
+
+def test_configure_closes_the_store_it_opened(tmp_path: Path) -> None:
+    pipeline = tracevault.configure(store=f"sqlite:///{tmp_path / 'a.db'}")
+    store = pipeline._ensure_store()
+    tracevault.configure(store=f"sqlite:///{tmp_path / 'b.db'}")
+    with pytest.raises(StoreError, match="closed"):
+        store.count()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")
+def test_forked_child_keeps_the_configured_ledger_and_middleware(tmp_path: Path) -> None:
+    def mask(event: AuditEvent) -> AuditEvent:
+        event.data = {"masked": True}
+        return event
+
+    store = SQLiteStore(str(tmp_path / "fork.db"))
+    tracevault.configure(store=store, middleware=[mask])
+    tracevault.AuditLogger(session_id="parent").log_event("secret in parent")
+    assert tracevault.flush(10)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            tracevault.AuditLogger(session_id="child").log_event("secret in child")
+            code = 0 if tracevault.flush(30) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert [e.event.data for e in store.events()] == [{"masked": True}] * 2
+    assert not (tmp_path / "tracevault.db").exists()

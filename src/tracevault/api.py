@@ -70,6 +70,7 @@ def configure(
     )
     pipeline = Pipeline(
         opened,
+        owns_store=opened is not store,  # close what configure() opened, not the caller's
         middleware=[*capture.default_middleware(settings), *(middleware or ())],
         queue_size=settings.queue_size,
         batch_size=settings.batch_size,
@@ -89,7 +90,7 @@ def flush(timeout: float | None = None) -> bool:
 
 def shutdown(timeout: float | None = 30.0) -> PipelineStats | None:
     """Flush and stop recording (the next capture starts again from the environment)."""
-    pipeline = capture.install(None, None)
+    pipeline = capture.reset()
     return None if pipeline is None else pipeline.shutdown(timeout)
 
 

@@ -21,7 +21,7 @@ from tracevault.config import Settings
 from tracevault.context import current_scope, current_span
 from tracevault.ids import uuid7
 from tracevault.pipeline import DurabilityError, Middleware, Pipeline
-from tracevault.schema import LEVEL_RANK, AuditEvent
+from tracevault.schema import KINDS, LEVEL_RANK, PHASES, AuditEvent
 from tracevault.snapshot import freeze
 
 log = logging.getLogger("tracevault")
@@ -31,6 +31,9 @@ _pipeline: Pipeline | None = None
 _settings: Settings | None = None
 _min_rank = LEVEL_RANK["debug"]
 _capture_errors = 0
+_recipe: tuple[str, list[Middleware]] | None = None  # what a forked child rebuilds
+_KINDS = frozenset(KINDS)
+_PHASES = frozenset(PHASES)
 _middleware_factory: list[Any] = []  # callables (Settings) -> list[Middleware]
 
 
@@ -54,12 +57,18 @@ def default_middleware(settings: Settings) -> list[Middleware]:
 
 
 def settings() -> Settings:
-    """Return the active settings (read from the environment on first use)."""
-    global _settings
+    """Return the active settings (read from the environment on first use).
+
+    A bad ``TRACEVAULT_*`` value is logged and the defaults are used: capturing must
+    not raise into the agent over a typo in the environment.
+    """
+    global _settings, _min_rank
     if _settings is None:
         with _lock:
             if _settings is None:
-                _settings = Settings.from_env()
+                loaded = Settings.from_env(on_error=lambda msg: log.error("tracevault: %s", msg))
+                _min_rank = LEVEL_RANK[loaded.level]
+                _settings = loaded
     return _settings
 
 
@@ -71,10 +80,13 @@ def get_pipeline() -> Pipeline:
     with _lock:
         if _pipeline is None:
             s = settings()
+            # After fork, the child rebuilds what the parent had configured (the same
+            # ledger and middleware), not a pipeline from the environment.
+            store, steps = _recipe if _recipe is not None else (s.store, None)
             install(
                 Pipeline(
-                    s.store,
-                    middleware=default_middleware(s),
+                    store,
+                    middleware=steps if steps is not None else default_middleware(s),
                     queue_size=s.queue_size,
                     batch_size=s.batch_size,
                     block_timeout=s.block_timeout,
@@ -176,6 +188,12 @@ def emit(
     try:
         if LEVEL_RANK[level] < _min_rank:
             return None
+        if kind not in _KINDS or phase not in _PHASES:
+            raise ValueError(f"unknown event kind {kind!r} or phase {phase!r}")
+        if data is not None and not isinstance(data, dict):
+            data = {"value": data}  # the schema's data is an object
+        if metadata is not None and not isinstance(metadata, dict):
+            metadata = {"value": metadata}
         scope = current_scope()
         if trace_id is None:
             ref = current_span()
@@ -219,10 +237,25 @@ def emit(
         return None
 
 
+def reset() -> Pipeline | None:
+    """Forget the active pipeline and settings (the next capture starts again from the
+    environment); return the pipeline, not shut down."""
+    global _settings, _recipe, _min_rank
+    with _lock:
+        old = install(None, None)
+        _settings = None
+        _recipe = None
+        _min_rank = LEVEL_RANK["debug"]
+        return old
+
+
 def _reset_after_fork() -> None:
-    # The writer thread does not survive fork(); the child starts its own pipeline
-    # (with the same settings) on first use instead of queueing into a dead one.
-    global _pipeline, _lock
+    # The writer thread does not survive fork(); the child starts its own pipeline on
+    # first use, with the parent's ledger and middleware, instead of queueing into a
+    # dead one.
+    global _pipeline, _lock, _recipe
+    if _pipeline is not None:
+        _recipe = (_pipeline.store_url, list(_pipeline.middleware))
     _pipeline = None
     _lock = threading.RLock()
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tracevault.schema import level_rank
+from tracevault.schema import LEVELS, level_rank
 from tracevault.store import DEFAULT_URL
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -67,14 +67,33 @@ class Settings:
             raise ValueError("slow_tool_ms must not be negative")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Build settings from the environment, then apply non-None ``overrides``."""
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        on_error: Callable[[str], None] | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Build settings from the environment, then apply non-None ``overrides``.
+
+        A bad value raises ``ValueError``; with ``on_error`` it is reported there instead
+        and that one setting keeps its default.
+        """
         env = os.environ if environ is None else environ
-        base = cls(
-            store=env.get("TRACEVAULT_STORE") or DEFAULT_URL,
-            level=(env.get("TRACEVAULT_LEVEL") or "debug").strip().lower(),
-            slow_tool_ms=_env_number("TRACEVAULT_SLOW_TOOL_MS", 10_000.0, env),
-            strict=env_flag("TRACEVAULT_STRICT", False, env),
-        )
+        level = (env.get("TRACEVAULT_LEVEL") or "debug").strip().lower()
+        values: dict[str, Any] = {"store": env.get("TRACEVAULT_STORE") or DEFAULT_URL}
+        readers: dict[str, Callable[[], Any]] = {
+            "level": lambda: LEVELS[level_rank(level)],
+            "slow_tool_ms": lambda: _env_number("TRACEVAULT_SLOW_TOOL_MS", 10_000.0, env),
+            "strict": lambda: env_flag("TRACEVAULT_STRICT", False, env),
+        }
+        for name, read in readers.items():
+            try:
+                values[name] = read()
+            except ValueError as exc:
+                if on_error is None:
+                    raise
+                on_error(f"{exc}; using the default {name}")
+        base = cls(**values)
         changes = {k: v for k, v in overrides.items() if v is not None}
         return replace(base, **changes) if changes else base

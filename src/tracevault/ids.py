@@ -16,7 +16,10 @@ import random
 import threading
 import time
 
-_getrandbits = random.getrandbits  # the module instance is reseeded after fork
+# A private generator: user code that calls random.seed() (evaluation harnesses do) must
+# not make ids repeat across runs. Reseeded from os.urandom after fork.
+_rng = random.Random()
+_getrandbits = _rng.getrandbits
 _lock = threading.Lock()
 _last_ms = 0
 _counter = 0
@@ -63,6 +66,7 @@ def new_span_id() -> str:
 def _reset_after_fork() -> None:
     global _lock
     _lock = threading.Lock()
+    _rng.seed()
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)

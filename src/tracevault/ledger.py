@@ -120,7 +120,7 @@ class PreparedRow:
 
 
 def _metrics(event: AuditEvent) -> tuple[str | None, float | None, int | None, float | None]:
-    data = event.data
+    data = event.data if isinstance(event.data, dict) else {}
     status = data.get("status")
     duration = data.get("duration_ms")
     tokens: Any = None
@@ -149,7 +149,8 @@ def _number(value: Any) -> float | None:
         number = float(value)
     except OverflowError:
         return None
-    return number if math.isfinite(number) else None
+    # + 0.0 turns -0.0 into 0.0: databases store it that way, and the chain must match.
+    return number + 0.0 if math.isfinite(number) else None
 
 
 def prepare(event: AuditEvent) -> PreparedRow:
@@ -284,8 +285,13 @@ def verify_rows(
         payload = r[_PAYLOAD]
         salt = r[_SALT]
         digest = bytes(r[_DIGEST])
-        if payload is None or salt is None:
+        if payload is None and salt is None:
             erased += 1
+        elif payload is None or salt is None:  # erasure clears both, never one
+            return VerifyReport(
+                False, checked, head_seq, seq, f"row {seq} has a payload without its salt "
+                "or a salt without its payload (only erasure may clear them, both at once)"
+            )
         else:
             if payload.__class__ is str:
                 payload = payload.encode("utf-8", "surrogatepass")

@@ -105,10 +105,12 @@ class Pipeline:
         block_timeout: float | None = None,
         dead_letter_path: str | None = None,
         linger: float = 0.005,
+        owns_store: bool | None = None,
     ) -> None:
         self._store: Store | None = store if not isinstance(store, str) else None
         self._store_url = store if isinstance(store, str) else store.url
-        self._owns_store = isinstance(store, str)
+        # A store opened from a URL (here or by configure()) is closed at shutdown.
+        self._owns_store = isinstance(store, str) if owns_store is None else owns_store
         self.middleware: list[Middleware] = list(middleware)
         self._queue: deque[AuditEvent | _Marker] = deque()
         self._maxsize = queue_size
@@ -147,6 +149,11 @@ class Pipeline:
 
     def submit(self, event: AuditEvent) -> None:
         """Queue ``event`` for the ledger. Waits only when the queue is full."""
+        if self._closed:  # e.g. a daemon thread still capturing after interpreter exit began
+            self._dropped += 1
+            if self._dropped <= 10:
+                log.error("tracevault: an event was captured after shutdown and is lost")
+            return
         if len(self._queue) >= self._maxsize and not self._wait_for_room():
             self._dropped += 1  # only with block_timeout; reported as a gap record
             self._unreported_drops += 1
@@ -223,9 +230,15 @@ class Pipeline:
             with self._space:
                 self._space.notify_all()
             self._thread.join(timeout if flushed else 5.0)
-            self._dead_letter_rest()
-            if self._owns_store and self._store is not None:
-                self._store.close()
+            if self._thread.is_alive():
+                # Still inside a store call (a long lock wait, a dead TCP peer): its batch
+                # may yet commit, so neither dead-letter it nor close the store under it.
+                log.error("tracevault: the ledger writer did not stop in time; %d events "
+                          "are still pending", len(self._queue) + len(self._pending))
+            else:
+                self._dead_letter_rest()
+                if self._owns_store and self._store is not None:
+                    self._store.close()
             _live.discard(self)
         return self.stats()
 
@@ -272,7 +285,7 @@ class Pipeline:
             for marker in markers:
                 marker.ok = ok
                 marker.done.set()
-            if not ok:  # stopping while the store is down: shutdown dead-letters the rest
+            if not ok and self._stop.is_set():  # stopping: shutdown dead-letters the rest
                 return
 
     def _process(self, batch: list[AuditEvent]) -> bool:
@@ -334,6 +347,12 @@ class Pipeline:
                 return True
             except Exception as exc:  # keep the events; back off; try again
                 self._write_errors += 1
+                if not isinstance(exc, StoreError) and self._store is not None:
+                    # Not the store being unavailable but an event it cannot take: find
+                    # it, save it to the dead-letter file, and write the rest.
+                    events = self._without_poison(events)
+                    if not events:
+                        return False
                 message = (
                     str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
                 )
@@ -347,6 +366,26 @@ class Pipeline:
                 if self._stop.is_set():
                     return False
                 delay = min(delay * 2, 5.0)
+
+    def _without_poison(self, events: list[AuditEvent]) -> list[AuditEvent]:
+        """Return the events the store accepts one by one (``[]`` once all are handled);
+        events it rejects with a non-store error go to the dead-letter file."""
+        assert self._store is not None
+        rest = list(events)
+        while rest:
+            event = rest[0]
+            try:
+                self._store.append([event])
+            except StoreError:
+                return rest  # the store itself is failing now: retry what is left
+            except Exception as exc:
+                log.error("tracevault: event %s cannot be stored (%s); dead-lettered",
+                          event.event_id, type(exc).__name__)
+                self._dead_letter([event])
+            else:
+                self._written += 1
+            rest.pop(0)
+        return rest
 
     def _ensure_store(self) -> Store:
         if self._store is None:
@@ -423,6 +462,8 @@ def _shutdown_all() -> None:
 
 
 atexit.register(_shutdown_all)
+# A forked child must not shut down (and dead-letter) its parent's pipelines at exit.
+os.register_at_fork(after_in_child=_live.clear)
 
 
 def dead_letter_events(path: str) -> list[AuditEvent]:

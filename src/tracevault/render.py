@@ -112,7 +112,7 @@ def describe(node: Node, width: int = 80) -> str:
         params = short(data.get("parameters", ""), width // 2)
         out = f"tool {data.get('tool_name') or ev.name}({params})"
         if status == "error":
-            err = data.get("error") or {}
+            err = _mapping(data.get("error"), "message")
             message = short(err.get("message", data.get("result", "")), width // 2)
             out += f" ✗ {err.get('type', 'error')}: {message}"
         elif "result" in data:
@@ -121,7 +121,7 @@ def describe(node: Node, width: int = 80) -> str:
             f" · {_ms(data.get('duration_ms'))}" if "duration_ms" in data else ""
         )
     if kind == "llm_call":
-        usage = data.get("usage") or {}
+        usage = _mapping(data.get("usage"), "total")
         parts = [f"llm {data.get('model') or ev.name or '?'}"]
         if usage:
             parts.append(f"{usage.get('input', 0)}→{usage.get('output', 0)} tokens")
@@ -133,7 +133,7 @@ def describe(node: Node, width: int = 80) -> str:
             parts.append(f"finish={data['finish_reason']}")
         if data.get("status") == "error":
             parts.append("FAILED")
-        calls = data.get("tool_calls")
+        calls = data.get("tool_calls") if isinstance(data.get("tool_calls"), list) else None
         if calls:
             names = [c.get("name", "?") for c in calls if isinstance(c, dict)]
             parts.append(f"calls {', '.join(names)}")
@@ -157,6 +157,13 @@ def describe(node: Node, width: int = 80) -> str:
             f" · {_ms(data['duration_ms'])}" if "duration_ms" in data else ""
         )
     return f"{kind} {ev.name or ''}: {short(data.get('payload', data), width)}"
+
+
+def _mapping(value: Any, key: str) -> dict[str, Any]:
+    # Payloads written through the low-level API may hold a string where a dict is usual.
+    if isinstance(value, dict):
+        return value
+    return {} if value is None else {key: value}
 
 
 def render_tree(runs: Sequence[Run], *, full: bool = False, width: int = 100) -> str:

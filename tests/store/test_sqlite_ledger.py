@@ -262,3 +262,24 @@ def test_an_anchor_catches_a_consistently_rewritten_trail(
     assert main(["verify", "--store", f"sqlite:///{db}", "--anchor", "21:" + "0" * 64]) == 1
     assert "the ledger ends at row 20, before the anchored row 21" in capsys.readouterr().out
     assert main(["verify", "--store", f"sqlite:///{db}", "--anchor", "nonsense"]) == 2
+
+
+def test_a_payload_kept_with_its_salt_cleared_is_tampering(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conn = _attacker(db)
+    payload = conn.execute("SELECT payload FROM events WHERE seq = 3").fetchone()[0]
+    conn.execute(
+        "UPDATE events SET payload = ?, salt = NULL WHERE seq = 3",
+        (payload.replace('"i":1', '"i":9'),),
+    )
+    code, out = _verify(db, capsys)
+    assert code == 1 and "first bad event #3: row 3 has a payload without its salt" in out
+
+
+def test_negative_zero_metrics_verify(tmp_path: Path) -> None:
+    tracevault.configure(store=f"sqlite:///{tmp_path / 'z.db'}")
+    tracevault.AuditLogger(session_id="z").log_llm_call("m", cost=-0.0, duration_ms=-0.0)
+    assert tracevault.flush(10)
+    tracevault.shutdown()
+    assert open_store(f"sqlite:///{tmp_path / 'z.db'}").verify().ok
