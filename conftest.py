@@ -13,7 +13,8 @@ import pytest
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if not os.environ.get("CI"):
+    # The same reading of CI as the PostgreSQL fixtures (tests/store/conftest.py).
+    if os.environ.get("CI", "").lower() in ("", "0", "false", "no"):
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = len(reporter.stats.get("skipped", [])) if reporter is not None else 0

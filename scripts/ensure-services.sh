@@ -12,7 +12,16 @@ have_postgres() {
     return 1
 }
 
+ensure_postgres_account() {
+    # initdb refuses to run as root: as root, the tests run the server as "postgres".
+    if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
+        echo "ensure-services: creating the postgres system account" >&2
+        useradd --system --no-create-home --shell /usr/sbin/nologin postgres
+    fi
+}
+
 if have_postgres; then
+    ensure_postgres_account
     exit 0
 fi
 
@@ -41,3 +50,4 @@ fi
 # The Debian package creates a default cluster and may start it; the tests do not use
 # it (they run their own server), and this script starts nothing itself.
 have_postgres || { echo "ensure-services: PostgreSQL still not found" >&2; exit 1; }
+ensure_postgres_account
