@@ -208,8 +208,11 @@ def finish(
     if rec.llm.pop(call.span_id, None) is None:
         return
     waiting = rec.lazy.get(call.instance_key)
-    if waiting and call.span_id in waiting:
-        waiting.remove(call.span_id)
+    if waiting:
+        # Another thread may finish a call of the same instance at the same moment: a
+        # lost race here must not cost this call its end event.
+        with contextlib.suppress(ValueError):
+            waiting.remove(call.span_id)
         if not waiting:
             rec.lazy.pop(call.instance_key, None)
     text, tool_calls, thinking = payloads.response_parts(response)

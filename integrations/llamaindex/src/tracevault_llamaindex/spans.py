@@ -280,6 +280,12 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
     # --- exit ----------------------------------------------------------------------------------
 
     def _exit(self, span: Span, result: Any) -> None:
+        try:
+            self._exit_body(span, result)
+        finally:  # a failure above must not leave the span's state behind
+            self._rec.close_span(span)
+
+    def _exit_body(self, span: Span, result: Any) -> None:
         rec = self._rec
         role = span.role
         if role == TOOL:
@@ -315,7 +321,6 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
                     result, "async_response_gen", None)
             if _is_stream(gen):
                 rec.watch_stream(gen, span)
-        rec.close_span(span)
 
     def _tool_end(self, span: Span, result: Any, err: BaseException | None) -> None:
         if err is not None:
@@ -377,6 +382,12 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
     # --- drop ------------------------------------------------------------------------------------
 
     def _drop(self, span: Span, err: BaseException | None) -> None:
+        try:
+            self._drop_body(span, err)
+        finally:  # a failure above must not leave the span's state behind
+            self._rec.close_span(span)
+
+    def _drop_body(self, span: Span, err: BaseException | None) -> None:
         rec = self._rec
         entries, span.pending = span.pending or [], None
         nested = span.role == LLM and rec.dups.pop(span.id, None) is not None
@@ -408,7 +419,6 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
                 rec.emit("chain", span, phase="end", level="error", name=span.name,
                          data={"status": "error", "duration_ms": elapsed_ms(span.started)},
                          span_id=span.id, parent=span.parent_anchor)
-        rec.close_span(span)
 
 
 def _tool_parameters(tool: Any, bound_args: inspect.BoundArguments) -> Any:
