@@ -146,3 +146,43 @@ def test_rejects_a_zero_batch_size(tmp_path):
     with pytest.raises(ValueError):
         Forwarder(store, Recording(), batch_size=0)
     store.close()
+
+
+def test_http_failures_are_classified() -> None:
+    from tracevault.sinks.base import PermanentError, http_failure
+
+    assert isinstance(http_failure("m", 413, None), PermanentError)
+    assert isinstance(http_failure("m", 400, None), PermanentError)
+    assert isinstance(http_failure("m", 422, None), PermanentError)
+    for status in (401, 403, 404, 408, 500, 503, None):  # configuration or receiver state
+        err = http_failure("m", status, None)
+        assert isinstance(err, TransientError) and not isinstance(err, PermanentError)
+    assert isinstance(http_failure("m", 429, 2.0), RetryAfter)
+
+
+def test_a_refused_event_is_skipped_alone_and_the_rest_delivered(tmp_path):
+    import tracevault
+    from tracevault.sinks.base import PermanentError
+
+    class Picky(Recording):
+        def export(self, batch: Batch) -> None:
+            if any(s.event.data.get("payload", {}).get("i") == 13 for s in batch.events):
+                raise PermanentError("HTTP 422: unprocessable")
+            super().export(batch)
+
+    with capture_events(tmp_path) as cap:
+        _record(tracevault.AuditLogger(session_id="s"), 30)
+        cap.flush()
+        sink = Picky()
+        forwarder = Forwarder(cap.store, sink, batch_size=10)
+        report = forwarder.drain_once()
+        delivered = [s for b in sink.batches for s in b]
+        poison = next(s.seq for s in cap.store.events() if s.event.data["payload"]["i"] == 13)
+        assert delivered == [s for s in range(1, 31) if s != poison]
+        assert forwarder.skipped == 1 and report.ok
+        assert cap.store.get_cursor("rec") == 30
+        # The skip stays visible after later batches were delivered fine.
+        assert f"event #{poison}" in (forwarder.last_error or "")
+        (status,) = [c for c in cap.store.sink_cursors() if c.name == "rec"]
+        assert f"event #{poison}" in (status.last_error or "")
+        assert forwarder.delivered == 29

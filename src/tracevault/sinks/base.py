@@ -54,6 +54,26 @@ class RetryAfter(TransientError):
                          retry_after=retry_after)
 
 
+class PermanentError(RuntimeError):
+    """The receiver refused this payload for good (HTTP 400, 413, 422): sending the same
+    batch again cannot succeed. The forwarder splits the batch to find the event it
+    refuses, skips that one event (recording why) and delivers the rest."""
+
+
+# Statuses that condemn the payload itself. 401/403/404 are configuration (keys,
+# endpoint) and 408/429/5xx are the receiver's state: those are retried as they are.
+PERMANENT_STATUSES = frozenset({400, 413, 422})
+
+
+def http_failure(message: str, status: int | None, retry_after: float | None) -> Exception:
+    """Return the exception a sink raises for a failed HTTP delivery."""
+    if retry_after is not None:
+        return RetryAfter(retry_after, message)
+    if status in PERMANENT_STATUSES:
+        return PermanentError(message)
+    return TransientError(message)
+
+
 @dataclass(slots=True)
 class Batch:
     """What a sink receives: stored events in ledger order, plus a span lookup.
@@ -171,6 +191,8 @@ class Forwarder:
         self._closed = False
         self.delivered = 0
         self.failures = 0
+        self.skipped = 0  # events the receiver refused for good (see PermanentError)
+        self._skip_note: str | None = None
         self.last_error: str | None = None
         self._cleared = False
 
@@ -192,18 +214,37 @@ class Forwarder:
         if not events:
             return 0
         self._spans.observe(events)
-        self.sink.export(Batch(events, self._spans))
+        refused = False
+        while True:
+            try:
+                self.sink.export(Batch(events, self._spans))
+                break
+            except PermanentError as exc:
+                if len(events) > 1:  # halve until the refused event stands alone
+                    events = events[: len(events) // 2]
+                    continue
+                self.skipped += 1
+                message = (
+                    f"event #{events[0].seq} ({events[0].event.event_id}) refused for good "
+                    f"and skipped for this sink: {describe(exc)}"
+                )
+                log.error("tracevault: sink %s: %s", self.name, message)
+                self._record_error(message)
+                self._skip_note = message  # stays in `tracevault status` after recovery
+                refused = True
+                break
         last = events[-1].seq
         self.store.set_cursor(self.name, last)
-        if self.last_error is not None or not self._cleared:
+        stale = self.last_error is not None and self.last_error != self._skip_note
+        if not refused and (stale or not self._cleared):
             # also once per forwarder: an error persisted by an earlier process is stale now
             if self.last_error is not None:
                 log.warning("tracevault: sink %s delivers again", self.name)
-            self._record_error(None)
+            self._record_error(self._skip_note)
             self._cleared = True
         with self._progress:
             self._cursor = last
-            self.delivered += len(events)
+            self.delivered += 0 if refused else len(events)
             self._progress.notify_all()
         return len(events)
 

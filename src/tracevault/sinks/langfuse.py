@@ -52,7 +52,7 @@ from opentelemetry.trace import (
     set_span_in_context,
 )
 
-from tracevault.sinks.base import Batch, RetryAfter, SinkError, TransientError
+from tracevault.sinks.base import Batch, SinkError, TransientError, http_failure
 from tracevault.sinks.http import ResponseRecorder
 from tracevault.sinks.otel import PresetIds, private_tracer_provider
 from tracevault.sinks.payload import (
@@ -204,11 +204,10 @@ class LangfuseSink:
         if not missing:
             return
         status, retry_after = rt.responses.last()
-        if retry_after is not None:
-            raise RetryAfter(retry_after, f"Langfuse ingestion asked to retry (HTTP {status})")
-        if failed or status:
-            raise TransientError(f"Langfuse ingestion failed (HTTP {status})" if status else
-                                 "Langfuse ingestion failed (receiver unreachable)")
+        if retry_after is not None or failed or status:
+            message = (f"Langfuse ingestion failed (HTTP {status})" if status else
+                       "Langfuse ingestion failed (receiver unreachable)")
+            raise http_failure(message, status, retry_after)
         raise TransientError(
             f"{len(missing)} observations never reached the Langfuse exporter: the "
             "application probably created a Langfuse client with the same public key "

@@ -31,7 +31,7 @@ from langsmith import utils as ls_utils
 from urllib3.util.retry import Retry
 
 from tracevault.schema import AuditEvent
-from tracevault.sinks.base import Batch, RetryAfter, TransientError
+from tracevault.sinks.base import Batch, http_failure
 from tracevault.sinks.http import ResponseRecorder
 from tracevault.sinks.payload import (
     base_metadata,
@@ -206,9 +206,7 @@ class LangSmithSink:
             status, retry_after = self.responses.last()
             message = f"LangSmith ingestion failed: {type(errors[-1]).__name__}" + (
                 f" (HTTP {status})" if status else "")
-            if retry_after is not None:
-                raise RetryAfter(retry_after, message)
-            raise TransientError(message)
+            raise http_failure(message, status, retry_after)
 
     def shutdown(self) -> None:
         self.client.session.close()

@@ -59,7 +59,7 @@ from opentelemetry.trace import (
 )
 
 from tracevault.config import env_flag
-from tracevault.sinks.base import Batch, RetryAfter, TransientError
+from tracevault.sinks.base import Batch, http_failure
 from tracevault.sinks.http import ResponseRecorder
 from tracevault.sinks.payload import cost_usd, inputs_of, model_of, outputs_of, usage_of
 from tracevault.sinks.tree import Node, epoch_ns, nodes, otel_span_id, otel_trace_id
@@ -285,9 +285,7 @@ class OTelSink:
                 status, retry_after = self.responses.last()
                 message = f"OTLP span export failed (HTTP {status})" if status else (
                     "OTLP span export failed (receiver unreachable)")
-                if retry_after is not None:
-                    raise RetryAfter(retry_after, message)
-                raise TransientError(message)
+                raise http_failure(message, status, retry_after)
         self._record_metrics(batch)
 
     def _record_metrics(self, batch: Batch) -> None:
