@@ -60,9 +60,11 @@ COLUMNS: tuple[str, ...] = (
 
 # The first TEXT_COLUMNS of COLUMNS are text; the rest are numbers.
 TEXT_COLUMNS = 12
-_NUMBERS = TEXT_COLUMNS + 1
-_N = len(COLUMNS)
-_PAYLOAD, _SALT, _DIGEST, _CHAIN = _N + 1, _N + 2, _N + 3, _N + 4
+# Shape of a row for verify_rows(): seq, the text columns already joined in header form,
+# the number columns, then payload, salt, digest, chain.
+_NUMBERS = 2
+_PAYLOAD = _NUMBERS + len(COLUMNS) - TEXT_COLUMNS
+_SALT, _DIGEST, _CHAIN = _PAYLOAD + 1, _PAYLOAD + 2, _PAYLOAD + 3
 
 
 def format_ts(ts: datetime) -> str:
@@ -157,7 +159,7 @@ def prepare(event: AuditEvent) -> PreparedRow:
     """Encode and digest one event (the part of sealing that needs no chain head)."""
     payload, event = _encode(event)
     salt = os.urandom(SALT_BYTES)
-    columns = (
+    columns: tuple[Any, ...] = (
         event.event_id,
         format_ts(event.timestamp),
         event.kind,
@@ -171,6 +173,11 @@ def prepare(event: AuditEvent) -> PreparedRow:
         event.parent_span_id,
         *_metrics(event),
     )
+    if any(c.__class__ is str and "\x00" in c for c in columns):
+        # NUL fits no database text column everywhere (PostgreSQL refuses it, SQLite's
+        # length() stops at it); the payload keeps it, escaped. The chain covers the
+        # stored column values, so the ledger verifies and copies between stores.
+        columns = tuple(c.replace("\x00", "\ufffd") if isinstance(c, str) else c for c in columns)
     return PreparedRow(columns, payload, salt, hashlib.sha256(salt + payload).digest())
 
 
@@ -188,10 +195,21 @@ def unique_rows(rows: Sequence[PreparedRow]) -> list[PreparedRow]:
 
 def header(seq: int, columns: Sequence[Any]) -> bytes:
     """Return the bytes of a row's sequence number and columns that the chain covers."""
-    texts = ["" if v is None else v for v in columns[:TEXT_COLUMNS]]
+    # Each text is length-prefixed and NULL is "-": no value can pass for another
+    # (NULL for "", or content shifted across a separator into a neighbouring column).
+    texts = ["-" if v is None else f"{len(v)}:{v}" for v in columns[:TEXT_COLUMNS]]
     numbers = [_text(v) for v in columns[TEXT_COLUMNS:]]
     return f"{seq}{_SEP}{_SEP.join(texts)}{_SEP}{_SEP.join(numbers)}".encode(
         "utf-8", "surrogatepass"
+    )
+
+
+def header_sql(ts_text_sql: str = "ts") -> str:
+    """Return the SQL expression that joins a row's text columns in header form (one
+    string per row keeps verification C-level); ``ts_text_sql`` gives ``ts`` as text."""
+    exprs = [ts_text_sql if c == "ts" else c for c in COLUMNS[:TEXT_COLUMNS]]
+    return f" || '{_SEP}' || ".join(
+        f"coalesce(length({x}) || ':' || {x}, '-')" for x in exprs
     )
 
 
@@ -258,9 +276,11 @@ def verify_rows(
 ) -> VerifyReport:
     """Recompute digests and the chain over ``rows`` (in seq order) against the head.
 
-    Each row is ``(seq, *COLUMNS, payload, salt, digest, chain)`` where the text columns
-    (the first :data:`TEXT_COLUMNS`; ``ts`` as :func:`format_ts` writes it) come with
-    NULL as ``""`` (SQL ``coalesce(col, '')``), so the header is one C-level join;
+    Each row is ``(seq, texts, *numbers, payload, salt, digest, chain)``: ``texts`` is
+    the text columns (the first :data:`TEXT_COLUMNS`; ``ts`` as :func:`format_ts` writes
+    it) already joined in header form by the database — each ``LENGTH:VALUE`` or ``-``
+    for NULL, separated by ``\x1f`` (see :func:`header_sql`) — and ``numbers`` the other
+    columns;
     ``payload``/``salt`` are None once erased. Reports the first sequence number at
     which the stored trail stops matching: a changed payload or column (digest or chain
     mismatch), a deleted row (gap), an inserted or reordered row (chain mismatch), or a
@@ -304,7 +324,7 @@ def verify_rows(
                     f"payload of row {seq} does not match its digest",
                 )
         text = (
-            f"{seq}{sep}{sep.join(r[1:_NUMBERS])}{sep}{text_of(r[_NUMBERS])}"
+            f"{seq}{sep}{r[1]}{sep}{text_of(r[_NUMBERS])}"
             f"{sep}{text_of(r[_NUMBERS + 1])}{sep}{text_of(r[_NUMBERS + 2])}"
         ).encode("utf-8", "surrogatepass")
         prev = sha256(prev + text + digest).digest()

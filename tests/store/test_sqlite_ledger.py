@@ -232,7 +232,7 @@ def test_an_anchor_catches_a_consistently_rewritten_trail(
 ) -> None:
     import hashlib
 
-    from tracevault.ledger import GENESIS, link, verify_rows
+    from tracevault.ledger import COLUMNS, GENESIS, link, verify_rows
 
     code, out = _verify(db, capsys)
     anchor = out.split("anchor: ", 1)[1].split()[0]
@@ -250,8 +250,9 @@ def test_an_anchor_catches_a_consistently_rewritten_trail(
         (forged, hashlib.sha256(salt + forged.encode()).digest()),
     )
     prev = GENESIS
-    for row in conn.execute(sql).fetchall():
-        prev = link(prev, row[0], row[1:16], bytes(row[18]))
+    raw = f"SELECT seq, {', '.join(COLUMNS)}, digest FROM events ORDER BY seq"
+    for row in conn.execute(raw).fetchall():
+        prev = link(prev, row[0], row[1:16], bytes(row[16]))
         conn.execute("UPDATE events SET chain = ? WHERE seq = ?", (prev, row[0]))
     conn.execute("UPDATE ledger_head SET chain = ? WHERE id = 1", (prev,))
     assert store.verify().ok  # ...which plain verification cannot tell
@@ -283,3 +284,38 @@ def test_negative_zero_metrics_verify(tmp_path: Path) -> None:
     assert tracevault.flush(10)
     tracevault.shutdown()
     assert open_store(f"sqlite:///{tmp_path / 'z.db'}").verify().ok
+
+
+def test_content_shifted_between_columns_or_null_for_empty_is_detected(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tracevault.configure(store=f"sqlite:///{tmp_path / 'shift.db'}")
+    log = tracevault.AuditLogger(session_id="c", user_id="")
+    log.emit("custom", {"name": "x"}, name="a\x1fb")
+    assert tracevault.flush(10)
+    tracevault.shutdown()
+    db = tmp_path / "shift.db"
+    conn = _attacker(db)
+    # Move "b" from the end of the name to the front of the session id...
+    conn.execute("UPDATE events SET name = 'a', session_id = 'b\x1fc' WHERE seq = 1")
+    code, out = _verify(db, capsys)
+    assert code == 1 and "chain breaks at row 1" in out
+    # ...or swap an empty user id for NULL (opening the store restored the guards).
+    conn = _attacker(db)
+    conn.execute("UPDATE events SET name = 'a\x1fb', session_id = 'c', user_id = NULL")
+    code, out = _verify(db, capsys)
+    assert code == 1 and "chain breaks at row 1" in out
+    _attacker(db).execute("UPDATE events SET user_id = ''")
+    assert _verify(db, capsys)[0] == 0  # the original values verify again
+
+
+def test_nul_in_an_indexed_column_is_stored_portably(tmp_path: Path) -> None:
+    tracevault.configure(store=f"sqlite:///{tmp_path / 'nul.db'}")
+    tracevault.AuditLogger(session_id="s\x00x").log_event("n\x00ame")
+    assert tracevault.flush(10)
+    tracevault.shutdown()
+    store = open_store(f"sqlite:///{tmp_path / 'nul.db'}")
+    assert store.verify().ok
+    (event,) = [e.event for e in store.events()]
+    assert event.session_id == "s\x00x"  # the payload keeps it
+    assert [s.session_id for s in store.sessions()] == ["s\ufffdx"]  # the column cannot

@@ -186,7 +186,7 @@ class PostgresStore(SQLStore):
         """Seal and store ``events``; events whose id is already stored are skipped, so
         re-appending a batch (a retry after a lost commit acknowledgement, a dead-letter
         replay) never duplicates a record."""
-        rows = unique_rows([_storable(prepare(e)) for e in events])  # outside the lock
+        rows = unique_rows([prepare(e) for e in events])  # outside the lock
         self._pool.after_fork()
         with self._pool.write_lock:
             return self._write(rows)
@@ -326,13 +326,3 @@ class PostgresStore(SQLStore):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def _storable(row: PreparedRow) -> PreparedRow:
-    """Return ``row`` with NUL characters in its text columns replaced (PostgreSQL text
-    cannot hold them; the payload keeps them, escaped). The chain covers the stored
-    values, so the ledger verifies."""
-    columns = row.columns
-    if not any(c.__class__ is str and "\x00" in c for c in columns):
-        return row
-    fixed = tuple(c.replace("\x00", "\ufffd") if c.__class__ is str else c for c in columns)
-    return PreparedRow(fixed, row.payload, row.salt, row.digest)

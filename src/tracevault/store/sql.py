@@ -19,6 +19,7 @@ from tracevault.ledger import (
     TEXT_COLUMNS,
     VerifyReport,
     decode_event,
+    header_sql,
     parse_ts,
     verify_rows,
 )
@@ -294,10 +295,8 @@ class SQLStore:
 
     def _verify_sql(self) -> str:
         """The query giving rows in the shape :func:`verify_rows` reads."""
-        text = [
-            f"coalesce({self.ts_text_sql if c == 'ts' else c}, '')" for c in COLUMNS[:TEXT_COLUMNS]
-        ]
         return (
-            f"SELECT seq, {', '.join(text)}, {', '.join(COLUMNS[TEXT_COLUMNS:])}, "
-            "payload, salt, digest, chain FROM events ORDER BY seq"
+            f"SELECT seq, {header_sql(self.ts_text_sql)}, "
+            f"{', '.join(COLUMNS[TEXT_COLUMNS:])}, payload, salt, digest, chain "
+            "FROM events ORDER BY seq"
         )
