@@ -146,3 +146,20 @@ async def test_llm_failure_is_one_error(cap: Capture, instrumented: Installed) -
     assert error.data["type"] == "ConnectionError" and "recovery_action" not in error.data
     assert error.span_id == llm_end.span_id
     assert run_end.data["status"] == "error" and run_end.level == "error"
+
+
+def test_a_call_with_the_same_prompt_beside_an_unread_stream_is_its_own_call(
+    cap: Capture, instrumented: Installed
+) -> None:
+    llm = MockLLM(max_tokens=5)
+    stream = llm.stream_complete("what is my balance")  # lazy: its real call comes later
+    answer = llm.complete("what is my balance")  # a separate call, not the nested one
+    chunks = list(stream)
+    calls = [e for e in cap.events() if e.kind == "llm_call"]
+    assert [(e.phase, e.data.get("status")) for e in calls if e.phase == "end"] == [
+        ("end", "success"),
+        ("end", "success"),
+    ]
+    assert len({e.span_id for e in calls}) == 2
+    responses = sorted(e.data["response"] for e in calls if e.phase == "end")
+    assert responses == sorted([answer.text, chunks[-1].text])

@@ -13,6 +13,7 @@ read.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 import weakref
 from typing import Any
@@ -56,9 +57,32 @@ def _is_nested(rec: Recorder, span: Span, inputs: Any) -> str | None:
     if waiting:
         for outer in waiting:
             call = rec.llm.get(outer)
-            if call is not None and call.first_token is None and _same(call.inputs_ref, inputs):
+            if (
+                call is not None
+                and call.first_token is None
+                and _same(call.inputs_ref, inputs)
+                and _inside_stream(call)
+            ):
                 return outer
     return None
+
+
+def _inside_stream(call: LLMCall) -> bool:
+    """Whether the code running now is the body of the stream ``call`` returned (a lazy
+    stream makes its real call when first read); a call made elsewhere with the same
+    prompt is a call of its own."""
+    gen = call.stream() if call.stream is not None else None
+    if gen is None:
+        return call.stream is None  # no weak reference possible: trust the other checks
+    target = getattr(gen, "gi_frame", None) or getattr(gen, "ag_frame", None)
+    frame: Any = sys._getframe(1)
+    for _ in range(128):
+        if frame is None:
+            return False
+        if frame is target:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -156,6 +180,7 @@ def streaming(rec: Recorder, span: Span, result: Any) -> None:
     rec.lazy.setdefault(call.instance_key, []).append(call.span_id)
     with contextlib.suppress(TypeError):  # objects without weak references
         weakref.finalize(result, _unread, rec, call.span_id)
+        call.stream = weakref.ref(result)
 
 
 def _unread(rec: Recorder, span_id: str) -> None:

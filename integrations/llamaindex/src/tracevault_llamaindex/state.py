@@ -92,6 +92,7 @@ class LLMCall:
     last: Any = None
     thinking: list[str] = field(default_factory=list)
     output_flag: list[Any] | None = None
+    stream: Any = None  # weak reference to the stream the call returned, if any
 
 
 class Recorder:
