@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from tracevault.api import (
     AuditLogger,
-    ToolCall,
     configure,
     flush,
     shutdown,
@@ -19,6 +18,7 @@ from tracevault.context import context
 from tracevault.pipeline import DurabilityError, Middleware, PipelineStats
 from tracevault.schema import AuditEvent, event_json_schema, validate_event
 from tracevault.store import Store, StoreError, open_store
+from tracevault.toolcall import ToolCall
 
 __version__ = "0.1.0"
 

@@ -14,21 +14,18 @@ Typical use::
 
 from __future__ import annotations
 
-import functools
-import inspect
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from tracevault import capture
 from tracevault.config import Settings
 from tracevault.context import SpanRef, current_span, use_span
 from tracevault.ids import new_span_id, new_trace_id
 from tracevault.pipeline import Middleware, Pipeline, PipelineStats
-from tracevault.snapshot import describe_exception
 from tracevault.store import Store, open_store
+from tracevault.toolcall import ToolCall, drop_none, error_data
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -100,27 +97,6 @@ def stats() -> PipelineStats | None:
     return None if pipeline is None else pipeline.stats()
 
 
-def _error_data(
-    error: BaseException | str,
-    where: str | None,
-    recovery_action: str | None,
-) -> dict[str, Any]:
-    data: dict[str, Any] = (
-        describe_exception(error)
-        if isinstance(error, BaseException)
-        else {"type": "Error", "message": str(error)}
-    )
-    if where is not None:
-        data["where"] = where
-    if recovery_action is not None:
-        data["recovery_action"] = recovery_action
-    return data
-
-
-def _drop_none(**values: Any) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if v is not None}
-
-
 class AuditLogger:
     """Records a session's inputs, reasoning, model and tool calls, outputs and errors.
 
@@ -189,7 +165,7 @@ class AuditLogger:
         **metadata: Any,
     ) -> None:
         """Record what came into the agent (a user message, an API request, ...)."""
-        data = _drop_none(type=type, content=content, source=source, ip_address=ip_address)
+        data = drop_none(type=type, content=content, source=source, ip_address=ip_address)
         self.emit("input", data, name=type, metadata=metadata or None)
 
     def log_reasoning(
@@ -200,7 +176,7 @@ class AuditLogger:
         confidence: float | None = None,
     ) -> None:
         """Record what the agent thought and planned before acting."""
-        data = _drop_none(thought=thought, plan=list(plan) if plan else None, confidence=confidence)
+        data = drop_none(thought=thought, plan=list(plan) if plan else None, confidence=confidence)
         self.emit("reasoning", data)
 
     def log_llm_call(
@@ -222,7 +198,7 @@ class AuditLogger:
         status: str = "success",
     ) -> None:
         """Record one completed model call with its tokens and cost."""
-        data = _drop_none(
+        data = drop_none(
             model=model,
             provider=provider,
             messages=messages,
@@ -259,13 +235,13 @@ class AuditLogger:
     ) -> None:
         """Record a tool call that already happened: its intent and its outcome."""
         span_id = new_span_id()
-        intent = _drop_none(
+        intent = drop_none(
             tool_name=tool_name, parameters=parameters, tool_call_id=tool_call_id, status="pending"
         )
         self.emit("tool_call", intent, phase="start", name=tool_name, span_id=span_id)
         if error is not None:
             status = "error"
-        outcome = _drop_none(
+        outcome = drop_none(
             tool_name=tool_name,
             result=result,
             status=status,
@@ -273,7 +249,7 @@ class AuditLogger:
             tool_call_id=tool_call_id,
         )
         if error is not None:
-            outcome["error"] = _error_data(error, tool_name, None)
+            outcome["error"] = error_data(error, tool_name, None)
         self.emit(
             "tool_call",
             outcome,
@@ -303,7 +279,7 @@ class AuditLogger:
         cost: float | None = None,
     ) -> None:
         """Record what the agent answered."""
-        data = _drop_none(
+        data = drop_none(
             type=type, content=content, tokens_used=tokens_used, model=model, cost=cost
         )
         self.emit("output", data, name=type)
@@ -316,11 +292,11 @@ class AuditLogger:
         recovery_action: str | None = None,
     ) -> None:
         """Record a failure: type, message, stack trace, where, and how it was handled."""
-        self.emit("error", _error_data(error, where, recovery_action), level="error", name=where)
+        self.emit("error", error_data(error, where, recovery_action), level="error", name=where)
 
     def log_event(self, name: str, payload: Any = None, *, level: str = "info") -> None:
         """Record anything else as a ``custom`` event."""
-        self.emit("custom", _drop_none(name=name, payload=payload), name=name, level=level)
+        self.emit("custom", drop_none(name=name, payload=payload), name=name, level=level)
 
     # --- steps ------------------------------------------------------------------------
 
@@ -338,7 +314,7 @@ class AuditLogger:
         ref = SpanRef(parent.trace_id if parent else self.trace_id, new_span_id())
         self.emit(
             kind,
-            _drop_none(inputs=inputs),
+            drop_none(inputs=inputs),
             phase="start",
             name=name,
             span_id=ref.span_id,
@@ -382,132 +358,6 @@ class AuditLogger:
         warning = capture.slow_tool_warning(tool_name, duration_ms)
         if warning is not None:
             self.emit("custom", warning, level="warning", name=capture.SLOW_TOOL, span_id=span_id)
-
-
-class ToolCall:
-    """A tool call being recorded: intent on entry, outcome on exit (see ``tool_call``)."""
-
-    def __init__(
-        self,
-        logger: AuditLogger,
-        tool_name: str | None,
-        parameters: Any,
-        tool_call_id: str | None,
-    ) -> None:
-        self.logger = logger
-        self.tool_name = tool_name
-        self.parameters = parameters
-        self.tool_call_id = tool_call_id
-        self.result: Any = None
-        self.status = "success"
-        self.duration_ms: float | None = None
-        self._span: SpanRef | None = None
-        self._started = 0.0
-        self._token: Any = None
-
-    def set_result(self, result: Any) -> None:
-        """Set what the tool returned (recorded in the outcome)."""
-        self.result = result
-
-    def __enter__(self) -> ToolCall:
-        name = self.tool_name or "tool"
-        parent = current_span()
-        self._span = SpanRef(parent.trace_id if parent else self.logger.trace_id, new_span_id())
-        intent = _drop_none(
-            tool_name=name,
-            parameters=self.parameters,
-            tool_call_id=self.tool_call_id,
-            status="pending",
-        )
-        # In strict mode the intent must be durable before the tool may run.
-        self.logger.emit(
-            "tool_call",
-            intent,
-            phase="start",
-            name=name,
-            span_id=self._span.span_id,
-            durable=capture.settings().strict,
-        )
-        self._cm = use_span(self._span)
-        self._cm.__enter__()
-        self._started = time.perf_counter()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.duration_ms = (time.perf_counter() - self._started) * 1000
-        self._cm.__exit__(None, None, None)
-        assert self._span is not None
-        name = self.tool_name or "tool"
-        outcome = _drop_none(
-            tool_name=name,
-            result=self.result,
-            duration_ms=self.duration_ms,
-            tool_call_id=self.tool_call_id,
-        )
-        if exc is not None:
-            self.status = "error"
-            outcome["error"] = _error_data(exc, name, None)
-        outcome["status"] = self.status
-        level = "error" if self.status == "error" else "info"
-        self.logger.emit(
-            "tool_call", outcome, phase="end", name=name, span_id=self._span.span_id, level=level
-        )
-        if exc is not None:
-            self.logger.emit(
-                "error",
-                _error_data(exc, name, None),
-                level="error",
-                name=name,
-                span_id=self._span.span_id,
-            )
-        self.logger._warn_if_slow(name, self.duration_ms, self._span.span_id)
-
-    async def __aenter__(self) -> ToolCall:
-        return self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
-
-    def __call__(self, func: F) -> F:
-        name = self.tool_name or func.__name__
-        logger, call_id = self.logger, self.tool_call_id
-        signature = inspect.signature(func)
-
-        def bound(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-            try:
-                b = signature.bind(*args, **kwargs)
-                b.apply_defaults()
-                return dict(b.arguments)
-            except TypeError:
-                return {"args": list(args), "kwargs": kwargs}
-
-        if inspect.iscoroutinefunction(func):
-
-            @functools.wraps(func)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                with ToolCall(logger, name, bound(args, kwargs), call_id) as call:
-                    call.result = await func(*args, **kwargs)
-                    return call.result
-
-            return cast(F, async_wrapper)
-
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with ToolCall(logger, name, bound(args, kwargs), call_id) as call:
-                call.result = func(*args, **kwargs)
-                return call.result
-
-        return cast(F, wrapper)
 
 
 def tool_call(
