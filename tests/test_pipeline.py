@@ -11,6 +11,7 @@ import sys
 import textwrap
 import threading
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from tracevault.pipeline import DurabilityError, Pipeline, dead_letter_events
 from tracevault.schema import AuditEvent
 from tracevault.store import StoreError, open_store
 from tracevault.store.sqlite import SQLiteStore
-from tracevault.testing import Capture
+from tracevault.testing import Capture, capture_events
 
 
 class FlakyStore(SQLiteStore):
@@ -195,7 +196,7 @@ def test_middleware_may_drop_or_replace_events(tmp_path: Path) -> None:
         event.tags.append("seen")
         return event
 
-    with __import__("tracevault.testing").testing.capture_events(
+    with capture_events(
         tmp_path, middleware=[only_errors_and_tag]
     ) as cap:
         log = tracevault.AuditLogger(session_id="mw2")
@@ -207,7 +208,7 @@ def test_middleware_may_drop_or_replace_events(tmp_path: Path) -> None:
 
 
 def test_level_filter(tmp_path: Path) -> None:
-    with __import__("tracevault.testing").testing.capture_events(tmp_path, level="info") as cap:
+    with capture_events(tmp_path, level="info") as cap:
         log = tracevault.AuditLogger(session_id="lv")
         with log.span("retrieve", kind="chain"):  # chain steps are debug-level
             log.log_input("hi")
@@ -235,7 +236,7 @@ def test_shutdown_dead_letters_what_cannot_be_written(tmp_path: Path) -> None:
     events = [
         AuditEvent(
             event_id=f"id-{i}",
-            timestamp=__import__("datetime").datetime.now(__import__("datetime").timezone.utc),
+            timestamp=datetime.now(timezone.utc),
             kind="custom",
             data={"i": i},
         )
@@ -396,7 +397,7 @@ def test_a_middleware_bug_does_not_stop_the_writer(tmp_path: Path) -> None:
             raise Unprintable()
         return event
 
-    with __import__("tracevault.testing").testing.capture_events(
+    with capture_events(
         tmp_path, middleware=[flaky]
     ) as cap:
         log = tracevault.AuditLogger(session_id="bug")

@@ -96,6 +96,14 @@ _INSERT = (
 )
 
 
+_HEAD = "SELECT seq, chain FROM ledger_head WHERE id = 1"
+
+
+def _head_of(row: tuple[Any, ...] | None) -> tuple[int, bytes]:
+    """The (seq, chain) of a ``ledger_head`` row (an empty ledger has none yet)."""
+    return (int(row[0]), bytes(row[1])) if row else (0, GENESIS)
+
+
 class SQLiteStore(SQLStore):
     """A ledger in one SQLite file (created on first use unless ``create=False``)."""
 
@@ -187,8 +195,7 @@ class SQLiteStore(SQLStore):
             conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
             try:
                 conn.execute("BEGIN")
-                row = conn.execute("SELECT seq, chain FROM ledger_head WHERE id = 1").fetchone()
-                head_seq, head_chain = (int(row[0]), bytes(row[1])) if row else (0, GENESIS)
+                head_seq, head_chain = _head_of(conn.execute(_HEAD).fetchone())
                 cursor = conn.execute(self._verify_sql())
 
                 def rows() -> Iterator[tuple[Any, ...]]:
@@ -204,10 +211,8 @@ class SQLiteStore(SQLStore):
     # --- writing ----------------------------------------------------------------------
 
     def head(self) -> tuple[int, bytes]:
-        row = self._fetch("SELECT seq, chain FROM ledger_head WHERE id = 1")
-        if not row:
-            return 0, GENESIS
-        return int(row[0][0]), bytes(row[0][1])
+        rows = self._fetch(_HEAD)
+        return _head_of(rows[0] if rows else None)
 
     def append(self, events: Sequence[AuditEvent]) -> int:
         """Seal and store ``events``; events whose id is already stored are skipped, so
@@ -226,8 +231,8 @@ class SQLiteStore(SQLStore):
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            seq, chain = conn.execute("SELECT seq, chain FROM ledger_head WHERE id = 1").fetchone()
-            sealed = seal(rows, int(seq), bytes(chain))
+            seq, chain = _head_of(conn.execute(_HEAD).fetchone())
+            sealed = seal(rows, seq, chain)
             conn.executemany(
                 _INSERT,
                 [
@@ -251,7 +256,7 @@ class SQLiteStore(SQLStore):
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return sealed[-1].seq if sealed else int(seq)
+        return sealed[-1].seq if sealed else seq
 
     def _stored_ids(self, ids: Sequence[str]) -> set[str]:
         found: set[str] = set()
