@@ -34,7 +34,7 @@ import psycopg
 from harness import machine, write_results
 
 from tracevault.cli import main as cli
-from tracevault.ledger import prepare
+from tracevault.ledger import prepare_rows
 from tracevault.schema import AuditEvent
 from tracevault.store.postgres import _COPY, PostgresStore
 
@@ -74,7 +74,7 @@ def _append_worker(url: str, writer: int, n: int, batch: int, chained: bool) -> 
         if chained:
             store.append(events)
             continue
-        rows = [prepare(e) for e in events]  # the same work before the lock
+        rows = prepare_rows(events)  # the same work before the lock
         assert conn is not None
         with conn.transaction(), conn.cursor().copy(copy_free) as copy:
             for k, r in enumerate(rows):

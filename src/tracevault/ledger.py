@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -113,18 +113,25 @@ def decode_event(payload: bytes | str) -> AuditEvent:
 
 @dataclass(slots=True)
 class PreparedRow:
-    """An event ready to append: encoded, salted and digested, awaiting its seq."""
+    """An event ready to append: encoded, salted and digested, awaiting its seq.
+
+    ``tail`` is what the chain hashes after the previous chain value and the row's seq
+    (the rest of :func:`header`, then ``digest``); it is computed once here, outside
+    any store lock, and left empty by callers that build rows themselves.
+    """
 
     columns: tuple[Any, ...]  # values in COLUMNS order
     payload: bytes
     salt: bytes
     digest: bytes
+    tail: bytes = b""
 
 
 def _metrics(event: AuditEvent) -> tuple[str | None, float | None, int | None, float | None]:
-    data = event.data if isinstance(event.data, dict) else {}
+    data = event.data
+    if data.__class__ is not dict:
+        data = data if isinstance(data, dict) else {}
     status = data.get("status")
-    duration = data.get("duration_ms")
     tokens: Any = None
     cost: Any = None
     if event.kind == "llm_call":
@@ -134,9 +141,10 @@ def _metrics(event: AuditEvent) -> tuple[str | None, float | None, int | None, f
         cost = data.get("cost")
     return (
         status if isinstance(status, str) else None,
-        _number(duration),
-        int(tokens) if _number(tokens) is not None and abs(tokens) < _INT_COLUMN else None,
-        _number(cost),
+        _number(data.get("duration_ms")),
+        int(tokens) if tokens is not None and _number(tokens) is not None
+        and abs(tokens) < _INT_COLUMN else None,
+        None if cost is None else _number(cost),
     )
 
 
@@ -145,23 +153,49 @@ _INT_COLUMN = 2**63  # SQLite INTEGER and PostgreSQL bigint
 
 def _number(value: Any) -> float | None:
     """A finite number for a metric column, else None (the payload keeps the original)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if value.__class__ is float:  # the common case, without the checks below
+        # + 0.0 turns -0.0 into 0.0: databases store it that way, and the chain must match.
+        return value + 0.0 if math.isfinite(value) else None
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     try:
         number = float(value)
     except OverflowError:
         return None
-    # + 0.0 turns -0.0 into 0.0: databases store it that way, and the chain must match.
     return number + 0.0 if math.isfinite(number) else None
+
+
+def _format_ts_fast(ts: datetime) -> str:
+    # orjson writes the same text as format_ts() ~4x faster, but drops the fraction
+    # when it is zero and keeps other offsets: only exact UTC with microseconds here.
+    if ts.tzinfo is timezone.utc and ts.microsecond and ts.__class__ is datetime:
+        return orjson.dumps(ts, option=orjson.OPT_UTC_Z)[1:-1].decode()
+    return format_ts(ts)
 
 
 def prepare(event: AuditEvent) -> PreparedRow:
     """Encode and digest one event (the part of sealing that needs no chain head)."""
+    return _prepare(event, os.urandom(SALT_BYTES))
+
+
+def prepare_rows(events: Sequence[AuditEvent]) -> list[PreparedRow]:
+    """:func:`prepare` every event of a batch.
+
+    The salts come from one ``os.urandom`` call for the batch (a system call per event
+    would cost more than the rest of salting), each event its own 16 bytes of it.
+    """
+    pool = os.urandom(SALT_BYTES * len(events))
+    return [
+        _prepare(event, pool[i : i + SALT_BYTES])
+        for i, event in zip(range(0, len(pool), SALT_BYTES), events, strict=True)
+    ]
+
+
+def _prepare(event: AuditEvent, salt: bytes) -> PreparedRow:
     payload, event = _encode(event)
-    salt = os.urandom(SALT_BYTES)
     columns: tuple[Any, ...] = (
         event.event_id,
-        format_ts(event.timestamp),
+        _format_ts_fast(event.timestamp),
         event.kind,
         event.phase,
         event.level,
@@ -173,12 +207,39 @@ def prepare(event: AuditEvent) -> PreparedRow:
         event.parent_span_id,
         *_metrics(event),
     )
-    if any(c.__class__ is str and "\x00" in c for c in columns):
+    # Every text column is a string of the payload, where orjson writes NUL as \u0000:
+    # without that sequence no column can hold one (the search is C-speed).
+    if b"\\u0000" in payload and any(c.__class__ is str and "\x00" in c for c in columns):
         # NUL fits no database text column everywhere (PostgreSQL refuses it, SQLite's
         # length() stops at it); the payload keeps it, escaped. The chain covers the
         # stored column values, so the ledger verifies and copies between stores.
         columns = tuple(c.replace("\x00", "\ufffd") if isinstance(c, str) else c for c in columns)
-    return PreparedRow(columns, payload, salt, hashlib.sha256(salt + payload).digest())
+    digest = hashlib.sha256(salt + payload).digest()
+    return PreparedRow(columns, payload, salt, digest, _tail(columns) + digest)
+
+
+def _tail(columns: Sequence[Any]) -> bytes:
+    """:func:`header` without the seq: ``header(seq, c) == b"%d" % seq + _tail(c)``."""
+    # One f-string rather than a list of pieces and two joins: this runs for every
+    # event, and the pieces cost more than the hashing.
+    (e, ts, kind, phase, level, name, session, user, trace, span, parent, status,
+     duration, tokens, cost) = columns
+    s = _SEP
+    return (
+        f"{s}{'-' if e is None else f'{len(e)}:{e}'}"
+        f"{s}{'-' if ts is None else f'{len(ts)}:{ts}'}"
+        f"{s}{'-' if kind is None else f'{len(kind)}:{kind}'}"
+        f"{s}{'-' if phase is None else f'{len(phase)}:{phase}'}"
+        f"{s}{'-' if level is None else f'{len(level)}:{level}'}"
+        f"{s}{'-' if name is None else f'{len(name)}:{name}'}"
+        f"{s}{'-' if session is None else f'{len(session)}:{session}'}"
+        f"{s}{'-' if user is None else f'{len(user)}:{user}'}"
+        f"{s}{'-' if trace is None else f'{len(trace)}:{trace}'}"
+        f"{s}{'-' if span is None else f'{len(span)}:{span}'}"
+        f"{s}{'-' if parent is None else f'{len(parent)}:{parent}'}"
+        f"{s}{'-' if status is None else f'{len(status)}:{status}'}"
+        f"{s}{_text(duration)}{s}{_text(tokens)}{s}{_text(cost)}"
+    ).encode("utf-8", "surrogatepass")
 
 
 def unique_rows(rows: Sequence[PreparedRow]) -> list[PreparedRow]:
@@ -232,16 +293,34 @@ class SealedRow:
     chain: bytes
 
 
-def seal(rows: Sequence[PreparedRow], head_seq: int, head_chain: bytes) -> list[SealedRow]:
-    """Chain ``rows`` after the head (``head_seq``, ``head_chain``)."""
-    sealed = []
+def _chained(
+    rows: Sequence[PreparedRow], head_seq: int, head_chain: bytes
+) -> Iterator[tuple[int, PreparedRow, bytes]]:
+    sha256 = hashlib.sha256
     prev = head_chain
     seq = head_seq
     for row in rows:
         seq += 1
-        prev = link(prev, seq, row.columns, row.digest)
-        sealed.append(SealedRow(seq, row, prev))
-    return sealed
+        # header(seq) + digest == seq digits + tail (ASCII digits encode to themselves)
+        tail = row.tail or _tail(row.columns) + row.digest
+        prev = sha256(prev + b"%d" % seq + tail).digest()
+        yield seq, row, prev
+
+
+def seal(rows: Sequence[PreparedRow], head_seq: int, head_chain: bytes) -> list[SealedRow]:
+    """Chain ``rows`` after the head (``head_seq``, ``head_chain``)."""
+    return [SealedRow(seq, row, chain) for seq, row, chain in _chained(rows, head_seq, head_chain)]
+
+
+def sealed_values(
+    rows: Sequence[PreparedRow], head_seq: int, head_chain: bytes
+) -> list[tuple[Any, ...]]:
+    """Chain ``rows`` after the head and return each as the values of a stored row:
+    ``(seq, *columns, payload text, salt, digest, chain)`` (what stores insert)."""
+    return [
+        (seq, *row.columns, row.payload.decode(), row.salt, row.digest, chain)
+        for seq, row, chain in _chained(rows, head_seq, head_chain)
+    ]
 
 
 @dataclass(slots=True)

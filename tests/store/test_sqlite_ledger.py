@@ -319,3 +319,26 @@ def test_nul_in_an_indexed_column_is_stored_portably(tmp_path: Path) -> None:
     (event,) = [e.event for e in store.events()]
     assert event.session_id == "s\x00x"  # the payload keeps it
     assert [s.session_id for s in store.sessions()] == ["s\ufffdx"]  # the column cannot
+
+
+def test_a_ledger_with_the_former_user_index_keeps_working(tmp_path: Path) -> None:
+    path = tmp_path / "older.db"
+    _record(path, 5)
+    conn = sqlite3.connect(path)
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "events_user" not in indexes  # no query reads it, so new ledgers skip it
+    assert {"events_session", "events_trace", "events_kind"} <= indexes
+    # Ledgers created by earlier versions have it: they open, append and verify as before.
+    conn.execute("CREATE INDEX events_user ON events (user_id, ts)")
+    conn.commit()
+    conn.close()
+    _record(path, 5)
+    store = SQLiteStore(str(path), create=False)
+    try:
+        report = store.verify()
+        assert report.ok and report.checked == 20  # a tool call is recorded twice
+        (summary,) = store.sessions(user_id="alice")
+        assert summary.events == 20
+        assert len(list(store.events(session_id="tamper"))) == 20
+    finally:
+        store.close()

@@ -34,8 +34,8 @@ from tracevault.ledger import (
     PreparedRow,
     VerifyReport,
     format_ts,
-    prepare,
-    seal,
+    prepare_rows,
+    sealed_values,
     unique_rows,
 )
 from tracevault.schema import AuditEvent
@@ -186,7 +186,7 @@ class PostgresStore(SQLStore):
         """Seal and store ``events``; events whose id is already stored are skipped, so
         re-appending a batch (a retry after a lost commit acknowledgement, a dead-letter
         replay) never duplicates a record."""
-        rows = unique_rows([prepare(e) for e in events])  # outside the lock
+        rows = unique_rows(prepare_rows(events))  # outside the lock
         self._pool.after_fork()
         with self._pool.write_lock:
             return self._write(rows)
@@ -226,19 +226,14 @@ class PostgresStore(SQLStore):
             if head is None:
                 raise StoreError(f"PostgreSQL ledger {self.where} has no head row")
             created = self._ensure_partitions(conn, {r.columns[1][:7] for r in rows})
-            sealed = seal(rows, int(head[0]), bytes(head[1]))
+            values = sealed_values(rows, int(head[0]), bytes(head[1]))
             with conn.cursor().copy(_COPY) as copy:
-                for s in sealed:
-                    r = s.row
-                    copy.write_row(
-                        (s.seq, *r.columns, r.payload.decode(), r.salt, r.digest, s.chain)
-                    )
-            last = sealed[-1]
-            conn.execute(
-                "UPDATE ledger_head SET seq = %s, chain = %s WHERE id = 1", (last.seq, last.chain)
-            )
+                for row in values:
+                    copy.write_row(row)
+            seq, chain = values[-1][0], values[-1][-1]
+            conn.execute("UPDATE ledger_head SET seq = %s, chain = %s WHERE id = 1", (seq, chain))
         self._months |= created
-        return last.seq
+        return int(seq)
 
     def _ensure_partitions(self, conn: Conn, months: set[str]) -> set[str]:
         """Create the monthly partitions ``months`` need (the caller holds the head lock

@@ -24,8 +24,8 @@ from tracevault.ledger import (
     PreparedRow,
     VerifyReport,
     format_ts,
-    prepare,
-    seal,
+    prepare_rows,
+    sealed_values,
     unique_rows,
     verify_rows,
 )
@@ -35,6 +35,10 @@ from tracevault.store.sql import SQLStore
 
 SCHEMA_VERSION = 1
 
+# Every index costs every insert, so there is one only where a query uses it: sessions
+# and session views (events_session), trace trees (events_trace), model and tool stats
+# (events_kind). Ledgers created before also have events_user (user_id, ts), which no
+# query uses; it is left in place there.
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY,
@@ -59,7 +63,6 @@ CREATE TABLE IF NOT EXISTS events (
     chain BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_session ON events (session_id, seq);
-CREATE INDEX IF NOT EXISTS events_user ON events (user_id, ts);
 CREATE INDEX IF NOT EXISTS events_kind ON events (kind, phase, name);
 CREATE INDEX IF NOT EXISTS events_trace ON events (trace_id, seq);
 CREATE TABLE IF NOT EXISTS ledger_head (
@@ -217,7 +220,7 @@ class SQLiteStore(SQLStore):
     def append(self, events: Sequence[AuditEvent]) -> int:
         """Seal and store ``events``; events whose id is already stored are skipped, so
         re-appending a batch (a retry, a dead-letter replay) never duplicates a record."""
-        rows = unique_rows([prepare(e) for e in events])  # encode and hash outside the lock
+        rows = unique_rows(prepare_rows(events))  # encode and hash outside the lock
         try:
             try:
                 return self._append_rows(rows)
@@ -232,31 +235,16 @@ class SQLiteStore(SQLStore):
         conn.execute("BEGIN IMMEDIATE")
         try:
             seq, chain = _head_of(conn.execute(_HEAD).fetchone())
-            sealed = seal(rows, seq, chain)
-            conn.executemany(
-                _INSERT,
-                [
-                    (
-                        s.seq,
-                        *s.row.columns,
-                        s.row.payload.decode(),
-                        s.row.salt,
-                        s.row.digest,
-                        s.chain,
-                    )
-                    for s in sealed
-                ],
-            )
-            if sealed:
-                conn.execute(
-                    "UPDATE ledger_head SET seq = ?, chain = ? WHERE id = 1",
-                    (sealed[-1].seq, sealed[-1].chain),
-                )
+            values = sealed_values(rows, seq, chain)
+            conn.executemany(_INSERT, values)
+            if values:
+                seq, chain = values[-1][0], values[-1][-1]
+                conn.execute("UPDATE ledger_head SET seq = ?, chain = ? WHERE id = 1", (seq, chain))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return sealed[-1].seq if sealed else seq
+        return int(seq)
 
     def _stored_ids(self, ids: Sequence[str]) -> set[str]:
         found: set[str] = set()
