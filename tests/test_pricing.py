@@ -41,4 +41,19 @@ def test_user_prices_override_and_extend(tmp_path: Path) -> None:
         pricing.load_prices({"x": {"input": 1}})
     with pytest.raises(ValueError, match="negative"):
         pricing.set_price("x", input=-1, output=1)
-    pricing._overrides.clear()
+    pricing.clear_prices()
+    assert pricing.cost_of("gpt-4o", 1_000_000, 0) == pytest.approx(2.5)
+
+
+def test_a_new_price_applies_to_models_already_looked_up() -> None:
+    # Matches are remembered per model name; changing the table must not leave them stale.
+    assert pricing.price_for("acme-2-large") is None
+    assert pricing.price_for("gpt-4o-mini-2024-07-18") == pricing.BUILTIN_PRICES["gpt-4o-mini"]
+    pricing.set_price("acme-2", input=1.0, output=1.0)
+    pricing.set_price("gpt-4o-mini-2024", input=9.0, output=9.0)
+    try:
+        assert pricing.price_for("acme-2-large") == pricing.Price(1.0, 1.0)
+        assert pricing.price_for("gpt-4o-mini-2024-07-18") == pricing.Price(9.0, 9.0)
+    finally:
+        pricing.clear_prices()
+    assert pricing.price_for("acme-2-large") is None

@@ -33,6 +33,9 @@ _min_rank = LEVEL_RANK["debug"]
 _capture_errors = 0
 _recipe: tuple[str, list[Middleware]] | None = None  # what a forked child rebuilds
 _KINDS = frozenset(KINDS)
+_RANK = LEVEL_RANK
+_now = datetime.now
+_UTC = timezone.utc
 _PHASES = frozenset(PHASES)
 _middleware_factory: list[Any] = []  # callables (Settings) -> list[Middleware]
 
@@ -185,15 +188,17 @@ def emit(
     ledger and raises :class:`DurabilityError` if it cannot be made so.
     """
     global _capture_errors
+    # Runs inside every framework callback: kept to plain lookups and one copy.
     try:
-        if LEVEL_RANK[level] < _min_rank:
+        if _RANK[level] < _min_rank:
             return None
         if kind not in _KINDS or phase not in _PHASES:
             raise ValueError(f"unknown event kind {kind!r} or phase {phase!r}")
-        if data is not None and not isinstance(data, dict):
-            data = {"value": data}  # the schema's data is an object
-        if metadata is not None and not isinstance(metadata, dict):
-            metadata = {"value": metadata}
+        if data is None:
+            payload: Any = {}
+        else:
+            payload = freeze(data if data.__class__ is dict or isinstance(data, dict)
+                             else {"value": data})  # the schema's data is an object
         scope = current_scope()
         if trace_id is None:
             ref = current_span()
@@ -201,13 +206,15 @@ def emit(
                 trace_id = ref.trace_id
                 if parent_span_id is None:
                     parent_span_id = ref.span_id
+        if metadata is not None and not isinstance(metadata, dict):
+            metadata = {"value": metadata}
         if metadata:
             meta = freeze({**scope.metadata, **metadata} if scope.metadata else metadata)
         else:
             meta = freeze(scope.metadata) if scope.metadata else {}
         event = AuditEvent(
             uuid7(),
-            timestamp or datetime.now(timezone.utc),
+            timestamp or _now(_UTC),
             kind,  # type: ignore[arg-type]
             phase,  # type: ignore[arg-type]
             level,  # type: ignore[arg-type]
@@ -220,7 +227,7 @@ def emit(
             framework,  # type: ignore[arg-type]
             [*scope.tags, *tags] if tags else list(scope.tags),
             meta,
-            freeze(data) if data is not None else {},
+            payload,
         )
         pipeline = _pipeline if _pipeline is not None else get_pipeline()
         if durable:

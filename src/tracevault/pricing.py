@@ -59,6 +59,10 @@ BUILTIN_PRICES: dict[str, Price] = {
 _lock = threading.Lock()
 _overrides: dict[str, Price] = {}
 _env_loaded = False
+# price_for() runs for every model call on the caller's thread; the prefix search is
+# remembered per model name until the table changes (set_price clears it).
+_matched: dict[str, Price | None] = {}
+_MAX_MATCHED = 1024
 
 
 def set_price(
@@ -69,6 +73,14 @@ def set_price(
         raise ValueError("prices must not be negative")
     with _lock:
         _overrides[model.lower()] = Price(input, output, cached_input)
+        _matched.clear()
+
+
+def clear_prices() -> None:
+    """Forget every user price: back to the built-in table."""
+    with _lock:
+        _overrides.clear()
+        _matched.clear()
 
 
 def load_prices(source: str | Mapping[str, Any]) -> int:
@@ -103,10 +115,27 @@ def _ensure_env() -> None:
 
 
 def price_for(model: str | None) -> Price | None:
-    """Return the price of ``model`` (exact name, else longest prefix), or ``None``."""
+    """Return the price of ``model`` (exact name, else longest prefix), or ``None``.
+
+    Change prices with :func:`set_price` or :func:`load_prices` (not by editing
+    ``BUILTIN_PRICES`` in place): matches are remembered until the table changes.
+    """
     if not model:
         return None
     _ensure_env()
+    try:
+        return _matched[model]
+    except KeyError:
+        pass
+    with _lock:  # not interleaved with set_price, so no stale match is remembered
+        price = _match(model)
+        if len(_matched) >= _MAX_MATCHED:  # model names are few; memory stays bounded
+            _matched.clear()
+        _matched[model] = price
+    return price
+
+
+def _match(model: str) -> Price | None:
     name = model.lower()
     for sep in ("/", ":"):
         if sep in name and not name.startswith("ft:"):

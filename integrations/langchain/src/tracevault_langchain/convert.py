@@ -20,6 +20,8 @@ from langchain_core.outputs import ChatGeneration, Generation, LLMResult
 # Metadata keys LangChain and LangGraph add on their own; the rest is the user's.
 _INTERNAL_PREFIXES = ("langgraph_", "ls_", "lc_", "checkpoint_", "__")
 _INTERNAL_KEYS = frozenset({"checkpoint_ns", "versions", "thread_ts"})
+# One encoder for every plan: json.dumps(default=...) builds a new one per call.
+_PLAN_ENCODER = json.JSONEncoder(default=str)
 
 
 def user_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -184,7 +186,8 @@ def reasoning_of(message: Any) -> str | None:
 
 def plan_of(message: AIMessage) -> list[str]:
     """Return the tool calls a message makes as ``name(args)`` strings."""
-    return [f"{c['name']}({json.dumps(c.get('args'), default=str)})" for c in message.tool_calls]
+    encode = _PLAN_ENCODER.encode
+    return [f"{c['name']}({encode(c.get('args'))})" for c in message.tool_calls]
 
 
 def documents_view(documents: Sequence[Any]) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from time import perf_counter
 from typing import Any
 from uuid import UUID
 
@@ -25,7 +26,6 @@ log = logging.getLogger("tracevault.langchain")
 FRAMEWORK = "langchain"
 HIDDEN_TAG = "langsmith:hidden"  # LangGraph's internal plumbing runs
 _RETRY_TAG = "retry:attempt:"  # RunnableRetry tags every attempt after the first
-_SESSION_KEYS = ("session_id", "thread_id", "conversation_id")
 _CANCELLED = (GeneratorExit, asyncio.CancelledError, KeyboardInterrupt)
 # LangGraph signals interrupts and hand-offs by raising these: control flow, not errors.
 _CONTROL_FLOW = frozenset({"GraphBubbleUp", "GraphInterrupt", "NodeInterrupt", "ParentCommand"})
@@ -45,12 +45,6 @@ def error_summary(exc: BaseException) -> dict[str, str]:
     """Return the type and message of an exception (the stack goes in ``error`` events)."""
     data = describe_exception(exc)
     return {"type": data["type"], "message": data["message"]}
-
-
-def _text(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    return value if isinstance(value, str) else str(value)
 
 
 class Recorder:
@@ -86,20 +80,25 @@ class Recorder:
         tags: list[str] | None,
     ) -> RunState | None:
         """Start tracking a run; ``None`` if another handler already records it."""
-        parent = self.runs.get(parent_run_id) if parent_run_id is not None else None
-        meta = metadata or {}
-        scope = None
-        session = next((_text(meta[k]) for k in _SESSION_KEYS if meta.get(k)), None)
-        session = session or self.session_id or (parent.session_id if parent else None)
-        if session is None:
-            scope = current_scope()
-            session = scope.session_id
-        user = _text(meta.get("user_id")) or self.user_id or (parent.user_id if parent else None)
-        if user is None:
-            user = (scope or current_scope()).user_id
+        # Runs on every start callback: plain lookups, no generators or helpers.
+        runs = self.runs
+        parent = runs.get(parent_run_id) if parent_run_id is not None else None
+        session = user = None
+        if metadata:
+            session = (metadata.get("session_id") or metadata.get("thread_id")
+                       or metadata.get("conversation_id"))
+            if session is not None and session.__class__ is not str:
+                session = str(session)
+            user = metadata.get("user_id")
+            if user is not None and user.__class__ is not str:
+                user = str(user)
         if parent is not None:
+            session = session or self.session_id or parent.session_id
+            user = user or self.user_id or parent.user_id
             trace, parent_span, is_root = parent.trace, parent.child_span, False
         else:
+            session = session or self.session_id
+            user = user or self.user_id
             ambient = current_span() if parent_run_id is None else None
             if ambient is not None:  # inside an AuditLogger span: join its trace
                 trace, parent_span = Trace(ambient.trace_id, run_id), ambient.span_id
@@ -108,6 +107,10 @@ class Recorder:
                 trace = Trace(str(run_id), run_id)
                 parent_span = str(parent_run_id) if parent_run_id is not None else None
             is_root = True
+        if session is None or user is None:
+            scope = current_scope()
+            session = session or scope.session_id
+            user = user or scope.user_id
         # Steps that are not recorded (LangGraph plumbing, or chain steps below the
         # level) pass their children up to the nearest recorded ancestor.
         hidden = not is_root and (
@@ -116,17 +119,18 @@ class Recorder:
         )
         state = RunState(
             self.owner, kind, name, None if hidden else str(run_id), parent_span, trace,
-            session, user, is_root,
+            session, user, is_root, perf_counter(),
         )
-        claimed, evicted = self.runs.claim(run_id, state)
+        claimed, evicted = runs.claim(run_id, state)
         for old in evicted:
             self._report_evicted(old)
         if not claimed:
             return None
         if tags:
-            attempt = next((t for t in tags if t.startswith(_RETRY_TAG)), None)
-            if attempt is not None:  # RunnableRetry: this attempt recovers the last one
-                self._retry_started(state, attempt[len(_RETRY_TAG):])
+            for tag in tags:
+                if tag.startswith(_RETRY_TAG):  # RunnableRetry: recovers the last attempt
+                    self._retry_started(state, tag[len(_RETRY_TAG):])
+                    break
         return state
 
     def _retry_started(self, state: RunState, attempt: str) -> None:

@@ -137,7 +137,7 @@ class RunState:
 
 
 class RunTable:
-    """Open runs by ``run_id``: lock-free reads, locked inserts and bounded size."""
+    """Open runs by ``run_id``, bounded in size; only eviction takes a lock."""
 
     def __init__(self, max_open: int = DEFAULT_MAX_OPEN) -> None:
         self.max_open = max_open
@@ -152,20 +152,37 @@ class RunTable:
         """Return the open run ``run_id`` (a dict read: atomic, no lock needed)."""
         return self._runs.get(run_id)
 
-    def claim(self, run_id: UUID, state: RunState) -> tuple[bool, list[RunState]]:
+    def claim(
+        self, run_id: UUID, state: RunState
+    ) -> tuple[bool, list[RunState] | tuple[()]]:
         """Add ``state`` unless another handler owns ``run_id``.
 
         Returns whether ``state`` was added and the runs evicted to make room for it.
         """
+        runs = self._runs
+        if len(runs) < self.max_open:
+            # setdefault is one atomic step under the GIL: no lock on the common path.
+            current = runs.setdefault(run_id, state)
+            if current is state:
+                return True, ()
+            if current.owner != state.owner:
+                return False, ()
+            runs[run_id] = state  # the same handler saw this run start again
+            return True, ()
         evicted: list[RunState] = []
         with self._lock:
-            current = self._runs.get(run_id)
-            if current is not None and current.owner != state.owner:
+            owner = runs.get(run_id)
+            if owner is not None and owner.owner != state.owner:
                 return False, evicted
-            while len(self._runs) >= self.max_open:
-                oldest = next(iter(self._runs))
-                evicted.append(self._runs.pop(oldest))
-            self._runs[run_id] = state
+            while len(runs) >= self.max_open:
+                try:
+                    oldest = next(iter(runs))
+                except RuntimeError:  # a lock-free insert or pop just changed the dict
+                    continue
+                old = runs.pop(oldest, None)
+                if old is not None:
+                    evicted.append(old)
+            runs[run_id] = state
             self.evicted += len(evicted)
         return True, evicted
 
@@ -174,8 +191,7 @@ class RunTable:
         state = self._runs.get(run_id)
         if state is None or state.owner != owner:
             return None
-        with self._lock:
-            return self._runs.pop(run_id, None)
+        return self._runs.pop(run_id, None)  # atomic: a racing pop gets None
 
     def clear(self) -> None:
         """Forget every open run (tests; after a fork)."""
