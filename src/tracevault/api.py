@@ -41,6 +41,7 @@ def configure(
     block_timeout: float | None = None,
     strict: bool | None = None,
     strict_timeout: float | None = None,
+    writer: str | None = None,
     **extra: Any,
 ) -> Pipeline:
     """Start recording with these settings (unset ones come from ``TRACEVAULT_*``).
@@ -60,18 +61,22 @@ def configure(
         block_timeout=block_timeout,
         strict=strict,
         strict_timeout=strict_timeout,
+        writer=writer.lower() if writer else None,
         extra=extra or None,
     )
-    opened = (
-        store if store is not None and not isinstance(store, str) else open_store(settings.store)
-    )
-    pipeline = Pipeline(
-        opened,
-        owns_store=opened is not store,  # close what configure() opened, not the caller's
-        middleware=[*capture.default_middleware(settings), *(middleware or ())],
-        queue_size=settings.queue_size,
-        batch_size=settings.batch_size,
-        block_timeout=settings.block_timeout,
+    if store is not None and not isinstance(store, str):
+        target: Store | str = store  # the caller's: configure() does not close it
+    elif settings.writer == "process" and not middleware:
+        open_store(settings.store).close()  # a bad URL fails here, not in the child
+        target = settings.store
+    else:
+        target = open_store(settings.store)
+    pipeline = capture.new_pipeline(
+        settings,
+        target,
+        middleware or (),
+        # close what configure() opened (a URL: whatever the pipeline opens), not the caller's
+        owns_store=None if isinstance(target, str) else target is not store,
     )
     old = capture.install(pipeline, settings)
     if old is not None:

@@ -20,7 +20,7 @@ from typing import Any
 from tracevault.config import Settings
 from tracevault.context import current_scope, current_span
 from tracevault.ids import uuid7
-from tracevault.pipeline import DurabilityError, Middleware, Pipeline
+from tracevault.pipeline import Appender, DurabilityError, Middleware, Pipeline
 from tracevault.schema import KINDS, LEVEL_RANK, PHASES, AuditEvent
 from tracevault.snapshot import freeze
 
@@ -85,19 +85,57 @@ def get_pipeline() -> Pipeline:
             s = settings()
             # After fork, the child rebuilds what the parent had configured (the same
             # ledger and middleware), not a pipeline from the environment.
-            store, steps = _recipe if _recipe is not None else (s.store, None)
-            install(
-                Pipeline(
-                    store,
-                    middleware=steps if steps is not None else default_middleware(s),
-                    queue_size=s.queue_size,
-                    batch_size=s.batch_size,
-                    block_timeout=s.block_timeout,
-                ),
-                s,
-            )
+            if _recipe is not None:
+                store, steps = _recipe
+                install(Pipeline(store, middleware=steps, queue_size=s.queue_size,
+                                 batch_size=s.batch_size, block_timeout=s.block_timeout), s)
+            else:
+                install(new_pipeline(s, s.store), s)
         assert _pipeline is not None
         return _pipeline
+
+
+def new_pipeline(
+    settings: Settings,
+    store: Appender | str,
+    middleware: Sequence[Middleware] = (),
+    *,
+    owns_store: bool | None = None,
+) -> Pipeline:
+    """Build a pipeline for ``settings`` writing to ``store``, with the built-in
+    middleware (redaction) before ``middleware``.
+
+    With ``settings.writer == "process"`` the ledger is written by a child process
+    (:mod:`tracevault.sidecar`), which needs the store as a URL and can only run the
+    built-in middleware; otherwise, or if the settings cannot be sent to a child, the
+    background thread of this process writes, and a warning says why.
+    """
+    steps = [*default_middleware(settings), *middleware]
+    if settings.writer == "process":
+        reason = None
+        if middleware:
+            reason = "custom middleware runs in this process"
+        elif not isinstance(store, str):
+            reason = "the store was given as an object, not a URL"
+        else:
+            from tracevault.sidecar import SidecarStore
+
+            try:
+                store = SidecarStore(settings, steps)
+                owns_store = True
+            except TypeError as exc:
+                reason = f"its settings cannot be sent to another process ({exc})"
+        if reason is not None:
+            log.warning("tracevault: writing the ledger from a thread of this process, not "
+                        "a separate one: %s", reason)
+    return Pipeline(
+        store,
+        middleware=steps,
+        queue_size=settings.queue_size,
+        batch_size=settings.batch_size,
+        block_timeout=settings.block_timeout,
+        owns_store=owns_store,
+    )
 
 
 def current_pipeline() -> Pipeline | None:

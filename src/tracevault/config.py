@@ -11,6 +11,7 @@ from tracevault.schema import LEVELS, level_rank
 from tracevault.store import DEFAULT_URL
 
 _TRUE = {"1", "true", "yes", "on"}
+WRITERS = ("thread", "process")
 _FALSE = {"0", "false", "no", "off", ""}
 
 
@@ -37,6 +38,13 @@ def _env_number(name: str, default: float, environ: Mapping[str, str]) -> float:
         raise ValueError(f"{name}={raw!r} is not a number") from None
 
 
+def _env_choice(name: str, choices: tuple[str, ...], environ: Mapping[str, str]) -> str:
+    raw = (environ.get(name) or choices[0]).strip().lower()
+    if raw not in choices:
+        raise ValueError(f"{name}={raw!r} is not one of {', '.join(choices)}")
+    return raw
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything :func:`tracevault.configure` accepts.
@@ -46,7 +54,9 @@ class Settings:
     before capture applies back-pressure. ``block_timeout``: seconds a capture may wait
     for space (``None`` = wait until there is room; on timeout the event is counted as
     dropped and a gap record is written). ``strict``: a tool's intent must be durable
-    before the tool runs, or the tool call fails.
+    before the tool runs, or the tool call fails. ``writer``: ``thread`` redacts and
+    writes on a background thread of this process; ``process`` hands that work to a
+    child process (:mod:`tracevault.sidecar`) so it does not compete for the GIL.
     """
 
     store: str = DEFAULT_URL
@@ -57,6 +67,7 @@ class Settings:
     block_timeout: float | None = None
     strict: bool = False
     strict_timeout: float = 10.0
+    writer: str = "thread"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -65,6 +76,8 @@ class Settings:
             raise ValueError("queue_size and batch_size must be at least 1")
         if self.slow_tool_ms < 0:
             raise ValueError("slow_tool_ms must not be negative")
+        if self.writer not in WRITERS:
+            raise ValueError(f"writer must be one of {', '.join(WRITERS)}, not {self.writer!r}")
 
     @classmethod
     def from_env(
@@ -86,6 +99,7 @@ class Settings:
             "level": lambda: LEVELS[level_rank(level)],
             "slow_tool_ms": lambda: _env_number("TRACEVAULT_SLOW_TOOL_MS", 10_000.0, env),
             "strict": lambda: env_flag("TRACEVAULT_STRICT", False, env),
+            "writer": lambda: _env_choice("TRACEVAULT_WRITER", WRITERS, env),
         }
         for name, read in readers.items():
             try:

@@ -36,7 +36,7 @@ from tracevault.ids import uuid7
 from tracevault.ledger import decode_event, encode_event
 from tracevault.schema import AuditEvent
 from tracevault.snapshot import snapshot, thaw
-from tracevault.store import Store, StoreError, open_store
+from tracevault.store import StoreError, open_store
 
 log = logging.getLogger("tracevault")
 
@@ -50,6 +50,17 @@ class Middleware(Protocol):
     """
 
     def __call__(self, event: AuditEvent, /) -> AuditEvent | None: ...
+
+
+class Appender(Protocol):
+    """What the writer needs of a store: every :class:`~tracevault.store.Store` is one,
+    and so is :class:`tracevault.sidecar.SidecarStore`, which only appends."""
+
+    url: str
+
+    def append(self, events: Sequence[AuditEvent], /) -> int: ...
+
+    def close(self) -> None: ...
 
 
 class DurabilityError(RuntimeError):
@@ -97,7 +108,7 @@ class Pipeline:
 
     def __init__(
         self,
-        store: Store | str,
+        store: Appender | str,
         *,
         middleware: Sequence[Middleware] = (),
         queue_size: int = 100_000,
@@ -107,7 +118,7 @@ class Pipeline:
         linger: float = 0.005,
         owns_store: bool | None = None,
     ) -> None:
-        self._store: Store | None = store if not isinstance(store, str) else None
+        self._store: Appender | None = store if not isinstance(store, str) else None
         self._store_url = store if isinstance(store, str) else store.url
         # A store opened from a URL (here or by configure()) is closed at shutdown.
         self._owns_store = isinstance(store, str) if owns_store is None else owns_store
@@ -203,11 +214,17 @@ class Pipeline:
         """Return a consistent-enough snapshot of the counters (cheap; any thread)."""
         queued = sum(1 for item in list(self._queue) if not isinstance(item, _Marker))
         pending = queued + len(self._pending)
+        # A store that runs the middleware itself (tracevault.sidecar) counts what it
+        # filtered and withheld; the filtered ones were handed over but not written.
+        elsewhere = getattr(self._store, "filtered", 0) if self._store_applies_middleware() else 0
+        withheld_elsewhere = (
+            getattr(self._store, "withheld", 0) if self._store_applies_middleware() else 0
+        )
         return PipelineStats(
             captured=self._received + queued + self._dropped,
-            written=self._written,
-            filtered=self._filtered,
-            withheld=self._withheld,
+            written=self._written - elsewhere,
+            filtered=self._filtered + elsewhere,
+            withheld=self._withheld + withheld_elsewhere,
             dropped=self._dropped,
             dead_lettered=self._dead_lettered,
             write_errors=self._write_errors,
@@ -288,8 +305,16 @@ class Pipeline:
             if not ok and self._stop.is_set():  # stopping: shutdown dead-letters the rest
                 return
 
+    def _store_applies_middleware(self) -> bool:
+        return bool(getattr(self._store, "applies_middleware", False))
+
     def _process(self, batch: list[AuditEvent]) -> bool:
-        events = [e for e in (self._apply_middleware(ev) for ev in batch) if e is not None]
+        if self._store_applies_middleware():
+            # The store's own writer process redacts (tracevault.sidecar): this thread
+            # only hands the batch over, holding the GIL as little as possible.
+            events = batch
+        else:
+            events = [e for e in (self._apply_middleware(ev) for ev in batch) if e is not None]
         if self._unreported_drops:
             events.append(self._gap_record())
         self._pending = events
@@ -299,22 +324,12 @@ class Pipeline:
         return ok
 
     def _apply_middleware(self, event: AuditEvent) -> AuditEvent | None:
-        _thaw(event)
-        current: AuditEvent | None = event
-        for step in self.middleware:
-            try:
-                current = step(current)  # type: ignore[arg-type]
-            except Exception as exc:
-                self._withheld += 1
-                # The stored reason names the step and the error type only: an exception
-                # message may quote the very data that was to be redacted.
-                log.error("tracevault: middleware %s failed; payload withheld: %r",
-                          _name(step), exc)
-                return _withhold(event, f"{_name(step)} failed: {type(exc).__name__}")
-            if current is None:
-                self._filtered += 1
-                return None
-        return current
+        result, outcome = apply_middleware(self.middleware, event)
+        if outcome == "withheld":
+            self._withheld += 1
+        elif outcome == "filtered":
+            self._filtered += 1
+        return result
 
     def _gap_record(self) -> AuditEvent:
         lost, self._unreported_drops = self._unreported_drops, 0
@@ -387,17 +402,19 @@ class Pipeline:
             rest.pop(0)
         return rest
 
-    def _ensure_store(self) -> Store:
+    def _ensure_store(self) -> Appender:
         if self._store is None:
             self._store = open_store(self._store_url)
         return self._store
 
     def _dead_letter_rest(self) -> None:
-        rest: list[AuditEvent] = list(self._pending)  # already through middleware
+        rest: list[AuditEvent] = list(self._pending)  # through middleware (see _dead_letter)
         for item in self._queue:
             if isinstance(item, _Marker):  # release flush() callers: not durable
                 item.ok = False
                 item.done.set()
+            elif self._store_applies_middleware():
+                rest.append(item)  # _dead_letter redacts these with the pending ones
             else:  # redact before anything touches the disk
                 processed = self._apply_middleware(item)
                 if processed is not None:
@@ -407,6 +424,10 @@ class Pipeline:
         self._dead_letter(rest)
 
     def _dead_letter(self, rest: list[AuditEvent]) -> None:
+        if rest and self._store_applies_middleware():
+            # Events meant for a store that redacts them itself have not been redacted
+            # here yet, and nothing reaches the disk unredacted.
+            rest = [e for e in (self._apply_middleware(ev) for ev in rest) if e is not None]
         if not rest:
             return
         try:
@@ -422,6 +443,30 @@ class Pipeline:
         except OSError as exc:
             self._dead_lettered += len(rest)
             log.critical("tracevault: %d events lost, dead-letter file failed: %s", len(rest), exc)
+
+
+def apply_middleware(
+    steps: Sequence[Middleware], event: AuditEvent
+) -> tuple[AuditEvent | None, str]:
+    """Thaw ``event`` and pass it through ``steps``; never raises.
+
+    Returns the event to keep (``None`` if a step dropped it) and what happened:
+    ``"kept"``, ``"filtered"`` or ``"withheld"`` (a step raised: the payload is replaced
+    by a marker, never kept raw).
+    """
+    _thaw(event)
+    current: AuditEvent | None = event
+    for step in steps:
+        try:
+            current = step(current)  # type: ignore[arg-type]
+        except Exception as exc:
+            # The stored reason names the step and the error type only: an exception
+            # message may quote the very data that was to be redacted.
+            log.error("tracevault: middleware %s failed; payload withheld: %r", _name(step), exc)
+            return _withhold(event, f"{_name(step)} failed: {type(exc).__name__}"), "withheld"
+        if current is None:
+            return None, "filtered"
+    return current, "kept"
 
 
 def _dead_letter_line(event: AuditEvent) -> bytes:

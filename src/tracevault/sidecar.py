@@ -1,0 +1,272 @@
+"""The ledger writer in a separate process, so redaction and sealing hold no GIL of ours.
+
+With ``TRACEVAULT_WRITER=process`` (or ``configure(writer="process")``) the pipeline's
+writer thread stops doing the expensive part itself. It hands each batch, still
+unredacted, to a child Python process (``python -m tracevault.sidecar``) over a pipe and
+waits, with the GIL released, until the child says the batch is durable. The child runs
+an ordinary :class:`~tracevault.pipeline.Pipeline` with the real store and the built-in
+middleware, so redaction, withholding, poison isolation, retries and dead letters work
+exactly as in-process. What the agent's process still does per event is one orjson
+encode of the batch (payloads captured by ``snapshot.freeze`` are spliced in as they are).
+
+:class:`SidecarStore` is what the parent's pipeline sees as its store. A child that
+dies is restarted and the batch sent again (appends are idempotent by event id, so a
+batch the child committed just before dying is not stored twice). A child that cannot
+be started, or keeps dying, makes the store fall back to writing in this process with
+the same middleware, so nothing is lost because the process writer is unavailable.
+
+Wire format, both ways: a 4-byte big-endian length, then one orjson document.
+Parent to child: ``{"op": "append", "events": [...]}`` or ``{"op": "close"}``; child
+to parent: ``{"ok": true, "written": n, "filtered": n, "withheld": n}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from datetime import datetime, timezone
+from typing import IO, Any
+
+import orjson
+
+from tracevault.config import Settings
+from tracevault.ledger import encode_event
+from tracevault.pipeline import Middleware, Pipeline, apply_middleware
+from tracevault.schema import AuditEvent
+from tracevault.snapshot import Frozen, thaw
+from tracevault.store import Store, StoreError, open_store
+
+log = logging.getLogger("tracevault")
+
+CONFIG_ENV = "TRACEVAULT_SIDECAR_SETTINGS"
+_HEADER = struct.Struct(">I")
+_MAX_RESTARTS = 3  # consecutive failures before writing in this process instead
+_START_TIMEOUT = 60.0
+
+
+class SidecarStore:
+    """A store that appends through a child writer process (see the module docs).
+
+    Only the pipeline's writer thread calls :meth:`append`; the store offers no reads
+    (forwarders and the CLI open the ledger by its URL).
+    """
+
+    #: The pipeline skips its own middleware for this store (the child runs it) and
+    #: applies it only to events it has to dead-letter itself.
+    applies_middleware = True
+
+    def __init__(self, settings: Settings, middleware: Sequence[Middleware]) -> None:
+        self.url = settings.store
+        # Sent to the child in its environment; raises TypeError now if not JSON.
+        self._config = orjson.dumps(asdict(settings)).decode()
+        self._middleware = list(middleware)  # for the in-process fallback
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._failures = 0
+        self._fallback: Store | None = None
+        self._lock = threading.Lock()
+        self.filtered = 0
+        self.withheld = 0
+        self._closed = False
+
+    # --- the Store surface the pipeline uses -----------------------------------------
+
+    def append(self, events: Sequence[AuditEvent]) -> int:
+        """Send ``events`` to the child and return once they are durable there."""
+        if self._fallback is not None:
+            return self._append_here(events)
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"{self.url}: the ledger writer process is closed")
+            try:
+                proc = self._child()
+                assert proc.stdin is not None and proc.stdout is not None
+                _write_frame(proc.stdin, _append_frame(events))
+                reply = _read_frame(proc.stdout)
+            except (OSError, ValueError, StoreError) as exc:
+                reply = None
+                reason = f"{type(exc).__name__}: {exc}"
+            else:
+                reason = "it exited" if reply is None else str(reply.get("error"))
+            if reply is None or not reply.get("ok"):
+                return self._failed(events, reason)
+            self._failures = 0
+            self.filtered += int(reply.get("filtered", 0))
+            self.withheld += int(reply.get("withheld", 0))
+            return int(reply.get("written", len(events)))
+
+    def close(self) -> None:
+        """Let the child write what it holds and exit (idempotent)."""
+        with self._lock:
+            self._closed = True
+            self._stop_child(graceful=True)
+            if self._fallback is not None:
+                self._fallback.close()
+
+    # --- child lifecycle ----------------------------------------------------------------
+
+    def _child(self) -> subprocess.Popen[bytes]:
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            return proc
+        if proc is not None:
+            self._stop_child(graceful=False)
+        env = {**os.environ, CONFIG_ENV: self._config}
+        # The child must not start a sidecar of its own, nor auto-enable frameworks.
+        env.pop("TRACEVAULT_WRITER", None)
+        env.pop("TRACEVAULT_ENABLED", None)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "tracevault.sidecar"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            close_fds=True,
+        )
+        return self._proc
+
+    def _stop_child(self, *, graceful: bool) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            if graceful and proc.poll() is None and proc.stdin is not None:
+                _write_frame(proc.stdin, orjson.dumps({"op": "close"}))
+                proc.stdin.close()
+                proc.wait(timeout=_START_TIMEOUT)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            pass
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
+
+    def _failed(self, events: Sequence[AuditEvent], reason: str) -> int:
+        self._failures += 1
+        self._stop_child(graceful=False)
+        if self._failures < _MAX_RESTARTS:
+            # StoreError: the pipeline keeps the batch, backs off and sends it again
+            # to a fresh child.
+            raise StoreError(f"{self.url}: the ledger writer process failed ({reason}); "
+                             "restarting it")
+        log.error("tracevault: the ledger writer process failed %d times (%s); writing in "
+                  "this process from now on", self._failures, reason)
+        self._fallback = open_store(self.url)
+        return self._append_here(events)
+
+    def _append_here(self, events: Sequence[AuditEvent]) -> int:
+        assert self._fallback is not None
+        kept = []
+        for event in events:
+            result, outcome = apply_middleware(self._middleware, event)
+            if outcome == "filtered":
+                self.filtered += 1
+            elif outcome == "withheld":
+                self.withheld += 1
+            if result is not None:
+                kept.append(result)
+        self._fallback.append(kept)
+        return len(kept)
+
+
+_OPTIONS = orjson.OPT_UTC_Z
+
+
+def _append_frame(events: Sequence[AuditEvent]) -> bytes:
+    try:
+        return orjson.dumps({"op": "append", "events": events}, default=_encode, option=_OPTIONS)
+    except orjson.JSONEncodeError:
+        # Invalid unicode (lone surrogates) is left for the writer to repair; repair it
+        # here the way the ledger does, rather than fail the batch.
+        fixed = [orjson.Fragment(encode_event(replace(
+            e, data=thaw(e.data), metadata=thaw(e.metadata)))) for e in events]
+        return orjson.dumps({"op": "append", "events": fixed})
+
+
+def _encode(value: Any) -> Any:
+    # Payloads frozen on the caller's thread are already JSON: splice them in as is.
+    if value.__class__ is Frozen:
+        return orjson.Fragment(value.raw)
+    raise TypeError(f"cannot send {type(value).__name__} to the ledger writer process")
+
+
+def _write_frame(stream: IO[bytes], body: bytes) -> None:
+    stream.write(_HEADER.pack(len(body)) + body)
+    stream.flush()
+
+
+def _read_frame(stream: IO[bytes]) -> Any:
+    """Return the next document, or ``None`` at end of stream."""
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None
+    (size,) = _HEADER.unpack(header)
+    body = stream.read(size)
+    if len(body) < size:
+        return None
+    return orjson.loads(body)
+
+
+def _decode(raw: dict[str, Any]) -> AuditEvent:
+    ts = raw["timestamp"]
+    raw["timestamp"] = datetime.fromisoformat(ts[:-1] + "+00:00" if ts.endswith("Z") else ts)
+    if raw["timestamp"].tzinfo is None:
+        raw["timestamp"] = raw["timestamp"].replace(tzinfo=timezone.utc)
+    return AuditEvent(**raw)
+
+
+def main() -> int:
+    """Run the child: append what arrives on stdin, acknowledge on stdout."""
+    from tracevault.capture import default_middleware
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    requests, replies = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # a stray print must not corrupt the replies
+    settings = Settings(**orjson.loads(os.environ[CONFIG_ENV]))
+    pipeline = Pipeline(
+        settings.store,
+        middleware=default_middleware(settings),
+        queue_size=settings.queue_size,
+        batch_size=settings.batch_size,
+    )
+    threading.Thread(target=_exit_with_parent, args=(pipeline,), daemon=True).start()
+    try:
+        while True:
+            message = _read_frame(requests)
+            if message is None or message.get("op") != "append":
+                return 0
+            before = pipeline.stats()
+            for raw in message["events"]:
+                pipeline.submit(_decode(raw))
+            ok = pipeline.flush()  # the pipeline retries a failing store until it works
+            after = pipeline.stats()
+            _write_frame(replies, orjson.dumps({
+                "ok": ok,
+                "written": after.written - before.written,
+                "filtered": after.filtered - before.filtered,
+                "withheld": after.withheld - before.withheld,
+                "error": after.last_error,
+            }))
+    finally:
+        pipeline.shutdown()
+
+
+def _exit_with_parent(pipeline: Pipeline) -> None:
+    # The parent normally closes our stdin; if it died instead (killed, or it gave up
+    # waiting while we retry a failing store), write or dead-letter what we hold and go.
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    pipeline.shutdown(timeout=10.0)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

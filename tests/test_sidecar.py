@@ -1,0 +1,159 @@
+"""The ledger writer in a child process (``writer="process"``): same ledger, nothing lost."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+import tracevault
+from tracevault import capture
+from tracevault.pipeline import dead_letter_events
+from tracevault.schema import AuditEvent
+from tracevault.sidecar import SidecarStore
+from tracevault.store.sqlite import SQLiteStore
+from tracevault.testing import Capture, capture_events
+
+
+def _sidecar(cap: Capture) -> SidecarStore:
+    store = cap.pipeline._store
+    assert isinstance(store, SidecarStore)
+    return store
+
+
+def test_events_are_redacted_sealed_and_counted_by_the_child(tmp_path: Path) -> None:
+    with capture_events(tmp_path, writer="process") as cap:
+        log = tracevault.AuditLogger(session_id="s1")
+        for i in range(200):
+            log.log_event("contact", {"email": f"user{i}@example.com", "i": i})
+        with log.tool_call("lookup", {"key": "sk-live-0123456789abcdef0123"}) as call:
+            call.result = "ok"
+        events = cap.events(session_id="s1")
+        child = _sidecar(cap)._proc
+        assert child is not None and child.pid != os.getpid()
+        assert len(events) == 202
+        assert [e.data["payload"]["i"] for e in events[:200]] == list(range(200))
+        assert all(e.data["payload"]["email"] == "[EMAIL]" for e in events[:200])
+        assert "sk-live" not in str(events[200].data)
+        assert cap.store.verify().ok
+        stats = tracevault.stats()
+        assert stats is not None
+        assert (stats.captured, stats.written, stats.pending, stats.filtered) == (202, 202, 0, 0)
+
+
+def test_a_killed_child_is_restarted_and_nothing_is_lost_or_doubled(tmp_path: Path) -> None:
+    with capture_events(tmp_path, writer="process") as cap:
+        log = tracevault.AuditLogger(session_id="kill")
+        log.log_event("before")
+        cap.flush()
+        first = _sidecar(cap)._proc
+        assert first is not None
+        first.kill()
+        first.wait()
+        for i in range(50):
+            log.log_event("after", {"i": i})
+        events = cap.events(session_id="kill")
+        assert [e.name for e in events] == ["before"] + ["after"] * 50
+        assert len({e.event_id for e in events}) == 51
+        second = _sidecar(cap)._proc
+        assert second is not None and second.pid != first.pid
+        assert cap.store.verify().ok
+
+
+def test_without_a_usable_child_the_ledger_is_written_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    with capture_events(tmp_path, writer="process") as cap:
+        log = tracevault.AuditLogger(session_id="fallback")
+        log.log_event("contact", {"email": "ann@example.com"})
+        with caplog.at_level(logging.ERROR, logger="tracevault"):
+            events = cap.events(session_id="fallback")
+        assert [e.data["payload"]["email"] for e in events] == ["[EMAIL]"]
+        assert "writing in this process from now on" in caplog.text
+        assert cap.store.verify().ok
+
+
+def test_invalid_unicode_is_repaired_not_lost(tmp_path: Path) -> None:
+    with capture_events(tmp_path, writer="process") as cap:
+        tracevault.AuditLogger(session_id="u").log_event("odd", {"text": "a\ud800b"})
+        events = cap.events(session_id="u")
+        assert [e.data["payload"]["text"] for e in events] == ["a\ufffdb"]
+        assert tracevault.stats() is not None and tracevault.stats().dead_lettered == 0  # type: ignore[union-attr]
+
+
+def test_strict_mode_intents_are_durable_through_the_child(tmp_path: Path) -> None:
+    with capture_events(tmp_path, writer="process", strict=True) as cap:
+        log = tracevault.AuditLogger(session_id="strict")
+        with log.tool_call("pay", {"amount": 3}) as call:
+            # The intent is already in the ledger while the tool runs.
+            assert [s.event.phase for s in cap.store.events(session_id="strict")] == ["start"]
+            call.result = "paid"
+        assert [e.phase for e in cap.events(session_id="strict")] == ["start", "end"]
+
+
+def test_custom_middleware_or_a_store_object_keep_the_writer_in_process(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def tag(event: AuditEvent) -> AuditEvent:
+        event.tags.append("seen")
+        return event
+
+    with (
+        caplog.at_level(logging.WARNING, logger="tracevault"),
+        capture_events(tmp_path, writer="process", middleware=[tag]) as cap,
+    ):
+        assert not isinstance(cap.pipeline._store, SidecarStore)
+        tracevault.AuditLogger(session_id="m").log_event("x")
+        assert cap.events(session_id="m")[0].tags == ["seen"]
+    assert "custom middleware runs in this process" in caplog.text
+    store = SQLiteStore(str(tmp_path / "own.db"))
+    with caplog.at_level(logging.WARNING, logger="tracevault"):
+        pipeline = tracevault.configure(store=store, writer="process")
+    assert pipeline._store is store
+    assert "the store was given as an object, not a URL" in caplog.text
+    tracevault.shutdown()
+    store.close()
+
+
+def test_the_writer_setting_comes_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRACEVAULT_STORE", f"sqlite:///{tmp_path / 'env.db'}")
+    monkeypatch.setenv("TRACEVAULT_WRITER", "process")
+    capture.reset()
+    tracevault.AuditLogger(session_id="env").log_event("x")
+    pipeline = capture.current_pipeline()
+    assert pipeline is not None and isinstance(pipeline._store, SidecarStore)
+    assert tracevault.flush(60)
+    monkeypatch.setenv("TRACEVAULT_WRITER", "fork")
+    with pytest.raises(ValueError, match="TRACEVAULT_WRITER='fork' is not one of thread, process"):
+        tracevault.configure()
+
+
+def test_what_cannot_be_written_is_dead_lettered_redacted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No child can start and the ledger's directory disappears: at shutdown the parent
+    # dead-letters the batch it holds, which the child never redacted.
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    ledger_dir = tmp_path / "gone"
+    ledger_dir.mkdir()
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    tracevault.configure(store=f"sqlite:///{ledger_dir / 'l.db'}", writer="process")
+    (ledger_dir / "l.db").unlink()
+    ledger_dir.rmdir()
+    log = tracevault.AuditLogger(session_id="dl")
+    for i in range(5):
+        log.log_event("contact", {"email": f"ann{i}@example.com"})
+    stats = tracevault.shutdown(timeout=1.0)
+    assert stats is not None and stats.dead_lettered == 5
+    [dead] = list(workdir.glob("tracevault-dead-letter-*.jsonl"))
+    events = dead_letter_events(str(dead))
+    assert [e.data["payload"]["email"] for e in events] == ["[EMAIL]"] * 5
+    assert "example.com" not in dead.read_text()
