@@ -147,7 +147,7 @@ def _record_error(rec: Recorder, event: Any, exc: BaseException) -> None:
     span_id = event.span_id
     span = rec.spans.get(span_id) if span_id else None
     if span is None and span_id:
-        span = rec.recent.get(span_id)
+        span = rec.closed(span_id)
     if span is None:
         return
     entry = rec.new_error(span, exc, span.name, span.id if span.recorded else None)

@@ -293,7 +293,7 @@ def finish(
             parent=call.parent_anchor,
         )
     if exc is not None:
-        owner = rec.spans.get(call.span_id) or rec.recent.get(call.span_id)
+        owner = rec.spans.get(call.span_id) or rec.closed(call.span_id)
         if owner is not None:
             entry = rec.new_error(owner, exc, owner.name, call.span_id)
             if entry is not None:

@@ -221,16 +221,20 @@ def documents(nodes: Any) -> list[dict[str, Any]]:
     return [document(n) for n in list(nodes)[:MAX_ITEMS]]
 
 
-def event_fields(event: Any) -> dict[str, Any]:
-    """Return the declared and dynamic fields of a workflow event as plain data."""
+def event_fields(event: Any, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Return the declared and dynamic fields of a workflow event as plain data, less
+    the fields named in ``skip`` (not read at all)."""
     out: dict[str, Any] = {}
     try:
         for name in type(event).model_fields:
-            out[name] = plain(getattr(event, name, None))
+            if name not in skip:
+                out[name] = plain(getattr(event, name, None))
         data = getattr(event, "_data", None)
         if isinstance(data, Mapping):
             for key, value in data.items():
-                out[str(key)] = plain(value)
+                name = str(key)
+                if name not in skip:
+                    out[name] = plain(value)
     except Exception:
         return {"event": short_repr(event)}
     return out

@@ -19,7 +19,7 @@ from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
 
 from tracevault import capture
 from tracevault.ids import new_span_id
-from tracevault_llamaindex import llm, payloads
+from tracevault_llamaindex import llm, payloads, roles
 from tracevault_llamaindex.state import (
     LLM,
     OTHER,
@@ -33,43 +33,9 @@ from tracevault_llamaindex.state import (
     elapsed_ms,
 )
 
-_LLM_METHODS = frozenset(
-    {"chat", "achat", "stream_chat", "astream_chat", "complete", "acomplete",
-     "stream_complete", "astream_complete"}
-)
-_TOOL_METHODS = frozenset({"call", "acall", "__call__"})
 _TOOL_RECOVERY = "the error was returned to the agent as the tool's result and the run continued"
-_STREAMING_RESPONSES = frozenset({"StreamingResponse", "AsyncStreamingResponse"})
-_roles: dict[tuple[type, str], int] = {}
-
-
-def _classify(instance: Any, method: str) -> int:
-    key = (type(instance), method)
-    role = _roles.get(key)
-    if role is None:
-        role = _roles[key] = _role_of(instance, method)
-    return role
-
-
-def _role_of(instance: Any, method: str) -> int:
-    from llama_index.core.agent.react.output_parser import ReActOutputParser
-    from llama_index.core.base.llms.base import BaseLLM
-    from llama_index.core.tools.types import BaseTool
-    from workflows.workflow import Workflow
-
-    if method == "run" and isinstance(instance, Workflow):
-        return RUN
-    if method in _TOOL_METHODS and isinstance(instance, BaseTool):
-        return TOOL
-    if method in _LLM_METHODS and isinstance(instance, BaseLLM):
-        return LLM
-    if method == "parse" and isinstance(instance, ReActOutputParser):
-        return PARSER
-    return OTHER
-
-
-def _is_stream(value: Any) -> bool:
-    return inspect.isgenerator(value) or inspect.isasyncgen(value)
+_clock = time.perf_counter
+_PASSIVE_ROLES = frozenset({OTHER, STEP})  # roles whose exit records nothing by itself
 
 
 class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
@@ -107,8 +73,51 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
         tags: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
+        # Called for every instrumented LlamaIndex method (several per recorded event):
+        # the common case, a span inside a known parent that we do not record, is kept
+        # to a few dictionary lookups and one small object.
         try:
-            self._enter(id_, bound_args, instance, parent_id, tags)
+            rec = self._rec
+            spans = rec.spans
+            parent = None
+            if parent_id is not None:
+                parent = spans.get(parent_id)
+                if parent is None:
+                    parent = rec.closed(parent_id)
+            name = id_[:-37] if len(id_) > 37 else id_  # "<Class>.<method>-<uuid4>"
+            if instance is not None:
+                by_method = roles.ROLES.get(type(instance))
+                role = by_method.get(name.rpartition(".")[2]) if by_method is not None else None
+                if role is None:
+                    role = roles.classify(instance, name.rpartition(".")[2])
+            elif parent is not None and parent.role == RUN:
+                role = STEP
+            else:
+                role = OTHER
+            if parent is not None:
+                if tags is not None and not tags:  # no instrument_tags: the parent's identity
+                    session, user = parent.session_id, parent.user_id
+                    session = str(session) if session is not None else rec.session_id
+                    user = str(user) if user is not None else rec.user_id
+                else:
+                    session, user = rec.identity(tags, parent)
+                anchor = parent.anchor
+                span = Span(id_, name, role, parent.trace_id, anchor, anchor, session, user,
+                            _clock(), parent, 0, parent.llm_owner, parent.tool_name,
+                            parent.tool_id, parent.output_flag, parent.run)
+            else:
+                span = self._root(id_, name, role, tags)
+            spans[id_] = span
+            if role == OTHER:
+                return
+            if role == LLM:
+                span.instance_key = id(instance)
+            elif role == STEP:
+                self._step_start(span, name.rpartition(".")[2], bound_args)
+            elif role == TOOL:
+                self._tool_start(span, instance, bound_args)
+            elif role == RUN:
+                self._run_start(span, instance, bound_args)
         except Exception as exc:
             self._rec.failed("span_enter", exc)
 
@@ -121,9 +130,17 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
         **kwargs: Any,
     ) -> None:
         try:
-            span = self._rec.spans.get(id_)
-            if span is not None:
-                self._exit(span, result)
+            rec = self._rec
+            span = rec.spans.get(id_)
+            if span is None:
+                return
+            if (span.role in _PASSIVE_ROLES and not span.recorded and span.step is None
+                    and not span.pending and roles.stream_of(result) is None):
+                # Nothing to record, nothing to settle, no stream to follow: just forget
+                # the span (what _exit does for such a span, without its checks).
+                rec.close_span(span)
+                return
+            self._exit(span, result)
         except Exception as exc:
             self._rec.failed("span_exit", exc)
 
@@ -144,67 +161,33 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
 
     # --- enter -------------------------------------------------------------------------------
 
-    def _enter(
-        self,
-        id_: str,
-        bound_args: inspect.BoundArguments,
-        instance: Any,
-        parent_id: str | None,
-        tags: dict[str, Any] | None,
-    ) -> None:
+    def _root(self, id_: str, name: str, role: int, tags: dict[str, Any] | None) -> Span:
+        """Return the span for a LlamaIndex root: adopted by a stream being read or by a
+        current tracevault span, else the root of a trace of its own."""
         rec = self._rec
-        name = id_[:-37] if len(id_) > 37 else id_  # "<Class>.<method>-<uuid4>"
-        parent = rec.find_parent(parent_id)
+        adopted = rec.adopt()
         flag = None
-        if parent is not None:
-            trace_id, anchor = parent.trace_id, parent.anchor
+        if adopted is None:
+            trace_id, anchor = id_, None
         else:
-            adopted = rec.adopt()
-            if adopted is None:
-                trace_id, anchor = id_, None
-            else:
-                trace_id, anchor, flag = adopted
-        session, user = rec.identity(tags, parent)
-        method = name.rpartition(".")[2]
-        if instance is not None:
-            role = _classify(instance, method)
-        else:
-            role = STEP if parent is not None and parent.role == RUN else OTHER
-        span = Span(id_, name, role, trace_id, anchor, anchor, session, user,
-                    time.perf_counter(), parent)
-        if parent is not None:
-            span.llm_owner = parent.llm_owner
-            span.tool_name = parent.tool_name
-            span.tool_id = parent.tool_id
-            span.run = parent.run
-            span.output_flag = parent.output_flag
-        else:
-            span.output_flag = flag
-        rec.spans[id_] = span
-        if role == OTHER:
-            return
-        if role == LLM:
-            span.instance_key = id(instance)
-        elif role == STEP:
-            self._step_start(span, method, bound_args)
-        elif role == TOOL:
-            self._tool_start(span, instance, bound_args)
-        elif role == RUN:
-            self._run_start(span, instance, bound_args)
+            trace_id, anchor, flag = adopted
+        session, user = rec.identity(tags, None)
+        span = Span(id_, name, role, trace_id, anchor, anchor, session, user, _clock(), None)
+        span.output_flag = flag
+        return span
 
     def _run_start(self, span: Span, instance: Any, bound_args: inspect.BoundArguments) -> None:
-        from llama_index.core.agent.workflow import AgentWorkflow, BaseWorkflowAgent
-
-        agent = isinstance(instance, BaseWorkflowAgent)
+        agent_cls, workflow_cls = roles.agent_classes()
+        agent = isinstance(instance, agent_cls)
         name = (getattr(instance, "name", None) if agent else None) or type(instance).__name__
-        span.run = RunState(str(name), isinstance(instance, AgentWorkflow))
+        span.run = RunState(str(name), isinstance(instance, workflow_cls))
         span.name = span.run.name
         span.anchor = span.id
         span.recorded = True
         start_event = bound_args.arguments.get("start_event")
-        inputs = payloads.event_fields(start_event) if start_event is not None else {}
+        inputs = (payloads.event_fields(start_event, skip=roles.NOT_INPUTS)
+                  if start_event is not None else {})
         user_msg = inputs.pop("user_msg", None)
-        inputs.pop("memory", None)
         self._rec.emit("agent", span, phase="start", name=span.name, data={"inputs": inputs},
                        span_id=span.id, parent=span.parent_anchor)
         if start_event is not None and user_msg is not None:
@@ -214,18 +197,16 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
                            parent=span.id)
 
     def _step_start(self, span: Span, method: str, bound_args: inspect.BoundArguments) -> None:
-        from workflows.events import Event
-
         span.name = method
         run = span.run
         for value in bound_args.arguments.values():
-            if isinstance(value, Event):
+            shape = roles.event_shape(type(value))
+            if shape:
                 # Read declared fields only: a missing attribute on a workflow event is
                 # an expensive lookup in its dynamic data.
-                fields = type(value).model_fields
-                if "tool_id" in fields and isinstance(value.tool_id, str):
+                if shape & roles.HAS_TOOL_ID and isinstance(value.tool_id, str):
                     span.tool_id = value.tool_id
-                if (run is not None and run.multi and "current_agent_name" in fields
+                if (shape & roles.HAS_AGENT and run is not None and run.multi
                         and span.parent is not None):
                     agent = value.current_agent_name
                     if isinstance(agent, str) and agent != run.turn_agent:
@@ -268,7 +249,7 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
         span.recorded = True
         data: dict[str, Any] = {
             "tool_name": tool_name,
-            "parameters": _tool_parameters(instance, bound_args),
+            "parameters": roles.tool_parameters(instance, bound_args),
             "status": "pending",
         }
         if span.tool_id is not None:
@@ -291,7 +272,7 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
         if role == TOOL:
             self._tool_end(span, result, None)
         elif role == LLM:
-            if _is_stream(result):
+            if type(result) in roles.STREAM_TYPES:
                 llm.streaming(rec, span, result)
             else:
                 call = rec.llm.get(span.id)
@@ -314,12 +295,9 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
         if span.pending:
             rec.settle(span, _TOOL_RECOVERY if role == STEP else
                        f"handled in {span.name}; the run continued")
-        if role != LLM and result is not None:
-            gen = result
-            if type(result).__name__ in _STREAMING_RESPONSES:
-                gen = getattr(result, "response_gen", None) or getattr(
-                    result, "async_response_gen", None)
-            if _is_stream(gen):
+        if role != LLM:
+            gen = roles.stream_of(result)
+            if gen is not None:
                 rec.watch_stream(gen, span)
 
     def _tool_end(self, span: Span, result: Any, err: BaseException | None) -> None:
@@ -419,25 +397,3 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
                 rec.emit("chain", span, phase="end", level="error", name=span.name,
                          data={"status": "error", "duration_ms": elapsed_ms(span.started)},
                          span_id=span.id, parent=span.parent_anchor)
-
-
-def _tool_parameters(tool: Any, bound_args: inspect.BoundArguments) -> Any:
-    """Return the arguments a tool was called with, without injected workflow context."""
-    args = bound_args.arguments
-    params: dict[str, Any] = {}
-    skip = getattr(tool, "ctx_param_name", None)
-    for key, value in args.items():
-        if key == "self":
-            continue
-        if key == "kwargs" and isinstance(value, dict):
-            for k, v in value.items():
-                if k != skip and type(v).__name__ != "Context":
-                    params[k] = payloads.plain(v)
-        elif key == "args" and isinstance(value, tuple):
-            if value:
-                params["args"] = payloads.plain(value)
-        elif key != skip and type(value).__name__ != "Context":
-            params[key] = payloads.plain(value)
-    if list(params) == ["input"]:
-        return params["input"]
-    return params

@@ -27,7 +27,7 @@ from tracevault.snapshot import describe_exception
 log = logging.getLogger("tracevault.llamaindex")
 
 FRAMEWORK = "llamaindex"
-MAX_RECENT = 4_096  # closed spans kept for late children
+MAX_RECENT = 4_096  # closed spans kept for late children (per generation, two kept)
 MAX_OPEN_LLM = 10_000  # unfinished LLM calls before the oldest is closed as abandoned
 MAX_STREAMS = 4_096  # generators returned by closed spans, awaiting their consumer
 _SEEN = "_tracevault_reported_in"  # attribute marking an exception already recorded
@@ -102,7 +102,8 @@ class Recorder:
         self.session_id = session_id
         self.user_id = user_id
         self.spans: dict[str, Span] = {}
-        self.recent: dict[str, Span] = {}
+        self.recent: dict[str, Span] = {}  # closed spans, newest generation
+        self.older: dict[str, Span] = {}  # the generation before it
         self.llm: dict[str, LLMCall] = {}
         self.dups: dict[str, str] = {}
         self.lazy: dict[int, list[str]] = {}
@@ -180,7 +181,12 @@ class Recorder:
         if parent_id is None:
             return None
         found = self.spans.get(parent_id)
-        return found if found is not None else self.recent.get(parent_id)
+        return found if found is not None else self.closed(parent_id)
+
+    def closed(self, span_id: str) -> Span | None:
+        """Return the recently closed span ``span_id``, if it is still remembered."""
+        found = self.recent.get(span_id)
+        return found if found is not None else self.older.get(span_id)
 
     def adopt(self) -> tuple[str, str | None, list[Any] | None] | None:
         """For a LlamaIndex root: return ``(trace, parent, output_flag)`` to hang it under.
@@ -229,18 +235,21 @@ class Recorder:
         return flag
 
     def close_span(self, span: Span) -> None:
-        """Forget an open span, keeping a bounded memory of it for late children."""
+        """Forget an open span, keeping a bounded memory of it for late children.
+
+        Closed spans are kept in two generations of up to ``MAX_RECENT`` each: when the
+        newest is full it becomes the older one and the previous older one is dropped.
+        A span is thus remembered while fewer than ``MAX_RECENT`` spans closed after it,
+        at O(1) per close (evicting one by one from the front of a dict rescans its
+        dead slots every time).
+        """
         self.spans.pop(span.id, None)
         recent = self.recent
         recent[span.id] = span
-        if len(recent) > MAX_RECENT:
-            with self.lock:
-                while len(recent) > MAX_RECENT:
-                    try:
-                        old = recent.pop(next(iter(recent)))
-                    except (KeyError, StopIteration, RuntimeError):
-                        break
-                    old.parent = None  # let long chains be collected
+        if len(recent) >= MAX_RECENT:
+            dropped, self.older, self.recent = self.older, recent, {}
+            for old in list(dropped.values()):
+                old.parent = None  # let long chains be collected
 
     # --- errors ---------------------------------------------------------------------------
 

@@ -100,9 +100,28 @@ def _usage_sources(response: Any) -> list[Any]:
     return [s for s in sources if s is not None]
 
 
+# Every key token_usage reads from a source. A plain dict holding none of them cannot
+# contribute a count, so it is skipped without the lookups (most raw responses are
+# dicts of content, not of usage).
+_DETAILS_CACHED = ("prompt_tokens_details", "input_tokens_details", "input_token_details")
+_USAGE_KEYS = frozenset(
+    _INPUT + _OUTPUT + _TOTAL + _CACHED + _REASONING + _DETAILS_CACHED + _REASONING_DETAILS
+)
+
+
+def may_hold_usage(source: Any) -> bool:
+    """Return ``False`` only for a source :func:`counts_in` would find nothing in."""
+    return type(source) is not dict or not _USAGE_KEYS.isdisjoint(source)
+
+
 def token_usage(response: Any) -> dict[str, int]:
     """Return the token counts found on ``response`` (only the keys that were found)."""
-    sources = _usage_sources(response)
+    return counts_in([s for s in _usage_sources(response) if may_hold_usage(s)])
+
+
+def counts_in(sources: list[Any]) -> dict[str, int]:
+    """Return the token counts found in ``sources``, the first source holding a count
+    winning (only the keys that were found)."""
     if not sources:
         return {}
     usage: dict[str, int] = {}
@@ -115,7 +134,7 @@ def token_usage(response: Any) -> dict[str, int]:
     }
     if found["cached"] is None:
         for source in sources:
-            for key in ("prompt_tokens_details", "input_tokens_details", "input_token_details"):
+            for key in _DETAILS_CACHED:
                 details = _get(source, key)
                 cached = _int(_get(details, "cached_tokens")) or _int(_get(details, "cache_read"))
                 if cached is not None:
@@ -141,8 +160,9 @@ def token_usage(response: Any) -> dict[str, int]:
 
 def model_of(model_dict: Any, response: Any = None) -> str | None:
     """Return the model name from the LLM's payload, else from the raw response."""
+    get = model_dict.get if type(model_dict) is dict else lambda key: _get(model_dict, key)
     for key in ("model", "model_name", "model_id", "deployment_name", "engine"):
-        value = _get(model_dict, key)
+        value = get(key)
         if isinstance(value, str) and value:
             return value
     raw = _get(response, "raw")
@@ -161,8 +181,9 @@ def provider_of(model_dict: Any) -> str | None:
 def parameters_of(model_dict: Any, call_kwargs: Any) -> dict[str, Any]:
     """Return sampling parameters of the model and of this call (no secrets, no tools)."""
     params: dict[str, Any] = {}
+    get = model_dict.get if type(model_dict) is dict else lambda key: _get(model_dict, key)
     for key in _PARAMETERS:
-        value = _get(model_dict, key)
+        value = get(key)
         if value is not None and isinstance(value, (str, int, float, bool, list)):
             params[key] = value
     extra = _get(model_dict, "additional_kwargs")

@@ -1,0 +1,132 @@
+"""What a LlamaIndex span is to the audit trail, decided once per class where possible.
+
+The span handler calls these for every span: the role of an instrumented method (run,
+tool, LLM call, ReAct parser or transparent), which fields of a step's input event it
+reads, whether a span returned a stream, and the arguments a tool was called with.
+Per-class answers are cached, so a span of a known class costs dictionary lookups.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from typing import Any
+
+from tracevault_llamaindex import payloads
+from tracevault_llamaindex.state import LLM, OTHER, PARSER, RUN, TOOL
+
+_LLM_METHODS = frozenset(
+    {"chat", "achat", "stream_chat", "astream_chat", "complete", "acomplete",
+     "stream_complete", "astream_complete"}
+)
+_TOOL_METHODS = frozenset({"call", "acall", "__call__"})
+_STREAMING_RESPONSES = frozenset({"StreamingResponse", "AsyncStreamingResponse"})
+# Generators and async generators cannot be subclassed: their exact types identify them.
+STREAM_TYPES = frozenset({types.GeneratorType, types.AsyncGeneratorType})
+# type of instance -> method name -> role; filled on first sight of each pair.
+ROLES: dict[type, dict[str, int]] = {}
+
+
+def classify(instance: Any, method: str) -> int:
+    """Return the role of ``instance.method``'s span (``RUN``, ``TOOL``, ``LLM``,
+    ``PARSER`` or ``OTHER``), resolved once per class and method."""
+    cls = type(instance)
+    by_method = ROLES.get(cls)
+    if by_method is None:
+        by_method = ROLES[cls] = {}
+    role = by_method.get(method)
+    if role is None:
+        role = by_method[method] = _role_of(instance, method)
+    return role
+
+
+def _role_of(instance: Any, method: str) -> int:
+    from llama_index.core.agent.react.output_parser import ReActOutputParser
+    from llama_index.core.base.llms.base import BaseLLM
+    from llama_index.core.tools.types import BaseTool
+    from workflows.workflow import Workflow
+
+    if method == "run" and isinstance(instance, Workflow):
+        return RUN
+    if method in _TOOL_METHODS and isinstance(instance, BaseTool):
+        return TOOL
+    if method in _LLM_METHODS and isinstance(instance, BaseLLM):
+        return LLM
+    if method == "parse" and isinstance(instance, ReActOutputParser):
+        return PARSER
+    return OTHER
+
+
+# What a step argument's type tells: 0 not a workflow event, else EVENT plus which
+# of the fields we read it declares. Resolved once per type.
+EVENT, HAS_TOOL_ID, HAS_AGENT = 1, 2, 4
+_shapes: dict[type, int] = {}
+_MAX_SHAPES = 1_024
+
+
+def event_shape(cls: type) -> int:
+    """Return what a step argument of type ``cls`` offers (see ``EVENT`` above)."""
+    shape = _shapes.get(cls)
+    if shape is None:
+        from workflows.events import Event
+
+        shape = 0
+        if issubclass(cls, Event):
+            fields = cls.model_fields
+            shape = (EVENT | (HAS_TOOL_ID if "tool_id" in fields else 0)
+                     | (HAS_AGENT if "current_agent_name" in fields else 0))
+        if len(_shapes) >= _MAX_SHAPES:
+            _shapes.clear()
+        _shapes[cls] = shape
+    return shape
+
+
+# Start-event fields not copied into an agent's inputs: the memory is the whole
+# conversation store (converting it only to drop it would cost every run).
+NOT_INPUTS = frozenset({"memory"})
+_agent_types: tuple[type, type] | None = None
+
+
+def agent_classes() -> tuple[type, type]:
+    """Return ``(BaseWorkflowAgent, AgentWorkflow)``, imported on first use."""
+    global _agent_types
+    if _agent_types is None:
+        from llama_index.core.agent.workflow import AgentWorkflow, BaseWorkflowAgent
+
+        _agent_types = (BaseWorkflowAgent, AgentWorkflow)
+    return _agent_types
+
+
+def stream_of(result: Any) -> Any:
+    """Return the generator a span returned (itself, or a streaming response's), if any."""
+    cls = type(result)
+    if cls in STREAM_TYPES:
+        return result
+    if cls.__name__ in _STREAMING_RESPONSES:
+        gen = getattr(result, "response_gen", None) or getattr(
+            result, "async_response_gen", None)
+        if type(gen) in STREAM_TYPES:
+            return gen
+    return None
+
+
+def tool_parameters(tool: Any, bound_args: inspect.BoundArguments) -> Any:
+    """Return the arguments a tool was called with, without injected workflow context."""
+    args = bound_args.arguments
+    params: dict[str, Any] = {}
+    skip = getattr(tool, "ctx_param_name", None)
+    for key, value in args.items():
+        if key == "self":
+            continue
+        if key == "kwargs" and isinstance(value, dict):
+            for k, v in value.items():
+                if k != skip and type(v).__name__ != "Context":
+                    params[k] = payloads.plain(v)
+        elif key == "args" and isinstance(value, tuple):
+            if value:
+                params["args"] = payloads.plain(value)
+        elif key != skip and type(value).__name__ != "Context":
+            params[key] = payloads.plain(value)
+    if list(params) == ["input"]:
+        return params["input"]
+    return params
