@@ -14,14 +14,14 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime
+from time import time_ns
 from typing import Any
 
 from tracevault.config import Settings
 from tracevault.context import current_scope, current_span
-from tracevault.ids import uuid7
 from tracevault.pipeline import Appender, DurabilityError, Middleware, Pipeline
-from tracevault.schema import KINDS, LEVEL_RANK, PHASES, AuditEvent
+from tracevault.schema import KINDS, LEVEL_RANK, PHASES
 from tracevault.snapshot import freeze
 
 log = logging.getLogger("tracevault")
@@ -34,8 +34,6 @@ _capture_errors = 0
 _recipe: tuple[str, list[Middleware]] | None = None  # what a forked child rebuilds
 _KINDS = frozenset(KINDS)
 _RANK = LEVEL_RANK
-_now = datetime.now
-_UTC = timezone.utc
 _PHASES = frozenset(PHASES)
 _middleware_factory: list[Any] = []  # callables (Settings) -> list[Middleware]
 
@@ -216,20 +214,22 @@ def emit(
     metadata: dict[str, Any] | None = None,
     timestamp: datetime | None = None,
     durable: bool = False,
-) -> str | None:
-    """Record one event; return its id, or ``None`` if its level is filtered out.
+) -> bool:
+    """Record one event; return ``False`` if it was not (its level is filtered out, or
+    capturing failed and was logged).
 
     Session, user, metadata and tags not given here come from the enclosing
     :func:`tracevault.context`; trace and parent come from the current span when
     ``trace_id`` is not given. ``data`` and ``metadata`` are copied (frozen) here, so
-    callers may pass live objects. With ``durable=True`` this returns only once the event is in the
+    callers may pass live objects. The event id is given on the writer thread, in
+    queue order. With ``durable=True`` this returns only once the event is in the
     ledger and raises :class:`DurabilityError` if it cannot be made so.
     """
     global _capture_errors
     # Runs inside every framework callback: kept to plain lookups and one copy.
     try:
         if _RANK[level] < _min_rank:
-            return None
+            return False
         if kind not in _KINDS or phase not in _PHASES:
             raise ValueError(f"unknown event kind {kind!r} or phase {phase!r}")
         if data is None:
@@ -250,36 +250,36 @@ def emit(
             meta = freeze({**scope.metadata, **metadata} if scope.metadata else metadata)
         else:
             meta = freeze(scope.metadata) if scope.metadata else {}
-        event = AuditEvent(
-            uuid7(),
-            timestamp or _now(_UTC),
-            kind,  # type: ignore[arg-type]
-            phase,  # type: ignore[arg-type]
-            level,  # type: ignore[arg-type]
+        # In AuditEvent field order after the id; the writer gives the id (event_of).
+        record = (
+            timestamp or time_ns(),
+            kind,
+            phase,
+            level,
             name,
             session_id if session_id is not None else scope.session_id,
             user_id if user_id is not None else scope.user_id,
             trace_id,
             span_id,
             parent_span_id,
-            framework,  # type: ignore[arg-type]
+            framework,
             [*scope.tags, *tags] if tags else list(scope.tags),
             meta,
             payload,
         )
         pipeline = _pipeline if _pipeline is not None else get_pipeline()
         if durable:
-            pipeline.submit_durable(event, settings().strict_timeout)
+            pipeline.submit_durable(record, settings().strict_timeout)
         else:
-            pipeline.submit(event)
-        return event.event_id
+            pipeline.submit(record)
+        return True
     except DurabilityError:
         raise
     except Exception as exc:  # never break the agent; count and say so once per kind
         _capture_errors += 1
         if _capture_errors <= 10:
             log.error("tracevault: could not capture a %s event: %r", kind, exc, exc_info=True)
-        return None
+        return False
 
 
 def reset() -> Pipeline | None:

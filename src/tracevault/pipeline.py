@@ -27,8 +27,8 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
-from typing import Protocol
+from datetime import datetime, timedelta, timezone
+from typing import Any, Protocol
 
 import orjson
 
@@ -61,6 +61,23 @@ class Appender(Protocol):
     def append(self, events: Sequence[AuditEvent], /) -> int: ...
 
     def close(self) -> None: ...
+
+
+# What capture.emit queues: an event's fields in AuditEvent order, without the id and
+# with the time as Unix nanoseconds (or the datetime the caller gave). The writer thread
+# turns it into an AuditEvent (event_of), so the caller's thread neither generates ids
+# nor builds the dataclass.
+Captured = tuple[Any, ...]
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def event_of(item: AuditEvent | Captured) -> AuditEvent:
+    """Return the event a queued item stands for (ids are given here, in queue order)."""
+    if item.__class__ is AuditEvent:
+        return item
+    ts, *fields = item  # type: ignore[misc]
+    when = ts if isinstance(ts, datetime) else _EPOCH + timedelta(microseconds=ts // 1000)
+    return AuditEvent(uuid7(), when, *fields)
 
 
 class DurabilityError(RuntimeError):
@@ -123,7 +140,7 @@ class Pipeline:
         # A store opened from a URL (here or by configure()) is closed at shutdown.
         self._owns_store = isinstance(store, str) if owns_store is None else owns_store
         self.middleware: list[Middleware] = list(middleware)
-        self._queue: deque[AuditEvent | _Marker] = deque()
+        self._queue: deque[AuditEvent | Captured | _Marker] = deque()
         self._maxsize = queue_size
         self._batch_size = batch_size
         self._block_timeout = block_timeout
@@ -158,8 +175,9 @@ class Pipeline:
 
     # --- caller side ------------------------------------------------------------------
 
-    def submit(self, event: AuditEvent) -> None:
-        """Queue ``event`` for the ledger. Waits only when the queue is full."""
+    def submit(self, event: AuditEvent | Captured) -> None:
+        """Queue ``event`` (or what :func:`tracevault.capture.emit` captured) for the
+        ledger. Waits only when the queue is full."""
         if self._closed:  # e.g. a daemon thread still capturing after interpreter exit began
             self._dropped += 1
             if self._dropped <= 10:
@@ -173,12 +191,13 @@ class Pipeline:
         if not self._wake.is_set():
             self._wake.set()
 
-    def submit_durable(self, event: AuditEvent, timeout: float) -> None:
+    def submit_durable(self, event: AuditEvent | Captured, timeout: float) -> None:
         """Queue ``event`` and return once it is in the ledger; raise otherwise."""
         self.submit(event)
         if not self.flush(timeout):
+            kind = event.kind if isinstance(event, AuditEvent) else event[1]
             raise DurabilityError(
-                f"tracevault could not make event {event.event_id} durable in {timeout:g}s: "
+                f"tracevault could not make a {kind} event durable in {timeout:g}s: "
                 f"{self._last_error or 'the ledger writer is behind'}"
             )
 
@@ -280,10 +299,10 @@ class Pipeline:
             markers: list[_Marker] = []
             while queue and len(batch) < self._batch_size:
                 item = queue.popleft()
-                if isinstance(item, _Marker):
+                if item.__class__ is _Marker:
                     markers.append(item)
                     break  # everything before the marker is in this batch
-                batch.append(item)
+                batch.append(event_of(item))  # type: ignore[arg-type]
             self._received += len(batch)
             if self._waiting:
                 with self._space:
@@ -414,9 +433,9 @@ class Pipeline:
                 item.ok = False
                 item.done.set()
             elif self._store_applies_middleware():
-                rest.append(item)  # _dead_letter redacts these with the pending ones
+                rest.append(event_of(item))  # _dead_letter redacts these with the pending ones
             else:  # redact before anything touches the disk
-                processed = self._apply_middleware(item)
+                processed = self._apply_middleware(event_of(item))
                 if processed is not None:
                     rest.append(processed)
         self._queue.clear()
