@@ -9,7 +9,9 @@ model calls and one tool call (17 events when fully recorded). It is invoked
 * ``tv_parked`` TracevaultCallbackHandler with the ledger writer parked: what recording
   costs the agent's own thread (handler + snapshot + enqueue);
 * ``tracevault`` TracevaultCallbackHandler, full capture into a SQLite ledger (the
-  writer redacts, seals and writes concurrently, sharing the GIL and the CPUs);
+  writer thread redacts, seals and writes concurrently, sharing the GIL and the CPUs);
+* ``tv_process`` the same with ``writer="process"``: a child process redacts, seals and
+  writes, so only handing batches over shares the agent's GIL;
 * ``langfuse``  Langfuse's own LangChain handler, exporting to a local HTTP server
   on 127.0.0.1 that accepts and counts what arrives (no network).
 
@@ -141,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = TracevaultCallbackHandler()
     configs: dict[str, list[Any]] = {
         "none": [], "noop": [NoopHandler()], "tv_parked": [handler], "tracevault": [handler],
+        "tv_process": [handler],
     }
     closers: dict[str, Callable[[], None]] = {}
     langfuse = _langfuse_handler()
@@ -156,12 +159,15 @@ def main(argv: list[str] | None = None) -> int:
             tracevault.configure(store=gated, queue_size=(args.runs + args.warmup) * 20)
         elif name == "tracevault":
             tracevault.configure(store=f"sqlite:///{os.path.join(tmp, 'bench.db')}")
+        elif name == "tv_process":
+            tracevault.configure(store=f"sqlite:///{os.path.join(tmp, 'process.db')}",
+                                 writer="process")
         before = tracevault.stats()
         lat = _measure(lambda c=config: agent.invoke(inputs, c), args.runs, args.warmup)  # type: ignore[misc]
         t0 = time.perf_counter()
         if name == "tv_parked":
             gated.gate.set()
-        if name in ("tv_parked", "tracevault"):
+        if name in ("tv_parked", "tracevault", "tv_process"):
             tracevault.flush()
         elif name in closers:
             closers[name]()
@@ -173,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = {"median_us": median, "p99_us": p99, "p99_over_median": p99 / median,
                          "drain_after_runs_ms": drain,
                          "events_per_run": events / (args.runs + args.warmup)}
-    for name in ("tv_parked", "tracevault"):
+    for name in ("tv_parked", "tracevault", "tv_process"):
         if name in results and "noop" in results:
             per_run = results[name]["events_per_run"]
             delta = results[name]["median_us"] - results["noop"]["median_us"]
