@@ -200,11 +200,20 @@ def test_freeze_round_trips_plain_payloads_and_falls_back_exactly() -> None:
         {1: "int key"},
         cyclic,
         {"s": "lone \ud800"},
-        {"big": "x" * 20_000},
+        {"big": "x" * (MAX_STRING + 1)},
+        {"many": list(range(12_000))},
     ):
         out = freeze(value)
         assert not isinstance(out, Frozen)
         assert thaw(out) == snapshot(value)
+    assert len(thaw(freeze({"many": list(range(12_000))}))["many"]) == 10_001  # cut, marked
+    # A large payload with nothing to cut (a long history, many tool schemas) stays fast.
+    history = {"messages": [{"role": "user", "content": "word " * 400}] * 60,
+               "tools": [{"name": f"tool_{i}", "parameters": {"type": "object"}}
+                         for i in range(50)]}
+    frozen = freeze(history)
+    assert isinstance(frozen, Frozen) and len(frozen.raw) > 100_000
+    assert thaw(frozen) == snapshot(history)
     assert thaw(freeze({"nan": math.nan})) == {"nan": "NaN"}
     # Rich objects orjson does not know are converted by snapshot() inside the fast path.
     model = {"m": Sub(name="m", when=when)}

@@ -12,7 +12,7 @@ later by :func:`sanitize_strings` on the writer thread, only when encoding fails
 JSON, which orjson encodes to immutable bytes four to five times faster than the
 Python walk; the writer thread turns them back into data with :func:`thaw`. Anything
 orjson would not encode exactly (NaN, huge ints, non-string keys, cycles, invalid
-unicode, large payloads that may need truncating) takes the :func:`snapshot` path.
+unicode, payloads large enough to need truncating) takes the :func:`snapshot` path.
 """
 
 from __future__ import annotations
@@ -35,10 +35,12 @@ MAX_STRING = 256 * 1024
 MAX_ITEMS = 10_000
 MAX_DEPTH = 40
 MAX_BYTES_KEPT = 4096
-# Payloads whose JSON is larger take the snapshot path, which truncates: below this
-# size no string can exceed MAX_STRING and no container MAX_ITEMS (each item costs at
-# least two bytes), so the fast path never has anything to cut.
-FAST_LIMIT = 16 * 1024
+# The fast path takes payloads whose JSON has at most FAST_LIMIT bytes and fewer than
+# MAX_ITEMS commas: no string in it can then exceed MAX_STRING characters (a character
+# costs at least one byte) and no container MAX_ITEMS items (n items need n - 1
+# commas), so there is nothing to cut. Others take the snapshot path, which truncates.
+# (A real agent's model call, with its history and tool schemas, is often 20-200 KB.)
+FAST_LIMIT = MAX_STRING
 
 _PRIMITIVES = (str, int, bool, type(None))
 _INT_LIMIT = 2**63
@@ -306,7 +308,12 @@ def freeze(value: Any) -> Any:
         return snapshot(value)
     # orjson writes NaN and infinities as null without a word; snapshot() keeps them
     # visible, so any null sends the payload the careful way.
-    if len(out) > FAST_LIMIT or b"null" in out:
+    size = len(out)
+    if (
+        size > FAST_LIMIT
+        or b"null" in out
+        or (size >= 2 * MAX_ITEMS and out.count(b",") >= MAX_ITEMS)
+    ):
         return snapshot(value)
     # orjson returns its output buffer shrunk in place, which keeps the whole
     # allocation alive (about 4 KB for a 40-byte payload). A frozen payload waits in
