@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -157,3 +159,40 @@ def test_what_cannot_be_written_is_dead_lettered_redacted(
     events = dead_letter_events(str(dead))
     assert [e.data["payload"]["email"] for e in events] == ["[EMAIL]"] * 5
     assert "example.com" not in dead.read_text()
+
+
+def test_the_child_exits_when_its_parent_does(tmp_path: Path) -> None:
+    # A parent that ends without shutting down (os._exit skips atexit) must not leave a
+    # writer process behind; what it flushed is in the ledger.
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    script = (
+        "import os, tracevault\n"
+        f"p = tracevault.configure(store={url!r}, writer='process')\n"
+        "log = tracevault.AuditLogger(session_id='orphan')\n"
+        "for i in range(10):\n"
+        "    log.log_event('e', {'i': i})\n"
+        "assert tracevault.flush(60)\n"
+        "print(p._store._proc.pid, flush=True)\n"
+        "os._exit(0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, check=True)
+    child = int(done.stdout.strip())
+    deadline = time.monotonic() + 60
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)  # waiting for the child to go, not measuring anything
+    assert not _alive(child)
+    store = SQLiteStore(str(tmp_path / "l.db"))
+    try:
+        assert len(list(store.events(session_id="orphan"))) == 10
+        assert store.verify().ok
+    finally:
+        store.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ")[-1][:1] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
