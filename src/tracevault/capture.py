@@ -33,7 +33,6 @@ _min_rank = LEVEL_RANK["debug"]
 _capture_errors = 0
 _recipe: tuple[str, list[Middleware]] | None = None  # what a forked child rebuilds
 _KINDS = frozenset(KINDS)
-_RANK = LEVEL_RANK
 _PHASES = frozenset(PHASES)
 _middleware_factory: list[Any] = []  # callables (Settings) -> list[Middleware]
 
@@ -228,15 +227,15 @@ def emit(
     global _capture_errors
     # Runs inside every framework callback: kept to plain lookups and one copy.
     try:
-        if _RANK[level] < _min_rank:
+        if LEVEL_RANK[level] < _min_rank:
             return False
         if kind not in _KINDS or phase not in _PHASES:
             raise ValueError(f"unknown event kind {kind!r} or phase {phase!r}")
         if data is None:
             payload: Any = {}
         else:
-            payload = freeze(data if data.__class__ is dict or isinstance(data, dict)
-                             else {"value": data})  # the schema's data is an object
+            # The schema's data is an object.
+            payload = freeze(data if isinstance(data, dict) else {"value": data})
         scope = current_scope()
         if trace_id is None:
             ref = current_span()
