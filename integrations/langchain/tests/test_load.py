@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from uuid import uuid4
 
+import pytest
 from langchain_core.messages import HumanMessage
 from langchain_core.prompts import ChatPromptTemplate
 from lc_agents import get_weather, lc_agent, weather_model
@@ -48,7 +49,8 @@ def _check_runs(events: list[AuditEvent], cities: list[str]) -> None:
     assert seen == Counter(cities)
 
 
-async def test_a_thousand_concurrent_ainvokes(cap: Capture) -> None:
+@pytest.mark.parametrize("writer", ["thread", "process"])
+async def test_a_thousand_concurrent_ainvokes(tmp_path: Path, writer: str) -> None:
     agent = lc_agent(weather_model(), [get_weather])
     handler = TracevaultCallbackHandler()  # one instance shared by every run
     cities = [f"city{i}" for i in range(1000)]
@@ -57,12 +59,14 @@ async def test_a_thousand_concurrent_ainvokes(cap: Capture) -> None:
         await agent.ainvoke({"messages": [HumanMessage(city)]},
                             {"callbacks": [handler], "metadata": {"session_id": f"s-{city}"}})
 
-    await asyncio.gather(*(one(c) for c in cities))
-    assert len(RUNS) == 0
-    _check_runs(cap.events(), cities)
-    stats = cap.pipeline.stats()
-    assert stats.written == 1000 * EVENTS_PER_RUN
-    assert stats.dropped == 0 and stats.dead_lettered == 0
+    with capture_events(tmp_path, writer=writer) as cap:
+        await asyncio.gather(*(one(c) for c in cities))
+        assert len(RUNS) == 0
+        _check_runs(cap.events(), cities)
+        stats = cap.pipeline.stats()
+        assert stats.written == 1000 * EVENTS_PER_RUN
+        assert stats.dropped == 0 and stats.dead_lettered == 0
+        assert cap.store.verify().ok
 
 
 def test_one_handler_from_many_threads(cap: Capture) -> None:
