@@ -209,7 +209,7 @@ def _prepare(event: AuditEvent, salt: bytes) -> PreparedRow:
     )
     # Every text column is a string of the payload, where orjson writes NUL as \u0000:
     # without that sequence no column can hold one (the search is C-speed).
-    if b"\\u0000" in payload and any(c.__class__ is str and "\x00" in c for c in columns):
+    if payload.find(b"\\u0000") >= 0 and any(c.__class__ is str and "\x00" in c for c in columns):
         # NUL fits no database text column everywhere (PostgreSQL refuses it, SQLite's
         # length() stops at it); the payload keeps it, escaped. The chain covers the
         # stored column values, so the ledger verifies and copies between stores.

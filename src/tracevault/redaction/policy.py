@@ -26,6 +26,7 @@ from functools import cached_property
 from typing import Any
 
 from tracevault.redaction.detectors import CATEGORIES, PII_DETECTORS, Detector
+from tracevault.redaction.prefilter import Prefilter
 from tracevault.redaction.scanner import Scanner
 from tracevault.redaction.secrets import SECRET_DETECTORS, is_secret_name, normalize_name
 
@@ -158,6 +159,12 @@ class Policy:
         """The :class:`Scanner` running :attr:`active_detectors`."""
         return Scanner(self.active_detectors, key_values="SECRET" not in self.disabled,
                        secret_names=self.secret_fields)
+
+    @cached_property
+    def prefilter(self) -> Prefilter | None:
+        """The whole-event test that lets clean events skip the walk (``None`` for
+        policies it cannot vouch for; see :mod:`tracevault.redaction.prefilter`)."""
+        return Prefilter.for_policy(self)
 
     @cached_property
     def _normalizers(self) -> dict[str, Any]:

@@ -253,33 +253,40 @@ class Redactor:
         if not self.policy.enabled:
             return event
         try:
-            walk = _Walk(self.policy)
-            strict = self.policy.strict
             holder: dict[str, Any] = {"data": event.data, "metadata": event.metadata,
                                       "tags": event.tags, "name": event.name}
-            if strict:
-                holder["session_id"] = event.session_id
-                holder["user_id"] = event.user_id
-            walk._visit_dict(holder, "", 0)
-            walk.apply()
-            if not walk.counts:
-                return event
-            event.data = holder["data"]
-            event.metadata = holder["metadata"]
-            event.tags = holder["tags"]
-            event.name = holder["name"]
-            if strict:
-                event.session_id = holder["session_id"]
-                event.user_id = holder["user_id"]
-            report = walk.report()
-            if report:
-                if not isinstance(event.metadata, dict):
-                    event.metadata = {}
-                event.metadata[REDACTIONS_KEY] = report
-            return event
+            prefilter = self.policy.prefilter
+            if prefilter is not None and prefilter.clean(holder):
+                return event  # nothing in it can be redacted: skip the walk
+            return self._redact_event(event, holder)
         except Exception as exc:
             # The original message may quote the data being redacted: name the type only.
             raise RedactionError(f"redaction failed ({type(exc).__name__})") from None
+
+    def _redact_event(self, event: AuditEvent, holder: dict[str, Any]) -> AuditEvent:
+        """Walk and scan everything in ``holder`` (the event's redactable fields)."""
+        walk = _Walk(self.policy)
+        strict = self.policy.strict
+        if strict:
+            holder["session_id"] = event.session_id
+            holder["user_id"] = event.user_id
+        walk._visit_dict(holder, "", 0)
+        walk.apply()
+        if not walk.counts:
+            return event
+        event.data = holder["data"]
+        event.metadata = holder["metadata"]
+        event.tags = holder["tags"]
+        event.name = holder["name"]
+        if strict:
+            event.session_id = holder["session_id"]
+            event.user_id = holder["user_id"]
+        report = walk.report()
+        if report:
+            if not isinstance(event.metadata, dict):
+                event.metadata = {}
+            event.metadata[REDACTIONS_KEY] = report
+        return event
 
     def redact(self, value: Any, path: str = "") -> tuple[Any, list[dict[str, Any]]]:
         """Return ``value`` (JSON-like) redacted, and the list of what was replaced.
