@@ -90,9 +90,13 @@ class Scanner:
                                   for d in self._token)
         # Case-sensitive prefixes a key may start with even when it has no digit (AWS key
         # ids are base32: about one in 28 is all letters).
-        self._token_prefixes = tuple(
-            lit for d in self._token if not d.ignore_case for lit in d.literals
-        )
+        prefixes = sorted({lit for d in self._token if not d.ignore_case for lit in d.literals})
+        # Grouped by first character, which one find (memchr) rules out: a long run
+        # without digits costs a handful of searches instead of one per prefix.
+        by_first: dict[str, list[str]] = {}
+        for lit in prefixes:
+            by_first.setdefault(lit[0], []).append(lit)
+        self._token_prefixes = tuple((first, tuple(lits)) for first, lits in by_first.items())
         self._pem = tuple(by_family.get("pem", ()))
         self._text_gates = tuple((d, tuple(lit.lower() for lit in d.literals) if d.ignore_case
                                   else d.literals) for d in by_family.get("text", ()))
@@ -176,7 +180,12 @@ class Scanner:
     def _has_prefix(self, text: str, left: int, right: int) -> bool:
         # Anywhere in the run, not only at its start: "AWS_ACCESS_KEY_ID=AKIA..." is one
         # run of token characters.
-        return any(text.find(p, left, right) >= 0 for p in self._token_prefixes)
+        for first, literals in self._token_prefixes:
+            if text.find(first, left, right) >= 0:
+                for p in literals:
+                    if text.find(p, left, right) >= 0:
+                        return True
+        return False
 
     def _scan_tokens(self, text: str, raw: bytes, numbers: bytes, found: list[Finding]) -> bool:
         """Run the token detectors around long runs; return whether there was any run."""
