@@ -374,7 +374,6 @@ def verify_rows(
     checked = erased = 0
     sha256 = hashlib.sha256
     sep = _SEP
-    text_of = _text
     for r in rows:
         seq = r[0]
         if seq != expected:
@@ -402,9 +401,12 @@ def verify_rows(
                     seq,
                     f"payload of row {seq} does not match its digest",
                 )
+        d, t, c = r[_NUMBERS], r[_NUMBERS + 1], r[_NUMBERS + 2]  # duration, tokens, cost
+        # _text() inlined: this loop runs once per stored row
         text = (
-            f"{seq}{sep}{r[1]}{sep}{text_of(r[_NUMBERS])}"
-            f"{sep}{text_of(r[_NUMBERS + 1])}{sep}{text_of(r[_NUMBERS + 2])}"
+            f"{seq}{sep}{r[1]}{sep}{'' if d is None else repr(d) if d.__class__ is float else d}"
+            f"{sep}{'' if t is None else repr(t) if t.__class__ is float else t}"
+            f"{sep}{'' if c is None else repr(c) if c.__class__ is float else c}"
         ).encode("utf-8", "surrogatepass")
         prev = sha256(prev + text + digest).digest()
         if prev != bytes(r[_CHAIN]):

@@ -342,3 +342,14 @@ def test_a_ledger_with_the_former_user_index_keeps_working(tmp_path: Path) -> No
         assert len(list(store.events(session_id="tamper"))) == 20
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("forged", [b"\xff\xfe not utf-8", 12345, 1.5])
+def test_a_payload_replaced_by_another_type_is_reported_not_a_crash(
+    db: Path, forged: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conn = _attacker(db)
+    conn.execute("UPDATE events SET payload = ? WHERE seq = 3", (forged,))
+    code, out = _verify(db, capsys)
+    assert code == 1
+    assert "first bad event #3: payload of row 3 does not match its digest" in out

@@ -54,6 +54,8 @@ class SQLStore:
     day_sql = "substr(ts, 1, 10)"
     # SQL giving ``ts`` as format_ts() text; a dialect storing a timestamp type overrides it.
     ts_text_sql = "ts"
+    # SQL giving the payload for verification (a dialect may hand over its bytes as is).
+    payload_sql = "payload"
 
     # --- what a backend provides -------------------------------------------------------
 
@@ -297,6 +299,6 @@ class SQLStore:
         """The query giving rows in the shape :func:`verify_rows` reads."""
         return (
             f"SELECT seq, {header_sql(self.ts_text_sql)}, "
-            f"{', '.join(COLUMNS[TEXT_COLUMNS:])}, payload, salt, digest, chain "
+            f"{', '.join(COLUMNS[TEXT_COLUMNS:])}, {self.payload_sql}, salt, digest, chain "
             "FROM events ORDER BY seq"
         )

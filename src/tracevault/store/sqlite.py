@@ -110,6 +110,10 @@ def _head_of(row: tuple[Any, ...] | None) -> tuple[int, bytes]:
 class SQLiteStore(SQLStore):
     """A ledger in one SQLite file (created on first use unless ``create=False``)."""
 
+    # Verification hashes the stored UTF-8 bytes: reading them as a blob skips decoding
+    # each payload to str and encoding it back.
+    payload_sql = "CAST(payload AS BLOB)"
+
     def __init__(self, path: str, *, create: bool = True, synchronous: str = "full") -> None:
         self.path = path
         self.url = f"sqlite:///{path}"
