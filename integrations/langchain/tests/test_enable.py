@@ -17,7 +17,8 @@ from langchain_core.messages import HumanMessage
 from langchain_core.tools import tool
 from lc_agents import get_weather, lc_agent, weather_model
 from lc_tree import check_tree
-from tracevault_langchain import TracevaultCallbackHandler, autoenable
+from tracevault_langchain import TracevaultCallbackHandler, autoenable, convert
+from tracevault_langchain.handler import handler_failures
 from tracevault_langchain.testing import ScriptedChatModel, ai, tool_call
 
 from tracevault import capture
@@ -210,3 +211,25 @@ def test_strict_intent_is_in_the_ledger_before_the_tool_runs(cap: Capture) -> No
     assert seen == [["pending"]], "the tool saw its own intent in the ledger"
     assert [e.data["status"] for e in cap.events() if e.kind == "tool_call"] == [
         "pending", "success"]
+
+
+def test_a_recording_bug_never_reaches_the_agent_even_in_strict_mode(
+    cap: Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # strict=True makes LangChain re-raise handler exceptions: only DurabilityError may.
+    def broken(_response: object) -> None:
+        raise RuntimeError("bug in tracevault")
+
+    monkeypatch.setattr(convert, "result_view", broken)
+    before = handler_failures()
+    charge, charged = _charge_tool()
+    model = ScriptedChatModel(messages=iter([
+        ai("", tool_calls=[tool_call("charge", {"amount": 7}, "p1")]), ai("done")]))
+    agent = create_agent(model, [charge])
+    result = agent.invoke({"messages": [HumanMessage("pay")]},
+                          {"callbacks": [TracevaultCallbackHandler(strict=True)]})
+    assert result["messages"][-1].content == "done" and charged == [7]
+    assert handler_failures() == before + 2  # both model calls' ends
+    kinds = [(e.kind, e.phase) for e in cap.events()]
+    assert ("tool_call", "start") in kinds and ("tool_call", "end") in kinds
+    assert ("llm_call", "end") not in kinds

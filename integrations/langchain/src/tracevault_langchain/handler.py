@@ -15,11 +15,10 @@ where a tool whose intent cannot be made durable does not run.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from langchain_core.messages import BaseMessage, ToolMessage
@@ -50,28 +49,23 @@ except ImportError:  # pragma: no cover - langgraph is optional
 
 log = logging.getLogger("tracevault.langchain")
 
-F = TypeVar("F", bound=Callable[..., Any])
 _failures = 0
 _NOT_PARAMETERS = frozenset({"tools", "functions", "messages", "respond", "_type", "stop"})
 
 
-def _guarded(method: F) -> F:
-    """Never let a recording problem reach the agent (strict-mode durability aside)."""
+def _failed(callback: str, exc: Exception) -> None:
+    """Count and log a recording problem instead of letting it reach the agent; only a
+    strict-mode :class:`DurabilityError` goes through (the tool must not run).
 
-    @functools.wraps(method)
-    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        global _failures
-        try:
-            return method(self, *args, **kwargs)
-        except DurabilityError:
-            raise
-        except Exception as exc:
-            _failures += 1
-            if _failures <= 10:
-                log.error("tracevault: %s failed: %r", method.__name__, exc, exc_info=True)
-            return None
-
-    return cast(F, wrapper)
+    Each callback catches inline rather than through a decorator: a wrapper re-packing
+    LangChain's keyword arguments cost ~0.7 µs on every callback.
+    """
+    global _failures
+    if isinstance(exc, DurabilityError):
+        raise exc
+    _failures += 1
+    if _failures <= 10:
+        log.error("tracevault: %s failed: %r", callback, exc, exc_info=exc)
 
 
 def handler_failures() -> int:
@@ -155,7 +149,6 @@ class TracevaultCallbackHandler(_Base):
 
     # --- chains and graph nodes ---------------------------------------------------------
 
-    @_guarded
     def on_chain_start(
         self,
         serialized: dict[str, Any] | None,
@@ -167,30 +160,32 @@ class TracevaultCallbackHandler(_Base):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        name = kwargs.get("name") or (serialized or {}).get("name") or "chain"
-        st = self._rec.open("chain", name, run_id, parent_run_id, metadata, tags)
-        if st is None or st.span is None:
-            return
-        meta = metadata or {}
-        if st.is_root:
-            st.kind = "agent"
-            extra = convert.user_metadata(meta)
-            self._rec.emit(st, "agent", "start", {}, metadata=extra or None)
-            if _deferred(inputs, kwargs):
-                st.defers_inputs = True  # .stream(): the real inputs arrive on end
-                st.extra = extra
-            else:
-                self._input(st, inputs, extra)
-            return
-        data: dict[str, Any] = {}
-        if "langgraph_node" in meta:
-            data["node"] = meta["langgraph_node"]
-            data["step"] = meta.get("langgraph_step")
-        if capture.is_enabled_for("trace") and not _deferred(inputs, kwargs):
-            data["inputs"] = inputs
-        self._rec.emit(st, "chain", "start", data, level="debug")
+        try:
+            name = kwargs.get("name") or (serialized or {}).get("name") or "chain"
+            st = self._rec.open("chain", name, run_id, parent_run_id, metadata, tags)
+            if st is None or st.span is None:
+                return
+            meta = metadata or {}
+            if st.is_root:
+                st.kind = "agent"
+                extra = convert.user_metadata(meta)
+                self._rec.emit(st, "agent", "start", {}, metadata=extra or None)
+                if _deferred(inputs, kwargs):
+                    st.defers_inputs = True  # .stream(): the real inputs arrive on end
+                    st.extra = extra
+                else:
+                    self._input(st, inputs, extra)
+                return
+            data: dict[str, Any] = {}
+            if "langgraph_node" in meta:
+                data["node"] = meta["langgraph_node"]
+                data["step"] = meta.get("langgraph_step")
+            if capture.is_enabled_for("trace") and not _deferred(inputs, kwargs):
+                data["inputs"] = inputs
+            self._rec.emit(st, "chain", "start", data, level="debug")
+        except Exception as exc:
+            _failed("on_chain_start", exc)
 
-    @_guarded
     def on_chain_end(
         self,
         outputs: dict[str, Any] | Any,
@@ -199,21 +194,23 @@ class TracevaultCallbackHandler(_Base):
         parent_run_id: UUID | None = None,
         **kwargs: Any,
     ) -> None:
-        st = self._rec.close(run_id)
-        if st is None or st.span is None:
-            return
-        data: dict[str, Any] = {"status": "success", "duration_ms": _ms(st.started)}
-        if st.is_root:
-            if st.defers_inputs:
-                self._input(st, kwargs.get("inputs"), st.extra)
-            self._output(st, outputs)
-            self._rec.emit(st, "agent", "end", data)
-            return
-        if capture.is_enabled_for("trace"):
-            data["outputs"] = outputs
-        self._rec.emit(st, "chain", "end", data, level="debug")
+        try:
+            st = self._rec.close(run_id)
+            if st is None or st.span is None:
+                return
+            data: dict[str, Any] = {"status": "success", "duration_ms": _ms(st.started)}
+            if st.is_root:
+                if st.defers_inputs:
+                    self._input(st, kwargs.get("inputs"), st.extra)
+                self._output(st, outputs)
+                self._rec.emit(st, "agent", "end", data)
+                return
+            if capture.is_enabled_for("trace"):
+                data["outputs"] = outputs
+            self._rec.emit(st, "chain", "end", data, level="debug")
+        except Exception as exc:
+            _failed("on_chain_end", exc)
 
-    @_guarded
     def on_chain_error(
         self,
         error: BaseException,
@@ -222,12 +219,15 @@ class TracevaultCallbackHandler(_Base):
         parent_run_id: UUID | None = None,
         **kwargs: Any,
     ) -> None:
-        st = self._rec.close(run_id)
-        if st is None:
-            return
-        if st.is_root and st.defers_inputs and kwargs.get("inputs") is not None:
-            self._input(st, kwargs["inputs"], st.extra)
-        self._end_failed(st, error)
+        try:
+            st = self._rec.close(run_id)
+            if st is None:
+                return
+            if st.is_root and st.defers_inputs and kwargs.get("inputs") is not None:
+                self._input(st, kwargs["inputs"], st.extra)
+            self._end_failed(st, error)
+        except Exception as exc:
+            _failed("on_chain_error", exc)
 
     def _end_failed(self, st: RunState, error: BaseException) -> None:
         data: dict[str, Any] = {"duration_ms": _ms(st.started)}
@@ -267,7 +267,6 @@ class TracevaultCallbackHandler(_Base):
 
     # --- models -------------------------------------------------------------------------
 
-    @_guarded
     def on_chat_model_start(
         self,
         serialized: dict[str, Any],
@@ -279,18 +278,20 @@ class TracevaultCallbackHandler(_Base):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        st = self._model_start(serialized, run_id, parent_run_id, tags, metadata, kwargs,
-                               {"messages": convert.messages_view(messages)})
-        if st is None:
-            return
-        if st.is_root:
-            self._input(st, messages[0] if messages else None, None)
-        if st.trace.failed_tools:
-            ids = [m.tool_call_id for batch in messages for m in batch
-                   if isinstance(m, ToolMessage)]
-            self._rec.recoveries(st, ids)
+        try:
+            st = self._model_start(serialized, run_id, parent_run_id, tags, metadata, kwargs,
+                                   {"messages": convert.messages_view(messages)})
+            if st is None:
+                return
+            if st.is_root:
+                self._input(st, messages[0] if messages else None, None)
+            if st.trace.failed_tools:
+                ids = [m.tool_call_id for batch in messages for m in batch
+                       if isinstance(m, ToolMessage)]
+                self._rec.recoveries(st, ids)
+        except Exception as exc:
+            _failed("on_chat_model_start", exc)
 
-    @_guarded
     def on_llm_start(
         self,
         serialized: dict[str, Any],
@@ -302,11 +303,15 @@ class TracevaultCallbackHandler(_Base):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        prompt: dict[str, Any] = {"prompt": prompts[0]} if len(prompts) == 1 else {
-            "prompt": prompts}
-        st = self._model_start(serialized, run_id, parent_run_id, tags, metadata, kwargs, prompt)
-        if st is not None and st.is_root:
-            self._input(st, prompts[0] if len(prompts) == 1 else prompts, None)
+        try:
+            prompt: dict[str, Any] = {"prompt": prompts[0]} if len(prompts) == 1 else {
+                "prompt": prompts}
+            st = self._model_start(serialized, run_id, parent_run_id, tags, metadata, kwargs,
+                                   prompt)
+            if st is not None and st.is_root:
+                self._input(st, prompts[0] if len(prompts) == 1 else prompts, None)
+        except Exception as exc:
+            _failed("on_llm_start", exc)
 
     def _model_start(
         self,
@@ -340,7 +345,6 @@ class TracevaultCallbackHandler(_Base):
         self._rec.emit(st, "llm_call", "start", data)
         return st
 
-    @_guarded
     def on_llm_new_token(
         self,
         token: str | list[str | dict[str, Any]],
@@ -351,11 +355,13 @@ class TracevaultCallbackHandler(_Base):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        st = self._rec.runs.get(run_id)
-        if st is not None and st.first_token is None:
-            st.first_token = time.perf_counter()
+        try:
+            st = self._rec.runs.get(run_id)
+            if st is not None and st.first_token is None:
+                st.first_token = time.perf_counter()
+        except Exception as exc:
+            _failed("on_llm_new_token", exc)
 
-    @_guarded
     def on_llm_end(
         self,
         response: LLMResult,
@@ -365,35 +371,37 @@ class TracevaultCallbackHandler(_Base):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        st = self._rec.close(run_id)
-        if st is None:
-            return
-        data, usage, message = convert.result_view(response)
-        model = st.model or data.get("model") or "llm"
-        data["model"] = model
-        cost = None
-        if usage is not None:
-            data["usage"] = usage
-            cost = cost_of(model, usage.get("input"), usage.get("output"), usage.get("cached"))
-            if cost is not None:
-                data["cost"] = cost
-        if st.first_token is not None:
-            data["time_to_first_token_ms"] = (st.first_token - st.started) * 1000
-        data["duration_ms"] = _ms(st.started)
-        data["status"] = "success"
-        self._rec.emit(st, "llm_call", "end", data, name=model)
-        st.trace.add_usage(model, (usage or {}).get("total", 0), cost)
-        thought = convert.reasoning_of(message)
-        if thought is not None:
-            reasoning: dict[str, Any] = {"thought": thought}
-            plan = convert.plan_of(message) if getattr(message, "tool_calls", None) else None
-            if plan:
-                reasoning["plan"] = plan
-            self._rec.emit(st, "reasoning", "point", reasoning, name=model, point=True)
-        if st.is_root:
-            self._output(st, response)
+        try:
+            st = self._rec.close(run_id)
+            if st is None:
+                return
+            data, usage, message = convert.result_view(response)
+            model = st.model or data.get("model") or "llm"
+            data["model"] = model
+            cost = None
+            if usage is not None:
+                data["usage"] = usage
+                cost = cost_of(model, usage.get("input"), usage.get("output"), usage.get("cached"))
+                if cost is not None:
+                    data["cost"] = cost
+            if st.first_token is not None:
+                data["time_to_first_token_ms"] = (st.first_token - st.started) * 1000
+            data["duration_ms"] = _ms(st.started)
+            data["status"] = "success"
+            self._rec.emit(st, "llm_call", "end", data, name=model)
+            st.trace.add_usage(model, (usage or {}).get("total", 0), cost)
+            thought = convert.reasoning_of(message)
+            if thought is not None:
+                reasoning: dict[str, Any] = {"thought": thought}
+                plan = convert.plan_of(message) if getattr(message, "tool_calls", None) else None
+                if plan:
+                    reasoning["plan"] = plan
+                self._rec.emit(st, "reasoning", "point", reasoning, name=model, point=True)
+            if st.is_root:
+                self._output(st, response)
+        except Exception as exc:
+            _failed("on_llm_end", exc)
 
-    @_guarded
     def on_llm_error(
         self,
         error: BaseException,
@@ -403,13 +411,15 @@ class TracevaultCallbackHandler(_Base):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        st = self._rec.close(run_id)
-        if st is not None:
-            self._end_failed(st, error)
+        try:
+            st = self._rec.close(run_id)
+            if st is not None:
+                self._end_failed(st, error)
+        except Exception as exc:
+            _failed("on_llm_error", exc)
 
     # --- tools --------------------------------------------------------------------------
 
-    @_guarded
     def on_tool_start(
         self,
         serialized: dict[str, Any],
@@ -422,32 +432,34 @@ class TracevaultCallbackHandler(_Base):
         inputs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        name = (serialized or {}).get("name") or kwargs.get("name") or "tool"
-        st = self._rec.open("tool_call", name, run_id, parent_run_id, metadata, tags)
-        if st is None:
-            return
-        st.tool_call_id = kwargs.get("tool_call_id")
-        data: dict[str, Any] = {"tool_name": name,
-                                "parameters": convert.tool_arguments(input_str, inputs),
-                                "status": "pending"}
-        if st.tool_call_id:
-            data["tool_call_id"] = st.tool_call_id
-        strict = self._rec.is_strict()
         try:
-            # In strict mode the intent is in the ledger before the tool may run.
-            self._rec.emit(st, "tool_call", "start", data, durable=strict)
-        except DurabilityError:
-            self._rec.close(run_id)  # the tool will not run: no end callback follows
-            raise
-        if st.is_root:
-            self._input(st, data["parameters"], convert.user_metadata(metadata))
-        if st.span is not None:
-            # The tool body runs between this callback and its end: make the tool the
-            # current span so code it calls (a LlamaIndex query engine, AuditLogger
-            # events) lands under it in the same tree.
-            st.ambient = (swap_span(SpanRef(st.trace.trace_id, st.span)),)
+            name = (serialized or {}).get("name") or kwargs.get("name") or "tool"
+            st = self._rec.open("tool_call", name, run_id, parent_run_id, metadata, tags)
+            if st is None:
+                return
+            st.tool_call_id = kwargs.get("tool_call_id")
+            data: dict[str, Any] = {"tool_name": name,
+                                    "parameters": convert.tool_arguments(input_str, inputs),
+                                    "status": "pending"}
+            if st.tool_call_id:
+                data["tool_call_id"] = st.tool_call_id
+            strict = self._rec.is_strict()
+            try:
+                # In strict mode the intent is in the ledger before the tool may run.
+                self._rec.emit(st, "tool_call", "start", data, durable=strict)
+            except DurabilityError:
+                self._rec.close(run_id)  # the tool will not run: no end callback follows
+                raise
+            if st.is_root:
+                self._input(st, data["parameters"], convert.user_metadata(metadata))
+            if st.span is not None:
+                # The tool body runs between this callback and its end: make the tool the
+                # current span so code it calls (a LlamaIndex query engine, AuditLogger
+                # events) lands under it in the same tree.
+                st.ambient = (swap_span(SpanRef(st.trace.trace_id, st.span)),)
+        except Exception as exc:
+            _failed("on_tool_start", exc)
 
-    @_guarded
     def on_tool_end(
         self,
         output: Any,
@@ -456,30 +468,32 @@ class TracevaultCallbackHandler(_Base):
         parent_run_id: UUID | None = None,
         **kwargs: Any,
     ) -> None:
-        st = self._rec.close(run_id)
-        if st is None:
-            return
-        _restore_ambient(st)
-        result, status, artifact = convert.tool_result(output)
-        duration = _ms(st.started)
-        data: dict[str, Any] = {"tool_name": st.name, "result": result, "status": status,
-                                "duration_ms": duration}
-        if st.tool_call_id:
-            data["tool_call_id"] = st.tool_call_id
-        if artifact is not None:
-            data["artifact"] = artifact
-        failed = status == "error"
-        self._rec.emit(st, "tool_call", "end", data, level="error" if failed else "info")
-        if failed:  # the tool handled its own exception and returned the error text
-            message = result if isinstance(result, str) else str(result)
-            self._rec.emit_on(st, "error", {"type": "ToolError", "message": message,
-                                            "where": st.name}, level="error")
-            self._rec.tool_failed(st, "ToolError", message)
-        self._rec.warn_if_slow(st, duration)
-        if st.is_root:
-            self._output(st, result)
+        try:
+            st = self._rec.close(run_id)
+            if st is None:
+                return
+            _restore_ambient(st)
+            result, status, artifact = convert.tool_result(output)
+            duration = _ms(st.started)
+            data: dict[str, Any] = {"tool_name": st.name, "result": result, "status": status,
+                                    "duration_ms": duration}
+            if st.tool_call_id:
+                data["tool_call_id"] = st.tool_call_id
+            if artifact is not None:
+                data["artifact"] = artifact
+            failed = status == "error"
+            self._rec.emit(st, "tool_call", "end", data, level="error" if failed else "info")
+            if failed:  # the tool handled its own exception and returned the error text
+                message = result if isinstance(result, str) else str(result)
+                self._rec.emit_on(st, "error", {"type": "ToolError", "message": message,
+                                                "where": st.name}, level="error")
+                self._rec.tool_failed(st, "ToolError", message)
+            self._rec.warn_if_slow(st, duration)
+            if st.is_root:
+                self._output(st, result)
+        except Exception as exc:
+            _failed("on_tool_end", exc)
 
-    @_guarded
     def on_tool_error(
         self,
         error: BaseException,
@@ -488,25 +502,27 @@ class TracevaultCallbackHandler(_Base):
         parent_run_id: UUID | None = None,
         **kwargs: Any,
     ) -> None:
-        st = self._rec.close(run_id)
-        if st is None:
-            return
-        _restore_ambient(st)
-        duration = _ms(st.started)
-        summary = error_summary(error)
-        data: dict[str, Any] = {"tool_name": st.name, "status": "error", "duration_ms": duration,
-                                "error": summary}
-        if st.tool_call_id:
-            data["tool_call_id"] = st.tool_call_id
-        self._rec.emit(st, "tool_call", "end", data, level="error")
-        if not is_cancellation(error) and not is_control_flow(error):
-            self._rec.error(st, error)
-            self._rec.tool_failed(st, summary["type"], summary["message"])
-        self._rec.warn_if_slow(st, duration)
+        try:
+            st = self._rec.close(run_id)
+            if st is None:
+                return
+            _restore_ambient(st)
+            duration = _ms(st.started)
+            summary = error_summary(error)
+            data: dict[str, Any] = {"tool_name": st.name, "status": "error",
+                                    "duration_ms": duration, "error": summary}
+            if st.tool_call_id:
+                data["tool_call_id"] = st.tool_call_id
+            self._rec.emit(st, "tool_call", "end", data, level="error")
+            if not is_cancellation(error) and not is_control_flow(error):
+                self._rec.error(st, error)
+                self._rec.tool_failed(st, summary["type"], summary["message"])
+            self._rec.warn_if_slow(st, duration)
+        except Exception as exc:
+            _failed("on_tool_error", exc)
 
     # --- retrievers ---------------------------------------------------------------------
 
-    @_guarded
     def on_retriever_start(
         self,
         serialized: dict[str, Any],
@@ -518,16 +534,18 @@ class TracevaultCallbackHandler(_Base):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        name = kwargs.get("name") or (serialized or {}).get("name") or "retriever"
-        st = self._rec.open("retrieval", name, run_id, parent_run_id, metadata, tags)
-        if st is None:
-            return
-        st.query = query
-        self._rec.emit(st, "retrieval", "start", {"query": query})
-        if st.is_root:
-            self._input(st, query, convert.user_metadata(metadata))
+        try:
+            name = kwargs.get("name") or (serialized or {}).get("name") or "retriever"
+            st = self._rec.open("retrieval", name, run_id, parent_run_id, metadata, tags)
+            if st is None:
+                return
+            st.query = query
+            self._rec.emit(st, "retrieval", "start", {"query": query})
+            if st.is_root:
+                self._input(st, query, convert.user_metadata(metadata))
+        except Exception as exc:
+            _failed("on_retriever_start", exc)
 
-    @_guarded
     def on_retriever_end(
         self,
         documents: Sequence[Document],
@@ -536,17 +554,19 @@ class TracevaultCallbackHandler(_Base):
         parent_run_id: UUID | None = None,
         **kwargs: Any,
     ) -> None:
-        st = self._rec.close(run_id)
-        if st is None:
-            return
-        docs = convert.documents_view(documents)
-        self._rec.emit(st, "retrieval", "end", {"query": st.query, "documents": docs,
-                                                 "duration_ms": _ms(st.started),
-                                                 "status": "success"})
-        if st.is_root:
-            self._output(st, docs)
+        try:
+            st = self._rec.close(run_id)
+            if st is None:
+                return
+            docs = convert.documents_view(documents)
+            self._rec.emit(st, "retrieval", "end", {"query": st.query, "documents": docs,
+                                                     "duration_ms": _ms(st.started),
+                                                     "status": "success"})
+            if st.is_root:
+                self._output(st, docs)
+        except Exception as exc:
+            _failed("on_retriever_end", exc)
 
-    @_guarded
     def on_retriever_error(
         self,
         error: BaseException,
@@ -555,13 +575,15 @@ class TracevaultCallbackHandler(_Base):
         parent_run_id: UUID | None = None,
         **kwargs: Any,
     ) -> None:
-        st = self._rec.close(run_id)
-        if st is not None:
-            self._end_failed(st, error)
+        try:
+            st = self._rec.close(run_id)
+            if st is not None:
+                self._end_failed(st, error)
+        except Exception as exc:
+            _failed("on_retriever_error", exc)
 
     # --- retries, custom events, legacy agents, graph lifecycle -------------------------
 
-    @_guarded
     def on_retry(
         self,
         retry_state: RetryCallState,
@@ -570,15 +592,17 @@ class TracevaultCallbackHandler(_Base):
         parent_run_id: UUID | None = None,
         **kwargs: Any,
     ) -> None:
-        st = self._rec.mine(run_id)
-        outcome = retry_state.outcome
-        if st is None or outcome is None or not outcome.failed:
-            return
-        exc = outcome.exception()
-        if exc is not None:
-            self._rec.retried(st, exc, retry_state.attempt_number)
+        try:
+            st = self._rec.mine(run_id)
+            outcome = retry_state.outcome
+            if st is None or outcome is None or not outcome.failed:
+                return
+            exc = outcome.exception()
+            if exc is not None:
+                self._rec.retried(st, exc, retry_state.attempt_number)
+        except Exception as exc:
+            _failed("on_retry", exc)
 
-    @_guarded
     def on_custom_event(
         self,
         name: str,
@@ -589,12 +613,14 @@ class TracevaultCallbackHandler(_Base):
         metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        st = self._rec.mine(run_id)
-        if st is not None:
-            self._rec.emit(st, "custom", "point", {"name": name, "payload": data}, name=name,
-                           point=True)
+        try:
+            st = self._rec.mine(run_id)
+            if st is not None:
+                self._rec.emit(st, "custom", "point", {"name": name, "payload": data}, name=name,
+                               point=True)
+        except Exception as exc:
+            _failed("on_custom_event", exc)
 
-    @_guarded
     def on_agent_action(
         self,
         action: Any,
@@ -603,23 +629,30 @@ class TracevaultCallbackHandler(_Base):
         parent_run_id: UUID | None = None,
         **kwargs: Any,
     ) -> None:
-        st = self._rec.mine(run_id)
-        log_text = getattr(action, "log", None)
-        if st is not None and isinstance(log_text, str) and log_text.strip():
-            plan = [f"{getattr(action, 'tool', '?')}({getattr(action, 'tool_input', '')})"]
-            self._rec.emit(st, "reasoning", "point", {"thought": log_text, "plan": plan},
-                           point=True)
+        try:
+            st = self._rec.mine(run_id)
+            log_text = getattr(action, "log", None)
+            if st is not None and isinstance(log_text, str) and log_text.strip():
+                plan = [f"{getattr(action, 'tool', '?')}({getattr(action, 'tool_input', '')})"]
+                self._rec.emit(st, "reasoning", "point", {"thought": log_text, "plan": plan},
+                               point=True)
+        except Exception as exc:
+            _failed("on_agent_action", exc)
 
-    @_guarded
     def on_interrupt(self, event: Any) -> None:
-        self._lifecycle("interrupt", event, {
-            "interrupts": [{"value": getattr(i, "value", i), "id": getattr(i, "id", None)}
-                           for i in getattr(event, "interrupts", ())],
-        })
+        try:
+            self._lifecycle("interrupt", event, {
+                "interrupts": [{"value": getattr(i, "value", i), "id": getattr(i, "id", None)}
+                               for i in getattr(event, "interrupts", ())],
+            })
+        except Exception as exc:
+            _failed("on_interrupt", exc)
 
-    @_guarded
     def on_resume(self, event: Any) -> None:
-        self._lifecycle("resume", event, {})
+        try:
+            self._lifecycle("resume", event, {})
+        except Exception as exc:
+            _failed("on_resume", exc)
 
     def _lifecycle(self, name: str, event: Any, payload: dict[str, Any]) -> None:
         st = self._rec.mine(getattr(event, "run_id", None))
