@@ -60,13 +60,13 @@ def _role_of(instance: Any, method: str) -> int:
 # What a step argument's type tells: 0 not a workflow event, else EVENT plus which
 # of the fields we read it declares. Resolved once per type.
 EVENT, HAS_TOOL_ID, HAS_AGENT = 1, 2, 4
-_shapes: dict[type, int] = {}
+SHAPES: dict[type, int] = {}
 _MAX_SHAPES = 1_024
 
 
 def event_shape(cls: type) -> int:
     """Return what a step argument of type ``cls`` offers (see ``EVENT`` above)."""
-    shape = _shapes.get(cls)
+    shape = SHAPES.get(cls)
     if shape is None:
         from workflows.events import Event
 
@@ -75,9 +75,9 @@ def event_shape(cls: type) -> int:
             fields = cls.model_fields
             shape = (EVENT | (HAS_TOOL_ID if "tool_id" in fields else 0)
                      | (HAS_AGENT if "current_agent_name" in fields else 0))
-        if len(_shapes) >= _MAX_SHAPES:
-            _shapes.clear()
-        _shapes[cls] = shape
+        if len(SHAPES) >= _MAX_SHAPES:
+            SHAPES.clear()
+        SHAPES[cls] = shape
     return shape
 
 

@@ -134,12 +134,19 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
             span = rec.spans.get(id_)
             if span is None:
                 return
-            if (span.role in _PASSIVE_ROLES and not span.recorded and span.step is None
-                    and not span.pending and roles.stream_of(result) is None):
+            if span.step is None and not span.pending:
                 # Nothing to record, nothing to settle, no stream to follow: just forget
-                # the span (what _exit does for such a span, without its checks).
-                rec.close_span(span)
-                return
+                # the span (what _exit does for such a span, without its checks). An
+                # LLM span's call was finished by its end event, unless it streams.
+                role = span.role
+                if role == LLM:
+                    quiet = type(result) not in roles.STREAM_TYPES and id_ not in rec.llm
+                else:
+                    quiet = (role in _PASSIVE_ROLES and not span.recorded
+                             and roles.stream_of(result) is None)
+                if quiet:
+                    rec.close_span(span)
+                    return
             self._exit(span, result)
         except Exception as exc:
             self._rec.failed("span_exit", exc)
@@ -199,8 +206,11 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
     def _step_start(self, span: Span, method: str, bound_args: inspect.BoundArguments) -> None:
         span.name = method
         run = span.run
+        shapes = roles.SHAPES
         for value in bound_args.arguments.values():
-            shape = roles.event_shape(type(value))
+            shape = shapes.get(type(value))
+            if shape is None:
+                shape = roles.event_shape(type(value))
             if shape:
                 # Read declared fields only: a missing attribute on a workflow event is
                 # an expensive lookup in its dynamic data.
