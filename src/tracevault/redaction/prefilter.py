@@ -109,6 +109,10 @@ _NUM_SHAPE = bytes(
     for i in range(256)
 )
 _RUN_SHAPE = bytes(ord("0") if i in _DIGITS or i in b" .()+-" else ord("x") for i in range(256))
+# Digits "0", dots kept, everything else "x" (the other separators get deleted).
+_DIGIT_VIEW = bytes(ord("0") if i in _DIGITS else i if i == ord(".") else ord("x")
+                    for i in range(256))
+_THREE_DOTS = re.compile(rb"\.[0.]*\.[0.]*\.")
 _RUN7 = b"0" * 7  # every numeric value spans at least 7 characters ("1.1.1.1")
 # Where a numeric detector's match may start: a digit or "(" not after a word
 # character, digit, "-" or "." (cards, SSNs, phones; IPv4 also allows "+"), or a "+"
@@ -197,13 +201,18 @@ class Prefilter:
 
     def _numbers(self, text: bytes) -> bool:
         """Whether ``text`` has a run of digits a numeric detector or IBAN could use."""
+        shape = text.translate(_NUM_SHAPE)
+        if shape.find(b"0000") >= 0 and _iban_start(text, shape):
+            return True
+        # Every numeric value has 8 digits in one run, or 3 dots (IPv4): runs with
+        # neither, however many (ids, short numbers), need no closer look.
+        if text.translate(_DIGIT_VIEW, b" .()+-").find(b"0" * 8) < 0 and (
+            _THREE_DOTS.search(text.translate(_DIGIT_VIEW, b" ()+-")) is None
+        ):
+            return False
         runs = text.translate(_RUN_SHAPE)
         hit = runs.find(_RUN7)
-        if hit < 0:
-            return False
-        shape = text.translate(_NUM_SHAPE)
         n = len(runs)
-        iban_window = False
         quotes = scanned = 0
         while hit >= 0:
             left = runs.rfind(b"x", 0, hit) + 1
@@ -222,11 +231,8 @@ class Prefilter:
                         return True
                 elif _number_in(shape, left, right):
                     return True
-            iban_window = iban_window or shape.find(b"0000", left, right) >= 0
             hit = runs.find(_RUN7, right)
-        # The scanner looks for IBANs around runs with four digits in a row, as far as
-        # 34 characters away and so possibly in a neighbouring string: look everywhere.
-        return iban_window and _iban_start(text, shape)
+        return False
 
 
 def _run_length(shape: bytes, at: int) -> int:
@@ -258,7 +264,9 @@ def _number_in(shape: bytes, left: int, right: int) -> bool:
 
 
 def _iban_start(text: bytes, shape: bytes) -> bool:
-    """Whether the IBAN detector could find anything in ``text``: where a country code
+    """Whether the IBAN detector could find anything in ``text`` (the scanner runs it
+    near runs with four digits in a row, so possibly on a neighbouring string, and the
+    caller has seen such a run somewhere): where a country code
     and two digits stand, not after a letter or digit, it runs on the next 72
     characters (an IBAN with a separator between every two characters fits)."""
     at = shape.find(b"aa00")
