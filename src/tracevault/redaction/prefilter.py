@@ -75,25 +75,27 @@ def _trie(words: list[bytes]) -> bytes:
 
 # (bytes.find, not "in": for bytes, "in" first tries the needle as an integer and
 # clears the TypeError, which costs more than the search.)
-# Literals found by one fast search each (long needles skip ahead): emails and
-# passwords in URLs, PEM blocks, Slack webhooks, GitHub tokens, bearer tokens (in the
-# lower-cased text).
-_LITERALS: tuple[bytes, ...] = (b"@", b"PRIVATE KEY", b"hooks.slack.com", b"github_pat_")
-# Token-shaped secrets: (a rare byte of the literal, searched first with memchr; the
-# literal; the shortest run of token characters a match makes). Short literals are
-# slow to search for, so each waits for its rare byte, and a hit only counts inside a
-# run long enough for the pattern ("risk-free" is no OpenAI key).
-_TOKEN_LITERALS: tuple[tuple[bytes, bytes, int], ...] = (
-    (b"J", b"eyJ", 20),  # JWTs: eyJ....eyJ....
-    (b"k", b"sk-", 23),  # OpenAI / Anthropic keys
-    (b"x", b"xox", 15),  # Slack tokens
-    (b"v", b"_live_", 18), (b"_", b"_test_", 18),  # Stripe keys
-    (b"z", b"AIza", 39),  # Google API keys
+# Literals, each behind a byte it contains that memchr finds (or misses) at once:
+# emails and passwords in URLs, PEM blocks, Slack webhooks, URL-encoded emails.
+_LITERALS: tuple[tuple[bytes, bytes], ...] = (
+    (b"@", b"@"), (b"Y", b"PRIVATE KEY"), (b"/", b"hooks.slack.com"), (b"%", b"%40"),
 )
-_TOKEN_PATTERNS: tuple[tuple[bytes, re.Pattern[bytes], int], ...] = (
-    (b"gh", re.compile(rb"gh[pousr]_"), 40),  # GitHub tokens
-    (b"A", re.compile(rb"A(?:KIA|SIA|BIA|CCA|GPA|IDA|IPA|NPA|NVA|PKA|ROA|SCA)"), 20),  # AWS ids
+# Token-shaped secrets: each literal and the shortest run of token characters its
+# pattern matches; all are at least 15 long, and none is only lower-case hex digits and
+# dashes (UUIDs, digests), so only other runs of 15 and more are searched.
+_TOKEN_LITERALS: tuple[tuple[bytes, int], ...] = (
+    (b"eyJ", 20),  # JWTs: eyJ....eyJ....
+    (b"sk-", 23),  # OpenAI / Anthropic keys
+    (b"xox", 15),  # Slack tokens
+    (b"_live_", 18), (b"_test_", 18),  # Stripe keys
+    (b"AIza", 39),  # Google API keys
 )
+_TOKEN_PATTERNS: tuple[tuple[re.Pattern[bytes], int], ...] = (
+    (re.compile(rb"gh[pousr]_"), 40),  # GitHub tokens
+    (re.compile(rb"A(?:KIA|SIA|BIA|CCA|GPA|IDA|IPA|NPA|NVA|PKA|ROA|SCA)"), 20),  # AWS ids
+)
+_TOKEN_RUN = b"a" * 15
+_HEX = b"0123456789abcdef-"
 _TOKEN_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.+/="
 _TOK_SHAPE = bytes(ord("a") if i in _TOKEN_CHARS else ord(" ") for i in range(256))
 _AWS_SECRET_RUN = b"a" * 40  # an AWS secret key is 40 characters, after "aws"/"secret"
@@ -163,10 +165,11 @@ class Prefilter:
             text.translate(None, _ASCII).decode("utf-8", "replace")
         ):
             return False
-        for literal in _LITERALS:
-            if text.find(literal) >= 0:
+        for gate, literal in _LITERALS:
+            if text.find(gate) >= 0 and text.find(literal) >= 0:
                 return False
-        if text.find(b"%40") >= 0 or lower.find(b"bearer") >= 0:
+        # github_pat_ may be followed by non-ASCII letters (\w), so not in a long run
+        if text.find(b"github_pat_") >= 0 or lower.find(b"bearer") >= 0:
             return False
         if self._tokens(text, lower) or _IPV6_HINT.search(text) is not None:
             return False
@@ -177,39 +180,50 @@ class Prefilter:
 
     @staticmethod
     def _tokens(text: bytes, lower: bytes) -> bool:
-        """Whether a token-shaped secret could be in ``text``: its literal is there, in a
-        run of token characters as long as the pattern needs."""
-        shape: bytes | None = None
-        for gate, literal, length in _TOKEN_LITERALS:
-            if text.find(gate) >= 0:
-                at = text.find(literal)
-                while at >= 0:
-                    shape = shape or text.translate(_TOK_SHAPE)
-                    if _run_length(shape, at) >= length:
-                        return True
-                    at = text.find(literal, at + 1)
-        for gate, pattern, length in _TOKEN_PATTERNS:
-            if text.find(gate) >= 0:
-                for m in pattern.finditer(text):
-                    shape = shape or text.translate(_TOK_SHAPE)
-                    if _run_length(shape, m.start()) >= length:
-                        return True
-        if lower.find(b"aws") >= 0 or lower.find(b"secret") >= 0:
-            shape = shape or text.translate(_TOK_SHAPE)
-            return shape.find(_AWS_SECRET_RUN) >= 0
-        return False
+        """Whether a token-shaped secret could be in ``text``: its literal stands in a
+        run of token characters as long as its pattern needs."""
+        shape = text.translate(_TOK_SHAPE)
+        hit = shape.find(_TOKEN_RUN)  # where a run of 15 or more starts
+        candidates = []
+        while hit >= 0:
+            end = shape.find(b" ", hit)
+            end = len(shape) if end < 0 else end
+            run = text[hit:end]
+            if run.translate(None, _HEX):
+                candidates.append(run)
+            hit = shape.find(_TOKEN_RUN, end)
+        if not candidates:
+            return False
+        runs = b" ".join(candidates)
+        shape = runs.translate(_TOK_SHAPE)
+        for literal, length in _TOKEN_LITERALS:
+            at = runs.find(literal)
+            while at >= 0:
+                if _run_length(shape, at) >= length:
+                    return True
+                at = runs.find(literal, at + 1)
+        for pattern, length in _TOKEN_PATTERNS:
+            for m in pattern.finditer(runs):
+                if _run_length(shape, m.start()) >= length:
+                    return True
+        # AWS secret keys: 40 characters (not all lower-case hex) after "aws"/"secret"
+        return shape.find(_AWS_SECRET_RUN) >= 0 and (
+            lower.find(b"aws") >= 0 or lower.find(b"secret") >= 0
+        )
 
     def _numbers(self, text: bytes) -> bool:
         """Whether ``text`` has a run of digits a numeric detector or IBAN could use."""
-        shape = text.translate(_NUM_SHAPE)
-        if shape.find(b"0000") >= 0 and _iban_start(text, shape):
-            return True
+        # Digits as "0" and dots, without the other separators; the rest is "x".
+        digits = text.translate(_DIGIT_VIEW, b" ()+-")
+        if digits.find(b"0000") >= 0:
+            shape = text.translate(_NUM_SHAPE)
+            if _iban_start(text, shape):
+                return True
         # Every numeric value has 8 digits in one run, or 3 dots (IPv4): runs with
         # neither, however many (ids, short numbers), need no closer look.
-        if text.translate(_DIGIT_VIEW, b" .()+-").find(b"0" * 8) < 0 and (
-            _THREE_DOTS.search(text.translate(_DIGIT_VIEW, b" ()+-")) is None
-        ):
+        if digits.replace(b".", b"").find(b"0" * 8) < 0 and _THREE_DOTS.search(digits) is None:
             return False
+        shape = text.translate(_NUM_SHAPE)
         runs = text.translate(_RUN_SHAPE)
         hit = runs.find(_RUN7)
         n = len(runs)
