@@ -49,8 +49,9 @@ def configure(
     Opens the store now, so a bad URL or an unwritable file raises
     :class:`tracevault.StoreError` here rather than being discovered later. The previous
     pipeline, if any, is flushed and shut down. ``middleware`` runs after the built-in
-    steps (redaction). ``extra`` keywords are kept for built-in middleware factories.
-    Returns the new pipeline.
+    steps (redaction). ``writer="process"`` moves redaction and ledger writes to a
+    child process (see :mod:`tracevault.sidecar`). ``extra`` keywords are kept for
+    built-in middleware factories. Returns the new pipeline.
     """
     settings = Settings.from_env(
         store=store if isinstance(store, str) else None,
