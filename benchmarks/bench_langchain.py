@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from harness import GatedStore
+from harness import GatedStore, machine, write_results
 from langchain.agents import create_agent
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage, HumanMessage, ToolMessage
@@ -185,12 +184,12 @@ def main(argv: list[str] | None = None) -> int:
             delta = results[name]["median_us"] - results["noop"]["median_us"]
             results[name]["per_event_over_noop_us"] = delta / per_run
     tracevault.shutdown()
-    machine = {"python": sys.version.split()[0], "platform": platform.platform(),
-               "cpus": os.cpu_count() or 0, "runs": args.runs}
+    host = {**machine(), "runs": args.runs, "warmup": args.warmup}
+    write_results("langchain", {"machine": host, "results": results})
     if args.json:
-        print(json.dumps({"machine": machine, "results": results}, indent=2))
+        print(json.dumps({"machine": host, "results": results}, indent=2))
         return 0
-    print(f"python {machine['python']} on {machine['platform']}, {machine['cpus']} CPUs, "
+    print(f"python {host['python']} on {host['platform']}, {host['cores']} CPUs, "
           f"{args.runs} runs after {args.warmup} warm-up")
     print(f"{'config':<12}{'median µs':>12}{'p99 µs':>12}{'p99/med':>9}{'drain ms':>10}"
           f"{'ev/run':>8}{'µs/event':>10}")
