@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ from tracevault import capture
 from tracevault.pipeline import dead_letter_events
 from tracevault.schema import AuditEvent
 from tracevault.sidecar import SidecarStore
+from tracevault.store import StoreError
 from tracevault.store.sqlite import SQLiteStore
 from tracevault.testing import Capture, capture_events
 
@@ -196,3 +198,34 @@ def _alive(pid: int) -> bool:
             return fh.read().split(") ")[-1][:1] != "Z"  # a zombie has exited
     except FileNotFoundError:
         return False
+
+
+def test_a_failed_in_process_append_is_retried_and_stored_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In fallback mode the store redacts; when its append fails the pipeline retries the
+    # same events: one stored event, redacted, its redactions counted once.
+    import tracevault.sidecar as sidecar
+
+    class FlakyOnce:
+        def __init__(self, store: Any) -> None:
+            self.store, self.url, self.failed = store, store.url, False
+
+        def append(self, events: Any) -> int:
+            if not self.failed:
+                self.failed = True
+                raise StoreError("disk busy")
+            return int(self.store.append(events))
+
+        def close(self) -> None:
+            self.store.close()
+
+    real_open = sidecar.open_store
+    monkeypatch.setattr(sidecar, "open_store", lambda url: FlakyOnce(real_open(url)))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    with capture_events(tmp_path, writer="process") as cap:
+        tracevault.AuditLogger(session_id="once").log_event("c", {"email": "bo@example.com"})
+        (event,) = cap.events(session_id="once")
+        assert event.data["payload"]["email"] == "[EMAIL]"
+        assert event.metadata["redactions"] == [
+            {"path": "data.payload.email", "category": "EMAIL", "count": 1}]

@@ -48,7 +48,7 @@ log = logging.getLogger("tracevault")
 CONFIG_ENV = "TRACEVAULT_SIDECAR_SETTINGS"
 _HEADER = struct.Struct(">I")
 _MAX_RESTARTS = 3  # consecutive failures before writing in this process instead
-_START_TIMEOUT = 60.0
+_STOP_TIMEOUT = 60.0  # for a child to write what it holds and exit
 
 
 class SidecarStore:
@@ -138,7 +138,7 @@ class SidecarStore:
             if graceful and proc.poll() is None and proc.stdin is not None:
                 _write_frame(proc.stdin, orjson.dumps({"op": "close"}))
                 proc.stdin.close()
-                proc.wait(timeout=_START_TIMEOUT)
+                proc.wait(timeout=_STOP_TIMEOUT)
         except (OSError, ValueError, subprocess.TimeoutExpired):
             pass
         if proc.poll() is None:
