@@ -1,4 +1,5 @@
-"""Redaction speed: the Redactor on a 1 KB event with no PII, and scanning mixed text.
+"""Redaction speed: the Redactor on a 1 KB event with no PII and on an agent's event,
+and scanning mixed text.
 
 Run: ``.venv/bin/python benchmarks/bench_redaction.py [--seconds S]``. Prints a table
 and writes ``benchmarks/results/redaction.json``. Figures are the fastest of repeated
@@ -48,6 +49,29 @@ def clean_event_data() -> dict[str, Any]:
         "status": "success",
         "duration_ms": 183.4,
         "tool_call_id": "call_8f3a2b1c",
+    }
+
+
+def agent_event_data() -> dict[str, Any]:
+    """A LangChain llm_call start payload as an agent records it: messages with their
+    UUIDs, a tool schema, token usage (nothing to redact)."""
+    return {
+        "messages": [
+            {"content": "What is the weather in Paris?", "type": "human",
+             "id": "f542fac5-2217-4bc6-884a-fd97413d0588"},
+            {"content": "Let me look.", "id": "lc_run--01a21c3d-1c7c-7618-b069-ea7ae403f6f0-0",
+             "tool_calls": [{"args": {"city": "Paris"}, "id": "c1", "name": "get_weather",
+                             "type": "tool_call"}], "type": "ai",
+             "usage_metadata": {"input_tokens": 100, "output_tokens": 20, "total_tokens": 120}},
+            {"content": "sunny in Paris", "id": "9390513a-efca-430c-9548-c846f5e510c8",
+             "name": "get_weather", "status": "success", "tool_call_id": "c1", "type": "tool"},
+        ],
+        "model": "gpt-4o-mini", "parameters": {}, "provider": "openai",
+        "tools": [{"function": {"description": "Return the weather in a city.",
+                                "name": "get_weather", "parameters": {
+                                    "properties": {"city": {"type": "string"}},
+                                    "required": ["city"], "type": "object"}},
+                   "type": "function"}],
     }
 
 
@@ -119,6 +143,21 @@ def main() -> int:
     assert not scanner.scan(joined)
     scan_only = timed(lambda: scanner.scan(joined), args.seconds)
 
+    # An agent's event: the whole Redactor (the prefilter proves it clean) against the
+    # full walk it replaces.
+    agent = AuditEvent("0190f3a2-7b1c-7d4e-9a21-3f6b2c1d0e9f", datetime.now(timezone.utc),
+                       "llm_call", "start", data=agent_event_data())
+    assert "redactions" not in redactor(copy.deepcopy(agent)).metadata, "agent event redacted"
+    agent_copy = timed(lambda: copy.deepcopy(agent), args.seconds)
+    agent_us = timed(lambda: redactor(copy.deepcopy(agent)), args.seconds) - agent_copy
+
+    def walk_only() -> None:
+        event = copy.deepcopy(agent)
+        redactor._redact_event(event, {"data": event.data, "metadata": event.metadata,
+                                       "tags": event.tags, "name": event.name})
+
+    walk_us = timed(walk_only, args.seconds) - agent_copy
+
     text = "".join(MIXED_TEXT) * 40
     scan_s = timed(lambda: redactor.redact_text(text), args.seconds)
     _, findings = redactor.redact_text(text)
@@ -130,6 +169,9 @@ def main() -> int:
         "clean_event_bytes": size,
         "clean_event_scan_us": round(scan_only * 1e6, 2),
         "clean_event_redactor_us": round((per_event - copy_only) * 1e6, 2),
+        "agent_event_bytes": len(orjson.dumps(agent.data)),
+        "agent_event_redactor_us": round(agent_us * 1e6, 2),
+        "agent_event_full_walk_us": round(walk_us * 1e6, 2),
         "mixed_text_bytes": len(text),
         "mixed_text_findings": len(findings),
         "mixed_text_mb_per_s": round(len(text) / scan_s / 1e6, 2),
@@ -139,6 +181,9 @@ def main() -> int:
           f"Python {results['machine']['python']}")
     print(f"clean {size}-byte tool_call event: scan {results['clean_event_scan_us']} µs, "
           f"whole Redactor middleware {results['clean_event_redactor_us']} µs (CPU per event)")
+    print(f"clean {results['agent_event_bytes']}-byte agent llm_call event: whole Redactor "
+          f"{results['agent_event_redactor_us']} µs (the full walk alone: "
+          f"{results['agent_event_full_walk_us']} µs)")
     print(f"mixed text with PII ({len(text)} chars, {len(findings)} findings): "
           f"{results['mixed_text_mb_per_s']} MB/s")
     print(f"clean prose ({len(clean_text)} chars): {results['clean_text_mb_per_s']} MB/s")
