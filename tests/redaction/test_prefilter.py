@@ -23,6 +23,7 @@ import pytest
 from redaction_canaries import make_canaries
 
 from tracevault.redaction import Detector, Policy, Redactor
+from tracevault.redaction import prefilter as prefilter_module
 from tracevault.redaction.prefilter import _RISKY_NON_ASCII, Prefilter
 from tracevault.schema import AuditEvent
 
@@ -205,8 +206,15 @@ def test_ordinary_agent_events_take_the_fast_path() -> None:
         assert prefilter.clean({"data": data, "metadata": {}, "tags": [], "name": "step"})
 
 
-def test_policies_it_cannot_vouch_for_have_no_prefilter() -> None:
+def test_policies_it_cannot_vouch_for_have_no_prefilter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     assert Policy(mode="strict").prefilter is None
+    # A built-in detector added later is not covered until the prefilter learns it.
+    monkeypatch.setattr(prefilter_module, "COVERED_DETECTORS",
+                        prefilter_module.COVERED_DETECTORS - {"ipv6"})
+    assert Policy().prefilter is None
+    monkeypatch.undo()
     assert Policy(detectors=(Detector.pattern_of("emp", r"EMP-\d{6}"),)).prefilter is None
     assert Policy(secret_fields=frozenset({"clé"})).prefilter is None
     assert Policy().prefilter is not None
