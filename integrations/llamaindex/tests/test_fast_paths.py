@@ -88,7 +88,8 @@ def test_identity_shortcut_matches_identity() -> None:
                        tags={"session_id": "tagged", "user_id": 7})
     parent = rec.spans[root]
     assert (parent.session_id, parent.user_id) == ("tagged", "7")
-    for tags in ({}, None, {"user_id": "u2"}):
+    for tags in ({}, None, {"user_id": "u2"}, {"llamaindex.run_id": "r1"},
+                 {"tracevault.session_id": "ts", "session_id": None}):
         child = _span_id("C.go", len(rec.spans))
         handler.span_enter(id_=child, bound_args=_bound(), parent_id=root, tags=tags)
         span = rec.spans[child]
@@ -209,3 +210,20 @@ def test_event_fields_skips_without_reading() -> None:
     assert Store.reads == 0
     full = payloads.event_fields(event)
     assert full["memory"] == "Store()" and Store.reads == 1
+
+
+def test_parameters_keep_their_order_and_types() -> None:
+    model = {"class_name": "X", "top_p": 0.5, "temperature": 0.1, "api_key": "secret",
+             "stop": ["\\n"], "seed": None, "max_tokens": 9, "context_window": 100,
+             "additional_kwargs": {"seed": 3, "temperature": 0.7}}
+    params = usage.parameters_of(model, {"tool_choice": "auto", "temperature": "hot"})
+    assert list(params.items()) == [
+        ("temperature", "hot"), ("max_tokens", 9), ("top_p", 0.5), ("stop", ["\\n"]),
+        ("context_window", 100), ("seed", 3), ("tool_choice", "auto")]
+
+    class Model:  # not a dict: read by attribute, every parameter in turn
+        temperature = 0.2
+        top_k = 4
+        additional_kwargs = None
+
+    assert usage.parameters_of(Model(), None) == {"temperature": 0.2, "top_k": 4}

@@ -95,12 +95,19 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
             else:
                 role = OTHER
             if parent is not None:
-                if tags is not None and not tags:  # no instrument_tags: the parent's identity
-                    session, user = parent.session_id, parent.user_id
+                if tags is None:
+                    session, user = rec.identity(None, parent)
+                else:  # Recorder.identity, inline: instrument_tags, then the parent's
+                    session = user = None
+                    if tags:  # LlamaIndex's own tags (its run id) are usually the only ones
+                        session = tags.get("session_id") or tags.get("tracevault.session_id")
+                        user = tags.get("user_id") or tags.get("tracevault.user_id")
+                    if session is None:
+                        session = parent.session_id
+                    if user is None:
+                        user = parent.user_id
                     session = str(session) if session is not None else rec.session_id
                     user = str(user) if user is not None else rec.user_id
-                else:
-                    session, user = rec.identity(tags, parent)
                 anchor = parent.anchor
                 span = Span(id_, name, role, parent.trace_id, anchor, anchor, session, user,
                             _clock(), parent, 0, parent.llm_owner, parent.tool_name,

@@ -41,15 +41,35 @@ _PARAMETERS = (
     "reasoning_effort",
     "context_window",
 )
+_PARAMETER_SET = frozenset(_PARAMETERS)
+_PARAMETER_ORDER = {key: i for i, key in enumerate(_PARAMETERS)}
 _CALL_PARAMETERS = ("tool_choice", "tool_required", "allow_parallel_tool_calls", "temperature")
+
+
+_mapping_types: dict[type, bool] = {dict: True}  # type -> is a Mapping (ABC checks are slow)
+_MAX_TYPES = 1_024
+
+
+def _is_mapping(cls: type) -> bool:
+    known = _mapping_types.get(cls)
+    if known is None:
+        if len(_mapping_types) >= _MAX_TYPES:
+            _mapping_types.clear()
+            _mapping_types[dict] = True
+        known = _mapping_types[cls] = issubclass(cls, Mapping)
+    return known
 
 
 def _get(obj: Any, key: str) -> Any:
     if obj is None:
         return None
-    if type(obj) is dict:  # the common case, without the slow ABC check
+    cls = type(obj)
+    if cls is dict:  # the common case, without the slow ABC check
         return obj.get(key)
-    if isinstance(obj, Mapping):
+    mapping = _mapping_types.get(cls)
+    if mapping is None:
+        mapping = _is_mapping(cls)
+    if mapping:
         return obj.get(key)
     try:
         return getattr(obj, key, None)
@@ -181,18 +201,22 @@ def provider_of(model_dict: Any) -> str | None:
 def parameters_of(model_dict: Any, call_kwargs: Any) -> dict[str, Any]:
     """Return sampling parameters of the model and of this call (no secrets, no tools)."""
     params: dict[str, Any] = {}
-    get = model_dict.get if type(model_dict) is dict else lambda key: _get(model_dict, key)
-    for key in _PARAMETERS:
+    if type(model_dict) is dict:  # look up only the parameter keys it has, in our order
+        keys: Any = sorted(_PARAMETER_SET.intersection(model_dict), key=_PARAMETER_ORDER.get)
+        get = model_dict.get
+    else:
+        keys, get = _PARAMETERS, lambda key: _get(model_dict, key)
+    for key in keys:
         value = get(key)
         if value is not None and isinstance(value, (str, int, float, bool, list)):
             params[key] = value
     extra = _get(model_dict, "additional_kwargs")
-    if isinstance(extra, Mapping):
+    if isinstance(extra, Mapping) and extra:
         for key in _PARAMETERS:
             value = extra.get(key)
             if value is not None and isinstance(value, (str, int, float, bool, list)):
                 params[key] = value
-    if isinstance(call_kwargs, Mapping):
+    if isinstance(call_kwargs, Mapping) and call_kwargs:
         for key in _CALL_PARAMETERS:
             value = call_kwargs.get(key)
             if value is not None and isinstance(value, (str, int, float, bool, dict)):
