@@ -1,37 +1,61 @@
 """LlamaIndex integration overhead: cost per recorded event on a FunctionAgent workload.
 
-Run: ``.venv/bin/python benchmarks/bench_llamaindex.py [--runs N] [--rounds R]``. Each
-round runs N FunctionAgent runs (scripted model, one tool call, 10 recorded events per
-run) with no handler and then with ``tracevault_llamaindex.instrument()`` recording into a
-real SQLite ledger (default middleware included), and reports per recorded event: the
-time spent inside the handlers (building and enqueueing events), and the difference in
-wall clock and in CPU of the agent's thread (the event loop the handlers run on; the
-ledger writer runs on its own thread and competes for the GIL). Medians over the rounds. Writes
-``benchmarks/results/llamaindex.json``.
+Run: ``.venv/bin/python benchmarks/bench_llamaindex.py [--runs N] [--rounds R]``. One run
+is a FunctionAgent run (scripted model, one tool call, 10 recorded events). Each round
+runs a block of N runs under each configuration, in a rotating order so that drift and
+other load on the machine fall on all of them alike:
+
+* ``none``    no handler at all;
+* ``noop``    a span and an event handler that do nothing (what LlamaIndex's dispatcher
+  itself costs per attached handler);
+* ``parked``  ``tracevault_llamaindex.instrument()`` with the ledger writer parked on a
+  gated store: what recording costs the agent's own thread (handlers, snapshot, enqueue),
+  with no writer competing for the GIL;
+* ``full``    ``instrument()`` recording into a real SQLite ledger (default middleware
+  included) while the writer redacts, seals and writes on its own thread.
+
+Everything is warmed up first (imports, LlamaIndex and tracevault caches), so one-time
+costs are not spread over the figures. Reported per recorded event, over ``none``:
+the difference in median run latency and in mean run time (the wall clock, GC and
+writer stalls included) for ``parked`` and ``full``, and in CPU of the agent's thread
+(the event loop the handlers run on); the time spent inside the handlers (a separate
+timed pass with the writer parked, so the writer's GIL time is not counted in it; the
+timing wrappers add about half a microsecond per callback); the writer thread's CPU per
+event under ``full`` (Linux); and how many dispatcher callbacks arrive per run.
+Writes ``benchmarks/results/llamaindex.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import tracevault_llamaindex
-from harness import machine, write_results
+from harness import GatedStore, machine, write_results
 from llama_index.core.agent.workflow import FunctionAgent
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
 from llama_index.core.llms import MockFunctionCallingLLM
 from llama_index.core.tools import FunctionTool
+from llama_index_instrumentation import get_dispatcher
+from tracevault_llamaindex.events import TracevaultEventHandler
+from tracevault_llamaindex.spans import TracevaultSpanHandler
 from tracevault_llamaindex.testing import tool_then_answer
 
 import tracevault
 from tracevault.store import open_store
 
 EVENTS_PER_RUN = 10  # agent x2, input, llm_call x4, tool_call x2, output
+CONFIGS = ("none", "noop", "parked", "full")
 
 
 def add(a: int, b: int) -> int:
@@ -45,94 +69,205 @@ def make_agent() -> FunctionAgent:
     return FunctionAgent(tools=[FunctionTool.from_defaults(add)], llm=llm, streaming=False)
 
 
-async def workload(agent: FunctionAgent, runs: int) -> tuple[float, float]:
-    """Run ``runs`` agent runs one after another; return (wall s, loop-thread CPU s)."""
-    wall, cpu = time.perf_counter(), time.thread_time()
-    for i in range(runs):
+class NoopSpanHandler(BaseSpanHandler[Any]):
+    """Receives every span callback and does nothing."""
+
+    def new_span(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def prepare_to_exit_span(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def prepare_to_drop_span(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def span_enter(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def span_exit(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def span_drop(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+class NoopEventHandler(BaseEventHandler):
+    """Receives every event and does nothing."""
+
+    def handle(self, event: Any, **kwargs: Any) -> None:
+        return None
+
+
+async def workload(agent: FunctionAgent, runs: int, offset: int = 0) -> tuple[list[float], float]:
+    """Run ``runs`` agent runs one after another; return (per-run seconds, loop CPU s)."""
+    latencies = []
+    cpu = time.thread_time()
+    for i in range(offset, offset + runs):
+        started = time.perf_counter()
         await agent.run(user_msg=f"add {i} and 1")
-    return time.perf_counter() - wall, time.thread_time() - cpu
+        latencies.append(time.perf_counter() - started)
+    return latencies, time.thread_time() - cpu
 
 
-def handler_time(agent: FunctionAgent, runs: int) -> float:
-    """Return seconds spent inside the tracevault handlers (emit included) for ``runs``."""
-    from tracevault_llamaindex.events import TracevaultEventHandler
-    from tracevault_llamaindex.spans import TracevaultSpanHandler
-
-    spent = [0.0]
-    originals = []
-    for cls, names in ((TracevaultSpanHandler, ("span_enter", "span_exit", "span_drop")),
-                       (TracevaultEventHandler, ("handle",))):
-        for name in names:
-            original = getattr(cls, name)
-            originals.append((cls, name, original))
-
-            def timed(self: Any, *args: Any, _f: Any = original, **kwargs: Any) -> Any:
-                started = time.perf_counter()
-                try:
-                    return _f(self, *args, **kwargs)
-                finally:
-                    spent[0] += time.perf_counter() - started
-
-            setattr(cls, name, timed)
+def _thread_cpu(native_id: int | None) -> float:
+    """CPU seconds used so far by thread ``native_id`` of this process (Linux; else 0)."""
+    if native_id is None:
+        return 0.0
     try:
-        tracevault_llamaindex.instrument()
-        asyncio.run(workload(agent, runs))
-    finally:
-        tracevault_llamaindex.uninstrument()
-        for cls, name, original in originals:
-            setattr(cls, name, original)
-    return spent[0]
+        with open(f"/proc/self/task/{native_id}/stat") as fh:
+            fields = fh.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _writer_id() -> int | None:
+    for thread in threading.enumerate():
+        if thread.name == "tracevault-writer" and thread.is_alive():
+            return thread.native_id
+    return None
+
+
+class Bench:
+    """The agent, the stores and the per-configuration measurements."""
+
+    def __init__(self, tmp: Path, runs: int, rounds: int) -> None:
+        self.agent = make_agent()
+        self.runs = runs
+        self.url = f"sqlite:///{tmp / 'bench.db'}"
+        self.gated = GatedStore(open_store(f"sqlite:///{tmp / 'parked.db'}"))
+        self.queue_size = (rounds + 2) * runs * EVENTS_PER_RUN * 2
+        self.noop = (NoopSpanHandler(), NoopEventHandler())
+        self.latencies: dict[str, list[float]] = collections.defaultdict(list)
+        self.means: dict[str, list[float]] = collections.defaultdict(list)
+        self.cpu: dict[str, list[float]] = collections.defaultdict(list)
+        self.writer_cpu: list[float] = []
+        self.offset = 0
+
+    def block(self, config: str, record: bool = True) -> None:
+        """Run one block of runs under ``config``; the ledger is flushed outside it."""
+        dispatcher = get_dispatcher()
+        writer = None
+        if config == "noop":
+            dispatcher.add_span_handler(self.noop[0])
+            dispatcher.add_event_handler(self.noop[1])
+        elif config == "parked":
+            self.gated.gate.clear()
+            tracevault.configure(store=self.gated, queue_size=self.queue_size)
+            tracevault_llamaindex.instrument()
+        elif config == "full":
+            tracevault.configure(store=self.url, queue_size=self.queue_size)
+            tracevault_llamaindex.instrument()
+            writer = _writer_id()
+        writer_before = _thread_cpu(writer)
+        latencies, cpu = asyncio.run(workload(self.agent, self.runs, self.offset))
+        writer_after = _thread_cpu(writer)
+        self.offset += self.runs
+        if config == "noop":
+            dispatcher.span_handlers.remove(self.noop[0])
+            dispatcher.event_handlers.remove(self.noop[1])
+        elif config in ("parked", "full"):
+            tracevault_llamaindex.uninstrument()
+            self.gated.gate.set()
+            tracevault.flush()
+        if record:
+            self.latencies[config].extend(latencies)
+            self.means[config].append(statistics.fmean(latencies))
+            self.cpu[config].append(cpu / self.runs)
+            if config == "full":
+                self.writer_cpu.append(writer_after - writer_before)
+
+    def handler_time(self) -> tuple[float, dict[str, float]]:
+        """Seconds inside the handlers for one block (writer parked), and callbacks/run."""
+        spent = [0.0]
+        calls: collections.Counter[str] = collections.Counter()
+        originals = []
+        for cls, names in ((TracevaultSpanHandler, ("span_enter", "span_exit", "span_drop")),
+                           (TracevaultEventHandler, ("handle",))):
+            for name in names:
+                original = getattr(cls, name)
+                originals.append((cls, name, original))
+
+                def timed(self: Any, *args: Any, _f: Any = original, _n: str = name,
+                          **kwargs: Any) -> Any:
+                    started = time.perf_counter()
+                    try:
+                        return _f(self, *args, **kwargs)
+                    finally:
+                        spent[0] += time.perf_counter() - started
+                        calls[_n] += 1
+
+                setattr(cls, name, timed)
+        try:
+            self.gated.gate.clear()
+            tracevault.configure(store=self.gated, queue_size=self.queue_size)
+            tracevault_llamaindex.instrument()
+            asyncio.run(workload(self.agent, self.runs, self.offset))
+        finally:
+            tracevault_llamaindex.uninstrument()
+            for cls, name, original in originals:
+                setattr(cls, name, original)
+            self.gated.gate.set()
+            tracevault.flush()
+        return spent[0], {name: n / self.runs for name, n in sorted(calls.items())}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=100, help="runs per block")
+    parser.add_argument("--rounds", type=int, default=8)
     args = parser.parse_args()
-    agent = make_agent()
-    asyncio.run(workload(agent, 20))  # warm up imports and caches
-    base_wall, base_cpu, on_wall, on_cpu = [], [], [], []
-    events = 0
     with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite:///{Path(tmp) / 'bench.db'}"
-        for _ in range(args.rounds):
-            tracevault_llamaindex.uninstrument()
-            wall, cpu = asyncio.run(workload(agent, args.runs))
-            base_wall.append(wall)
-            base_cpu.append(cpu)
-            tracevault.configure(store=url)
-            tracevault_llamaindex.instrument()
-            wall, cpu = asyncio.run(workload(agent, args.runs))
-            on_wall.append(wall)
-            on_cpu.append(cpu)
-            tracevault_llamaindex.uninstrument()
-            tracevault.flush()
-        inside = handler_time(agent, args.runs)
-        tracevault.flush()
+        bench = Bench(Path(tmp), args.runs, args.rounds)
+        for config in CONFIGS:  # warm up every path once, unrecorded
+            bench.block(config, record=False)
+        for r in range(args.rounds):
+            for config in CONFIGS[r % len(CONFIGS):] + CONFIGS[:r % len(CONFIGS)]:
+                bench.block(config)
+        inside, callbacks = bench.handler_time()
         tracevault.shutdown()
-        store = open_store(url)
-        events = store.count()
+        store = open_store(bench.url)
+        full_events = store.count()
         store.close()
-    expected = (args.rounds + 1) * args.runs * EVENTS_PER_RUN
-    if events != expected:
-        sys.exit(f"recorded {events} events, expected {expected}")
-    per_round = args.runs * EVENTS_PER_RUN
+        parked_events = bench.gated.store.count()
+        bench.gated.store.close()
+    expected_full = (args.rounds + 1) * args.runs * EVENTS_PER_RUN
+    expected_parked = (args.rounds + 2) * args.runs * EVENTS_PER_RUN
+    if (full_events, parked_events) != (expected_full, expected_parked):
+        sys.exit(f"recorded {full_events} + {parked_events} events, "
+                 f"expected {expected_full} + {expected_parked}")
+    median = {c: statistics.median(bench.latencies[c]) for c in CONFIGS}
+    mean = {c: statistics.median(bench.means[c]) for c in CONFIGS}
+    cpu = {c: statistics.median(bench.cpu[c]) for c in CONFIGS}
+    per_event = 1e6 / EVENTS_PER_RUN
     result: dict[str, Any] = {
         "machine": machine(),
-        "runs_per_round": args.runs,
+        "runs_per_block": args.runs,
         "rounds": args.rounds,
         "events_per_run": EVENTS_PER_RUN,
-        "baseline_ms_per_run": statistics.median(base_wall) / args.runs * 1e3,
-        "instrumented_ms_per_run": statistics.median(on_wall) / args.runs * 1e3,
-        "wall_overhead_us_per_event": (statistics.median(on_wall) - statistics.median(base_wall))
-        / per_round * 1e6,
-        "inside_handlers_us_per_event": inside / per_round * 1e6,
-        "loop_cpu_overhead_us_per_event": (statistics.median(on_cpu) - statistics.median(base_cpu))
-        / per_round * 1e6,
+        "callbacks_per_run": callbacks,
+        "baseline_ms_per_run": mean["none"] * 1e3,
+        "instrumented_ms_per_run": mean["full"] * 1e3,
+        # The headline: wall clock of full capture over no handler (mean run time, so
+        # GC and writer stalls count), and its parts.
+        "wall_overhead_us_per_event": (mean["full"] - mean["none"]) * per_event,
+        "median_overhead_us_per_event": (median["full"] - median["none"]) * per_event,
+        "parked_wall_overhead_us_per_event": (mean["parked"] - mean["none"]) * per_event,
+        "parked_median_overhead_us_per_event": (median["parked"] - median["none"]) * per_event,
+        "noop_handler_overhead_us_per_event": (median["noop"] - median["none"]) * per_event,
+        "inside_handlers_us_per_event": inside / args.runs * per_event,
+        "loop_cpu_overhead_us_per_event": (cpu["full"] - cpu["none"]) * per_event,
+        "parked_loop_cpu_overhead_us_per_event": (cpu["parked"] - cpu["none"]) * per_event,
+        "writer_cpu_us_per_event": statistics.median(bench.writer_cpu) / args.runs * per_event,
     }
     write_results("llamaindex", result)
     for key, value in result.items():
-        print(f"{key:34} {value:.2f}" if isinstance(value, float) else f"{key:34} {value}")
+        if isinstance(value, float):
+            print(f"{key:38} {value:.2f}")
+        elif isinstance(value, dict) and key != "machine":
+            print(f"{key:38} " + ", ".join(f"{k} {v:g}" for k, v in value.items()))
+        else:
+            print(f"{key:38} {value}")
 
 
 if __name__ == "__main__":
