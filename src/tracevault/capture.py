@@ -20,6 +20,7 @@ from typing import Any
 
 from tracevault.config import Settings
 from tracevault.context import current_scope, current_span
+from tracevault.ids import uuid7
 from tracevault.pipeline import Appender, DurabilityError, Middleware, Pipeline
 from tracevault.schema import KINDS, LEVEL_RANK, PHASES
 from tracevault.snapshot import freeze
@@ -213,22 +214,21 @@ def emit(
     metadata: dict[str, Any] | None = None,
     timestamp: datetime | None = None,
     durable: bool = False,
-) -> bool:
-    """Record one event; return ``False`` if it was not (its level is filtered out, or
-    capturing failed and was logged).
+) -> str | None:
+    """Record one event; return its id, or ``None`` if it was not recorded (its level is
+    filtered out, or capturing failed and was logged).
 
     Session, user, metadata and tags not given here come from the enclosing
     :func:`tracevault.context`; trace and parent come from the current span when
     ``trace_id`` is not given. ``data`` and ``metadata`` are copied (frozen) here, so
-    callers may pass live objects. The event id is given on the writer thread, in
-    queue order. With ``durable=True`` this returns only once the event is in the
+    callers may pass live objects. With ``durable=True`` this returns only once the event is in the
     ledger and raises :class:`DurabilityError` if it cannot be made so.
     """
     global _capture_errors
     # Runs inside every framework callback: kept to plain lookups and one copy.
     try:
         if LEVEL_RANK[level] < _min_rank:
-            return False
+            return None
         if kind not in _KINDS or phase not in _PHASES:
             raise ValueError(f"unknown event kind {kind!r} or phase {phase!r}")
         if data is None:
@@ -249,8 +249,10 @@ def emit(
             meta = freeze({**scope.metadata, **metadata} if scope.metadata else metadata)
         else:
             meta = freeze(scope.metadata) if scope.metadata else {}
-        # In AuditEvent field order after the id; the writer gives the id (event_of).
+        # In AuditEvent field order (pipeline.event_of builds the event on the writer).
+        event_id = uuid7()
         record = (
+            event_id,
             timestamp or time_ns(),
             kind,
             phase,
@@ -271,14 +273,14 @@ def emit(
             pipeline.submit_durable(record, settings().strict_timeout)
         else:
             pipeline.submit(record)
-        return True
+        return event_id
     except DurabilityError:
         raise
     except Exception as exc:  # never break the agent; count and say so once per kind
         _capture_errors += 1
         if _capture_errors <= 10:
             log.error("tracevault: could not capture a %s event: %r", kind, exc, exc_info=True)
-        return False
+        return None
 
 
 def reset() -> Pipeline | None:

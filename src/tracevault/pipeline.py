@@ -58,26 +58,34 @@ class Appender(Protocol):
 
     url: str
 
-    def append(self, events: Sequence[AuditEvent], /) -> int: ...
+    def append(self, events: Sequence[Any], /) -> int:
+        """Append AuditEvents (or, for a store that ``applies_middleware``, the items
+        :func:`tracevault.capture.emit` queued, turned into events by :func:`event_of`)."""
+        ...
 
     def close(self) -> None: ...
 
 
-# What capture.emit queues: an event's fields in AuditEvent order, without the id and
-# with the time as Unix nanoseconds (or the datetime the caller gave). The writer thread
-# turns it into an AuditEvent (event_of), so the caller's thread neither generates ids
-# nor builds the dataclass.
+# What capture.emit queues: an event's fields in AuditEvent order, with the time as Unix
+# nanoseconds (or the datetime the caller gave). The writer thread turns it into an
+# AuditEvent (event_of), so the caller's thread does not build the dataclass; a store
+# that applies the middleware itself (tracevault.sidecar) takes it as it is.
 Captured = tuple[Any, ...]
+Item = AuditEvent | Captured
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-def event_of(item: AuditEvent | Captured) -> AuditEvent:
-    """Return the event a queued item stands for (ids are given here, in queue order)."""
+def timestamp_of(ts: datetime | int) -> datetime:
+    """Return the time of a captured item (Unix nanoseconds, or a datetime as given)."""
+    return ts if isinstance(ts, datetime) else _EPOCH + timedelta(microseconds=ts // 1000)
+
+
+def event_of(item: Item) -> AuditEvent:
+    """Return the event a queued item stands for."""
     if item.__class__ is AuditEvent:
         return item
-    ts, *fields = item  # type: ignore[misc]
-    when = ts if isinstance(ts, datetime) else _EPOCH + timedelta(microseconds=ts // 1000)
-    return AuditEvent(uuid7(), when, *fields)
+    event_id, ts, *fields = item  # type: ignore[misc]
+    return AuditEvent(event_id, timestamp_of(ts), *fields)
 
 
 class DurabilityError(RuntimeError):
@@ -164,7 +172,7 @@ class Pipeline:
         self._dead_lettered = 0
         self._write_errors = 0
         self._last_error: str | None = None
-        self._pending: list[AuditEvent] = []  # taken from the queue, not yet durable
+        self._pending: list[Item] = []  # taken from the queue, not yet durable
         self._thread = threading.Thread(target=self._run, name="tracevault-writer", daemon=True)
         self._thread.start()
         _live.add(self)
@@ -195,9 +203,9 @@ class Pipeline:
         """Queue ``event`` and return once it is in the ledger; raise otherwise."""
         self.submit(event)
         if not self.flush(timeout):
-            kind = event.kind if isinstance(event, AuditEvent) else event[1]
             raise DurabilityError(
-                f"tracevault could not make a {kind} event durable in {timeout:g}s: "
+                f"tracevault could not make event {event_of(event).event_id} durable in "
+                f"{timeout:g}s: "
                 f"{self._last_error or 'the ledger writer is behind'}"
             )
 
@@ -295,14 +303,16 @@ class Pipeline:
                 # burst into one transaction instead of one per event.
                 self._urgent.wait(self._linger)
             self._urgent.clear()
-            batch: list[AuditEvent] = []
+            # A store that applies the middleware itself takes the items as they are.
+            raw = self._store_applies_middleware()
+            batch: list[Item] = []
             markers: list[_Marker] = []
             while queue and len(batch) < self._batch_size:
                 item = queue.popleft()
                 if item.__class__ is _Marker:
                     markers.append(item)
                     break  # everything before the marker is in this batch
-                batch.append(event_of(item))  # type: ignore[arg-type]
+                batch.append(item if raw else event_of(item))  # type: ignore[arg-type]
             self._received += len(batch)
             if self._waiting:
                 with self._space:
@@ -315,7 +325,7 @@ class Pipeline:
                 # Pending events went through middleware; if it never ran, nothing of the
                 # batch may reach the dead-letter file unredacted.
                 reason = f"the ledger writer failed before redaction ({type(exc).__name__})"
-                self._dead_letter(self._pending or [_withhold(e, reason) for e in batch])
+                self._dead_letter(self._pending or [_withhold(event_of(e), reason) for e in batch])
                 self._pending = []
                 ok = False
             for marker in markers:
@@ -327,13 +337,15 @@ class Pipeline:
     def _store_applies_middleware(self) -> bool:
         return bool(getattr(self._store, "applies_middleware", False))
 
-    def _process(self, batch: list[AuditEvent]) -> bool:
+    def _process(self, batch: list[Item]) -> bool:
+        events: list[Item]
         if self._store_applies_middleware():
             # The store's own writer process redacts (tracevault.sidecar): this thread
             # only hands the batch over, holding the GIL as little as possible.
             events = batch
         else:
-            events = [e for e in (self._apply_middleware(ev) for ev in batch) if e is not None]
+            events = [e for e in (self._apply_middleware(event_of(ev)) for ev in batch)
+                      if e is not None]
         if self._unreported_drops:
             events.append(self._gap_record())
         self._pending = events
@@ -366,7 +378,7 @@ class Pipeline:
             },
         )
 
-    def _write(self, events: list[AuditEvent]) -> bool:
+    def _write(self, events: list[Item]) -> bool:
         if not events:
             return True
         delay = 0.05
@@ -401,7 +413,7 @@ class Pipeline:
                     return False
                 delay = min(delay * 2, 5.0)
 
-    def _without_poison(self, events: list[AuditEvent]) -> list[AuditEvent]:
+    def _without_poison(self, events: list[Item]) -> list[Item]:
         """Return the events the store accepts one by one (``[]`` once all are handled);
         events it rejects with a non-store error go to the dead-letter file."""
         assert self._store is not None
@@ -414,7 +426,7 @@ class Pipeline:
                 return rest  # the store itself is failing now: retry what is left
             except Exception as exc:
                 log.error("tracevault: event %s cannot be stored (%s); dead-lettered",
-                          event.event_id, type(exc).__name__)
+                          event_of(event).event_id, type(exc).__name__)
                 self._dead_letter([event])
             else:
                 self._written += 1
@@ -427,13 +439,13 @@ class Pipeline:
         return self._store
 
     def _dead_letter_rest(self) -> None:
-        rest: list[AuditEvent] = list(self._pending)  # through middleware (see _dead_letter)
+        rest: list[Item] = list(self._pending)  # through middleware (see _dead_letter)
         for item in self._queue:
             if isinstance(item, _Marker):  # release flush() callers: not durable
                 item.ok = False
                 item.done.set()
             elif self._store_applies_middleware():
-                rest.append(event_of(item))  # _dead_letter redacts these with the pending ones
+                rest.append(item)  # _dead_letter redacts these with the pending ones
             else:  # redact before anything touches the disk
                 processed = self._apply_middleware(event_of(item))
                 if processed is not None:
@@ -442,7 +454,8 @@ class Pipeline:
         self._pending = []
         self._dead_letter(rest)
 
-    def _dead_letter(self, rest: list[AuditEvent]) -> None:
+    def _dead_letter(self, items: list[Item]) -> None:
+        rest = [event_of(item) for item in items]
         if rest and self._store_applies_middleware():
             # Events meant for a store that redacts them itself have not been redacted
             # here yet, and nothing reaches the disk unredacted.

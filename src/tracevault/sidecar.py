@@ -38,7 +38,7 @@ import orjson
 
 from tracevault.config import Settings
 from tracevault.ledger import encode_event
-from tracevault.pipeline import Middleware, Pipeline, apply_middleware
+from tracevault.pipeline import Item, Middleware, Pipeline, apply_middleware, event_of, timestamp_of
 from tracevault.schema import AuditEvent
 from tracevault.snapshot import Frozen, thaw
 from tracevault.store import Store, StoreError, open_store
@@ -77,8 +77,9 @@ class SidecarStore:
 
     # --- the Store surface the pipeline uses -----------------------------------------
 
-    def append(self, events: Sequence[AuditEvent]) -> int:
-        """Send ``events`` to the child and return once they are durable there."""
+    def append(self, events: Sequence[Item]) -> int:
+        """Send ``events`` (queued items, see :func:`~tracevault.pipeline.event_of`) to the
+        child and return once they are durable there."""
         if self._fallback is not None:
             return self._append_here(events)
         with self._lock:
@@ -148,7 +149,7 @@ class SidecarStore:
             if stream is not None:
                 stream.close()
 
-    def _failed(self, events: Sequence[AuditEvent], reason: str) -> int:
+    def _failed(self, events: Sequence[Item], reason: str) -> int:
         self._failures += 1
         self._stop_child(graceful=False)
         if self._failures < _MAX_RESTARTS:
@@ -161,11 +162,11 @@ class SidecarStore:
         self._fallback = open_store(self.url)
         return self._append_here(events)
 
-    def _append_here(self, events: Sequence[AuditEvent]) -> int:
+    def _append_here(self, events: Sequence[Item]) -> int:
         assert self._fallback is not None
         kept = []
-        for event in events:
-            result, outcome = apply_middleware(self._middleware, event)
+        for item in events:
+            result, outcome = apply_middleware(self._middleware, event_of(item))
             if outcome == "filtered":
                 self.filtered += 1
             elif outcome == "withheld":
@@ -179,14 +180,18 @@ class SidecarStore:
 _OPTIONS = orjson.OPT_UTC_Z
 
 
-def _append_frame(events: Sequence[AuditEvent]) -> bytes:
+def _append_frame(events: Sequence[Item]) -> bytes:
+    # Captured items go as JSON arrays (AuditEvent field order), events as objects.
     try:
         return orjson.dumps({"op": "append", "events": events}, default=_encode, option=_OPTIONS)
     except orjson.JSONEncodeError:
         # Invalid unicode (lone surrogates) is left for the writer to repair; repair it
         # here the way the ledger does, rather than fail the batch.
-        fixed = [orjson.Fragment(encode_event(replace(
-            e, data=thaw(e.data), metadata=thaw(e.metadata)))) for e in events]
+        fixed = []
+        for item in events:
+            event = event_of(item)
+            fixed.append(orjson.Fragment(encode_event(replace(
+                event, data=thaw(event.data), metadata=thaw(event.metadata)))))
         return orjson.dumps({"op": "append", "events": fixed})
 
 
@@ -214,12 +219,19 @@ def _read_frame(stream: IO[bytes]) -> Any:
     return orjson.loads(body)
 
 
-def _decode(raw: dict[str, Any]) -> AuditEvent:
-    ts = raw["timestamp"]
-    raw["timestamp"] = datetime.fromisoformat(ts[:-1] + "+00:00" if ts.endswith("Z") else ts)
-    if raw["timestamp"].tzinfo is None:
-        raw["timestamp"] = raw["timestamp"].replace(tzinfo=timezone.utc)
+def _decode(raw: list[Any] | dict[str, Any]) -> AuditEvent:
+    if isinstance(raw, list):  # a captured item
+        event_id, ts, *fields = raw
+        return AuditEvent(event_id, _time(ts), *fields)
+    raw["timestamp"] = _time(raw["timestamp"])
     return AuditEvent(**raw)
+
+
+def _time(ts: int | str) -> datetime:
+    if isinstance(ts, int):
+        return timestamp_of(ts)
+    when = datetime.fromisoformat(ts[:-1] + "+00:00" if ts.endswith("Z") else ts)
+    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
 
 
 def main() -> int:

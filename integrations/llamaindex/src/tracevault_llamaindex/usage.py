@@ -8,7 +8,7 @@ them and returns the schema's ``{input, output, total, cached, reasoning}``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 _INPUT = ("prompt_tokens", "input_tokens", "prompt_token_count", "input_token_count")
@@ -201,11 +201,16 @@ def provider_of(model_dict: Any) -> str | None:
 def parameters_of(model_dict: Any, call_kwargs: Any) -> dict[str, Any]:
     """Return sampling parameters of the model and of this call (no secrets, no tools)."""
     params: dict[str, Any] = {}
+    get: Callable[[str], Any]
     if type(model_dict) is dict:  # look up only the parameter keys it has, in our order
-        keys: Any = sorted(_PARAMETER_SET.intersection(model_dict), key=_PARAMETER_ORDER.get)
+        keys: Any = sorted(_PARAMETER_SET.intersection(model_dict),
+                           key=_PARAMETER_ORDER.__getitem__)
         get = model_dict.get
     else:
-        keys, get = _PARAMETERS, lambda key: _get(model_dict, key)
+        keys = _PARAMETERS
+
+        def get(key: str) -> Any:
+            return _get(model_dict, key)
     for key in keys:
         value = get(key)
         if value is not None and isinstance(value, (str, int, float, bool, list)):
