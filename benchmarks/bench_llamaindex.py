@@ -12,7 +12,9 @@ other load on the machine fall on all of them alike:
   gated store: what recording costs the agent's own thread (handlers, snapshot, enqueue),
   with no writer competing for the GIL;
 * ``full``    ``instrument()`` recording into a real SQLite ledger (default middleware
-  included) while the writer redacts, seals and writes on its own thread.
+  included) while the writer redacts, seals and writes on its own thread;
+* ``process`` the same with ``writer="process"``: a child process redacts, seals and
+  writes (started and warmed before the block), the writer thread only hands over.
 
 Everything is warmed up first (imports, LlamaIndex and tracevault caches), so one-time
 costs are not spread over the figures. Reported per recorded event, over ``none``:
@@ -55,7 +57,7 @@ import tracevault
 from tracevault.store import open_store
 
 EVENTS_PER_RUN = 10  # agent x2, input, llm_call x4, tool_call x2, output
-CONFIGS = ("none", "noop", "parked", "full")
+CONFIGS = ("none", "noop", "parked", "full", "process")
 
 
 def add(a: int, b: int) -> int:
@@ -135,6 +137,7 @@ class Bench:
         self.agent = make_agent()
         self.runs = runs
         self.url = f"sqlite:///{tmp / 'bench.db'}"
+        self.process_url = f"sqlite:///{tmp / 'process.db'}"
         self.gated = GatedStore(open_store(f"sqlite:///{tmp / 'parked.db'}"))
         self.queue_size = (rounds + 2) * runs * EVENTS_PER_RUN * 2
         self.noop = (NoopSpanHandler(), NoopEventHandler())
@@ -159,6 +162,12 @@ class Bench:
             tracevault.configure(store=self.url, queue_size=self.queue_size)
             tracevault_llamaindex.instrument()
             writer = _writer_id()
+        elif config == "process":
+            tracevault.configure(store=self.process_url, queue_size=self.queue_size,
+                                 writer="process")
+            tracevault.AuditLogger(session_id="warm-up").log_event("start the writer")
+            tracevault.flush()  # the child is up before the block is timed
+            tracevault_llamaindex.instrument()
         writer_before = _thread_cpu(writer)
         latencies, cpu = asyncio.run(workload(self.agent, self.runs, self.offset))
         writer_after = _thread_cpu(writer)
@@ -166,7 +175,7 @@ class Bench:
         if config == "noop":
             dispatcher.span_handlers.remove(self.noop[0])
             dispatcher.event_handlers.remove(self.noop[1])
-        elif config in ("parked", "full"):
+        elif config in ("parked", "full", "process"):
             tracevault_llamaindex.uninstrument()
             self.gated.gate.set()
             tracevault.flush()
@@ -229,13 +238,19 @@ def main() -> None:
         store = open_store(bench.url)
         full_events = store.count()
         store.close()
+        store = open_store(bench.process_url)
+        process_events = store.count()
+        store.close()
         parked_events = bench.gated.store.count()
         bench.gated.store.close()
     expected_full = (args.rounds + 1) * args.runs * EVENTS_PER_RUN
     expected_parked = (args.rounds + 2) * args.runs * EVENTS_PER_RUN
-    if (full_events, parked_events) != (expected_full, expected_parked):
-        sys.exit(f"recorded {full_events} + {parked_events} events, "
-                 f"expected {expected_full} + {expected_parked}")
+    expected_process = expected_full + args.rounds + 1  # one warm-up event per block
+    if (full_events, parked_events, process_events) != (
+        expected_full, expected_parked, expected_process
+    ):
+        sys.exit(f"recorded {full_events} + {parked_events} + {process_events} events, "
+                 f"expected {expected_full} + {expected_parked} + {expected_process}")
     median = {c: statistics.median(bench.latencies[c]) for c in CONFIGS}
     mean = {c: statistics.median(bench.means[c]) for c in CONFIGS}
     cpu = {c: statistics.median(bench.cpu[c]) for c in CONFIGS}
@@ -252,6 +267,9 @@ def main() -> None:
         # GC and writer stalls count), and its parts.
         "wall_overhead_us_per_event": (mean["full"] - mean["none"]) * per_event,
         "median_overhead_us_per_event": (median["full"] - median["none"]) * per_event,
+        "process_wall_overhead_us_per_event": (mean["process"] - mean["none"]) * per_event,
+        "process_median_overhead_us_per_event": (median["process"] - median["none"])
+        * per_event,
         "parked_wall_overhead_us_per_event": (mean["parked"] - mean["none"]) * per_event,
         "parked_median_overhead_us_per_event": (median["parked"] - median["none"]) * per_event,
         "noop_handler_overhead_us_per_event": (median["noop"] - median["none"]) * per_event,
