@@ -195,7 +195,8 @@ def test_freeze_round_trips_plain_payloads_and_falls_back_exactly() -> None:
     # Everything orjson would not encode exactly takes the snapshot path.
     for value in (
         {"nan": math.nan},
-        {"none": None},
+        {"none": None, "inf": [1.5, math.inf]},
+        {"none": None, "pair": (1, 2)},  # reads back as a list: the walk decides
         [2**80],
         {1: "int key"},
         cyclic,
@@ -207,6 +208,21 @@ def test_freeze_round_trips_plain_payloads_and_falls_back_exactly() -> None:
         assert not isinstance(out, Frozen)
         assert thaw(out) == snapshot(value)
     assert len(thaw(freeze({"many": list(range(12_000))}))["many"]) == 10_001  # cut, marked
+    # None is not NaN: a payload with nulls that reads back equal stays on the fast path.
+    with_none = {"content": None, "messages": [{"role": "assistant", "content": None}],
+                 "n": [1, 2.5, None, True]}
+    frozen = freeze(with_none)
+    assert isinstance(frozen, Frozen) and thaw(frozen) == with_none
+
+    class Odd:  # an __eq__ that raises, like a numpy array's truth value
+        def __eq__(self, other: object) -> bool:
+            raise ValueError("ambiguous")
+
+        __hash__ = object.__hash__
+
+    odd = {"none": None, "odd": Odd()}
+    assert not isinstance(freeze(odd), Frozen)
+    assert thaw(freeze(odd)) == snapshot(odd)
     # A large payload with nothing to cut (a long history, many tool schemas) stays fast.
     history = {"messages": [{"role": "user", "content": "word " * 400}] * 60,
                "tools": [{"name": f"tool_{i}", "parameters": {"type": "object"}}
