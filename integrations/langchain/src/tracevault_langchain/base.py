@@ -1,0 +1,157 @@
+"""What every group of callbacks of :class:`~tracevault_langchain.TracevaultCallbackHandler`
+shares: the recorder, the switches LangChain reads, failure handling, and the input,
+output and failed-run events."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from tracevault.pipeline import DurabilityError
+from tracevault_langchain import convert
+from tracevault_langchain.recorder import (
+    Recorder,
+    error_summary,
+    is_cancellation,
+    is_control_flow,
+)
+from tracevault_langchain.runs import RunState, RunTable
+
+try:  # LangGraph sends interrupt/resume only to subclasses of its handler
+    from langgraph.callbacks import GraphCallbackHandler as _Base
+except ImportError:  # pragma: no cover - langgraph is optional
+    from langchain_core.callbacks import BaseCallbackHandler as _Base  # type: ignore[assignment]
+
+log = logging.getLogger("tracevault.langchain")
+
+_failures = 0
+
+
+def recording_failed(callback: str, exc: Exception) -> None:
+    """Count and log a recording problem instead of letting it reach the agent; only a
+    strict-mode :class:`DurabilityError` goes through (the tool must not run).
+
+    Each callback catches inline rather than through a decorator: a wrapper re-packing
+    LangChain's keyword arguments cost ~0.7 µs on every callback.
+    """
+    global _failures
+    if isinstance(exc, DurabilityError):
+        raise exc
+    _failures += 1
+    if _failures <= 10:
+        log.error("tracevault: %s failed: %r", callback, exc, exc_info=exc)
+
+
+def handler_failures() -> int:
+    """Return how many callbacks failed inside tracevault (each swallowed and logged)."""
+    return _failures
+
+
+class HandlerBase(_Base):
+    """The handler's state and the helpers its callback groups use."""
+
+    run_inline = True  # called in order on the caller's thread/loop, no executor hop
+
+    def __init__(
+        self,
+        *,
+        session_id: str | None = None,
+        user_id: str | None = None,
+        strict: bool | None = None,
+        runs: RunTable | None = None,
+    ) -> None:
+        super().__init__()
+        self._rec = Recorder(session_id, user_id, strict, runs)
+        self._muted = False
+
+    # The callback manager re-raises a handler's exception only when raise_error is set:
+    # that is how a non-durable tool intent aborts the tool in strict mode.
+    @property
+    def raise_error(self) -> bool:
+        return self._rec.is_strict()
+
+    @raise_error.setter
+    def raise_error(self, value: bool) -> None:
+        self._rec.strict = value
+
+    def mute(self, muted: bool = True) -> None:
+        """Stop (or resume) recording with this handler; the framework skips it meanwhile."""
+        self._muted = muted
+
+    @property
+    def ignore_llm(self) -> bool:
+        return self._muted
+
+    @property
+    def ignore_chat_model(self) -> bool:
+        return self._muted
+
+    @property
+    def ignore_chain(self) -> bool:
+        return self._muted
+
+    @property
+    def ignore_agent(self) -> bool:
+        return self._muted
+
+    @property
+    def ignore_retriever(self) -> bool:
+        return self._muted
+
+    @property
+    def ignore_retry(self) -> bool:
+        return self._muted
+
+    @property
+    def ignore_custom_event(self) -> bool:
+        return self._muted
+
+    @property
+    def session_id(self) -> str | None:
+        return self._rec.session_id
+
+    @property
+    def user_id(self) -> str | None:
+        return self._rec.user_id
+
+    def _end_failed(self, st: RunState, error: BaseException) -> None:
+        data: dict[str, Any] = {"duration_ms": ms_since(st.started)}
+        if is_control_flow(error):
+            data["status"] = "interrupted"
+            level = "info"
+        elif is_cancellation(error):
+            data["status"] = "cancelled"
+            data["reason"] = f"{type(error).__name__}: the caller stopped the run"
+            level = "warning"
+        else:
+            data["status"] = "error"
+            data["error"] = error_summary(error)
+            level = "error"
+            self._rec.error(st, error)
+        if st.span is not None:
+            self._rec.emit(st, st.kind, "end", data, level=level)
+
+    def _input(self, st: RunState, inputs: Any, extra: dict[str, Any] | None) -> None:
+        kind, content = convert.input_view(inputs)
+        data: dict[str, Any] = {"type": kind, "content": content}
+        for key in ("source", "ip_address"):
+            if extra and isinstance(extra.get(key), str):
+                data[key] = extra[key]
+        self._rec.emit(st, "input", "point", data, name=kind, point=True,
+                       metadata=extra or None)
+
+    def _output(self, st: RunState, outputs: Any) -> None:
+        trace = st.trace
+        data: dict[str, Any] = {"type": "final_answer", "content": convert.output_view(outputs),
+                                "tokens_used": trace.tokens}
+        if trace.model:
+            data["model"] = trace.model
+        if trace.cost is not None:
+            data["cost"] = trace.cost
+        self._rec.emit(st, "output", "point", data, name="final_answer", point=True)
+
+
+def ms_since(started: float) -> float:
+    """Milliseconds since ``started`` (a ``time.perf_counter()`` reading)."""
+    return (time.perf_counter() - started) * 1000

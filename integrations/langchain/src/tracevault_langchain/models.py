@@ -1,0 +1,175 @@
+"""Chat model and LLM callbacks: ``llm_call`` start and end, reasoning, first token."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from langchain_core.messages import BaseMessage, ToolMessage
+from langchain_core.outputs import LLMResult
+
+from tracevault.pricing import cost_of
+from tracevault_langchain import convert
+from tracevault_langchain.base import HandlerBase, ms_since, recording_failed
+from tracevault_langchain.runs import RunState
+
+if TYPE_CHECKING:
+    from langchain_core.outputs import ChatGenerationChunk, GenerationChunk
+
+_NOT_PARAMETERS = frozenset({"tools", "functions", "messages", "respond", "_type", "stop"})
+
+
+class ModelCallbacks(HandlerBase):
+    """Records chat model and LLM runs."""
+
+    def on_chat_model_start(
+        self,
+        serialized: dict[str, Any],
+        messages: list[list[BaseMessage]],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            st = self._model_start(serialized, run_id, parent_run_id, tags, metadata, kwargs,
+                                   {"messages": convert.messages_view(messages)})
+            if st is None:
+                return
+            if st.is_root:
+                self._input(st, messages[0] if messages else None, None)
+            if st.trace.failed_tools:
+                ids = [m.tool_call_id for batch in messages for m in batch
+                       if isinstance(m, ToolMessage)]
+                self._rec.recoveries(st, ids)
+        except Exception as exc:
+            recording_failed("on_chat_model_start", exc)
+
+    def on_llm_start(
+        self,
+        serialized: dict[str, Any],
+        prompts: list[str],
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            prompt: dict[str, Any] = {"prompt": prompts[0]} if len(prompts) == 1 else {
+                "prompt": prompts}
+            st = self._model_start(serialized, run_id, parent_run_id, tags, metadata, kwargs,
+                                   prompt)
+            if st is not None and st.is_root:
+                self._input(st, prompts[0] if len(prompts) == 1 else prompts, None)
+        except Exception as exc:
+            recording_failed("on_llm_start", exc)
+
+    def _model_start(
+        self,
+        serialized: dict[str, Any] | None,
+        run_id: UUID,
+        parent_run_id: UUID | None,
+        tags: list[str] | None,
+        metadata: dict[str, Any] | None,
+        kwargs: dict[str, Any],
+        prompt: dict[str, Any],
+    ) -> RunState | None:
+        meta = metadata or {}
+        params: dict[str, Any] = kwargs.get("invocation_params") or {}
+        model = (meta.get("ls_model_name") or params.get("model") or params.get("model_name")
+                 or kwargs.get("name") or (serialized or {}).get("name") or "llm")
+        st = self._rec.open("llm_call", str(model), run_id, parent_run_id, metadata, tags)
+        if st is None:
+            return None
+        st.model = str(model)
+        data: dict[str, Any] = {"model": st.model}
+        provider = meta.get("ls_provider") or params.get("_type")
+        if provider:
+            data["provider"] = provider
+        data["parameters"] = {k: v for k, v in params.items() if k not in _NOT_PARAMETERS}
+        if params.get("stop") or meta.get("ls_stop"):
+            data["parameters"]["stop"] = params.get("stop") or meta.get("ls_stop")
+        data.update(prompt)
+        tools = params.get("tools") or params.get("functions")
+        if tools:
+            data["tools"] = tools
+        self._rec.emit(st, "llm_call", "start", data)
+        return st
+
+    def on_llm_new_token(
+        self,
+        token: str | list[str | dict[str, Any]],
+        *,
+        chunk: GenerationChunk | ChatGenerationChunk | None = None,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            st = self._rec.runs.get(run_id)
+            if st is not None and st.first_token is None:
+                st.first_token = time.perf_counter()
+        except Exception as exc:
+            recording_failed("on_llm_new_token", exc)
+
+    def on_llm_end(
+        self,
+        response: LLMResult,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            st = self._rec.close(run_id)
+            if st is None:
+                return
+            data, usage, message = convert.result_view(response)
+            model = st.model or data.get("model") or "llm"
+            data["model"] = model
+            cost = None
+            if usage is not None:
+                data["usage"] = usage
+                cost = cost_of(model, usage.get("input"), usage.get("output"), usage.get("cached"))
+                if cost is not None:
+                    data["cost"] = cost
+            if st.first_token is not None:
+                data["time_to_first_token_ms"] = (st.first_token - st.started) * 1000
+            data["duration_ms"] = ms_since(st.started)
+            data["status"] = "success"
+            self._rec.emit(st, "llm_call", "end", data, name=model)
+            st.trace.add_usage(model, (usage or {}).get("total", 0), cost)
+            thought = convert.reasoning_of(message)
+            if thought is not None:
+                reasoning: dict[str, Any] = {"thought": thought}
+                plan = convert.plan_of(message) if getattr(message, "tool_calls", None) else None
+                if plan:
+                    reasoning["plan"] = plan
+                self._rec.emit(st, "reasoning", "point", reasoning, name=model, point=True)
+            if st.is_root:
+                self._output(st, response)
+        except Exception as exc:
+            recording_failed("on_llm_end", exc)
+
+    def on_llm_error(
+        self,
+        error: BaseException,
+        *,
+        run_id: UUID,
+        parent_run_id: UUID | None = None,
+        tags: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            st = self._rec.close(run_id)
+            if st is not None:
+                self._end_failed(st, error)
+        except Exception as exc:
+            recording_failed("on_llm_error", exc)
