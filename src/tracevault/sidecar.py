@@ -31,13 +31,12 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
-from datetime import datetime, timezone
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
 from tracevault.config import Settings
-from tracevault.ledger import encode_event
+from tracevault.ledger import encode_event, parse_ts
 from tracevault.pipeline import Item, Middleware, Pipeline, apply_middleware, event_of, timestamp_of
 from tracevault.schema import AuditEvent
 from tracevault.snapshot import Frozen, thaw
@@ -211,47 +210,31 @@ def _send(fd: int, body: bytes) -> None:
 
 
 def _receive(fd: int) -> Any:
-    """Read one reply frame from a raw pipe (usually one system call); ``None`` at EOF."""
-    data = os.read(fd, 65536)
-    while len(data) < _HEADER.size or len(data) < _HEADER.size + _HEADER.unpack_from(data)[0]:
-        more = os.read(fd, 65536)
-        if not more:  # the child is gone (also before it said anything)
+    """Read one frame from a raw pipe; ``None`` at end of stream (the peer is gone).
+
+    The first read takes whatever has arrived, so a small frame costs one system call.
+    Reading past the frame cannot happen: each side sends one frame and then waits for
+    the other's.
+    """
+    data = bytearray()
+    size = None
+    while size is None or len(data) < _HEADER.size + size:
+        more = os.read(fd, 65536 if size is None else _HEADER.size + size - len(data))
+        if not more:
             return None
         data += more
-    (size,) = _HEADER.unpack_from(data)
-    return orjson.loads(data[_HEADER.size:_HEADER.size + size])
-
-
-def _write_frame(stream: IO[bytes], body: bytes) -> None:
-    stream.write(_HEADER.pack(len(body)) + body)
-    stream.flush()
-
-
-def _read_frame(stream: IO[bytes]) -> Any:
-    """Return the next document, or ``None`` at end of stream."""
-    header = stream.read(_HEADER.size)
-    if len(header) < _HEADER.size:
-        return None
-    (size,) = _HEADER.unpack(header)
-    body = stream.read(size)
-    if len(body) < size:
-        return None
-    return orjson.loads(body)
+        if size is None and len(data) >= _HEADER.size:
+            (size,) = _HEADER.unpack_from(data)
+    return orjson.loads(memoryview(data)[_HEADER.size:])
 
 
 def _decode(raw: list[Any] | dict[str, Any]) -> AuditEvent:
-    if isinstance(raw, list):  # a captured item
+    if isinstance(raw, list):  # a captured item: nanoseconds, or the caller's datetime
         event_id, ts, *fields = raw
-        return AuditEvent(event_id, _time(ts), *fields)
-    raw["timestamp"] = _time(raw["timestamp"])
+        return AuditEvent(event_id, timestamp_of(ts) if isinstance(ts, int) else parse_ts(ts),
+                          *fields)
+    raw["timestamp"] = parse_ts(raw["timestamp"])
     return AuditEvent(**raw)
-
-
-def _time(ts: int | str) -> datetime:
-    if isinstance(ts, int):
-        return timestamp_of(ts)
-    when = datetime.fromisoformat(ts[:-1] + "+00:00" if ts.endswith("Z") else ts)
-    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
 
 
 def main() -> int:
@@ -259,7 +242,7 @@ def main() -> int:
     from tracevault.capture import default_middleware
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    requests, replies = sys.stdin.buffer, sys.stdout.buffer
+    requests, replies = sys.stdin.fileno(), sys.stdout.fileno()
     sys.stdout = sys.stderr  # a stray print must not corrupt the replies
     settings = Settings(**orjson.loads(os.environ[CONFIG_ENV]))
     pipeline = Pipeline(
@@ -271,7 +254,7 @@ def main() -> int:
     threading.Thread(target=_exit_with_parent, args=(pipeline,), daemon=True).start()
     try:
         while True:
-            message = _read_frame(requests)
+            message = _receive(requests)
             if message is None or message.get("op") != "append":
                 return 0
             before = pipeline.stats()
@@ -279,7 +262,7 @@ def main() -> int:
                 pipeline.submit(_decode(raw))
             ok = pipeline.flush()  # the pipeline retries a failing store until it works
             after = pipeline.stats()
-            _write_frame(replies, orjson.dumps({
+            _send(replies, orjson.dumps({
                 "ok": ok,
                 "written": after.written - before.written,
                 "filtered": after.filtered - before.filtered,
