@@ -148,7 +148,7 @@ class Pipeline:
         # A store opened from a URL (here or by configure()) is closed at shutdown.
         self._owns_store = isinstance(store, str) if owns_store is None else owns_store
         self.middleware: list[Middleware] = list(middleware)
-        self._queue: deque[AuditEvent | Captured | _Marker] = deque()
+        self._queue: deque[Item | _Marker] = deque()
         self._maxsize = queue_size
         self._batch_size = batch_size
         self._block_timeout = block_timeout
@@ -183,7 +183,7 @@ class Pipeline:
 
     # --- caller side ------------------------------------------------------------------
 
-    def submit(self, event: AuditEvent | Captured) -> None:
+    def submit(self, event: Item) -> None:
         """Queue ``event`` (or what :func:`tracevault.capture.emit` captured) for the
         ledger. Waits only when the queue is full."""
         if self._closed:  # e.g. a daemon thread still capturing after interpreter exit began
@@ -199,7 +199,7 @@ class Pipeline:
         if not self._wake.is_set():
             self._wake.set()
 
-    def submit_durable(self, event: AuditEvent | Captured, timeout: float) -> None:
+    def submit_durable(self, event: Item, timeout: float) -> None:
         """Queue ``event`` and return once it is in the ledger; raise otherwise."""
         self.submit(event)
         if not self.flush(timeout):
@@ -243,15 +243,13 @@ class Pipeline:
         pending = queued + len(self._pending)
         # A store that runs the middleware itself (tracevault.sidecar) counts what it
         # filtered and withheld; the filtered ones were handed over but not written.
-        elsewhere = getattr(self._store, "filtered", 0) if self._store_applies_middleware() else 0
-        withheld_elsewhere = (
-            getattr(self._store, "withheld", 0) if self._store_applies_middleware() else 0
-        )
+        redacting_store = self._store if self._store_applies_middleware() else None
+        filtered_there = getattr(redacting_store, "filtered", 0)
         return PipelineStats(
             captured=self._received + queued + self._dropped,
-            written=self._written - elsewhere,
-            filtered=self._filtered + elsewhere,
-            withheld=self._withheld + withheld_elsewhere,
+            written=self._written - filtered_there,
+            filtered=self._filtered + filtered_there,
+            withheld=self._withheld + getattr(redacting_store, "withheld", 0),
             dropped=self._dropped,
             dead_lettered=self._dead_lettered,
             write_errors=self._write_errors,
