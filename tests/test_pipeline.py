@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import uuid
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -98,6 +99,55 @@ def test_threads_all_land_in_one_chain(cap: Capture) -> None:
     assert report.ok and report.checked == 80_000
     sessions = {s.session_id: s.events for s in cap.store.sessions()}
     assert sessions == {f"thread-{n}": 10_000 for n in range(8)}
+    # Ids are given by the writer, in the order events reach the ledger.
+    ids = [e.event.event_id for e in cap.store.events()]
+    assert ids == sorted(ids) and len(set(ids)) == 80_000
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_run_uuids_become_span_ids_on_the_writer(tmp_path: Path, writer: str) -> None:
+    # Framework handlers pass a run's UUID as its span id and their own plain payloads
+    # uncopied (owned): both arrive in the ledger as if given as strings and copies.
+    span, parent = uuid.uuid4(), uuid.uuid4()
+    with capture_events(tmp_path, writer=writer) as cap:
+        capture.emit("custom", data={"n": 1, "ok": True}, owned=True, session_id="u",
+                     trace_id="t", span_id=span, parent_span_id=parent)
+        (event,) = cap.events(session_id="u")
+    assert (event.span_id, event.parent_span_id) == (str(span), str(parent))
+    assert event.data == {"n": 1, "ok": True}
+
+
+def test_a_batch_sent_again_keeps_its_event_ids(tmp_path: Path) -> None:
+    # A store that redacts itself (the writer process) takes the queued items as they
+    # are. If it fails after storing them, the same items are sent again: their ids,
+    # given by the writer, must not change, or the retry would store them twice.
+    class CommitsThenFails:
+        applies_middleware = True
+
+        def __init__(self) -> None:
+            self.url, self.attempts = "memory://", []
+
+        def append(self, events: Sequence[Any]) -> int:
+            self.attempts.append([event[0] for event in events])
+            if len(self.attempts) == 1:
+                raise StoreError("the writer died before it answered")
+            return len(events)
+
+        def close(self) -> None:
+            pass
+
+    store = CommitsThenFails()
+    pipeline = Pipeline(store)
+    capture.install(pipeline, None)
+    try:
+        for i in range(5):
+            capture.emit("custom", data={"i": i})
+        assert pipeline.flush(30)
+    finally:
+        capture.reset()
+        pipeline.shutdown()
+    first, second = store.attempts
+    assert first == second and len(set(first)) == 5 and None not in first
 
 
 def test_asyncio_tasks_all_land_with_their_own_context(cap: Capture) -> None:
@@ -333,7 +383,7 @@ def test_forked_child_records_through_its_own_writer(cap: Capture) -> None:
 
 def test_capture_errors_are_counted_not_raised(cap: Capture) -> None:
     before = capture.capture_errors()
-    assert capture.emit("custom", level="not-a-level") is None
+    assert capture.emit("custom", level="not-a-level") is False
     assert capture.capture_errors() == before + 1
 
 

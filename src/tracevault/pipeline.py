@@ -67,9 +67,10 @@ class Appender(Protocol):
 
 
 # What capture.emit queues: an event's fields in AuditEvent order, with the time as Unix
-# nanoseconds (or the datetime the caller gave). The writer thread turns it into an
+# nanoseconds (or the datetime the caller gave), the event id still None (the writer
+# gives it, see settled) and span ids possibly UUIDs. The writer thread turns it into an
 # AuditEvent (event_of), so the caller's thread does not build the dataclass; a store
-# that applies the middleware itself (tracevault.sidecar) takes it as it is.
+# that applies the middleware itself (tracevault.sidecar) takes it settled but as it is.
 Captured = tuple[Any, ...]
 Item = AuditEvent | Captured
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -80,12 +81,28 @@ def timestamp_of(ts: datetime | int) -> datetime:
     return ts if isinstance(ts, datetime) else _EPOCH + timedelta(microseconds=ts // 1000)
 
 
+def settled(item: Item) -> Item:
+    """Return ``item`` with its event id, generated here if the caller left it to the
+    writer. Each item is settled once, as it leaves the queue, so a batch that is sent
+    again after a failure keeps its ids (appends are idempotent by id)."""
+    if item.__class__ is tuple and item[0] is None:
+        return (uuid7(), *item[1:])
+    return item
+
+
 def event_of(item: Item) -> AuditEvent:
-    """Return the event a queued item stands for."""
+    """Return the event a queued item stands for (settling it first if needed)."""
     if item.__class__ is AuditEvent:
         return item
-    event_id, ts, *fields = item  # type: ignore[misc]
-    return AuditEvent(event_id, timestamp_of(ts), *fields)
+    (event_id, ts, kind, phase, level, name, session, user, trace, span, parent,
+     *rest) = item  # type: ignore[misc]
+    return AuditEvent(event_id or uuid7(), timestamp_of(ts), kind, phase, level, name,
+                      session, user, trace, _span_str(span), _span_str(parent), *rest)
+
+
+def _span_str(span: Any) -> str | None:
+    # Handlers may pass a run's UUID: its string is made here, off the caller's thread.
+    return span if span is None or span.__class__ is str else str(span)
 
 
 class DurabilityError(RuntimeError):
@@ -310,7 +327,7 @@ class Pipeline:
                 if item.__class__ is _Marker:
                     markers.append(item)
                     break  # everything before the marker is in this batch
-                batch.append(item if raw else event_of(item))  # type: ignore[arg-type]
+                batch.append(settled(item) if raw else event_of(item))  # type: ignore[arg-type]
             self._received += len(batch)
             if self._waiting:
                 with self._space:

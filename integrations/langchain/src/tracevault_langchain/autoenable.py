@@ -52,4 +52,4 @@ def disable() -> None:
 def installed_handler() -> TracevaultCallbackHandler | None:
     """Return the process-wide handler if :func:`enable` was called and not disabled."""
     handler = _handler
-    return handler if handler is not None and not handler._muted else None
+    return handler if handler is not None and not handler.muted else None

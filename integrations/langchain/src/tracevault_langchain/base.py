@@ -26,6 +26,8 @@ except ImportError:  # pragma: no cover - langgraph is optional
 log = logging.getLogger("tracevault.langchain")
 
 _failures = 0
+_SWITCHES = ("ignore_llm", "ignore_chat_model", "ignore_chain", "ignore_agent",
+             "ignore_retriever", "ignore_retry", "ignore_custom_event")
 
 
 def recording_failed(callback: str, exc: Exception) -> None:
@@ -63,7 +65,6 @@ class HandlerBase(_Base):
     ) -> None:
         super().__init__()
         self._rec = Recorder(session_id, user_id, strict, runs)
-        self._muted = False
 
     # The callback manager re-raises a handler's exception only when raise_error is set:
     # that is how a non-durable tool intent aborts the tool in strict mode.
@@ -75,37 +76,25 @@ class HandlerBase(_Base):
     def raise_error(self, value: bool) -> None:
         self._rec.strict = value
 
+    # LangChain reads these on every callback: plain attributes, not properties (a
+    # property is a Python call each time). mute() sets them on the instance.
+    ignore_llm = False
+    ignore_chat_model = False
+    ignore_chain = False
+    ignore_agent = False
+    ignore_retriever = False
+    ignore_retry = False
+    ignore_custom_event = False
+
     def mute(self, muted: bool = True) -> None:
         """Stop (or resume) recording with this handler; the framework skips it meanwhile."""
-        self._muted = muted
+        for switch in _SWITCHES:
+            setattr(self, switch, muted)
 
     @property
-    def ignore_llm(self) -> bool:
-        return self._muted
-
-    @property
-    def ignore_chat_model(self) -> bool:
-        return self._muted
-
-    @property
-    def ignore_chain(self) -> bool:
-        return self._muted
-
-    @property
-    def ignore_agent(self) -> bool:
-        return self._muted
-
-    @property
-    def ignore_retriever(self) -> bool:
-        return self._muted
-
-    @property
-    def ignore_retry(self) -> bool:
-        return self._muted
-
-    @property
-    def ignore_custom_event(self) -> bool:
-        return self._muted
+    def muted(self) -> bool:
+        """Whether :meth:`mute` stopped this handler."""
+        return self.ignore_chain
 
     @property
     def session_id(self) -> str | None:
@@ -130,7 +119,7 @@ class HandlerBase(_Base):
             level = "error"
             self._rec.error(st, error)
         if st.span is not None:
-            self._rec.emit(st, st.kind, "end", data, level=level)
+            self._rec.emit(st, st.kind, "end", data, level=level, owned=True)
 
     def _input(self, st: RunState, inputs: Any, extra: dict[str, Any] | None) -> None:
         kind, content = convert.input_view(inputs)

@@ -64,7 +64,7 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
             if st.is_root:
                 st.kind = "agent"
                 extra = convert.user_metadata(meta)
-                self._rec.emit(st, "agent", "start", {}, metadata=extra or None)
+                self._rec.emit(st, "agent", "start", {}, metadata=extra or None, owned=True)
                 if _deferred(inputs, kwargs):
                     st.defers_inputs = True  # .stream(): the real inputs arrive on end
                     st.extra = extra
@@ -75,9 +75,11 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
             if "langgraph_node" in meta:
                 data["node"] = meta["langgraph_node"]
                 data["step"] = meta.get("langgraph_step")
+            owned = True  # the node's name and step, unless the inputs go along
             if capture.is_enabled_for("trace") and not _deferred(inputs, kwargs):
                 data["inputs"] = inputs
-            self._rec.emit(st, "chain", "start", data, level="debug")
+                owned = False
+            self._rec.emit(st, "chain", "start", data, level="debug", owned=owned)
         except Exception as exc:
             recording_failed("on_chain_start", exc)
 
@@ -98,11 +100,13 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
                 if st.defers_inputs:
                     self._input(st, kwargs.get("inputs"), st.extra)
                 self._output(st, outputs)
-                self._rec.emit(st, "agent", "end", data)
+                self._rec.emit(st, "agent", "end", data, owned=True)
                 return
             if capture.is_enabled_for("trace"):
                 data["outputs"] = outputs
-            self._rec.emit(st, "chain", "end", data, level="debug")
+                self._rec.emit(st, "chain", "end", data, level="debug")
+            else:
+                self._rec.emit(st, "chain", "end", data, level="debug", owned=True)
         except Exception as exc:
             recording_failed("on_chain_end", exc)
 
@@ -162,7 +166,7 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
                 # The tool body runs between this callback and its end: make the tool the
                 # current span so code it calls (a LlamaIndex query engine, AuditLogger
                 # events) lands under it in the same tree.
-                st.ambient = (swap_span(SpanRef(st.trace.trace_id, st.span)),)
+                st.ambient = (swap_span(SpanRef(st.trace.trace_id, str(st.span))),)
         except Exception as exc:
             recording_failed("on_tool_start", exc)
 
@@ -219,7 +223,7 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
                                     "duration_ms": duration, "error": summary}
             if st.tool_call_id:
                 data["tool_call_id"] = st.tool_call_id
-            self._rec.emit(st, "tool_call", "end", data, level="error")
+            self._rec.emit(st, "tool_call", "end", data, level="error", owned=True)
             if not is_cancellation(error) and not is_control_flow(error):
                 self._rec.error(st, error)
                 self._rec.tool_failed(st, summary["type"], summary["message"])

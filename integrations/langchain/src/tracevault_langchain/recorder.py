@@ -19,7 +19,7 @@ from uuid import UUID
 from tracevault import capture
 from tracevault.context import current_scope, current_span
 from tracevault.snapshot import describe_exception
-from tracevault_langchain.runs import RUNS, FailedTool, RunState, RunTable, Trace
+from tracevault_langchain.runs import RUNS, FailedTool, RunState, RunTable, SpanId, Trace
 
 log = logging.getLogger("tracevault.langchain")
 
@@ -105,7 +105,7 @@ class Recorder:
             else:
                 # The top of what this handler sees; a parent it never saw keeps its id.
                 trace = Trace(str(run_id), run_id)
-                parent_span = str(parent_run_id) if parent_run_id is not None else None
+                parent_span = parent_run_id
             is_root = True
         if session is None or user is None:
             scope = current_scope()
@@ -118,7 +118,7 @@ class Recorder:
             or (kind == "chain" and not capture.is_enabled_for("debug"))
         )
         state = RunState(
-            self.owner, kind, name, None if hidden else str(run_id), parent_span, trace,
+            self.owner, kind, name, None if hidden else run_id, parent_span, trace,
             session, user, is_root, perf_counter(),
         )
         claimed, evicted = runs.claim(run_id, state)
@@ -170,8 +170,13 @@ class Recorder:
         point: bool = False,
         metadata: dict[str, Any] | None = None,
         durable: bool = False,
+        owned: bool = False,
     ) -> None:
-        """Emit an event of ``state``'s run (its start/end), or a point inside it."""
+        """Emit an event of ``state``'s run (its start/end), or a point inside it.
+
+        ``owned=True``: ``data`` holds only plain values built here, queued uncopied
+        (see :func:`tracevault.capture.emit`).
+        """
         if point:
             span, parent = None, state.child_span
         else:
@@ -190,11 +195,13 @@ class Recorder:
             parent_span_id=parent,
             metadata=metadata,
             durable=durable,
+            owned=owned,
         )
 
     def emit_on(self, state: RunState, kind: str, data: dict[str, Any], *, level: str,
                 name: str | None = None) -> None:
-        """Emit a point event that belongs to ``state``'s run itself (errors, warnings)."""
+        """Emit a point event that belongs to ``state``'s run itself (errors, warnings);
+        ``data`` holds only strings and numbers built here (queued uncopied)."""
         capture.emit(
             kind,
             level=level,
@@ -206,6 +213,7 @@ class Recorder:
             trace_id=state.trace.trace_id,
             span_id=state.child_span,
             parent_span_id=state.parent_span if state.span is not None else None,
+            owned=True,
         )
 
     def error(
@@ -262,12 +270,12 @@ class Recorder:
                                                  "attempt": attempt, "recovery_action": action},
                        parent=state.parent_span)
 
-    def recovered(self, state: RunState, span: str | None, payload: dict[str, Any],
-                  parent: str | None = None) -> None:
+    def recovered(self, state: RunState, span: SpanId | None, payload: dict[str, Any],
+                  parent: SpanId | None = None) -> None:
         """Record how the run carried on after an error already recorded at ``span``.
 
         A ``custom`` event named ``error_recovered`` rather than a second ``error``, so
-        each failure is counted once.
+        each failure is counted once. ``payload`` holds only strings and numbers.
         """
         capture.emit(
             "custom",
@@ -280,6 +288,7 @@ class Recorder:
             trace_id=state.trace.trace_id,
             span_id=span,
             parent_span_id=parent if parent is not None else state.child_span,
+            owned=True,
         )
 
     def warn_if_slow(self, state: RunState, duration_ms: float) -> None:

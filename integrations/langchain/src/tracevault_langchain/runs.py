@@ -25,13 +25,17 @@ from tracevault.context import SpanRef
 DEFAULT_MAX_OPEN = 50_000
 _REPORTED = "_tracevault_reported_in"  # attribute marking an exception already recorded
 _MAX_TRACKED = 1_000  # per trace: reported exceptions and failed tool calls remembered
+# A recorded run's span id is its run_id, kept as the UUID: the ledger writer makes the
+# string (str() of a UUID is slow Python code, run twice for every event otherwise).
+# Spans that come from outside (an enclosing AuditLogger or LlamaIndex span) are str.
+SpanId = str | UUID
 
 
 @dataclass(slots=True)
 class FailedTool:
     """A failed run (a tool call, a retried attempt) whose recovery may follow."""
 
-    span: str
+    span: SpanId
     name: str
     error_type: str
     message: str
@@ -51,7 +55,7 @@ class Trace:
     # alive so their id() cannot be reused by a later exception.
     reported: dict[int, BaseException] = field(default_factory=dict)
     failed_tools: dict[str, FailedTool] = field(default_factory=dict)  # by tool_call_id
-    last_failure: dict[str | None, FailedTool] = field(default_factory=dict)  # by parent span
+    last_failure: dict[SpanId | None, FailedTool] = field(default_factory=dict)  # by parent span
 
     def add_usage(self, model: str | None, tokens: int, cost: float | None) -> None:
         """Add one model call's tokens and cost to the run's totals."""
@@ -87,13 +91,13 @@ class Trace:
             if len(self.failed_tools) < _MAX_TRACKED:
                 self.failed_tools[tool_call_id] = failed
 
-    def run_failed(self, parent_span: str | None, failed: FailedTool) -> None:
+    def run_failed(self, parent_span: SpanId | None, failed: FailedTool) -> None:
         """Remember the last failed run under ``parent_span`` (a retry may follow)."""
         with self.lock:
             if len(self.last_failure) < _MAX_TRACKED or parent_span in self.last_failure:
                 self.last_failure[parent_span] = failed
 
-    def take_last_failure(self, parent_span: str | None) -> FailedTool | None:
+    def take_last_failure(self, parent_span: SpanId | None) -> FailedTool | None:
         """Remove and return the last failed run under ``parent_span``."""
         with self.lock:
             return self.last_failure.pop(parent_span, None)
@@ -114,8 +118,8 @@ class RunState:
     owner: int  # id() of the handler recording it
     kind: str  # agent, chain, llm_call, tool_call, retrieval
     name: str
-    span: str | None  # span id events of this run carry (None: a hidden run)
-    parent_span: str | None  # nearest recorded ancestor's span id
+    span: SpanId | None  # span id events of this run carry (None: a hidden run)
+    parent_span: SpanId | None  # nearest recorded ancestor's span id
     trace: Trace
     session_id: str | None
     user_id: str | None
@@ -131,7 +135,7 @@ class RunState:
     ambient: tuple[SpanRef | None] | None = None
 
     @property
-    def child_span(self) -> str | None:
+    def child_span(self) -> SpanId | None:
         """The span id children of this run hang under (hidden runs pass through)."""
         return self.span if self.span is not None else self.parent_span
 
