@@ -22,6 +22,7 @@ import tracevault
 from tracevault import capture
 from tracevault.pipeline import DurabilityError, Pipeline, dead_letter_events
 from tracevault.schema import AuditEvent
+from tracevault.snapshot import Deferred, freeze, freeze_raw
 from tracevault.store import StoreError, open_store
 from tracevault.store.sqlite import SQLiteStore
 from tracevault.testing import Capture, capture_events
@@ -136,18 +137,55 @@ def test_a_batch_sent_again_keeps_its_event_ids(tmp_path: Path) -> None:
         def close(self) -> None:
             pass
 
+    made: list[int] = []
+
+    def make(raw: dict[str, Any], i: int) -> dict[str, Any]:
+        made.append(i)
+        return {**raw, "made": i}
+
     store = CommitsThenFails()
     pipeline = Pipeline(store)
     capture.install(pipeline, None)
     try:
         for i in range(5):
             capture.emit("custom", data={"i": i})
+        capture.emit("custom", data=Deferred(make, freeze({"x": 1}), 5))
         assert pipeline.flush(30)
     finally:
         capture.reset()
         pipeline.shutdown()
     first, second = store.attempts
-    assert first == second and len(set(first)) == 5 and None not in first
+    assert first == second and len(set(first)) == 6 and None not in first
+    assert made == [5]  # deferred data is made once, not once per attempt
+
+
+def test_deferred_data_is_made_on_the_writer_in_queue_order(cap: Capture) -> None:
+    # Handlers leave reading framework objects to the writer (snapshot.Deferred); each
+    # event's data is made once, in the order the events were queued, and a make that
+    # fails keeps what was captured instead of losing the event.
+    totals: list[int] = []
+
+    def add(raw: dict[str, Any], _: None) -> dict[str, Any]:
+        totals.append(raw["n"])
+        return {"n": raw["n"]}
+
+    def total(raw: dict[str, Any], _: None) -> dict[str, Any]:
+        return {"total": sum(totals)}
+
+    def broken(raw: dict[str, Any], _: None) -> dict[str, Any]:
+        raise ValueError("cannot read this")
+
+    live = {"n": 1}
+    capture.emit("custom", name="a", data=Deferred(add, freeze_raw(live)), session_id="d")
+    live["n"] = 100  # copied when emitted: the change is not recorded
+    capture.emit("custom", name="b", data=Deferred(add, freeze_raw({"n": 2})), session_id="d")
+    capture.emit("custom", name="sum", data=Deferred(total, None), session_id="d")
+    capture.emit("custom", name="bad", data=Deferred(broken, freeze_raw({"n": 3})),
+                 session_id="d")
+    events = {e.name: e.data for e in cap.events(session_id="d")}
+    assert events["a"] == {"n": 1} and events["sum"] == {"total": 3}
+    assert events["bad"]["raw"] == {"n": 3}
+    assert events["bad"]["capture_error"] == "ValueError: cannot read this"
 
 
 def test_asyncio_tasks_all_land_with_their_own_context(cap: Capture) -> None:

@@ -24,7 +24,7 @@ from tracevault.context import current_scope, current_span
 from tracevault.ids import uuid7
 from tracevault.pipeline import Appender, DurabilityError, Middleware, Pipeline
 from tracevault.schema import KINDS, LEVEL_RANK, PHASES
-from tracevault.snapshot import freeze
+from tracevault.snapshot import Deferred, freeze
 
 log = logging.getLogger("tracevault")
 
@@ -236,12 +236,44 @@ def emit(
     turns them into strings. ``data`` and ``metadata`` are copied (frozen) here, so
     callers may pass live objects; ``owned=True`` skips copying ``data`` when the caller
     built it from plain JSON values (str, int, finite float, bool, None, dicts and
-    lists of them) and keeps no reference to change it. With ``durable=True`` this
-    returns only once the event is in the ledger and raises :class:`DurabilityError`
-    if it cannot be made so.
+    lists of them) and keeps no reference to change it; a
+    :class:`~tracevault.snapshot.Deferred` ``data`` is made by the writer. With
+    ``durable=True`` this returns only once the event is in the ledger and raises
+    :class:`DurabilityError` if it cannot be made so.
     """
+    if trace_id is None:
+        ref = current_span()
+        if ref is not None:
+            trace_id = ref.trace_id
+            if parent_span_id is None:
+                parent_span_id = ref.span_id
+    return record(kind, phase, level, name, data, framework, session_id, user_id, trace_id,
+                  span_id, parent_span_id, metadata, tags, timestamp, durable, owned)
+
+
+def record(
+    kind: str,
+    phase: str,
+    level: str,
+    name: str | None,
+    data: Any,
+    framework: str,
+    session_id: str | None,
+    user_id: str | None,
+    trace_id: str | None,
+    span_id: str | UUID | None,
+    parent_span_id: str | UUID | None,
+    metadata: dict[str, Any] | None = None,
+    tags: Sequence[str] | None = None,
+    timestamp: datetime | None = None,
+    durable: bool = False,
+    owned: bool = False,
+) -> bool:
+    """:func:`emit` for producers that place their events themselves (framework
+    handlers): arguments by position, and no current span looked up."""
     global _capture_errors
-    # Runs inside every framework callback: kept to plain lookups and one copy.
+    # Runs inside every framework callback, where none of this code is in cache: plain
+    # lookups, positional arguments, and at most one copy.
     try:
         if LEVEL_RANK[level] < _min_rank:
             return False
@@ -249,18 +281,12 @@ def emit(
             raise ValueError(f"unknown event kind {kind!r} or phase {phase!r}")
         if data is None:
             payload: Any = {}
-        elif owned:
+        elif owned or data.__class__ is Deferred:
             payload = data
         else:
             # The schema's data is an object.
             payload = freeze(data if isinstance(data, dict) else {"value": data})
         scope = current_scope()
-        if trace_id is None:
-            ref = current_span()
-            if ref is not None:
-                trace_id = ref.trace_id
-                if parent_span_id is None:
-                    parent_span_id = ref.span_id
         if metadata is not None and not isinstance(metadata, dict):
             metadata = {"value": metadata}
         if metadata:
@@ -269,9 +295,9 @@ def emit(
             meta = freeze(scope.metadata) if scope.metadata else {}
         # In AuditEvent field order (pipeline.event_of builds the event on the writer).
         # The writer also gives it its id, in queue order (pipeline.settled): a uuid7
-        # here cost 1.4 µs inside an agent run, where its code is never in cache. Only
-        # a durable event gets its id now, for the error that names it.
-        record = (
+        # here cost 1.4 µs inside an agent run. Only a durable event gets its id now,
+        # for the error that names it.
+        item = (
             uuid7() if durable else None,
             timestamp or time_ns(),
             kind,
@@ -290,9 +316,9 @@ def emit(
         )
         pipeline = _pipeline if _pipeline is not None else get_pipeline()
         if durable:
-            pipeline.submit_durable(record, settings().strict_timeout)
+            pipeline.submit_durable(item, settings().strict_timeout)
         else:
-            pipeline.submit(record)
+            pipeline.submit(item)
         return True
     except DurabilityError:
         raise

@@ -35,7 +35,7 @@ import orjson
 from tracevault.ids import uuid7
 from tracevault.ledger import decode_event, encode_event
 from tracevault.schema import AuditEvent
-from tracevault.snapshot import snapshot, thaw
+from tracevault.snapshot import Deferred, snapshot, thaw
 from tracevault.store import StoreError, open_store
 
 log = logging.getLogger("tracevault")
@@ -82,10 +82,15 @@ def timestamp_of(ts: datetime | int) -> datetime:
 
 
 def settled(item: Item) -> Item:
-    """Return ``item`` with its event id, generated here if the caller left it to the
-    writer. Each item is settled once, as it leaves the queue, so a batch that is sent
-    again after a failure keeps its ids (appends are idempotent by id)."""
-    if item.__class__ is tuple and item[0] is None:
+    """Return ``item`` with what the caller left to the writer: its event id, and its
+    data if deferred (see :class:`~tracevault.snapshot.Deferred`). Each item is settled
+    once, as it leaves the queue, so a batch sent again after a failure keeps its ids
+    (appends are idempotent by id) and deferred data is made once, in queue order."""
+    if item.__class__ is not tuple:
+        return item
+    if item[14].__class__ is Deferred:
+        return (item[0] or uuid7(), *item[1:14], _made(item[14]))
+    if item[0] is None:
         return (uuid7(), *item[1:])
     return item
 
@@ -94,10 +99,35 @@ def event_of(item: Item) -> AuditEvent:
     """Return the event a queued item stands for (settling it first if needed)."""
     if item.__class__ is AuditEvent:
         return item
-    (event_id, ts, kind, phase, level, name, session, user, trace, span, parent,
-     *rest) = item  # type: ignore[misc]
+    (event_id, ts, kind, phase, level, name, session, user, trace, span, parent, framework,
+     tags, metadata, data) = item  # type: ignore[misc]
+    if data.__class__ is Deferred:
+        data = _made(data)
     return AuditEvent(event_id or uuid7(), timestamp_of(ts), kind, phase, level, name,
-                      session, user, trace, _span_str(span), _span_str(parent), *rest)
+                      session, user, trace, _span_str(span), _span_str(parent), framework,
+                      tags, metadata, data)
+
+
+_make_errors = 0
+
+
+def _id_of(item: Item) -> str | None:
+    return item.event_id if isinstance(item, AuditEvent) else item[0]
+
+
+def _made(deferred: Deferred) -> Any:
+    try:
+        data = deferred.make(thaw(deferred.raw), deferred.context)
+        if isinstance(data, dict):
+            return data
+        raise TypeError(f"{getattr(deferred.make, '__name__', 'make')} returned "
+                        f"{type(data).__name__}, not a dict")
+    except Exception as exc:  # keep what was captured rather than lose the event
+        global _make_errors
+        _make_errors += 1
+        if _make_errors <= 10:
+            log.error("tracevault: could not make an event's data: %r", exc, exc_info=True)
+        return {"capture_error": f"{type(exc).__name__}: {exc}", "raw": thaw(deferred.raw)}
 
 
 def _span_str(span: Any) -> str | None:
@@ -221,7 +251,7 @@ class Pipeline:
         self.submit(event)
         if not self.flush(timeout):
             raise DurabilityError(
-                f"tracevault could not make event {event_of(event).event_id} durable in "
+                f"tracevault could not make event {_id_of(event)} durable in "
                 f"{timeout:g}s: "
                 f"{self._last_error or 'the ledger writer is behind'}"
             )

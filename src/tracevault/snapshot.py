@@ -339,3 +339,45 @@ def _reads_back(out: bytes, value: Any) -> bool:
 def thaw(value: Any) -> Any:
     """Return the plain data of a :func:`freeze` result."""
     return orjson.loads(value.raw) if value.__class__ is Frozen else value
+
+
+def freeze_raw(value: Any) -> Any:
+    """Like :func:`freeze`, for framework objects whose fields the writer will read:
+    pydantic models are copied as their field dicts (no ``model_dump`` walk).
+
+    Used for :class:`Deferred` payloads. A model's unset fields are null, so the
+    read-back that guards :func:`freeze` against NaN cannot apply here: a NaN or
+    infinity inside such a payload is recorded as null.
+    """
+    try:
+        out = orjson.dumps(value, default=_fields, option=_FREEZE_OPTIONS)
+    except (TypeError, orjson.JSONEncodeError):
+        return snapshot(value)
+    if len(out) > FAST_LIMIT or (len(out) >= 2 * MAX_ITEMS and out.count(b",") >= MAX_ITEMS):
+        return snapshot(value)
+    return Frozen(bytes(memoryview(out)))
+
+
+def _fields(value: Any) -> Any:
+    if hasattr(value.__class__, "model_fields"):  # pydantic v2: fields live in __dict__
+        extra = getattr(value, "__pydantic_extra__", None)
+        return {**value.__dict__, **extra} if extra else value.__dict__
+    return snapshot(value)
+
+
+class Deferred:
+    """Event data the writer makes: ``make(thaw(raw), context)``.
+
+    A handler that would otherwise read a framework object field by field on the
+    caller's thread (where none of that code is in cache) copies it whole with
+    :func:`freeze_raw` instead and leaves the reading to the ledger writer, which runs
+    ``make`` once per event, in queue order, and records what it returns. ``context``
+    carries what the caller already knows (timings, the run's accumulators).
+    """
+
+    __slots__ = ("context", "make", "raw")
+
+    def __init__(self, make: Any, raw: Any, context: Any = None) -> None:
+        self.make = make
+        self.raw = raw
+        self.context = context

@@ -217,10 +217,10 @@ def test_a_recording_bug_never_reaches_the_agent_even_in_strict_mode(
     cap: Capture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # strict=True makes LangChain re-raise handler exceptions: only DurabilityError may.
-    def broken(_response: object) -> None:
+    def broken(_message: object) -> None:
         raise RuntimeError("bug in tracevault")
 
-    monkeypatch.setattr(convert, "result_view", broken)
+    monkeypatch.setattr(convert, "reasoning_of", broken)
     before = handler_failures()
     charge, charged = _charge_tool()
     model = ScriptedChatModel(messages=iter([
@@ -232,4 +232,4 @@ def test_a_recording_bug_never_reaches_the_agent_even_in_strict_mode(
     assert handler_failures() == before + 2  # both model calls' ends
     kinds = [(e.kind, e.phase) for e in cap.events()]
     assert ("tool_call", "start") in kinds and ("tool_call", "end") in kinds
-    assert ("llm_call", "end") not in kinds
+    assert ("reasoning", "point") not in kinds

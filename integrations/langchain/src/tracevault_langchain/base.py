@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from tracevault.pipeline import DurabilityError
+from tracevault.snapshot import Deferred, freeze
 from tracevault_langchain import convert
 from tracevault_langchain.recorder import (
     Recorder,
@@ -16,7 +17,7 @@ from tracevault_langchain.recorder import (
     is_cancellation,
     is_control_flow,
 )
-from tracevault_langchain.runs import RunState, RunTable
+from tracevault_langchain.runs import RunState, RunTable, Trace
 
 try:  # LangGraph sends interrupt/resume only to subclasses of its handler
     from langgraph.callbacks import GraphCallbackHandler as _Base
@@ -131,16 +132,25 @@ class HandlerBase(_Base):
                        metadata=extra or None)
 
     def _output(self, st: RunState, outputs: Any) -> None:
-        trace = st.trace
-        data: dict[str, Any] = {"type": "final_answer", "content": convert.output_view(outputs),
-                                "tokens_used": trace.tokens}
-        if trace.model:
-            data["model"] = trace.model
-        if trace.cost is not None:
-            data["cost"] = trace.cost
-        self._rec.emit(st, "output", "point", data, name="final_answer", point=True)
+        # The run's tokens and cost are added up by the ledger writer as it makes each
+        # model call's data (models._end_data), so the totals are read there too: this
+        # event is queued after every model call of the run.
+        content = freeze(convert.output_view(outputs))
+        self._rec.emit(st, "output", "point", Deferred(_output_data, content, st.trace),
+                       name="final_answer", point=True)
 
 
 def ms_since(started: float) -> float:
     """Milliseconds since ``started`` (a ``time.perf_counter()`` reading)."""
     return (time.perf_counter() - started) * 1000
+
+
+def _output_data(content: Any, trace: Trace) -> dict[str, Any]:
+    # Made by the ledger writer (tracevault.snapshot.Deferred).
+    data: dict[str, Any] = {"type": "final_answer", "content": content,
+                            "tokens_used": trace.tokens}
+    if trace.model:
+        data["model"] = trace.model
+    if trace.cost is not None:
+        data["cost"] = trace.cost
+    return data

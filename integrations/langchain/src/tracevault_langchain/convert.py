@@ -3,8 +3,11 @@
 Callback payloads are live objects that agents mutate after the callback returns, and
 ``LLMResult.model_dump()`` silently drops ``tool_calls`` and ``usage_metadata`` (it
 serialises by declared type). These functions read the fields explicitly, so what is
-recorded is what the model said, and the result is handed to ``tracevault.capture.emit``
-which snapshots the rest into JSON-safe data on the caller's thread.
+recorded is what the model said. Most run on the caller's thread and hand their result
+to ``tracevault.capture.emit``, which snapshots it; the model-call views also run on the
+ledger writer, over the fields :func:`tracevault.snapshot.freeze_raw` copied (see
+:mod:`tracevault_langchain.models`), which is why they read fields rather than
+attributes.
 """
 
 from __future__ import annotations
@@ -14,14 +17,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langchain_core.documents import Document
-from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
-from langchain_core.outputs import ChatGeneration, Generation, LLMResult
+from langchain_core.messages import BaseMessage, ToolMessage
+from langchain_core.outputs import LLMResult
 
 # Metadata keys LangChain and LangGraph add on their own; the rest is the user's.
 _INTERNAL_PREFIXES = ("langgraph_", "ls_", "lc_", "checkpoint_", "__")
 _INTERNAL_KEYS = frozenset({"checkpoint_ns", "versions", "thread_ts"})
 # One encoder for every plan: json.dumps(default=...) builds a new one per call.
 _PLAN_ENCODER = json.JSONEncoder(default=str)
+# Message types by their ``type`` field (so copies of messages are read like messages).
+_AI_TYPES = frozenset({"ai", "AIMessageChunk"})
+_TOOL_TYPES = frozenset({"tool", "ToolMessageChunk"})
 
 
 def user_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -35,32 +41,55 @@ def user_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
     }
 
 
+def fields_of(value: Any) -> dict[str, Any]:
+    """Return a LangChain object's fields: a live pydantic object's ``__dict__``, or the
+    dict the ledger writer thawed from its :func:`~tracevault.snapshot.freeze_raw` copy.
+
+    The views below read fields, not attributes, so the same code serves the live
+    objects of a callback and their copies on the writer.
+    """
+    if value.__class__ is dict:
+        return value
+    return value.__dict__  # type: ignore[no-any-return]
+
+
+def _message_fields(message: Any) -> dict[str, Any] | None:
+    if isinstance(message, BaseMessage):
+        return message.__dict__
+    # A copied message: every BaseMessage has these fields.
+    if message.__class__ is dict and "additional_kwargs" in message and "type" in message:
+        return message
+    return None
+
+
 def message_view(message: Any) -> Any:
     """Return a message as ``{type, content, ...}`` keeping tool calls, ids and status."""
-    if isinstance(message, BaseMessage):
-        out: dict[str, Any] = {"type": message.type, "content": message.content}
-        if message.name:
-            out["name"] = message.name
-        if message.id:
-            out["id"] = message.id
-        if isinstance(message, AIMessage):
-            if message.tool_calls:
-                out["tool_calls"] = [dict(c) for c in message.tool_calls]
-            if message.invalid_tool_calls:
-                out["invalid_tool_calls"] = [dict(c) for c in message.invalid_tool_calls]
-            if message.usage_metadata:
-                out["usage_metadata"] = dict(message.usage_metadata)
-        elif isinstance(message, ToolMessage):
-            out["tool_call_id"] = message.tool_call_id
-            out["status"] = message.status
-            if message.artifact is not None:
-                out["artifact"] = message.artifact
-        if message.additional_kwargs:
-            out["additional_kwargs"] = message.additional_kwargs
-        return out
-    if isinstance(message, tuple) and len(message) == 2:  # ("user", "hi") shorthand
-        return {"type": message[0], "content": message[1]}
-    return message
+    m = _message_fields(message)
+    if m is None:
+        if isinstance(message, tuple) and len(message) == 2:  # ("user", "hi") shorthand
+            return {"type": message[0], "content": message[1]}
+        return message
+    kind = m["type"]
+    out: dict[str, Any] = {"type": kind, "content": m["content"]}
+    if m.get("name"):
+        out["name"] = m["name"]
+    if m.get("id"):
+        out["id"] = m["id"]
+    if kind in _AI_TYPES:
+        if m.get("tool_calls"):
+            out["tool_calls"] = [dict(c) for c in m["tool_calls"]]
+        if m.get("invalid_tool_calls"):
+            out["invalid_tool_calls"] = [dict(c) for c in m["invalid_tool_calls"]]
+        if m.get("usage_metadata"):
+            out["usage_metadata"] = dict(m["usage_metadata"])
+    elif kind in _TOOL_TYPES:
+        out["tool_call_id"] = m.get("tool_call_id")
+        out["status"] = m.get("status")
+        if m.get("artifact") is not None:
+            out["artifact"] = m["artifact"]
+    if m.get("additional_kwargs"):
+        out["additional_kwargs"] = m["additional_kwargs"]
+    return out
 
 
 def messages_view(batches: Sequence[Sequence[Any]]) -> list[Any]:
@@ -69,9 +98,10 @@ def messages_view(batches: Sequence[Sequence[Any]]) -> list[Any]:
     return views[0] if len(views) == 1 else views
 
 
-def usage_of(message: Any) -> dict[str, int] | None:
-    """Return ``{input, output, total, cached, reasoning}`` from ``usage_metadata``."""
-    usage = getattr(message, "usage_metadata", None)
+def usage_of(message: dict[str, Any] | None) -> dict[str, int] | None:
+    """Return ``{input, output, total, cached, reasoning}`` from a message's
+    ``usage_metadata`` (``message`` as :func:`fields_of` gives it)."""
+    usage = message.get("usage_metadata") if message else None
     if not usage:
         return None
     inp = int(usage.get("input_tokens") or 0)
@@ -108,46 +138,58 @@ def add_usage(total: dict[str, int] | None, more: dict[str, int] | None) -> dict
     return {k: total.get(k, 0) + more.get(k, 0) for k in {*total, *more}}
 
 
-def generation_view(generation: Generation) -> dict[str, Any]:
+def generation_view(generation: Any) -> dict[str, Any]:
     """Return one generation's response, tool calls and finish reason."""
-    info = generation.generation_info or {}
+    g = fields_of(generation)
+    info = g.get("generation_info") or {}
     out: dict[str, Any] = {}
-    if isinstance(generation, ChatGeneration):
-        message = generation.message
-        out["response"] = message.content
-        meta = message.response_metadata or {}
-        if isinstance(message, AIMessage):
-            if message.tool_calls:
-                out["tool_calls"] = [dict(c) for c in message.tool_calls]
-            if message.invalid_tool_calls:
-                out["invalid_tool_calls"] = [dict(c) for c in message.invalid_tool_calls]
-        if message.id:
-            out["message_id"] = message.id
+    message = g.get("message")
+    if message is not None:  # a ChatGeneration
+        m = fields_of(message)
+        out["response"] = m["content"]
+        meta = m.get("response_metadata") or {}
+        if m.get("type") in _AI_TYPES:
+            if m.get("tool_calls"):
+                out["tool_calls"] = [dict(c) for c in m["tool_calls"]]
+            if m.get("invalid_tool_calls"):
+                out["invalid_tool_calls"] = [dict(c) for c in m["invalid_tool_calls"]]
+        if m.get("id"):
+            out["message_id"] = m["id"]
         reason = info.get("finish_reason") or meta.get("finish_reason") or meta.get("stop_reason")
         model = meta.get("model_name") or meta.get("model")
         if model:
             out["model"] = model
     else:
-        out["response"] = generation.text
+        out["response"] = g.get("text")
         reason = info.get("finish_reason")
     if reason:
         out["finish_reason"] = reason
     return out
 
 
-def result_view(response: LLMResult) -> tuple[dict[str, Any], dict[str, int] | None, Any]:
-    """Return (data for the ``llm_call`` end, summed usage, the first response message)."""
-    flat = [g for batch in response.generations for g in batch]
+def result_view(response: Any) -> tuple[dict[str, Any], dict[str, int] | None]:
+    """Return (data for the ``llm_call`` end, summed usage) of an ``LLMResult`` (live,
+    or its fields as copied)."""
+    r = fields_of(response)
+    flat = [g for batch in r["generations"] for g in batch]
     usage: dict[str, int] | None = None
     for g in flat:
-        usage = add_usage(usage, usage_of(getattr(g, "message", None)))
+        message = fields_of(g).get("message")
+        usage = add_usage(usage, usage_of(fields_of(message) if message is not None else None))
     if usage is None:
-        usage = _legacy_usage(response.llm_output)
+        usage = _legacy_usage(r.get("llm_output"))
     data: dict[str, Any] = generation_view(flat[0]) if flat else {}
     if len(flat) > 1:
         data["generations"] = [generation_view(g) for g in flat]
-    first = getattr(flat[0], "message", None) if flat else None
-    return data, usage, first
+    return data, usage
+
+
+def first_message(response: Any) -> Any:
+    """Return the first generation's message of an ``LLMResult`` (live or copied), if any."""
+    generations = fields_of(response)["generations"]
+    if not generations or not generations[0]:
+        return None
+    return fields_of(generations[0][0]).get("message")
 
 
 def reasoning_of(message: Any) -> str | None:
@@ -156,11 +198,12 @@ def reasoning_of(message: Any) -> str | None:
     Explicit reasoning (``reasoning``/``thinking`` content blocks, ``reasoning_content``)
     counts always; plain assistant text counts when the message also calls tools.
     """
-    if not isinstance(message, AIMessage):
+    m = _message_fields(message)
+    if m is None or m["type"] not in _AI_TYPES:
         return None
     parts: list[str] = []
     text: list[str] = []
-    content = message.content
+    content = m["content"]
     if isinstance(content, str):
         text.append(content)
     else:
@@ -175,19 +218,20 @@ def reasoning_of(message: Any) -> str | None:
                         parts.append(value)
                 elif kind == "text" and isinstance(block.get("text"), str):
                     text.append(block["text"])
-    extra = message.additional_kwargs.get("reasoning_content")
+    extra = (m.get("additional_kwargs") or {}).get("reasoning_content")
     if isinstance(extra, str):
         parts.append(extra)
-    if message.tool_calls:
+    if m.get("tool_calls"):
         parts.extend(t for t in text if t.strip())
     thought = "\n".join(p for p in parts if p.strip())
     return thought or None
 
 
-def plan_of(message: AIMessage) -> list[str]:
+def plan_of(message: Any) -> list[str]:
     """Return the tool calls a message makes as ``name(args)`` strings."""
     encode = _PLAN_ENCODER.encode
-    return [f"{c['name']}({encode(c.get('args'))})" for c in message.tool_calls]
+    calls = fields_of(message).get("tool_calls") or ()
+    return [f"{c['name']}({encode(c.get('args'))})" for c in calls]
 
 
 def documents_view(documents: Sequence[Any]) -> list[dict[str, Any]]:
@@ -272,6 +316,6 @@ def output_view(outputs: Any) -> Any:
             if key in outputs:
                 return outputs[key]
     if isinstance(outputs, LLMResult):
-        data, _, _ = result_view(outputs)
+        data, _ = result_view(outputs)
         return data.get("response")
     return outputs

@@ -10,9 +10,10 @@ from langchain_core.messages import BaseMessage, ToolMessage
 from langchain_core.outputs import LLMResult
 
 from tracevault.pricing import cost_of
+from tracevault.snapshot import Deferred, freeze_raw
 from tracevault_langchain import convert
 from tracevault_langchain.base import HandlerBase, ms_since, recording_failed
-from tracevault_langchain.runs import RunState
+from tracevault_langchain.runs import RunState, Trace
 
 if TYPE_CHECKING:
     from langchain_core.outputs import ChatGenerationChunk, GenerationChunk
@@ -36,7 +37,7 @@ class ModelCallbacks(HandlerBase):
     ) -> None:
         try:
             st = self._model_start(serialized, run_id, parent_run_id, tags, metadata, kwargs,
-                                   {"messages": convert.messages_view(messages)})
+                                   messages, True)
             if st is None:
                 return
             if st.is_root:
@@ -60,10 +61,8 @@ class ModelCallbacks(HandlerBase):
         **kwargs: Any,
     ) -> None:
         try:
-            prompt: dict[str, Any] = {"prompt": prompts[0]} if len(prompts) == 1 else {
-                "prompt": prompts}
             st = self._model_start(serialized, run_id, parent_run_id, tags, metadata, kwargs,
-                                   prompt)
+                                   prompts, False)
             if st is not None and st.is_root:
                 self._input(st, prompts[0] if len(prompts) == 1 else prompts, None)
         except Exception as exc:
@@ -77,7 +76,8 @@ class ModelCallbacks(HandlerBase):
         tags: list[str] | None,
         metadata: dict[str, Any] | None,
         kwargs: dict[str, Any],
-        prompt: dict[str, Any],
+        prompt: Any,
+        chat: bool,
     ) -> RunState | None:
         meta = metadata or {}
         params: dict[str, Any] = kwargs.get("invocation_params") or {}
@@ -87,18 +87,14 @@ class ModelCallbacks(HandlerBase):
         if st is None:
             return None
         st.model = str(model)
-        data: dict[str, Any] = {"model": st.model}
-        provider = meta.get("ls_provider") or params.get("_type")
-        if provider:
-            data["provider"] = provider
-        data["parameters"] = {k: v for k, v in params.items() if k not in _NOT_PARAMETERS}
+        parameters = {k: v for k, v in params.items() if k not in _NOT_PARAMETERS}
         if params.get("stop") or meta.get("ls_stop"):
-            data["parameters"]["stop"] = params.get("stop") or meta.get("ls_stop")
-        data.update(prompt)
+            parameters["stop"] = params.get("stop") or meta.get("ls_stop")
         tools = params.get("tools") or params.get("functions")
-        if tools:
-            data["tools"] = tools
-        self._rec.emit(st, "llm_call", "start", data)
+        # The messages are copied whole; the writer reads them (_start_data).
+        raw = freeze_raw((parameters, tools, prompt, chat))
+        provider = meta.get("ls_provider") or params.get("_type")
+        self._rec.emit(st, "llm_call", "start", Deferred(_start_data, raw, (st.model, provider)))
         return st
 
     def on_llm_new_token(
@@ -131,28 +127,19 @@ class ModelCallbacks(HandlerBase):
             st = self._rec.close(run_id)
             if st is None:
                 return
-            data, usage, message = convert.result_view(response)
-            model = st.model or data.get("model") or "llm"
-            data["model"] = model
-            cost = None
-            if usage is not None:
-                data["usage"] = usage
-                cost = cost_of(model, usage.get("input"), usage.get("output"), usage.get("cached"))
-                if cost is not None:
-                    data["cost"] = cost
+            model = st.model or "llm"
+            first_token = None
             if st.first_token is not None:
-                data["time_to_first_token_ms"] = (st.first_token - st.started) * 1000
-            data["duration_ms"] = ms_since(st.started)
-            data["status"] = "success"
-            self._rec.emit(st, "llm_call", "end", data, name=model)
-            st.trace.add_usage(model, (usage or {}).get("total", 0), cost)
-            thought = convert.reasoning_of(message)
+                first_token = (st.first_token - st.started) * 1000
+            # The result is copied whole; the writer reads it (_end_data), adds up the
+            # run's tokens and cost there, and the output event reads them after it.
+            raw = freeze_raw(response)
+            timing = (model, first_token, ms_since(st.started), st.trace)
+            self._rec.emit(st, "llm_call", "end", Deferred(_end_data, raw, timing), name=model)
+            thought = convert.reasoning_of(convert.first_message(response))
             if thought is not None:
-                reasoning: dict[str, Any] = {"thought": thought}
-                plan = convert.plan_of(message) if getattr(message, "tool_calls", None) else None
-                if plan:
-                    reasoning["plan"] = plan
-                self._rec.emit(st, "reasoning", "point", reasoning, name=model, point=True)
+                self._rec.emit(st, "reasoning", "point", Deferred(_reasoning_data, raw, thought),
+                               name=model, point=True)
             if st.is_root:
                 self._output(st, response)
         except Exception as exc:
@@ -173,3 +160,49 @@ class ModelCallbacks(HandlerBase):
                 self._end_failed(st, error)
         except Exception as exc:
             recording_failed("on_llm_error", exc)
+
+
+# --- made by the ledger writer, from the copies above (tracevault.snapshot.Deferred) ----
+
+
+def _start_data(raw: list[Any], context: tuple[str, Any]) -> dict[str, Any]:
+    parameters, tools, prompt, chat = raw
+    model, provider = context
+    data: dict[str, Any] = {"model": model}
+    if provider:
+        data["provider"] = provider
+    data["parameters"] = parameters
+    if chat:
+        data["messages"] = convert.messages_view(prompt)
+    else:
+        data["prompt"] = prompt[0] if len(prompt) == 1 else prompt
+    if tools:
+        data["tools"] = tools
+    return data
+
+
+def _end_data(response: dict[str, Any],
+              context: tuple[str, float | None, float, Trace]) -> dict[str, Any]:
+    model, first_token, duration, trace = context
+    data, usage = convert.result_view(response)
+    data["model"] = model
+    cost = None
+    if usage is not None:
+        data["usage"] = usage
+        cost = cost_of(model, usage.get("input"), usage.get("output"), usage.get("cached"))
+        if cost is not None:
+            data["cost"] = cost
+    if first_token is not None:
+        data["time_to_first_token_ms"] = first_token
+    data["duration_ms"] = duration
+    data["status"] = "success"
+    trace.add_usage(model, (usage or {}).get("total", 0), cost)
+    return data
+
+
+def _reasoning_data(response: dict[str, Any], thought: str) -> dict[str, Any]:
+    data: dict[str, Any] = {"thought": thought}
+    message = convert.first_message(response)
+    if message is not None and message.get("tool_calls"):
+        data["plan"] = convert.plan_of(message)
+    return data

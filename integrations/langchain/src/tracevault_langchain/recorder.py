@@ -18,7 +18,7 @@ from uuid import UUID
 
 from tracevault import capture
 from tracevault.context import current_scope, current_span
-from tracevault.snapshot import describe_exception
+from tracevault.snapshot import Deferred, describe_exception
 from tracevault_langchain.runs import RUNS, FailedTool, RunState, RunTable, SpanId, Trace
 
 log = logging.getLogger("tracevault.langchain")
@@ -163,7 +163,7 @@ class Recorder:
         state: RunState,
         kind: str,
         phase: str,
-        data: dict[str, Any],
+        data: dict[str, Any] | Deferred,
         *,
         level: str = "info",
         name: str | None = None,
@@ -181,40 +181,18 @@ class Recorder:
             span, parent = None, state.child_span
         else:
             span, parent = state.span, state.parent_span
-        capture.emit(
-            kind,
-            phase=phase,
-            level=level,
-            name=name if name is not None else state.name,
-            data=data,
-            framework=FRAMEWORK,
-            session_id=state.session_id,
-            user_id=state.user_id,
-            trace_id=state.trace.trace_id,
-            span_id=span,
-            parent_span_id=parent,
-            metadata=metadata,
-            durable=durable,
-            owned=owned,
-        )
+        capture.record(kind, phase, level, name if name is not None else state.name, data,
+                       FRAMEWORK, state.session_id, state.user_id, state.trace.trace_id,
+                       span, parent, metadata, None, None, durable, owned)
 
     def emit_on(self, state: RunState, kind: str, data: dict[str, Any], *, level: str,
                 name: str | None = None) -> None:
         """Emit a point event that belongs to ``state``'s run itself (errors, warnings);
         ``data`` holds only strings and numbers built here (queued uncopied)."""
-        capture.emit(
-            kind,
-            level=level,
-            name=name if name is not None else state.name,
-            data=data,
-            framework=FRAMEWORK,
-            session_id=state.session_id,
-            user_id=state.user_id,
-            trace_id=state.trace.trace_id,
-            span_id=state.child_span,
-            parent_span_id=state.parent_span if state.span is not None else None,
-            owned=True,
-        )
+        capture.record(kind, "point", level, name if name is not None else state.name, data,
+                       FRAMEWORK, state.session_id, state.user_id, state.trace.trace_id,
+                       state.child_span, state.parent_span if state.span is not None else None,
+                       owned=True)
 
     def error(
         self,
@@ -277,19 +255,10 @@ class Recorder:
         A ``custom`` event named ``error_recovered`` rather than a second ``error``, so
         each failure is counted once. ``payload`` holds only strings and numbers.
         """
-        capture.emit(
-            "custom",
-            level="warning",
-            name="error_recovered",
-            data={"name": "error_recovered", "payload": payload},
-            framework=FRAMEWORK,
-            session_id=state.session_id,
-            user_id=state.user_id,
-            trace_id=state.trace.trace_id,
-            span_id=span,
-            parent_span_id=parent if parent is not None else state.child_span,
-            owned=True,
-        )
+        capture.record("custom", "point", "warning", "error_recovered",
+                       {"name": "error_recovered", "payload": payload}, FRAMEWORK,
+                       state.session_id, state.user_id, state.trace.trace_id, span,
+                       parent if parent is not None else state.child_span, owned=True)
 
     def warn_if_slow(self, state: RunState, duration_ms: float) -> None:
         """Record a ``slow_tool_call`` warning like the core ``AuditLogger`` does."""

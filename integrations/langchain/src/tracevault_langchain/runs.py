@@ -141,11 +141,15 @@ class RunState:
 
 
 class RunTable:
-    """Open runs by ``run_id``, bounded in size; only eviction takes a lock."""
+    """Open runs by ``run_id``, bounded in size; only eviction takes a lock.
+
+    Runs are keyed by ``run_id.int``: ``uuid.UUID`` hashes and compares in Python code,
+    which every lookup would run (four per run, on the agent's thread).
+    """
 
     def __init__(self, max_open: int = DEFAULT_MAX_OPEN) -> None:
         self.max_open = max_open
-        self._runs: dict[UUID, RunState] = {}
+        self._runs: dict[int, RunState] = {}
         self._lock = threading.Lock()
         self.evicted = 0
 
@@ -154,7 +158,7 @@ class RunTable:
 
     def get(self, run_id: UUID) -> RunState | None:
         """Return the open run ``run_id`` (a dict read: atomic, no lock needed)."""
-        return self._runs.get(run_id)
+        return self._runs.get(run_id.int)
 
     def claim(
         self, run_id: UUID, state: RunState
@@ -164,18 +168,19 @@ class RunTable:
         Returns whether ``state`` was added and the runs evicted to make room for it.
         """
         runs = self._runs
+        key = run_id.int
         if len(runs) < self.max_open:
             # setdefault is one atomic step under the GIL: no lock on the common path.
-            current = runs.setdefault(run_id, state)
+            current = runs.setdefault(key, state)
             if current is state:
                 return True, ()
             if current.owner != state.owner:
                 return False, ()
-            runs[run_id] = state  # the same handler saw this run start again
+            runs[key] = state  # the same handler saw this run start again
             return True, ()
         evicted: list[RunState] = []
         with self._lock:
-            owner = runs.get(run_id)
+            owner = runs.get(key)
             if owner is not None and owner.owner != state.owner:
                 return False, evicted
             while len(runs) >= self.max_open:
@@ -186,16 +191,17 @@ class RunTable:
                 old = runs.pop(oldest, None)
                 if old is not None:
                     evicted.append(old)
-            runs[run_id] = state
+            runs[key] = state
             self.evicted += len(evicted)
         return True, evicted
 
     def pop(self, run_id: UUID, owner: int) -> RunState | None:
         """Remove and return the run if ``owner`` records it; else leave it alone."""
-        state = self._runs.get(run_id)
+        key = run_id.int
+        state = self._runs.get(key)
         if state is None or state.owner != owner:
             return None
-        return self._runs.pop(run_id, None)  # atomic: a racing pop gets None
+        return self._runs.pop(key, None)  # atomic: a racing pop gets None
 
     def clear(self) -> None:
         """Forget every open run (tests; after a fork)."""
