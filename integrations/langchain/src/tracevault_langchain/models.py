@@ -133,7 +133,7 @@ class ModelCallbacks(HandlerBase):
                 first_token = (st.first_token - st.started) * 1000
             # The result is copied whole; the writer reads it (_end_data), adds up the
             # run's tokens and cost there, and the output event reads them after it.
-            raw = freeze_raw(response)
+            raw = freeze_raw((response.generations, response.llm_output))
             timing = (model, first_token, ms_since(st.started), st.trace)
             self._rec.emit(st, "llm_call", "end", Deferred(_end_data, raw, timing), name=model)
             thought = convert.reasoning_of(convert.first_message(response))
@@ -181,10 +181,15 @@ def _start_data(raw: list[Any], context: tuple[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _end_data(response: dict[str, Any],
+def _result(raw: list[Any]) -> dict[str, Any]:
+    # What on_llm_end copied of the LLMResult (not its run info), as its fields.
+    return {"generations": raw[0], "llm_output": raw[1]}
+
+
+def _end_data(raw: list[Any],
               context: tuple[str, float | None, float, Trace]) -> dict[str, Any]:
     model, first_token, duration, trace = context
-    data, usage = convert.result_view(response)
+    data, usage = convert.result_view(_result(raw))
     data["model"] = model
     cost = None
     if usage is not None:
@@ -200,9 +205,9 @@ def _end_data(response: dict[str, Any],
     return data
 
 
-def _reasoning_data(response: dict[str, Any], thought: str) -> dict[str, Any]:
+def _reasoning_data(raw: list[Any], thought: str) -> dict[str, Any]:
     data: dict[str, Any] = {"thought": thought}
-    message = convert.first_message(response)
+    message = convert.first_message(_result(raw))
     if message is not None and message.get("tool_calls"):
         data["plan"] = convert.plan_of(message)
     return data
