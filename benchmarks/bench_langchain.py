@@ -2,10 +2,14 @@
 
 One run of the workload is ``langchain.agents.create_agent`` with a scripted model: two
 model calls and one tool call (17 events when fully recorded). It is invoked
-``--runs`` times, one after another, under each configuration:
+``--runs`` times, one after another, under each configuration (the configurations take
+turns in ``--rounds`` rounds, so drift of the machine affects them alike):
 
 * ``none``      no callbacks at all;
 * ``noop``      a handler that does nothing (the cost of LangChain's callback system);
+* ``noop_busy`` the no-op handler while another process keeps the second core busy: a
+  control, showing what concurrent work elsewhere on the machine does to the latency
+  tail with no tracevault involved (the writer thread and process are such work);
 * ``tv_parked`` TracevaultCallbackHandler with the ledger writer parked: what recording
   costs the agent's own thread (handler + snapshot + enqueue);
 * ``tracevault`` TracevaultCallbackHandler, full capture into a SQLite ledger (the
@@ -14,6 +18,10 @@ model calls and one tool call (17 events when fully recorded). It is invoked
   writes, so only handing batches over shares the agent's GIL;
 * ``langfuse``  Langfuse's own LangChain handler, exporting to a local HTTP server
   on 127.0.0.1 that accepts and counts what arrives (no network).
+
+With ``--model-ms`` each model call also waits that long (idle, as for a real model's
+network round trip), which is when a writer thread gets the GIL without taking it from
+the agent.
 
 For each it prints median and p99 invoke latency; the per-event overhead is
 ``(median(tracevault) - median(noop)) / events per run``. Writing the ledger happens on
@@ -28,6 +36,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -107,7 +116,13 @@ def _measure(invoke: Callable[[], Any], runs: int, warmup: int) -> list[float]:
     return out
 
 
-def _langfuse_handler() -> tuple[Any, Callable[[], None]] | None:
+def _busy_core() -> subprocess.Popen[bytes]:
+    """Start a process that keeps one core busy (bounded: it stops by itself)."""
+    loop = "import time\nend = time.monotonic() + 600\nwhile time.monotonic() < end: pass"
+    return subprocess.Popen([sys.executable, "-c", loop])
+
+
+def _langfuse_handler() -> tuple[Any, Callable[[], None], Callable[[], None]] | None:
     try:
         from langfuse import Langfuse
         from langfuse.langchain import CallbackHandler
@@ -123,74 +138,109 @@ def _langfuse_handler() -> tuple[Any, Callable[[], None]] | None:
         client.shutdown()
         server.shutdown()
 
-    return CallbackHandler(public_key="pk-lf-bench"), close
+    return CallbackHandler(public_key="pk-lf-bench"), close, client.flush
+
+
+CONFIGS = ("none", "noop", "noop_busy", "tv_parked", "tracevault", "tv_process", "langfuse")
+RECORDING = ("tv_parked", "tracevault", "tv_process")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=2000)
+    parser.add_argument("--runs", type=int, default=2000, help="invokes per configuration")
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="the configurations take turns, this many times")
     parser.add_argument("--only", nargs="*", default=None, help="configurations to run")
+    parser.add_argument("--model-ms", type=float, default=0.0,
+                        help="time each model call waits, as a real model's network "
+                        "round trip does (default 0: the agent never waits)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
 
-    agent = create_agent(ScriptedChatModel(respond=_script), [get_weather])
+    def respond(messages: list[BaseMessage]) -> Any:
+        if args.model_ms:
+            time.sleep(args.model_ms / 1000)  # an idle wait, like a network call
+        return _script(messages)
+
+    agent = create_agent(ScriptedChatModel(respond=respond), [get_weather])
     inputs = {"messages": [HumanMessage("Paris")]}
     tmp = tempfile.mkdtemp()
-    gated = GatedStore(open_store(f"sqlite:///{os.path.join(tmp, 'parked.db')}"))
     handler = TracevaultCallbackHandler()
-    configs: dict[str, list[Any]] = {
-        "none": [], "noop": [NoopHandler()], "tv_parked": [handler], "tracevault": [handler],
-        "tv_process": [handler],
+    callbacks: dict[str, list[Any]] = {
+        "none": [], "noop": [NoopHandler()], "noop_busy": [NoopHandler()],
+        **{name: [handler] for name in RECORDING},
     }
-    closers: dict[str, Callable[[], None]] = {}
     langfuse = _langfuse_handler()
     if langfuse is not None:
-        configs["langfuse"], closers["langfuse"] = [langfuse[0]], langfuse[1]
+        callbacks["langfuse"] = [langfuse[0]]
+    names = [n for n in CONFIGS if n in callbacks and (not args.only or n in args.only)]
+    runs, warmup = max(1, args.runs // args.rounds), args.warmup // args.rounds
+
+    latencies: dict[str, list[float]] = {name: [] for name in names}
+    drains: dict[str, list[float]] = {name: [] for name in names}
+    events: dict[str, int] = dict.fromkeys(names, 0)
+    # The configurations take turns, so a machine that speeds up or slows down over the
+    # minutes of a measurement affects them alike.
+    for round_no in range(args.rounds):
+        for name in names:
+            config = {"callbacks": callbacks[name], "metadata": {"session_id": "bench"}}
+            gated = busy = None
+            db = os.path.join(tmp, f"{name}-{round_no}.db")
+            if name == "tv_parked":
+                gated = GatedStore(open_store(f"sqlite:///{db}"))
+                tracevault.configure(store=gated, queue_size=(runs + warmup) * 20)
+            elif name == "tracevault":
+                tracevault.configure(store=f"sqlite:///{db}")
+            elif name == "tv_process":
+                tracevault.configure(store=f"sqlite:///{db}", writer="process")
+            elif name == "noop_busy":
+                busy = _busy_core()
+            latencies[name] += _measure(lambda c=config: agent.invoke(inputs, c),  # type: ignore[misc]
+                                        runs, warmup)
+            t0 = time.perf_counter()
+            if gated is not None:
+                gated.gate.set()
+            if name in RECORDING:
+                stats = tracevault.shutdown()
+                events[name] += stats.written if stats is not None else 0
+            elif name == "langfuse" and langfuse is not None:
+                langfuse[2]()
+            if busy is not None:
+                busy.kill()
+                busy.wait()
+            drains[name].append((time.perf_counter() - t0) * 1000)
+    if langfuse is not None:
+        langfuse[1]()
 
     results: dict[str, dict[str, float]] = {}
-    for name, callbacks in configs.items():
-        if args.only and name not in args.only:
-            continue
-        config = {"callbacks": callbacks, "metadata": {"session_id": "bench"}}
-        if name == "tv_parked":
-            tracevault.configure(store=gated, queue_size=(args.runs + args.warmup) * 20)
-        elif name == "tracevault":
-            tracevault.configure(store=f"sqlite:///{os.path.join(tmp, 'bench.db')}")
-        elif name == "tv_process":
-            tracevault.configure(store=f"sqlite:///{os.path.join(tmp, 'process.db')}",
-                                 writer="process")
-        before = tracevault.stats()
-        lat = _measure(lambda c=config: agent.invoke(inputs, c), args.runs, args.warmup)  # type: ignore[misc]
-        t0 = time.perf_counter()
-        if name == "tv_parked":
-            gated.gate.set()
-        if name in ("tv_parked", "tracevault", "tv_process"):
-            tracevault.flush()
-        elif name in closers:
-            closers[name]()
-        drain = (time.perf_counter() - t0) * 1000
-        after = tracevault.stats()
-        events = ((after.written if after else 0) - (before.written if before else 0))
+    per_run_events = None
+    for name in names:
+        lat = latencies[name]
         median = statistics.median(lat)
         p99 = _percentile(lat, 0.99)
         results[name] = {"median_us": median, "p99_us": p99, "p99_over_median": p99 / median,
-                         "drain_after_runs_ms": drain,
-                         "events_per_run": events / (args.runs + args.warmup)}
-    for name in ("tv_parked", "tracevault", "tv_process"):
-        if name in results and "noop" in results:
-            per_run = results[name]["events_per_run"]
-            delta = results[name]["median_us"] - results["noop"]["median_us"]
-            results[name]["per_event_over_noop_us"] = delta / per_run
-    tracevault.shutdown()
-    host = {**machine(), "runs": args.runs, "warmup": args.warmup}
-    write_results("langchain", {"machine": host, "results": results})
+                         "drain_after_runs_ms": statistics.median(drains[name])}
+        if name in RECORDING:
+            per_run_events = events[name] / ((runs + warmup) * args.rounds)
+            results[name]["events_per_run"] = per_run_events
+    if "noop" in results and per_run_events:
+        for name in (*RECORDING, "langfuse"):
+            if name in results:
+                delta = results[name]["median_us"] - results["noop"]["median_us"]
+                # Langfuse records the same run: compare per tracevault event.
+                results[name]["per_event_over_noop_us"] = delta / per_run_events
+    host = {**machine(), "runs": runs * args.rounds, "warmup": warmup * args.rounds,
+            "rounds": args.rounds, "model_ms": args.model_ms}
+    write_results("langchain" if not args.model_ms else "langchain-model-wait",
+                  {"machine": host, "results": results})
     if args.json:
         print(json.dumps({"machine": host, "results": results}, indent=2))
         return 0
     print(f"python {host['python']} on {host['platform']}, {host['cores']} CPUs, "
-          f"{args.runs} runs after {args.warmup} warm-up")
+          f"{host['runs']} runs per configuration in {args.rounds} rounds, "
+          f"{args.model_ms:g} ms per model call")
     print(f"{'config':<12}{'median µs':>12}{'p99 µs':>12}{'p99/med':>9}{'drain ms':>10}"
           f"{'ev/run':>8}{'µs/event':>10}")
     if "langfuse" in results:
@@ -198,9 +248,10 @@ def main(argv: list[str] | None = None) -> int:
               "local server")
     for name, r in results.items():
         per_event = r.get("per_event_over_noop_us")
+        ev = r.get("events_per_run")
         print(f"{name:<12}{r['median_us']:>12.0f}{r['p99_us']:>12.0f}"
               f"{r['p99_over_median']:>9.2f}{r['drain_after_runs_ms']:>10.0f}"
-              f"{r['events_per_run']:>8.1f}"
+              f"{'' if ev is None else format(ev, '.1f'):>8}"
               f"{'' if per_event is None else format(per_event, '.1f'):>10}")
     return 0
 
