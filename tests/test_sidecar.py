@@ -229,3 +229,33 @@ def test_a_failed_in_process_append_is_retried_and_stored_once(
         assert event.data["payload"]["email"] == "[EMAIL]"
         assert event.metadata["redactions"] == [
             {"path": "data.payload.email", "category": "EMAIL", "count": 1}]
+
+
+def test_a_forked_child_writes_through_a_writer_process_of_its_own(tmp_path: Path) -> None:
+    with capture_events(tmp_path, writer="process") as cap:
+        tracevault.AuditLogger(session_id="parent").log_event("before fork")
+        cap.flush()
+        parent_writer = _sidecar(cap)._proc
+        assert parent_writer is not None
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                tracevault.AuditLogger(session_id="child").log_event("in child")
+                ok = tracevault.flush(30)
+                pipeline = capture.current_pipeline()
+                store = pipeline._store if pipeline is not None else None
+                proc = store._proc if isinstance(store, SidecarStore) else None
+                os.write(write, str(proc.pid if proc is not None else 0).encode())
+                code = 0 if ok else 2
+            finally:
+                os._exit(code)
+        os.close(write)
+        _, status = os.waitpid(pid, 0)
+        child_writer = int(os.read(read, 64) or b"0")
+        os.close(read)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert child_writer not in (0, parent_writer.pid, pid, os.getpid())
+        assert [e.name for e in cap.events(session_id="child")] == ["in child"]
+        assert cap.store.verify().ok

@@ -33,7 +33,9 @@ _pipeline: Pipeline | None = None
 _settings: Settings | None = None
 _min_rank = LEVEL_RANK["debug"]
 _capture_errors = 0
-_recipe: tuple[str, list[Middleware]] | None = None  # what a forked child rebuilds
+# What a forked child rebuilds: the store URL, the middleware, and whether a writer
+# process wrote (the child then starts its own, through new_pipeline).
+_recipe: tuple[str, list[Middleware], bool] | None = None
 _KINDS = frozenset(KINDS)
 _PHASES = frozenset(PHASES)
 _middleware_factory: list[Any] = []  # callables (Settings) -> list[Middleware]
@@ -85,9 +87,12 @@ def get_pipeline() -> Pipeline:
             # After fork, the child rebuilds what the parent had configured (the same
             # ledger and middleware), not a pipeline from the environment.
             if _recipe is not None:
-                store, steps = _recipe
-                install(Pipeline(store, middleware=steps, queue_size=s.queue_size,
-                                 batch_size=s.batch_size, block_timeout=s.block_timeout), s)
+                store, steps, by_process = _recipe
+                if by_process:  # a writer process of its own, as the parent had
+                    install(new_pipeline(s, store), s)
+                else:
+                    install(Pipeline(store, middleware=steps, queue_size=s.queue_size,
+                                     batch_size=s.batch_size, block_timeout=s.block_timeout), s)
             else:
                 install(new_pipeline(s, s.store), s)
         assert _pipeline is not None
@@ -347,7 +352,8 @@ def _reset_after_fork() -> None:
     # dead one.
     global _pipeline, _lock, _recipe
     if _pipeline is not None:
-        _recipe = (_pipeline.store_url, list(_pipeline.middleware))
+        _recipe = (_pipeline.store_url, list(_pipeline.middleware),
+                   _pipeline.store_applies_middleware)
     _pipeline = None
     _lock = threading.RLock()
 

@@ -379,6 +379,12 @@ class Pipeline:
             if not ok and self._stop.is_set():  # stopping: shutdown dead-letters the rest
                 return
 
+    @property
+    def store_applies_middleware(self) -> bool:
+        """Whether the store runs the middleware itself: the writer process does
+        (:mod:`tracevault.sidecar`), so this pipeline hands events over unredacted."""
+        return self._store_applies_middleware()
+
     def _store_applies_middleware(self) -> bool:
         return bool(getattr(self._store, "applies_middleware", False))
 
