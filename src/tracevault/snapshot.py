@@ -78,9 +78,9 @@ def _qualname(cls: type) -> str:
     return name if module in ("builtins", "__main__") else f"{module}.{name}"
 
 
-def _float(value: float) -> float | str:
-    # JSON has no NaN or infinities and orjson would silently write null: keep them
-    # visible as strings instead.
+def json_float(value: float) -> float | str:
+    """Return ``value``, or ``"NaN"``/``"Infinity"``/``"-Infinity"`` for what JSON cannot
+    hold (orjson would silently write null)."""
     if math.isfinite(value):
         return value
     if math.isnan(value):
@@ -122,7 +122,7 @@ class _Snapshotter:
         if cls is int:
             return value if -_INT_LIMIT < value < _INT_LIMIT else str(value)
         if cls is float:
-            return _float(value)
+            return json_float(value)
         if depth >= self.max_depth:
             return f"<max depth {self.max_depth} reached: {cls.__name__}>"
         if cls is dict or cls is list or cls is tuple:
@@ -196,7 +196,7 @@ class _Snapshotter:
         if isinstance(value, int):
             return self.convert(int(value), depth)
         if isinstance(value, float):
-            return _float(float(value))
+            return json_float(float(value))
         if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
             return value.isoformat()
         if isinstance(value, _dt.timedelta):

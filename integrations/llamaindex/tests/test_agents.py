@@ -216,3 +216,23 @@ async def test_slow_tool_yields_a_warning(tmp_path: Path, instrumented: Installe
     for w in warnings:
         assert w.kind == "custom" and w.data["payload"]["threshold_ms"] == 0.0
         assert w.data["payload"]["duration_ms"] == ends[w.span_id].data["duration_ms"]
+
+
+async def test_payloads_are_copied_when_captured_and_keep_what_json_cannot_hold(
+    cap: Capture, instrumented: Installed
+) -> None:
+    # The handlers queue the copies payloads.py makes, with no second copy on the way:
+    # a tool that changes its arguments afterwards, and numbers JSON has no form for,
+    # must still be recorded as they were when the tool started.
+    def collect(values: list[float], scale: float) -> int:
+        """Collect values."""
+        values.append(99.0)
+        return len(values)
+
+    llm = MockFunctionCallingLLM(response_generator=tool_then_answer(
+        [("collect", {"values": [1.5], "scale": float("nan")})], "done"))
+    agent = FunctionAgent(tools=[FunctionTool.from_defaults(collect)], llm=llm)
+    await agent.run(user_msg="collect")
+    start, end = (e for e in cap.events() if e.kind == "tool_call")
+    assert start.data["parameters"] == {"values": [1.5], "scale": "NaN"}
+    assert end.data["result"] == "2"

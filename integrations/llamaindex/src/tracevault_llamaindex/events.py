@@ -29,7 +29,7 @@ def _is_root(span: Span) -> bool:
 
 
 def _step_start(rec: Recorder, event: Any, kind: str, name: str, data: dict[str, Any],
-                level: str = "debug") -> Span | None:
+                level: str = "debug", owned: bool = True) -> Span | None:
     span = _span(rec, event)
     if span is None or span.step is not None:
         return None
@@ -37,7 +37,7 @@ def _step_start(rec: Recorder, event: Any, kind: str, name: str, data: dict[str,
     span.anchor = span.id
     span.recorded = True
     rec.emit(kind, span, phase="start", level=level, name=name, data=data,
-             span_id=span.id, parent=span.parent_anchor)
+             span_id=span.id, parent=span.parent_anchor, owned=owned)
     return span
 
 
@@ -106,7 +106,7 @@ def _embedding_start(rec: Recorder, event: Any) -> None:
     name = model.get("model_name") if isinstance(model, dict) else None
     _step_start(rec, event, "chain", "embedding", {"inputs": {
         "model": name, "provider": model.get("class_name") if isinstance(model, dict) else None,
-    }})
+    }}, owned=False)  # values read from the model's dict as they are
 
 
 def _embedding_end(rec: Recorder, event: Any) -> None:

@@ -6,6 +6,10 @@ nodes, workflow events holding the whole run context). The generic
 these converters pick out what an audit record needs and return plain dicts, lists and
 strings. Nothing here raises: a converter that cannot read an object returns a short
 description of it instead.
+
+What they return is a fresh copy that holds only JSON values (a NaN or infinity
+becomes its name), so the handlers queue it as it is, with no second copy
+(``capture.emit(owned=True)``).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tracevault.snapshot import truncate_string
+from tracevault.snapshot import json_float, truncate_string
 
 _PRIMITIVES = (str, int, float, bool, type(None))
 MAX_REPR = 2_000
@@ -38,7 +42,7 @@ def plain(value: Any, depth: int = 0) -> Any:
     becomes a short ``repr``.
     """
     if isinstance(value, _PRIMITIVES):
-        return value
+        return json_float(value) if isinstance(value, float) else value
     if depth >= MAX_DEPTH:
         return short_repr(value, 200)
     if type(value) is dict or isinstance(value, Mapping):
@@ -207,7 +211,7 @@ def document(item: Any) -> dict[str, Any]:
         out["content"] = short_repr(node)
     score = getattr(item, "score", None)
     if score is not None:
-        out["score"] = float(score)
+        out["score"] = json_float(float(score))
     meta = getattr(node, "metadata", None)
     if meta:
         out["metadata"] = plain(meta)
@@ -226,7 +230,9 @@ def event_fields(event: Any, skip: frozenset[str] = frozenset()) -> dict[str, An
     the fields named in ``skip`` (not read at all)."""
     out: dict[str, Any] = {}
     try:
-        for name in type(event).model_fields:
+        # __pydantic_fields__, not model_fields: a deprecated class property in pydantic
+        # 2.11+, four times slower to look up.
+        for name in type(event).__pydantic_fields__:
             if name not in skip:
                 out[name] = plain(getattr(event, name, None))
         data = getattr(event, "_data", None)

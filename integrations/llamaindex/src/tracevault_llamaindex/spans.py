@@ -352,7 +352,9 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
         answer = getattr(step, "response", None)
         if answer is not None:
             data["answer"] = answer
-        self._rec.emit("reasoning", span, name="thought", data=data, parent=span.anchor)
+        # The step's fields as they are (the action input is copied): copy on queueing.
+        self._rec.emit("reasoning", span, name="thought", data=data, parent=span.anchor,
+                       owned=False)
 
     def _run_end(self, span: Span, result: Any, err: BaseException | None) -> None:
         rec = self._rec

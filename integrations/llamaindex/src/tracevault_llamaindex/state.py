@@ -134,8 +134,14 @@ class Recorder:
         parent: str | None = None,
         metadata: dict[str, Any] | None = None,
         durable: bool = False,
+        owned: bool = True,
     ) -> None:
-        """Emit one event in ``owner``'s trace, session and user."""
+        """Emit one event in ``owner``'s trace, session and user.
+
+        ``data`` is queued as it is (``owned``): everything this package emits is built
+        here, by :mod:`tracevault_llamaindex.payloads` (which copies what it reads) or
+        from plain values. Pass ``owned=False`` for data that holds a live object.
+        """
         capture.emit(
             kind,
             phase=phase,
@@ -150,6 +156,7 @@ class Recorder:
             parent_span_id=parent,
             metadata=metadata,
             durable=durable,
+            owned=owned,
         )
 
     # --- identity and placement ------------------------------------------------------------

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tracevault_llamaindex.payloads import plain
+
 _INPUT = ("prompt_tokens", "input_tokens", "prompt_token_count", "input_token_count")
 _OUTPUT = (
     "completion_tokens",
@@ -211,21 +213,22 @@ def parameters_of(model_dict: Any, call_kwargs: Any) -> dict[str, Any]:
 
         def get(key: str) -> Any:
             return _get(model_dict, key)
+    # Copied (plain): the handlers queue what this returns without copying it again.
     for key in keys:
         value = get(key)
         if value is not None and isinstance(value, (str, int, float, bool, list)):
-            params[key] = value
+            params[key] = plain(value)
     extra = _get(model_dict, "additional_kwargs")
     if isinstance(extra, Mapping) and extra:
         for key in _PARAMETERS:
             value = extra.get(key)
             if value is not None and isinstance(value, (str, int, float, bool, list)):
-                params[key] = value
+                params[key] = plain(value)
     if isinstance(call_kwargs, Mapping) and call_kwargs:
         for key in _CALL_PARAMETERS:
             value = call_kwargs.get(key)
             if value is not None and isinstance(value, (str, int, float, bool, dict)):
-                params[key] = value
+                params[key] = plain(value)
     return params
 
 
