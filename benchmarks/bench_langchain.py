@@ -10,6 +10,8 @@ turns in ``--rounds`` rounds, so drift of the machine affects them alike):
 * ``noop_busy`` the no-op handler while another process keeps the second core busy: a
   control, showing what concurrent work elsewhere on the machine does to the latency
   tail with no tracevault involved (the writer thread and process are such work);
+* ``append``    a handler that only appends its raw arguments to a deque: the floor any
+  recording handler starts from (LangChain calling it with its arguments);
 * ``tv_parked`` TracevaultCallbackHandler with the ledger writer parked: what recording
   costs the agent's own thread (handler + snapshot + enqueue);
 * ``tracevault`` TracevaultCallbackHandler, full capture into a SQLite ledger (the
@@ -33,6 +35,7 @@ tracevault's background thread and is timed separately (flush after the runs).
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import statistics
@@ -51,6 +54,7 @@ from langchain.agents import create_agent
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
+from langgraph.callbacks import GraphCallbackHandler
 from tracevault_langchain import TracevaultCallbackHandler
 from tracevault_langchain.testing import ScriptedChatModel, ai, tool_call
 
@@ -78,6 +82,35 @@ class NoopHandler(BaseCallbackHandler):
 
     def on_chat_model_start(self, serialized: Any, messages: Any, **kwargs: Any) -> None:
         return None
+
+
+class AppendHandler(GraphCallbackHandler):
+    """Appends each callback's raw arguments to a bounded deque and does nothing else:
+    the least any recording handler costs (a method call with LangChain's arguments)."""
+
+    run_inline = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: collections.deque[Any] = collections.deque(maxlen=10_000)
+
+    def on_chain_start(self, serialized: Any, inputs: Any, **kwargs: Any) -> None:
+        self.seen.append((inputs, kwargs))
+
+    def on_chain_end(self, outputs: Any, **kwargs: Any) -> None:
+        self.seen.append((outputs, kwargs))
+
+    def on_chat_model_start(self, serialized: Any, messages: Any, **kwargs: Any) -> None:
+        self.seen.append((messages, kwargs))
+
+    def on_llm_end(self, response: Any, **kwargs: Any) -> None:
+        self.seen.append((response, kwargs))
+
+    def on_tool_start(self, serialized: Any, input_str: str, **kwargs: Any) -> None:
+        self.seen.append((input_str, kwargs))
+
+    def on_tool_end(self, output: Any, **kwargs: Any) -> None:
+        self.seen.append((output, kwargs))
 
 
 class _Sink(BaseHTTPRequestHandler):
@@ -141,7 +174,8 @@ def _langfuse_handler() -> tuple[Any, Callable[[], None], Callable[[], None]] | 
     return CallbackHandler(public_key="pk-lf-bench"), close, client.flush
 
 
-CONFIGS = ("none", "noop", "noop_busy", "tv_parked", "tracevault", "tv_process", "langfuse")
+CONFIGS = ("none", "noop", "noop_busy", "append", "tv_parked", "tracevault", "tv_process",
+           "langfuse")
 RECORDING = ("tv_parked", "tracevault", "tv_process")
 
 
@@ -170,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = TracevaultCallbackHandler()
     callbacks: dict[str, list[Any]] = {
         "none": [], "noop": [NoopHandler()], "noop_busy": [NoopHandler()],
-        **{name: [handler] for name in RECORDING},
+        "append": [AppendHandler()], **{name: [handler] for name in RECORDING},
     }
     langfuse = _langfuse_handler()
     if langfuse is not None:
@@ -226,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             per_run_events = events[name] / ((runs + warmup) * args.rounds)
             results[name]["events_per_run"] = per_run_events
     if "noop" in results and per_run_events:
-        for name in (*RECORDING, "langfuse"):
+        for name in ("append", *RECORDING, "langfuse"):
             if name in results:
                 delta = results[name]["median_us"] - results["noop"]["median_us"]
                 # Langfuse records the same run: compare per tracevault event.
