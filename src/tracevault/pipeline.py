@@ -108,11 +108,11 @@ def event_of(item: Item) -> AuditEvent:
                       tags, metadata, data)
 
 
-_make_errors = 0
-
-
 def _id_of(item: Item) -> str | None:
     return item.event_id if isinstance(item, AuditEvent) else item[0]
+
+
+_make_errors = 0
 
 
 def _made(deferred: Deferred) -> Any:
@@ -290,7 +290,7 @@ class Pipeline:
         pending = queued + len(self._pending)
         # A store that runs the middleware itself (tracevault.sidecar) counts what it
         # filtered and withheld; the filtered ones were handed over but not written.
-        redacting_store = self._store if self._store_applies_middleware() else None
+        redacting_store = self._store if self.store_applies_middleware else None
         filtered_there = getattr(redacting_store, "filtered", 0)
         return PipelineStats(
             captured=self._received + queued + self._dropped,
@@ -349,7 +349,7 @@ class Pipeline:
                 self._urgent.wait(self._linger)
             self._urgent.clear()
             # A store that applies the middleware itself takes the items as they are.
-            raw = self._store_applies_middleware()
+            raw = self.store_applies_middleware
             batch: list[Item] = []
             markers: list[_Marker] = []
             while queue and len(batch) < self._batch_size:
@@ -383,14 +383,11 @@ class Pipeline:
     def store_applies_middleware(self) -> bool:
         """Whether the store runs the middleware itself: the writer process does
         (:mod:`tracevault.sidecar`), so this pipeline hands events over unredacted."""
-        return self._store_applies_middleware()
-
-    def _store_applies_middleware(self) -> bool:
         return bool(getattr(self._store, "applies_middleware", False))
 
     def _process(self, batch: list[Item]) -> bool:
         events: list[Item]
-        if self._store_applies_middleware():
+        if self.store_applies_middleware:
             # The store's own writer process redacts (tracevault.sidecar): this thread
             # only hands the batch over, holding the GIL as little as possible.
             events = batch
@@ -495,7 +492,7 @@ class Pipeline:
             if isinstance(item, _Marker):  # release flush() callers: not durable
                 item.ok = False
                 item.done.set()
-            elif self._store_applies_middleware():
+            elif self.store_applies_middleware:
                 rest.append(item)  # _dead_letter redacts these with the pending ones
             else:  # redact before anything touches the disk
                 processed = self._apply_middleware(event_of(item))
@@ -507,7 +504,7 @@ class Pipeline:
 
     def _dead_letter(self, items: list[Item]) -> None:
         rest = [event_of(item) for item in items]
-        if rest and self._store_applies_middleware():
+        if rest and self.store_applies_middleware:
             # Events meant for a store that redacts them itself have not been redacted
             # here yet, and nothing reaches the disk unredacted.
             rest = [e for e in (self._apply_middleware(ev) for ev in rest) if e is not None]

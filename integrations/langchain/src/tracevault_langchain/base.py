@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from typing import Any
+from uuid import UUID
 
 from tracevault.pipeline import DurabilityError
 from tracevault.snapshot import Deferred, freeze
@@ -104,6 +105,16 @@ class HandlerBase(_Base):
     @property
     def user_id(self) -> str | None:
         return self._rec.user_id
+
+    def _close_failed(self, callback: str, run_id: UUID, error: BaseException) -> None:
+        """The whole of an ``on_*_error`` callback whose run needs nothing more than its
+        failed end (model and retriever runs)."""
+        try:
+            st = self._rec.close(run_id)
+            if st is not None:
+                self._end_failed(st, error)
+        except Exception as exc:
+            recording_failed(callback, exc)
 
     def _end_failed(self, st: RunState, error: BaseException) -> None:
         data: dict[str, Any] = {"duration_ms": ms_since(st.started)}

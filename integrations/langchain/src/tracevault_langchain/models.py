@@ -154,12 +154,7 @@ class ModelCallbacks(HandlerBase):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        try:
-            st = self._rec.close(run_id)
-            if st is not None:
-                self._end_failed(st, error)
-        except Exception as exc:
-            recording_failed("on_llm_error", exc)
+        self._close_failed("on_llm_error", run_id, error)
 
 
 # --- made by the ledger writer, from the copies above (tracevault.snapshot.Deferred) ----

@@ -68,9 +68,4 @@ class RetrieverCallbacks(HandlerBase):
         parent_run_id: UUID | None = None,
         **kwargs: Any,
     ) -> None:
-        try:
-            st = self._rec.close(run_id)
-            if st is not None:
-                self._end_failed(st, error)
-        except Exception as exc:
-            recording_failed("on_retriever_error", exc)
+        self._close_failed("on_retriever_error", run_id, error)
