@@ -159,6 +159,33 @@ def test_a_batch_sent_again_keeps_its_event_ids(tmp_path: Path) -> None:
     assert made == [5]  # deferred data is made once, not once per attempt
 
 
+def test_a_full_burst_is_written_without_lingering(tmp_path: Path) -> None:
+    # The writer lingers after the first event of a burst so the burst becomes one
+    # transaction, but stops lingering once a full burst is queued: with an hour's
+    # linger, the events must still reach the ledger without a flush.
+    written = threading.Event()
+
+    class Signalling(SQLiteStore):
+        def append(self, events: Sequence[AuditEvent]) -> int:
+            seq = super().append(events)
+            if seq >= 5:
+                written.set()
+            return seq
+
+    store = Signalling(str(tmp_path / "burst.db"))
+    pipeline = Pipeline(store, linger=3600, burst=5)
+    capture.install(pipeline, None)
+    try:
+        for i in range(5):
+            capture.emit("custom", data={"i": i})
+        assert written.wait(30)
+        assert [e.event.data["i"] for e in store.events()] == list(range(5))
+    finally:
+        capture.reset()
+        pipeline.shutdown()
+        store.close()
+
+
 def test_deferred_data_is_made_on_the_writer_in_queue_order(cap: Capture) -> None:
     # Handlers leave reading framework objects to the writer (snapshot.Deferred); each
     # event's data is made once, in the order the events were queued, and a make that

@@ -191,6 +191,27 @@ def test_appends_are_idempotent_by_event_id(tmp_path: Path) -> None:
     assert store.verify().ok
 
 
+def test_a_batch_longer_than_one_insert_statement_keeps_its_order(tmp_path: Path) -> None:
+    # Rows go in 64 to a statement: a batch across statements, then a retried one that
+    # overlaps it, keep one gapless chain in batch order.
+    from datetime import datetime, timezone
+
+    from tracevault.ids import uuid7
+    from tracevault.schema import AuditEvent
+
+    store = SQLiteStore(str(tmp_path / "long.db"))
+    now = datetime.now(timezone.utc)
+    events = [AuditEvent(event_id=uuid7(), timestamp=now, kind="custom", data={"i": i})
+              for i in range(200)]
+    assert store.append(events[:130]) == 130
+    assert store.append(events[100:]) == 200  # 30 already stored, 70 new
+    read = list(store.events())
+    assert [e.seq for e in read] == list(range(1, 201))
+    assert [e.event.data["i"] for e in read] == list(range(200))
+    assert store.verify().ok
+    store.close()
+
+
 def test_odd_metric_values_are_stored_without_breaking_the_append(tmp_path: Path) -> None:
     from datetime import datetime, timezone
 
