@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -175,20 +176,50 @@ def _format_ts_fast(ts: datetime) -> str:
 
 def prepare(event: AuditEvent) -> PreparedRow:
     """Encode and digest one event (the part of sealing that needs no chain head)."""
-    return _prepare(event, os.urandom(SALT_BYTES))
+    return _prepare(event, salts(1))
 
 
 def prepare_rows(events: Sequence[AuditEvent]) -> list[PreparedRow]:
-    """:func:`prepare` every event of a batch.
-
-    The salts come from one ``os.urandom`` call for the batch (a system call per event
-    would cost more than the rest of salting), each event its own 16 bytes of it.
-    """
-    pool = os.urandom(SALT_BYTES * len(events))
+    """:func:`prepare` every event of a batch, each with its own 16 bytes of salt."""
+    pool = salts(len(events))
     return [
         _prepare(event, pool[i : i + SALT_BYTES])
         for i, event in zip(range(0, len(pool), SALT_BYTES), events, strict=True)
     ]
+
+
+_SALT_POOL = 4_096 * SALT_BYTES
+_salt_lock = threading.Lock()
+_salt_pool = b""
+_salt_at = 0
+
+
+def salts(count: int) -> bytes:
+    """Return ``count`` fresh salts, concatenated (``SALT_BYTES`` each).
+
+    They come from ``os.urandom``, read 4,096 salts at a time: the system call lets go
+    of the GIL, and taking it back from a busy agent thread costs that thread far more
+    than the call (see :class:`tracevault.pipeline.Pipeline`). A forked child drops
+    what it inherited, so no two processes ever use the same salt.
+    """
+    global _salt_pool, _salt_at
+    size = count * SALT_BYTES
+    with _salt_lock:
+        if _salt_at + size > len(_salt_pool):
+            _salt_pool, _salt_at = os.urandom(max(size, _SALT_POOL)), 0
+        out = _salt_pool[_salt_at : _salt_at + size]
+        _salt_at += size
+    return out
+
+
+def _forget_salts() -> None:
+    global _salt_lock, _salt_pool, _salt_at
+    # Another thread may have held the lock at the fork: the child starts with a new one.
+    _salt_lock = threading.Lock()
+    _salt_pool, _salt_at = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_salts)
 
 
 def _prepare(event: AuditEvent, salt: bytes) -> PreparedRow:

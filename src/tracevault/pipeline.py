@@ -176,11 +176,13 @@ class Pipeline:
 
     The writer lingers up to ``linger`` seconds after the first event of a burst so that
     a burst becomes one transaction; ``flush()``, or ``burst`` events waiting, cut the
-    wait short. Each batch the writer takes costs a busy agent thread far more than its
-    share of the GIL (on the 2-vCPU VM of the README's figures, 0.7–0.9 ms per batch
-    against 12–20 µs per event), so fewer, larger batches are cheaper; but the writer
-    holds the GIL through a batch's middleware and encoding, so a large batch stalls
-    the agent for as long. 25 ms and 64 events keep both small (see the README).
+    wait short. A batch holds at most ``burst`` events (``batch_size`` at shutdown).
+
+    Each batch the writer takes costs a busy agent thread far more than its share of
+    the GIL (on the 2-vCPU VM of the README's figures, 0.7–0.9 ms per batch against
+    12–20 µs per event), so fewer, larger batches are cheaper; but the writer holds the
+    GIL through a batch's middleware and encoding, so a large batch stalls the agent
+    for as long. 25 ms and 64 events keep both small (see the README).
     """
 
     def __init__(
@@ -212,7 +214,7 @@ class Pipeline:
         # Set by flush()/shutdown(): write now rather than linger for a fuller batch.
         self._urgent = threading.Event()
         self._linger = linger
-        self._burst = burst
+        self._burst = min(burst, batch_size)
         self._space = threading.Condition(threading.Lock())
         self._waiting = 0
         self._stop = threading.Event()
@@ -345,6 +347,7 @@ class Pipeline:
 
     def _run(self) -> None:
         queue = self._queue
+        behind = False  # the last batch was full: what waits is written without lingering
         while True:
             if not queue:
                 if self._stop.is_set():
@@ -353,7 +356,7 @@ class Pipeline:
                 if not queue:
                     self._wake.wait(0.5)
                 continue
-            if len(queue) < self._batch_size and not self._urgent.is_set():
+            if not behind and len(queue) < self._burst and not self._urgent.is_set():
                 # Events of one agent step arrive in bursts: lingering turns a burst
                 # into one batch and one transaction instead of one per event.
                 self._urgent.wait(self._linger)
@@ -362,12 +365,16 @@ class Pipeline:
             raw = self.store_applies_middleware
             batch: list[Item] = []
             markers: list[_Marker] = []
-            while queue and len(batch) < self._batch_size:
+            # A batch is one burst, so the GIL is never held for long (see the class);
+            # only a shutdown, with nobody left to stall, writes in larger batches.
+            limit = self._batch_size if self._stop.is_set() else self._burst
+            while queue and len(batch) < limit:
                 item = queue.popleft()
                 if item.__class__ is _Marker:
                     markers.append(item)
                     break  # everything before the marker is in this batch
                 batch.append(settled(item) if raw else event_of(item))  # type: ignore[arg-type]
+            behind = len(batch) == limit
             self._received += len(batch)
             if self._waiting:
                 with self._space:

@@ -59,6 +59,8 @@ def _stream_urandom(monkeypatch: pytest.MonkeyPatch) -> None:
         return out
 
     monkeypatch.setattr(ledger.os, "urandom", urandom)
+    monkeypatch.setattr(ledger, "_salt_pool", b"")  # salts read ahead come from the stream too
+    monkeypatch.setattr(ledger, "_salt_at", 0)
 
 
 def test_batch_chain_matches_values_from_the_earlier_implementation(
@@ -137,6 +139,28 @@ def test_each_event_gets_its_own_salt_and_digest() -> None:
     assert prepare_rows([]) == []
     single = prepare(events[0])
     assert single.payload == rows[0].payload and single.columns == rows[0].columns
+
+
+def test_salts_are_never_repeated_across_batches_or_a_fork() -> None:
+    import os
+
+    # Salts are read ahead in a pool: batches that cross its refill, and a forked child
+    # that inherited it, must still get salts nobody else has.
+    seen = [ledger.salts(1000)[i : i + 16] for i in range(0, 16_000, 16)]
+    for _ in range(10):
+        batch = ledger.salts(997)
+        seen += [batch[i : i + 16] for i in range(0, len(batch), 16)]
+    assert len(seen) == 10_970 and len(set(seen)) == len(seen)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send its next salt, then leave at once
+        os.write(write, ledger.salts(1))
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 16)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == 16 and child != ledger.salts(1)
 
 
 def test_timestamp_column_text_is_format_ts() -> None:

@@ -212,6 +212,31 @@ def test_a_batch_longer_than_one_insert_statement_keeps_its_order(tmp_path: Path
     store.close()
 
 
+def test_two_writers_taking_turns_keep_one_chain(tmp_path: Path) -> None:
+    # Each store chains a small batch after the head it last wrote, without reading it:
+    # when the other one appended meanwhile, that must be noticed, never chained over.
+    from datetime import datetime, timezone
+
+    from tracevault.ids import uuid7
+    from tracevault.schema import AuditEvent
+
+    path = str(tmp_path / "turns.db")
+    stores = [SQLiteStore(path), SQLiteStore(path)]
+    now = datetime.now(timezone.utc)
+    expected = []
+    for turn in range(12):
+        batch = [AuditEvent(event_id=uuid7(), timestamp=now, kind="custom",
+                            data={"turn": turn, "i": i}) for i in range(turn % 4 + 1)]
+        expected += [(turn, i) for i in range(len(batch))]
+        stores[turn % 3 % 2].append(batch)  # the same store twice in a row, sometimes
+    read = list(stores[0].events())
+    assert [e.seq for e in read] == list(range(1, len(expected) + 1))
+    assert [(e.event.data["turn"], e.event.data["i"]) for e in read] == expected
+    assert stores[1].verify().ok and stores[0].head() == stores[1].head()
+    for store in stores:
+        store.close()
+
+
 def test_odd_metric_values_are_stored_without_breaking_the_append(tmp_path: Path) -> None:
     from datetime import datetime, timezone
 
