@@ -178,11 +178,13 @@ class Pipeline:
     a burst becomes one transaction; ``flush()``, or ``burst`` events waiting, cut the
     wait short. A batch holds at most ``burst`` events (``batch_size`` at shutdown).
 
-    Each batch the writer takes costs a busy agent thread far more than its share of
-    the GIL (on the 2-vCPU VM of the README's figures, 0.7–0.9 ms per batch against
-    12–20 µs per event), so fewer, larger batches are cheaper; but the writer holds the
-    GIL through a batch's middleware and encoding, so a large batch stalls the agent
-    for as long. 25 ms and 64 events keep both small (see the README).
+    Each time the writer lets go of the GIL (waiting, a system call, an SQLite statement
+    step) and takes it back from a busy agent thread, that thread loses far more than
+    the writer's work (about 0.25 ms on the 2-vCPU VM of the README's figures, against
+    12–20 µs of work per event). So a batch has as few of those hand-overs as possible,
+    and fewer, larger batches are cheaper; but the writer holds the GIL through a
+    batch's middleware and encoding, so a large batch stalls the agent for as long.
+    25 ms and 64 events keep both small (see the README).
     """
 
     def __init__(

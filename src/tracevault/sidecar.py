@@ -250,6 +250,8 @@ def main() -> int:
         middleware=default_middleware(settings),
         queue_size=settings.queue_size,
         batch_size=settings.batch_size,
+        # No agent shares this process's GIL: each hand-over is written as one batch.
+        burst=settings.batch_size,
     )
     threading.Thread(target=_exit_with_parent, args=(pipeline,), daemon=True).start()
     try:
