@@ -186,6 +186,85 @@ def test_a_full_burst_is_written_without_lingering(tmp_path: Path) -> None:
         store.close()
 
 
+def test_a_queue_smaller_than_a_burst_is_written_when_full(tmp_path: Path) -> None:
+    # A 4-event queue never holds a 64-event burst: a full queue must end the linger,
+    # or every 4 events would wait for it (here an hour).
+    store = SQLiteStore(str(tmp_path / "small.db"))
+    pipeline = Pipeline(store, linger=3600, queue_size=4)
+    capture.install(pipeline, None)
+    try:
+        submitting = threading.Thread(
+            target=lambda: [capture.emit("custom", data={"i": i}) for i in range(20)])
+        submitting.start()
+        submitting.join(60)
+        assert not submitting.is_alive()
+        assert pipeline.flush(60)
+        assert [e.event.data["i"] for e in store.events()] == list(range(20))
+    finally:
+        capture.reset()
+        pipeline.shutdown()
+        store.close()
+
+
+class GatedStore(SQLiteStore):
+    """A real SQLite ledger whose first append waits for ``gate``; records batch sizes."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.batches: list[int] = []
+
+    def append(self, events: Sequence[AuditEvent]) -> int:
+        self.entered.set()
+        self.gate.wait(60)
+        self.batches.append(len(events))
+        return super().append(events)
+
+
+def _queued(pipeline: Pipeline, n: int) -> bool:
+    """Wait (bounded) until ``n`` items, flush markers included, wait in the queue."""
+    done = threading.Event()
+    for _ in range(6000):
+        if len(pipeline._queue) >= n:
+            return True
+        done.wait(0.01)
+    return False
+
+
+def test_flushes_waiting_together_write_at_once_in_large_batches(tmp_path: Path) -> None:
+    # While the writer is busy, 300 events and two flushes queue up. With an hour's
+    # linger and 4-event bursts, both flushes must still return, and the backlog goes
+    # in one batch (up to batch_size), not in bursts with a linger between flushes.
+    store = GatedStore(str(tmp_path / "flushes.db"))
+    pipeline = Pipeline(store, linger=3600, burst=4, batch_size=1000)
+    capture.install(pipeline, None)
+    results: dict[str, bool] = {}
+    try:
+        capture.emit("custom", data={"i": -1})
+        first = threading.Thread(target=lambda: results.update(first=pipeline.flush(60)))
+        first.start()
+        assert store.entered.wait(60)  # the writer holds the first event and marker
+        for i in range(300):
+            capture.emit("custom", data={"i": i})
+        flushes = [threading.Thread(target=lambda k=k: results.update({k: pipeline.flush(60)}))
+                   for k in ("a", "b")]
+        for thread in flushes:
+            thread.start()
+        assert _queued(pipeline, 302)  # 300 events and two markers behind the busy batch
+        store.gate.set()
+        for thread in (first, *flushes):
+            thread.join(90)
+        assert results == {"first": True, "a": True, "b": True}
+        assert store.batches == [1, 300]
+        assert [e.event.data["i"] for e in store.events()] == list(range(-1, 300))
+    finally:
+        store.gate.set()
+        capture.reset()
+        pipeline.shutdown()
+        store.close()
+
+
 def test_deferred_data_is_made_on_the_writer_in_queue_order(cap: Capture) -> None:
     # Handlers leave reading framework objects to the writer (snapshot.Deferred); each
     # event's data is made once, in the order the events were queued, and a make that

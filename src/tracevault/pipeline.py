@@ -176,7 +176,8 @@ class Pipeline:
 
     The writer lingers up to ``linger`` seconds after the first event of a burst so that
     a burst becomes one transaction; ``flush()``, or ``burst`` events waiting, cut the
-    wait short. A batch holds at most ``burst`` events (``batch_size`` at shutdown).
+    wait short. A batch holds at most ``burst`` events, or ``batch_size`` while a flush
+    or shutdown waits.
 
     Each time the writer lets go of the GIL (waiting, a system call, an SQLite statement
     step) and takes it back from a busy agent thread, that thread loses far more than
@@ -216,7 +217,12 @@ class Pipeline:
         # Set by flush()/shutdown(): write now rather than linger for a fuller batch.
         self._urgent = threading.Event()
         self._linger = linger
-        self._burst = min(burst, batch_size)
+        if burst < 1 or batch_size < 1:
+            raise ValueError("burst and batch_size must be at least 1")
+        # A queue smaller than a burst would never fill one: each batch would linger.
+        self._burst = min(burst, batch_size, queue_size)
+        self._flushes = 0  # flush() calls whose marker the writer has not reached yet
+        self._flush_lock = threading.Lock()
         self._space = threading.Condition(threading.Lock())
         self._waiting = 0
         self._stop = threading.Event()
@@ -293,6 +299,8 @@ class Pipeline:
         if threading.current_thread() is self._thread:
             return False  # called from middleware: waiting for ourselves would deadlock
         marker = _Marker()
+        with self._flush_lock:
+            self._flushes += 1
         self._queue.append(marker)
         self._urgent.set()
         self._wake.set()
@@ -358,7 +366,12 @@ class Pipeline:
                 if not queue:
                     self._wake.wait(0.5)
                 continue
-            if not behind and len(queue) < self._burst and not self._urgent.is_set():
+            # Someone waits in flush() or shutdown(): write what is queued at once, in
+            # batches as large as allowed. Otherwise a batch is one burst, so the GIL
+            # is never held for long (see the class).
+            waited_for = self._flushes or self._stop.is_set()
+            if (not behind and not waited_for and len(queue) < self._burst
+                    and not self._urgent.is_set()):
                 # Events of one agent step arrive in bursts: lingering turns a burst
                 # into one batch and one transaction instead of one per event.
                 self._urgent.wait(self._linger)
@@ -367,13 +380,13 @@ class Pipeline:
             raw = self.store_applies_middleware
             batch: list[Item] = []
             markers: list[_Marker] = []
-            # A batch is one burst, so the GIL is never held for long (see the class);
-            # only a shutdown, with nobody left to stall, writes in larger batches.
-            limit = self._batch_size if self._stop.is_set() else self._burst
+            limit = self._batch_size if waited_for else self._burst
             while queue and len(batch) < limit:
                 item = queue.popleft()
                 if item.__class__ is _Marker:
                     markers.append(item)
+                    with self._flush_lock:
+                        self._flushes -= 1
                     break  # everything before the marker is in this batch
                 batch.append(settled(item) if raw else event_of(item))  # type: ignore[arg-type]
             behind = len(batch) == limit
@@ -511,6 +524,8 @@ class Pipeline:
             if isinstance(item, _Marker):  # release flush() callers: not durable
                 item.ok = False
                 item.done.set()
+                with self._flush_lock:
+                    self._flushes -= 1
             elif self.store_applies_middleware:
                 rest.append(item)  # _dead_letter redacts these with the pending ones
             else:  # redact before anything touches the disk

@@ -122,3 +122,35 @@ def test_copy_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "no tracevault ledger" in capsys.readouterr().err
     assert main(["copy", "--from", missing, "--to", missing]) == 2
     assert "same ledger" in capsys.readouterr().err
+
+
+def test_a_copied_cut_tail_stays_visible_to_a_store_that_appends_on(tmp_path: Path) -> None:
+    # A store chains small batches after the head it last wrote. A copy that moves its
+    # head past rows that are gone (a source whose tail was cut) must not be overwritten
+    # by the next append, which would make the cut tail vanish.
+    from datetime import datetime, timezone
+
+    from tracevault.ids import uuid7
+    from tracevault.schema import AuditEvent
+    from tracevault.store.sqlite import SQLiteStore
+
+    def events(n: int) -> list[AuditEvent]:
+        now = datetime.now(timezone.utc)
+        return [AuditEvent(event_id=uuid7(), timestamp=now, kind="custom", data={"i": i})
+                for i in range(n)]
+
+    target = SQLiteStore(str(tmp_path / "target.db"))
+    target.append(events(10))  # the target remembers head #10
+    source = SQLiteStore(str(tmp_path / "source.db"))
+    copy_trail(target, source)
+    source.append(events(5))
+    raw = sqlite3.connect(source.path, isolation_level=None)
+    raw.execute("DROP TRIGGER events_no_delete")
+    raw.execute("DELETE FROM events WHERE seq > 10")  # cut the source's tail
+    raw.close()
+    assert not copy_trail(source, target).verify.ok
+    target.append(events(1))
+    report = target.verify()
+    assert not report.ok and target.head()[0] == 16
+    for store in (source, target):
+        store.close()

@@ -212,6 +212,29 @@ def test_a_batch_longer_than_one_insert_statement_keeps_its_order(tmp_path: Path
     store.close()
 
 
+def test_batches_fit_the_parameter_limit_of_an_older_sqlite(tmp_path: Path) -> None:
+    # SQLite before 3.32 allows 999 parameters per statement (49 rows): a batch must be
+    # split to fit, on the one-statement path and the careful one alike.
+    from datetime import datetime, timezone
+
+    from tracevault.ids import uuid7
+    from tracevault.schema import AuditEvent
+
+    store = SQLiteStore(str(tmp_path / "limit.db"))
+    conn = store._conn()
+    if hasattr(conn, "setlimit"):  # Python 3.11+: lower the limit as such a build has it
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+    now = datetime.now(timezone.utc)
+    events = [AuditEvent(event_id=uuid7(), timestamp=now, kind="custom", data={"i": i})
+              for i in range(300)]
+    for start, end in ((0, 49), (49, 99), (99, 100), (100, 300)):
+        assert store.append(events[start:end]) == end
+    read = list(store.events())
+    assert [e.event.data["i"] for e in read] == list(range(300))
+    assert store.verify().ok
+    store.close()
+
+
 def test_two_writers_taking_turns_keep_one_chain(tmp_path: Path) -> None:
     # Each store chains a small batch after the head it last wrote, without reading it:
     # when the other one appended meanwhile, that must be noticed, never chained over.

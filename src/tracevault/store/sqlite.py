@@ -92,22 +92,43 @@ BEGIN
     SELECT RAISE(ABORT, 'tracevault ledger is append-only (only erasure may clear a payload)');
 END;
 CREATE TRIGGER IF NOT EXISTS ledger_head_follows AFTER INSERT ON events
-BEGIN UPDATE ledger_head SET seq = NEW.seq, chain = NEW.chain WHERE id = 1; END;
+BEGIN UPDATE ledger_head SET seq = NEW.seq, chain = NEW.chain WHERE id = 1 AND seq < NEW.seq; END;
 """
 
-_ROW = f"({', '.join('?' for _ in range(len(COLUMNS) + 5))})"
-_INSERT = f"INSERT INTO events (seq, {', '.join(COLUMNS)}, payload, salt, digest, chain) VALUES "
+_COLUMNS_SQL = f"seq, {', '.join(COLUMNS)}, payload, salt, digest, chain"
+_PARAMS_PER_ROW = len(COLUMNS) + 5
+_ROW = f"({', '.join('?' for _ in range(_PARAMS_PER_ROW))})"
 # Rows per INSERT statement. The sqlite3 module lets go of the GIL for every step of a
 # statement, and takes it back from a busy agent thread each time, which costs that
 # thread far more than the step (about 0.25 ms on the VM of the README's figures): a
-# batch of up to 64 rows is one statement, run as its own transaction. 64 rows use
-# 1,280 of SQLite's 32,766 parameters.
+# batch of up to 64 rows is one statement, run as its own transaction (1,281 of the
+# 32,766 parameters SQLite allows since 3.32; older builds allow 999: 49 rows).
 ROWS_PER_INSERT = 64
+_VARIABLE_LIMIT = getattr(sqlite3, "SQLITE_LIMIT_VARIABLE_NUMBER", 9)
+
+
+def _rows_per_statement(conn: sqlite3.Connection) -> int:
+    """How many rows one INSERT of this connection may hold (the last parameter of a
+    guarded insert is the expected head)."""
+    getlimit = getattr(conn, "getlimit", None)  # Python 3.11+
+    if getlimit is not None:
+        limit = int(getlimit(_VARIABLE_LIMIT))
+    else:
+        limit = 32_766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+    return max(1, min(ROWS_PER_INSERT, (limit - 1) // _PARAMS_PER_ROW))
 
 
 def _insert(rows: int) -> str:
     """The INSERT statement for ``rows`` rows (sqlite3 caches each one prepared)."""
-    return _INSERT + ", ".join([_ROW] * rows)
+    return f"INSERT INTO events ({_COLUMNS_SQL}) VALUES " + ", ".join([_ROW] * rows)
+
+
+def _insert_after(rows: int) -> str:
+    """The INSERT of ``rows`` rows that inserts nothing unless the head's seq is the
+    last parameter: the check and the insert are one statement, one transaction."""
+    return (f"INSERT INTO events ({_COLUMNS_SQL}) SELECT * FROM (VALUES "
+            + ", ".join([_ROW] * rows)
+            + ") WHERE (SELECT seq FROM ledger_head WHERE id = 1) = ?")
 
 
 _HEAD = "SELECT seq, chain FROM ledger_head WHERE id = 1"
@@ -251,31 +272,35 @@ class SQLiteStore(SQLStore):
 
     def _append_rows(self, rows: Sequence[PreparedRow]) -> int:
         conn = self._conn()
+        if not rows:
+            return self.head()[0]
+        per_statement = _rows_per_statement(conn)
         head = self._head
-        if head is not None and len(rows) <= ROWS_PER_INSERT:
+        if head is not None and len(rows) <= per_statement:
             # One statement, its own transaction, chained after the head this store last
-            # wrote: the ledger_head_follows trigger moves the head row with it. If
-            # another writer appended since, the first seq is taken and the statement
-            # fails as a whole; the careful path below reads the head and retries.
+            # wrote, and inserting nothing unless that is still the ledger's head (the
+            # ledger_head_follows trigger then moves the head row along). Otherwise
+            # (another writer appended, a copy moved the head) or if an id is stored
+            # already, the careful path below reads the head and writes.
             values = sealed_values(rows, *head)
+            params = [v for row in values for v in row]
+            params.append(head[0])
             try:
-                if values:
-                    conn.execute(_insert(len(values)), [v for row in values for v in row])
+                written = conn.execute(_insert_after(len(values)), params).rowcount
             except sqlite3.IntegrityError:
-                self._head = None
-            else:
-                if values:
-                    self._head = head = (values[-1][0], values[-1][-1])
-                return head[0]
+                written = 0
+            if written == len(values):
+                self._head = (values[-1][0], values[-1][-1])
+                return int(values[-1][0])
+            self._head = None
         conn.execute("BEGIN IMMEDIATE")
         try:
             seq, chain = _head_of(conn.execute(_HEAD).fetchone())
             values = sealed_values(rows, seq, chain)
-            for start in range(0, len(values), ROWS_PER_INSERT):
-                chunk = values[start : start + ROWS_PER_INSERT]
+            for start in range(0, len(values), per_statement):
+                chunk = values[start : start + per_statement]
                 conn.execute(_insert(len(chunk)), [v for row in chunk for v in row])
-            if values:
-                seq, chain = values[-1][0], values[-1][-1]
+            seq, chain = values[-1][0], values[-1][-1]
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
