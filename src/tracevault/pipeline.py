@@ -263,8 +263,10 @@ class Pipeline:
         queue.append(event)
         if not self._wake.is_set():
             self._wake.set()
-        elif len(queue) == self._burst:
-            self._urgent.set()  # a full burst: write it now rather than linger on
+        elif len(queue) >= self._burst and not self._urgent.is_set():
+            # A full burst: write it now rather than linger on (">=": a submit on
+            # another thread may have stepped past the exact count).
+            self._urgent.set()
 
     def submit_durable(self, event: Item, timeout: float) -> None:
         """Queue ``event`` and return once it is in the ledger; raise otherwise."""
