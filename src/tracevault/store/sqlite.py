@@ -103,7 +103,7 @@ _ROW = f"({', '.join('?' for _ in range(_PARAMS_PER_ROW))})"
 # thread far more than the step (about 0.25 ms on the VM of the README's figures): a
 # batch of up to 64 rows is one statement, run as its own transaction (1,281 of the
 # 32,766 parameters SQLite allows since 3.32; older builds allow 999: 49 rows).
-ROWS_PER_INSERT = 64
+_ROWS_PER_INSERT = 64
 _VARIABLE_LIMIT = getattr(sqlite3, "SQLITE_LIMIT_VARIABLE_NUMBER", 9)
 
 
@@ -115,7 +115,7 @@ def _rows_per_statement(conn: sqlite3.Connection) -> int:
         limit = int(getlimit(_VARIABLE_LIMIT))
     else:
         limit = 32_766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
-    return max(1, min(ROWS_PER_INSERT, (limit - 1) // _PARAMS_PER_ROW))
+    return max(1, min(_ROWS_PER_INSERT, (limit - 1) // _PARAMS_PER_ROW))
 
 
 def _insert(rows: int) -> str:
