@@ -207,7 +207,7 @@ def test_a_queue_smaller_than_a_burst_is_written_when_full(tmp_path: Path) -> No
 
 
 class GatedStore(SQLiteStore):
-    """A real SQLite ledger whose first append waits for ``gate``; records batch sizes."""
+    """A real SQLite ledger whose appends wait for ``gate``; records batch sizes."""
 
     def __init__(self, path: str) -> None:
         super().__init__(path)
