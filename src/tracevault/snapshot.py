@@ -308,13 +308,8 @@ def freeze(value: Any) -> Any:
         return snapshot(value)
     # Too large to be sure nothing needs cutting, or a null that may be a NaN (see
     # _reads_back): the careful way.
-    size = len(out)
-    if (
-        size > FAST_LIMIT
-        or (size >= 2 * MAX_ITEMS and out.count(b",") >= MAX_ITEMS)
-        # (bytes.find: `in` first tries the needle as an int)
-        or (out.find(b"null") >= 0 and not _reads_back(out, value))
-    ):
+    # (bytes.find: `in` first tries the needle as an int.)
+    if _too_large(out) or (out.find(b"null") >= 0 and not _reads_back(out, value)):
         return snapshot(value)
     # orjson returns its output buffer shrunk in place, which keeps the whole
     # allocation alive (about 4 KB for a 40-byte payload). A frozen payload waits in
@@ -322,6 +317,13 @@ def freeze(value: Any) -> Any:
     # retained buffers made every later dumps() slower (fresh pages) and a queue of
     # 100k events take 400 MB.
     return Frozen(bytes(memoryview(out)))
+
+
+def _too_large(out: bytes) -> bool:
+    """Whether encoded ``out`` may hold a string or container :func:`snapshot` would
+    cut (so it must take that way)."""
+    size = len(out)
+    return size > FAST_LIMIT or (size >= 2 * MAX_ITEMS and out.count(b",") >= MAX_ITEMS)
 
 
 def _reads_back(out: bytes, value: Any) -> bool:
@@ -353,9 +355,9 @@ def freeze_raw(value: Any) -> Any:
         out = orjson.dumps(value, default=_fields, option=_FREEZE_OPTIONS)
     except (TypeError, orjson.JSONEncodeError):
         return snapshot(value)
-    if len(out) > FAST_LIMIT or (len(out) >= 2 * MAX_ITEMS and out.count(b",") >= MAX_ITEMS):
+    if _too_large(out):
         return snapshot(value)
-    return Frozen(bytes(memoryview(out)))
+    return Frozen(bytes(memoryview(out)))  # a tight copy, as freeze() keeps
 
 
 def _fields(value: Any) -> Any:
