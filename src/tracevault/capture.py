@@ -91,8 +91,7 @@ def get_pipeline() -> Pipeline:
                 if by_process:  # a writer process of its own, as the parent had
                     install(new_pipeline(s, store), s)
                 else:
-                    install(Pipeline(store, middleware=steps, queue_size=s.queue_size,
-                                     batch_size=s.batch_size, block_timeout=s.block_timeout), s)
+                    install(_build_pipeline(s, store, steps), s)
             else:
                 install(new_pipeline(s, s.store), s)
         assert _pipeline is not None
@@ -144,13 +143,19 @@ def new_pipeline(
         if reason is not None:
             log.warning("tracevault: writing the ledger from a thread of this process, not "
                         "a separate one: %s", reason)
+    return _build_pipeline(settings, store, steps, owns_store=owns_store, **tuning)
+
+
+def _build_pipeline(
+    settings: Settings, store: Appender | str, steps: list[Middleware], **tuning: Any
+) -> Pipeline:
+    """The pipeline of ``settings`` with exactly the middleware ``steps``."""
     return Pipeline(
         store,
         middleware=steps,
         queue_size=settings.queue_size,
         batch_size=settings.batch_size,
         block_timeout=settings.block_timeout,
-        owns_store=owns_store,
         **tuning,
     )
 
