@@ -76,10 +76,7 @@ def message_view(message: Any) -> Any:
     if m.get("id"):
         out["id"] = m["id"]
     if kind in _AI_TYPES:
-        if m.get("tool_calls"):
-            out["tool_calls"] = [dict(c) for c in m["tool_calls"]]
-        if m.get("invalid_tool_calls"):
-            out["invalid_tool_calls"] = [dict(c) for c in m["invalid_tool_calls"]]
+        _add_tool_calls(out, m)
         if m.get("usage_metadata"):
             out["usage_metadata"] = dict(m["usage_metadata"])
     elif kind in _TOOL_TYPES:
@@ -90,6 +87,14 @@ def message_view(message: Any) -> Any:
     if m.get("additional_kwargs"):
         out["additional_kwargs"] = m["additional_kwargs"]
     return out
+
+
+def _add_tool_calls(out: dict[str, Any], message: dict[str, Any]) -> None:
+    # An AI message's tool calls, valid and invalid, copied call by call.
+    if message.get("tool_calls"):
+        out["tool_calls"] = [dict(c) for c in message["tool_calls"]]
+    if message.get("invalid_tool_calls"):
+        out["invalid_tool_calls"] = [dict(c) for c in message["invalid_tool_calls"]]
 
 
 def messages_view(batches: Sequence[Sequence[Any]]) -> list[Any]:
@@ -149,10 +154,7 @@ def generation_view(generation: Any) -> dict[str, Any]:
         out["response"] = m["content"]
         meta = m.get("response_metadata") or {}
         if m.get("type") in _AI_TYPES:
-            if m.get("tool_calls"):
-                out["tool_calls"] = [dict(c) for c in m["tool_calls"]]
-            if m.get("invalid_tool_calls"):
-                out["invalid_tool_calls"] = [dict(c) for c in m["invalid_tool_calls"]]
+            _add_tool_calls(out, m)
         if m.get("id"):
             out["message_id"] = m["id"]
         reason = info.get("finish_reason") or meta.get("finish_reason") or meta.get("stop_reason")
