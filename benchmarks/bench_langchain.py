@@ -23,7 +23,8 @@ turns in ``--rounds`` rounds, so drift of the machine affects them alike):
 
 With ``--model-ms`` each model call also waits that long (idle, as for a real model's
 network round trip), which is when a writer thread gets the GIL without taking it from
-the agent.
+the agent. With ``--prompt-kb`` the agent has a system prompt of that size, as real
+agents do, so each model call's recorded messages are larger.
 
 For each it prints median and p99 invoke latency; the per-event overhead is
 ``(median(tracevault) - median(noop)) / events per run``. Writing the ledger happens on
@@ -189,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-ms", type=float, default=0.0,
                         help="time each model call waits, as a real model's network "
                         "round trip does (default 0: the agent never waits)")
+    parser.add_argument("--prompt-kb", type=float, default=0.0,
+                        help="size of the agent's system prompt (default 0: none)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
@@ -198,7 +201,12 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(args.model_ms / 1000)  # an idle wait, like a network call
         return _script(messages)
 
-    agent = create_agent(ScriptedChatModel(respond=respond), [get_weather])
+    prompt = None
+    if args.prompt_kb:
+        size = int(args.prompt_kb * 1024)
+        rule = "Answer about the weather only, citing the tool's result. "
+        prompt = (rule * (1 + size // len(rule)))[:size]
+    agent = create_agent(ScriptedChatModel(respond=respond), [get_weather], system_prompt=prompt)
     inputs = {"messages": [HumanMessage("Paris")]}
     tmp = tempfile.mkdtemp()
     handler = TracevaultCallbackHandler()
@@ -266,15 +274,16 @@ def main(argv: list[str] | None = None) -> int:
                 # Langfuse records the same run: compare per tracevault event.
                 results[name]["per_event_over_noop_us"] = delta / per_run_events
     host = {**machine(), "runs": runs * args.rounds, "warmup": warmup * args.rounds,
-            "rounds": args.rounds, "model_ms": args.model_ms}
-    write_results("langchain" if not args.model_ms else "langchain-model-wait",
-                  {"machine": host, "results": results})
+            "rounds": args.rounds, "model_ms": args.model_ms, "prompt_kb": args.prompt_kb}
+    label = "langchain" + ("-model-wait" if args.model_ms else "") + (
+        "-prompt" if args.prompt_kb else "")
+    write_results(label, {"machine": host, "results": results})
     if args.json:
         print(json.dumps({"machine": host, "results": results}, indent=2))
         return 0
     print(f"python {host['python']} on {host['platform']}, {host['cores']} CPUs, "
           f"{host['runs']} runs per configuration in {args.rounds} rounds, "
-          f"{args.model_ms:g} ms per model call")
+          f"{args.model_ms:g} ms per model call, {args.prompt_kb:g} KB system prompt")
     print(f"{'config':<12}{'median µs':>12}{'p99 µs':>12}{'p99/med':>9}{'drain ms':>10}"
           f"{'ev/run':>8}{'µs/event':>10}")
     if "langfuse" in results:

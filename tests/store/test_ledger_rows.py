@@ -141,6 +141,33 @@ def test_each_event_gets_its_own_salt_and_digest() -> None:
     assert single.payload == rows[0].payload and single.columns == rows[0].columns
 
 
+def test_inputs_over_two_kilobytes_digest_and_chain_as_plain_sha256(tmp_path: Path) -> None:
+    # sha256_digest feeds such inputs to hashlib in pieces (in one piece hashlib would
+    # let go of the GIL): at every size around a piece's edge it is plain SHA-256.
+    for size in (0, 1, 2046, 2047, 2048, 4094, 4095, 4096, 100_003):
+        data = random.Random(size).randbytes(size)
+        assert ledger.sha256_digest(data) == hashlib.sha256(data).digest()
+    # Large payloads, and names long enough that a chain link hashes over 2 KB too.
+    events = [AuditEvent(event_id=f"big{i}", timestamp=datetime.now(timezone.utc),
+                         kind="llm_call", name="n" * (1500 * i), data={"prompt": "p" * (3000 * i)})
+              for i in range(4)]
+    rows = prepare_rows(events)
+    for r in rows:
+        assert r.digest == hashlib.sha256(r.salt + r.payload).digest()
+    prev = GENESIS
+    for seq, sealed in enumerate(seal(rows, 0, GENESIS), start=1):
+        linked = link(prev, seq, sealed.row.columns, sealed.row.digest)
+        prev = hashlib.sha256(prev + header(seq, sealed.row.columns) + sealed.row.digest).digest()
+        assert sealed.chain == linked == prev
+    store = SQLiteStore(str(tmp_path / "big.db"))
+    try:
+        store.append(events)
+        report = store.verify()
+        assert report.ok and report.checked == 4
+    finally:
+        store.close()
+
+
 def test_salts_are_never_repeated_across_batches_or_a_fork() -> None:
     import os
 
