@@ -217,9 +217,12 @@ def test_reads_and_writes_survive_a_server_restart(pg_server: Any, pg_url: str) 
 
 
 class CommitCutter:
-    """A TCP proxy in front of PostgreSQL that cuts one connection at a COMMIT: before
-    forwarding it (the server rolls back) or after the server answered (the server
-    committed, the client never hears so)."""
+    """A TCP proxy in front of PostgreSQL that cuts one connection at a commit (a
+    ``COMMIT``, or the one-statement append, its own transaction): before forwarding it
+    (the server rolls back) or after the server answered (the server committed, the
+    client never hears so)."""
+
+    COMMITS = (b"COMMIT", b"WITH moved AS")
 
     def __init__(self, port: int) -> None:
         self.target = port
@@ -242,7 +245,7 @@ class CommitCutter:
 
     def _up(self, client: socket.socket, server: socket.socket, swallow: threading.Event) -> None:
         while data := self._recv(client):
-            if self.mode and b"COMMIT" in data:
+            if self.mode and any(commit in data for commit in self.COMMITS):
                 mode, self.mode = self.mode, None
                 self.cuts += 1
                 if mode == "before":
@@ -307,6 +310,70 @@ def test_a_cut_commit_is_written_exactly_once(
 # --- concurrency and tampering ------------------------------------------------------------
 
 
+def _count_locking(stores: list[PostgresStore], monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record, per append that locks the head, the index of the store that made it."""
+    locked: list[int] = []
+
+    def counted(n: int, append_tx: Any) -> Any:
+        def locking_append(conn: Any, rows: Any) -> int:
+            locked.append(n)
+            return int(append_tx(conn, rows))
+        return locking_append
+
+    for n, store in enumerate(stores):
+        monkeypatch.setattr(store, "_append_tx", counted(n, store._append_tx))
+    return locked
+
+
+def test_two_writers_taking_turns_keep_one_chain(pg_url: str) -> None:
+    # A store chains a batch after the head it last wrote, in one statement that writes
+    # nothing if the head has moved since: the other store's appends must be noticed
+    # (the store then locks the head and chains after it), never chained over.
+    stores = [PostgresStore(pg_url), PostgresStore(pg_url)]
+    expected = []
+    for turn in range(24):
+        batch = _events(turn % 4 + 1, prefix=f"t{turn}-")
+        expected += [e.event_id for e in batch]
+        stores[turn % 3 % 2].append(batch)  # 0 1 0 0 1 0 0 1 ...: sometimes twice in a row
+    # The same batch again, then with new events: all skipped, then only the new ones.
+    assert stores[0].append(batch) == len(expected)
+    stores[0].append([*batch, *_events(3, prefix="late-")])
+    expected += ["late-0", "late-1", "late-2"]
+    read = list(stores[1].events())
+    assert [e.seq for e in read] == list(range(1, len(expected) + 1))
+    assert [e.event.event_id for e in read] == expected
+    assert stores[1].verify().ok and stores[0].head() == stores[1].head()
+    for store in stores:
+        store.close()
+
+
+def test_a_lone_writer_appends_in_one_statement_and_backs_off_when_others_write(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alone, other = PostgresStore(pg_url), PostgresStore(pg_url)
+    locked = _count_locking([alone, other], monkeypatch)
+    for turn in range(5):
+        alone.append(_events(3, prefix=f"a{turn}-"))
+    assert locked == [0]  # only the first append, which did not know the head, locked it
+    # Another writer moves the head: the next statement finds it moved and writes
+    # nothing, so that append locks the head; after a miss the next one locks at once.
+    other.append(_events(2, prefix="b-"))
+    for turn in range(3):
+        alone.append(_events(3, prefix=f"c{turn}-"))
+    assert locked == [0, 1, 0, 0]
+    # A batch larger than a statement's share, or reaching into a month with no
+    # partition yet, locks the head too.
+    alone.append(_events(200, prefix="big-"))
+    alone.append(_events(2, start=datetime(2026, 4, 30, 23, 59, 59, tzinfo=timezone.utc),
+                         prefix="may-"))
+    assert locked == [0, 1, 0, 0, 0, 0]
+    alone.append(_events(2, prefix="d-"))
+    assert locked == [0, 1, 0, 0, 0, 0]
+    assert alone.count() == 15 + 2 + 9 + 200 + 2 + 2 and other.verify().ok
+    alone.close()
+    other.close()
+
+
 def test_verify_during_appends_sees_one_consistent_snapshot(pg_url: str) -> None:
     store = PostgresStore(pg_url)
     script = (
@@ -318,7 +385,7 @@ def test_verify_during_appends_sees_one_consistent_snapshot(pg_url: str) -> None
         " kind='custom') for i in range(50)])\n"
     )
     writer = subprocess.Popen([sys.executable, "-c", script, pg_url])
-    reports = []
+    reports: list[Any] = []
     while writer.poll() is None and len(reports) < 200:
         reports.append(store.verify())
     assert writer.wait(timeout=120) == 0

@@ -1,13 +1,16 @@
 """The shared team ledger: PostgreSQL, one chain for many processes on many machines.
 
-Every append is one transaction that locks the single ``ledger_head`` row
-(``SELECT ... FOR UPDATE``), seals the batch after it, streams the rows in with
-``COPY`` and moves the head, so concurrent writers anywhere queue on that row lock and
-the chain stays one sequence. The rows keep the exact canonical JSON that was digested
-(``payload``); a generated ``doc`` JSONB column holds a copy for queries. ``events`` is
-partitioned by month on ``ts``; a partition is created by the first append that needs
-it, under the same lock. The schema is created and migrated on first use
-(:mod:`tracevault.store.postgres_schema`).
+Every append is one transaction that moves the single ``ledger_head`` row, so
+concurrent writers anywhere queue on that row's lock and the chain stays one sequence.
+A writer that knows the head (it moved it last) seals the batch after it and sends one
+statement: it moves the head only if the head is still the one it knows, and inserts
+the rows only if it did. Otherwise (first append, another writer appended, a new
+monthly partition) it locks the head (``SELECT ... FOR UPDATE``), seals the batch
+after it, streams the rows in with ``COPY`` and moves the head. The rows keep the
+exact canonical JSON that was digested (``payload``); a generated ``doc`` JSONB column
+holds a copy for queries. ``events`` is partitioned by month on ``ts``; a partition is
+created by the first append that needs it, under the head's lock. The schema is
+created and migrated on first use (:mod:`tracevault.store.postgres_schema`).
 
 Connection failures never lose an event: ``append`` retries once on a fresh connection
 when a pooled one went stale, and otherwise raises :class:`StoreError` (the pipeline's
@@ -47,6 +50,21 @@ from tracevault.store.sql import SQLStore
 _ROW_COLUMNS = ("seq", *COLUMNS, "payload", "salt", "digest", "chain")
 _COPY = f"COPY events ({', '.join(_ROW_COLUMNS)}) FROM STDIN"
 _HEAD = "SELECT seq, chain FROM ledger_head WHERE id = 1"
+_NOT_TEXT = {"seq": "bigint", "ts": "timestamptz", "duration_ms": "float8", "tokens": "bigint",
+             "cost": "float8", "salt": "bytea", "digest": "bytea", "chain": "bytea"}
+# One statement, its own transaction: the head moves from the (seq, chain) the writer
+# knows to the batch's last row, and the rows go in only if it did. The UPDATE waits
+# for a concurrent writer's lock and then finds the head moved, so the statement
+# inserts nothing and the writer takes the locking path.
+_GUARDED_MAX_ROWS = 128  # larger batches: COPY costs less than binding arrays
+_MAX_BACKOFF = 6  # after k misses in a row, 2**k - 1 appends (at most 63) lock at once
+_GUARDED_APPEND = (
+    "WITH moved AS (UPDATE ledger_head SET seq = %s, chain = %s "
+    "WHERE id = 1 AND seq = %s AND chain = %s RETURNING 1) "
+    f"INSERT INTO events ({', '.join(_ROW_COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(f"%b::{_NOT_TEXT.get(c, 'text')}[]" for c in _ROW_COLUMNS)
+    + ") WHERE EXISTS (SELECT FROM moved)"
+)
 
 
 @lru_cache(maxsize=256)
@@ -73,6 +91,9 @@ class PostgresStore(SQLStore):
         self.where = self._pool.where
         self._local = threading.local()
         self._months: set[str] = set()
+        self._head: tuple[int, bytes] | None = None  # as this store last moved it
+        self._misses = 0  # one-statement appends in a row that found the head moved
+        self._skip = 0  # appends left that lock the head without trying one statement
         conn = self._pool.connect()
         try:
             migrate(conn, where=self.where, create=create)
@@ -199,7 +220,8 @@ class PostgresStore(SQLStore):
                 if not rows:
                     head = conn.execute(_HEAD).fetchone()
                     return int(head[0]) if head else 0
-                return self._append_tx(conn, rows)
+                seq = self._append_guarded(conn, rows)
+                return seq if seq is not None else self._append_tx(conn, rows)
             except psycopg.errors.UniqueViolation as exc:
                 if filtered:
                     raise self._pool.error("cannot append to", exc) from None
@@ -220,6 +242,37 @@ class PostgresStore(SQLStore):
         rows = conn.execute("SELECT event_id FROM events WHERE event_id = ANY(%s)", (ids,))
         return {r[0] for r in rows}
 
+    def _append_guarded(self, conn: Conn, rows: list[PreparedRow]) -> int | None:
+        """Append ``rows`` after the head this store last wrote, in one statement (one
+        round trip: each is a GIL hand-over inside a busy agent); ``None`` when nothing
+        was written: the head moved since, or the batch is large, or a row needs a
+        partition not known to exist.
+
+        Where other writers keep moving the head, the statement would mostly find it
+        moved and cost a round trip for nothing: after each miss in a row, twice as
+        many appends go straight to the locking path.
+        """
+        head = self._head
+        if head is None or len(rows) > _GUARDED_MAX_ROWS:
+            return None
+        if self._skip:
+            self._skip -= 1
+            return None
+        if not {r.columns[1][:7] for r in rows} <= self._months:
+            return None
+        self._head = None  # unknown until this statement's outcome is
+        values = sealed_values(rows, *head)
+        last = values[-1]
+        columns = [list(c) for c in zip(*values, strict=True)]
+        written = conn.execute(_GUARDED_APPEND, (last[0], last[-1], *head, *columns)).rowcount
+        if written != len(values):  # the head had moved: nothing was inserted
+            self._misses = min(self._misses + 1, _MAX_BACKOFF)
+            self._skip = (1 << self._misses) - 1
+            return None
+        self._misses = 0
+        self._head = (last[0], last[-1])
+        return int(last[0])
+
     def _append_tx(self, conn: Conn, rows: list[PreparedRow]) -> int:
         with conn.transaction():
             head = conn.execute(_HEAD + " FOR UPDATE").fetchone()
@@ -233,6 +286,7 @@ class PostgresStore(SQLStore):
             seq, chain = values[-1][0], values[-1][-1]
             conn.execute("UPDATE ledger_head SET seq = %s, chain = %s WHERE id = 1", (seq, chain))
         self._months |= created
+        self._head = (int(seq), chain)
         return int(seq)
 
     def _ensure_partitions(self, conn: Conn, months: set[str]) -> set[str]:
