@@ -24,7 +24,9 @@ turns in ``--rounds`` rounds, so drift of the machine affects them alike):
 With ``--model-ms`` each model call also waits that long (idle, as for a real model's
 network round trip), which is when a writer thread gets the GIL without taking it from
 the agent. With ``--prompt-kb`` the agent has a system prompt of that size, as real
-agents do, so each model call's recorded messages are larger.
+agents do, so each model call's recorded messages are larger. With ``--postgres`` the
+recording configurations write a PostgreSQL ledger (a throwaway server, started here
+unless ``--postgres URL`` names one) instead of SQLite.
 
 For each it prints median and p99 invoke latency; the per-event overhead is
 ``(median(tracevault) - median(noop)) / events per run``. Writing the ledger happens on
@@ -50,7 +52,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from harness import GatedStore, machine, write_results
+from harness import GatedStore, machine, new_database, postgres_server, write_results
 from langchain.agents import create_agent
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage, HumanMessage, ToolMessage
@@ -192,9 +194,19 @@ def main(argv: list[str] | None = None) -> int:
                         "round trip does (default 0: the agent never waits)")
     parser.add_argument("--prompt-kb", type=float, default=0.0,
                         help="size of the agent's system prompt (default 0: none)")
+    parser.add_argument("--postgres", nargs="?", const="", default=None, metavar="URL",
+                        help="write the ledger to PostgreSQL (default: a throwaway server)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
+    if args.postgres is None:
+        return run(args, None)
+    with postgres_server(args.postgres or None) as url:
+        return run(args, url)
+
+
+def run(args: argparse.Namespace, postgres: str | None) -> int:
+    """Measure every configuration; ``postgres``: the admin URL of the ledger's server."""
 
     def respond(messages: list[BaseMessage]) -> Any:
         if args.model_ms:
@@ -229,14 +241,16 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             config = {"callbacks": callbacks[name], "metadata": {"session_id": "bench"}}
             gated = busy = None
-            db = os.path.join(tmp, f"{name}-{round_no}.db")
+            db = f"sqlite:///{os.path.join(tmp, f'{name}-{round_no}.db')}"
+            if postgres is not None and name in ("tracevault", "tv_process"):
+                db = new_database(postgres, f"bench_{name}_{round_no}")
             if name == "tv_parked":
-                gated = GatedStore(open_store(f"sqlite:///{db}"))
+                gated = GatedStore(open_store(db))
                 tracevault.configure(store=gated, queue_size=(runs + warmup) * 20)
             elif name == "tracevault":
-                tracevault.configure(store=f"sqlite:///{db}")
+                tracevault.configure(store=db)
             elif name == "tv_process":
-                tracevault.configure(store=f"sqlite:///{db}", writer="process")
+                tracevault.configure(store=db, writer="process")
             elif name == "noop_busy":
                 busy = _busy_core()
             latencies[name] += _measure(lambda c=config: agent.invoke(inputs, c),  # type: ignore[misc]
@@ -274,16 +288,18 @@ def main(argv: list[str] | None = None) -> int:
                 # Langfuse records the same run: compare per tracevault event.
                 results[name]["per_event_over_noop_us"] = delta / per_run_events
     host = {**machine(), "runs": runs * args.rounds, "warmup": warmup * args.rounds,
-            "rounds": args.rounds, "model_ms": args.model_ms, "prompt_kb": args.prompt_kb}
+            "rounds": args.rounds, "model_ms": args.model_ms, "prompt_kb": args.prompt_kb,
+            "ledger": "postgresql" if postgres is not None else "sqlite"}
     label = "langchain" + ("-model-wait" if args.model_ms else "") + (
-        "-prompt" if args.prompt_kb else "")
+        "-prompt" if args.prompt_kb else "") + ("-postgres" if postgres is not None else "")
     write_results(label, {"machine": host, "results": results})
     if args.json:
         print(json.dumps({"machine": host, "results": results}, indent=2))
         return 0
     print(f"python {host['python']} on {host['platform']}, {host['cores']} CPUs, "
           f"{host['runs']} runs per configuration in {args.rounds} rounds, "
-          f"{args.model_ms:g} ms per model call, {args.prompt_kb:g} KB system prompt")
+          f"{args.model_ms:g} ms per model call, {args.prompt_kb:g} KB system prompt, "
+          f"{host['ledger']} ledger")
     print(f"{'config':<12}{'median µs':>12}{'p99 µs':>12}{'p99/med':>9}{'drain ms':>10}"
           f"{'ev/run':>8}{'µs/event':>10}")
     if "langfuse" in results:

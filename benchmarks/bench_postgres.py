@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import json
 import multiprocessing
@@ -25,20 +24,18 @@ import shutil
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import psycopg
-from harness import machine, write_results
+from harness import machine, new_database, postgres_server, write_results
 
 from tracevault.cli import main as cli
 from tracevault.ledger import prepare_rows
 from tracevault.schema import AuditEvent
 from tracevault.store.postgres import _COPY, PostgresStore
 
-ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 8, 1, tzinfo=timezone.utc)
 
 
@@ -101,10 +98,7 @@ def append_rate(url: str, writers: int, per_writer: int, batch: int, chained: bo
 
 def fresh_database(admin_url: str) -> str:
     """Create an empty database (with an unchained twin table) and return its URL."""
-    name = f"bench_{os.getpid()}_{time.monotonic_ns() % 10**9}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}".encode())
-    url = admin_url.rsplit("/", 1)[0] + "/" + name
+    url = new_database(admin_url, f"bench_{os.getpid()}_{time.monotonic_ns() % 10**9}")
     PostgresStore(url).close()
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
@@ -144,31 +138,6 @@ def load(url: str, n: int) -> float:
     return time.perf_counter() - start
 
 
-@contextlib.contextmanager
-def server(url: str | None) -> Iterator[str]:
-    """Yield an admin URL: ``url`` or a durable throwaway server."""
-    if url:
-        yield url
-        return
-    spec = importlib.util.spec_from_file_location("pgharness", ROOT / "tests/store/conftest.py")
-    assert spec and spec.loader
-    harness = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(harness)
-    bindir = harness._bindir()
-    if bindir is None:
-        sys.exit("PostgreSQL is not installed (sh scripts/ensure-services.sh)")
-    pg = harness.PostgresServer(
-        bindir,
-        settings={"fsync": "on", "synchronous_commit": "on", "shared_buffers": "256MB"},
-    )
-    try:
-        pg.init()
-        pg.start()
-        yield pg.url("postgres")
-    finally:
-        pg.cleanup()
-
-
 def postgres_version(url: str) -> str:
     with psycopg.connect(url) as conn:
         row = conn.execute("SHOW server_version").fetchone()
@@ -181,7 +150,7 @@ def postgres_version(url: str) -> str:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"machine": machine()}
-    with server(args.url) as admin:
+    with postgres_server(args.url) as admin:
         out["postgres"] = postgres_version(admin)
         out["append"] = {}
         for writers in (1, 8):

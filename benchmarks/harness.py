@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: the machine description, the results folder, and
-a store that parks the ledger writer.
+"""What the benchmark scripts share: the machine description, the results folder, a
+store that parks the ledger writer, and a throwaway PostgreSQL server.
 
 The scripts run as ``python benchmarks/bench_x.py``, which puts this folder on
 ``sys.path``, so they import this module by its plain name.
@@ -8,15 +8,19 @@ The scripts run as ``python benchmarks/bench_x.py``, which puts this folder on
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import platform
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = RESULTS.parent.parent
 
 
 def machine() -> dict[str, Any]:
@@ -61,3 +65,41 @@ class GatedStore:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
+
+
+@contextlib.contextmanager
+def postgres_server(url: str | None = None) -> Iterator[str]:
+    """Yield an admin URL: ``url``, or that of a durable throwaway server (``fsync``
+    and ``synchronous_commit`` on, as in production) started with the test suite's
+    harness on a temporary directory and a free loopback port."""
+    if url:
+        yield url
+        return
+    spec = importlib.util.spec_from_file_location("pgharness", ROOT / "tests/store/conftest.py")
+    assert spec and spec.loader
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    bindir = harness._bindir()
+    if bindir is None:
+        sys.exit("PostgreSQL is not installed (sh scripts/ensure-services.sh)")
+    pg = harness.PostgresServer(
+        bindir,
+        settings={"fsync": "on", "synchronous_commit": "on", "shared_buffers": "256MB"},
+    )
+    try:
+        pg.init()
+        pg.start()
+        yield pg.url("postgres")
+    finally:
+        pg.cleanup()
+
+
+def new_database(admin_url: str, name: str) -> str:
+    """Create an empty database ``name`` (dropping one of that name) on the server of
+    ``admin_url``; return its URL."""
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}".encode())
+        conn.execute(f"CREATE DATABASE {name}".encode())
+    return urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
