@@ -7,6 +7,7 @@ detection, forwarder cursors, several processes appending at once, the CLI.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import subprocess
@@ -292,15 +293,22 @@ def test_awkward_content_round_trips_and_verifies(store: Store) -> None:
         _ev(8, "llm_call", phase="end", data={"usage": {"total": 2**40}, "cost": 1e-12}),
     ]
     assert store.append(events) == len(events)
-    read = [e.event for e in store.events()]
-    assert read[0].data == {"text": "a\x00b"}
-    assert read[1].data == events[1].data
-    assert read[2].data["surrogate"] != events[2].data["surrogate"]  # repaired, not lost
-    assert len(read[3].data["big"]) == 300_000
-    assert read[4].timestamp == events[4].timestamp
-    assert read[5].timestamp == datetime(2031, 6, 30, 19, tzinfo=timezone.utc)
+    # The same content again under new ids: appended by a store that wrote last (in
+    # PostgreSQL one statement binding arrays, where the first batch went by COPY).
+    again = [dataclasses.replace(e, event_id=f"{e.event_id}-again") for e in events]
+    assert store.append(again) == 2 * len(events)
+    stored = [e.event for e in store.events()]
+    for read in (stored[: len(events)], stored[len(events) :]):
+        assert read[0].data == {"text": "a\x00b"} and read[0].name == "nul\x00name"
+        assert read[1].data == events[1].data
+        assert read[2].data["surrogate"] != events[2].data["surrogate"]  # repaired, not lost
+        assert len(read[3].data["big"]) == 300_000
+        assert read[4].timestamp == events[4].timestamp
+        assert read[5].timestamp == datetime(2031, 6, 30, 19, tzinfo=timezone.utc)
+        assert read[6].data["duration_ms"] == 0.1 + 0.2
+        assert read[7].data["usage"]["total"] == 2**40
     report = store.verify()
-    assert report.ok and report.checked == len(events)
+    assert report.ok and report.checked == 2 * len(events)
 
 
 def test_the_pipeline_records_into_the_store(backend: Backend) -> None:
