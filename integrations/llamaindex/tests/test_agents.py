@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +11,22 @@ import pytest
 from li_agents import ADD, add, check_tree, function_agent, one, react_agent
 from llama_index.core.agent.workflow import AgentWorkflow, FunctionAgent
 from llama_index.core.base.llms.types import ToolCallBlock
-from llama_index.core.llms import ChatMessage, MockFunctionCallingLLM
+from llama_index.core.llms import (
+    ChatMessage,
+    CompletionResponse,
+    CustomLLM,
+    LLMMetadata,
+    MockFunctionCallingLLM,
+)
+from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.tools import FunctionTool
+from llama_index.core.tools.types import AsyncBaseTool, ToolMetadata, ToolOutput
+from llama_index.core.workflow import StartEvent, StopEvent, Workflow, step
 from tracevault_llamaindex.instrument import Installed
 from tracevault_llamaindex.testing import tool_then_answer
 
 import tracevault
+from tracevault.snapshot import MAX_STRING, truncate_string
 from tracevault.testing import Capture, capture_events
 
 FUNCTION_AGENT_KINDS = [
@@ -236,3 +247,129 @@ async def test_payloads_are_copied_when_captured_and_keep_what_json_cannot_hold(
     start, end = (e for e in cap.events() if e.kind == "tool_call")
     assert start.data["parameters"] == {"values": [1.5], "scale": "NaN"}
     assert end.data["result"] == "2"
+
+
+async def test_a_tool_that_runs_an_agent_with_a_tool_of_its_own_name_records_both(
+    cap: Capture, instrumented: Installed
+) -> None:
+    def web_search(q: str) -> str:
+        return f"results for {q}"
+
+    inner = FunctionAgent(
+        name="researcher", streaming=False,
+        tools=[FunctionTool.from_defaults(web_search, name="search", description="web")],
+        llm=MockFunctionCallingLLM(response_generator=tool_then_answer(
+            [("search", {"q": "paris weather"})], "sunny")))
+
+    async def delegate(q: str) -> str:
+        return str(await inner.run(user_msg=q))
+
+    outer = FunctionAgent(
+        name="boss", streaming=False,
+        tools=[FunctionTool.from_defaults(async_fn=delegate, name="search",
+                                          description="delegated search")],
+        llm=MockFunctionCallingLLM(response_generator=tool_then_answer(
+            [("search", {"q": "weather in paris"})], "it is sunny")))
+    assert str(await outer.run(user_msg="weather?")) == "it is sunny"
+    events = cap.events()
+    check_tree(events)
+    starts = [e for e in events if e.kind == "tool_call" and e.phase == "start"]
+    assert [(e.name, e.data["parameters"]) for e in starts] == [
+        ("search", {"q": "weather in paris"}), ("search", {"q": "paris weather"})]
+    ends = {e.span_id: e for e in events if e.kind == "tool_call" and e.phase == "end"}
+    assert ends[starts[0].span_id].data["result"] == "sunny"
+    assert ends[starts[1].span_id].data["result"] == "results for paris weather"
+    inner_run = next(e for e in events if e.kind == "agent" and e.name == "researcher")
+    assert inner_run.phase == "start" and inner_run.parent_span_id == starts[0].span_id
+    assert {e.trace_id for e in events} == {events[0].span_id}
+
+
+async def test_tool_arguments_by_keyword_whatever_the_name_of_its_kwargs(
+    cap: Capture, instrumented: Installed
+) -> None:
+    class Lookup(AsyncBaseTool):
+        @property
+        def metadata(self) -> ToolMetadata:
+            return ToolMetadata(name="lookup", description="Look a key up.")
+
+        def call(self, input: Any = None, **options: Any) -> ToolOutput:
+            return ToolOutput(content=f"found {options}", tool_name="lookup",
+                              raw_input=options, raw_output=None)
+
+        async def acall(self, input: Any = None, **options: Any) -> ToolOutput:
+            return self.call(input, **options)
+
+    agent = FunctionAgent(tools=[Lookup()], streaming=False, llm=MockFunctionCallingLLM(
+        response_generator=tool_then_answer([("lookup", {"key": "k", "n": 2})], "done")))
+    await agent.run(user_msg="look k up")
+    start = one(cap.events(), "tool_call", "start")
+    assert start.data["parameters"] == {"key": "k", "n": 2}
+
+
+async def test_a_huge_tool_argument_is_cut_like_any_captured_string(
+    cap: Capture, instrumented: Installed
+) -> None:
+    big = "z" * (MAX_STRING + 1000)
+
+    def keep(blob: str) -> int:
+        """Keep a blob."""
+        return len(blob)
+
+    agent = FunctionAgent(tools=[FunctionTool.from_defaults(keep)], streaming=False,
+                          llm=MockFunctionCallingLLM(response_generator=tool_then_answer(
+                              [("keep", {"blob": big})], "kept")))
+    await agent.run(user_msg="keep it")
+    events = cap.events()
+    cut = truncate_string(big)
+    assert len(cut) < len(big) and cut.startswith("z" * 1000)
+    assert one(events, "tool_call", "start").data["parameters"] == {"blob": cut}
+    call_end = next(e for e in events if e.kind == "llm_call" and e.data.get("tool_calls"))
+    assert call_end.data["tool_calls"][0]["arguments"] == {"blob": cut}
+    assert one(events, "tool_call", "end").data["result"] == str(MAX_STRING + 1000)
+
+
+class _Flaky(CustomLLM):
+    """Times out on its first call, then answers."""
+
+    calls: int = 0
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(model_name="gpt-4o-mini")
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        self.calls += 1
+        if self.calls == 1:
+            raise TimeoutError("first attempt times out")
+        return CompletionResponse(text=f"ok {prompt}")
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+
+class _Recovers(Workflow):
+    @step
+    async def go(self, ev: StartEvent) -> StopEvent:
+        llm = _Flaky()
+        with contextlib.suppress(TimeoutError):  # the step handles it: no tool involved
+            await llm.acomplete("a")
+        return StopEvent(result=(await llm.acomplete("b")).text)
+
+
+async def test_an_error_a_workflow_step_handles_is_recorded_before_the_run_ends(
+    cap: Capture, instrumented: Installed
+) -> None:
+    assert await _Recovers(timeout=10).run() == "ok b"
+    events = cap.events()
+    check_tree(events)
+    assert [(e.kind, e.phase) for e in events] == [
+        ("agent", "start"), ("llm_call", "start"), ("llm_call", "end"),
+        ("llm_call", "start"), ("llm_call", "end"), ("error", "point"),
+        ("output", "point"), ("agent", "end"),
+    ]
+    error = events[5]
+    assert error.level == "warning" and error.data["type"] == "TimeoutError"
+    assert error.data["recovery_action"] == "handled in go; the run continued"
+    assert events[-1].data["status"] == "success"

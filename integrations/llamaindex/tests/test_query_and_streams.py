@@ -116,6 +116,31 @@ async def test_abandoned_stream_is_marked(cap: Capture, instrumented: Installed)
     assert "usage" not in end.data
 
 
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+async def test_a_stream_read_in_part_then_dropped_is_abandoned_not_an_error(
+    cap: Capture, instrumented: Installed, asynchronous: bool
+) -> None:
+    # `for chunk in stream: break` and nothing closes the stream: it is collected, and
+    # CPython clears its weak references before the GeneratorExit reaches the wrapper.
+    llm = ScriptedReActLLM(thought="one two three four five six seven")
+    messages = [ChatMessage(role="user", content="hi")]
+    if asynchronous:
+        chunk = await anext(aiter(await llm.astream_chat(messages)))
+    else:
+        chunk = next(iter(llm.stream_chat(messages)))
+    partial = chunk.message.content
+    del chunk
+    gc.collect()
+    events = cap.events()
+    check_tree(events)
+    assert [(e.kind, e.phase) for e in events] == [("llm_call", "start"), ("llm_call", "end")]
+    end = events[1]
+    assert end.level == "warning" and end.data["status"] == "abandoned"
+    assert end.data["reason"] == "the consumer stopped reading"
+    assert end.data["response"] == partial and partial
+    assert end.data["time_to_first_token_ms"] >= 0
+
+
 def test_unread_stream_is_marked_when_collected(cap: Capture, instrumented: Installed) -> None:
     llm = MockLLM(max_tokens=4)
     stream = llm.stream_complete("never read")

@@ -134,8 +134,8 @@ def _rerank_end(rec: Recorder, event: Any) -> None:
 
 def _exception(rec: Recorder, event: Any) -> None:
     exc = event.exception
-    if llm.exception(rec, event.span_id, exc):
-        return
+    if llm.exception(rec, event.span_id, exc) or isinstance(exc, GeneratorExit):
+        return  # a consumer that stops reading a stream is no failure (llm.finish says so)
     _record_error(rec, event, exc)
 
 

@@ -184,12 +184,18 @@ def streaming(rec: Recorder, span: Span, result: Any) -> None:
 
 
 def _unread(rec: Recorder, span_id: str) -> None:
-    # A stream garbage-collected without being read to the end (and without its
-    # GeneratorExit reaching the wrapper: it was never started).
+    # A stream garbage-collected before it was read to the end. CPython runs this before
+    # it closes a started generator, so a stream read in part ends here too, before its
+    # GeneratorExit event arrives: what was read is its response.
     try:
         call = rec.llm.get(span_id)
-        if call is not None:
+        if call is None:
+            return
+        if call.first_token is None:
             finish(rec, call, None, status="abandoned", reason="stream never read")
+        else:
+            finish(rec, call, call.last, status="abandoned",
+                   reason="the consumer stopped reading")
     except Exception as exc:
         rec.failed("llm stream finalizer", exc)
 

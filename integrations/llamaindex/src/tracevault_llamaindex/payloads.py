@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tracevault.snapshot import json_float, truncate_string
+from tracevault.snapshot import MAX_STRING, json_float, truncate_string
 
 _PRIMITIVES = (str, int, float, bool, type(None))
 MAX_REPR = 2_000
@@ -42,6 +42,8 @@ def plain(value: Any, depth: int = 0) -> Any:
     becomes a short ``repr``.
     """
     if isinstance(value, _PRIMITIVES):
+        if isinstance(value, str):
+            return _cut(value)
         return json_float(value) if isinstance(value, float) else value
     if depth >= MAX_DEPTH:
         return short_repr(value, 200)
@@ -76,8 +78,17 @@ def plain(value: Any, depth: int = 0) -> Any:
     return short_repr(value)
 
 
+def _cut(text: Any) -> Any:
+    # Strings over the core's limit are cut, and say so (as snapshot.freeze does).
+    return truncate_string(text) if isinstance(text, str) and len(text) > MAX_STRING else text
+
+
 def text_of(value: Any) -> Any:
     """Return the text of a message, response, query bundle or string (else ``plain``)."""
+    return _cut(_text(value))
+
+
+def _text(value: Any) -> Any:
     if value is None or isinstance(value, str):
         return value
     name = type(value).__name__
@@ -123,11 +134,11 @@ def message_dict(message: Any) -> dict[str, Any]:
                     if ref:
                         entry[attr] = str(ref)
                 other.append(entry)
-        out["content"] = "\n".join(texts) if texts else None
+        out["content"] = _cut("\n".join(texts)) if texts else None
         if calls:
             out["tool_calls"] = calls
         if thinking:
-            out["thinking"] = "\n".join(thinking)
+            out["thinking"] = _cut("\n".join(thinking))
         if other:
             out["attachments"] = other
         extra = message.additional_kwargs
@@ -192,7 +203,7 @@ def tool_spec(tool: Any) -> Any:
 def tool_output_content(output: Any) -> Any:
     """Return what a tool produced: its text content (what the model is shown)."""
     try:
-        return output.content
+        return _cut(output.content)
     except Exception:
         return short_repr(output)
 

@@ -115,14 +115,16 @@ def tool_parameters(tool: Any, bound_args: inspect.BoundArguments) -> Any:
     args = bound_args.arguments
     params: dict[str, Any] = {}
     skip = getattr(tool, "ctx_param_name", None)
+    signature = bound_args.signature.parameters
     for key, value in args.items():
         if key == "self":
             continue
-        if key == "kwargs" and isinstance(value, dict):
-            for k, v in value.items():
+        kind = signature[key].kind if key in signature else None
+        if kind is inspect.Parameter.VAR_KEYWORD and isinstance(value, dict):
+            for k, v in value.items():  # **kwargs, whatever its name: the named arguments
                 if k != skip and type(v).__name__ != "Context":
                     params[k] = payloads.plain(v)
-        elif key == "args" and isinstance(value, tuple):
+        elif kind is inspect.Parameter.VAR_POSITIONAL and isinstance(value, tuple):
             if value:
                 params["args"] = payloads.plain(value)
         elif key != skip and type(value).__name__ != "Context":

@@ -38,6 +38,17 @@ _clock = time.perf_counter
 _PASSIVE_ROLES = frozenset({OTHER, STEP})  # roles whose exit records nothing by itself
 
 
+def _adapted(span: Span, tool_name: str) -> bool:
+    """Whether ``span`` is the same tool call again, one adapter down (``__call__`` ->
+    ``call``, an async adapter): its nearest ancestor that is not transparent is that
+    tool. The same tool called again further down (by an agent it runs) is a call of
+    its own."""
+    parent = span.parent
+    while parent is not None and parent.role == OTHER:
+        parent = parent.parent
+    return parent is not None and parent.role == TOOL and parent.tool_name == tool_name
+
+
 class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
     """Records agent runs, turns and tool calls from LlamaIndex spans (never raises)."""
 
@@ -257,7 +268,7 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
     def _tool_start(self, span: Span, instance: Any, bound_args: inspect.BoundArguments) -> None:
         metadata = instance.metadata
         tool_name = getattr(metadata, "name", None) or type(instance).__name__
-        if span.tool_name == tool_name:  # __call__ -> call, or an async adapter
+        if _adapted(span, tool_name):  # __call__ -> call, or an async adapter
             span.role = OTHER
             return
         span.tool_name = tool_name
@@ -286,6 +297,10 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
     def _exit_body(self, span: Span, result: Any) -> None:
         rec = self._rec
         role = span.role
+        if span.pending:  # errors below that this span handled, recorded before its end
+            # A workflow step hands a tool's error to the agent as the tool's result.
+            rec.settle(span, f"handled in {span.name}; the run continued",
+                       _TOOL_RECOVERY if role == STEP else None)
         if role == TOOL:
             self._tool_end(span, result, None)
         elif role == LLM:
@@ -309,9 +324,6 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
             rec.emit(kind, span, phase="end", level="debug", name=name,
                      data={"status": "success", "duration_ms": elapsed_ms(span.started)},
                      span_id=span.id, parent=span.parent_anchor)
-        if span.pending:
-            rec.settle(span, _TOOL_RECOVERY if role == STEP else
-                       f"handled in {span.name}; the run continued")
         if role != LLM:
             gen = roles.stream_of(result)
             if gen is not None:
@@ -396,6 +408,8 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
         role = span.role
         if role == TOOL:
             self._tool_end(span, None, err or RuntimeError("tool span dropped"))
+            for entry in entries:
+                entry["failed_tool"] = True
             rec.hand_up(span, entries)
         elif role == LLM:
             call = rec.llm.get(span.id)

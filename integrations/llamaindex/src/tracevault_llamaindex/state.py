@@ -300,12 +300,14 @@ class Recorder:
         for entry in entries:
             self.emit_error(entry)
 
-    def settle(self, span: Span, recovery: str) -> None:
-        """A span ended normally: the errors below it were handled."""
+    def settle(self, span: Span, recovery: str, tool_recovery: str | None = None) -> None:
+        """A span ended normally: the errors below it were handled (``tool_recovery``
+        says how, for errors that failed a tool call, if it differs)."""
         pending, span.pending = span.pending, None
         if pending:
             for entry in pending:
-                self.emit_error(entry, recovery)
+                failed_tool = tool_recovery is not None and entry.get("failed_tool", False)
+                self.emit_error(entry, tool_recovery if failed_tool else recovery)
 
     # --- bounded LLM bookkeeping ----------------------------------------------------------
 
