@@ -130,7 +130,9 @@ class ToolCallData(TypedDict, total=False):
     tool_name: str
     parameters: Any
     result: Any
-    status: Literal["pending", "success", "error"]
+    # cancelled: its task was cancelled; interrupted: it waits for input (a human's
+    # answer) and is called again once that arrives. Neither is a failure.
+    status: Literal["pending", "success", "error", "cancelled", "interrupted"]
     duration_ms: float
     tool_call_id: str
 

@@ -21,9 +21,18 @@ from llama_index.core.llms import (
 from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.tools import FunctionTool
 from llama_index.core.tools.types import AsyncBaseTool, ToolMetadata, ToolOutput
-from llama_index.core.workflow import StartEvent, StopEvent, Workflow, step
+from llama_index.core.workflow import (
+    Context,
+    HumanResponseEvent,
+    InputRequiredEvent,
+    StartEvent,
+    StopEvent,
+    Workflow,
+    step,
+)
 from tracevault_llamaindex.instrument import Installed
 from tracevault_llamaindex.testing import tool_then_answer
+from workflows.errors import WorkflowCancelledByUser
 
 import tracevault
 from tracevault.snapshot import MAX_STRING, truncate_string
@@ -372,4 +381,73 @@ async def test_an_error_a_workflow_step_handles_is_recorded_before_the_run_ends(
     error = events[5]
     assert error.level == "warning" and error.data["type"] == "TimeoutError"
     assert error.data["recovery_action"] == "handled in go; the run continued"
+    assert events[-1].data["status"] == "success"
+
+
+@pytest.mark.parametrize("how", ["cancel", "cancel_run"])
+async def test_a_cancelled_run_is_cancelled_not_failed_nor_answered(
+    cap: Capture, instrumented: Installed, how: str
+) -> None:
+    started = asyncio.Event()
+
+    async def wait_for_ever(n: int) -> str:
+        """Wait until cancelled."""
+        started.set()
+        await asyncio.wait_for(asyncio.Event().wait(), timeout=60)  # bounded all the same
+        return "never"
+
+    agent = FunctionAgent(
+        tools=[FunctionTool.from_defaults(async_fn=wait_for_ever)], streaming=False,
+        llm=MockFunctionCallingLLM(response_generator=tool_then_answer(
+            [("wait_for_ever", {"n": 1})], "unused")))
+    handler = agent.run(user_msg="go")
+    await asyncio.wait_for(started.wait(), timeout=60)
+    if how == "cancel":
+        handler.cancel()  # the run's task
+    else:
+        await handler.cancel_run()  # the workflow's own way: it ends the run with no result
+    with pytest.raises((asyncio.CancelledError, WorkflowCancelledByUser)):
+        await handler
+    events = cap.events()
+    check_tree(events)
+    assert [(e.kind, e.phase) for e in events] == [
+        ("agent", "start"), ("input", "point"), ("llm_call", "start"), ("llm_call", "end"),
+        ("tool_call", "start"), ("tool_call", "end"), ("agent", "end"),
+    ]
+    tool_end, run_end = events[5], events[6]
+    assert tool_end.data["status"] == "cancelled" and tool_end.data["is_error"] is False
+    assert tool_end.level == "warning"
+    assert run_end.data["status"] == "cancelled" and run_end.level == "warning"
+
+
+async def test_a_tool_waiting_for_a_human_is_interrupted_then_called_again(
+    cap: Capture, instrumented: Installed
+) -> None:
+    async def confirm(ctx: Context, action: str) -> str:
+        """Ask a human."""
+        answer = await ctx.wait_for_event(
+            HumanResponseEvent, waiter_id="confirm",
+            waiter_event=InputRequiredEvent(prefix=f"ok to {action}?"))
+        return f"human said {answer.response}"
+
+    # LlamaIndex finds the Context parameter by its annotation object, and this module's
+    # annotations are strings (from __future__ import annotations).
+    confirm.__annotations__["ctx"] = Context
+    agent = FunctionAgent(
+        tools=[FunctionTool.from_defaults(async_fn=confirm)], streaming=False,
+        llm=MockFunctionCallingLLM(response_generator=tool_then_answer(
+            [("confirm", {"action": "delete"})], "deleted")))
+    handler = agent.run(user_msg="delete it")
+    async for event in handler.stream_events():
+        if isinstance(event, InputRequiredEvent):
+            handler.ctx.send_event(HumanResponseEvent(response="yes"))
+    assert str(await handler) == "deleted"
+    events = cap.events()
+    check_tree(events)
+    assert "error" not in [e.kind for e in events], [e.data for e in events if e.kind == "error"]
+    ends = [e for e in events if e.kind == "tool_call" and e.phase == "end"]
+    # The workflow runs the tool again once the answer arrives: two calls, one per run.
+    assert [(e.data["status"], e.level, e.data["tool_call_id"]) for e in ends] == [
+        ("interrupted", "info", "call-0-confirm"), ("success", "info", "call-0-confirm")]
+    assert ends[1].data["result"] == "human said yes"
     assert events[-1].data["status"] == "success"

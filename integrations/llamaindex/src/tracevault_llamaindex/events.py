@@ -14,7 +14,7 @@ from typing import Any
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 
 from tracevault_llamaindex import llm, payloads
-from tracevault_llamaindex.state import Recorder, Span, elapsed_ms
+from tracevault_llamaindex.state import Recorder, Span, elapsed_ms, interruption
 
 Handler = Callable[[Recorder, Any], None]
 
@@ -134,8 +134,10 @@ def _rerank_end(rec: Recorder, event: Any) -> None:
 
 def _exception(rec: Recorder, event: Any) -> None:
     exc = event.exception
-    if llm.exception(rec, event.span_id, exc) or isinstance(exc, GeneratorExit):
-        return  # a consumer that stops reading a stream is no failure (llm.finish says so)
+    if llm.exception(rec, event.span_id, exc):
+        return
+    if isinstance(exc, GeneratorExit) or interruption(exc) is not None:
+        return  # a consumer that stopped reading, a cancellation, a wait: no failure
     _record_error(rec, event, exc)
 
 

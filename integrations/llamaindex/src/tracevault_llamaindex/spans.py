@@ -31,6 +31,7 @@ from tracevault_llamaindex.state import (
     RunState,
     Span,
     elapsed_ms,
+    interruption,
 )
 
 _TOOL_RECOVERY = "the error was returned to the agent as the tool's result and the run continued"
@@ -329,8 +330,11 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
             if gen is not None:
                 rec.watch_stream(gen, span)
 
-    def _tool_end(self, span: Span, result: Any, err: BaseException | None) -> None:
-        if err is not None:
+    def _tool_end(self, span: Span, result: Any, err: BaseException | None,
+                  interrupted: str | None = None) -> None:
+        if interrupted is not None:  # cancelled, or waiting for an event: no failure
+            status, is_error, content = interrupted, False, f"{type(err).__name__}: {err}"
+        elif err is not None:
             status, is_error, content = "error", True, f"{type(err).__name__}: {err}"
         elif type(result).__name__ == "ToolOutput":
             is_error = bool(getattr(result, "is_error", False))
@@ -344,7 +348,8 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
         if span.tool_id is not None:
             data["tool_call_id"] = span.tool_id
         rec = self._rec
-        rec.emit("tool_call", span, phase="end", level="error" if is_error else "info",
+        level = "error" if is_error else "warning" if status == "cancelled" else "info"
+        rec.emit("tool_call", span, phase="end", level=level,
                  name=span.name, data=data, span_id=span.id, parent=span.parent_anchor)
         warning = capture.slow_tool_warning(span.name, duration)
         if warning is not None:
@@ -371,10 +376,14 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
     def _run_end(self, span: Span, result: Any, err: BaseException | None) -> None:
         rec = self._rec
         run = span.run
-        status = "success" if err is None else "error"
+        # Cancelled: the run's task (handler.cancel()), or one of its steps, after which
+        # LlamaIndex ends the run span with no result (handler.cancel_run()).
+        cancelled = (interruption(err) == "cancelled" if err is not None
+                     else result is None and run is not None and run.cancelled)
+        status = "cancelled" if cancelled else "success" if err is None else "error"
         if run is not None and run.turn_id is not None:
             self._switch_turn(span, run, None, status)
-        if err is None:
+        if status == "success":
             value = getattr(result, "result", result)
             data: dict[str, Any] = {"type": "final_answer", "content": payloads.text_of(value)}
             structured = getattr(value, "structured_response", None)
@@ -384,7 +393,8 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
             if isinstance(agent, str):
                 data["agent"] = agent
             rec.emit("output", span, name="final_answer", data=data, parent=span.id)
-        rec.emit("agent", span, phase="end", level="info" if err is None else "error",
+        level = {"success": "info", "cancelled": "warning"}.get(status, "error")
+        rec.emit("agent", span, phase="end", level=level,
                  name=span.name, data={"status": status, "duration_ms": elapsed_ms(span.started)},
                  span_id=span.id, parent=span.parent_anchor)
 
@@ -400,14 +410,18 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
         rec = self._rec
         entries, span.pending = span.pending or [], None
         nested = span.role == LLM and rec.dups.pop(span.id, None) is not None
-        if err is not None and not nested:  # a nested LLM call's error is its outer call's
-            where = span.name
-            entry = rec.new_error(span, err, where, span.id if span.recorded else None)
+        interrupted = interruption(err) if err is not None else None
+        if interrupted == "cancelled" and span.run is not None:
+            span.run.cancelled = True
+        if err is not None and not nested and interrupted is None:
+            # One error per failure (a nested LLM call's is its outer call's); a
+            # cancellation or a wait for an event is none.
+            entry = rec.new_error(span, err, span.name, span.id if span.recorded else None)
             if entry is not None:
                 entries.append(entry)
         role = span.role
         if role == TOOL:
-            self._tool_end(span, None, err or RuntimeError("tool span dropped"))
+            self._tool_end(span, None, err or RuntimeError("tool span dropped"), interrupted)
             for entry in entries:
                 entry["failed_tool"] = True
             rec.hand_up(span, entries)

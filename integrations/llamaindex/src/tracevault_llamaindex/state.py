@@ -10,6 +10,7 @@ them). Everything is bounded and forgotten when a span, call or stream ends.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import threading
@@ -34,6 +35,20 @@ _SEEN = "_tracevault_reported_in"  # attribute marking an exception already reco
 
 # Span roles (what a LlamaIndex span means for the audit trail).
 OTHER, RUN, STEP, TOOL, LLM, PARSER = range(6)
+# Raised by a step that waits for an event (a human's answer: ctx.wait_for_event); the
+# workflow runs the step again once it arrives. Control flow, not a failure.
+_SUSPENDING = frozenset({"WaitingForEvent"})
+
+
+def interruption(exc: BaseException) -> str | None:
+    """``"cancelled"`` or ``"interrupted"`` (as LangGraph's interrupts are recorded)
+    when ``exc`` stops work without a failure (a cancelled task, a step waiting for an
+    event); ``None`` for a failure."""
+    if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+        return "cancelled"
+    if any(cls.__name__ in _SUSPENDING for cls in type(exc).__mro__):
+        return "interrupted"
+    return None
 
 
 @dataclass(slots=True)
@@ -46,6 +61,7 @@ class RunState:
     turn_agent: str | None = None
     turn_started: float = 0.0
     turn_status: str = "success"
+    cancelled: bool = False  # a step of it was cancelled (the run may end with no result)
 
 
 @dataclass(slots=True)
