@@ -17,7 +17,8 @@ from li_agents import check_tree, react_agent
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.instrumentation import dispatcher as _dispatcher_module  # noqa: F401
 from llama_index.core.instrumentation.dispatcher import instrument_tags
-from llama_index.core.llms import ChatMessage, MockLLM
+from llama_index.core.llms import ChatMessage, CustomLLM, LLMMetadata, MockLLM
+from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index_instrumentation import get_dispatcher
 from tracevault_llamaindex import callbacks, llm, usage
 from tracevault_llamaindex.instrument import Installed
@@ -143,6 +144,43 @@ def test_legacy_callback_handler(cap: Capture) -> None:
     assert end.data["response"] == "text text text" and end.data["status"] == "success"
     assert {e.session_id for e in events} == {"legacy"}
     assert handler.errors == 0
+
+
+class _Down(CustomLLM):
+    """A model whose every call fails."""
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(model_name="gpt-4o-mini")
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+        raise ConnectionError("down")
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+        raise ConnectionError("down")
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["complete", "chat"])
+def test_legacy_handler_records_a_failed_call_once_under_it(cap: Capture, chat: bool) -> None:
+    # LlamaIndex reports the failure twice: at the call's end and from the trace around
+    # it (before the end for chat, after it for completion).
+    handler = tracevault_llamaindex.TracevaultCallbackHandler()
+    model = _Down(callback_manager=CallbackManager([handler]))
+    with pytest.raises(ConnectionError):
+        if chat:
+            model.chat([ChatMessage(role="user", content="hi")])
+        else:
+            model.complete("hi")
+    events = cap.events()
+    check_tree(events)
+    assert sorted((e.kind, e.phase) for e in events) == [
+        ("error", "point"), ("llm_call", "end"), ("llm_call", "start")]
+    start = next(e for e in events if e.kind == "llm_call" and e.phase == "start")
+    error = next(e for e in events if e.kind == "error")
+    assert error.parent_span_id == start.span_id and error.trace_id == start.trace_id
+    assert error.data["type"] == "ConnectionError" and handler.errors == 0
 
 
 def test_legacy_handler_failures_never_break_the_call(

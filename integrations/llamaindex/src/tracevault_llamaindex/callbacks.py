@@ -11,6 +11,7 @@ LLM call, so every hook here catches everything and only counts failures.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -40,6 +41,7 @@ _STEPS: dict[CBEventType, tuple[str, str, str]] = {
     CBEventType.AGENT_STEP: ("agent", "agent_step", "info"),
 }
 _MAX_OPEN = 10_000
+_REPORTED = "_tracevault_reported_by"  # attribute marking an exception already recorded
 
 
 class TracevaultCallbackHandler(BaseCallbackHandler):
@@ -110,6 +112,14 @@ class TracevaultCallbackHandler(BaseCallbackHandler):
             session = scope.session_id or self.session_id
             user = scope.user_id or self.user_id
         if event_type == CBEventType.EXCEPTION:
+            if parent is None and self._open:
+                # The trace around a failing call reports its exception while the call
+                # is still open (chat), or just after its end (completion): it is that
+                # call's failure, recorded under it once.
+                with contextlib.suppress(RuntimeError, StopIteration):  # another thread
+                    innermost = next(reversed(self._open))
+                    entry = self._open[innermost]
+                    trace_id, parent_span, session, user = entry[0], innermost, entry[6], entry[7]
             self._error(payload, trace_id, parent_span, session, user)
             return
         step = _STEPS.get(event_type)
@@ -216,6 +226,13 @@ class TracevaultCallbackHandler(BaseCallbackHandler):
                session: Any, user: Any) -> None:
         exc = payload.get(EventPayload.EXCEPTION)
         if isinstance(exc, BaseException):
+            # LlamaIndex reports one failure twice: the failed LLM event's end, then an
+            # EXCEPTION event from the trace around it. The exception is marked, as the
+            # instrumentation handlers do (an id() would be reused once it is freed).
+            if getattr(exc, _REPORTED, None) == id(self):
+                return
+            with contextlib.suppress(Exception):
+                setattr(exc, _REPORTED, id(self))
             data = describe_exception(exc)
         else:
             data = {"type": "Error", "message": str(exc)}
