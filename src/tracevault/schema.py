@@ -131,8 +131,9 @@ class ToolCallData(TypedDict, total=False):
     parameters: Any
     result: Any
     # cancelled: its task was cancelled; interrupted: it waits for input (a human's
-    # answer) and is called again once that arrives. Neither is a failure.
-    status: Literal["pending", "success", "error", "cancelled", "interrupted"]
+    # answer) and is called again once that arrives; abandoned: recording stopped
+    # while it ran. None of them is a failure.
+    status: Literal["pending", "success", "error", "cancelled", "interrupted", "abandoned"]
     duration_ms: float
     tool_call_id: str
 

@@ -14,14 +14,23 @@ from typing import Any
 import pytest
 import tracevault_llamaindex
 from li_agents import check_tree, react_agent
+from llama_index.core.agent.workflow import FunctionAgent
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.instrumentation import dispatcher as _dispatcher_module  # noqa: F401
 from llama_index.core.instrumentation.dispatcher import instrument_tags
-from llama_index.core.llms import ChatMessage, CustomLLM, LLMMetadata, MockLLM
+from llama_index.core.llms import (
+    ChatMessage,
+    CustomLLM,
+    LLMMetadata,
+    MockFunctionCallingLLM,
+    MockLLM,
+)
 from llama_index.core.llms.callbacks import llm_completion_callback
+from llama_index.core.tools import FunctionTool
 from llama_index_instrumentation import get_dispatcher
 from tracevault_llamaindex import callbacks, llm, usage
-from tracevault_llamaindex.instrument import Installed
+from tracevault_llamaindex.instrument import UNINSTRUMENTED, Installed
+from tracevault_llamaindex.testing import tool_then_answer
 
 import tracevault
 from tracevault.testing import Capture
@@ -66,6 +75,30 @@ async def test_nothing_recorded_after_uninstrument(cap: Capture, instrumented: I
     tracevault_llamaindex.uninstrument()
     await react_agent().run(user_msg="Add 2 and 3")
     assert cap.events() == []
+
+
+async def test_uninstrument_during_a_run_ends_what_it_had_open(
+    cap: Capture, instrumented: Installed
+) -> None:
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        tracevault_llamaindex.uninstrument()
+        return a + b
+
+    agent = FunctionAgent(tools=[FunctionTool.from_defaults(add)], streaming=False,
+                          llm=MockFunctionCallingLLM(response_generator=tool_then_answer(
+                              [("add", {"a": 1, "b": 2})], "three")))
+    assert str(await agent.run(user_msg="1 + 2?")) == "three"
+    events = cap.events()
+    check_tree(events)
+    assert [(e.kind, e.phase) for e in events] == [
+        ("agent", "start"), ("input", "point"), ("llm_call", "start"), ("llm_call", "end"),
+        ("tool_call", "start"), ("tool_call", "end"), ("agent", "end"),
+    ]
+    for end in (events[5], events[6]):
+        assert end.level == "warning" and end.data["status"] == "abandoned"
+        assert end.data["reason"] == UNINSTRUMENTED
+    assert not instrumented.recorder.spans and not instrumented.recorder.llm
 
 
 async def test_session_and_user_precedence(cap: Capture, instrumented: Installed) -> None:

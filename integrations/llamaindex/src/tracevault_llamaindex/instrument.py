@@ -18,6 +18,7 @@ from tracevault_llamaindex.spans import TracevaultSpanHandler
 from tracevault_llamaindex.state import Recorder
 
 _lock = threading.Lock()
+UNINSTRUMENTED = "tracevault_llamaindex.uninstrument() was called while it ran"
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,9 @@ def uninstrument() -> None:
         dispatcher.event_handlers = [
             h for h in dispatcher.event_handlers if h is not installed.event_handler
         ]
+        # Runs in flight will not report their ends to us any more: end what they had
+        # open now, so the trail has no step without its end.
+        installed.span_handler.abandon_open(UNINSTRUMENTED)
 
 
 def is_instrumented() -> bool:

@@ -185,6 +185,51 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
         except Exception as exc:
             self._rec.failed("span_drop", exc)
 
+    def abandon_open(self, reason: str) -> None:
+        """End every call and step still open as abandoned, innermost first: once the
+        handlers are detached (:func:`~tracevault_llamaindex.uninstrument`) nothing else
+        will end them."""
+        rec = self._rec
+        for call in list(rec.llm.values()):
+            llm.finish(rec, call, call.last, status="abandoned", reason=reason)
+        for span in reversed(list(rec.spans.values())):
+            try:
+                self._abandon(span, reason)
+            except Exception as exc:
+                rec.failed("abandon_open", exc)
+            finally:
+                rec.close_span(span)
+        rec.dups.clear()
+        rec.lazy.clear()
+
+    def _abandon(self, span: Span, reason: str) -> None:
+        rec = self._rec
+        for entry in span.pending or ():  # failures below it: nobody will handle them now
+            rec.emit_error(entry)
+        span.pending = None
+        data = {"status": "abandoned", "reason": reason,
+                "duration_ms": elapsed_ms(span.started)}
+        role = span.role
+        if role == TOOL and span.recorded:
+            end = {"tool_name": span.name, "is_error": False, **data}
+            if span.tool_id is not None:
+                end["tool_call_id"] = span.tool_id
+            rec.emit("tool_call", span, phase="end", level="warning", name=span.name,
+                     data=end, span_id=span.id, parent=span.parent_anchor)
+        elif role == RUN and span.run is not None:
+            if span.run.turn_id is not None:
+                self._switch_turn(span, span.run, None, "abandoned")
+            rec.emit("agent", span, phase="end", level="warning", name=span.name,
+                     data=data, span_id=span.id, parent=span.parent_anchor)
+        elif span.step is not None:
+            kind, name = span.step
+            span.step = None
+            rec.emit(kind, span, phase="end", level="warning", name=name, data=data,
+                     span_id=span.id, parent=span.parent_anchor)
+        elif role == STEP and span.recorded:
+            rec.emit("chain", span, phase="end", level="warning", name=span.name, data=data,
+                     span_id=span.id, parent=span.parent_anchor)
+
     # --- enter -------------------------------------------------------------------------------
 
     def _root(self, id_: str, name: str, role: int, tags: dict[str, Any] | None) -> Span:
