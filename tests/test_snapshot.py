@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pydantic
 
-from tracevault.snapshot import MAX_STRING, sanitize_strings, snapshot
+from tracevault.snapshot import MAX_STRING, first_report, sanitize_strings, snapshot
 
 
 class Color(enum.Enum):
@@ -234,3 +234,19 @@ def test_freeze_round_trips_plain_payloads_and_falls_back_exactly() -> None:
     # Rich objects orjson does not know are converted by snapshot() inside the fast path.
     model = {"m": Sub(name="m", when=when)}
     assert thaw(freeze(model)) == snapshot(model) and thaw(freeze(model))["m"]["extra"] == 7
+
+
+def test_first_report_marks_an_exception_once_per_trace() -> None:
+    exc = ValueError("boom")
+    assert first_report(exc, "t1") is True
+    assert first_report(exc, "t1") is False  # bubbling up the same run
+    assert first_report(exc, "t2") is True  # the same exception failing another run
+    assert first_report(exc, "t2") is False and first_report(exc, "t1") is False
+
+    class Sealed(Exception):
+        __slots__ = ()
+
+        def __setattr__(self, name: str, value: object) -> None:
+            raise AttributeError(name)
+
+    assert first_report(Sealed(), "t1") is None  # the caller keeps track itself

@@ -72,6 +72,34 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
     }
 
 
+_REPORTED = "_tracevault_reported_in"  # the traces an exception was recorded in
+_MAX_REPORTED = 1_000
+
+
+def first_report(exc: BaseException, trace_id: str) -> bool | None:
+    """Return True the first time ``exc`` is reported in trace ``trace_id`` and mark it
+    so; False after that (an error bubbling up through the steps of one run is one
+    failure); ``None`` if ``exc`` takes no attributes (the caller keeps track instead).
+
+    The mark is on the exception itself (an ``id()`` is reused once it is freed), and
+    holds every trace that recorded it: one exception can fail several runs at once
+    (a batch failing as a whole). Every framework handler marks alike, so an error that
+    crosses from one framework's run into another's is recorded once.
+    """
+    try:
+        seen = getattr(exc, _REPORTED, None)
+        if seen.__class__ is not set:
+            seen = set() if seen is None else {seen}
+            setattr(exc, _REPORTED, seen)
+        elif trace_id in seen:
+            return False
+        if len(seen) < _MAX_REPORTED:
+            seen.add(trace_id)
+        return True
+    except (AttributeError, TypeError):
+        return None
+
+
 def _qualname(cls: type) -> str:
     module = getattr(cls, "__module__", "") or ""
     name = getattr(cls, "__qualname__", cls.__name__)

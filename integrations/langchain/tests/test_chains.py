@@ -27,7 +27,7 @@ from langchain_core.tools import tool as lc_tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
-from lc_agents import get_weather, lc_agent, weather_model
+from lc_agents import get_weather, lc_agent, react_agent, weather_model
 from lc_tree import check_tree, kinds, parent_of
 from tenacity import (
     RetryCallState,
@@ -37,7 +37,7 @@ from tenacity import (
     wait_none,
 )
 from tracevault_langchain import TracevaultCallbackHandler
-from tracevault_langchain.testing import ScriptedChatModel, ai
+from tracevault_langchain.testing import ScriptedChatModel, ai, tool_call
 
 from tracevault.pricing import cost_of
 from tracevault.schema import AuditEvent
@@ -263,7 +263,10 @@ def test_model_error_is_recorded_once_with_the_failing_model(cap: Capture) -> No
     assert events[-1].data["status"] == "error"
 
 
-def test_retry_records_each_failure_and_the_recovery(cap: Capture) -> None:
+@pytest.mark.parametrize("level", ["debug", "info"])
+def test_retry_records_each_failure_and_the_recovery(tmp_path: Path, level: str) -> None:
+    # At info the retried chain step is not recorded itself: its failures and their
+    # recovery still are, at the nearest recorded run.
     attempts = {"n": 0}
 
     def flaky(x: int) -> int:
@@ -272,10 +275,11 @@ def test_retry_records_each_failure_and_the_recovery(cap: Capture) -> None:
             raise ConnectionError(f"attempt {attempts['n']} failed")
         return x * 2
 
-    chain = RunnableLambda(flaky).with_retry(stop_after_attempt=3,
-                                             wait_exponential_jitter=False)
-    assert chain.invoke(21, _cfg()) == 42
-    events = cap.events()
+    chain = RunnableLambda(lambda x: x) | RunnableLambda(flaky).with_retry(
+        stop_after_attempt=3, wait_exponential_jitter=False)
+    with capture_events(tmp_path, level=level) as cap:
+        assert chain.invoke(21, _cfg()) == 42
+        events = cap.events()
     check_tree(events)
     errors = [e.data["message"] for e in events if e.kind == "error"]
     assert errors == ["attempt 1 failed", "attempt 2 failed"]
@@ -325,6 +329,11 @@ def test_interrupt_and_resume_are_control_flow(cap: Capture) -> None:
     assert stop.data["payload"]["interrupts"][0]["value"] == "approve the transfer?"
     node = next(e for e in paused if e.kind == "chain" and e.phase == "end")
     assert node.data["status"] == "interrupted"
+    # The paused run gave no answer: it ends interrupted, with no output event.
+    assert paused[-1].kind == "agent" and paused[-1].data["status"] == "interrupted"
+    assert not [e for e in paused if e.kind == "output"]
+    assert resumed[-1].data["status"] == "success"
+    assert [e.kind for e in resumed if e.kind == "output"] == ["output"]
     go = next(e for e in resumed if e.kind == "input")
     assert go.data == {"type": "resume", "content": "yes"}
     assert any(e.name == "resume" for e in resumed)
@@ -434,3 +443,69 @@ def test_every_failure_is_recorded_even_when_exception_ids_are_reused(cap: Captu
     messages = [e.data["message"] for e in events if e.kind == "error"]
     assert messages == [f"boom {i}" for i in range(60)]
     assert sum(1 for e in events if e.kind == "tool_call" and e.phase == "end") == 60
+
+
+def test_one_exception_failing_a_whole_batch_is_one_error_in_each_run(cap: Capture) -> None:
+    # A retry wrapper's batch re-raises an error it does not retry for every input: the
+    # same exception object fails three runs, and bubbles up two levels in each.
+    def step(x: int) -> int:
+        if x == 1:
+            raise ValueError("bad input 1")
+        return x
+
+    chain = RunnableLambda(lambda x: x) | RunnableLambda(step).with_retry(
+        stop_after_attempt=2, wait_exponential_jitter=False,
+        retry_if_exception_type=(ConnectionError,))
+    results = chain.batch([1, 2, 3], _cfg(), return_exceptions=True)
+    assert all(isinstance(r, ValueError) for r in results)
+    events = cap.events()
+    check_tree(events)
+    errors: dict[str | None, list[str]] = {}
+    for e in events:
+        if e.kind == "error":
+            errors.setdefault(e.trace_id, []).append(e.data["message"])
+    assert sorted(errors.values()) == [["bad input 1"]] * 3
+
+
+async def test_a_tool_stopped_by_cancellation_or_an_interrupt_has_not_failed(
+    cap: Capture,
+) -> None:
+    started = asyncio.Event()
+
+    @lc_tool
+    async def slow(x: int) -> str:
+        """Wait until cancelled."""
+        started.set()
+        await asyncio.wait_for(asyncio.Event().wait(), timeout=60)  # bounded all the same
+        return "late"
+
+    @lc_tool
+    def approve(x: int) -> str:
+        """Needs a human's approval."""
+        return str(interrupt("ok?"))
+
+    def calls(name: str) -> Any:
+        def script(messages: list[BaseMessage]) -> AIMessage:
+            if not any(m.type == "tool" for m in messages):
+                return ai("", tool_calls=[tool_call(name, {"x": 1}, "c1")])
+            return ai("done")
+        return script
+
+    cancelled = react_agent(ScriptedChatModel(respond=calls("slow")), [slow])
+    task = asyncio.create_task(cancelled.ainvoke({"messages": [HumanMessage("go")]}, _cfg()))
+    await asyncio.wait_for(started.wait(), timeout=60)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    paused = react_agent(ScriptedChatModel(respond=calls("approve")), [approve],
+                         checkpointer=InMemorySaver())
+    paused.invoke({"messages": [HumanMessage("go")]},
+                  _cfg(configurable={"thread_id": "t-1"}))
+    events = cap.events()
+    check_tree(events)
+    assert not [e for e in events if e.kind == "error"]
+    ends = [(e.name, e.data["status"], e.level) for e in events
+            if e.kind == "tool_call" and e.phase == "end"]
+    assert ends == [("slow", "cancelled", "warning"), ("approve", "interrupted", "info")]
+    roots = [e.data["status"] for e in events if e.kind == "agent" and e.phase == "end"]
+    assert roots == ["cancelled", "interrupted"]

@@ -15,6 +15,7 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 from langchain_core.tools import tool
+from lc_agents import get_weather, lc_agent, weather_model
 from lc_tree import check_tree
 from pydantic import BaseModel
 from tracevault_langchain import TracevaultCallbackHandler, convert
@@ -113,6 +114,20 @@ def test_live_messages_are_copied_when_recorded(cap: Capture) -> None:
     start = next(e for e in cap.events() if e.kind == "llm_call" and e.phase == "start")
     assert start.data["messages"] == [{"type": "human", "content": "first",
                                        **({"id": history[0].id} if history[0].id else {})}]
+
+
+@pytest.mark.parametrize("messages", [
+    [{"role": "user", "content": "Paris"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Paris"}],
+    "Paris",
+], ids=["dict", "system-then-user", "string"])
+def test_openai_style_input_messages_are_the_users_message(
+    cap: Capture, messages: Any
+) -> None:
+    lc_agent(weather_model(), [get_weather]).invoke(
+        {"messages": messages}, {"callbacks": [TracevaultCallbackHandler()]})
+    start = next(e for e in cap.events() if e.kind == "input")
+    assert start.data == {"type": "user_message", "content": "Paris"}
 
 
 def test_message_views_keep_tool_calls_status_and_artifacts() -> None:

@@ -89,6 +89,8 @@ class ControlCallbacks(HandlerBase):
         st = self._rec.mine(getattr(event, "run_id", None))
         if st is None:
             return
+        if name == "interrupt":
+            st.interrupted = True  # the run ends paused: no final answer (handler)
         payload.update(status=getattr(event, "status", None),
                        checkpoint_id=getattr(event, "checkpoint_id", None),
                        checkpoint_ns=list(getattr(event, "checkpoint_ns", ()) or ()))

@@ -68,6 +68,11 @@ def message_view(message: Any) -> Any:
     if m is None:
         if isinstance(message, tuple) and len(message) == 2:  # ("user", "hi") shorthand
             return {"type": message[0], "content": message[1]}
+        if isinstance(message, Mapping) and "role" in message and "content" in message:
+            # An OpenAI-style message dict, which LangChain accepts as input.
+            view = {"type": message["role"], "content": message["content"]}
+            view.update((k, v) for k, v in message.items() if k not in ("role", "content"))
+            return view
         return message
     kind = m["type"]
     out: dict[str, Any] = {"type": kind, "content": m["content"]}
@@ -288,6 +293,8 @@ def input_view(inputs: Any) -> tuple[str, Any]:
     if isinstance(inputs, str):
         return "user_message", inputs
     messages = inputs.get("messages") if isinstance(inputs, Mapping) else inputs
+    if isinstance(messages, str):  # {"messages": "hi"}: LangGraph reads it as one message
+        return "user_message", messages
     if isinstance(messages, (list, tuple)) and messages:
         last = _last_message(messages, ("human", "user"))
         if last is not None:

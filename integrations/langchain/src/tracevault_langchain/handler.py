@@ -99,7 +99,10 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
             if st.is_root:
                 if st.defers_inputs:
                     self._input(st, kwargs.get("inputs"), st.extra)
-                self._output(st, outputs)
+                if st.interrupted:  # paused at interrupt(): no answer yet, a resume follows
+                    data["status"] = "interrupted"
+                else:
+                    self._output(st, outputs)
                 self._rec.emit(st, "agent", "end", data, owned=True)
                 return
             if capture.is_enabled_for("trace"):
@@ -219,12 +222,15 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
             _restore_ambient(st)
             duration = ms_since(st.started)
             summary = error_summary(error)
-            data: dict[str, Any] = {"tool_name": st.name, "status": "error",
+            # An interrupt() inside the tool, or a cancelled run, is no failure.
+            status, level = ("interrupted", "info") if is_control_flow(error) else (
+                ("cancelled", "warning") if is_cancellation(error) else ("error", "error"))
+            data: dict[str, Any] = {"tool_name": st.name, "status": status,
                                     "duration_ms": duration, "error": summary}
             if st.tool_call_id:
                 data["tool_call_id"] = st.tool_call_id
-            self._rec.emit(st, "tool_call", "end", data, level="error", owned=True)
-            if not is_cancellation(error) and not is_control_flow(error):
+            self._rec.emit(st, "tool_call", "end", data, level=level, owned=True)
+            if status == "error":
                 self._rec.error(st, error)
                 self._rec.tool_failed(st, summary["type"], summary["message"])
             self._rec.warn_if_slow(st, duration)

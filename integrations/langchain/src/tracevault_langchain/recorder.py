@@ -134,7 +134,7 @@ class Recorder:
         return state
 
     def _retry_started(self, state: RunState, attempt: str) -> None:
-        failed = state.trace.take_last_failure(state.parent_span)
+        failed = state.trace.take_last_failure(state.parent_span, state.name)
         if failed is not None:
             self.recovered(state, failed.span, {
                 "type": failed.error_type, "message": failed.message, "where": failed.name,
@@ -214,9 +214,10 @@ class Recorder:
         if recovery_action is not None:
             data["recovery_action"] = recovery_action
         self.emit_on(state, "error", data, level=level)
-        if state.span is not None:
-            state.trace.run_failed(state.parent_span, FailedTool(
-                state.span, data["where"], data["type"], data["message"]))
+        span = state.child_span  # where the error was recorded (a hidden run: its parent)
+        if span is not None:
+            state.trace.run_failed(state.parent_span, state.name, FailedTool(
+                span, data["where"], data["type"], data["message"]))
         return True
 
     def tool_failed(self, state: RunState, error_type: str, message: str) -> None:

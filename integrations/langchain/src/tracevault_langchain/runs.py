@@ -21,9 +21,9 @@ from typing import Any
 from uuid import UUID
 
 from tracevault.context import SpanRef
+from tracevault.snapshot import first_report as snapshot_first_report
 
 DEFAULT_MAX_OPEN = 50_000
-_REPORTED = "_tracevault_reported_in"  # attribute marking an exception already recorded
 _MAX_TRACKED = 1_000  # per trace: reported exceptions and failed tool calls remembered
 # A recorded run's span id is its run_id, kept as the UUID: the ledger writer makes the
 # string (str() of a UUID is slow Python code, run twice for every event otherwise).
@@ -55,7 +55,8 @@ class Trace:
     # alive so their id() cannot be reused by a later exception.
     reported: dict[int, BaseException] = field(default_factory=dict)
     failed_tools: dict[str, FailedTool] = field(default_factory=dict)  # by tool_call_id
-    last_failure: dict[SpanId | None, FailedTool] = field(default_factory=dict)  # by parent span
+    # by parent span and name: what a retry (the same runnable again) looks up
+    last_failure: dict[tuple[SpanId | None, str], FailedTool] = field(default_factory=dict)
 
     def add_usage(self, model: str | None, tokens: int, cost: float | None) -> None:
         """Add one model call's tokens and cost to the run's totals."""
@@ -67,23 +68,19 @@ class Trace:
                 self.model = model
 
     def first_report(self, exc: BaseException) -> bool:
-        """Return True the first time ``exc`` is seen in this trace (errors bubble up).
-
-        The exception itself is marked: an id() alone would be reused by the next
-        exception once this one is freed, and that failure would go unrecorded.
-        """
+        """Return True the first time ``exc`` is seen in this trace (errors bubble up);
+        see :func:`tracevault.snapshot.first_report`."""
         with self.lock:
-            try:
-                if getattr(exc, _REPORTED, None) == self.trace_id:
-                    return False
-                setattr(exc, _REPORTED, self.trace_id)
-                return True
-            except (AttributeError, TypeError):  # an exception that refuses attributes
-                if self.reported.get(id(exc)) is exc:
-                    return False
-                if len(self.reported) < _MAX_TRACKED:
-                    self.reported[id(exc)] = exc
-                return True
+            first = snapshot_first_report(exc, self.trace_id)
+            if first is not None:
+                return first
+            # An exception that refuses attributes: kept here (alive, so its id() cannot
+            # be reused by a later exception).
+            if self.reported.get(id(exc)) is exc:
+                return False
+            if len(self.reported) < _MAX_TRACKED:
+                self.reported[id(exc)] = exc
+            return True
 
     def tool_failed(self, tool_call_id: str, failed: FailedTool) -> None:
         """Remember a failed tool call until the model is shown its error."""
@@ -91,16 +88,18 @@ class Trace:
             if len(self.failed_tools) < _MAX_TRACKED:
                 self.failed_tools[tool_call_id] = failed
 
-    def run_failed(self, parent_span: SpanId | None, failed: FailedTool) -> None:
-        """Remember the last failed run under ``parent_span`` (a retry may follow)."""
+    def run_failed(self, parent_span: SpanId | None, name: str, failed: FailedTool) -> None:
+        """Remember the last failed run ``name`` under ``parent_span`` (a retry may
+        follow: the same runnable again, under the same parent)."""
+        key = (parent_span, name)
         with self.lock:
-            if len(self.last_failure) < _MAX_TRACKED or parent_span in self.last_failure:
-                self.last_failure[parent_span] = failed
+            if len(self.last_failure) < _MAX_TRACKED or key in self.last_failure:
+                self.last_failure[key] = failed
 
-    def take_last_failure(self, parent_span: SpanId | None) -> FailedTool | None:
-        """Remove and return the last failed run under ``parent_span``."""
+    def take_last_failure(self, parent_span: SpanId | None, name: str) -> FailedTool | None:
+        """Remove and return the last failed run ``name`` under ``parent_span``."""
         with self.lock:
-            return self.last_failure.pop(parent_span, None)
+            return self.last_failure.pop((parent_span, name), None)
 
     def take_failed(self, tool_call_ids: list[str]) -> list[tuple[str, FailedTool]]:
         """Remove and return the failed calls among ``tool_call_ids``."""
@@ -130,6 +129,7 @@ class RunState:
     tool_call_id: str | None = None
     query: str | None = None
     defers_inputs: bool = False
+    interrupted: bool = False  # a LangGraph interrupt paused this run
     extra: dict[str, Any] | None = None
     # The span that was current before this tool made itself current (see handler).
     ambient: tuple[SpanRef | None] | None = None

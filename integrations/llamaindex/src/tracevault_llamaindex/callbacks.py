@@ -22,7 +22,7 @@ from llama_index.core.callbacks.schema import CBEventType, EventPayload
 
 from tracevault import capture
 from tracevault.context import current_scope, current_span
-from tracevault.snapshot import describe_exception
+from tracevault.snapshot import describe_exception, first_report
 from tracevault_llamaindex import payloads, usage
 from tracevault_llamaindex.state import FRAMEWORK
 
@@ -41,7 +41,6 @@ _STEPS: dict[CBEventType, tuple[str, str, str]] = {
     CBEventType.AGENT_STEP: ("agent", "agent_step", "info"),
 }
 _MAX_OPEN = 10_000
-_REPORTED = "_tracevault_reported_by"  # attribute marking an exception already recorded
 
 
 class TracevaultCallbackHandler(BaseCallbackHandler):
@@ -56,6 +55,7 @@ class TracevaultCallbackHandler(BaseCallbackHandler):
         self._open: dict[str, tuple[Any, ...]] = {}
         self._llm_inputs: dict[str, tuple[Any, Any, Any]] = {}  # open LLM calls' inputs
         self._lock = threading.Lock()
+        self._reporter = f"legacy-handler-{id(self)}"  # marks exceptions it recorded
 
     def _failed(self, where: str, exc: BaseException) -> None:
         self.errors += 1
@@ -226,13 +226,10 @@ class TracevaultCallbackHandler(BaseCallbackHandler):
                session: Any, user: Any) -> None:
         exc = payload.get(EventPayload.EXCEPTION)
         if isinstance(exc, BaseException):
-            # LlamaIndex reports one failure twice: the failed LLM event's end, then an
-            # EXCEPTION event from the trace around it. The exception is marked, as the
-            # instrumentation handlers do (an id() would be reused once it is freed).
-            if getattr(exc, _REPORTED, None) == id(self):
+            # LlamaIndex reports one failure twice: the failed LLM event's end, and an
+            # EXCEPTION event from the trace around it, which may be a trace of its own.
+            if first_report(exc, self._reporter) is False:
                 return
-            with contextlib.suppress(Exception):
-                setattr(exc, _REPORTED, id(self))
             data = describe_exception(exc)
         else:
             data = {"type": "Error", "message": str(exc)}

@@ -23,7 +23,7 @@ from llama_index_instrumentation.dispatcher import active_instrument_tags
 
 from tracevault import capture
 from tracevault.context import current_scope, current_span
-from tracevault.snapshot import describe_exception
+from tracevault.snapshot import describe_exception, first_report
 
 log = logging.getLogger("tracevault.llamaindex")
 
@@ -31,7 +31,6 @@ FRAMEWORK = "llamaindex"
 MAX_RECENT = 4_096  # closed spans kept for late children (per generation, two kept)
 MAX_OPEN_LLM = 10_000  # unfinished LLM calls before the oldest is closed as abandoned
 MAX_STREAMS = 4_096  # generators returned by closed spans, awaiting their consumer
-_SEEN = "_tracevault_reported_in"  # attribute marking an exception already recorded
 
 # Span roles (what a LlamaIndex span means for the audit trail).
 OTHER, RUN, STEP, TOOL, LLM, PARSER = range(6)
@@ -280,12 +279,8 @@ class Recorder:
         self, span: Span, exc: BaseException, where: str, span_id: str | None
     ) -> dict[str, Any] | None:
         """Return a pending error record for ``exc``, or ``None`` if already recorded."""
-        try:
-            if getattr(exc, _SEEN, None) == span.trace_id:
-                return None
-            setattr(exc, _SEEN, span.trace_id)
-        except Exception:
-            pass
+        if first_report(exc, span.trace_id) is False:
+            return None
         data = describe_exception(exc)
         data["where"] = where
         return {"data": data, "owner": span, "span_id": span_id, "parent": span.parent_anchor}
