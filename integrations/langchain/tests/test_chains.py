@@ -26,7 +26,7 @@ from langchain_core.runnables.config import ContextThreadPoolExecutor
 from langchain_core.tools import tool as lc_tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
-from langgraph.types import Command, interrupt
+from langgraph.types import Command, RetryPolicy, interrupt
 from lc_agents import get_weather, lc_agent, react_agent, weather_model
 from lc_tree import check_tree, kinds, parent_of
 from tenacity import (
@@ -509,3 +509,29 @@ async def test_a_tool_stopped_by_cancellation_or_an_interrupt_has_not_failed(
     assert ends == [("slow", "cancelled", "warning"), ("approve", "interrupted", "info")]
     roots = [e.data["status"] for e in events if e.kind == "agent" and e.phase == "end"]
     assert roots == ["cancelled", "interrupted"]
+
+
+def test_a_graph_nodes_retry_policy_recovers_each_failed_attempt(cap: Capture) -> None:
+    attempts = {"n": 0}
+
+    def flaky(state: State) -> dict[str, list[str]]:
+        attempts["n"] += 1
+        if attempts["n"] < 3:
+            raise ConnectionError(f"node attempt {attempts['n']} failed")
+        return {"log": ["ok"]}
+
+    graph = StateGraph(State)
+    graph.add_node("flaky", flaky, retry_policy=RetryPolicy(
+        max_attempts=3, initial_interval=0.001, jitter=False, retry_on=ConnectionError))
+    graph.add_edge(START, "flaky")
+    graph.add_edge("flaky", END)
+    assert graph.compile().invoke({"log": []}, _cfg())["log"] == ["ok"]
+    events = cap.events()
+    check_tree(events)
+    errors = [e for e in events if e.kind == "error"]
+    assert [e.data["message"] for e in errors] == ["node attempt 1 failed",
+                                                   "node attempt 2 failed"]
+    recovered = [e for e in events if e.name == "error_recovered"]
+    assert [(r.span_id, r.data["payload"]["message"], r.data["payload"]["recovery_action"])
+            for r in recovered] == [(e.span_id, e.data["message"], "retried") for e in errors]
+    assert events[-1].data["status"] == "success"

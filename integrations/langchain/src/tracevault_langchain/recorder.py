@@ -130,17 +130,24 @@ class Recorder:
             for tag in tags:
                 if tag.startswith(_RETRY_TAG):  # RunnableRetry: recovers the last attempt
                     self._retry_started(state, tag[len(_RETRY_TAG):])
-                    break
+                    return state
+        if kind == "chain" and state.trace.last_failure:
+            # A step that failed starting again under the same parent: a LangGraph node's
+            # RetryPolicy (a failed node otherwise ends the graph). Only chain steps: the
+            # same tool twice in one tools node is two calls, not a retry.
+            self._retry_started(state, None)
         return state
 
-    def _retry_started(self, state: RunState, attempt: str) -> None:
+    def _retry_started(self, state: RunState, attempt: str | None) -> None:
         failed = state.trace.take_last_failure(state.parent_span, state.name)
-        if failed is not None:
-            self.recovered(state, failed.span, {
-                "type": failed.error_type, "message": failed.message, "where": failed.name,
-                "attempt": int(attempt) - 1 if attempt.isdigit() else attempt,
-                "recovery_action": f"retried (attempt {attempt})",
-            }, parent=state.parent_span)
+        if failed is None:
+            return
+        payload: dict[str, Any] = {"type": failed.error_type, "message": failed.message,
+                                   "where": failed.name, "recovery_action": "retried"}
+        if attempt is not None:
+            payload["attempt"] = int(attempt) - 1 if attempt.isdigit() else attempt
+            payload["recovery_action"] = f"retried (attempt {attempt})"
+        self.recovered(state, failed.span, payload, parent=state.parent_span)
 
     def close(self, run_id: UUID) -> RunState | None:
         """Stop tracking a run and return its state (``None`` if not recorded here)."""
