@@ -385,6 +385,7 @@ async def test_an_error_a_workflow_step_handles_is_recorded_before_the_run_ends(
 
 
 @pytest.mark.parametrize("how", ["cancel", "cancel_run"])
+@pytest.mark.filterwarnings("ignore:WorkflowHandler.cancel:DeprecationWarning")  # still used
 async def test_a_cancelled_run_is_cancelled_not_failed_nor_answered(
     cap: Capture, instrumented: Installed, how: str
 ) -> None:
