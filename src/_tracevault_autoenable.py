@@ -24,6 +24,7 @@ from typing import Any
 
 GROUP = "tracevault.autoenable"
 _TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 _lock = threading.RLock()
 _installed = False
@@ -36,6 +37,17 @@ def requested(environ: Any = None) -> bool:
     """Return whether ``TRACEVAULT_ENABLED`` asks for auto-enable."""
     env = os.environ if environ is None else environ
     return str(env.get("TRACEVAULT_ENABLED", "")).strip().lower() in _TRUE
+
+
+def warn_if_misspelt(environ: Any = None) -> None:
+    """Say so on stderr when ``TRACEVAULT_ENABLED`` is set to something that is neither
+    true nor false (a typo would otherwise leave recording off without a word)."""
+    env = os.environ if environ is None else environ
+    value = str(env.get("TRACEVAULT_ENABLED", "")).strip().lower()
+    if value and value not in _TRUE and value not in _FALSE:
+        logging.getLogger("tracevault").error(
+            "tracevault: TRACEVAULT_ENABLED=%r is neither true (%s) nor false (%s): "
+            "recording stays off", env["TRACEVAULT_ENABLED"], "/".join(_TRUE), "/".join(_FALSE))
 
 
 def _call(target: str) -> None:

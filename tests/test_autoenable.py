@@ -75,6 +75,16 @@ def test_not_enabled_loads_nothing(fake_world: Path) -> None:
     assert _run(fake_world, "false")[0] == "False 0 None"
 
 
+def test_a_misspelt_value_says_so_and_enables_nothing(fake_world: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TRACEVAULT_ENABLED"}
+    out = subprocess.run([sys.executable, str(fake_world / "script.py")],
+                         env={**env, "PYTHONPATH": str(fake_world), "TRACEVAULT_ENABLED": "ture"},
+                         cwd=fake_world, capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split("\n")[0] == "True 0 None"  # looked at, but nothing enabled
+    assert "TRACEVAULT_ENABLED='ture' is neither true" in out.stderr
+    assert "recording stays off" in out.stderr
+
+
 def test_a_failing_integration_does_not_break_the_program(fake_world: Path) -> None:
     ep = fake_world / "fake_integration-1.0.dist-info" / "entry_points.txt"
     ep.write_text("[tracevault.autoenable]\nfakefw = fake_integration:broken\n")

@@ -628,6 +628,32 @@ def test_a_bad_environment_value_does_not_raise_into_the_caller(
     assert [e.event.phase for e in cap.store.events(session_id="env")] == ["start", "end"]
 
 
+def test_a_misspelt_redaction_policy_is_logged_and_the_default_one_applies(
+    cap: Capture, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    capture.reset()
+    monkeypatch.setenv("TRACEVAULT_REDACT", "stric")
+    monkeypatch.setenv("TRACEVAULT_STORE", cap.store.url)
+    tracevault.AuditLogger(session_id="env").log_event("mail me at jane.doe@example.com")
+    assert tracevault.flush(10)
+    [stored] = [e.event for e in cap.store.events(session_id="env")]
+    assert "jane.doe@example.com" not in str(stored.data)  # redacted, by the default policy
+    assert "TRACEVAULT_REDACT='stric' is not a redaction policy" in caplog.text
+    assert capture.capture_errors() == 0
+
+
+def test_the_level_in_the_environment_applies_to_the_first_event(
+    cap: Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    capture.reset()
+    monkeypatch.setenv("TRACEVAULT_LEVEL", "error")
+    monkeypatch.setenv("TRACEVAULT_STORE", cap.store.url)
+    assert capture.emit("custom", level="info", name="first", session_id="lvl") is False
+    assert capture.emit("error", level="error", name="second", session_id="lvl") is True
+    assert tracevault.flush(10)
+    assert [e.event.name for e in cap.store.events(session_id="lvl")] == ["second"]
+
+
 def test_configure_closes_the_store_it_opened(tmp_path: Path) -> None:
     pipeline = tracevault.configure(store=f"sqlite:///{tmp_path / 'a.db'}")
     store = pipeline._ensure_store()

@@ -57,3 +57,20 @@ def test_a_new_price_applies_to_models_already_looked_up() -> None:
     finally:
         pricing.clear_prices()
     assert pricing.price_for("acme-2-large") is None
+
+
+@pytest.mark.parametrize("content", [None, "{not json", '{"gpt-4o": {"input": "cheap"}}'],
+                         ids=["missing", "invalid", "bad-entry"])
+def test_a_bad_price_file_in_the_environment_is_logged_and_the_built_ins_apply(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    content: str | None,
+) -> None:
+    path = tmp_path / "prices.json"
+    if content is not None:
+        path.write_text(content)
+    monkeypatch.setenv("TRACEVAULT_PRICES", str(path))
+    monkeypatch.setattr(pricing, "_env_loaded", False)
+    pricing.clear_prices()
+    # A model call's cost is read on the ledger writer: it must get a price, not a raise.
+    assert pricing.cost_of("gpt-4o", 1_000_000, 0) == pytest.approx(2.5)
+    assert f"TRACEVAULT_PRICES={str(path)!r} not loaded" in caplog.text

@@ -196,6 +196,8 @@ def _forwarders_follow(pipeline: Pipeline | None, new_settings: Settings | None)
 
 def is_enabled_for(level: str) -> bool:
     """Return whether events at ``level`` are recorded (use it to skip costly payloads)."""
+    if _settings is None:
+        settings()
     return LEVEL_RANK[level] >= _min_rank
 
 
@@ -288,6 +290,8 @@ def record(
     # Runs inside every framework callback, where none of this code is in cache: plain
     # lookups, positional arguments, and at most one copy.
     try:
+        if _settings is None:
+            settings()  # the first event: TRACEVAULT_LEVEL applies to it too
         if LEVEL_RANK[level] < _min_rank:
             return False
         if kind not in _KINDS or phase not in _PHASES:

@@ -10,6 +10,7 @@ longest known prefix (so ``gpt-4o-mini-2024-07-18`` uses ``gpt-4o-mini``), ignor
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections.abc import Mapping
@@ -111,7 +112,12 @@ def _ensure_env() -> None:
         _env_loaded = True
         path = os.environ.get("TRACEVAULT_PRICES")
         if path:
-            load_prices(path)
+            try:
+                load_prices(path)
+            except Exception as exc:  # a bad file must not cost a model call its record
+                logging.getLogger("tracevault").error(
+                    "tracevault: TRACEVAULT_PRICES=%r not loaded in full (%s); the built-in "
+                    "prices apply where it set none", path, exc)
 
 
 def price_for(model: str | None) -> Price | None:

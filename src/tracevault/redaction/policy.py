@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -85,6 +86,13 @@ class Policy:
         key from ``TRACEVAULT_REDACT_KEY``; ``overrides`` are Policy fields."""
         env = os.environ if environ is None else environ
         mode = (env.get(ENV_MODE) or "default").strip().lower()
+        if mode not in MODES:
+            # A typo in the environment must not stop recording (capture would fail on
+            # every event): it is said once, and the default policy applies.
+            logging.getLogger("tracevault").error(
+                "tracevault: %s=%r is not a redaction policy (%s); using 'default'",
+                ENV_MODE, env.get(ENV_MODE), ", ".join(MODES))
+            mode = "default"
         key = env.get(ENV_KEY) or None
         fields: dict[str, Any] = {"mode": mode, "key": key.encode() if key else None}
         fields.update({k: v for k, v in overrides.items() if v is not None})
