@@ -662,6 +662,41 @@ def test_configure_closes_the_store_it_opened(tmp_path: Path) -> None:
         store.count()
 
 
+def _child_records(i: int) -> None:
+    # Runs in a multiprocessing child, which leaves through os._exit: no flush here.
+    log = tracevault.AuditLogger(session_id=f"child-{i}")
+    log.log_input(f"hello from child {i}")
+    with log.tool_call("add", {"a": i}) as call:
+        call.result = i + 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_multiprocessing_children_write_what_they_captured_before_exiting(
+    tmp_path: Path, writer: str
+) -> None:
+    import multiprocessing
+
+    url = f"sqlite:///{tmp_path / 'mp.db'}"
+    tracevault.configure(store=url, writer=writer)
+    tracevault.AuditLogger(session_id="parent").log_input("parent")
+    children = [multiprocessing.get_context("fork").Process(target=_child_records, args=(i,))
+                for i in range(3)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=120)
+    assert [c.exitcode for c in children] == [0, 0, 0]
+    assert tracevault.flush(30)
+    store = open_store(url)
+    try:
+        sessions = sorted(s.session_id for s in store.sessions())
+        assert sessions == ["child-0", "child-1", "child-2", "parent"]
+        assert store.count() == 1 + 3 * 3 and store.verify().ok
+    finally:
+        store.close()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")
 def test_forked_child_keeps_the_configured_ledger_and_middleware(tmp_path: Path) -> None:
     def mask(event: AuditEvent) -> AuditEvent:

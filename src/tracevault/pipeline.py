@@ -21,6 +21,7 @@ import atexit
 import logging
 import os
 import random
+import sys
 import threading
 import time
 import weakref
@@ -240,6 +241,7 @@ class Pipeline:
         self._thread = threading.Thread(target=self._run, name="tracevault-writer", daemon=True)
         self._thread.start()
         _live.add(self)
+        _shut_down_before_multiprocessing_exits()
 
     @property
     def store_url(self) -> str:
@@ -625,6 +627,19 @@ def _shutdown_all() -> None:
 atexit.register(_shutdown_all)
 # A forked child must not shut down (and dead-letter) its parent's pipelines at exit.
 os.register_at_fork(after_in_child=_live.clear)
+_finalizer_pid = 0  # the process whose multiprocessing exit shuts the pipelines down
+
+
+def _shut_down_before_multiprocessing_exits() -> None:
+    # A multiprocessing child leaves through os._exit: atexit never runs there, and a
+    # daemon writer thread would die with its queue full. multiprocessing runs its own
+    # exit finalizers first (registered here, in the child: it clears the parent's).
+    global _finalizer_pid
+    util = sys.modules.get("multiprocessing.util")
+    if util is None or _finalizer_pid == os.getpid():
+        return
+    _finalizer_pid = os.getpid()
+    util.Finalize(None, _shutdown_all, exitpriority=10)
 
 
 def dead_letter_events(path: str) -> list[AuditEvent]:
