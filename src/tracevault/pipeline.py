@@ -224,6 +224,7 @@ class Pipeline:
         self._burst = min(burst, batch_size, queue_size)
         self._flushes = 0  # flush() calls whose marker the writer has not reached yet
         self._flush_lock = threading.Lock()
+        self._shutdown_lock = threading.Lock()
         self._space = threading.Condition(threading.Lock())
         self._waiting = 0
         self._stop = threading.Event()
@@ -336,26 +337,37 @@ class Pipeline:
         Events that still cannot be written after ``timeout`` are appended to the
         dead-letter file (one JSON event per line) and counted as ``dead_lettered``.
         """
-        if not self._closed:
-            flushed = self.flush(timeout)
-            self._closed = True
-            self._stop.set()
-            self._urgent.set()
-            self._wake.set()
-            with self._space:
-                self._space.notify_all()
-            self._thread.join(timeout if flushed else 5.0)
-            if self._thread.is_alive():
-                # Still inside a store call (a long lock wait, a dead TCP peer): its batch
-                # may yet commit, so neither dead-letter it nor close the store under it.
-                log.error("tracevault: the ledger writer did not stop in time; %d events "
-                          "are still pending", len(self._queue) + len(self._pending))
-            else:
-                self._dead_letter_rest()
-                if self._owns_store and self._store is not None:
-                    self._store.close()
-            _live.discard(self)
+        # One shutdown at a time: a second caller (another thread, atexit) returns only
+        # once the first has written or dead-lettered everything.
+        with self._shutdown_lock:
+            if not self._closed:
+                self._shut_down(timeout)
         return self.stats()
+
+    def _shut_down(self, timeout: float | None) -> None:
+        flushed = self.flush(timeout)
+        self._closed = True
+        self._stop.set()
+        self._urgent.set()
+        self._wake.set()
+        with self._space:
+            self._space.notify_all()
+        self._thread.join(timeout if flushed else 5.0)
+        if self._thread.is_alive():
+            # Still inside a store call (a long lock wait, a dead TCP peer, a writer
+            # process retrying its ledger): that batch may yet commit, so neither
+            # dead-letter it nor close the store under it. What was never handed over
+            # goes to the dead-letter file now, or it would be lost at exit.
+            queued = self._take_queued()
+            log.error("tracevault: the ledger writer did not stop in time; %d events are "
+                      "still being written, %d queued ones are dead-lettered",
+                      len(self._pending), len(queued))
+            self._dead_letter(queued)
+        else:
+            self._dead_letter_rest()
+            if self._owns_store and self._store is not None:
+                self._store.close()
+        _live.discard(self)
 
     # --- writer side ------------------------------------------------------------------
 
@@ -524,7 +536,19 @@ class Pipeline:
 
     def _dead_letter_rest(self) -> None:
         rest: list[Item] = list(self._pending)  # through middleware (see _dead_letter)
-        for item in self._queue:
+        self._pending = []
+        self._dead_letter(rest + self._take_queued())
+
+    def _take_queued(self) -> list[Item]:
+        """Empty the queue (one item at a time: a writer still running may take some)
+        and return its events for the dead-letter file, releasing flush() callers."""
+        rest: list[Item] = []
+        queue = self._queue
+        while True:
+            try:
+                item = queue.popleft()
+            except IndexError:
+                return rest
             if isinstance(item, _Marker):  # release flush() callers: not durable
                 item.ok = False
                 item.done.set()
@@ -536,9 +560,6 @@ class Pipeline:
                 processed = self._apply_middleware(event_of(item))
                 if processed is not None:
                     rest.append(processed)
-        self._queue.clear()
-        self._pending = []
-        self._dead_letter(rest)
 
     def _dead_letter(self, items: list[Item]) -> None:
         rest = [event_of(item) for item in items]

@@ -264,15 +264,18 @@ def main() -> int:
                 pipeline.submit(_decode(raw))
             ok = pipeline.flush()  # the pipeline retries a failing store until it works
             after = pipeline.stats()
-            _send(replies, orjson.dumps({
-                "ok": ok,
-                "written": after.written - before.written,
-                "filtered": after.filtered - before.filtered,
-                "withheld": after.withheld - before.withheld,
-                "error": after.last_error,
-            }))
+            try:
+                _send(replies, orjson.dumps({
+                    "ok": ok,
+                    "written": after.written - before.written,
+                    "filtered": after.filtered - before.filtered,
+                    "withheld": after.withheld - before.withheld,
+                    "error": after.last_error,
+                }))
+            except OSError:  # the parent is gone: what we hold is written or dead-lettered
+                return 0
     finally:
-        pipeline.shutdown()
+        pipeline.shutdown()  # waits for one _exit_with_parent may have started
 
 
 def _exit_with_parent(pipeline: Pipeline) -> None:
