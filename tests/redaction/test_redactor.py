@@ -187,14 +187,20 @@ def test_internal_failure_raises_without_quoting_data() -> None:
     assert "bob" not in str(info.value) and "ValueError" in str(info.value)
 
 
-def test_policy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_policy_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     assert Policy.from_env({}).mode == "default"
     assert Policy.from_env({"TRACEVAULT_REDACT": "STRICT"}).mode == "strict"
     assert Policy.from_env({"TRACEVAULT_REDACT_KEY": "s3"}).key == b"s3"
     on = Policy.from_extra({"redact": True}, environ={"TRACEVAULT_REDACT": "off"})
     assert on.mode == "default"
+    # A typo in the environment is said and the default applies (capture must go on);
+    # in code it is an error.
+    assert Policy.from_env({"TRACEVAULT_REDACT": "maybe"}).mode == "default"
+    assert "TRACEVAULT_REDACT='maybe' is not a redaction policy" in caplog.text
     with pytest.raises(ValueError, match="default, strict, off"):
-        Policy.from_env({"TRACEVAULT_REDACT": "maybe"})
+        Policy(mode="maybe")
     with pytest.raises(ValueError, match="unknown redaction settings"):
         Policy.from_extra({"redact_allowlist": ["x"]})
     with pytest.raises(ValueError, match="unknown redaction categories"):
