@@ -641,12 +641,22 @@ def test_ids_do_not_follow_the_users_random_seed() -> None:
     assert first[0] != second[0] and first[1] != second[1] and first[2] != second[2]
 
 
+@pytest.fixture()
+def from_env(cap: Capture, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``from_env(LEVEL="error")``: capture starts afresh from the environment, with
+    those ``TRACEVAULT_*`` values and ``cap``'s ledger as the store."""
+    def start(**values: str) -> None:
+        capture.reset()
+        monkeypatch.setenv("TRACEVAULT_STORE", cap.store.url)
+        for name, value in values.items():
+            monkeypatch.setenv(f"TRACEVAULT_{name}", value)
+    return start
+
+
 def test_a_bad_environment_value_does_not_raise_into_the_caller(
-    cap: Capture, monkeypatch: pytest.MonkeyPatch
+    cap: Capture, from_env: Any
 ) -> None:
-    capture.reset()
-    monkeypatch.setenv("TRACEVAULT_LEVEL", "verbose")
-    monkeypatch.setenv("TRACEVAULT_STORE", cap.store.url)
+    from_env(LEVEL="verbose")
     log = tracevault.AuditLogger(session_id="env")
     with log.tool_call("t") as call:  # reads the settings: must not raise
         call.result = 1
@@ -656,11 +666,9 @@ def test_a_bad_environment_value_does_not_raise_into_the_caller(
 
 
 def test_a_misspelt_redaction_policy_is_logged_and_the_default_one_applies(
-    cap: Capture, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    cap: Capture, from_env: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    capture.reset()
-    monkeypatch.setenv("TRACEVAULT_REDACT", "stric")
-    monkeypatch.setenv("TRACEVAULT_STORE", cap.store.url)
+    from_env(REDACT="stric")
     failures = capture.capture_errors()
     tracevault.AuditLogger(session_id="env").log_event("mail me at jane.doe@example.com")
     assert tracevault.flush(10)
@@ -671,11 +679,9 @@ def test_a_misspelt_redaction_policy_is_logged_and_the_default_one_applies(
 
 
 def test_the_level_in_the_environment_applies_to_the_first_event(
-    cap: Capture, monkeypatch: pytest.MonkeyPatch
+    cap: Capture, from_env: Any
 ) -> None:
-    capture.reset()
-    monkeypatch.setenv("TRACEVAULT_LEVEL", "error")
-    monkeypatch.setenv("TRACEVAULT_STORE", cap.store.url)
+    from_env(LEVEL="error")
     assert capture.emit("custom", level="info", name="first", session_id="lvl") is False
     assert capture.emit("error", level="error", name="second", session_id="lvl") is True
     assert tracevault.flush(10)
