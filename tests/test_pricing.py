@@ -74,3 +74,29 @@ def test_a_bad_price_file_in_the_environment_is_logged_and_the_built_ins_apply(
     # A model call's cost is read on the ledger writer: it must get a price, not a raise.
     assert pricing.cost_of("gpt-4o", 1_000_000, 0) == pytest.approx(2.5)
     assert f"TRACEVAULT_PRICES={str(path)!r} not loaded" in caplog.text
+
+
+def test_names_with_hosts_tags_and_providers_find_their_price() -> None:
+    sonnet = pricing.BUILTIN_PRICES["claude-3-5-sonnet"]
+    assert pricing.price_for("anthropic.claude-3-5-sonnet-20241022-v2:0") == sonnet  # Bedrock
+    assert pricing.price_for("us.anthropic.claude-3-5-sonnet-20241022-v2:0") == sonnet
+    mini = pricing.BUILTIN_PRICES["gpt-4o-mini"]
+    assert pricing.price_for("openai:gpt-4o-mini") == mini  # init_chat_model's form
+    assert pricing.price_for("openrouter/openai/gpt-4o-mini:free") == mini
+    pricing.set_price("llama3.1:70b", input=3, output=15)  # an exact name with a colon
+    pricing.set_price("anthropic.claude-3-5-sonnet-20240620-v1:0", input=4, output=16)
+    try:
+        assert pricing.cost_of("llama3.1:70b", 1000, 100) == pytest.approx(0.0045)
+        assert pricing.price_for("anthropic.claude-3-5-sonnet-20240620-v1:0") == (
+            pricing.Price(4, 16))
+    finally:
+        pricing.clear_prices()
+
+
+def test_the_billed_model_is_the_providers_when_more_precise_or_priced() -> None:
+    assert pricing.billed_model("prod-chat", "gpt-4o-2024-08-06") == "gpt-4o-2024-08-06"
+    assert pricing.billed_model("gpt-4o", "gpt-4o-2024-05-13") == "gpt-4o-2024-05-13"
+    assert pricing.billed_model("openai/gpt-4o", "gpt-4o-2024-08-06") == "gpt-4o-2024-08-06"
+    assert pricing.billed_model("gpt-4o-mini", "gpt-4o") == "gpt-4o-mini"  # both priced
+    assert pricing.billed_model(None, "gpt-4o") == "gpt-4o"
+    assert pricing.billed_model("gpt-4o", None) == "gpt-4o"

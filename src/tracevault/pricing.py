@@ -141,24 +141,64 @@ def price_for(model: str | None) -> Price | None:
     return price
 
 
-def _match(model: str) -> Price | None:
+# Leading name parts that say where a model runs, not which it is: Bedrock's region
+# and vendor ("us.anthropic.claude-…").
+_HOST_PREFIXES = frozenset({"us", "eu", "apac", "global", "anthropic", "meta", "amazon",
+                            "mistral", "cohere", "ai21", "deepseek", "openai", "qwen"})
+
+
+def _names(model: str) -> list[str]:
+    """The names to look ``model`` up by, most specific first: as given, then without a
+    provider path or host prefix, then without a ``:tag`` (``llama3.1:8b``, Bedrock's
+    ``…-v2:0``). A fine-tuned OpenAI model (``ft:base:org::id``) is its base model."""
     name = model.lower()
-    for sep in ("/", ":"):
-        if sep in name and not name.startswith("ft:"):
-            name = name.rsplit(sep, 1)[-1] if sep == "/" else name.split(sep, 1)[-1]
     if name.startswith("ft:"):
-        name = name[3:].split(":", 1)[0]
+        return [name, name[3:].split(":", 1)[0]]
+    names = [name]
+    base = name.rsplit("/", 1)[-1]
+    provider, colon, rest = base.partition(":")
+    if colon and provider.isalpha():  # "openai:gpt-4o" (LangChain's init_chat_model)
+        base = rest
+    parts = base.split(".")
+    while len(parts) > 1 and parts[0] in _HOST_PREFIXES:
+        del parts[0]
+    names.append(".".join(parts))
+    if ":" in names[-1]:
+        names.append(names[-1].split(":", 1)[0])
+    return names
+
+
+def _match(model: str) -> Price | None:
+    names = _names(model)
+    for name in names:
+        for table in (_overrides, BUILTIN_PRICES):
+            if name in table:
+                return table[name]
+    name = names[-1]  # else the longest known name it starts with (dated versions)
     for table in (_overrides, BUILTIN_PRICES):
-        if name in table:
-            return table[name]
-    best: str | None = None
-    for table in (_overrides, BUILTIN_PRICES):
+        best: str | None = None
         for known in table:
             if name.startswith(known) and (best is None or len(known) > len(best)):
                 best = known
         if best is not None:
             return table[best]
     return None
+
+
+def billed_model(named: str | None, reported: str | None) -> str | None:
+    """Return the model a call is recorded and priced as: ``reported`` (by the
+    provider's response) when it names the same model more precisely (``gpt-4o`` ->
+    ``gpt-4o-2024-08-06``) or when only it has a price (a deployment name such as
+    Azure's); else ``named`` (what the call was made with)."""
+    if not reported or reported == named:
+        return named or reported
+    if not named:
+        return reported
+    if reported.lower().startswith(named.lower().rsplit("/", 1)[-1]):
+        return reported
+    if price_for(named) is None and price_for(reported) is not None:
+        return reported
+    return named
 
 
 def cost_of(

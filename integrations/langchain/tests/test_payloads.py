@@ -192,3 +192,67 @@ def test_plain_answer_without_tool_calls_is_not_reasoning() -> None:
     assert convert.reasoning_of(
         AIMessage("", additional_kwargs={"reasoning_content": "hidden chain"})
     ) == "hidden chain"
+
+
+def _generation(usage: dict[str, int] | None, **metadata: Any) -> ChatGeneration:
+    message = AIMessage("ok", response_metadata=metadata)
+    if usage is not None:
+        message.usage_metadata = {"input_tokens": usage["in"], "output_tokens": usage["out"],
+                                  "total_tokens": usage["in"] + usage["out"]}
+    return ChatGeneration(message=message)
+
+
+def test_usage_of_n_choices_counts_once_per_prompt() -> None:
+    # OpenAI's clients put the whole response's usage on each of its n choices.
+    one_prompt = LLMResult(generations=[[_generation({"in": 100, "out": 30})] * 3])
+    assert convert.result_view(one_prompt)[1] == {"input": 100, "output": 30, "total": 130}
+    two_prompts = LLMResult(generations=[[_generation({"in": 100, "out": 30})] * 2,
+                                         [_generation({"in": 10, "out": 5})]])
+    assert convert.result_view(two_prompts)[1] == {"input": 110, "output": 35, "total": 145}
+
+
+def test_legacy_token_usage_keeps_cached_and_reasoning_tokens() -> None:
+    openai = LLMResult(generations=[[_generation(None)]], llm_output={"token_usage": {
+        "prompt_tokens": 2000, "completion_tokens": 300, "total_tokens": 2300,
+        "prompt_tokens_details": {"cached_tokens": 1500},
+        "completion_tokens_details": {"reasoning_tokens": 100}}})
+    assert convert.result_view(openai)[1] == {"input": 2000, "output": 300, "total": 2300,
+                                              "cached": 1500, "reasoning": 100}
+    # Anthropic's input_tokens leave out the tokens read from and written to the cache.
+    anthropic = LLMResult(generations=[[_generation(None)]], llm_output={"usage": {
+        "input_tokens": 100, "output_tokens": 50, "cache_read_input_tokens": 2000,
+        "cache_creation_input_tokens": 300}})
+    assert convert.result_view(anthropic)[1] == {"input": 2400, "output": 50, "total": 2450,
+                                                 "cached": 2000}
+
+
+@pytest.mark.parametrize("metadata", [{"done_reason": "stop"}, {"stopReason": "stop"},
+                                      {"stop_reason": "stop"}, {"finish_reason": "stop"}],
+                         ids=["ollama", "bedrock", "anthropic", "openai"])
+def test_finish_reason_of_each_provider(metadata: dict[str, str]) -> None:
+    assert convert.generation_view(_generation(None, **metadata))["finish_reason"] == "stop"
+
+
+def test_the_first_token_is_the_first_chunk_with_content() -> None:
+    handler = TracevaultCallbackHandler()
+    run = uuid.uuid4()
+    handler.on_chat_model_start({}, [[HumanMessage("hi")]], run_id=run,
+                                metadata={"ls_model_name": "claude-3-5-sonnet"})
+    handler.on_llm_new_token("", run_id=run)  # a stream opening with metadata only
+    state = handler._rec.runs.get(run)
+    assert state is not None and state.first_token is None
+    handler.on_llm_new_token("It", run_id=run)
+    assert state.first_token is not None
+    handler.on_llm_error(RuntimeError("stop"), run_id=run)
+    assert handler._rec.runs.get(run) is None
+
+
+def test_a_call_is_priced_as_the_model_the_provider_names(cap: Capture) -> None:
+    # An Azure deployment name has no price; the response names the model it runs.
+    reply = ai("ok", input_tokens=100, output_tokens=20)
+    reply.response_metadata["model_name"] = "gpt-4o-2024-08-06"
+    model = ScriptedChatModel(messages=iter([reply]), model_name="prod-chat")
+    model.invoke("hi", {"callbacks": [TracevaultCallbackHandler()]})
+    end = next(e for e in cap.events() if e.kind == "llm_call" and e.phase == "end")
+    assert end.data["model"] == "gpt-4o-2024-08-06"
+    assert end.data["cost"] == pytest.approx(cost_of("gpt-4o-2024-08-06", 100, 20))

@@ -136,7 +136,20 @@ def _legacy_usage(llm_output: Mapping[str, Any] | None) -> dict[str, int] | None
     if not isinstance(inp, int) and not isinstance(out, int):
         return None
     inp, out = int(inp or 0), int(out or 0)
-    return {"input": inp, "output": out, "total": int(raw.get("total_tokens") or inp + out)}
+    cached = (raw.get("prompt_tokens_details") or {}).get("cached_tokens")
+    anthropic_cache = [raw.get(k) for k in ("cache_read_input_tokens",
+                                            "cache_creation_input_tokens")]
+    if "prompt_tokens" not in raw and any(isinstance(c, int) for c in anthropic_cache):
+        # Anthropic's input_tokens leave out what was read from or written to the cache.
+        inp += sum(c for c in anthropic_cache if isinstance(c, int))
+        cached = anthropic_cache[0]
+    result = {"input": inp, "output": out, "total": int(raw.get("total_tokens") or inp + out)}
+    if isinstance(cached, int) and cached:
+        result["cached"] = cached
+    reasoning = (raw.get("completion_tokens_details") or {}).get("reasoning_tokens")
+    if isinstance(reasoning, int) and reasoning:
+        result["reasoning"] = reasoning
+    return result
 
 
 def add_usage(total: dict[str, int] | None, more: dict[str, int] | None) -> dict[str, int] | None:
@@ -162,7 +175,10 @@ def generation_view(generation: Any) -> dict[str, Any]:
             _add_tool_calls(out, m)
         if m.get("id"):
             out["message_id"] = m["id"]
-        reason = info.get("finish_reason") or meta.get("finish_reason") or meta.get("stop_reason")
+        reason = (info.get("finish_reason") or meta.get("finish_reason")
+                  or meta.get("stop_reason")  # Anthropic
+                  or meta.get("done_reason")  # Ollama
+                  or meta.get("stopReason"))  # Bedrock Converse
         model = meta.get("model_name") or meta.get("model")
         if model:
             out["model"] = model
@@ -180,9 +196,15 @@ def result_view(response: Any) -> tuple[dict[str, Any], dict[str, int] | None]:
     r = fields_of(response)
     flat = [g for batch in r["generations"] for g in batch]
     usage: dict[str, int] | None = None
-    for g in flat:
-        message = fields_of(g).get("message")
-        usage = add_usage(usage, usage_of(fields_of(message) if message is not None else None))
+    for batch in r["generations"]:  # one per prompt: their usages add up
+        # The n choices of one prompt share one usage: OpenAI's clients put the whole
+        # response's counts on every choice's message.
+        for g in batch:
+            message = fields_of(g).get("message")
+            counts = usage_of(fields_of(message) if message is not None else None)
+            if counts is not None:
+                usage = add_usage(usage, counts)
+                break
     if usage is None:
         usage = _legacy_usage(r.get("llm_output"))
     data: dict[str, Any] = generation_view(flat[0]) if flat else {}

@@ -9,7 +9,7 @@ from uuid import UUID
 from langchain_core.messages import BaseMessage, ToolMessage
 from langchain_core.outputs import LLMResult
 
-from tracevault.pricing import cost_of
+from tracevault.pricing import billed_model, cost_of
 from tracevault.snapshot import Deferred, freeze_raw
 from tracevault_langchain import convert
 from tracevault_langchain.base import HandlerBase, ms_since, recording_failed
@@ -109,7 +109,9 @@ class ModelCallbacks(HandlerBase):
     ) -> None:
         try:
             st = self._rec.runs.get(run_id)
-            if st is not None and st.first_token is None:
+            # The first chunk that carries something: a stream may open with chunks of
+            # metadata only (Anthropic's message_start).
+            if st is not None and st.first_token is None and (token or _calls_tools(chunk)):
                 st.first_token = time.perf_counter()
         except Exception as exc:
             recording_failed("on_llm_new_token", exc)
@@ -157,6 +159,11 @@ class ModelCallbacks(HandlerBase):
         self._close_failed("on_llm_error", run_id, error)
 
 
+def _calls_tools(chunk: Any) -> bool:
+    message = getattr(chunk, "message", None)
+    return bool(getattr(message, "tool_call_chunks", None))
+
+
 # --- made by the ledger writer, from the copies above (tracevault.snapshot.Deferred) ----
 
 
@@ -183,8 +190,10 @@ def _result(raw: list[Any]) -> dict[str, Any]:
 
 def _end_data(raw: list[Any],
               context: tuple[str, float | None, float, Trace]) -> dict[str, Any]:
-    model, first_token, duration, trace = context
+    named, first_token, duration, trace = context
     data, usage = convert.result_view(_result(raw))
+    # The provider's own name for the model, when it is more precise or priced.
+    model = billed_model(named, data.get("model")) or named
     data["model"] = model
     cost = None
     if usage is not None:
