@@ -18,7 +18,7 @@ import time
 import weakref
 from typing import Any
 
-from tracevault.pricing import cost_of
+from tracevault.pricing import billed_model, cost_of
 from tracevault_llamaindex import payloads, usage
 from tracevault_llamaindex.state import LLMCall, Recorder, Span, elapsed_ms
 
@@ -164,6 +164,10 @@ def progress(rec: Recorder, event: Any) -> None:
         if waiting and call.span_id in waiting:
             waiting.remove(call.span_id)
     call.last = response
+    if call.finish_reason is None and getattr(response, "raw", None) is not None:
+        # Some streams say why they stopped in a chunk before the last (OpenAI's last
+        # chunk holds only the usage; Anthropic's message_delta).
+        call.finish_reason = usage.finish_reason_of(response)
     extra = response.additional_kwargs
     if extra:
         delta = extra.get("thinking_delta")
@@ -248,7 +252,8 @@ def finish(
             rec.lazy.pop(call.instance_key, None)
     text, tool_calls, thinking = payloads.response_parts(response)
     data: dict[str, Any] = {"status": status, "duration_ms": elapsed_ms(call.started)}
-    model = call.model or usage.model_of(None, response)
+    # The provider's own name for the model, when it is more precise or priced.
+    model = billed_model(call.model, usage.model_of(None, response))
     if model:
         data["model"] = model
     if response is not None:
@@ -267,7 +272,7 @@ def finish(
         cost = cost_of(model, counts.get("input"), counts.get("output"), counts.get("cached"))
         if cost is not None:
             data["cost"] = cost
-    finish_reason = usage.finish_reason_of(response)
+    finish_reason = usage.finish_reason_of(response) or call.finish_reason
     if finish_reason:
         data["finish_reason"] = finish_reason
     level = "info" if status == "success" else ("warning" if status == "abandoned" else "error")

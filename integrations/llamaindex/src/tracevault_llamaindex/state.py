@@ -104,6 +104,7 @@ class LLMCall:
     provider: str | None
     streaming: bool = False
     first_token: float | None = None
+    finish_reason: str | None = None  # seen in a streamed chunk before the last
     last: Any = None
     thinking: list[str] = field(default_factory=list)
     output_flag: list[Any] | None = None

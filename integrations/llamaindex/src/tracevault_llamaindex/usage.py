@@ -13,15 +13,20 @@ from typing import Any
 
 from tracevault_llamaindex.payloads import plain
 
-_INPUT = ("prompt_tokens", "input_tokens", "prompt_token_count", "input_token_count")
+_INPUT = ("prompt_tokens", "input_tokens", "prompt_token_count", "input_token_count",
+          "inputTokens", "prompt_eval_count")  # ... Bedrock Converse, Ollama
 _OUTPUT = (
     "completion_tokens",
     "output_tokens",
     "candidates_token_count",
     "output_token_count",
     "generated_tokens",
+    "outputTokens",  # Bedrock Converse
+    "eval_count",  # Ollama
 )
-_TOTAL = ("total_tokens", "total_token_count")
+_TOTAL = ("total_tokens", "total_token_count", "totalTokens")
+# Anthropic's input_tokens leave out what was read from or written to the prompt cache.
+_ANTHROPIC_CACHE = ("cache_read_input_tokens", "cache_creation_input_tokens")
 _CACHED = ("cache_read_input_tokens", "cached_content_token_count", "cached_tokens")
 _REASONING = ("reasoning_tokens", "thoughts_token_count")
 _REASONING_DETAILS = (
@@ -128,6 +133,7 @@ def _usage_sources(response: Any) -> list[Any]:
 _DETAILS_CACHED = ("prompt_tokens_details", "input_tokens_details", "input_token_details")
 _USAGE_KEYS = frozenset(
     _INPUT + _OUTPUT + _TOTAL + _CACHED + _REASONING + _DETAILS_CACHED + _REASONING_DETAILS
+    + _ANTHROPIC_CACHE
 )
 
 
@@ -172,6 +178,18 @@ def counts_in(sources: list[Any]) -> dict[str, int]:
                 if reasoning is not None:
                     found["reasoning"] = reasoning
                     break
+    for source in sources:  # the source the counts came from, by its shape
+        if _int(_get(source, "input_tokens")) is not None:
+            cache = [_int(_get(source, key)) or 0 for key in _ANTHROPIC_CACHE]
+            if any(cache) and found["input"] is not None:
+                found["input"] += sum(cache)
+            break
+        if _int(_get(source, "candidates_token_count")) is not None:
+            # Gemini bills its thinking as output but counts it apart.
+            thoughts = _int(_get(source, "thoughts_token_count"))
+            if thoughts and found["output"] is not None:
+                found["output"] += thoughts
+            break
     if found["total"] is None and found["input"] is not None and found["output"] is not None:
         found["total"] = found["input"] + found["output"]
     for key, value in found.items():
@@ -235,10 +253,14 @@ def parameters_of(model_dict: Any, call_kwargs: Any) -> dict[str, Any]:
 def finish_reason_of(response: Any) -> str | None:
     """Return the provider's finish/stop reason, if the raw response has one."""
     raw = _get(response, "raw")
-    for key in ("finish_reason", "stop_reason"):
+    # OpenAI-style, Anthropic, Bedrock Converse, Ollama; Anthropic streams it in a delta.
+    for key in ("finish_reason", "stop_reason", "stopReason", "done_reason"):
         value = _get(raw, key)
         if isinstance(value, str):
             return value
+    value = _get(_get(raw, "delta"), "stop_reason")
+    if isinstance(value, str):
+        return value
     choices = _get(raw, "choices")
     if isinstance(choices, (list, tuple)) and choices:
         value = _get(choices[0], "finish_reason")

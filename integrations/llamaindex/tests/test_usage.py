@@ -1,0 +1,103 @@
+"""Token usage, finish reason and model of LLM calls, in each provider's own shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    CompletionResponse,
+    LLMMetadata,
+)
+from llama_index.core.llms import CustomLLM
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from tracevault_llamaindex import usage
+from tracevault_llamaindex.instrument import Installed
+
+from tracevault.pricing import cost_of
+from tracevault.testing import Capture
+
+
+def _response(raw: Any, **extra: Any) -> ChatResponse:
+    return ChatResponse(message=ChatMessage(role="assistant", content="ok"), raw=raw,
+                        additional_kwargs=extra)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    # Anthropic: input_tokens leave out the cache reads and writes.
+    ({"usage": {"input_tokens": 100, "output_tokens": 50, "cache_read_input_tokens": 2000,
+                "cache_creation_input_tokens": 300}},
+     {"input": 2400, "output": 50, "total": 2450, "cached": 2000}),
+    # Gemini: thinking is billed as output but counted apart.
+    ({"usage_metadata": {"prompt_token_count": 1000, "candidates_token_count": 100,
+                         "thoughts_token_count": 400, "total_token_count": 1500,
+                         "cached_content_token_count": 600}},
+     {"input": 1000, "output": 500, "total": 1500, "cached": 600, "reasoning": 400}),
+    ({"usage": {"inputTokens": 700, "outputTokens": 70, "totalTokens": 770}},  # Bedrock
+     {"input": 700, "output": 70, "total": 770}),
+    ({"prompt_eval_count": 30, "eval_count": 12, "done_reason": "stop"},  # Ollama
+     {"input": 30, "output": 12, "total": 42}),
+    ({"usage": {"prompt_tokens": 1000, "completion_tokens": 200, "total_tokens": 1200,
+                "prompt_tokens_details": {"cached_tokens": 400},
+                "completion_tokens_details": {"reasoning_tokens": 50}}},  # OpenAI
+     {"input": 1000, "output": 200, "total": 1200, "cached": 400, "reasoning": 50}),
+], ids=["anthropic", "gemini", "bedrock", "ollama", "openai"])
+def test_usage_in_each_providers_raw_response(raw: Any, expected: dict[str, int]) -> None:
+    assert usage.token_usage(_response(raw)) == expected
+
+
+@pytest.mark.parametrize("raw", [
+    {"choices": [{"finish_reason": "stop"}]}, {"stop_reason": "stop"},
+    {"stopReason": "stop"}, {"done_reason": "stop"},
+    {"type": "message_delta", "delta": {"stop_reason": "stop"}},
+], ids=["openai", "anthropic", "bedrock", "ollama", "anthropic-stream"])
+def test_finish_reason_in_each_providers_raw_response(raw: Any) -> None:
+    assert usage.finish_reason_of(_response(raw)) == "stop"
+
+
+class _Deployment(CustomLLM):
+    """An Azure-style deployment name, streaming OpenAI-shaped chunks: the finish
+    reason comes in the chunk before the last, which holds only the usage."""
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(model_name="prod-chat", is_chat_model=True)
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Any, **kwargs: Any) -> Any:
+        base = {"model": "gpt-4o-mini-2024-07-18"}
+        chunks = [
+            ChatResponse(message=ChatMessage(role="assistant", content="Hel"), delta="Hel",
+                         raw={**base, "choices": [{"finish_reason": None}]}),
+            ChatResponse(message=ChatMessage(role="assistant", content="Hello"), delta="lo",
+                         raw={**base, "choices": [{"finish_reason": "stop"}]}),
+            ChatResponse(message=ChatMessage(role="assistant", content="Hello"), delta="",
+                         raw={**base, "choices": [], "usage": {
+                             "prompt_tokens": 500, "completion_tokens": 20,
+                             "total_tokens": 520}}),
+        ]
+        yield from chunks  # a generator, as LlamaIndex's callback wrapper expects
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+        return CompletionResponse(text="unused")
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+
+def test_a_streamed_call_keeps_its_finish_reason_and_the_model_that_answered(
+    cap: Capture, instrumented: Installed
+) -> None:
+    text = "".join(c.delta or "" for c in _Deployment().stream_chat(
+        [ChatMessage(role="user", content="hi")]))
+    assert text == "Hello"
+    start, end = [e for e in cap.events() if e.kind == "llm_call"]
+    assert start.data["model"] == "prod-chat"  # what the call was made with
+    assert end.data["model"] == "gpt-4o-mini-2024-07-18"  # what answered, and is priced
+    assert end.data["finish_reason"] == "stop"
+    assert end.data["usage"] == {"input": 500, "output": 20, "total": 520}
+    assert end.data["cost"] == pytest.approx(cost_of("gpt-4o-mini", 500, 20))
