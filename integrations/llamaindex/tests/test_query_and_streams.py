@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from typing import Any
 
@@ -9,8 +10,10 @@ import pytest
 from li_agents import check_tree
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.agent.workflow import FunctionAgent
+from llama_index.core.base.llms.types import ChatResponse, CompletionResponse, LLMMetadata
 from llama_index.core.embeddings import MockEmbedding
-from llama_index.core.llms import ChatMessage, MockFunctionCallingLLM, MockLLM
+from llama_index.core.llms import ChatMessage, CustomLLM, MockFunctionCallingLLM, MockLLM
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from tracevault_llamaindex.instrument import Installed
 from tracevault_llamaindex.testing import ScriptedReActLLM
 
@@ -188,3 +191,52 @@ def test_a_call_with_the_same_prompt_beside_an_unread_stream_is_its_own_call(
     assert len({e.span_id for e in calls}) == 2
     responses = sorted(e.data["response"] for e in calls if e.phase == "end")
     assert responses == sorted([answer.text, chunks[-1].text])
+
+
+class _Stalls(CustomLLM):
+    """Streams one chunk, then waits for the next one until cancelled."""
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(model_name="gpt-4o-mini", is_chat_model=True)
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Any, **kwargs: Any) -> Any:
+        async def chunks() -> Any:
+            yield ChatResponse(message=ChatMessage(role="assistant", content="Hel"),
+                               delta="Hel")
+            await asyncio.wait_for(asyncio.Event().wait(), timeout=60)  # the network
+            yield ChatResponse(message=ChatMessage(role="assistant", content="Hello"),
+                               delta="lo")
+        return chunks()
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+        return CompletionResponse(text="unused")
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+
+async def test_a_stream_cancelled_while_it_waits_is_cancelled_not_failed(
+    cap: Capture, instrumented: Installed
+) -> None:
+    first_chunk = asyncio.Event()
+
+    async def read() -> None:
+        stream = await _Stalls().astream_chat([ChatMessage(role="user", content="hi")])
+        async for _chunk in stream:
+            first_chunk.set()
+
+    task = asyncio.create_task(read())
+    await asyncio.wait_for(first_chunk.wait(), timeout=60)
+    task.cancel()  # while the stream waits for its next chunk
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    events = cap.events()
+    check_tree(events)
+    assert [(e.kind, e.phase) for e in events] == [("llm_call", "start"), ("llm_call", "end")]
+    end = events[1]
+    assert end.level == "warning" and end.data["status"] == "cancelled"
+    assert end.data["response"] == "Hel"  # what had arrived

@@ -20,7 +20,7 @@ from typing import Any
 
 from tracevault.pricing import billed_model, cost_of
 from tracevault_llamaindex import payloads, usage
-from tracevault_llamaindex.state import LLMCall, Recorder, Span, elapsed_ms
+from tracevault_llamaindex.state import LLMCall, Recorder, Span, elapsed_ms, interruption
 
 _tool_specs: dict[int, tuple[Any, Any]] = {}  # id(tool metadata) -> (metadata, spec)
 _MAX_SPECS = 1_024
@@ -225,6 +225,8 @@ def exception(rec: Recorder, span_id: str | None, exc: BaseException) -> bool:
         return False
     if isinstance(exc, GeneratorExit):
         finish(rec, call, call.last, status="abandoned", reason="the consumer stopped reading")
+    elif interruption(exc) == "cancelled":  # the task reading the stream was cancelled
+        finish(rec, call, call.last, status="cancelled", reason=f"{type(exc).__name__}")
     else:
         finish(rec, call, call.last, status="error", exc=exc)
     return True
@@ -275,7 +277,7 @@ def finish(
     finish_reason = usage.finish_reason_of(response) or call.finish_reason
     if finish_reason:
         data["finish_reason"] = finish_reason
-    level = "info" if status == "success" else ("warning" if status == "abandoned" else "error")
+    level = {"success": "info", "abandoned": "warning", "cancelled": "warning"}.get(status, "error")
     rec.emit(
         "llm_call",
         call,
