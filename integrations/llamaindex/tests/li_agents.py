@@ -6,7 +6,9 @@ from collections import Counter
 from typing import Any
 
 from llama_index.core.agent.workflow import FunctionAgent, ReActAgent
-from llama_index.core.llms import MockFunctionCallingLLM
+from llama_index.core.base.llms.types import CompletionResponse, LLMMetadata
+from llama_index.core.llms import CustomLLM, MockFunctionCallingLLM
+from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.tools import FunctionTool
 from tracevault_llamaindex.testing import ScriptedReActLLM, tool_then_answer
 
@@ -71,3 +73,22 @@ def one(events: list[AuditEvent], kind: str, phase: str = "point", **data: Any) 
              and all(e.data.get(k) == v for k, v in data.items())]
     assert len(found) == 1, f"expected one {kind}/{phase} {data}, found {len(found)}"
     return found[0]
+
+
+class ChatOnlyLLM(CustomLLM):
+    """A scripted chat model: subclasses define the chat methods they script; the
+    completion methods CustomLLM requires are never called."""
+
+    model_name: str = "gpt-4o-mini"
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(model_name=self.model_name, is_chat_model=True)
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+        return CompletionResponse(text="unused")
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+        raise NotImplementedError

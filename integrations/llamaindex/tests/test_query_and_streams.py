@@ -7,13 +7,13 @@ import gc
 from typing import Any
 
 import pytest
-from li_agents import check_tree
+from li_agents import ChatOnlyLLM, check_tree
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.agent.workflow import FunctionAgent
-from llama_index.core.base.llms.types import ChatResponse, CompletionResponse, LLMMetadata
+from llama_index.core.base.llms.types import ChatResponse
 from llama_index.core.embeddings import MockEmbedding
-from llama_index.core.llms import ChatMessage, CustomLLM, MockFunctionCallingLLM, MockLLM
-from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms import ChatMessage, MockFunctionCallingLLM, MockLLM
+from llama_index.core.llms.callbacks import llm_chat_callback
 from tracevault_llamaindex.instrument import Installed
 from tracevault_llamaindex.testing import ScriptedReActLLM
 
@@ -193,12 +193,8 @@ def test_a_call_with_the_same_prompt_beside_an_unread_stream_is_its_own_call(
     assert responses == sorted([answer.text, chunks[-1].text])
 
 
-class _Stalls(CustomLLM):
+class _Stalls(ChatOnlyLLM):
     """Streams one chunk, then waits for the next one until cancelled."""
-
-    @property
-    def metadata(self) -> LLMMetadata:
-        return LLMMetadata(model_name="gpt-4o-mini", is_chat_model=True)
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Any, **kwargs: Any) -> Any:
@@ -209,14 +205,6 @@ class _Stalls(CustomLLM):
             yield ChatResponse(message=ChatMessage(role="assistant", content="Hello"),
                                delta="lo")
         return chunks()
-
-    @llm_completion_callback()
-    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
-        return CompletionResponse(text="unused")
-
-    @llm_completion_callback()
-    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
-        raise NotImplementedError
 
 
 async def test_a_stream_cancelled_while_it_waits_is_cancelled_not_failed(

@@ -5,14 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from li_agents import ChatOnlyLLM
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
-    CompletionResponse,
-    LLMMetadata,
 )
-from llama_index.core.llms import CustomLLM
-from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.callbacks import llm_chat_callback
 from tracevault_llamaindex import usage
 from tracevault_llamaindex.instrument import Installed
 
@@ -57,13 +55,11 @@ def test_finish_reason_in_each_providers_raw_response(raw: Any) -> None:
     assert usage.finish_reason_of(_response(raw)) == "stop"
 
 
-class _Deployment(CustomLLM):
+class _Deployment(ChatOnlyLLM):
     """An Azure-style deployment name, streaming OpenAI-shaped chunks: the finish
     reason comes in the chunk before the last, which holds only the usage."""
 
-    @property
-    def metadata(self) -> LLMMetadata:
-        return LLMMetadata(model_name="prod-chat", is_chat_model=True)
+    model_name: str = "prod-chat"
 
     @llm_chat_callback()
     def stream_chat(self, messages: Any, **kwargs: Any) -> Any:
@@ -79,14 +75,6 @@ class _Deployment(CustomLLM):
                              "total_tokens": 520}}),
         ]
         yield from chunks  # a generator, as LlamaIndex's callback wrapper expects
-
-    @llm_completion_callback()
-    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
-        return CompletionResponse(text="unused")
-
-    @llm_completion_callback()
-    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
-        raise NotImplementedError
 
 
 def test_a_streamed_call_keeps_its_finish_reason_and_the_model_that_answered(
