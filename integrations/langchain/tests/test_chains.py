@@ -507,6 +507,7 @@ async def test_a_tool_stopped_by_cancellation_or_an_interrupt_has_not_failed(
     ends = [(e.name, e.data["status"], e.level) for e in events
             if e.kind == "tool_call" and e.phase == "end"]
     assert ends == [("slow", "cancelled", "warning"), ("approve", "interrupted", "info")]
+    assert not [e for e in events if e.kind == "tool_call" and "error" in e.data]
     roots = [e.data["status"] for e in events if e.kind == "agent" and e.phase == "end"]
     assert roots == ["cancelled", "interrupted"]
 

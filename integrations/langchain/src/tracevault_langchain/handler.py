@@ -226,7 +226,11 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
             status, level = ("interrupted", "info") if is_control_flow(error) else (
                 ("cancelled", "warning") if is_cancellation(error) else ("error", "error"))
             data: dict[str, Any] = {"tool_name": st.name, "status": status,
-                                    "duration_ms": duration, "error": summary}
+                                    "duration_ms": duration}
+            if status == "error":
+                data["error"] = summary
+            else:  # not a failure: forwarders read an "error" as one
+                data["reason"] = f"{summary['type']}: {summary['message']}"
             if st.tool_call_id:
                 data["tool_call_id"] = st.tool_call_id
             self._rec.emit(st, "tool_call", "end", data, level=level, owned=True)
