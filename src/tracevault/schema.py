@@ -43,6 +43,15 @@ KINDS: tuple[str, ...] = get_args(Kind)
 PHASES: tuple[str, ...] = get_args(Phase)
 LEVELS: tuple[str, ...] = get_args(Level)
 LEVEL_RANK: dict[str, int] = {name: rank for rank, name in enumerate(LEVELS)}
+# The level of a step's end by its status: a failure is an error; work that stopped
+# without failing and without finishing (cancelled, abandoned) a warning; the rest
+# (success, interrupted: waiting for input) info.
+_STATUS_LEVEL = {"error": "error", "cancelled": "warning", "abandoned": "warning"}
+
+
+def level_for(status: str) -> str:
+    """Return the level an end with ``status`` is recorded at (every framework alike)."""
+    return _STATUS_LEVEL.get(status, "info")
 
 
 def level_rank(level: str) -> int:

@@ -10,14 +10,10 @@ from typing import Any
 from uuid import UUID
 
 from tracevault.pipeline import DurabilityError
+from tracevault.schema import level_for
 from tracevault.snapshot import Deferred, freeze
 from tracevault_langchain import convert
-from tracevault_langchain.recorder import (
-    Recorder,
-    error_summary,
-    is_cancellation,
-    is_control_flow,
-)
+from tracevault_langchain.recorder import Recorder, error_summary, stop_status
 from tracevault_langchain.runs import RunState, RunTable, Trace
 
 try:  # LangGraph sends interrupt/resume only to subclasses of its handler
@@ -117,21 +113,15 @@ class HandlerBase(_Base):
             recording_failed(callback, exc)
 
     def _end_failed(self, st: RunState, error: BaseException) -> None:
-        data: dict[str, Any] = {"duration_ms": ms_since(st.started)}
-        if is_control_flow(error):
-            data["status"] = "interrupted"
-            level = "info"
-        elif is_cancellation(error):
-            data["status"] = "cancelled"
+        status = stop_status(error)
+        data: dict[str, Any] = {"duration_ms": ms_since(st.started), "status": status}
+        if status == "cancelled":
             data["reason"] = f"{type(error).__name__}: the caller stopped the run"
-            level = "warning"
-        else:
-            data["status"] = "error"
+        elif status == "error":
             data["error"] = error_summary(error)
-            level = "error"
             self._rec.error(st, error)
         if st.span is not None:
-            self._rec.emit(st, st.kind, "end", data, level=level, owned=True)
+            self._rec.emit(st, st.kind, "end", data, level=level_for(status), owned=True)
 
     def _input(self, st: RunState, inputs: Any, extra: dict[str, Any] | None) -> None:
         kind, content = convert.input_view(inputs)

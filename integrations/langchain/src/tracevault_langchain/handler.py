@@ -21,11 +21,12 @@ from uuid import UUID
 from tracevault import capture
 from tracevault.context import SpanRef, swap_span
 from tracevault.pipeline import DurabilityError
+from tracevault.schema import level_for
 from tracevault_langchain import convert
 from tracevault_langchain.base import handler_failures, ms_since, recording_failed
 from tracevault_langchain.control import ControlCallbacks
 from tracevault_langchain.models import ModelCallbacks
-from tracevault_langchain.recorder import error_summary, is_cancellation, is_control_flow
+from tracevault_langchain.recorder import error_summary, stop_status
 from tracevault_langchain.retrievers import RetrieverCallbacks
 from tracevault_langchain.runs import RunState
 
@@ -222,9 +223,7 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
             _restore_ambient(st)
             duration = ms_since(st.started)
             summary = error_summary(error)
-            # An interrupt() inside the tool, or a cancelled run, is no failure.
-            status, level = ("interrupted", "info") if is_control_flow(error) else (
-                ("cancelled", "warning") if is_cancellation(error) else ("error", "error"))
+            status = stop_status(error)  # an interrupt() or a cancelled run: no failure
             data: dict[str, Any] = {"tool_name": st.name, "status": status,
                                     "duration_ms": duration}
             if status == "error":
@@ -233,7 +232,7 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
                 data["reason"] = f"{summary['type']}: {summary['message']}"
             if st.tool_call_id:
                 data["tool_call_id"] = st.tool_call_id
-            self._rec.emit(st, "tool_call", "end", data, level=level, owned=True)
+            self._rec.emit(st, "tool_call", "end", data, level=level_for(status), owned=True)
             if status == "error":
                 self._rec.error(st, error)
                 self._rec.tool_failed(st, summary["type"], summary["message"])

@@ -41,6 +41,14 @@ def is_control_flow(exc: BaseException) -> bool:
     return any(cls.__name__ in _CONTROL_FLOW for cls in type(exc).__mro__)
 
 
+def stop_status(exc: BaseException) -> str:
+    """The status of a run ``exc`` ended: ``interrupted`` (a LangGraph interrupt),
+    ``cancelled`` (the consumer stopped) or ``error`` (a failure)."""
+    if is_control_flow(exc):
+        return "interrupted"
+    return "cancelled" if is_cancellation(exc) else "error"
+
+
 def error_summary(exc: BaseException) -> dict[str, str]:
     """Return the type and message of an exception (the stack goes in ``error`` events)."""
     data = describe_exception(exc)

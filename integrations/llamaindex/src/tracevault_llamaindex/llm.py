@@ -19,6 +19,7 @@ import weakref
 from typing import Any
 
 from tracevault.pricing import billed_model, cost_of
+from tracevault.schema import level_for
 from tracevault_llamaindex import payloads, usage
 from tracevault_llamaindex.state import LLMCall, Recorder, Span, elapsed_ms, interruption
 
@@ -277,12 +278,11 @@ def finish(
     finish_reason = usage.finish_reason_of(response) or call.finish_reason
     if finish_reason:
         data["finish_reason"] = finish_reason
-    level = {"success": "info", "abandoned": "warning", "cancelled": "warning"}.get(status, "error")
     rec.emit(
         "llm_call",
         call,
         phase="end",
-        level=level,
+        level=level_for(status),
         name=model or call.provider,
         data=data,
         span_id=call.span_id,

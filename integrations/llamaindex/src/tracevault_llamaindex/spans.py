@@ -19,6 +19,7 @@ from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
 
 from tracevault import capture
 from tracevault.ids import new_span_id
+from tracevault.schema import level_for
 from tracevault_llamaindex import llm, payloads, roles
 from tracevault_llamaindex.state import (
     LLM,
@@ -393,8 +394,7 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
         if span.tool_id is not None:
             data["tool_call_id"] = span.tool_id
         rec = self._rec
-        level = "error" if is_error else "warning" if status == "cancelled" else "info"
-        rec.emit("tool_call", span, phase="end", level=level,
+        rec.emit("tool_call", span, phase="end", level=level_for(status),
                  name=span.name, data=data, span_id=span.id, parent=span.parent_anchor)
         warning = capture.slow_tool_warning(span.name, duration)
         if warning is not None:
@@ -438,8 +438,7 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
             if isinstance(agent, str):
                 data["agent"] = agent
             rec.emit("output", span, name="final_answer", data=data, parent=span.id)
-        level = {"success": "info", "cancelled": "warning"}.get(status, "error")
-        rec.emit("agent", span, phase="end", level=level,
+        rec.emit("agent", span, phase="end", level=level_for(status),
                  name=span.name, data={"status": status, "duration_ms": elapsed_ms(span.started)},
                  span_id=span.id, parent=span.parent_anchor)
 
