@@ -95,11 +95,18 @@ def _int(value: Any) -> int | None:
 
 
 def _first(sources: list[Any], keys: tuple[str, ...]) -> int | None:
+    found = _first_in(sources, keys)
+    return found[0] if found is not None else None
+
+
+def _first_in(sources: list[Any], keys: tuple[str, ...]) -> tuple[int, Any, str] | None:
+    """The first count under ``keys`` in ``sources``, with the source and key it came
+    from (how it is to be read depends on the provider that wrote it)."""
     for source in sources:
         for key in keys:
             found = _int(_get(source, key))
             if found is not None:
-                return found
+                return found, source, key
     return None
 
 
@@ -153,9 +160,10 @@ def counts_in(sources: list[Any]) -> dict[str, int]:
     if not sources:
         return {}
     usage: dict[str, int] = {}
+    inp, out = _first_in(sources, _INPUT), _first_in(sources, _OUTPUT)
     found = {
-        "input": _first(sources, _INPUT),
-        "output": _first(sources, _OUTPUT),
+        "input": _input_of(inp),
+        "output": _output_of(out),
         "total": _first(sources, _TOTAL),
         "cached": _first(sources, _CACHED),
         "reasoning": _first(sources, _REASONING),
@@ -178,18 +186,6 @@ def counts_in(sources: list[Any]) -> dict[str, int]:
                 if reasoning is not None:
                     found["reasoning"] = reasoning
                     break
-    for source in sources:  # the source the counts came from, by its shape
-        if _int(_get(source, "input_tokens")) is not None:
-            cache = [_int(_get(source, key)) or 0 for key in _ANTHROPIC_CACHE]
-            if any(cache) and found["input"] is not None:
-                found["input"] += sum(cache)
-            break
-        if _int(_get(source, "candidates_token_count")) is not None:
-            # Gemini bills its thinking as output but counts it apart.
-            thoughts = _int(_get(source, "thoughts_token_count"))
-            if thoughts and found["output"] is not None:
-                found["output"] += thoughts
-            break
     if found["total"] is None and found["input"] is not None and found["output"] is not None:
         found["total"] = found["input"] + found["output"]
     for key, value in found.items():
@@ -248,6 +244,24 @@ def parameters_of(model_dict: Any, call_kwargs: Any) -> dict[str, Any]:
             if value is not None and isinstance(value, (str, int, float, bool, dict)):
                 params[key] = plain(value)
     return params
+
+
+def _input_of(found: tuple[int, Any, str] | None) -> int | None:
+    if found is None:
+        return None
+    count, source, key = found
+    if key == "input_tokens":  # Anthropic's leave out the cache reads and writes
+        count += sum(_int(_get(source, k)) or 0 for k in _ANTHROPIC_CACHE)
+    return count
+
+
+def _output_of(found: tuple[int, Any, str] | None) -> int | None:
+    if found is None:
+        return None
+    count, source, key = found
+    if key == "candidates_token_count":  # Gemini bills its thinking as output
+        count += _int(_get(source, "thoughts_token_count")) or 0
+    return count
 
 
 def finish_reason_of(response: Any) -> str | None:
