@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import signal
@@ -11,7 +12,7 @@ import sys
 import textwrap
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,17 @@ from tracevault.snapshot import Deferred, freeze, freeze_raw
 from tracevault.store import StoreError, open_store
 from tracevault.store.sqlite import SQLiteStore
 from tracevault.testing import Capture, capture_events
+
+
+@contextlib.contextmanager
+def _active(pipeline: Pipeline) -> Iterator[Pipeline]:
+    """Make ``pipeline`` the one capture writes to; shut it down afterwards."""
+    capture.install(pipeline, None)
+    try:
+        yield pipeline
+    finally:
+        capture.reset()
+        pipeline.shutdown()
 
 
 class FlakyStore(SQLiteStore):
@@ -145,15 +157,11 @@ def test_a_batch_sent_again_keeps_its_event_ids(tmp_path: Path) -> None:
 
     store = CommitsThenFails()
     pipeline = Pipeline(store)
-    capture.install(pipeline, None)
-    try:
+    with _active(pipeline):
         for i in range(5):
             capture.emit("custom", data={"i": i})
         capture.emit("custom", data=Deferred(make, freeze({"x": 1}), 5))
         assert pipeline.flush(30)
-    finally:
-        capture.reset()
-        pipeline.shutdown()
     first, second = store.attempts
     assert first == second and len(set(first)) == 6 and None not in first
     assert made == [5]  # deferred data is made once, not once per attempt
@@ -174,16 +182,12 @@ def test_a_full_burst_is_written_without_lingering(tmp_path: Path) -> None:
 
     store = Signalling(str(tmp_path / "burst.db"))
     pipeline = Pipeline(store, linger=3600, burst=5)
-    capture.install(pipeline, None)
-    try:
+    with _active(pipeline):
         for i in range(5):
             capture.emit("custom", data={"i": i})
         assert written.wait(30)
         assert [e.event.data["i"] for e in store.events()] == list(range(5))
-    finally:
-        capture.reset()
-        pipeline.shutdown()
-        store.close()
+    store.close()
 
 
 def test_a_queue_smaller_than_a_burst_is_written_when_full(tmp_path: Path) -> None:
@@ -191,8 +195,7 @@ def test_a_queue_smaller_than_a_burst_is_written_when_full(tmp_path: Path) -> No
     # or every 4 events would wait for it (here an hour).
     store = SQLiteStore(str(tmp_path / "small.db"))
     pipeline = Pipeline(store, linger=3600, queue_size=4)
-    capture.install(pipeline, None)
-    try:
+    with _active(pipeline):
         submitting = threading.Thread(
             target=lambda: [capture.emit("custom", data={"i": i}) for i in range(20)])
         submitting.start()
@@ -200,10 +203,7 @@ def test_a_queue_smaller_than_a_burst_is_written_when_full(tmp_path: Path) -> No
         assert not submitting.is_alive()
         assert pipeline.flush(60)
         assert [e.event.data["i"] for e in store.events()] == list(range(20))
-    finally:
-        capture.reset()
-        pipeline.shutdown()
-        store.close()
+    store.close()
 
 
 class GatedStore(SQLiteStore):
@@ -590,8 +590,7 @@ def test_an_event_the_store_rejects_is_dead_lettered_and_the_rest_written(
     store = Picky(str(tmp_path / "picky.db"))
     dead = tmp_path / "dead.jsonl"
     pipeline = Pipeline(store, dead_letter_path=str(dead))
-    capture.install(pipeline, None)
-    try:
+    with _active(pipeline):
         log = tracevault.AuditLogger(session_id="poison")
         log.log_event("a")
         log.emit("custom", {"poison": True, "name": "bad"})
@@ -599,9 +598,6 @@ def test_an_event_the_store_rejects_is_dead_lettered_and_the_rest_written(
         assert not pipeline.flush(10)  # one event is not durable...
         log.log_event("c")
         assert pipeline.flush(10)  # ...and the writer carries on
-    finally:
-        capture.reset()
-        pipeline.shutdown()
     names = [e.event.data.get("name") for e in store.events()]
     assert names == ["a", "b", "c"]
     assert dead.read_text().count('"poison":true') == 1
