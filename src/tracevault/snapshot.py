@@ -25,7 +25,7 @@ import enum
 import math
 import traceback
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -47,10 +47,12 @@ _INT_LIMIT = 2**63
 
 
 def truncate_string(value: str, limit: int = MAX_STRING) -> str:
-    """Cut ``value`` to ``limit`` characters and say so, with the original length."""
+    """Cut ``value`` to ``limit`` characters, saying so and giving the original length
+    within them (so a string cut once is never cut again)."""
     if len(value) <= limit:
         return value
-    return f"{value[:limit]}…[truncated by tracevault: {len(value)} chars in original]"
+    note = f"…[truncated by tracevault: {len(value)} chars in original]"
+    return value[:max(limit - len(note), 0)] + note
 
 
 def describe_exception(exc: BaseException) -> dict[str, Any]:
@@ -371,16 +373,17 @@ def thaw(value: Any) -> Any:
     return orjson.loads(value.raw) if value.__class__ is Frozen else value
 
 
-def freeze_raw(value: Any) -> Any:
+def freeze_raw(value: Any, fields: Callable[[Any], Any] | None = None) -> Any:
     """Like :func:`freeze`, for framework objects whose fields the writer will read:
     pydantic models are copied as their field dicts (no ``model_dump`` walk).
 
-    Used for :class:`Deferred` payloads. A model's unset fields are null, so the
-    read-back that guards :func:`freeze` against NaN cannot apply here: a NaN or
-    infinity inside such a payload is recorded as null.
+    Used for :class:`Deferred` payloads. ``fields`` replaces :func:`model_fields` for
+    objects JSON has no form for (a framework that knows its objects better). A
+    model's unset fields are null, so the read-back that guards :func:`freeze` against
+    NaN cannot apply here: a NaN or infinity inside such a payload is recorded as null.
     """
     try:
-        out = orjson.dumps(value, default=_fields, option=_FREEZE_OPTIONS)
+        out = orjson.dumps(value, default=fields or model_fields, option=_FREEZE_OPTIONS)
     except (TypeError, orjson.JSONEncodeError):
         return snapshot(value)
     if _too_large(out):
@@ -388,7 +391,9 @@ def freeze_raw(value: Any) -> Any:
     return Frozen(bytes(memoryview(out)))  # a tight copy, as freeze() keeps
 
 
-def _fields(value: Any) -> Any:
+def model_fields(value: Any) -> Any:
+    """Return a pydantic model's fields as a dict (the dict it holds: not a copy), or
+    :func:`snapshot` of anything else; what :func:`freeze_raw` encodes objects as."""
     # A pydantic v2 model keeps its fields in __dict__ (and extra ones apart). Tested by
     # __pydantic_fields__: pydantic 2.11+ makes `model_fields` a deprecated class
     # property, four times slower to look up.

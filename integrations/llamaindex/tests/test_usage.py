@@ -9,6 +9,10 @@ from li_agents import ChatOnlyLLM
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
+    ImageBlock,
+    TextBlock,
+    ThinkingBlock,
+    ToolCallBlock,
 )
 from llama_index.core.llms.callbacks import llm_chat_callback
 from tracevault_llamaindex import usage
@@ -89,3 +93,46 @@ def test_a_streamed_call_keeps_its_finish_reason_and_the_model_that_answered(
     assert end.data["finish_reason"] == "stop"
     assert end.data["usage"] == {"input": 500, "output": 20, "total": 520}
     assert end.data["cost"] == pytest.approx(cost_of("gpt-4o-mini", 500, 20))
+
+
+class _Thinker(ChatOnlyLLM):
+    """Answers with its thinking, a sentence and a tool call, in blocks."""
+
+    @llm_chat_callback()
+    def chat(self, messages: Any, **kwargs: Any) -> ChatResponse:
+        return ChatResponse(message=ChatMessage(role="assistant", blocks=[
+            ThinkingBlock(content="The image shows a cat; look it up."),
+            TextBlock(text="Let me look that up."),
+            ToolCallBlock(tool_call_id="c1", tool_name="lookup", tool_kwargs={"q": "cat"}),
+        ]), raw={"usage": {"input_tokens": 1200, "output_tokens": 30}})
+
+
+def test_a_calls_attachments_thinking_and_tool_calls_are_recorded_as_sent(
+    cap: Capture, instrumented: Installed
+) -> None:
+    image = b"\x89PNG" + bytes(range(256)) * 64
+    question = ChatMessage(role="user", blocks=[
+        TextBlock(text="What is this?"),
+        ImageBlock(image=image, image_mimetype="image/png"),
+        ImageBlock(url="https://example.com/cat.png"),
+    ])
+    _Thinker().chat([question])
+    question.blocks[0].text = "changed afterwards"  # messages live on in the agent's memory
+    events = cap.events()
+    start, end = [e for e in events if e.kind == "llm_call"]
+    assert start.data["messages"] == [{
+        "role": "user", "content": "What is this?",
+        "attachments": [{"type": "image"},
+                        {"type": "image", "url": "https://example.com/cat.png"}],
+    }]
+    assert "iVBO" not in str(start.data)  # the image's bytes are not copied
+    assert end.data["response"] == "Let me look that up."
+    assert end.data["tool_calls"] == [{"id": "c1", "name": "lookup", "arguments": {"q": "cat"}}]
+    assert end.data["usage"] == {"input": 1200, "output": 30, "total": 1230}
+    thoughts = {e.name: e.data for e in events if e.kind == "reasoning"}
+    assert thoughts == {
+        "thinking": {"thought": "The image shows a cat; look it up.", "source": "thinking"},
+        "thought": {"thought": "Let me look that up.", "source": "text before tool calls"},
+    }
+    assert all(e.parent_span_id == start.parent_span_id for e in events
+               if e.kind == "reasoning")

@@ -16,10 +16,12 @@ import contextlib
 import sys
 import time
 import weakref
+from dataclasses import dataclass
 from typing import Any
 
 from tracevault.pricing import billed_model, cost_of
 from tracevault.schema import level_for
+from tracevault.snapshot import Deferred, freeze_raw
 from tracevault_llamaindex import payloads, usage
 from tracevault_llamaindex.state import LLMCall, Recorder, Span, elapsed_ms, interruption
 
@@ -126,28 +128,17 @@ def start(rec: Recorder, event: Any, chat: bool) -> None:
     span.anchor = span_id
     span.recorded = True
     extra = event.additional_kwargs
-    data: dict[str, Any] = {}
-    if call.model:
-        data["model"] = call.model
-    if call.provider:
-        data["provider"] = call.provider
-    if chat:
-        data["messages"] = payloads.messages(inputs)
-    else:
-        data["prompt"] = inputs
     tools = _offered_tools(extra.get("tools")) if isinstance(extra, dict) else None
-    if tools:
-        data["tools"] = tools
     params = usage.parameters_of(model_dict, extra)
-    if params:
-        data["parameters"] = params
+    # The messages are copied whole; the writer reads them (_start_data).
+    raw = freeze_raw(inputs, payloads.raw_fields) if chat else inputs
     rec.open_llm(call)
     rec.emit(
         "llm_call",
         call,
         phase="start",
         name=call.model or call.provider,
-        data=data,
+        data=Deferred(_start_data, raw, (call.model, call.provider, chat, tools, params)),
         span_id=span_id,
         parent=call.parent_anchor,
     )
@@ -253,58 +244,25 @@ def finish(
             waiting.remove(call.span_id)
         if not waiting:
             rec.lazy.pop(call.instance_key, None)
-    text, tool_calls, thinking = payloads.response_parts(response)
-    data: dict[str, Any] = {"status": status, "duration_ms": elapsed_ms(call.started)}
-    # The provider's own name for the model, when it is more precise or priced.
-    model = billed_model(call.model, usage.model_of(None, response))
-    if model:
-        data["model"] = model
-    if response is not None:
-        data["response"] = text
-    if tool_calls:
-        data["tool_calls"] = tool_calls
-    if call.streaming:
-        data["streamed"] = True
-        if call.first_token is not None:
-            data["time_to_first_token_ms"] = round((call.first_token - call.started) * 1000, 3)
-    if reason:
-        data["reason"] = reason
-    counts = usage.token_usage(response) if response is not None else {}
-    if counts:
-        data["usage"] = counts
-        cost = cost_of(model, counts.get("input"), counts.get("output"), counts.get("cached"))
-        if cost is not None:
-            data["cost"] = cost
-    finish_reason = usage.finish_reason_of(response) or call.finish_reason
-    if finish_reason:
-        data["finish_reason"] = finish_reason
-    rec.emit(
-        "llm_call",
-        call,
-        phase="end",
-        level=level_for(status),
-        name=model or call.provider,
-        data=data,
-        span_id=call.span_id,
-        parent=call.parent_anchor,
-    )
-    thought = "".join(call.thinking) or thinking
-    if thought:
-        rec.emit(
-            "reasoning",
-            call,
-            name="thinking",
-            data={"thought": thought, "source": "thinking"},
-            parent=call.parent_anchor,
-        )
-    if text and tool_calls:
-        rec.emit(
-            "reasoning",
-            call,
-            name="thought",
-            data={"thought": text, "source": "text before tool calls"},
-            parent=call.parent_anchor,
-        )
+    context = _Ending(status, elapsed_ms(call.started), call.model, call.streaming, reason,
+                      call.finish_reason)
+    if call.streaming and call.first_token is not None:
+        context.first_token_ms = round((call.first_token - call.started) * 1000, 3)
+    # The response is copied whole; the writer reads it (_end_data and the others below).
+    raw = freeze_raw(response, payloads.raw_fields) if response is not None else None
+    name = call.model or call.provider
+    rec.emit("llm_call", call, phase="end", level=level_for(status), name=name,
+             data=Deferred(_end_data, raw, context), span_id=call.span_id,
+             parent=call.parent_anchor)
+    text, calls, thinking = payloads.response_shape(response)
+    streamed_thought = "".join(call.thinking)
+    if streamed_thought or thinking:
+        rec.emit("reasoning", call, name="thinking",
+                 data=Deferred(_thinking_data, raw, streamed_thought),
+                 parent=call.parent_anchor)
+    if text and calls:
+        rec.emit("reasoning", call, name="thought", data=Deferred(_thought_data, raw),
+                 parent=call.parent_anchor)
     if exc is not None:
         owner = rec.spans.get(call.span_id) or rec.closed(call.span_id)
         if owner is not None:
@@ -313,10 +271,81 @@ def finish(
                 rec.hand_up(owner, [entry])
     flag = call.output_flag
     if flag is not None and flag[0] and status == "success":
-        rec.emit(
-            "output",
-            call,
-            name="final_answer",
-            data={"type": "final_answer", "content": text, "model": model},
-            parent=flag[1] or call.parent_anchor,
-        )
+        rec.emit("output", call, name="final_answer", data=Deferred(_answer_data, raw, context),
+                 parent=flag[1] or call.parent_anchor)
+
+
+# --- made by the ledger writer, from the copies above (tracevault.snapshot.Deferred) ----
+
+
+@dataclass(slots=True)
+class _Ending:
+    """What the caller knows of a call's end: its reading is left to the writer."""
+
+    status: str
+    duration_ms: float
+    model: str | None  # as the LLM was configured
+    streaming: bool
+    reason: str | None
+    finish_reason: str | None  # seen in a streamed chunk before the last
+    first_token_ms: float | None = None
+
+
+def _start_data(raw: Any, context: tuple[Any, ...]) -> dict[str, Any]:
+    model, provider, chat, tools, params = context
+    data: dict[str, Any] = {}
+    if model:
+        data["model"] = model
+    if provider:
+        data["provider"] = provider
+    if chat:
+        data["messages"] = payloads.messages(raw)
+    else:
+        data["prompt"] = raw
+    if tools:
+        data["tools"] = tools
+    if params:
+        data["parameters"] = params
+    return data
+
+
+def _end_data(response: Any, end: _Ending) -> dict[str, Any]:
+    text, tool_calls, _ = payloads.response_parts(response)
+    data: dict[str, Any] = {"status": end.status, "duration_ms": end.duration_ms}
+    # The provider's own name for the model, when it is more precise or priced.
+    model = billed_model(end.model, usage.model_of(None, response))
+    if model:
+        data["model"] = model
+    if response is not None:
+        data["response"] = text
+    if tool_calls:
+        data["tool_calls"] = tool_calls
+    if end.streaming:
+        data["streamed"] = True
+        if end.first_token_ms is not None:
+            data["time_to_first_token_ms"] = end.first_token_ms
+    if end.reason:
+        data["reason"] = end.reason
+    counts = usage.token_usage(response) if response is not None else {}
+    if counts:
+        data["usage"] = counts
+        cost = cost_of(model, counts.get("input"), counts.get("output"), counts.get("cached"))
+        if cost is not None:
+            data["cost"] = cost
+    finish_reason = usage.finish_reason_of(response) or end.finish_reason
+    if finish_reason:
+        data["finish_reason"] = finish_reason
+    return data
+
+
+def _thinking_data(response: Any, streamed: str) -> dict[str, Any]:
+    return {"thought": streamed or payloads.response_parts(response)[2], "source": "thinking"}
+
+
+def _thought_data(response: Any, _: None) -> dict[str, Any]:
+    return {"thought": payloads.response_parts(response)[0], "source": "text before tool calls"}
+
+
+def _answer_data(response: Any, end: _Ending) -> dict[str, Any]:
+    return {"type": "final_answer", "content": payloads.response_parts(response)[0],
+            "model": billed_model(end.model, usage.model_of(None, response))}

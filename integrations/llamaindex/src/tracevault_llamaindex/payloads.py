@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tracevault.snapshot import MAX_STRING, json_float, truncate_string
+from tracevault.snapshot import MAX_STRING, json_float, model_fields, truncate_string
 
 _PRIMITIVES = (str, int, float, bool, type(None))
 MAX_REPR = 2_000
@@ -109,31 +109,58 @@ def _text(value: Any) -> Any:
     return plain(value)
 
 
+def _field(obj: Any, name: str) -> Any:
+    # A live LlamaIndex object, or its frozen copy (a dict, see raw_fields).
+    return obj.get(name) if type(obj) is dict else getattr(obj, name, None)
+
+
+_READ_BLOCKS = frozenset({"text", "tool_call", "thinking"})  # what message_dict reads
+
+
+def _references(block: Any) -> dict[str, str]:
+    # Where an attachment (image, audio, document) lives, never its bytes.
+    refs: dict[str, str] = {}
+    for attr in ("url", "path", "title"):
+        ref = _field(block, attr)
+        if ref:
+            refs[attr] = str(ref)
+    return refs
+
+
+def raw_fields(value: Any) -> Any:
+    """How :func:`tracevault.snapshot.freeze_raw` copies LlamaIndex objects for the
+    writer: models as their fields, attachments (images, audio, documents) as where
+    they live, without their bytes (what :func:`message_dict` reads of them)."""
+    fields = model_fields(value)
+    if type(fields) is dict:
+        kind = fields.get("block_type")
+        if kind is not None and kind not in _READ_BLOCKS:
+            return {"block_type": kind, **_references(value)}
+    return fields
+
+
 def message_dict(message: Any) -> dict[str, Any]:
-    """Return ``{"role", "content", ...}`` for a LlamaIndex ``ChatMessage``."""
+    """Return ``{"role", "content", ...}`` for a LlamaIndex ``ChatMessage`` (or its
+    copy made by :func:`raw_fields`)."""
     try:
-        role = message.role
+        role = _field(message, "role")
         out: dict[str, Any] = {"role": getattr(role, "value", role)}
         texts: list[str] = []
         calls: list[dict[str, Any]] = []
         thinking: list[str] = []
         other: list[dict[str, Any]] = []
-        for block in message.blocks:
-            kind = getattr(block, "block_type", None)
+        for block in _field(message, "blocks"):
+            kind = _field(block, "block_type")
             if kind == "text":
-                texts.append(block.text)
+                texts.append(_field(block, "text"))
             elif kind == "tool_call":
                 calls.append(tool_call_block(block))
             elif kind == "thinking":
-                if block.content:
-                    thinking.append(block.content)
+                content = _field(block, "content")
+                if content:
+                    thinking.append(content)
             else:
-                entry: dict[str, Any] = {"type": kind or type(block).__name__}
-                for attr in ("url", "path", "title"):
-                    ref = getattr(block, attr, None)
-                    if ref:
-                        entry[attr] = str(ref)
-                other.append(entry)
+                other.append({"type": kind or type(block).__name__, **_references(block)})
         out["content"] = _cut("\n".join(texts)) if texts else None
         if calls:
             out["tool_calls"] = calls
@@ -141,7 +168,7 @@ def message_dict(message: Any) -> dict[str, Any]:
             out["thinking"] = _cut("\n".join(thinking))
         if other:
             out["attachments"] = other
-        extra = message.additional_kwargs
+        extra = _field(message, "additional_kwargs")
         if extra:
             if "tool_call_id" in extra:
                 out["tool_call_id"] = plain(extra["tool_call_id"])
@@ -155,33 +182,62 @@ def message_dict(message: Any) -> dict[str, Any]:
 
 
 def tool_call_block(block: Any) -> dict[str, Any]:
-    """Return ``{"id", "name", "arguments"}`` for a ``ToolCallBlock``."""
+    """Return ``{"id", "name", "arguments"}`` for a ``ToolCallBlock`` (or its copy)."""
     return {
-        "id": block.tool_call_id,
-        "name": block.tool_name,
-        "arguments": plain(block.tool_kwargs),
+        "id": _field(block, "tool_call_id"),
+        "name": _field(block, "tool_name"),
+        "arguments": plain(_field(block, "tool_kwargs")),
     }
 
 
+def _is_message(value: Any) -> bool:
+    return type(value).__name__ == "ChatMessage" or (type(value) is dict and "blocks" in value)
+
+
 def messages(value: Any) -> list[Any]:
-    """Convert a sequence of chat messages."""
+    """Convert a sequence of chat messages (or their copies)."""
     if not isinstance(value, Sequence) or isinstance(value, str):
         return [plain(value)]
-    return [message_dict(m) if type(m).__name__ == "ChatMessage" else plain(m) for m in value]
+    return [message_dict(m) if _is_message(m) else plain(m) for m in value]
 
 
 def response_parts(response: Any) -> tuple[Any, list[dict[str, Any]], str | None]:
-    """Return ``(text, tool_calls, thinking)`` of a chat or completion response."""
+    """Return ``(text, tool_calls, thinking)`` of a chat or completion response (or
+    its copy)."""
     if response is None:
         return None, [], None
-    message = getattr(response, "message", None)
+    message = _field(response, "message")
     if message is None:  # CompletionResponse
-        return getattr(response, "text", None), [], None
+        return _field(response, "text"), [], None
     data = message_dict(message)
     calls = data.get("tool_calls") or []
     if not isinstance(calls, list):
         calls = [calls]
     return data.get("content"), calls, data.get("thinking")
+
+
+def response_shape(response: Any) -> tuple[bool, bool, bool]:
+    """Whether a live response has text, tool calls and thinking: what decides which
+    events its end makes, read without converting it (the writer does that)."""
+    message = getattr(response, "message", None)
+    if message is None:  # CompletionResponse, or no response
+        return bool(getattr(response, "text", None)), False, False
+    text = calls = thinking = False
+    try:
+        for block in message.blocks:
+            kind = getattr(block, "block_type", None)
+            if kind == "text":
+                text = text or bool(block.text)
+            elif kind == "tool_call":
+                calls = True
+            elif kind == "thinking":
+                thinking = thinking or bool(block.content)
+        extra = message.additional_kwargs
+        if not calls and extra:
+            calls = bool(extra.get("tool_calls"))
+    except Exception:
+        return True, False, False  # unreadable: its end records what the writer reads
+    return text, calls, thinking
 
 
 def tool_spec(tool: Any) -> Any:

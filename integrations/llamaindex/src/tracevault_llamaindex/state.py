@@ -23,7 +23,7 @@ from llama_index_instrumentation.dispatcher import active_instrument_tags
 
 from tracevault import capture
 from tracevault.context import current_scope, current_span
-from tracevault.snapshot import describe_exception, first_report
+from tracevault.snapshot import Deferred, describe_exception, first_report
 
 log = logging.getLogger("tracevault.llamaindex")
 
@@ -145,7 +145,7 @@ class Recorder:
         phase: str = "point",
         level: str = "info",
         name: str | None = None,
-        data: dict[str, Any] | None = None,
+        data: dict[str, Any] | Deferred | None = None,
         span_id: str | None = None,
         parent: str | None = None,
         metadata: dict[str, Any] | None = None,
