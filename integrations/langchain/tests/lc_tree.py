@@ -20,6 +20,7 @@ def check_tree(events: Sequence[AuditEvent]) -> dict[str, AuditEvent]:
     for ev in events:
         assert ev.framework == "langchain", ev
         assert ev.trace_id, ev
+        assert ev.span_id is None or ev.span_id != ev.parent_span_id, f"its own parent: {ev}"
         if ev.parent_span_id is not None:
             parent = starts.get(ev.parent_span_id)
             assert parent is not None, f"parent of {ev.kind} {ev.name} not started before it"

@@ -19,7 +19,7 @@ from lc_agents import (
 )
 from lc_tree import check_tree, kinds, parent_of
 from tracevault_langchain import TracevaultCallbackHandler
-from tracevault_langchain.testing import ScriptedChatModel
+from tracevault_langchain.testing import ScriptedChatModel, ai, tool_call
 
 from tracevault.pricing import cost_of
 from tracevault.schema import AuditEvent, validate_event
@@ -306,3 +306,38 @@ def test_at_level_info_graph_steps_are_skipped_and_the_tree_stays_whole(tmp_path
     assert kinds(events) == AGENT_SEQUENCE
     tool = next(e for e in events if e.kind == "tool_call")
     assert parent_of(tool, starts).kind == "agent"
+
+
+def test_a_tool_that_answers_directly_is_the_final_answer(cap: Capture) -> None:
+    from langchain_core.tools import tool
+
+    @tool(return_direct=True)
+    def finish(answer: str) -> str:
+        """Give the user the final answer."""
+        return f"FINAL: {answer}"
+
+    model = ScriptedChatModel(messages=iter([
+        ai("Calling the finisher.", tool_calls=[tool_call("finish", {"answer": "42"}, "c1")])]))
+    out = react_agent(model, [finish]).invoke({"messages": [HumanMessage("meaning?")]},
+                                              _config())
+    assert out["messages"][-1].content == "FINAL: 42"
+    assert _one(cap.events(), "output", "point").data["content"] == "FINAL: 42"
+
+
+def test_a_structured_response_is_part_of_the_final_answer(cap: Capture) -> None:
+    from langchain.agents import create_agent
+    from langchain.agents.structured_output import ToolStrategy
+    from pydantic import BaseModel
+
+    class Weather(BaseModel):
+        city: str
+        temp_c: float
+
+    model = ScriptedChatModel(messages=iter([ai("", tool_calls=[
+        tool_call("Weather", {"city": "Paris", "temp_c": 21.5}, "s1")])]))
+    agent = create_agent(model, [], response_format=ToolStrategy(Weather))
+    out = agent.invoke({"messages": [HumanMessage("weather in Paris?")]}, _config())
+    answer = _one(cap.events(), "output", "point").data
+    assert answer["structured"] == out["structured_response"].model_dump() == {
+        "city": "Paris", "temp_c": 21.5}
+    assert answer["content"] == out["messages"][-1].content

@@ -212,7 +212,10 @@ def test_abandoned_sync_stream_ends_every_run(cap: Capture) -> None:
         break
     events = cap.events()
     check_tree(events)  # every started run ended, although the consumer walked away
-    assert not [e for e in events if e.kind == "error"]
+    assert not [e for e in events if e.kind in ("error", "output")]
+    # LangChain ends the abandoned run as if it had finished, before its steps end.
+    root_end = next(e for e in events if e.kind == "agent" and e.phase == "end")
+    assert root_end.data["status"] == "cancelled" and root_end.level == "warning"
 
 
 async def test_abandoned_async_stream_is_cancelled_not_failed(cap: Capture) -> None:
@@ -261,6 +264,25 @@ def test_model_error_is_recorded_once_with_the_failing_model(cap: Capture) -> No
     assert errors[0].span_id == llm_end.span_id
     assert llm_end.data["status"] == "error"
     assert events[-1].data["status"] == "error"
+
+
+def test_a_runnable_called_again_for_another_input_is_no_retry(cap: Capture) -> None:
+    def score(x: int) -> int:
+        if x == 2:
+            raise ValueError(f"cannot score {x}")
+        return x * 10
+
+    scorer = RunnableLambda(score, name="score")
+
+    def score_all(items: list[int], config: RunnableConfig) -> list[Any]:
+        return scorer.batch(items, {**config, "max_concurrency": 1}, return_exceptions=True)
+
+    results = RunnableLambda(score_all, name="score_all").invoke([1, 2, 3], _cfg())
+    assert results[0] == 10 and isinstance(results[1], ValueError) and results[2] == 30
+    events = cap.events()
+    check_tree(events)
+    assert [e.data["message"] for e in events if e.kind == "error"] == ["cannot score 2"]
+    assert not [e for e in events if e.name == "error_recovered"]
 
 
 @pytest.mark.parametrize("level", ["debug", "info"])

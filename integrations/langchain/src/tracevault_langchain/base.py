@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
@@ -136,8 +137,10 @@ class HandlerBase(_Base):
         # The run's tokens and cost are added up by the ledger writer as it makes each
         # model call's data (models._end_data), so the totals are read there too: this
         # event is queued after every model call of the run.
-        content = freeze(convert.output_view(outputs))
-        self._rec.emit(st, "output", "point", Deferred(_output_data, content, st.trace),
+        # An agent with a response_format answers with a structured response as well.
+        structured = outputs.get("structured_response") if isinstance(outputs, Mapping) else None
+        answer = freeze([convert.output_view(outputs), structured])
+        self._rec.emit(st, "output", "point", Deferred(_output_data, answer, st.trace),
                        name="final_answer", point=True)
 
 
@@ -146,10 +149,13 @@ def ms_since(started: float) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def _output_data(content: Any, trace: Trace) -> dict[str, Any]:
+def _output_data(answer: list[Any], trace: Trace) -> dict[str, Any]:
     # Made by the ledger writer (tracevault.snapshot.Deferred).
+    content, structured = answer
     data: dict[str, Any] = {"type": "final_answer", "content": content,
                             "tokens_used": trace.tokens}
+    if structured is not None:
+        data["structured"] = structured
     if trace.model:
         data["model"] = trace.model
     if trace.cost is not None:

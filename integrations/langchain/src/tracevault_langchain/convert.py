@@ -332,7 +332,8 @@ def input_view(inputs: Any) -> tuple[str, Any]:
 
 
 def output_view(outputs: Any) -> Any:
-    """Return the final answer of a root run: the last assistant message's content if any."""
+    """Return the final answer of a root run: the content of the message it ended on (an
+    assistant's, or a tool's that answers directly), else of the last assistant message."""
     if isinstance(outputs, str):
         return outputs
     if isinstance(outputs, BaseMessage):
@@ -340,7 +341,10 @@ def output_view(outputs: Any) -> Any:
     if isinstance(outputs, Mapping):
         messages = outputs.get("messages")
         if isinstance(messages, (list, tuple)) and messages:
-            last = _last_message(messages, ("ai", "assistant"))
+            # A tool with return_direct ends the run on its ToolMessage.
+            last = _last_message(messages[-1:], ("ai", "assistant", "tool"))
+            if last is None:
+                last = _last_message(messages, ("ai", "assistant"))
             if last is not None:
                 return last["content"]
         for key in ("output", "answer", "result"):

@@ -102,9 +102,16 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
                     self._input(st, kwargs.get("inputs"), st.extra)
                 if st.interrupted:  # paused at interrupt(): no answer yet, a resume follows
                     data["status"] = "interrupted"
+                elif st.trace.open:
+                    # Steps of the run still open: the consumer stopped reading a sync
+                    # stream, which LangChain ends as if it had finished (its steps end
+                    # after it).
+                    data["status"] = "cancelled"
+                    data["reason"] = "the consumer stopped reading the stream"
                 else:
                     self._output(st, outputs)
-                self._rec.emit(st, "agent", "end", data, owned=True)
+                self._rec.emit(st, "agent", "end", data, level=level_for(data["status"]),
+                               owned=True)
                 return
             if capture.is_enabled_for("trace"):
                 data["outputs"] = outputs

@@ -139,10 +139,12 @@ class Recorder:
                 if tag.startswith(_RETRY_TAG):  # RunnableRetry: recovers the last attempt
                     self._retry_started(state, tag[len(_RETRY_TAG):])
                     return state
-        if kind == "chain" and state.trace.last_failure:
-            # A step that failed starting again under the same parent: a LangGraph node's
-            # RetryPolicy (a failed node otherwise ends the graph). Only chain steps: the
-            # same tool twice in one tools node is two calls, not a retry.
+        if (kind == "chain" and state.trace.last_failure and metadata
+                and metadata.get("langgraph_node") == name):
+            # A graph node that failed starting again under the same parent: its
+            # RetryPolicy (a failed node otherwise ends the graph). Only node runs: the
+            # same tool twice in one tools node, or a runnable called again for another
+            # input, is another call, not a retry.
             self._retry_started(state, None)
         return state
 
@@ -271,6 +273,8 @@ class Recorder:
         A ``custom`` event named ``error_recovered`` rather than a second ``error``, so
         each failure is counted once. ``payload`` holds only strings and numbers.
         """
+        if span is not None and span == parent:
+            span = None  # the failed run was not recorded: a point under its parent
         capture.record("custom", "point", "warning", "error_recovered",
                        {"name": "error_recovered", "payload": payload}, FRAMEWORK,
                        state.session_id, state.user_id, state.trace.trace_id, span,

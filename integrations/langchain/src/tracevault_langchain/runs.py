@@ -57,6 +57,8 @@ class Trace:
     failed_tools: dict[str, FailedTool] = field(default_factory=dict)  # by tool_call_id
     # by parent span and name: what a retry (the same runnable again) looks up
     last_failure: dict[tuple[SpanId | None, str], FailedTool] = field(default_factory=dict)
+    # Runs of this trace still open (keys in the run table), the root's included.
+    open: set[int] = field(default_factory=set)
 
     def add_usage(self, model: str | None, tokens: int, cost: float | None) -> None:
         """Add one model call's tokens and cost to the run's totals."""
@@ -172,11 +174,11 @@ class RunTable:
         if len(runs) < self.max_open:
             # setdefault is one atomic step under the GIL: no lock on the common path.
             current = runs.setdefault(key, state)
-            if current is state:
-                return True, ()
-            if current.owner != state.owner:
-                return False, ()
-            runs[key] = state  # the same handler saw this run start again
+            if current is not state:
+                if current.owner != state.owner:
+                    return False, ()
+                runs[key] = state  # the same handler saw this run start again
+            state.trace.open.add(key)
             return True, ()
         evicted: list[RunState] = []
         with self._lock:
@@ -190,8 +192,10 @@ class RunTable:
                     continue
                 old = runs.pop(oldest, None)
                 if old is not None:
+                    old.trace.open.discard(oldest)
                     evicted.append(old)
             runs[key] = state
+            state.trace.open.add(key)
             self.evicted += len(evicted)
         return True, evicted
 
@@ -201,7 +205,10 @@ class RunTable:
         state = self._runs.get(key)
         if state is None or state.owner != owner:
             return None
-        return self._runs.pop(key, None)  # atomic: a racing pop gets None
+        state = self._runs.pop(key, None)  # atomic: a racing pop gets None
+        if state is not None:
+            state.trace.open.discard(key)
+        return state
 
     def clear(self) -> None:
         """Forget every open run (tests; after a fork)."""
