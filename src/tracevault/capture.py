@@ -243,7 +243,7 @@ def emit(
     owned: bool = False,
 ) -> bool:
     """Record one event; return whether it was queued (``False``: its level is filtered
-    out, or capturing failed and was logged).
+    out, or capturing failed and was logged). A ``durable`` event is never filtered.
 
     Session, user, metadata and tags not given here come from the enclosing
     :func:`tracevault.context`; trace and parent come from the current span when
@@ -283,16 +283,19 @@ def record(
     timestamp: datetime | None = None,
     durable: bool = False,
     owned: bool = False,
+    keep: bool = False,
 ) -> bool:
     """:func:`emit` for producers that place their events themselves (framework
-    handlers): arguments by position, and no current span looked up."""
+    handlers): arguments by position, and no current span looked up. ``keep=True``
+    records the event whatever its level: the end of a step whose start was recorded
+    (a strict-mode intent is, whatever the level)."""
     global _capture_errors
     # Runs inside every framework callback, where none of this code is in cache: plain
     # lookups, positional arguments, and at most one copy.
     try:
         if _settings is None:
             settings()  # the first event: TRACEVAULT_LEVEL applies to it too
-        if LEVEL_RANK[level] < _min_rank:
+        if LEVEL_RANK[level] < _min_rank and not (durable or keep):
             return False
         if kind not in _KINDS or phase not in _PHASES:
             raise ValueError(f"unknown event kind {kind!r} or phase {phase!r}")

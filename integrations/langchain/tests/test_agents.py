@@ -308,6 +308,26 @@ def test_at_level_info_graph_steps_are_skipped_and_the_tree_stays_whole(tmp_path
     assert parent_of(tool, starts).kind == "agent"
 
 
+@pytest.mark.parametrize("level", ["warning", "error"])
+def test_above_info_only_failures_are_recorded_and_no_end_lacks_its_start(
+    tmp_path: Any, level: str
+) -> None:
+    from tracevault.testing import capture_events
+
+    model = ScriptedChatModel(messages=iter(two_tools_then_answer("get_weather", "broken_clock")))
+    with capture_events(tmp_path, level=level) as cap:
+        react_agent(model, [get_weather, broken_clock]).invoke(
+            {"messages": [HumanMessage("weather and time?")]}, _config())
+        events = cap.events()
+    check_tree(events)  # no end without its start, no parent that was not recorded
+    expected = [("error", "point", "broken_clock")]
+    if level == "warning":
+        expected.append(("custom", "point", "error_recovered"))
+    assert kinds(events) == expected
+    error = events[0]
+    assert error.data["type"] == "TimeoutError" and error.parent_span_id is None
+
+
 def test_a_tool_that_answers_directly_is_the_final_answer(cap: Capture) -> None:
     from langchain_core.tools import tool
 

@@ -23,7 +23,7 @@ from tracevault_langchain.testing import ScriptedChatModel, ai, tool_call
 
 from tracevault import capture
 from tracevault.pipeline import DurabilityError, Pipeline
-from tracevault.schema import AuditEvent
+from tracevault.schema import LEVEL_RANK, AuditEvent
 from tracevault.store import StoreError, open_store
 from tracevault.store.sqlite import SQLiteStore
 from tracevault.testing import Capture
@@ -190,6 +190,27 @@ def test_strict_setting_aborts_an_agent_tool_call(
         agent.invoke({"messages": [HumanMessage("pay")]},
                      {"callbacks": [TracevaultCallbackHandler()]})
     assert charged == []
+
+
+def test_strict_intents_are_recorded_whatever_the_level(
+    broken_ledger: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(capture, "_min_rank", LEVEL_RANK["error"])  # TRACEVAULT_LEVEL=error
+    charge, charged = _charge_tool()
+    with pytest.raises(DurabilityError):
+        charge.invoke({"amount": 40}, {"callbacks": [TracevaultCallbackHandler(strict=True)]})
+    assert charged == []
+
+
+def test_a_strict_intent_below_the_level_is_recorded_with_its_end(
+    cap: Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(capture, "_min_rank", LEVEL_RANK["error"])
+    charge, charged = _charge_tool()
+    charge.invoke({"amount": 2}, {"callbacks": [TracevaultCallbackHandler(strict=True)]})
+    assert charged == [2]
+    assert [(e.phase, e.data["status"]) for e in cap.events()] == [
+        ("start", "pending"), ("end", "success")]
 
 
 def test_without_strict_a_broken_ledger_never_stops_the_tool(broken_ledger: None) -> None:

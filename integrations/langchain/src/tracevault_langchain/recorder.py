@@ -192,15 +192,24 @@ class Recorder:
         """Emit an event of ``state``'s run (its start/end), or a point inside it.
 
         ``owned=True``: ``data`` holds only plain values built here, queued uncopied
-        (see :func:`tracevault.capture.emit`).
+        (see :func:`tracevault.capture.emit`). A run whose start is not recorded (below
+        the level) is not recorded at all: no end, and what happens inside it hangs
+        under its nearest recorded ancestor.
         """
         if point:
             span, parent = None, state.child_span
         else:
             span, parent = state.span, state.parent_span
-        capture.record(kind, phase, level, name if name is not None else state.name, data,
-                       FRAMEWORK, state.session_id, state.user_id, state.trace.trace_id,
-                       span, parent, metadata, None, None, durable, owned)
+            if span is None:
+                return
+        # The end of a recorded start is recorded whatever its level (a strict-mode
+        # intent is recorded whatever the level).
+        kept = capture.record(kind, phase, level, name if name is not None else state.name,
+                              data, FRAMEWORK, state.session_id, state.user_id,
+                              state.trace.trace_id, span, parent, metadata, None, None,
+                              durable, owned, phase == "end")
+        if not kept and phase == "start":
+            state.span = None
 
     def emit_on(self, state: RunState, kind: str, data: dict[str, Any], *, level: str,
                 name: str | None = None) -> None:
@@ -231,15 +240,14 @@ class Recorder:
         if recovery_action is not None:
             data["recovery_action"] = recovery_action
         self.emit_on(state, "error", data, level=level)
-        span = state.child_span  # where the error was recorded (a hidden run: its parent)
-        if span is not None:
-            state.trace.run_failed(state.parent_span, state.name, FailedTool(
-                span, data["where"], data["type"], data["message"]))
+        # Where the error was recorded (a hidden run: its nearest recorded ancestor).
+        state.trace.run_failed(state.parent_span, state.name, FailedTool(
+            state.child_span, data["where"], data["type"], data["message"]))
         return True
 
     def tool_failed(self, state: RunState, error_type: str, message: str) -> None:
         """Remember a failed tool call so its recovery can be recorded later."""
-        if state.tool_call_id and state.span is not None:
+        if state.tool_call_id:
             state.trace.tool_failed(
                 state.tool_call_id, FailedTool(state.span, state.name, error_type, message)
             )

@@ -35,7 +35,7 @@ SpanId = str | UUID
 class FailedTool:
     """A failed run (a tool call, a retried attempt) whose recovery may follow."""
 
-    span: SpanId
+    span: SpanId | None  # where its error was recorded (None: in no recorded run)
     name: str
     error_type: str
     message: str
