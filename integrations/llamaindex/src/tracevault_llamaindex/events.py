@@ -30,27 +30,36 @@ def _is_root(span: Span) -> bool:
 
 def _step_start(rec: Recorder, event: Any, kind: str, name: str, data: dict[str, Any],
                 level: str = "debug", owned: bool = True) -> Span | None:
+    """Start an event-derived step in the event's span; return the span (``None`` if
+    unknown or already in a step). A step filtered out by level stays unrecorded: no
+    ``step``, and its children keep the span's inherited anchor."""
     span = _span(rec, event)
     if span is None or span.step is not None:
         return None
-    span.step = (kind, name)
-    span.anchor = span.id
-    span.recorded = True
-    rec.emit(kind, span, phase="start", level=level, name=name, data=data,
-             span_id=span.id, parent=span.parent_anchor, owned=owned)
+    if rec.emit(kind, span, phase="start", level=level, name=name, data=data,
+                span_id=span.id, parent=span.parent_anchor, owned=owned):
+        span.step = (kind, name)
+        span.anchor = span.id
+        span.recorded = True
     return span
 
 
-def _step_end(rec: Recorder, event: Any, kind: str, data: dict[str, Any],
-              level: str = "debug") -> Span | None:
+def _step_end(rec: Recorder, event: Any, kind: str,
+              data_of: Callable[[Any], dict[str, Any]], level: str = "debug") -> Span | None:
+    """End the recorded step of ``kind`` in the event's span, with ``data_of(event)``
+    (read only for a recorded step); return the event's span, recorded or not."""
     span = _span(rec, event)
-    if span is None or span.step is None or span.step[0] != kind:
+    if span is None:
         return None
-    name = span.step[1]
+    step = span.step
+    if step is None or step[0] != kind:
+        return span
     span.step = None
+    span.recorded = False  # its end is recorded now: nothing left to end on exit or drop
+    data = data_of(event)
     data["status"] = "success"
     data["duration_ms"] = elapsed_ms(span.started)
-    rec.emit(kind, span, phase="end", level=level, name=name, data=data,
+    rec.emit(kind, span, phase="end", level=level, name=step[1], data=data,
              span_id=span.id, parent=span.parent_anchor)
     return span
 
@@ -60,13 +69,13 @@ def _query_start(rec: Recorder, event: Any) -> None:
     span = _step_start(rec, event, "chain", "query", {"inputs": {"query": query}})
     if span is not None and _is_root(span):
         rec.emit("input", span, name="query", data={"type": "query", "content": query},
-                 parent=span.id)
+                 parent=span.anchor)
 
 
 def _query_end(rec: Recorder, event: Any) -> None:
     response = event.response
     text = payloads.text_of(response)
-    span = _step_end(rec, event, "chain", {"outputs": {"response": text}})
+    span = _step_end(rec, event, "chain", lambda _: {"outputs": {"response": text}})
     if span is None or not _is_root(span):
         return
     gen = getattr(response, "response_gen", None) or getattr(
@@ -74,10 +83,10 @@ def _query_end(rec: Recorder, event: Any) -> None:
     if gen is not None:  # the answer is streamed later: the LLM call's end records it
         flag = rec.watch_stream(gen, span)
         if flag is not None:
-            flag[0], flag[1] = True, span.id
+            flag[0], flag[1] = True, span.anchor
         return
     rec.emit("output", span, name="final_answer",
-             data={"type": "final_answer", "content": text}, parent=span.id)
+             data={"type": "final_answer", "content": text}, parent=span.anchor)
 
 
 def _retrieval_start(rec: Recorder, event: Any) -> None:
@@ -85,11 +94,13 @@ def _retrieval_start(rec: Recorder, event: Any) -> None:
     _step_start(rec, event, "retrieval", "retrieve", {"query": query}, level="info")
 
 
+def _retrieval_data(event: Any) -> dict[str, Any]:
+    return {"query": payloads.text_of(event.str_or_query_bundle),
+            "documents": payloads.documents(event.nodes)}
+
+
 def _retrieval_end(rec: Recorder, event: Any) -> None:
-    _step_end(rec, event, "retrieval", {
-        "query": payloads.text_of(event.str_or_query_bundle),
-        "documents": payloads.documents(event.nodes),
-    }, level="info")
+    _step_end(rec, event, "retrieval", _retrieval_data, level="info")
 
 
 def _synthesize_start(rec: Recorder, event: Any) -> None:
@@ -97,8 +108,12 @@ def _synthesize_start(rec: Recorder, event: Any) -> None:
                 {"inputs": {"query": payloads.text_of(event.query)}})
 
 
+def _synthesize_data(event: Any) -> dict[str, Any]:
+    return {"outputs": {"response": payloads.text_of(event.response)}}
+
+
 def _synthesize_end(rec: Recorder, event: Any) -> None:
-    _step_end(rec, event, "chain", {"outputs": {"response": payloads.text_of(event.response)}})
+    _step_end(rec, event, "chain", _synthesize_data)
 
 
 def _embedding_start(rec: Recorder, event: Any) -> None:
@@ -109,13 +124,15 @@ def _embedding_start(rec: Recorder, event: Any) -> None:
     }}, owned=False)  # values read from the model's dict as they are
 
 
-def _embedding_end(rec: Recorder, event: Any) -> None:
+def _embedding_data(event: Any) -> dict[str, Any]:
     vectors = event.embeddings
     first = vectors[0] if vectors else None
-    _step_end(rec, event, "chain", {"outputs": {
-        "chunks": len(event.chunks),
-        "dimensions": len(first) if first is not None else None,
-    }})
+    return {"outputs": {"chunks": len(event.chunks),
+                        "dimensions": len(first) if first is not None else None}}
+
+
+def _embedding_end(rec: Recorder, event: Any) -> None:
+    _step_end(rec, event, "chain", _embedding_data)
 
 
 def _rerank_start(rec: Recorder, event: Any) -> None:
@@ -127,9 +144,12 @@ def _rerank_start(rec: Recorder, event: Any) -> None:
     }, level="info")
 
 
+def _rerank_data(event: Any) -> dict[str, Any]:
+    return {"documents": payloads.documents(event.nodes)}
+
+
 def _rerank_end(rec: Recorder, event: Any) -> None:
-    _step_end(rec, event, "retrieval", {"documents": payloads.documents(event.nodes)},
-              level="info")
+    _step_end(rec, event, "retrieval", _rerank_data, level="info")
 
 
 def _exception(rec: Recorder, event: Any) -> None:

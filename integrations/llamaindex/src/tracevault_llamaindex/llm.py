@@ -124,16 +124,14 @@ def start(rec: Recorder, event: Any, chat: bool) -> None:
         provider=usage.provider_of(model_dict),
     )
     call.output_flag = span.output_flag
-    span.llm_owner = span_id
-    span.anchor = span_id
-    span.recorded = True
+    span.llm_owner = span_id  # tracked even when not recorded: its nested calls fold into it
+    rec.open_llm(call)
     extra = event.additional_kwargs
     tools = _offered_tools(extra.get("tools")) if isinstance(extra, dict) else None
     params = usage.parameters_of(model_dict, extra)
     # The messages are copied whole; the writer reads them (_start_data).
     raw = freeze_raw(inputs, payloads.raw_fields) if chat else inputs
-    rec.open_llm(call)
-    rec.emit(
+    if rec.emit(
         "llm_call",
         call,
         phase="start",
@@ -141,7 +139,9 @@ def start(rec: Recorder, event: Any, chat: bool) -> None:
         data=Deferred(_start_data, raw, (call.model, call.provider, chat, tools, params)),
         span_id=span_id,
         parent=call.parent_anchor,
-    )
+    ):
+        call.recorded = span.recorded = True
+        span.anchor = span_id
 
 
 def progress(rec: Recorder, event: Any) -> None:
@@ -250,10 +250,10 @@ def finish(
         context.first_token_ms = round((call.first_token - call.started) * 1000, 3)
     # The response is copied whole; the writer reads it (_end_data and the others below).
     raw = freeze_raw(response, payloads.raw_fields) if response is not None else None
-    name = call.model or call.provider
-    rec.emit("llm_call", call, phase="end", level=level_for(status), name=name,
-             data=Deferred(_end_data, raw, context), span_id=call.span_id,
-             parent=call.parent_anchor)
+    if call.recorded:  # a call whose start was filtered out records no end
+        rec.emit("llm_call", call, phase="end", level=level_for(status),
+                 name=call.model or call.provider, data=Deferred(_end_data, raw, context),
+                 span_id=call.span_id, parent=call.parent_anchor)
     text, calls, thinking = payloads.response_shape(response)
     streamed_thought = "".join(call.thinking)
     if streamed_thought or thinking:
@@ -266,7 +266,8 @@ def finish(
     if exc is not None:
         owner = rec.spans.get(call.span_id) or rec.closed(call.span_id)
         if owner is not None:
-            entry = rec.new_error(owner, exc, owner.name, call.span_id)
+            entry = rec.new_error(owner, exc, owner.name,
+                                  call.span_id if call.recorded else None)
             if entry is not None:
                 rec.hand_up(owner, [entry])
     flag = call.output_flag

@@ -220,8 +220,9 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
         elif role == RUN and span.run is not None:
             if span.run.turn_id is not None:
                 self._switch_turn(span, span.run, None, "abandoned")
-            rec.emit("agent", span, phase="end", level="warning", name=span.name,
-                     data=data, span_id=span.id, parent=span.parent_anchor)
+            if span.recorded:
+                rec.emit("agent", span, phase="end", level="warning", name=span.name,
+                         data=data, span_id=span.id, parent=span.parent_anchor)
         elif span.step is not None:
             kind, name = span.step
             span.step = None
@@ -254,19 +255,19 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
         name = (getattr(instance, "name", None) if agent else None) or type(instance).__name__
         span.run = RunState(str(name), isinstance(instance, workflow_cls))
         span.name = span.run.name
-        span.anchor = span.id
-        span.recorded = True
         start_event = bound_args.arguments.get("start_event")
         inputs = (payloads.event_fields(start_event, skip=roles.NOT_INPUTS)
                   if start_event is not None else {})
         user_msg = inputs.pop("user_msg", None)
-        self._rec.emit("agent", span, phase="start", name=span.name, data={"inputs": inputs},
-                       span_id=span.id, parent=span.parent_anchor)
+        if self._rec.emit("agent", span, phase="start", name=span.name,
+                          data={"inputs": inputs}, span_id=span.id, parent=span.parent_anchor):
+            span.anchor = span.id
+            span.recorded = True
         if start_event is not None and user_msg is not None:
             content = payloads.text_of(start_event.get("user_msg"))
             self._rec.emit("input", span, name="user_message",
                            data={"type": "user_message", "content": content},
-                           parent=span.id)
+                           parent=span.anchor)
 
     def _step_start(self, span: Span, method: str, bound_args: inspect.BoundArguments) -> None:
         span.name = method
@@ -289,9 +290,9 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
                 break
         if run is not None and run.turn_id is not None:
             span.anchor = span.parent_anchor = run.turn_id
-        if capture.is_enabled_for("trace"):
-            self._rec.emit("chain", span, phase="start", level="trace", name=method,
-                           data={}, span_id=span.id, parent=span.parent_anchor)
+        if capture.is_enabled_for("trace") and self._rec.emit(
+                "chain", span, phase="start", level="trace", name=method, data={},
+                span_id=span.id, parent=span.parent_anchor):
             span.anchor = span.id
             span.recorded = True
 
@@ -301,16 +302,19 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
         if run.turn_id is not None:
             rec.emit("agent", run_span, phase="end", name=run.turn_agent,
                      data={"status": status, "duration_ms": elapsed_ms(run.turn_started)},
-                     span_id=run.turn_id, parent=run_span.id)
+                     span_id=run.turn_id, parent=run_span.anchor)
         run.turn_id = run.turn_agent = None
         if agent is None:
             return
-        run.turn_id = new_span_id()
+        # The turn's agent is tracked even when its start is filtered out (to notice
+        # the next hand-off); its id, which steps hang under, only when recorded.
         run.turn_agent = agent
         run.turn_started = time.perf_counter()
-        rec.emit("agent", run_span, phase="start", name=agent,
-                 data={"inputs": {"agent": agent, "workflow": run.name}},
-                 span_id=run.turn_id, parent=run_span.id)
+        turn_id = new_span_id()
+        if rec.emit("agent", run_span, phase="start", name=agent,
+                    data={"inputs": {"agent": agent, "workflow": run.name}},
+                    span_id=turn_id, parent=run_span.anchor):
+            run.turn_id = turn_id
 
     def _tool_start(self, span: Span, instance: Any, bound_args: inspect.BoundArguments) -> None:
         metadata = instance.metadata
@@ -320,8 +324,6 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
             return
         span.tool_name = tool_name
         span.name = tool_name
-        span.anchor = span.id
-        span.recorded = True
         data: dict[str, Any] = {
             "tool_name": tool_name,
             "parameters": roles.tool_parameters(instance, bound_args),
@@ -329,9 +331,15 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
         }
         if span.tool_id is not None:
             data["tool_call_id"] = span.tool_id
-        self._rec.emit("tool_call", span, phase="start", name=tool_name, data=data,
-                       span_id=span.id, parent=span.parent_anchor,
-                       durable=capture.settings().strict)
+        kept = True  # a strict intent queued but not confirmed durable still gets its end
+        try:
+            kept = self._rec.emit("tool_call", span, phase="start", name=tool_name, data=data,
+                                  span_id=span.id, parent=span.parent_anchor,
+                                  durable=capture.settings().strict)
+        finally:
+            if kept:
+                span.anchor = span.id
+                span.recorded = True
 
     # --- exit ----------------------------------------------------------------------------------
 
@@ -378,28 +386,32 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
 
     def _tool_end(self, span: Span, result: Any, err: BaseException | None,
                   interrupted: str | None = None) -> None:
-        if interrupted is not None:  # cancelled, or waiting for an event: no failure
-            status, is_error, content = interrupted, False, f"{type(err).__name__}: {err}"
-        elif err is not None:
-            status, is_error, content = "error", True, f"{type(err).__name__}: {err}"
-        elif type(result).__name__ == "ToolOutput":
-            is_error = bool(getattr(result, "is_error", False))
-            status, content = ("error" if is_error else "success"), payloads.tool_output_content(
-                result)
-        else:
-            status, is_error, content = "success", False, payloads.plain(result)
-        duration = elapsed_ms(span.started)
-        data: dict[str, Any] = {"tool_name": span.name, "result": content, "status": status,
-                                "is_error": is_error, "duration_ms": duration}
-        if span.tool_id is not None:
-            data["tool_call_id"] = span.tool_id
+        """Record the tool call's outcome (if its intent was recorded) and a slow-tool
+        warning (in any case: under a level that hides tool calls it still shows)."""
         rec = self._rec
-        rec.emit("tool_call", span, phase="end", level=level_for(status),
-                 name=span.name, data=data, span_id=span.id, parent=span.parent_anchor)
+        duration = elapsed_ms(span.started)
+        if span.recorded:
+            if interrupted is not None:  # cancelled, or waiting for an event: no failure
+                status, is_error, content = interrupted, False, f"{type(err).__name__}: {err}"
+            elif err is not None:
+                status, is_error, content = "error", True, f"{type(err).__name__}: {err}"
+            elif type(result).__name__ == "ToolOutput":
+                is_error = bool(getattr(result, "is_error", False))
+                status = "error" if is_error else "success"
+                content = payloads.tool_output_content(result)
+            else:
+                status, is_error, content = "success", False, payloads.plain(result)
+            data: dict[str, Any] = {"tool_name": span.name, "result": content,
+                                    "status": status, "is_error": is_error,
+                                    "duration_ms": duration}
+            if span.tool_id is not None:
+                data["tool_call_id"] = span.tool_id
+            rec.emit("tool_call", span, phase="end", level=level_for(status),
+                     name=span.name, data=data, span_id=span.id, parent=span.parent_anchor)
         warning = capture.slow_tool_warning(span.name, duration)
         if warning is not None:
             rec.emit("custom", span, level="warning", name=capture.SLOW_TOOL, data=warning,
-                     span_id=span.id, parent=span.parent_anchor)
+                     span_id=span.id if span.recorded else None, parent=span.parent_anchor)
 
     def _thought(self, span: Span, step: Any) -> None:
         thought = getattr(step, "thought", None)
@@ -437,10 +449,11 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
             agent = getattr(value, "current_agent_name", None)
             if isinstance(agent, str):
                 data["agent"] = agent
-            rec.emit("output", span, name="final_answer", data=data, parent=span.id)
-        rec.emit("agent", span, phase="end", level=level_for(status),
-                 name=span.name, data={"status": status, "duration_ms": elapsed_ms(span.started)},
-                 span_id=span.id, parent=span.parent_anchor)
+            rec.emit("output", span, name="final_answer", data=data, parent=span.anchor)
+        if span.recorded:
+            rec.emit("agent", span, phase="end", level=level_for(status), name=span.name,
+                     data={"status": status, "duration_ms": elapsed_ms(span.started)},
+                     span_id=span.id, parent=span.parent_anchor)
 
     # --- drop ------------------------------------------------------------------------------------
 

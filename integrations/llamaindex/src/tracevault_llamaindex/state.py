@@ -109,6 +109,7 @@ class LLMCall:
     thinking: list[str] = field(default_factory=list)
     output_flag: list[Any] | None = None
     stream: Any = None  # weak reference to the stream the call returned, if any
+    recorded: bool = False  # its start was recorded (not filtered by level): record its end
 
 
 class Recorder:
@@ -151,14 +152,19 @@ class Recorder:
         metadata: dict[str, Any] | None = None,
         durable: bool = False,
         owned: bool = True,
-    ) -> None:
-        """Emit one event in ``owner``'s trace, session and user.
+    ) -> bool:
+        """Emit one event in ``owner``'s trace, session and user; return whether it was
+        recorded (``False``: its level is filtered out, or capturing failed).
+
+        A step whose start was not recorded is not recorded at all (no end; its
+        children and errors hang under the nearest recorded ancestor), so callers mark
+        a step recorded, and make it the anchor of its children, only on ``True``.
 
         ``data`` is queued as it is (``owned``): everything this package emits is built
         here, by :mod:`tracevault_llamaindex.payloads` (which copies what it reads) or
         from plain values. Pass ``owned=False`` for data that holds a live object.
         """
-        capture.emit(
+        return capture.emit(
             kind,
             phase=phase,
             level=level,
@@ -332,6 +338,8 @@ class Recorder:
                     oldest = self.llm.pop(next(iter(self.llm)))
                 except (KeyError, StopIteration, RuntimeError):
                     return
+            if not oldest.recorded:
+                return
             self.emit(
                 "llm_call",
                 oldest,
