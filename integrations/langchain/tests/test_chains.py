@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import operator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
@@ -16,9 +17,9 @@ from langchain_core.callbacks import (
 )
 from langchain_core.documents import Document
 from langchain_core.language_models.fake import FakeListLLM
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.output_parsers import StrOutputParser
-from langchain_core.outputs import ChatResult
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableConfig, RunnableLambda, RunnablePassthrough
@@ -283,6 +284,39 @@ def test_a_runnable_called_again_for_another_input_is_no_retry(cap: Capture) -> 
     check_tree(events)
     assert [e.data["message"] for e in events if e.kind == "error"] == ["cannot score 2"]
     assert not [e for e in events if e.name == "error_recovered"]
+
+
+class _DropsMidStream(ScriptedChatModel):
+    """Streams four words, then the connection drops."""
+
+    def _stream(self, messages: Any, stop: Any = None, run_manager: Any = None,
+                **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        for word in ["The ", "transfer ", "was ", "approved"]:
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=word))
+            if run_manager is not None:
+                run_manager.on_llm_new_token(word, chunk=chunk)
+            yield chunk
+        raise ConnectionError("stream reset by peer")
+
+
+def test_a_stream_that_fails_or_is_abandoned_keeps_what_the_model_said(cap: Capture) -> None:
+    with pytest.raises(ConnectionError):
+        for _chunk in _DropsMidStream().stream("did it go through?", _cfg()):
+            pass
+    model = ScriptedChatModel(respond=lambda _m: ai("Yes the transfer was approved",
+                                                    input_tokens=9, output_tokens=5))
+    for i, _chunk in enumerate(model.stream("status?", _cfg())):
+        if i == 2:
+            break
+    gc.collect()
+    failed, abandoned = [e for e in cap.events() if e.kind == "llm_call" and e.phase == "end"]
+    assert failed.level == "error" and failed.data["status"] == "error"
+    assert failed.data["error"] == {"type": "ConnectionError", "message": "stream reset by peer"}
+    assert failed.data["response"] == "The transfer was approved"
+    assert 0 <= failed.data["time_to_first_token_ms"] <= failed.data["duration_ms"]
+    assert abandoned.level == "warning" and abandoned.data["status"] == "cancelled"
+    assert abandoned.data["response"] == "Yes the"  # the chunks read before the break
+    assert "error" not in abandoned.data
 
 
 @pytest.mark.parametrize("level", ["debug", "info"])

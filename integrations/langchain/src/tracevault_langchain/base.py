@@ -105,7 +105,7 @@ class HandlerBase(_Base):
 
     def _close_failed(self, callback: str, run_id: UUID, error: BaseException) -> None:
         """The whole of an ``on_*_error`` callback whose run needs nothing more than its
-        failed end (model and retriever runs)."""
+        failed end (retriever runs)."""
         try:
             st = self._rec.close(run_id)
             if st is not None:
@@ -114,12 +114,9 @@ class HandlerBase(_Base):
             recording_failed(callback, exc)
 
     def _end_failed(self, st: RunState, error: BaseException) -> None:
-        status = stop_status(error)
-        data: dict[str, Any] = {"duration_ms": ms_since(st.started), "status": status}
-        if status == "cancelled":
-            data["reason"] = f"{type(error).__name__}: the caller stopped the run"
-        elif status == "error":
-            data["error"] = error_summary(error)
+        status, ending = failure_of(error)
+        data: dict[str, Any] = {"duration_ms": ms_since(st.started), **ending}
+        if status == "error":
             self._rec.error(st, error)
         if st.span is not None:
             self._rec.emit(st, st.kind, "end", data, level=level_for(status), owned=True)
@@ -142,6 +139,18 @@ class HandlerBase(_Base):
         answer = freeze([convert.output_view(outputs), structured])
         self._rec.emit(st, "output", "point", Deferred(_output_data, answer, st.trace),
                        name="final_answer", point=True)
+
+
+def failure_of(error: BaseException) -> tuple[str, dict[str, Any]]:
+    """Return how ``error`` stopped a run: its status, and the fields an end records
+    for it (``status`` and the ``error`` summary, or the ``reason`` it was cancelled)."""
+    status = stop_status(error)
+    ending: dict[str, Any] = {"status": status}
+    if status == "cancelled":
+        ending["reason"] = f"{type(error).__name__}: the caller stopped the run"
+    elif status == "error":
+        ending["error"] = error_summary(error)
+    return status, ending
 
 
 def ms_since(started: float) -> float:

@@ -10,9 +10,10 @@ from langchain_core.messages import BaseMessage, ToolMessage
 from langchain_core.outputs import LLMResult
 
 from tracevault.pricing import billed_model, cost_of
+from tracevault.schema import level_for
 from tracevault.snapshot import Deferred, freeze_raw
 from tracevault_langchain import convert
-from tracevault_langchain.base import HandlerBase, ms_since, recording_failed
+from tracevault_langchain.base import HandlerBase, failure_of, ms_since, recording_failed
 from tracevault_langchain.runs import RunState, Trace
 
 if TYPE_CHECKING:
@@ -129,19 +130,11 @@ class ModelCallbacks(HandlerBase):
             st = self._rec.close(run_id)
             if st is None:
                 return
-            model = st.model or "llm"
-            first_token = None
-            if st.first_token is not None:
-                first_token = (st.first_token - st.started) * 1000
-            # The result is copied whole; the writer reads it (_end_data), adds up the
-            # run's tokens and cost there, and the output event reads them after it.
-            raw = freeze_raw((response.generations, response.llm_output))
-            timing = (model, first_token, ms_since(st.started), st.trace)
-            self._rec.emit(st, "llm_call", "end", Deferred(_end_data, raw, timing), name=model)
+            raw = self._model_end(st, response, None)
             thought = convert.reasoning_of(convert.first_message(response))
             if thought is not None:
                 self._rec.emit(st, "reasoning", "point", Deferred(_reasoning_data, raw, thought),
-                               name=model, point=True)
+                               name=st.model or "llm", point=True)
             if st.is_root:
                 self._output(st, response)
         except Exception as exc:
@@ -156,7 +149,40 @@ class ModelCallbacks(HandlerBase):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._close_failed("on_llm_error", run_id, error)
+        try:
+            st = self._rec.close(run_id)
+            if st is None:
+                return
+            response = kwargs.get("response")
+            if st.first_token is None or not isinstance(response, LLMResult):
+                self._end_failed(st, error)
+                return
+            # A stream that failed or was abandoned midway: LangChain hands over what
+            # the model had said by then, which the end records (with its usage).
+            status, ending = failure_of(error)
+            if status == "error":
+                self._rec.error(st, error)
+            self._model_end(st, response, ending)
+        except Exception as exc:
+            recording_failed("on_llm_error", exc)
+
+    def _model_end(self, st: RunState, response: LLMResult,
+                   ending: dict[str, Any] | None) -> Any:
+        """Emit the ``llm_call`` end of ``response`` (``ending``: how a failed or
+        abandoned call stopped, with what it had answered by then); return the copy of
+        ``response`` the writer reads."""
+        model = st.model or "llm"
+        first_token = None
+        if st.first_token is not None:
+            first_token = (st.first_token - st.started) * 1000
+        # The result is copied whole; the writer reads it (_end_data), adds up the run's
+        # tokens and cost there, and the output event reads them after it.
+        raw = freeze_raw((response.generations, response.llm_output))
+        timing = (model, first_token, ms_since(st.started), st.trace, ending)
+        level = level_for(ending["status"]) if ending is not None else "info"
+        self._rec.emit(st, "llm_call", "end", Deferred(_end_data, raw, timing), name=model,
+                       level=level)
+        return raw
 
 
 def _calls_tools(chunk: Any) -> bool:
@@ -188,9 +214,9 @@ def _result(raw: list[Any]) -> dict[str, Any]:
     return {"generations": raw[0], "llm_output": raw[1]}
 
 
-def _end_data(raw: list[Any],
-              context: tuple[str, float | None, float, Trace]) -> dict[str, Any]:
-    named, first_token, duration, trace = context
+def _end_data(raw: list[Any], context: tuple[str, float | None, float, Trace,
+                                             dict[str, Any] | None]) -> dict[str, Any]:
+    named, first_token, duration, trace, ending = context
     data, usage = convert.result_view(_result(raw))
     # The provider's own name for the model, when it is more precise or priced.
     model = billed_model(named, data.get("model")) or named
@@ -205,6 +231,8 @@ def _end_data(raw: list[Any],
         data["time_to_first_token_ms"] = first_token
     data["duration_ms"] = duration
     data["status"] = "success"
+    if ending is not None:
+        data.update(ending)
     trace.add_usage(model, (usage or {}).get("total", 0), cost)
     return data
 
