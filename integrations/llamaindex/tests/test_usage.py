@@ -5,16 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from li_agents import ChatOnlyLLM
+from li_agents import ChatOnlyLLM, check_tree
+from llama_index.core.agent.workflow import FunctionAgent
 from llama_index.core.base.llms.types import (
     ChatMessage,
     ChatResponse,
     ImageBlock,
+    LLMMetadata,
     TextBlock,
     ThinkingBlock,
     ToolCallBlock,
 )
+from llama_index.core.llms import MockFunctionCallingLLM
 from llama_index.core.llms.callbacks import llm_chat_callback
+from pydantic import BaseModel
 from tracevault_llamaindex import usage
 from tracevault_llamaindex.instrument import Installed
 
@@ -136,3 +140,90 @@ def test_a_calls_attachments_thinking_and_tool_calls_are_recorded_as_sent(
     }
     assert all(e.parent_span_id == start.parent_span_id for e in events
                if e.kind == "reasoning")
+
+
+class _Answer(BaseModel):
+    value: int
+
+
+_USAGE = {"prompt_tokens": 1000, "completion_tokens": 50, "total_tokens": 1050}
+
+
+class _Structured(MockFunctionCallingLLM):
+    """Answers a structured-output request with the tool call that fills ``_Answer``,
+    anything else with text; OpenAI-shaped usage in ``raw``."""
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(model_name="gpt-4o-mini", is_function_calling_model=True,
+                           is_chat_model=True)
+
+    @llm_chat_callback()
+    def chat(self, messages: Any, **kwargs: Any) -> ChatResponse:
+        raw = {"model": "gpt-4o-mini-2024-07-18", "usage": _USAGE}
+        if kwargs.get("tools"):
+            return ChatResponse(message=ChatMessage(role="assistant", blocks=[ToolCallBlock(
+                tool_call_id="s1", tool_name="_Answer", tool_kwargs={"value": 42})]), raw=raw)
+        return ChatResponse(message=ChatMessage(role="assistant", content="It is 42."), raw=raw)
+
+    @llm_chat_callback()
+    async def achat(self, messages: Any, **kwargs: Any) -> ChatResponse:
+        return self.chat(messages, **kwargs)
+
+
+def _priced_call(events: list[Any]) -> None:
+    # One call per request actually made, named after the model that made it, priced.
+    end = [e for e in events if e.kind == "llm_call" and e.phase == "end"][-1]
+    assert end.data["model"] == "gpt-4o-mini-2024-07-18"
+    assert end.data["usage"] == {"input": 1000, "output": 50, "total": 1050}
+    assert end.data["cost"] == pytest.approx(cost_of("gpt-4o-mini", 1000, 50))
+    assert "structured_llm" not in str([e.data.get("provider") for e in events])
+
+
+async def test_a_structured_llm_records_the_call_it_makes_with_its_usage(
+    cap: Capture, instrumented: Installed
+) -> None:
+    structured = _Structured().as_structured_llm(_Answer)
+    question = [ChatMessage(role="user", content="the answer?")]
+    assert structured.chat(question).raw == _Answer(value=42)
+    assert (await structured.achat(question)).raw == _Answer(value=42)
+    events = cap.events()
+    check_tree(events)
+    calls = [e for e in events if e.kind == "llm_call"]
+    assert [e.phase for e in calls] == ["start", "end"] * 2  # the wrapper is transparent
+    _priced_call(events)
+
+
+async def test_an_agents_structured_output_call_is_priced(
+    cap: Capture, instrumented: Installed
+) -> None:
+    agent = FunctionAgent(tools=[], llm=_Structured(), output_cls=_Answer, streaming=False)
+    result = await agent.run(user_msg="the answer?")
+    assert result.structured_response == {"value": 42}
+    events = cap.events()
+    check_tree(events)
+    run = events[0]
+    calls = [e for e in events if e.kind == "llm_call" and e.phase == "end"]
+    assert len(calls) == 2 and all(e.parent_span_id == run.span_id for e in calls)
+    _priced_call(events)
+
+
+class _Fallback(ChatOnlyLLM):
+    """A model whose chat asks another model object (a fallback, a router)."""
+
+    model_name: str = "router"
+
+    @llm_chat_callback()
+    def chat(self, messages: Any, **kwargs: Any) -> ChatResponse:
+        return _Deployment().chat(messages)
+
+
+def test_a_model_that_calls_another_model_records_both_calls(
+    cap: Capture, instrumented: Installed
+) -> None:
+    _Fallback().chat([ChatMessage(role="user", content="hi")])
+    events = cap.events()
+    check_tree(events)
+    outer, inner = (e for e in events if e.kind == "llm_call" and e.phase == "start")
+    assert (outer.data["model"], inner.data["model"]) == ("router", "prod-chat")
+    assert inner.parent_span_id == outer.span_id

@@ -4,10 +4,15 @@ LlamaIndex reports a call as start / in-progress* / end events tagged with the L
 method's span id. Some LLM classes nest instrumented methods (``achat`` calls ``chat``,
 ``CustomLLM.chat`` calls ``complete``, ``astream_chat`` lazily starts ``stream_chat``),
 so one call arrives as several event streams: only the outermost is recorded and the
-nested ones are mapped to it and ignored. A streaming call's span closes before its
-chunks arrive, so the call lives here until its end event, its exception (``GeneratorExit``
-when the consumer abandons the stream) or the garbage collection of a stream nobody
-read.
+nested ones are mapped to it and ignored. Only calls of the same model object fold: a
+model whose method calls another model object (a fallback, a router) records both, the
+inner call under the outer one. ``StructuredLLM`` (``as_structured_llm``, an agent's
+``output_cls``) is transparent instead (role ``WRAPPER``): its events record nothing,
+and the call it makes is recorded with that model's name, usage and cost.
+
+A streaming call's span closes before its chunks arrive, so the call lives here until
+its end event, its exception (``GeneratorExit`` when the consumer abandons the stream)
+or the garbage collection of a stream nobody read.
 """
 
 from __future__ import annotations
@@ -23,7 +28,14 @@ from tracevault.pricing import billed_model, cost_of
 from tracevault.schema import level_for
 from tracevault.snapshot import Deferred, freeze_raw
 from tracevault_llamaindex import payloads, usage
-from tracevault_llamaindex.state import LLMCall, Recorder, Span, elapsed_ms, interruption
+from tracevault_llamaindex.state import (
+    WRAPPER,
+    LLMCall,
+    Recorder,
+    Span,
+    elapsed_ms,
+    interruption,
+)
 
 _tool_specs: dict[int, tuple[Any, Any]] = {}  # id(tool metadata) -> (metadata, spec)
 _MAX_SPECS = 1_024
@@ -52,10 +64,13 @@ def _offered_tools(tools: Any) -> list[Any] | None:
 
 
 def _is_nested(rec: Recorder, span: Span, inputs: Any) -> str | None:
-    """Return the outer call that ``span``'s call duplicates, if any."""
+    """Return the outer call of the same model object that ``span``'s call duplicates,
+    if any."""
     owner = span.llm_owner
-    if owner is not None and owner in rec.llm:
-        return owner
+    if owner is not None:
+        call = rec.llm.get(owner)
+        if call is not None and call.instance_key == span.instance_key:
+            return owner
     waiting = rec.lazy.get(span.instance_key)
     if waiting:
         for outer in waiting:
@@ -102,7 +117,7 @@ def start(rec: Recorder, event: Any, chat: bool) -> None:
     """Handle ``LLMChatStartEvent`` / ``LLMCompletionStartEvent``."""
     span_id = event.span_id
     span = rec.spans.get(span_id) if span_id else None
-    if span is None:
+    if span is None or span.role == WRAPPER:
         return
     inputs = event.messages if chat else event.prompt
     outer = _is_nested(rec, span, inputs)

@@ -13,7 +13,7 @@ import types
 from typing import Any
 
 from tracevault_llamaindex import payloads
-from tracevault_llamaindex.state import LLM, OTHER, PARSER, RUN, TOOL
+from tracevault_llamaindex.state import LLM, OTHER, PARSER, RUN, TOOL, WRAPPER
 
 _LLM_METHODS = frozenset(
     {"chat", "achat", "stream_chat", "astream_chat", "complete", "acomplete",
@@ -29,7 +29,7 @@ ROLES: dict[type, dict[str, int]] = {}
 
 def classify(instance: Any, method: str) -> int:
     """Return the role of ``instance.method``'s span (``RUN``, ``TOOL``, ``LLM``,
-    ``PARSER`` or ``OTHER``), resolved once per class and method."""
+    ``WRAPPER``, ``PARSER`` or ``OTHER``), resolved once per class and method."""
     cls = type(instance)
     by_method = ROLES.get(cls)
     if by_method is None:
@@ -43,6 +43,7 @@ def classify(instance: Any, method: str) -> int:
 def _role_of(instance: Any, method: str) -> int:
     from llama_index.core.agent.react.output_parser import ReActOutputParser
     from llama_index.core.base.llms.base import BaseLLM
+    from llama_index.core.llms.structured_llm import StructuredLLM
     from llama_index.core.tools.types import BaseTool
     from workflows.workflow import Workflow
 
@@ -51,7 +52,7 @@ def _role_of(instance: Any, method: str) -> int:
     if method in _TOOL_METHODS and isinstance(instance, BaseTool):
         return TOOL
     if method in _LLM_METHODS and isinstance(instance, BaseLLM):
-        return LLM
+        return WRAPPER if isinstance(instance, StructuredLLM) else LLM
     if method == "parse" and isinstance(instance, ReActOutputParser):
         return PARSER
     return OTHER

@@ -28,6 +28,7 @@ from tracevault_llamaindex.state import (
     RUN,
     STEP,
     TOOL,
+    WRAPPER,
     Recorder,
     RunState,
     Span,
@@ -37,7 +38,7 @@ from tracevault_llamaindex.state import (
 
 _TOOL_RECOVERY = "the error was returned to the agent as the tool's result and the run continued"
 _clock = time.perf_counter
-_PASSIVE_ROLES = frozenset({OTHER, STEP})  # roles whose exit records nothing by itself
+_PASSIVE_ROLES = frozenset({OTHER, STEP, WRAPPER})  # roles whose exit records nothing itself
 
 
 def _adapted(span: Span, tool_name: str) -> bool:

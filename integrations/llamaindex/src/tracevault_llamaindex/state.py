@@ -32,8 +32,10 @@ MAX_RECENT = 4_096  # closed spans kept for late children (per generation, two k
 MAX_OPEN_LLM = 10_000  # unfinished LLM calls before the oldest is closed as abandoned
 MAX_STREAMS = 4_096  # generators returned by closed spans, awaiting their consumer
 
-# Span roles (what a LlamaIndex span means for the audit trail).
-OTHER, RUN, STEP, TOOL, LLM, PARSER = range(6)
+# Span roles (what a LlamaIndex span means for the audit trail). WRAPPER: a model that
+# delegates to another model object (StructuredLLM), transparent: the inner call is
+# the one recorded, with the model, usage and cost of the call actually made.
+OTHER, RUN, STEP, TOOL, LLM, PARSER, WRAPPER = range(7)
 # Raised by a step that waits for an event (a human's answer: ctx.wait_for_event); the
 # workflow runs the step again once it arrives. Control flow, not a failure.
 _SUSPENDING = frozenset({"WaitingForEvent"})
