@@ -141,8 +141,10 @@ class ToolCallData(TypedDict, total=False):
     result: Any
     # cancelled: its task was cancelled; interrupted: it waits for input (a human's
     # answer) and is called again once that arrives; abandoned: recording stopped
-    # while it ran. None of them is a failure.
-    status: Literal["pending", "success", "error", "cancelled", "interrupted", "abandoned"]
+    # while it ran; handed_off: it passed control to another agent. None of them is a
+    # failure.
+    status: Literal["pending", "success", "error", "cancelled", "interrupted", "abandoned",
+                    "handed_off"]
     duration_ms: float
     tool_call_id: str
 

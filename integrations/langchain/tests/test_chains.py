@@ -17,16 +17,23 @@ from langchain_core.callbacks import (
 )
 from langchain_core.documents import Document
 from langchain_core.language_models.fake import FakeListLLM
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    HumanMessage,
+    ToolMessage,
+)
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.prompts import ChatPromptTemplate, PromptTemplate
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableConfig, RunnableLambda, RunnablePassthrough
 from langchain_core.runnables.config import ContextThreadPoolExecutor
+from langchain_core.tools import InjectedToolCallId
 from langchain_core.tools import tool as lc_tool
 from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.types import Command, RetryPolicy, interrupt
 from lc_agents import get_weather, lc_agent, react_agent, weather_model
 from lc_tree import check_tree, kinds, parent_of
@@ -393,6 +400,34 @@ def test_interrupt_and_resume_are_control_flow(cap: Capture) -> None:
     go = next(e for e in resumed if e.kind == "input")
     assert go.data == {"type": "resume", "content": "yes"}
     assert any(e.name == "resume" for e in resumed)
+
+
+def test_a_hand_off_to_another_agent_is_no_interrupt(cap: Capture) -> None:
+    @lc_tool
+    def transfer_to_b(tool_call_id: Annotated[str, InjectedToolCallId]) -> Command:  # type: ignore[type-arg]
+        """Hand the conversation to agent b."""
+        return Command(graph=Command.PARENT, goto="b", update={
+            "messages": [ToolMessage("Transferred to b", tool_call_id=tool_call_id)]})
+
+    a = react_agent(ScriptedChatModel(messages=iter([
+        ai("Handing off.", tool_calls=[tool_call("transfer_to_b", {}, "h1")])])),
+        [transfer_to_b], name="a")
+    b = react_agent(ScriptedChatModel(messages=iter([ai("B answers: 42")])), [], name="b")
+    graph = StateGraph(MessagesState)
+    graph.add_node("a", a, destinations=("b",))
+    graph.add_node("b", b)
+    graph.add_edge(START, "a")
+    graph.compile().invoke({"messages": [HumanMessage("question?")]}, _cfg())
+    events = cap.events()
+    check_tree(events)
+    handoffs = [e for e in events if e.name == "handoff"]
+    assert [e.data for e in handoffs] == [{"name": "handoff", "payload": {"goto": "b"}}]
+    stopped = [e for e in events if e.phase == "end" and e.data["status"] != "success"]
+    assert stopped and {e.data["status"] for e in stopped} == {"handed_off"}
+    assert {e.name for e in stopped} == {"tools", "a"}
+    assert not [e for e in events if e.kind == "error"]
+    assert next(e for e in events if e.kind == "output").data["content"] == "B answers: 42"
+    assert events[-1].data["status"] == "success"
 
 
 def test_direct_model_call_is_a_root_with_input_and_output(cap: Capture) -> None:

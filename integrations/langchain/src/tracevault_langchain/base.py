@@ -14,7 +14,7 @@ from tracevault.pipeline import DurabilityError
 from tracevault.schema import level_for
 from tracevault.snapshot import Deferred, freeze
 from tracevault_langchain import convert
-from tracevault_langchain.recorder import Recorder, error_summary, stop_status
+from tracevault_langchain.recorder import Recorder, error_summary, handoff_target, stop_status
 from tracevault_langchain.runs import RunState, RunTable, Trace
 
 try:  # LangGraph sends interrupt/resume only to subclasses of its handler
@@ -118,6 +118,8 @@ class HandlerBase(_Base):
         data: dict[str, Any] = {"duration_ms": ms_since(st.started), **ending}
         if status == "error":
             self._rec.error(st, error)
+        elif status == "handed_off":
+            self._rec.handed_off(st, error)
         if st.span is not None:
             self._rec.emit(st, st.kind, "end", data, level=level_for(status), owned=True)
 
@@ -148,6 +150,8 @@ def failure_of(error: BaseException) -> tuple[str, dict[str, Any]]:
     ending: dict[str, Any] = {"status": status}
     if status == "cancelled":
         ending["reason"] = f"{type(error).__name__}: the caller stopped the run"
+    elif status == "handed_off":
+        ending["reason"] = f"handed off to {handoff_target(error)}"
     elif status == "error":
         ending["error"] = error_summary(error)
     return status, ending

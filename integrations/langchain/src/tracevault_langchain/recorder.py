@@ -42,11 +42,25 @@ def is_control_flow(exc: BaseException) -> bool:
 
 
 def stop_status(exc: BaseException) -> str:
-    """The status of a run ``exc`` ended: ``interrupted`` (a LangGraph interrupt),
-    ``cancelled`` (the consumer stopped) or ``error`` (a failure)."""
+    """The status of a run ``exc`` ended: ``handed_off`` (a LangGraph ``Command`` to
+    the parent graph: a hand-off to another agent), ``interrupted`` (a LangGraph
+    interrupt), ``cancelled`` (the consumer stopped) or ``error`` (a failure)."""
     if is_control_flow(exc):
-        return "interrupted"
+        return "handed_off" if handoff_target(exc) is not None else "interrupted"
     return "cancelled" if is_cancellation(exc) else "error"
+
+
+def handoff_target(exc: BaseException) -> Any:
+    """Where a LangGraph ``ParentCommand`` sends control (a node name, or a list of
+    them); ``None`` for any other exception."""
+    if not any(cls.__name__ == "ParentCommand" for cls in type(exc).__mro__):
+        return None
+    command = exc.args[0] if exc.args else None
+    goto = getattr(command, "goto", None)
+    targets = [getattr(g, "node", g) for g in (goto if isinstance(goto, (list, tuple))
+                                               else [goto])]
+    names = [str(t) for t in targets if t is not None]
+    return names[0] if len(names) == 1 else names
 
 
 def error_summary(exc: BaseException) -> dict[str, str]:
@@ -244,6 +258,14 @@ class Recorder:
         state.trace.run_failed(state.parent_span, state.name, FailedTool(
             state.child_span, data["where"], data["type"], data["message"]))
         return True
+
+    def handed_off(self, state: RunState, exc: BaseException) -> None:
+        """Record a hand-off (a LangGraph ``Command`` to the parent graph) once per
+        trace, where it was made: a ``custom`` event named ``handoff`` with its ``goto``."""
+        if state.trace.first_report(exc):
+            self.emit_on(state, "custom", {"name": "handoff",
+                                           "payload": {"goto": handoff_target(exc)}},
+                         level="info", name="handoff")
 
     def tool_failed(self, state: RunState, error_type: str, message: str) -> None:
         """Remember a failed tool call so its recovery can be recorded later."""
