@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-from langchain_core.messages import AIMessageChunk, HumanMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from lc_agents import (
     broken_clock,
     get_time,
@@ -361,3 +361,64 @@ def test_a_structured_response_is_part_of_the_final_answer(cap: Capture) -> None
     assert answer["structured"] == out["structured_response"].model_dump() == {
         "city": "Paris", "temp_c": 21.5}
     assert answer["content"] == out["messages"][-1].content
+
+
+def test_middleware_retries_and_fallbacks_are_recoveries(cap: Capture) -> None:
+    from langchain.agents import create_agent
+    from langchain.agents.middleware import (
+        ModelFallbackMiddleware,
+        ModelRetryMiddleware,
+        ToolRetryMiddleware,
+    )
+    from langchain_core.tools import tool
+
+    calls = {"model": 0, "tool": 0}
+
+    def flaky_model(messages: Sequence[BaseMessage]) -> AIMessage:
+        calls["model"] += 1
+        if calls["model"] == 1:
+            raise ConnectionError("rate limited")
+        if not any(m.type == "tool" for m in messages):
+            return ai("", tool_calls=[tool_call("lookup", {"city": "Oslo"}, "c1")])
+        return ai("Oslo is lovely.")
+
+    @tool
+    def lookup(city: str) -> str:
+        """Look a city up."""
+        calls["tool"] += 1
+        if calls["tool"] == 1:
+            raise ConnectionError("backend flaked")
+        return f"{city} is lovely"
+
+    class Down(ScriptedChatModel):
+        def _generate(self, *args: Any, **kwargs: Any) -> Any:
+            raise ConnectionError("primary down")
+
+    retrying = create_agent(ScriptedChatModel(respond=flaky_model), [lookup], middleware=[
+        ModelRetryMiddleware(max_retries=2, initial_delay=0, jitter=False),
+        ToolRetryMiddleware(max_retries=2, initial_delay=0, jitter=False)])
+    assert retrying.invoke({"messages": [HumanMessage("Oslo?")]}, _config())[
+        "messages"][-1].content == "Oslo is lovely."
+    events = cap.events()
+    check_tree(events)
+    errors = [(e.name, e.data["message"]) for e in events if e.kind == "error"]
+    assert errors == [("gpt-4o-mini", "rate limited"), ("lookup", "backend flaked")]
+    recoveries = [e.data["payload"] for e in events if e.name == "error_recovered"]
+    assert [(r["message"], r["recovery_action"]) for r in recoveries] == [
+        ("rate limited", "handled in model; the run continued"),
+        ("backend flaked", "retried")]  # not "returned to the model": it never saw it
+    failed_tool = next(e for e in events if e.kind == "tool_call" and e.phase == "end")
+    assert next(e for e in events if e.name == "error_recovered"
+                and e.data["payload"]["message"] == "backend flaked").span_id == failed_tool.span_id
+
+    calls.update(model=1, tool=1)  # no more flakes: the primary model is down
+    falling_back = create_agent(Down(model_name="gpt-4o"), [lookup], middleware=[
+        ModelFallbackMiddleware(ScriptedChatModel(respond=flaky_model))])
+    falling_back.invoke({"messages": [HumanMessage("Oslo?")]}, _config())
+    events = cap.events()[len(events):]
+    check_tree(events)
+    failures = [e for e in events if e.kind == "error"]
+    recovered = [e for e in events if e.name == "error_recovered"]
+    assert len(failures) == len(recovered) == 2  # the primary was tried on each turn
+    assert {e.data["payload"]["message"] for e in recovered} == {"primary down"}
+    assert [e.span_id for e in failures] == [e.span_id for e in recovered]

@@ -290,7 +290,9 @@ def test_a_runnable_called_again_for_another_input_is_no_retry(cap: Capture) -> 
     events = cap.events()
     check_tree(events)
     assert [e.data["message"] for e in events if e.kind == "error"] == ["cannot score 2"]
-    assert not [e for e in events if e.name == "error_recovered"]
+    # Not retried: handled by the run that called it, which carried on.
+    assert [e.data["payload"]["recovery_action"] for e in events
+            if e.name == "error_recovered"] == ["handled in score_all; the run continued"]
 
 
 class _DropsMidStream(ScriptedChatModel):
@@ -304,6 +306,26 @@ class _DropsMidStream(ScriptedChatModel):
                 run_manager.on_llm_new_token(word, chunk=chunk)
             yield chunk
         raise ConnectionError("stream reset by peer")
+
+
+def test_a_fallback_that_answers_recovers_the_failure(cap: Capture) -> None:
+    class Down(ScriptedChatModel):
+        def _generate(self, *args: Any, **kwargs: Any) -> Any:
+            raise ConnectionError("provider down")
+
+    backup = ScriptedChatModel(respond=lambda _m: ai("fallback answer"))
+    chain = (ChatPromptTemplate.from_messages([("user", "{q}")])
+             | Down(model_name="gpt-4o").with_fallbacks([backup]) | StrOutputParser())
+    assert chain.invoke({"q": "hi"}, _cfg()) == "fallback answer"
+    events = cap.events()
+    check_tree(events)
+    error = next(e for e in events if e.kind == "error")
+    recovered = next(e for e in events if e.name == "error_recovered")
+    assert recovered.span_id == error.span_id
+    assert recovered.data["payload"]["message"] == "provider down"
+    # LangChain runs the fallbacks' models under the sequence, not under the fallbacks.
+    assert recovered.data["payload"]["recovery_action"].startswith("handled in Runnable")
+    assert events.index(error) < events.index(recovered) < len(events) - 1
 
 
 def test_a_stream_that_fails_or_is_abandoned_keeps_what_the_model_said(cap: Capture) -> None:

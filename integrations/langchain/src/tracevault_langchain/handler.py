@@ -97,6 +97,8 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
             if st is None or st.span is None:
                 return
             data: dict[str, Any] = {"status": "success", "duration_ms": ms_since(st.started)}
+            if st.trace.failed_under:  # failures inside it: it handled them
+                self._rec.settle(st, run_id)
             if st.is_root:
                 if st.defers_inputs:
                     self._input(st, kwargs.get("inputs"), st.extra)
@@ -159,6 +161,8 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
             if st is None:
                 return
             st.tool_call_id = kwargs.get("tool_call_id")
+            if st.tool_call_id and st.trace.failed_tools:  # the same call again: a retry
+                self._rec.recoveries(st, [st.tool_call_id], "retried", parent=st.parent_span)
             data: dict[str, Any] = {"tool_name": name,
                                     "parameters": convert.tool_arguments(input_str, inputs),
                                     "status": "pending"}
@@ -194,6 +198,8 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
             if st is None:
                 return
             _restore_ambient(st)
+            if st.trace.failed_under:  # failures inside it (an agent it ran): handled
+                self._rec.settle(st, run_id)
             result, status, artifact = convert.tool_result(output)
             duration = ms_since(st.started)
             data: dict[str, Any] = {"tool_name": st.name, "result": result, "status": status,

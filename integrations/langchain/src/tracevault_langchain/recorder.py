@@ -141,7 +141,8 @@ class Recorder:
         )
         state = RunState(
             self.owner, kind, name, None if hidden else run_id, parent_span, trace,
-            session, user, is_root, perf_counter(),
+            session, user, is_root, None if parent_run_id is None else parent_run_id.int,
+            perf_counter(),
         )
         claimed, evicted = runs.claim(run_id, state)
         for old in evicted:
@@ -255,9 +256,21 @@ class Recorder:
             data["recovery_action"] = recovery_action
         self.emit_on(state, "error", data, level=level)
         # Where the error was recorded (a hidden run: its nearest recorded ancestor).
-        state.trace.run_failed(state.parent_span, state.name, FailedTool(
-            state.child_span, data["where"], data["type"], data["message"]))
+        # A failed tool call's recovery is its error shown to the model (recoveries),
+        # one being retried already has its own.
+        failed = FailedTool(state.child_span, data["where"], data["type"], data["message"])
+        carries_on = state.tool_call_id is None and recovery_action is None
+        state.trace.run_failed(state.parent_span, state.name, failed,
+                               state.parent_key if carries_on else None)
         return True
+
+    def settle(self, state: RunState, run_id: UUID) -> None:
+        """Record that failures inside ``state``'s run were handled: it succeeded."""
+        for failed in state.trace.take_failed_under(run_id.int):
+            self.recovered(state, failed.span, {
+                "type": failed.error_type, "message": failed.message, "where": failed.name,
+                "recovery_action": f"handled in {state.name}; the run continued",
+            })
 
     def handed_off(self, state: RunState, exc: BaseException) -> None:
         """Record a hand-off (a LangGraph ``Command`` to the parent graph) once per
@@ -274,17 +287,19 @@ class Recorder:
                 state.tool_call_id, FailedTool(state.span, state.name, error_type, message)
             )
 
-    def recoveries(self, state: RunState, tool_call_ids: list[str]) -> None:
-        """Record that failed tool calls' errors were handed back to the model."""
+    def recoveries(self, state: RunState, tool_call_ids: list[str],
+                   action: str = "the tool's error was returned to the model, which "
+                   "carried on", parent: SpanId | None = None) -> None:
+        """Record that failed tool calls' errors were handed back to the model (or how
+        else they were recovered from: ``action``)."""
         for call_id, failed in state.trace.take_failed(tool_call_ids):
             self.recovered(state, failed.span, {
                 "type": failed.error_type,
                 "message": failed.message,
                 "where": failed.name,
                 "tool_call_id": call_id,
-                "recovery_action": "the tool's error was returned to the model, "
-                "which carried on",
-            })
+                "recovery_action": action,
+            }, parent=parent)
 
     def retried(self, state: RunState, exc: BaseException, attempt: int) -> None:
         """Record that ``state``'s run failed with ``exc`` and is being tried again."""

@@ -39,6 +39,7 @@ class FailedTool:
     name: str
     error_type: str
     message: str
+    recovered: bool = False  # a recovery was recorded for it
 
 
 @dataclass(slots=True)
@@ -59,6 +60,8 @@ class Trace:
     last_failure: dict[tuple[SpanId | None, str], FailedTool] = field(default_factory=dict)
     # Runs of this trace still open (keys in the run table), the root's included.
     open: set[int] = field(default_factory=set)
+    # Failures by the key of the run they happened in: settled if that run succeeds.
+    failed_under: dict[int, list[FailedTool]] = field(default_factory=dict)
 
     def add_usage(self, model: str | None, tokens: int, cost: float | None) -> None:
         """Add one model call's tokens and cost to the run's totals."""
@@ -90,18 +93,36 @@ class Trace:
             if len(self.failed_tools) < _MAX_TRACKED:
                 self.failed_tools[tool_call_id] = failed
 
-    def run_failed(self, parent_span: SpanId | None, name: str, failed: FailedTool) -> None:
+    def run_failed(self, parent_span: SpanId | None, name: str, failed: FailedTool,
+                   parent_key: int | None) -> None:
         """Remember the last failed run ``name`` under ``parent_span`` (a retry may
-        follow: the same runnable again, under the same parent)."""
+        follow: the same runnable again, under the same parent), and under the run it
+        happened in (``parent_key``: that run may carry on and succeed)."""
         key = (parent_span, name)
         with self.lock:
             if len(self.last_failure) < _MAX_TRACKED or key in self.last_failure:
                 self.last_failure[key] = failed
+            if parent_key is not None and len(self.failed_under) < _MAX_TRACKED:
+                self.failed_under.setdefault(parent_key, []).append(failed)
 
     def take_last_failure(self, parent_span: SpanId | None, name: str) -> FailedTool | None:
-        """Remove and return the last failed run ``name`` under ``parent_span``."""
+        """Remove and return the last failed run ``name`` under ``parent_span`` that has
+        no recovery yet (the caller records one)."""
         with self.lock:
-            return self.last_failure.pop((parent_span, name), None)
+            failed = self.last_failure.pop((parent_span, name), None)
+            if failed is None or failed.recovered:
+                return None
+            failed.recovered = True
+            return failed
+
+    def take_failed_under(self, run_key: int) -> list[FailedTool]:
+        """Remove and return the failures inside run ``run_key`` that have no recovery
+        yet (the caller records one: the run carried on)."""
+        with self.lock:
+            failures = [f for f in self.failed_under.pop(run_key, ()) if not f.recovered]
+            for failed in failures:
+                failed.recovered = True
+            return failures
 
     def take_failed(self, tool_call_ids: list[str]) -> list[tuple[str, FailedTool]]:
         """Remove and return the failed calls among ``tool_call_ids``."""
@@ -125,6 +146,7 @@ class RunState:
     session_id: str | None
     user_id: str | None
     is_root: bool
+    parent_key: int | None  # the parent run's key in the run table (recorded or not)
     started: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
     model: str | None = None
