@@ -223,10 +223,10 @@ def test_abandoned_sync_stream_ends_every_run(cap: Capture) -> None:
     assert not [e for e in events if e.kind in ("error", "output")]
     # LangChain ends the abandoned run as if it had finished, before its steps end.
     root_end = next(e for e in events if e.kind == "agent" and e.phase == "end")
-    assert root_end.data["status"] == "cancelled" and root_end.level == "warning"
+    assert root_end.data["status"] == "abandoned" and root_end.level == "warning"
 
 
-async def test_abandoned_async_stream_is_cancelled_not_failed(cap: Capture) -> None:
+async def test_abandoned_async_stream_is_abandoned_not_failed(cap: Capture) -> None:
     chain = _counting_chain()
     stream = chain.astream({"q": "count"}, _cfg())
     async for _chunk in stream:
@@ -240,8 +240,8 @@ async def test_abandoned_async_stream_is_cancelled_not_failed(cap: Capture) -> N
     check_tree(events)
     assert not [e for e in events if e.kind == "error"]
     ends = {e.kind: e.data for e in events if e.phase == "end"}
-    assert ends["agent"]["status"] == "cancelled"
-    assert ends["llm_call"]["status"] == "cancelled"
+    assert ends["agent"]["status"] == "abandoned"
+    assert ends["llm_call"]["status"] == "abandoned"
 
 
 def test_abandoned_agent_stream(cap: Capture) -> None:
@@ -251,7 +251,7 @@ def test_abandoned_agent_stream(cap: Capture) -> None:
         break
     events = cap.events()
     check_tree(events)
-    assert events[-1].kind == "agent" and events[-1].data["status"] == "cancelled"
+    assert events[-1].kind == "agent" and events[-1].data["status"] == "abandoned"
     assert not [e for e in events if e.kind == "error"]
 
 
@@ -343,7 +343,7 @@ def test_a_stream_that_fails_or_is_abandoned_keeps_what_the_model_said(cap: Capt
     assert failed.data["error"] == {"type": "ConnectionError", "message": "stream reset by peer"}
     assert failed.data["response"] == "The transfer was approved"
     assert 0 <= failed.data["time_to_first_token_ms"] <= failed.data["duration_ms"]
-    assert abandoned.level == "warning" and abandoned.data["status"] == "cancelled"
+    assert abandoned.level == "warning" and abandoned.data["status"] == "abandoned"
     assert abandoned.data["response"] == "Yes the"  # the chunks read before the break
     assert "error" not in abandoned.data
 

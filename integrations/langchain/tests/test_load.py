@@ -103,7 +103,7 @@ def test_run_state_stays_flat_over_ten_thousand_runs(tmp_path: Path) -> None:
         abandoned = len(range(2, 10_000, 3))
         assert len(cap.events(kinds=["output"])) == 10_000 - abandoned
         ends = [e.data["status"] for e in cap.events(kinds=["agent"]) if e.phase == "end"]
-        assert len(ends) == 10_000 and ends.count("cancelled") == abandoned
+        assert len(ends) == 10_000 and ends.count("abandoned") == abandoned
 
 
 def test_runs_that_never_end_are_evicted_oldest_first(cap: Capture) -> None:

@@ -148,7 +148,9 @@ def failure_of(error: BaseException) -> tuple[str, dict[str, Any]]:
     for it (``status`` and the ``error`` summary, or the ``reason`` it was cancelled)."""
     status = stop_status(error)
     ending: dict[str, Any] = {"status": status}
-    if status == "cancelled":
+    if status == "abandoned":
+        ending["reason"] = "the consumer stopped reading"
+    elif status == "cancelled":
         ending["reason"] = f"{type(error).__name__}: the caller stopped the run"
     elif status == "handed_off":
         ending["reason"] = f"handed off to {handoff_target(error)}"

@@ -108,8 +108,8 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
                     # Steps of the run still open: the consumer stopped reading a sync
                     # stream, which LangChain ends as if it had finished (its steps end
                     # after it).
-                    data["status"] = "cancelled"
-                    data["reason"] = "the consumer stopped reading the stream"
+                    data["status"] = "abandoned"
+                    data["reason"] = "the consumer stopped reading"
                 else:
                     self._output(st, outputs)
                 self._rec.emit(st, "agent", "end", data, level=level_for(data["status"]),

@@ -44,9 +44,12 @@ def is_control_flow(exc: BaseException) -> bool:
 def stop_status(exc: BaseException) -> str:
     """The status of a run ``exc`` ended: ``handed_off`` (a LangGraph ``Command`` to
     the parent graph: a hand-off to another agent), ``interrupted`` (a LangGraph
-    interrupt), ``cancelled`` (the consumer stopped) or ``error`` (a failure)."""
+    interrupt), ``abandoned`` (the consumer stopped reading its stream), ``cancelled``
+    (its task was cancelled) or ``error`` (a failure)."""
     if is_control_flow(exc):
         return "handed_off" if handoff_target(exc) is not None else "interrupted"
+    if isinstance(exc, GeneratorExit):
+        return "abandoned"  # a stream closed before its end
     return "cancelled" if is_cancellation(exc) else "error"
 
 
