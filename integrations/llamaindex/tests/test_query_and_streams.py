@@ -11,12 +11,25 @@ from li_agents import ChatOnlyLLM, check_tree
 from llama_index.core import Document, VectorStoreIndex
 from llama_index.core.agent.workflow import FunctionAgent
 from llama_index.core.base.llms.types import ChatResponse
+from llama_index.core.chat_engine import (
+    CondensePlusContextChatEngine,
+    ContextChatEngine,
+    SimpleChatEngine,
+)
 from llama_index.core.embeddings import MockEmbedding
-from llama_index.core.llms import ChatMessage, MockFunctionCallingLLM, MockLLM
-from llama_index.core.llms.callbacks import llm_chat_callback
+from llama_index.core.llms import (
+    ChatMessage,
+    CompletionResponse,
+    CustomLLM,
+    LLMMetadata,
+    MockFunctionCallingLLM,
+    MockLLM,
+)
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from tracevault_llamaindex.instrument import Installed
 from tracevault_llamaindex.testing import ScriptedReActLLM
 
+import tracevault
 from tracevault.schema import AuditEvent
 from tracevault.testing import Capture
 
@@ -228,3 +241,93 @@ async def test_a_stream_cancelled_while_it_waits_is_cancelled_not_failed(
     end = events[1]
     assert end.level == "warning" and end.data["status"] == "cancelled"
     assert end.data["response"] == "Hel"  # what had arrived
+
+
+def _engines() -> dict[str, Any]:
+    retriever = _index().as_retriever(similarity_top_k=1)
+    return {
+        "simple": SimpleChatEngine.from_defaults(llm=MockLLM(max_tokens=4)),
+        "context": ContextChatEngine.from_defaults(retriever, llm=MockLLM(max_tokens=4)),
+        "condense_plus_context": CondensePlusContextChatEngine.from_defaults(
+            retriever, llm=MockLLM(max_tokens=4)),
+    }
+
+
+@pytest.mark.parametrize("engine", ["simple", "context", "condense_plus_context"])
+@pytest.mark.parametrize("how", ["chat", "achat", "stream_chat", "astream_chat"])
+async def test_a_chat_engine_turn_is_a_tree_with_its_message_and_answer(
+    cap: Capture, instrumented: Installed, engine: str, how: str
+) -> None:
+    chat_engine = _engines()[engine]
+    question = "What is the capital of France?"
+    if how == "chat":
+        answer = str(chat_engine.chat(question))
+    elif how == "achat":
+        answer = str(await chat_engine.achat(question))
+    elif how == "stream_chat":
+        answer = "".join(chat_engine.stream_chat(question).response_gen)
+    else:
+        streamed = await chat_engine.astream_chat(question)
+        answer = "".join([token async for token in streamed.async_response_gen()])
+    events = _trace_of(cap.events(), "chain", "chat")  # building the index is another
+    check_tree(events)
+    turn = events[0]
+    assert (turn.kind, turn.phase, turn.parent_span_id) == ("chain", "start", None)
+    assert all(e.parent_span_id is not None for e in events if e.span_id != turn.span_id)
+    message = [e for e in events if e.kind == "input"]
+    assert [(e.data, e.parent_span_id) for e in message] == [
+        ({"type": "user_message", "content": question}, turn.span_id)]
+    output = [e for e in events if e.kind == "output"]
+    assert len(output) == 1 and output[0].parent_span_id == turn.span_id
+    answered = [e for e in events if e.kind == "llm_call" and e.phase == "end"][-1]
+    assert output[0].data["content"] == answered.data["response"]
+    if not how.startswith(("stream", "astream")):
+        assert output[0].data["content"] == answer
+
+
+class _Words(CustomLLM):
+    """Streams "the answer is 42" word by word."""
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(model_name="gpt-4o-mini")
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+        return CompletionResponse(text="the answer is 42")
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+        def words() -> Any:
+            text = ""
+            for word in ["the ", "answer ", "is ", "42"]:
+                text += word
+                yield CompletionResponse(text=text, delta=word)
+        return words()
+
+
+@pytest.mark.parametrize("mode", ["compact", "refine", "tree_summarize", "simple_summarize"])
+def test_every_streaming_response_mode_records_its_answer(
+    cap: Capture, instrumented: Installed, mode: str
+) -> None:
+    # tree_summarize and simple_summarize open their model call before query() returns.
+    engine = _index().as_query_engine(llm=_Words(), streaming=True, response_mode=mode)
+    answer = "".join(engine.query("What is the capital of France?").response_gen)
+    events = _trace_of(cap.events(), "chain", "query")
+    check_tree(events)
+    outputs = [e for e in events if e.kind == "output"]
+    assert [e.data["content"] for e in outputs] == [answer] == ["the answer is 42"]
+    assert outputs[0].parent_span_id == events[0].span_id
+
+
+def test_a_stream_read_in_another_context_keeps_the_session_of_its_query(
+    cap: Capture, instrumented: Installed
+) -> None:
+    engine = _index().as_query_engine(llm=_Words(), streaming=True)
+    with tracevault.context(session_id="alice-session", user_id="alice"):
+        response = engine.query("What is the capital of France?")
+    with tracevault.context(session_id="bob-session", user_id="bob"):  # the server reads it
+        "".join(response.response_gen)
+    events = _trace_of(cap.events(), "chain", "query")
+    assert {e.kind for e in events} >= {"llm_call", "output"}
+    assert {(e.session_id, e.user_id) for e in events} == {("alice-session", "alice")}

@@ -14,7 +14,7 @@ from typing import Any
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 
 from tracevault_llamaindex import llm, payloads
-from tracevault_llamaindex.state import Recorder, Span, elapsed_ms, interruption
+from tracevault_llamaindex.state import Recorder, Span, elapsed_ms, interruption, is_root
 
 Handler = Callable[[Recorder, Any], None]
 
@@ -22,10 +22,6 @@ Handler = Callable[[Recorder, Any], None]
 def _span(rec: Recorder, event: Any) -> Span | None:
     span_id = event.span_id
     return rec.spans.get(span_id) if span_id else None
-
-
-def _is_root(span: Span) -> bool:
-    return span.parent is None and span.parent_anchor is None
 
 
 def _step_start(rec: Recorder, event: Any, kind: str, name: str, data: dict[str, Any],
@@ -67,7 +63,7 @@ def _step_end(rec: Recorder, event: Any, kind: str,
 def _query_start(rec: Recorder, event: Any) -> None:
     query = payloads.text_of(event.query)
     span = _step_start(rec, event, "chain", "query", {"inputs": {"query": query}})
-    if span is not None and _is_root(span):
+    if span is not None and is_root(span):
         rec.emit("input", span, name="query", data={"type": "query", "content": query},
                  parent=span.anchor)
 
@@ -76,14 +72,12 @@ def _query_end(rec: Recorder, event: Any) -> None:
     response = event.response
     text = payloads.text_of(response)
     span = _step_end(rec, event, "chain", lambda _: {"outputs": {"response": text}})
-    if span is None or not _is_root(span):
+    if span is None or not is_root(span):
         return
     gen = getattr(response, "response_gen", None) or getattr(
         response, "async_response_gen", None)
     if gen is not None:  # the answer is streamed later: the LLM call's end records it
-        flag = rec.watch_stream(gen, span)
-        if flag is not None:
-            flag[0], flag[1] = True, span.anchor
+        rec.stream_answer(span, gen)
         return
     rec.emit("output", span, name="final_answer",
              data={"type": "final_answer", "content": text}, parent=span.anchor)

@@ -286,7 +286,8 @@ def finish(
             if entry is not None:
                 rec.hand_up(owner, [entry])
     flag = call.output_flag
-    if flag is not None and flag[0] and status == "success":
+    # Only a streaming call streams the answer (a chat turn's condensing call does not).
+    if flag is not None and flag[0] and status == "success" and call.streaming:
         rec.emit("output", call, name="final_answer", data=Deferred(_answer_data, raw, context),
                  parent=flag[1] or call.parent_anchor)
 

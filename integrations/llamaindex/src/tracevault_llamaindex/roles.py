@@ -13,13 +13,14 @@ import types
 from typing import Any
 
 from tracevault_llamaindex import payloads
-from tracevault_llamaindex.state import LLM, OTHER, PARSER, RUN, TOOL, WRAPPER
+from tracevault_llamaindex.state import CHAT, LLM, OTHER, PARSER, RUN, TOOL, WRAPPER
 
 _LLM_METHODS = frozenset(
     {"chat", "achat", "stream_chat", "astream_chat", "complete", "acomplete",
      "stream_complete", "astream_complete"}
 )
 _TOOL_METHODS = frozenset({"call", "acall", "__call__"})
+_CHAT_METHODS = frozenset({"chat", "achat", "stream_chat", "astream_chat"})
 _STREAMING_RESPONSES = frozenset({"StreamingResponse", "AsyncStreamingResponse"})
 # Generators and async generators cannot be subclassed: their exact types identify them.
 STREAM_TYPES = frozenset({types.GeneratorType, types.AsyncGeneratorType})
@@ -29,7 +30,8 @@ ROLES: dict[type, dict[str, int]] = {}
 
 def classify(instance: Any, method: str) -> int:
     """Return the role of ``instance.method``'s span (``RUN``, ``TOOL``, ``LLM``,
-    ``WRAPPER``, ``PARSER`` or ``OTHER``), resolved once per class and method."""
+    ``WRAPPER``, ``CHAT``, ``PARSER`` or ``OTHER``), resolved once per class and
+    method."""
     cls = type(instance)
     by_method = ROLES.get(cls)
     if by_method is None:
@@ -43,6 +45,7 @@ def classify(instance: Any, method: str) -> int:
 def _role_of(instance: Any, method: str) -> int:
     from llama_index.core.agent.react.output_parser import ReActOutputParser
     from llama_index.core.base.llms.base import BaseLLM
+    from llama_index.core.chat_engine.types import BaseChatEngine
     from llama_index.core.llms.structured_llm import StructuredLLM
     from llama_index.core.tools.types import BaseTool
     from workflows.workflow import Workflow
@@ -53,6 +56,8 @@ def _role_of(instance: Any, method: str) -> int:
         return TOOL
     if method in _LLM_METHODS and isinstance(instance, BaseLLM):
         return WRAPPER if isinstance(instance, StructuredLLM) else LLM
+    if method in _CHAT_METHODS and isinstance(instance, BaseChatEngine):
+        return CHAT
     if method == "parse" and isinstance(instance, ReActOutputParser):
         return PARSER
     return OTHER
@@ -109,6 +114,12 @@ def stream_of(result: Any) -> Any:
         if type(gen) in STREAM_TYPES:
             return gen
     return None
+
+
+def chat_stream_of(result: Any) -> Any:
+    """Return the stream of a chat engine's streamed answer (a
+    ``StreamingAgentChatResponse``), or ``None`` for an answer already made."""
+    return getattr(result, "chat_stream", None) or getattr(result, "achat_stream", None)
 
 
 def tool_parameters(tool: Any, bound_args: inspect.BoundArguments) -> Any:

@@ -22,6 +22,7 @@ from tracevault.ids import new_span_id
 from tracevault.schema import level_for
 from tracevault_llamaindex import llm, payloads, roles
 from tracevault_llamaindex.state import (
+    CHAT,
     LLM,
     OTHER,
     PARSER,
@@ -34,6 +35,7 @@ from tracevault_llamaindex.state import (
     Span,
     elapsed_ms,
     interruption,
+    is_root,
 )
 
 _TOOL_RECOVERY = "the error was returned to the agent as the tool's result and the run continued"
@@ -139,6 +141,8 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
                 self._tool_start(span, instance, bound_args)
             elif role == RUN:
                 self._run_start(span, instance, bound_args)
+            elif role == CHAT:
+                self._chat_start(span, instance, name, bound_args)
         except Exception as exc:
             self._rec.failed("span_enter", exc)
 
@@ -240,12 +244,14 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
         current tracevault span, else the root of a trace of its own."""
         rec = self._rec
         adopted = rec.adopt()
-        flag = None
+        flag = owner = None
         if adopted is None:
             trace_id, anchor = id_, None
         else:
-            trace_id, anchor, flag = adopted
-        session, user = rec.identity(tags, None)
+            trace_id, anchor, flag, owner = adopted
+        # A stream's lazily started call keeps the session and user of the run that
+        # returned the stream, not of the code that happens to read it.
+        session, user = rec.identity(tags, owner)
         span = Span(id_, name, role, trace_id, anchor, anchor, session, user, _clock(), None)
         span.output_flag = flag
         return span
@@ -269,6 +275,53 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
             self._rec.emit("input", span, name="user_message",
                            data={"type": "user_message", "content": content},
                            parent=span.anchor)
+
+    def _chat_start(self, span: Span, instance: Any, name: str,
+                    bound_args: inspect.BoundArguments) -> None:
+        """A chat engine's turn is a ``chain`` step named ``chat`` (as a query engine's
+        query is one named ``query``); at a trace's root, the user's message is its
+        ``input`` and its answer the ``output``."""
+        rec = self._rec
+        message = payloads.text_of(bound_args.arguments.get("message"))
+        data = {"inputs": {"message": message, "engine": type(instance).__name__}}
+        if rec.emit("chain", span, phase="start", level="debug", name="chat", data=data,
+                    span_id=span.id, parent=span.parent_anchor):
+            span.step = ("chain", "chat")
+            span.anchor = span.id
+            span.recorded = True
+        if is_root(span):
+            rec.emit("input", span, name="user_message",
+                     data={"type": "user_message", "content": message}, parent=span.anchor)
+            if name.endswith("stream_chat"):
+                # The engine starts reading its answer's stream (in a thread or task that
+                # inherits this span) before the turn returns: its streaming model call
+                # must know now that its text is the answer.
+                span.output_flag = [True, span.anchor]
+
+    def _chat_end(self, span: Span, result: Any) -> None:
+        """End a chat turn; at a trace's root, its answer is the ``output`` (a streamed
+        answer's when the model call streaming it ends)."""
+        rec = self._rec
+        gen = roles.chat_stream_of(result)
+        text = payloads.text_of(getattr(result, "response", None)) if gen is None else None
+        if span.step is not None:
+            name = span.step[1]
+            span.step = None
+            span.recorded = False
+            outputs = {"response": text} if gen is None else {"streamed": True}
+            rec.emit("chain", span, phase="end", level="debug", name=name,
+                     data={"outputs": outputs, "status": "success",
+                           "duration_ms": elapsed_ms(span.started)},
+                     span_id=span.id, parent=span.parent_anchor)
+        if not is_root(span):
+            return
+        if gen is not None:
+            flag = span.output_flag
+            if not (flag and flag[0]):
+                rec.stream_answer(span, gen)
+        else:
+            rec.emit("output", span, name="final_answer",
+                     data={"type": "final_answer", "content": text}, parent=span.anchor)
 
     def _step_start(self, span: Span, method: str, bound_args: inspect.BoundArguments) -> None:
         span.name = method
@@ -370,6 +423,8 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
             self._thought(span, result)
         elif role == RUN:
             self._run_end(span, result, None)
+        elif role == CHAT:
+            self._chat_end(span, result)
         elif role == STEP and span.recorded:
             rec.emit("chain", span, phase="end", level="trace", name=span.name,
                      data={"status": "success", "duration_ms": elapsed_ms(span.started)},

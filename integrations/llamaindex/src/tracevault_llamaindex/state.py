@@ -34,8 +34,9 @@ MAX_STREAMS = 4_096  # generators returned by closed spans, awaiting their consu
 
 # Span roles (what a LlamaIndex span means for the audit trail). WRAPPER: a model that
 # delegates to another model object (StructuredLLM), transparent: the inner call is
-# the one recorded, with the model, usage and cost of the call actually made.
-OTHER, RUN, STEP, TOOL, LLM, PARSER, WRAPPER = range(7)
+# the one recorded, with the model, usage and cost of the call actually made. CHAT: a
+# chat engine's turn (chat, achat, stream_chat, astream_chat).
+OTHER, RUN, STEP, TOOL, LLM, PARSER, WRAPPER, CHAT = range(8)
 # Raised by a step that waits for an event (a human's answer: ctx.wait_for_event); the
 # workflow runs the step again once it arrives. Control flow, not a failure.
 _SUSPENDING = frozenset({"WaitingForEvent"})
@@ -88,6 +89,13 @@ class Span:
     step: tuple[str, str] | None = None  # (kind, name) of an event-derived open step
     recorded: bool = False  # emitted a start event that still needs its end
     pending: list[dict[str, Any]] | None = None  # errors awaiting handled/propagated
+
+
+def is_root(span: Span) -> bool:
+    """Whether ``span`` begins a trace of its own (its input and answer are the trace's
+    ``input`` and ``output``), not a step inside a run, a stream or another framework's
+    step."""
+    return span.parent is None and span.parent_anchor is None
 
 
 @dataclass(slots=True)
@@ -219,28 +227,39 @@ class Recorder:
         found = self.recent.get(span_id)
         return found if found is not None else self.older.get(span_id)
 
-    def adopt(self) -> tuple[str, str | None, list[Any] | None] | None:
-        """For a LlamaIndex root: return ``(trace, parent, output_flag)`` to hang it under.
+    def adopt(self) -> tuple[str, str | None, list[Any] | None, Span | None] | None:
+        """For a LlamaIndex root: return ``(trace, parent, output_flag, owner)`` to hang
+        it under.
 
         A root started while a generator returned by a closed span is running belongs to
-        that span (a streaming response's lazily started LLM call); otherwise one started
-        inside a current tracevault span (another framework's step) belongs to that.
+        that span (``owner``: a streaming response's lazily started LLM call, wherever
+        and in whatever context the stream is read); its output flag is the first one
+        set on the way out (a chat engine's stream wrapping a synthesizer's). Otherwise
+        one started inside a current tracevault span (another framework's step) belongs
+        to that.
         """
         if self.streams:
             frame: Any = sys._getframe(1)
             depth = 0
+            owner: Span | None = None
+            flag: list[Any] | None = None
             while frame is not None and depth < 64:
                 entry = self.streams.get(id(frame))
                 if entry is not None:
                     gen = entry[0]()
                     if gen is not None and _frame_of(gen) is frame:
-                        owner = entry[1]
-                        return owner.trace_id, owner.anchor, entry[2]
+                        if owner is None:  # the innermost: the span it hangs under
+                            owner, flag = entry[1], entry[2]
+                        if entry[2][0]:
+                            flag = entry[2]
+                            break
                 frame = frame.f_back
                 depth += 1
+            if owner is not None:
+                return owner.trace_id, owner.anchor, flag, owner
         ref = current_span()
         if ref is not None:
-            return ref.trace_id, ref.span_id, None
+            return ref.trace_id, ref.span_id, None, None
         return None
 
     def watch_stream(self, gen: Any, owner: Span) -> list[Any] | None:
@@ -264,6 +283,30 @@ class Recorder:
         except TypeError:
             return None
         return flag
+
+    def stream_answer(self, span: Span, gen: Any) -> None:
+        """``span`` (a trace's root) returned its answer as the stream ``gen``: record
+        the streamed text as the trace's ``output`` when the model call streaming it
+        ends, whether that call starts lazily inside ``gen`` (flagged through
+        :meth:`adopt`) or is already open under ``span`` (tree_summarize, chat engines)."""
+        flag = self.watch_stream(gen, span) if gen is not None else None
+        if flag is None:
+            flag = [False, None]
+        flag[0], flag[1] = True, span.anchor
+        for call in list(self.llm.values()):
+            if (call.streaming and call.trace_id == span.trace_id
+                    and not (call.output_flag and call.output_flag[0])
+                    and self._descends(call.span_id, span)):
+                call.output_flag = flag
+
+    def _descends(self, span_id: str, ancestor: Span) -> bool:
+        span = self.spans.get(span_id) or self.closed(span_id)
+        depth = 0
+        while span is not None and depth < 64:
+            if span is ancestor:
+                return True
+            span, depth = span.parent, depth + 1
+        return False
 
     def close_span(self, span: Span) -> None:
         """Forget an open span, keeping a bounded memory of it for late children.
