@@ -87,3 +87,15 @@ async def test_an_agent_whose_tool_fails_records_only_steps_whose_start_passed_t
                         and e.data["status"] == "error")
         assert error.span_id == tool_end.span_id and error.parent_span_id == run.span_id
     assert error.data["recovery_action"].startswith("the error was returned to the agent")
+
+
+async def test_a_strict_intent_below_the_level_is_recorded_with_its_end(
+    tmp_path: Path, instrumented: Installed
+) -> None:
+    with capture_events(tmp_path, level="error", strict=True) as cap:
+        await function_agent().run(user_msg="What is 2 + 3?")
+        events = cap.events()
+    check_tree(events)
+    calls = [(e.name, e.phase, e.data["status"]) for e in events if e.kind == "tool_call"]
+    assert calls == [("add", "start", "pending"), ("fail", "start", "pending"),
+                     ("add", "end", "success"), ("fail", "end", "error")]

@@ -174,22 +174,11 @@ class Recorder:
         here, by :mod:`tracevault_llamaindex.payloads` (which copies what it reads) or
         from plain values. Pass ``owned=False`` for data that holds a live object.
         """
-        return capture.emit(
-            kind,
-            phase=phase,
-            level=level,
-            name=name,
-            data=data,
-            framework=FRAMEWORK,
-            session_id=owner.session_id,
-            user_id=owner.user_id,
-            trace_id=owner.trace_id,
-            span_id=span_id,
-            parent_span_id=parent,
-            metadata=metadata,
-            durable=durable,
-            owned=owned,
-        )
+        # Callers emit an end only for a recorded start: it is recorded whatever its
+        # level (a strict-mode intent is recorded whatever the level).
+        return capture.record(kind, phase, level, name, data, FRAMEWORK, owner.session_id,
+                              owner.user_id, owner.trace_id, span_id, parent, metadata, None,
+                              None, durable, owned, phase == "end")
 
     # --- identity and placement ------------------------------------------------------------
 
