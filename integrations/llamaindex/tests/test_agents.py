@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from li_agents import ADD, add, check_tree, function_agent, one, react_agent
+from li_agents import ADD, add, check_tree, function_agent, kinds, one, react_agent
 from llama_index.core.agent.workflow import AgentWorkflow, FunctionAgent
-from llama_index.core.base.llms.types import ToolCallBlock
+from llama_index.core.base.llms.types import ImageBlock, TextBlock, ToolCallBlock
 from llama_index.core.llms import (
     ChatMessage,
     CompletionResponse,
@@ -104,6 +104,44 @@ async def test_function_agent_two_tools_one_failing(
     assert second[1].data["response"] == "The sum is 5."
     assert one(events, "output").data["content"] == "The sum is 5."
     assert events[-1].data["status"] == "success"
+
+
+def _echo_agent() -> FunctionAgent:
+    return FunctionAgent(tools=[ADD], llm=MockFunctionCallingLLM(
+        response_generator=lambda messages, **kw: ChatMessage(role="assistant", content="ok")))
+
+
+async def test_a_run_given_only_its_chat_history_records_its_last_user_message(
+    cap: Capture, instrumented: Installed
+) -> None:
+    picture = ImageBlock(url="https://example.com/cat.png")
+    await _echo_agent().run(chat_history=[
+        ChatMessage(role="user", content="earlier question"),
+        ChatMessage(role="assistant", content="earlier answer"),
+        ChatMessage(role="user", blocks=[TextBlock(text="what is this?"), picture]),
+        ChatMessage(role="assistant", content="a trailing assistant turn"),
+    ])
+    events = cap.events()
+    check_tree(events)
+    assert kinds(events)[:2] == [("agent", "start"), ("input", "point")]
+    assert events[1].data == {
+        "type": "user_message", "content": "what is this?",
+        "attachments": [{"type": "image", "url": "https://example.com/cat.png"}]}
+
+
+async def test_a_user_message_with_attachments_keeps_them_in_its_input(
+    cap: Capture, instrumented: Installed
+) -> None:
+    await _echo_agent().run(user_msg=ChatMessage(role="user", blocks=[
+        TextBlock(text="describe this"), ImageBlock(url="https://example.com/cat.png"),
+        ImageBlock(image=b"\x89PNG raw bytes"), TextBlock(text="and be brief")]))
+    events = cap.events()
+    check_tree(events)
+    # The text as content; the images by where they live, never their bytes.
+    assert one(events, "input").data == {
+        "type": "user_message", "content": "describe this\nand be brief",
+        "attachments": [{"type": "image", "url": "https://example.com/cat.png"},
+                        {"type": "image"}]}
 
 
 @pytest.mark.parametrize("streaming", [False, True])

@@ -181,6 +181,31 @@ def message_dict(message: Any) -> dict[str, Any]:
         return {"role": "unknown", "content": short_repr(message)}
 
 
+def user_input(message: Any) -> dict[str, Any]:
+    """Return the ``input`` data of a user's message as :func:`plain` copied it (a
+    string, or a :func:`message_dict`): its text as ``content`` and, for a message with
+    attachments, those as ``message_dict`` records them (where they live, no bytes)."""
+    data: dict[str, Any] = {"type": "user_message"}
+    if type(message) is dict and "role" in message:
+        data["content"] = message.get("content")
+        attachments = message.get("attachments")
+        if attachments:
+            data["attachments"] = attachments
+    else:
+        data["content"] = message
+    return data
+
+
+def last_user_message(history: Any) -> Any:
+    """Return the last user message of a chat history as :func:`plain` copied it
+    (``None`` if it has none)."""
+    if isinstance(history, list):
+        for message in reversed(history):
+            if type(message) is dict and message.get("role") == "user":
+                return message
+    return None
+
+
 def tool_call_block(block: Any) -> dict[str, Any]:
     """Return ``{"id", "name", "arguments"}`` for a ``ToolCallBlock`` (or its copy)."""
     return {

@@ -270,11 +270,13 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
                           data={"inputs": inputs}, span_id=span.id, parent=span.parent_anchor):
             span.anchor = span.id
             span.recorded = True
-        if start_event is not None and user_msg is not None:
-            content = payloads.text_of(start_event.get("user_msg"))
+        # The user's message, else (a run given only its conversation) the last one in
+        # the chat history: as copied into the inputs, attachments included.
+        if user_msg is None:
+            user_msg = payloads.last_user_message(inputs.get("chat_history"))
+        if user_msg is not None:
             self._rec.emit("input", span, name="user_message",
-                           data={"type": "user_message", "content": content},
-                           parent=span.anchor)
+                           data=payloads.user_input(user_msg), parent=span.anchor)
 
     def _chat_start(self, span: Span, instance: Any, name: str,
                     bound_args: inspect.BoundArguments) -> None:
