@@ -523,7 +523,8 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
 
     def _drop_body(self, span: Span, err: BaseException | None) -> None:
         rec = self._rec
-        entries, span.pending = span.pending or [], None
+        below, span.pending = span.pending or [], None
+        own: list[dict[str, Any]] = []  # its own error, hanging under its parent
         nested = span.role == LLM and rec.dups.pop(span.id, None) is not None
         interrupted = interruption(err) if err is not None else None
         if interrupted == "cancelled" and span.run is not None:
@@ -533,23 +534,27 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
             # cancellation or a wait for an event is none.
             entry = rec.new_error(span, err, span.name, span.id if span.recorded else None)
             if entry is not None:
-                entries.append(entry)
+                own.append(entry)
         role = span.role
         if role == TOOL:
             self._tool_end(span, None, err or RuntimeError("tool span dropped"), interrupted)
-            for entry in entries:
+            failed = below + own
+            for entry in failed:
                 entry["failed_tool"] = True
-            rec.hand_up(span, entries)
+            rec.hand_up(span, failed)
         elif role == LLM:
             call = rec.llm.get(span.id)
             if call is not None:
                 llm.finish(rec, call, None, status="error")
-            rec.hand_up(span, entries)
+            rec.hand_up(span, below + own)
         elif role == RUN:
-            rec.hand_up(span, entries)
+            self._fail_step(span, below, own, span.recorded or (
+                span.run is not None and span.run.turn_id is not None))
             self._run_end(span, None, err)
         else:
-            rec.hand_up(span, entries)
+            # Only a workflow step: a query, chat turn or other event-derived step (say
+            # in a QueryEngineTool) passes its errors up to the agent that handles them.
+            self._fail_step(span, below, own, role == STEP and span.recorded)
             if span.step is not None:
                 kind, name = span.step
                 rec.emit(kind, span, phase="end", level="error", name=name,
@@ -559,3 +564,18 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
                 rec.emit("chain", span, phase="end", level="error", name=span.name,
                          data={"status": "error", "duration_ms": elapsed_ms(span.started)},
                          span_id=span.id, parent=span.parent_anchor)
+
+    def _fail_step(self, span: Span, below: list[dict[str, Any]],
+                   own: list[dict[str, Any]], recorded: bool) -> None:
+        """Place the errors of a failed workflow run or step before its end: those from
+        below hang under a recorded one (or one of its turns), so they are recorded now,
+        unrecovered (the same exception is not recorded again higher up, even by a step
+        that goes on to handle it); its own error hangs under its parent and goes up,
+        where a step may yet handle it. An unrecorded one passes everything up."""
+        rec = self._rec
+        if recorded:
+            for entry in below:
+                rec.emit_error(entry)
+            rec.hand_up(span, own)
+        else:
+            rec.hand_up(span, below + own)
