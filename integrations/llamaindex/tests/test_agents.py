@@ -8,17 +8,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from li_agents import ADD, add, check_tree, function_agent, kinds, one, react_agent
+from li_agents import (
+    ADD,
+    TimesOutOnce,
+    add,
+    check_tree,
+    function_agent,
+    kinds,
+    one,
+    react_agent,
+)
 from llama_index.core.agent.workflow import AgentWorkflow, FunctionAgent
 from llama_index.core.base.llms.types import ImageBlock, TextBlock, ToolCallBlock
 from llama_index.core.llms import (
     ChatMessage,
-    CompletionResponse,
-    CustomLLM,
-    LLMMetadata,
     MockFunctionCallingLLM,
 )
-from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.tools import FunctionTool
 from llama_index.core.tools.types import AsyncBaseTool, ToolMetadata, ToolOutput
 from llama_index.core.workflow import (
@@ -375,31 +380,10 @@ async def test_a_huge_tool_argument_is_cut_like_any_captured_string(
     assert one(events, "tool_call", "end").data["result"] == str(MAX_STRING + 1000)
 
 
-class _Flaky(CustomLLM):
-    """Times out on its first call, then answers."""
-
-    calls: int = 0
-
-    @property
-    def metadata(self) -> LLMMetadata:
-        return LLMMetadata(model_name="gpt-4o-mini")
-
-    @llm_completion_callback()
-    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        self.calls += 1
-        if self.calls == 1:
-            raise TimeoutError("first attempt times out")
-        return CompletionResponse(text=f"ok {prompt}")
-
-    @llm_completion_callback()
-    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
-        raise NotImplementedError
-
-
 class _Recovers(Workflow):
     @step
     async def go(self, ev: StartEvent) -> StopEvent:
-        llm = _Flaky()
+        llm = TimesOutOnce()
         with contextlib.suppress(TimeoutError):  # the step handles it: no tool involved
             await llm.acomplete("a")
         return StopEvent(result=(await llm.acomplete("b")).text)

@@ -103,6 +103,31 @@ def agent_classes() -> tuple[type, type]:
     return _agent_types
 
 
+_step_state: Any = None  # workflows' context variable of the running step (False: none)
+
+
+def retried_failure() -> tuple[BaseException, int] | None:
+    """For a workflow step starting again because its retry policy retries a failed
+    attempt: return ``(the exception that attempt raised, this attempt's number)``;
+    ``None`` on a first attempt (or with a ``workflows`` that does not say)."""
+    global _step_state
+    if _step_state is None:
+        try:
+            from workflows.runtime.types.results import StepWorkerStateContextVar
+        except ImportError:
+            _step_state = False
+        else:
+            _step_state = StepWorkerStateContextVar
+    if _step_state is False:
+        return None
+    retry = getattr(_step_state.get(None), "retry", None)
+    number = getattr(retry, "retry_number", 0)
+    failure = getattr(retry, "last_exception", None)
+    if not number or not isinstance(failure, BaseException):
+        return None
+    return failure, number + 1
+
+
 def stream_of(result: Any) -> Any:
     """Return the generator a span returned (itself, or a streaming response's), if any."""
     cls = type(result)

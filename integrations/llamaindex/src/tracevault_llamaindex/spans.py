@@ -328,6 +328,14 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
     def _step_start(self, span: Span, method: str, bound_args: inspect.BoundArguments) -> None:
         span.name = method
         run = span.run
+        run_span = span.parent
+        if run_span is not None and run_span.pending:
+            # The step's retry policy runs it again for the same event after a failure
+            # (its error is pending in the run): recovered, not a failure of the run.
+            retried = roles.retried_failure()
+            if retried is not None:
+                self._rec.recover(run_span, retried[0], f"retried by the retry policy of "
+                                  f"step {method} (attempt {retried[1]})")
         shapes = roles.SHAPES
         for value in bound_args.arguments.values():
             shape = shapes.get(type(value))
@@ -571,7 +579,8 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
         below hang under a recorded one (or one of its turns), so they are recorded now,
         unrecovered (the same exception is not recorded again higher up, even by a step
         that goes on to handle it); its own error hangs under its parent and goes up,
-        where a step may yet handle it. An unrecorded one passes everything up."""
+        where a step may yet handle it (or its retry policy retry it). An unrecorded
+        one passes everything up."""
         rec = self._rec
         if recorded:
             for entry in below:

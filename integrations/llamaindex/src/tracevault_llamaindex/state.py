@@ -319,12 +319,17 @@ class Recorder:
     def new_error(
         self, span: Span, exc: BaseException, where: str, span_id: str | None
     ) -> dict[str, Any] | None:
-        """Return a pending error record for ``exc``, or ``None`` if already recorded."""
+        """Return a pending error record for ``exc``, or ``None`` if already recorded.
+
+        The record keeps ``exc`` itself while it is pending: a step retried for it is
+        told its failure by that object (see :meth:`recover`).
+        """
         if first_report(exc, span.trace_id) is False:
             return None
         data = describe_exception(exc)
         data["where"] = where
-        return {"data": data, "owner": span, "span_id": span_id, "parent": span.parent_anchor}
+        return {"data": data, "owner": span, "span_id": span_id, "parent": span.parent_anchor,
+                "exc": exc}
 
     def emit_error(self, entry: dict[str, Any], recovery: str | None = None) -> None:
         """Record a pending error, with how it was recovered from if it was."""
@@ -351,6 +356,17 @@ class Recorder:
             return
         for entry in entries:
             self.emit_error(entry)
+
+    def recover(self, span: Span, exc: BaseException, recovery: str) -> None:
+        """Record now, as recovered by ``recovery``, the error of ``exc`` pending in
+        ``span`` (if it is there): the work it failed is being done again."""
+        pending = span.pending
+        if pending:
+            for i, entry in enumerate(pending):
+                if entry["exc"] is exc:
+                    del pending[i]
+                    self.emit_error(entry, recovery)
+                    return
 
     def settle(self, span: Span, recovery: str, tool_recovery: str | None = None) -> None:
         """A span ended normally: the errors below it were handled (``tool_recovery``
