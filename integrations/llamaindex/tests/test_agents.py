@@ -18,12 +18,16 @@ from li_agents import (
     one,
     react_agent,
 )
-from llama_index.core.agent.workflow import AgentWorkflow, FunctionAgent
+from llama_index.core.agent.workflow import AgentWorkflow, FunctionAgent, ReActAgent
 from llama_index.core.base.llms.types import ImageBlock, TextBlock, ToolCallBlock
 from llama_index.core.llms import (
     ChatMessage,
+    CompletionResponse,
+    CustomLLM,
+    LLMMetadata,
     MockFunctionCallingLLM,
 )
+from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.tools import FunctionTool
 from llama_index.core.tools.types import AsyncBaseTool, ToolMetadata, ToolOutput
 from llama_index.core.workflow import (
@@ -178,6 +182,36 @@ async def test_react_agent(cap: Capture, instrumented: Installed, streaming: boo
     tool_end = one(events, "tool_call", "end")
     assert tool_end.data["result"] == "5" and tool_end.data["status"] == "success"
     assert one(events, "tool_call", "start").data["parameters"] == {"a": 2, "b": 3}
+
+
+class _AnswersWithoutThought(CustomLLM):
+    """A ReAct model that ignores the format: its whole reply is the answer."""
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(model_name="gpt-4o-mini", is_chat_model=False)
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return CompletionResponse(text="It is 5.")
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+        yield CompletionResponse(text="It is 5.", delta="It is 5.")
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_a_react_thought_the_parser_made_up_is_marked_as_implicit(
+    cap: Capture, instrumented: Installed, streaming: bool
+) -> None:
+    agent = ReActAgent(tools=[ADD], llm=_AnswersWithoutThought(), streaming=streaming)
+    assert str(await agent.run(user_msg="Add 2 and 3")) == "It is 5."
+    events = cap.events()
+    check_tree(events)
+    # LlamaIndex's words, not the model's: said so, and kept apart from the model's.
+    thought = one(events, "reasoning").data
+    assert thought["implicit"] is True and thought["source"] == "react_parser"
+    assert thought["thought"].startswith("(Implicit)") and thought["answer"] == "It is 5."
 
 
 async def test_agent_workflow_hand_off(cap: Capture, instrumented: Installed) -> None:

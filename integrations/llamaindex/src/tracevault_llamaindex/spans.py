@@ -39,6 +39,8 @@ from tracevault_llamaindex.state import (
 )
 
 _TOOL_RECOVERY = "the error was returned to the agent as the tool's result and the run continued"
+# What ReActOutputParser puts as the thought of a reply with no "Thought:" in it.
+_IMPLICIT_THOUGHT = "(Implicit)"
 _clock = time.perf_counter
 _PASSIVE_ROLES = frozenset({OTHER, STEP, WRAPPER})  # roles whose exit records nothing itself
 
@@ -483,13 +485,20 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
         thought = getattr(step, "thought", None)
         if not thought:
             return
-        data: dict[str, Any] = {"thought": thought, "source": "react"}
+        answer = getattr(step, "response", None)
+        data: dict[str, Any]
+        if (thought.startswith(_IMPLICIT_THOUGHT) and isinstance(answer, str)
+                and "Thought:" not in answer):
+            # The model wrote no "Thought:" (its whole text is the answer): the parser
+            # made this one up. Kept, marked as the parser's words, not the model's.
+            data = {"thought": thought, "source": "react_parser", "implicit": True}
+        else:
+            data = {"thought": thought, "source": "react"}
         action = getattr(step, "action", None)
         if action:
             data["plan"] = [str(action)]
             data["action"] = action
             data["action_input"] = payloads.plain(getattr(step, "action_input", None))
-        answer = getattr(step, "response", None)
         if answer is not None:
             data["answer"] = answer
         # The step's fields as they are (the action input is copied): copy on queueing.
