@@ -20,6 +20,27 @@ def test_exact_prefix_and_provider_prefixed_names() -> None:
     assert pricing.price_for(None) is None
 
 
+@pytest.mark.parametrize(("model", "priced_as"), [
+    ("claude-sonnet-4-20250514", "claude-sonnet-4"),
+    ("claude-opus-4-1-20250805", "claude-opus-4"),
+    ("claude-3-5-sonnet-latest", "claude-3-5-sonnet"),
+    ("claude-3-5-sonnet@20240620", "claude-3-5-sonnet"),  # Vertex
+    ("anthropic.claude-3-5-sonnet-20241022-v2:0", "claude-3-5-sonnet"),  # Bedrock
+    ("gemini-2.0-flash-001", "gemini-2.0-flash"),
+    ("mistral-large-2411", "mistral-large"),
+    ("llama-3.1-70b-instruct", "llama-3.1-70b"),
+    ("o1-mini-2024-09-12", "o1-mini"),
+    ("gpt-4o-audio-preview", None),  # another model than gpt-4o, at another price
+    ("o3-deep-research", None),
+    ("gemini-2.5-flash-image", None),
+])
+def test_a_known_name_prices_its_versions_not_its_siblings(
+    model: str, priced_as: str | None
+) -> None:
+    expected = pricing.BUILTIN_PRICES[priced_as] if priced_as is not None else None
+    assert pricing.price_for(model) == expected
+
+
 def test_cost_bills_cached_input_at_the_cached_rate() -> None:
     # gpt-4o-mini: 0.15 in, 0.60 out, 0.075 cached per million tokens
     assert pricing.cost_of("gpt-4o-mini", 1_000_000, 0) == pytest.approx(0.15)
@@ -47,16 +68,16 @@ def test_user_prices_override_and_extend(tmp_path: Path) -> None:
 
 def test_a_new_price_applies_to_models_already_looked_up() -> None:
     # Matches are remembered per model name; changing the table must not leave them stale.
-    assert pricing.price_for("acme-2-large") is None
+    assert pricing.price_for("acme-2-v3") is None
     assert pricing.price_for("gpt-4o-mini-2024-07-18") == pricing.BUILTIN_PRICES["gpt-4o-mini"]
     pricing.set_price("acme-2", input=1.0, output=1.0)
     pricing.set_price("gpt-4o-mini-2024", input=9.0, output=9.0)
     try:
-        assert pricing.price_for("acme-2-large") == pricing.Price(1.0, 1.0)
+        assert pricing.price_for("acme-2-v3") == pricing.Price(1.0, 1.0)
         assert pricing.price_for("gpt-4o-mini-2024-07-18") == pricing.Price(9.0, 9.0)
     finally:
         pricing.clear_prices()
-    assert pricing.price_for("acme-2-large") is None
+    assert pricing.price_for("acme-2-v3") is None
 
 
 @pytest.mark.parametrize("content", [None, "{not json", '{"gpt-4o": {"input": "cheap"}}'],

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,7 +39,10 @@ BUILTIN_PRICES: dict[str, Price] = {
     "gpt-5-mini": Price(0.25, 2.00, 0.025),
     "gpt-5-nano": Price(0.05, 0.40, 0.005),
     "o1": Price(15.00, 60.00, 7.50),
+    "o1-mini": Price(1.10, 4.40, 0.55),
+    "o1-pro": Price(150.00, 600.00),
     "o3": Price(2.00, 8.00, 0.50),
+    "o3-pro": Price(20.00, 80.00),
     "o3-mini": Price(1.10, 4.40, 0.55),
     "o4-mini": Price(1.10, 4.40, 0.275),
     "gpt-3.5-turbo": Price(0.50, 1.50),
@@ -50,6 +54,7 @@ BUILTIN_PRICES: dict[str, Price] = {
     "claude-haiku-4": Price(1.00, 5.00, 0.10),
     "gemini-2.5-pro": Price(1.25, 10.00, 0.31),
     "gemini-2.5-flash": Price(0.30, 2.50, 0.075),
+    "gemini-2.5-flash-lite": Price(0.10, 0.40, 0.025),
     "gemini-2.0-flash": Price(0.10, 0.40, 0.025),
     "mistral-large": Price(2.00, 6.00),
     "mistral-small": Price(0.10, 0.30),
@@ -168,17 +173,26 @@ def _names(model: str) -> list[str]:
     return names
 
 
+# What may follow a known name and still be the same model at the same price: dates
+# (-20250514, -2024-08-06, -2411, -05-20), a minor or revision number (-1, -001),
+# -latest, -vN, -instruct, Vertex's @date. Anything else (-mini, -pro, -lite, -audio)
+# is another model, with a price of its own: unknown rather than wrong.
+_VERSION = re.compile(r"(?:-(?:\d{1,4}|\d{4}-?\d{2}-?\d{2}|\d{2}-\d{2}|latest|instruct"
+                      r"|v\d+(?:\.\d+)*))+(?:@.*)?|@.*")
+
+
 def _match(model: str) -> Price | None:
     names = _names(model)
     for name in names:
         for table in (_overrides, BUILTIN_PRICES):
             if name in table:
                 return table[name]
-    name = names[-1]  # else the longest known name it starts with (dated versions)
+    name = names[-1]  # else the longest known name it is a version of
     for table in (_overrides, BUILTIN_PRICES):
         best: str | None = None
         for known in table:
-            if name.startswith(known) and (best is None or len(known) > len(best)):
+            if (name.startswith(known) and (best is None or len(known) > len(best))
+                    and _VERSION.fullmatch(name, len(known))):
                 best = known
         if best is not None:
             return table[best]
