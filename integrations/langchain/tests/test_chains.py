@@ -452,6 +452,20 @@ def test_a_hand_off_to_another_agent_is_no_interrupt(cap: Capture) -> None:
     assert events[-1].data["status"] == "success"
 
 
+def test_an_edit_of_a_threads_state_is_no_agent_run(cap: Capture) -> None:
+    agent = react_agent(weather_model(), [get_weather], checkpointer=InMemorySaver())
+    config: RunnableConfig = {**_cfg(), "configurable": {"thread_id": "t1"}}
+    agent.invoke({"messages": [HumanMessage("Paris")]}, config)
+    before = len(cap.events())
+    agent.update_state(config, {"messages": [AIMessage("An edited answer.")]}, as_node="agent")
+    events = cap.events()[before:]
+    check_tree(events)
+    assert not [e for e in events if e.kind in ("agent", "input", "output")]
+    update = next(e for e in events if e.name == "state_update")
+    assert update.data["payload"]["messages"][0]["content"] == "An edited answer."
+    assert update.session_id == "t1"
+
+
 def test_direct_model_call_is_a_root_with_input_and_output(cap: Capture) -> None:
     model = _answer_model("hello")
     model.invoke("hi there", _cfg())

@@ -194,6 +194,34 @@ def test_plain_answer_without_tool_calls_is_not_reasoning() -> None:
     ) == "hidden chain"
 
 
+@pytest.mark.parametrize("message", [
+    AIMessage("", additional_kwargs={"reasoning": {  # OpenAI Responses API, output v0
+        "type": "reasoning", "id": "rs_1",
+        "summary": [{"type": "summary_text", "text": "First look it up."}]}}),
+    AIMessage([{"type": "reasoning", "id": "rs_1", "encrypted_content": "gAAAA",  # v1
+                "summary": [{"type": "summary_text", "text": "First look it up."}]}]),
+    AIMessage([{"type": "reasoning_content",  # Bedrock Converse
+                "reasoning_content": {"text": "First look it up.", "signature": "x"}}]),
+    AIMessage([{"type": "thinking", "thinking": "First look it up.", "signature": "x"}]),
+], ids=["openai-v0", "openai-v1", "bedrock", "anthropic"])
+def test_each_providers_reasoning_is_read(message: AIMessage) -> None:
+    assert convert.reasoning_of(message) == "First look it up."
+
+
+def test_a_thinking_models_answer_is_its_text_and_a_refusal_is_kept(cap: Capture) -> None:
+    thinking = AIMessage([{"type": "thinking", "thinking": "Greet back.", "signature": "s" * 900},
+                          {"type": "text", "text": "Hello! "}, {"type": "text", "text": "Hi."}])
+    ScriptedChatModel(respond=lambda _m: thinking).invoke("hello", _cfg())
+    refusal = AIMessage("", additional_kwargs={"refusal": "I can't help with that."})
+    ScriptedChatModel(respond=lambda _m: refusal).invoke("how to pick a lock", _cfg())
+    events = cap.events()
+    answers = [e.data["content"] for e in events if e.kind == "output"]
+    assert answers == ["Hello! Hi.", ""]
+    refused = [e for e in events if e.kind == "llm_call" and e.phase == "end"][1]
+    assert refused.data["refusal"] == "I can't help with that."
+    assert [e.data["thought"] for e in events if e.kind == "reasoning"] == ["Greet back."]
+
+
 def _generation(usage: dict[str, int] | None, **metadata: Any) -> ChatGeneration:
     message = AIMessage("ok", response_metadata=metadata)
     if usage is not None:

@@ -175,6 +175,10 @@ def generation_view(generation: Any) -> dict[str, Any]:
             _add_tool_calls(out, m)
         if m.get("id"):
             out["message_id"] = m["id"]
+        extra = m.get("additional_kwargs") or {}
+        for key in ("refusal", "function_call"):  # said outside content and tool_calls
+            if extra.get(key):
+                out[key] = extra[key]
         reason = (info.get("finish_reason") or meta.get("finish_reason")
                   or meta.get("stop_reason")  # Anthropic
                   or meta.get("done_reason")  # Ollama
@@ -241,19 +245,57 @@ def reasoning_of(message: Any) -> str | None:
                 text.append(block)
             elif isinstance(block, dict):
                 kind = block.get("type")
-                if kind in ("reasoning", "thinking"):
-                    value = block.get("reasoning") or block.get("thinking") or block.get("text")
-                    if isinstance(value, str):
-                        parts.append(value)
+                if kind in _REASONING_BLOCKS:
+                    parts.append(_reasoning_text(block))
                 elif kind == "text" and isinstance(block.get("text"), str):
                     text.append(block["text"])
-    extra = (m.get("additional_kwargs") or {}).get("reasoning_content")
-    if isinstance(extra, str):
-        parts.append(extra)
+    extra = m.get("additional_kwargs") or {}
+    for key in ("reasoning_content", "reasoning"):  # DeepSeek, vLLM; OpenAI's Responses API
+        if extra.get(key):
+            parts.append(_reasoning_text(extra[key]))
     if m.get("tool_calls"):
         parts.extend(t for t in text if t.strip())
     thought = "\n".join(p for p in parts if p.strip())
     return thought or None
+
+
+# Content blocks holding a model's reasoning: Anthropic's thinking, LangChain's standard
+# reasoning block and OpenAI's Responses API reasoning item, Bedrock Converse's.
+_REASONING_BLOCKS = frozenset({"reasoning", "thinking", "reasoning_content"})
+
+
+def _reasoning_text(value: Any) -> str:
+    """The text of a reasoning block or item, whatever its provider's shape: a string,
+    ``reasoning``/``thinking``/``text``, an OpenAI ``summary`` list, Bedrock's
+    ``reasoning_content.text``, or a list of any of these."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)):
+        return "\n".join(t for t in (_reasoning_text(v) for v in value) if t)
+    if not isinstance(value, dict):
+        return ""
+    for key in ("reasoning", "thinking", "text"):
+        if isinstance(value.get(key), str):
+            return str(value[key])
+    for key in ("summary", "reasoning_content"):
+        if value.get(key):
+            return _reasoning_text(value[key])
+    return ""
+
+
+def content_text(content: Any) -> Any:
+    """The text of a message's content: itself if a string; the text blocks of a list
+    joined (reasoning and other blocks left out); the list as it is if it has none."""
+    if not isinstance(content, (list, tuple)):
+        return content
+    texts: list[str] = []
+    for block in content:
+        text = block if isinstance(block, str) else (
+            block.get("text") if isinstance(block, dict) and block.get("type") == "text"
+            else None)
+        if isinstance(text, str):
+            texts.append(text)
+    return "".join(texts) if texts else content
 
 
 def plan_of(message: Any) -> list[str]:
@@ -337,7 +379,7 @@ def output_view(outputs: Any) -> Any:
     if isinstance(outputs, str):
         return outputs
     if isinstance(outputs, BaseMessage):
-        return outputs.content
+        return content_text(outputs.content)
     if isinstance(outputs, Mapping):
         messages = outputs.get("messages")
         if isinstance(messages, (list, tuple)) and messages:
@@ -346,11 +388,11 @@ def output_view(outputs: Any) -> Any:
             if last is None:
                 last = _last_message(messages, ("ai", "assistant"))
             if last is not None:
-                return last["content"]
+                return content_text(last["content"])
         for key in ("output", "answer", "result"):
             if key in outputs:
                 return outputs[key]
     if isinstance(outputs, LLMResult):
         data, _ = result_view(outputs)
-        return data.get("response")
+        return content_text(data.get("response"))
     return outputs

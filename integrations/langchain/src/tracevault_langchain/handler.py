@@ -62,6 +62,14 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
             if st is None or st.span is None:
                 return
             meta = metadata or {}
+            if st.is_root and name == _UPDATE_STATE:
+                # graph.update_state(): a person (or code) edits a thread's state; the
+                # agent does not run, so no input and no answer, just what was written.
+                self._rec.emit(st, "chain", "start", {}, owned=True)
+                self._rec.emit(st, "custom", "point",
+                               {"name": "state_update", "payload": inputs},
+                               name="state_update", point=True)
+                return
             if st.is_root:
                 st.kind = "agent"
                 extra = convert.user_metadata(meta)
@@ -99,7 +107,7 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
             data: dict[str, Any] = {"status": "success", "duration_ms": ms_since(st.started)}
             if st.trace.failed_under:  # failures inside it: it handled them
                 self._rec.settle(st, run_id)
-            if st.is_root:
+            if st.is_root and st.kind == "agent":
                 if st.defers_inputs:
                     self._input(st, kwargs.get("inputs"), st.extra)
                 if st.interrupted:  # paused at interrupt(): no answer yet, a resume follows
@@ -252,6 +260,9 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
             self._rec.warn_if_slow(st, duration)
         except Exception as exc:
             recording_failed("on_tool_error", exc)
+
+
+_UPDATE_STATE = "LangGraphUpdateState"  # the root run of graph.update_state()
 
 
 def _deferred(inputs: Any, kwargs: dict[str, Any]) -> bool:
