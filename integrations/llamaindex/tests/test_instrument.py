@@ -13,19 +13,16 @@ from typing import Any
 
 import pytest
 import tracevault_llamaindex
-from li_agents import check_tree, react_agent
+from li_agents import DownLLM, check_tree, react_agent
 from llama_index.core.agent.workflow import FunctionAgent
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.instrumentation import dispatcher as _dispatcher_module  # noqa: F401
 from llama_index.core.instrumentation.dispatcher import instrument_tags
 from llama_index.core.llms import (
     ChatMessage,
-    CustomLLM,
-    LLMMetadata,
     MockFunctionCallingLLM,
     MockLLM,
 )
-from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.tools import FunctionTool
 from llama_index_instrumentation import get_dispatcher
 from tracevault_llamaindex import callbacks, llm, usage
@@ -179,28 +176,12 @@ def test_legacy_callback_handler(cap: Capture) -> None:
     assert handler.errors == 0
 
 
-class _Down(CustomLLM):
-    """A model whose every call fails."""
-
-    @property
-    def metadata(self) -> LLMMetadata:
-        return LLMMetadata(model_name="gpt-4o-mini")
-
-    @llm_completion_callback()
-    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
-        raise ConnectionError("down")
-
-    @llm_completion_callback()
-    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
-        raise ConnectionError("down")
-
-
 @pytest.mark.parametrize("chat", [False, True], ids=["complete", "chat"])
 def test_legacy_handler_records_a_failed_call_once_under_it(cap: Capture, chat: bool) -> None:
     # LlamaIndex reports the failure twice: at the call's end and from the trace around
     # it (before the end for chat, after it for completion).
     handler = tracevault_llamaindex.TracevaultCallbackHandler()
-    model = _Down(callback_manager=CallbackManager([handler]))
+    model = DownLLM(callback_manager=CallbackManager([handler]))
     with pytest.raises(ConnectionError):
         if chat:
             model.chat([ChatMessage(role="user", content="hi")])
