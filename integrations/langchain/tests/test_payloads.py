@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
+import hashlib
+import json
 import uuid
 from typing import Any
 
@@ -220,6 +223,29 @@ def test_a_thinking_models_answer_is_its_text_and_a_refusal_is_kept(cap: Capture
     refused = [e for e in events if e.kind == "llm_call" and e.phase == "end"][1]
     assert refused.data["refusal"] == "I can't help with that."
     assert [e.data["thought"] for e in events if e.kind == "reasoning"] == ["Greet back."]
+
+
+def test_inline_media_is_recorded_as_a_digest_not_its_bytes(cap: Capture) -> None:
+    image = base64.b64encode(bytes(range(256)) * 2_000).decode()
+    question = HumanMessage([
+        {"type": "text", "text": "What is in these?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg",
+                                     "data": image}},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+    ])
+    model = ScriptedChatModel(respond=lambda _m: ai("Bytes.", input_tokens=5, output_tokens=1))
+    model.invoke([question], _cfg())
+    events = cap.events()
+    assert image[:100] not in json.dumps([e.data for e in events])
+    ref = {"base64_chars": len(image), "sha256": hashlib.sha256(image.encode()).hexdigest()}
+    start = next(e for e in events if e.kind == "llm_call" and e.phase == "start")
+    content = start.data["messages"][0]["content"]
+    assert content[1] == {"type": "image_url", "media": {"mime": "image/png", **ref}}
+    assert content[2] == {"type": "image", "media": {"mime": "image/jpeg", **ref}}
+    assert content[3] == question.content[3]  # a link is kept as it is
+    assert next(e for e in events if e.kind == "input").data["content"] == content
+    assert question.content[1]["image_url"]["url"].endswith(image)  # the caller's is intact
 
 
 def _generation(usage: dict[str, int] | None, **metadata: Any) -> ChatGeneration:

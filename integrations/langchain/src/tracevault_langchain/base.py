@@ -125,7 +125,7 @@ class HandlerBase(_Base):
 
     def _input(self, st: RunState, inputs: Any, extra: dict[str, Any] | None) -> None:
         kind, content = convert.input_view(inputs)
-        data: dict[str, Any] = {"type": kind, "content": content}
+        data: dict[str, Any] = {"type": kind, "content": convert.without_media(content)}
         for key in ("source", "ip_address"):
             if extra and isinstance(extra.get(key), str):
                 data[key] = extra[key]

@@ -12,6 +12,7 @@ attributes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -100,6 +101,92 @@ def _add_tool_calls(out: dict[str, Any], message: dict[str, Any]) -> None:
         out["tool_calls"] = [dict(c) for c in message["tool_calls"]]
     if message.get("invalid_tool_calls"):
         out["invalid_tool_calls"] = [dict(c) for c in message["invalid_tool_calls"]]
+
+
+# Inline media (images, audio, files) is recorded as what it is, never its bytes:
+# each model call carries the whole conversation, so a 3 MB image would be stored
+# again with every call (and cut at the string limit, into a useless partial file).
+_MEDIA_DIGESTS: dict[int, tuple[str, dict[str, Any]]] = {}  # id(data) -> (data, ref)
+_MAX_MEDIA_DIGESTS = 256
+
+
+def _media_ref(data: str, mime: Any) -> dict[str, Any]:
+    """``{"mime", "base64_chars", "sha256"}`` for inline base64 ``data`` (the digest
+    of the base64 text, as sent); remembered by identity, as the same string comes
+    back with every later call of the conversation."""
+    known = _MEDIA_DIGESTS.get(id(data))
+    if known is not None and known[0] is data:
+        return known[1]
+    ref = {"mime": mime, "base64_chars": len(data),
+           "sha256": hashlib.sha256(data.encode("ascii", "replace")).hexdigest()}
+    if len(_MEDIA_DIGESTS) >= _MAX_MEDIA_DIGESTS:
+        _MEDIA_DIGESTS.clear()
+    _MEDIA_DIGESTS[id(data)] = (data, ref)
+    return ref
+
+
+def _data_url(url: Any) -> dict[str, Any] | None:
+    if not isinstance(url, str) or not url.startswith("data:"):
+        return None
+    head, _, data = url.partition(",")
+    return _media_ref(data, head[5:].split(";", 1)[0] or None)
+
+
+def _inline_media(block: dict[str, Any]) -> dict[str, Any] | None:
+    """The reference that replaces ``block``'s inline bytes, if it has any: OpenAI's
+    data URLs, input_audio and file data, LangChain's base64 blocks, Anthropic's base64
+    sources."""
+    kind = block.get("type")
+    if kind == "image_url":
+        url = block.get("image_url")
+        return _data_url(url.get("url") if isinstance(url, dict) else url)
+    if kind == "input_audio" and isinstance(block.get("input_audio"), dict):
+        audio = block["input_audio"]
+        return _media_ref(audio["data"], audio.get("format")) if isinstance(
+            audio.get("data"), str) else None
+    if kind == "file" and isinstance(block.get("file"), dict):
+        return _data_url(block["file"].get("file_data"))
+    source = block.get("source")
+    if isinstance(source, dict) and source.get("type") == "base64" and isinstance(
+            source.get("data"), str):  # Anthropic
+        return _media_ref(source["data"], source.get("media_type"))
+    for key in ("base64", "data"):  # LangChain's standard blocks
+        if isinstance(block.get(key), str) and kind in ("image", "audio", "file", "video"):
+            return _media_ref(block[key], block.get("mime_type"))
+    return None
+
+
+def without_media(content: Any) -> Any:
+    """``content`` with each inline media block replaced by ``{"type", "media": ref}``
+    (``content`` itself when it has none)."""
+    if content.__class__ is not list:
+        return content
+    out = None
+    for i, block in enumerate(content):
+        ref = _inline_media(block) if isinstance(block, dict) else None
+        if ref is not None:
+            if out is None:
+                out = list(content)
+            out[i] = {"type": block.get("type"), "media": ref}
+    return content if out is None else out
+
+
+def prompt_without_media(batches: Sequence[Sequence[Any]]) -> Sequence[Sequence[Any]]:
+    """A chat model's prompt with inline media replaced (see :func:`without_media`):
+    only messages that hold some are copied."""
+    out: list[Sequence[Any]] | None = None
+    for b, batch in enumerate(batches):
+        for i, message in enumerate(batch):
+            content = getattr(message, "content", None)
+            if content.__class__ is not list:
+                continue
+            stripped = without_media(content)
+            if stripped is content:
+                continue
+            if out is None:
+                out = [list(x) for x in batches]
+            out[b][i] = message.model_copy(update={"content": stripped})  # type: ignore[index]
+    return batches if out is None else out
 
 
 def messages_view(batches: Sequence[Sequence[Any]]) -> list[Any]:

@@ -93,6 +93,8 @@ class ModelCallbacks(HandlerBase):
             parameters["stop"] = params.get("stop") or meta.get("ls_stop")
         tools = params.get("tools") or params.get("functions")
         # The messages are copied whole; the writer reads them (_start_data).
+        if chat:
+            prompt = convert.prompt_without_media(prompt)
         raw = freeze_raw((parameters, tools, prompt, chat))
         provider = meta.get("ls_provider") or params.get("_type")
         self._rec.emit(st, "llm_call", "start", Deferred(_start_data, raw, (st.model, provider)))
