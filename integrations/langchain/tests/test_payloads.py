@@ -175,6 +175,9 @@ def test_user_prices_apply_and_unknown_models_have_no_cost(cap: Capture) -> None
     assert ends[0].data["cost"] == pytest.approx(100 * 10e-6 + 10 * 20e-6)
     assert "cost" not in ends[1].data
     assert ends[1].data["usage"]["total"] == 110
+    outputs = [e.data for e in cap.events() if e.kind == "output"]
+    assert "unpriced_tokens" not in outputs[0]
+    assert outputs[1]["unpriced_tokens"] == 110 and "cost" not in outputs[1]
 
 
 def test_reasoning_blocks_are_recorded_as_reasoning(cap: Capture) -> None:

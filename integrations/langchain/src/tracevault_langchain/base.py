@@ -175,4 +175,6 @@ def _output_data(answer: list[Any], trace: Trace) -> dict[str, Any]:
         data["model"] = trace.model
     if trace.cost is not None:
         data["cost"] = trace.cost
+    if trace.unpriced_tokens:  # the cost, if any, leaves these out
+        data["unpriced_tokens"] = trace.unpriced_tokens
     return data

@@ -51,6 +51,7 @@ class Trace:
     lock: threading.Lock = field(default_factory=threading.Lock)
     tokens: int = 0
     cost: float | None = None
+    unpriced_tokens: int = 0  # of models the price table lacks: not in ``cost``
     model: str | None = None
     # Exceptions already recorded that could not be marked (see first_report), kept
     # alive so their id() cannot be reused by a later exception.
@@ -69,6 +70,8 @@ class Trace:
             self.tokens += tokens
             if cost is not None:
                 self.cost = (self.cost or 0.0) + cost
+            else:
+                self.unpriced_tokens += tokens
             if model:
                 self.model = model
 
