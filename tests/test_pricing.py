@@ -121,3 +121,19 @@ def test_the_billed_model_is_the_providers_when_more_precise_or_priced() -> None
     assert pricing.billed_model("gpt-4o-mini", "gpt-4o") == "gpt-4o-mini"  # both priced
     assert pricing.billed_model(None, "gpt-4o") == "gpt-4o"
     assert pricing.billed_model("gpt-4o", None) == "gpt-4o"
+
+
+def test_cache_writes_are_billed_at_their_rate_and_reads_at_theirs() -> None:
+    # claude-sonnet-4: 3.00 in, 15.00 out, 0.30 cache read, 3.75 cache write per million
+    usage = {"input": 1_000_000, "output": 0, "cached": 200_000, "cache_write": 300_000}
+    assert pricing.usage_cost("claude-sonnet-4", usage) == pytest.approx(
+        0.5 * 3.0 + 0.2 * 0.30 + 0.3 * 3.75)
+    # A model without a cache-write rate bills the writes as input.
+    assert pricing.cost_of("gpt-4o", 1_000_000, 0, cache_write_tokens=400_000) == (
+        pytest.approx(2.5))
+    pricing.load_prices({"acme": {"input": 1, "output": 2, "cache_write": 4}})
+    try:
+        assert pricing.cost_of("acme", 1_000_000, 0, cache_write_tokens=500_000) == (
+            pytest.approx(2.5))
+    finally:
+        pricing.clear_prices()

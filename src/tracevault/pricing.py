@@ -21,11 +21,14 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class Price:
-    """USD per million input, output and cached-input tokens."""
+    """USD per million input, output, cached-input (read from the prompt cache) and
+    cache-write tokens (written to it: Anthropic bills them at 1.25x input); a missing
+    cache rate is the input rate."""
 
     input: float
     output: float
     cached_input: float | None = None
+    cache_write: float | None = None
 
 
 # Public list prices (USD / 1M tokens) of widely used models; extend with set_price().
@@ -46,12 +49,12 @@ BUILTIN_PRICES: dict[str, Price] = {
     "o3-mini": Price(1.10, 4.40, 0.55),
     "o4-mini": Price(1.10, 4.40, 0.275),
     "gpt-3.5-turbo": Price(0.50, 1.50),
-    "claude-opus-4": Price(15.00, 75.00, 1.50),
-    "claude-sonnet-4": Price(3.00, 15.00, 0.30),
-    "claude-3-7-sonnet": Price(3.00, 15.00, 0.30),
-    "claude-3-5-sonnet": Price(3.00, 15.00, 0.30),
-    "claude-3-5-haiku": Price(0.80, 4.00, 0.08),
-    "claude-haiku-4": Price(1.00, 5.00, 0.10),
+    "claude-opus-4": Price(15.00, 75.00, 1.50, 18.75),
+    "claude-sonnet-4": Price(3.00, 15.00, 0.30, 3.75),
+    "claude-3-7-sonnet": Price(3.00, 15.00, 0.30, 3.75),
+    "claude-3-5-sonnet": Price(3.00, 15.00, 0.30, 3.75),
+    "claude-3-5-haiku": Price(0.80, 4.00, 0.08, 1.00),
+    "claude-haiku-4": Price(1.00, 5.00, 0.10, 1.25),
     "gemini-2.5-pro": Price(1.25, 10.00, 0.31),
     "gemini-2.5-flash": Price(0.30, 2.50, 0.075),
     "gemini-2.5-flash-lite": Price(0.10, 0.40, 0.025),
@@ -72,13 +75,14 @@ _MAX_MATCHED = 1024
 
 
 def set_price(
-    model: str, *, input: float, output: float, cached_input: float | None = None
+    model: str, *, input: float, output: float, cached_input: float | None = None,
+    cache_write: float | None = None,
 ) -> None:
     """Add or override the price of ``model`` (USD per million tokens)."""
-    if min(input, output, cached_input or 0.0) < 0:
+    if min(input, output, cached_input or 0.0, cache_write or 0.0) < 0:
         raise ValueError("prices must not be negative")
     with _lock:
-        _overrides[model.lower()] = Price(input, output, cached_input)
+        _overrides[model.lower()] = Price(input, output, cached_input, cache_write)
         _matched.clear()
 
 
@@ -102,13 +106,16 @@ def load_prices(source: str | Mapping[str, Any]) -> int:
                 str(model),
                 input=float(entry["input"]),
                 output=float(entry["output"]),
-                cached_input=(
-                    float(entry["cached_input"]) if entry.get("cached_input") is not None else None
-                ),
+                cached_input=_rate(entry, "cached_input"),
+                cache_write=_rate(entry, "cache_write"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bad price entry for {model!r}: {exc}") from None
     return len(source)
+
+
+def _rate(entry: Mapping[str, Any], key: str) -> float | None:
+    return float(entry[key]) if entry.get(key) is not None else None
 
 
 def _ensure_env() -> None:
@@ -220,17 +227,30 @@ def cost_of(
     input_tokens: int | None = None,
     output_tokens: int | None = None,
     cached_tokens: int | None = None,
+    cache_write_tokens: int | None = None,
 ) -> float | None:
     """Return the USD cost of a call, or ``None`` when the model's price is unknown.
 
-    ``cached_tokens`` are the part of ``input_tokens`` served from the prompt cache and
-    are billed at the cached rate where the model has one.
+    ``cached_tokens`` (read from the prompt cache) and ``cache_write_tokens`` (written
+    to it) are parts of ``input_tokens``, billed at their own rates where the model has
+    them.
     """
     price = price_for(model)
     if price is None:
         return None
-    cached = min(cached_tokens or 0, input_tokens or 0)
-    fresh = (input_tokens or 0) - cached
+    inp = input_tokens or 0
+    cached = min(cached_tokens or 0, inp)
+    written = min(cache_write_tokens or 0, inp - cached)
+    fresh = inp - cached - written
     cached_rate = price.cached_input if price.cached_input is not None else price.input
-    total = fresh * price.input + cached * cached_rate + (output_tokens or 0) * price.output
+    write_rate = price.cache_write if price.cache_write is not None else price.input
+    total = (fresh * price.input + cached * cached_rate + written * write_rate
+             + (output_tokens or 0) * price.output)
     return round(total / 1_000_000, 10)
+
+
+def usage_cost(model: str | None, usage: Mapping[str, Any]) -> float | None:
+    """Return the USD cost of a call's ``usage`` (the schema's ``{input, output, cached,
+    cache_write, …}``), or ``None`` when the model's price is unknown."""
+    return cost_of(model, usage.get("input"), usage.get("output"), usage.get("cached"),
+                   usage.get("cache_write"))

@@ -101,7 +101,8 @@ class TokenUsage(TypedDict, total=False):
     input: int
     output: int
     total: int
-    cached: int
+    cached: int  # read from the prompt cache (part of input)
+    cache_write: int  # written to the prompt cache (part of input)
     reasoning: int
 
 

@@ -280,7 +280,19 @@ def test_legacy_token_usage_keeps_cached_and_reasoning_tokens() -> None:
         "input_tokens": 100, "output_tokens": 50, "cache_read_input_tokens": 2000,
         "cache_creation_input_tokens": 300}})
     assert convert.result_view(anthropic)[1] == {"input": 2400, "output": 50, "total": 2450,
-                                                 "cached": 2000}
+                                                 "cached": 2000, "cache_write": 300}
+
+
+def test_tokens_written_to_the_prompt_cache_are_counted_and_priced(cap: Capture) -> None:
+    reply = ai("ok")
+    reply.usage_metadata = {"input_tokens": 101_000, "output_tokens": 10, "total_tokens": 101_010,
+                            "input_token_details": {"cache_creation": 100_000}}
+    model = ScriptedChatModel(respond=lambda _m: reply, model_name="claude-sonnet-4-20250514")
+    model.invoke("a long document", _cfg())
+    end = next(e for e in cap.events() if e.kind == "llm_call" and e.phase == "end")
+    assert end.data["usage"]["cache_write"] == 100_000
+    # Anthropic bills cache writes at 1.25x input: $3.75 per million for Sonnet 4.
+    assert end.data["cost"] == pytest.approx((1_000 * 3.0 + 100_000 * 3.75 + 10 * 15.0) / 1e6)
 
 
 @pytest.mark.parametrize("metadata", [{"done_reason": "stop"}, {"stopReason": "stop"},

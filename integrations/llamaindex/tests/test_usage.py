@@ -35,7 +35,7 @@ def _response(raw: Any, **extra: Any) -> ChatResponse:
     # Anthropic: input_tokens leave out the cache reads and writes.
     ({"usage": {"input_tokens": 100, "output_tokens": 50, "cache_read_input_tokens": 2000,
                 "cache_creation_input_tokens": 300}},
-     {"input": 2400, "output": 50, "total": 2450, "cached": 2000}),
+     {"input": 2400, "output": 50, "total": 2450, "cached": 2000, "cache_write": 300}),
     # Gemini: thinking is billed as output but counted apart.
     ({"usage_metadata": {"prompt_token_count": 1000, "candidates_token_count": 100,
                          "thoughts_token_count": 400, "total_token_count": 1500,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tracevault.pricing import cost_of
+from tracevault.pricing import usage_cost
 from tracevault.sinks.tree import Node
 
 
@@ -81,8 +81,7 @@ def cost_usd(data: dict[str, Any]) -> float | None:
     if not usage:
         return None
     model = data.get("model")
-    return cost_of(model if isinstance(model, str) else None, usage.get("input"),
-                   usage.get("output"), usage.get("cached"))
+    return usage_cost(model if isinstance(model, str) else None, usage)
 
 
 def model_of(node: Node) -> str | None:

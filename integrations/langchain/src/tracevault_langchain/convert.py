@@ -196,7 +196,7 @@ def messages_view(batches: Sequence[Sequence[Any]]) -> list[Any]:
 
 
 def usage_of(message: dict[str, Any] | None) -> dict[str, int] | None:
-    """Return ``{input, output, total, cached, reasoning}`` from a message's
+    """Return ``{input, output, total, cached, cache_write, reasoning}`` from a message's
     ``usage_metadata`` (``message`` as :func:`fields_of` gives it)."""
     usage = message.get("usage_metadata") if message else None
     if not usage:
@@ -204,9 +204,11 @@ def usage_of(message: dict[str, Any] | None) -> dict[str, int] | None:
     inp = int(usage.get("input_tokens") or 0)
     out = int(usage.get("output_tokens") or 0)
     result = {"input": inp, "output": out, "total": int(usage.get("total_tokens") or inp + out)}
-    cached = (usage.get("input_token_details") or {}).get("cache_read")
-    if cached:
-        result["cached"] = int(cached)
+    details = usage.get("input_token_details") or {}
+    if details.get("cache_read"):
+        result["cached"] = int(details["cache_read"])
+    if details.get("cache_creation"):
+        result["cache_write"] = int(details["cache_creation"])
     reasoning = (usage.get("output_token_details") or {}).get("reasoning")
     if reasoning:
         result["reasoning"] = int(reasoning)
@@ -233,6 +235,8 @@ def _legacy_usage(llm_output: Mapping[str, Any] | None) -> dict[str, int] | None
     result = {"input": inp, "output": out, "total": int(raw.get("total_tokens") or inp + out)}
     if isinstance(cached, int) and cached:
         result["cached"] = cached
+    if "prompt_tokens" not in raw and isinstance(anthropic_cache[1], int) and anthropic_cache[1]:
+        result["cache_write"] = anthropic_cache[1]
     reasoning = (raw.get("completion_tokens_details") or {}).get("reasoning_tokens")
     if isinstance(reasoning, int) and reasoning:
         result["reasoning"] = reasoning

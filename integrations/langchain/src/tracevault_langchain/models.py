@@ -9,7 +9,7 @@ from uuid import UUID
 from langchain_core.messages import BaseMessage, ToolMessage
 from langchain_core.outputs import LLMResult
 
-from tracevault.pricing import billed_model, cost_of
+from tracevault.pricing import billed_model, usage_cost
 from tracevault.schema import level_for
 from tracevault.snapshot import Deferred, freeze_raw
 from tracevault_langchain import convert
@@ -226,7 +226,7 @@ def _end_data(raw: list[Any], context: tuple[str, float | None, float, Trace,
     cost = None
     if usage is not None:
         data["usage"] = usage
-        cost = cost_of(model, usage.get("input"), usage.get("output"), usage.get("cached"))
+        cost = usage_cost(model, usage)
         if cost is not None:
             data["cost"] = cost
     if first_token is not None:

@@ -197,10 +197,9 @@ class TracevaultCallbackHandler(BaseCallbackHandler):
             counts = usage.token_usage(response)
             if counts:
                 data["usage"] = counts
-                from tracevault.pricing import cost_of
+                from tracevault.pricing import usage_cost
 
-                cost = cost_of(model, counts.get("input"), counts.get("output"),
-                               counts.get("cached"))
+                cost = usage_cost(model, counts)
                 if cost is not None:
                     data["cost"] = cost
         elif kind == "tool_call":

@@ -24,7 +24,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from tracevault.pricing import billed_model, cost_of
+from tracevault.pricing import billed_model, usage_cost
 from tracevault.schema import level_for
 from tracevault.snapshot import Deferred, freeze_raw
 from tracevault_llamaindex import payloads, usage
@@ -346,7 +346,7 @@ def _end_data(response: Any, end: _Ending) -> dict[str, Any]:
     counts = usage.token_usage(response) if response is not None else {}
     if counts:
         data["usage"] = counts
-        cost = cost_of(model, counts.get("input"), counts.get("output"), counts.get("cached"))
+        cost = usage_cost(model, counts)
         if cost is not None:
             data["cost"] = cost
     finish_reason = usage.finish_reason_of(response) or end.finish_reason

@@ -3,7 +3,7 @@
 LlamaIndex has no common usage field: each LLM class puts counts in the response's
 ``additional_kwargs`` (``prompt_tokens``/``completion_tokens``) or in ``raw`` (an SDK
 object or dict with ``usage``/``usage_metadata``). :func:`token_usage` looks in all of
-them and returns the schema's ``{input, output, total, cached, reasoning}``.
+them and returns the schema's ``{input, output, total, cached, cache_write, reasoning}``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ _TOTAL = ("total_tokens", "total_token_count", "totalTokens")
 # Anthropic's input_tokens leave out what was read from or written to the prompt cache.
 _ANTHROPIC_CACHE = ("cache_read_input_tokens", "cache_creation_input_tokens")
 _CACHED = ("cache_read_input_tokens", "cached_content_token_count", "cached_tokens")
+_CACHE_WRITE = ("cache_creation_input_tokens",)  # Anthropic: billed at 1.25x input
 _REASONING = ("reasoning_tokens", "thoughts_token_count")
 _REASONING_DETAILS = (
     "completion_tokens_details",
@@ -139,8 +140,8 @@ def _usage_sources(response: Any) -> list[Any]:
 # dicts of content, not of usage).
 _DETAILS_CACHED = ("prompt_tokens_details", "input_tokens_details", "input_token_details")
 _USAGE_KEYS = frozenset(
-    _INPUT + _OUTPUT + _TOTAL + _CACHED + _REASONING + _DETAILS_CACHED + _REASONING_DETAILS
-    + _ANTHROPIC_CACHE
+    _INPUT + _OUTPUT + _TOTAL + _CACHED + _CACHE_WRITE + _REASONING + _DETAILS_CACHED
+    + _REASONING_DETAILS + _ANTHROPIC_CACHE
 )
 
 
@@ -166,6 +167,7 @@ def counts_in(sources: list[Any]) -> dict[str, int]:
         "output": _output_of(out),
         "total": _first(sources, _TOTAL),
         "cached": _first(sources, _CACHED),
+        "cache_write": _first(sources, _CACHE_WRITE),
         "reasoning": _first(sources, _REASONING),
     }
     if found["cached"] is None:
