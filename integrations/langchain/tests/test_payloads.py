@@ -251,6 +251,15 @@ def test_inline_media_is_recorded_as_a_digest_not_its_bytes(cap: Capture) -> Non
     assert question.content[1]["image_url"]["url"].endswith(image)  # the caller's is intact
 
 
+def test_what_comes_into_a_resumed_or_commanded_graph() -> None:
+    from langgraph.types import Command
+
+    assert convert.input_view(None) == ("resume", None)  # on from a breakpoint
+    assert convert.input_view(Command(resume={"ok": True})) == ("resume", {"ok": True})
+    assert convert.input_view(Command(update={"n": 1}, goto="b")) == (
+        "command", {"update": {"n": 1}, "goto": "b"})
+
+
 def _generation(usage: dict[str, int] | None, **metadata: Any) -> ChatGeneration:
     message = AIMessage("ok", response_metadata=metadata)
     if usage is not None:

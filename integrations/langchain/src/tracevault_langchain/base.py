@@ -151,7 +151,11 @@ def failure_of(error: BaseException) -> tuple[str, dict[str, Any]]:
     if status == "abandoned":
         ending["reason"] = "the consumer stopped reading"
     elif status == "cancelled":
-        ending["reason"] = f"{type(error).__name__}: the caller stopped the run"
+        message = str(error) or "the run was cancelled"
+        ending["reason"] = f"{type(error).__name__}: {message}"
+    elif status == "interrupted":
+        summary = error_summary(error)
+        ending["reason"] = f"{summary['type']}: {summary['message']}"
     elif status == "handed_off":
         ending["reason"] = f"handed off to {handoff_target(error)}"
     elif status == "error":

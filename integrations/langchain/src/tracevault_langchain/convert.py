@@ -454,9 +454,13 @@ def input_view(inputs: Any) -> tuple[str, Any]:
         last = _last_message(messages, ("human", "user"))
         if last is not None:
             return "user_message", last["content"]
-    resume = getattr(inputs, "resume", None)
-    if resume is not None and type(inputs).__name__ == "Command":
-        return "resume", resume
+    if type(inputs).__name__ == "Command":  # LangGraph: resume an interrupt, update state
+        resume = getattr(inputs, "resume", None)
+        if resume is not None:
+            return "resume", resume
+        return "command", {k: getattr(inputs, k, None) for k in ("update", "goto")}
+    if inputs is None:  # LangGraph: go on from a breakpoint (interrupt_before/after)
+        return "resume", None
     if isinstance(inputs, BaseMessage):
         return "user_message", inputs.content
     if isinstance(inputs, Mapping) and len(inputs) == 1:

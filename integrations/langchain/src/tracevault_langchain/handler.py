@@ -23,10 +23,9 @@ from tracevault.context import SpanRef, swap_span
 from tracevault.pipeline import DurabilityError
 from tracevault.schema import level_for
 from tracevault_langchain import convert
-from tracevault_langchain.base import handler_failures, ms_since, recording_failed
+from tracevault_langchain.base import failure_of, handler_failures, ms_since, recording_failed
 from tracevault_langchain.control import ControlCallbacks
 from tracevault_langchain.models import ModelCallbacks
-from tracevault_langchain.recorder import error_summary, stop_status
 from tracevault_langchain.retrievers import RetrieverCallbacks
 from tracevault_langchain.runs import RunState
 
@@ -243,20 +242,18 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
                 return
             _restore_ambient(st)
             duration = ms_since(st.started)
-            summary = error_summary(error)
-            status = stop_status(error)  # an interrupt() or a cancelled run: no failure
-            data: dict[str, Any] = {"tool_name": st.name, "status": status,
-                                    "duration_ms": duration}
-            if status == "error":
-                data["error"] = summary
-            else:  # not a failure: forwarders read an "error" as one
-                data["reason"] = f"{summary['type']}: {summary['message']}"
+            # An interrupt() or a cancelled run is no failure: a reason, not an error
+            # (forwarders read an "error" as one).
+            status, ending = failure_of(error)
+            data: dict[str, Any] = {"tool_name": st.name, "duration_ms": duration, **ending}
             if st.tool_call_id:
                 data["tool_call_id"] = st.tool_call_id
             self._rec.emit(st, "tool_call", "end", data, level=level_for(status), owned=True)
             if status == "error":
                 self._rec.error(st, error)
-                self._rec.tool_failed(st, summary["type"], summary["message"])
+                self._rec.tool_failed(st, ending["error"]["type"], ending["error"]["message"])
+            elif status == "handed_off":
+                self._rec.handed_off(st, error)
             self._rec.warn_if_slow(st, duration)
         except Exception as exc:
             recording_failed("on_tool_error", exc)
