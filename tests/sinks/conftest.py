@@ -321,7 +321,8 @@ def record_agent_run(session_id: str = "chat-7", user_id: str = "alice") -> str:
                 "gpt-4o-mini", provider="openai",
                 messages=[{"role": "user", "content": "Weather in Paris?"}],
                 response="calling get_weather", finish_reason="tool_calls",
-                usage={"input": 120, "output": 30, "total": 150}, duration_ms=420.0,
+                usage={"input": 120, "output": 30, "total": 150, "cached": 64, "cache_write": 16},
+                duration_ms=420.0,
                 parameters={"temperature": 0.2},
             )
         with log.tool_call("get_weather", {"city": "Paris"}, tool_call_id="call_1") as call:

@@ -64,7 +64,8 @@ def test_one_trace_typed_observations_and_tree(tmp_path, receiver, agent_run):
         assert span.attributes["langfuse.trace.name"] == "support-agent"
     assert gen.attributes["langfuse.observation.model.name"] == "gpt-4o-mini"
     usage = json.loads(gen.attributes["langfuse.observation.usage_details"])
-    assert usage == {"input": 120, "output": 30, "total": 150}
+    assert usage == {"input": 120, "output": 30, "total": 150, "input_cached_tokens": 64,
+                     "input_cache_creation_tokens": 16}
     cost = json.loads(gen.attributes["langfuse.observation.cost_details"])
     assert cost["total"] > 0  # from the shared price table
     failed = by_name["book_flight"]

@@ -57,6 +57,7 @@ def test_runs_tree_types_usage_and_session(tmp_path, agent_run, make_receiver, m
     assert llm["inputs"]["input"][0]["content"] == "Weather in Paris?"
     usage = llm["extra"]["metadata"]["usage_metadata"]
     assert (usage["input_tokens"], usage["output_tokens"], usage["total_tokens"]) == (120, 30, 150)
+    assert usage["input_token_details"] == {"cache_read": 64, "cache_creation": 16}
     assert llm["extra"]["metadata"]["ls_model_name"] == "gpt-4o-mini"
     assert llm["extra"]["metadata"]["ls_provider"] == "openai"
     assert tool["inputs"] == {"city": "Paris"} and tool["outputs"]["temp_c"] == 21

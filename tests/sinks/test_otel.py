@@ -44,6 +44,8 @@ def test_spans_follow_genai_conventions_and_keep_the_tree(tmp_path, receiver, ag
     assert chat.attributes["gen_ai.provider.name"] == "openai"
     assert chat.attributes["gen_ai.usage.input_tokens"] == 120
     assert chat.attributes["gen_ai.usage.output_tokens"] == 30
+    assert chat.attributes["gen_ai.usage.cache_read.input_tokens"] == 64
+    assert chat.attributes["gen_ai.usage.cache_creation.input_tokens"] == 16
     assert chat.attributes["gen_ai.request.temperature"] == 0.2
     assert chat.kind == otel_trace.SpanKind.CLIENT.value + 1  # proto enum is offset by one
     assert tool.attributes["gen_ai.tool.name"] == "get_weather"

@@ -249,6 +249,7 @@ class LangfuseSink:
             details = {k: v for k, v in {
                 "input": usage.get("input"), "output": usage.get("output"),
                 "total": usage.get("total"), "input_cached_tokens": usage.get("cached"),
+                "input_cache_creation_tokens": usage.get("cache_write"),
                 "output_reasoning_tokens": usage.get("reasoning")}.items() if v is not None}
             cost = cost_usd(data)
             ttft = data.get("time_to_first_token_ms")

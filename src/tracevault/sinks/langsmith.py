@@ -168,8 +168,11 @@ class LangSmithSink:
                 "output_tokens": usage.get("output", 0),
                 "total_tokens": usage.get("total", 0),
             }
-            if "cached" in usage:
-                usage_metadata["input_token_details"] = {"cache_read": usage["cached"]}
+            details = {name: usage[key] for key, name in (("cached", "cache_read"),
+                                                          ("cache_write", "cache_creation"))
+                       if key in usage}
+            if details:
+                usage_metadata["input_token_details"] = details
             if "reasoning" in usage:
                 usage_metadata["output_token_details"] = {"reasoning": usage["reasoning"]}
             cost = cost_usd(node.data)

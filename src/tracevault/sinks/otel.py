@@ -228,6 +228,8 @@ class OTelSink:
                 attrs["gen_ai.usage.output_tokens"] = usage["output"]
             if "cached" in usage:
                 attrs["gen_ai.usage.cache_read.input_tokens"] = usage["cached"]
+            if "cache_write" in usage:
+                attrs["gen_ai.usage.cache_creation.input_tokens"] = usage["cache_write"]
             if isinstance(data.get("finish_reason"), str):
                 attrs["gen_ai.response.finish_reasons"] = [data["finish_reason"]]
             params = data.get("parameters")

@@ -58,12 +58,13 @@ def outputs_of(node: Node) -> Any:
 
 
 def usage_of(data: dict[str, Any]) -> dict[str, int]:
-    """Return token counts (input, output, total, cached, reasoning) that are present."""
+    """Return token counts (input, output, total, cached, cache_write, reasoning) that are
+    present."""
     raw = data.get("usage")
     if not isinstance(raw, dict):
         return {}
     out: dict[str, int] = {}
-    for key in ("input", "output", "total", "cached", "reasoning"):
+    for key in ("input", "output", "total", "cached", "cache_write", "reasoning"):
         value = raw.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
             out[key] = int(value)
