@@ -22,12 +22,13 @@ from llama_index.core.agent.workflow import AgentWorkflow, FunctionAgent, ReActA
 from llama_index.core.base.llms.types import ImageBlock, TextBlock, ToolCallBlock
 from llama_index.core.llms import (
     ChatMessage,
+    ChatResponse,
     CompletionResponse,
     CustomLLM,
     LLMMetadata,
     MockFunctionCallingLLM,
 )
-from llama_index.core.llms.callbacks import llm_completion_callback
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.tools import FunctionTool
 from llama_index.core.tools.types import AsyncBaseTool, ToolMetadata, ToolOutput
 from llama_index.core.workflow import (
@@ -474,6 +475,36 @@ async def test_a_cancelled_run_is_cancelled_not_failed_nor_answered(
     tool_end, run_end = events[5], events[6]
     assert tool_end.data["status"] == "cancelled" and tool_end.data["is_error"] is False
     assert tool_end.level == "warning"
+    assert run_end.data["status"] == "cancelled" and run_end.level == "warning"
+
+
+@pytest.mark.filterwarnings("ignore:WorkflowHandler.cancel:DeprecationWarning")
+async def test_a_run_cancelled_while_its_model_streams_is_cancelled_not_answered(
+    cap: Capture, instrumented: Installed
+) -> None:
+    streaming = asyncio.Event()
+
+    class Endless(MockFunctionCallingLLM):
+        @llm_chat_callback()
+        async def astream_chat(self, messages: Any, **kwargs: Any) -> Any:
+            async def words() -> Any:
+                for i in range(10_000):  # bounded, though cancelled long before
+                    streaming.set()
+                    yield ChatResponse(message=ChatMessage(role="assistant", content=f"w{i}"),
+                                       delta=f"w{i} ")
+                    await asyncio.sleep(0)
+            return words()
+
+    handler = FunctionAgent(tools=[], llm=Endless()).run(user_msg="talk")
+    await asyncio.wait_for(streaming.wait(), timeout=60)
+    await handler.cancel_run()
+    with pytest.raises((asyncio.CancelledError, WorkflowCancelledByUser)):
+        await handler
+    events = cap.events()
+    check_tree(events)
+    assert not [e for e in events if e.kind in ("output", "error")]
+    call_end, run_end = [e for e in events if e.phase == "end"]
+    assert call_end.data["status"] == "cancelled" and call_end.data["response"]
     assert run_end.data["status"] == "cancelled" and run_end.level == "warning"
 
 
