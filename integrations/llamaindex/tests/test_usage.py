@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from typing import Any
 
 import pytest
@@ -115,10 +117,12 @@ def test_a_calls_attachments_thinking_and_tool_calls_are_recorded_as_sent(
     cap: Capture, instrumented: Installed
 ) -> None:
     image = b"\x89PNG" + bytes(range(256)) * 64
+    inline = base64.b64encode(image[::-1]).decode()
     question = ChatMessage(role="user", blocks=[
         TextBlock(text="What is this?"),
         ImageBlock(image=image, image_mimetype="image/png"),
         ImageBlock(url="https://example.com/cat.png"),
+        ImageBlock(url=f"data:image/png;base64,{inline}"),
     ])
     _Thinker().chat([question])
     question.blocks[0].text = "changed afterwards"  # messages live on in the agent's memory
@@ -127,9 +131,13 @@ def test_a_calls_attachments_thinking_and_tool_calls_are_recorded_as_sent(
     assert start.data["messages"] == [{
         "role": "user", "content": "What is this?",
         "attachments": [{"type": "image"},
-                        {"type": "image", "url": "https://example.com/cat.png"}],
+                        {"type": "image", "url": "https://example.com/cat.png"},
+                        {"type": "image", "media": {
+                            "mime": "image/png", "base64_chars": len(inline),
+                            "sha256": hashlib.sha256(inline.encode()).hexdigest()}}],
     }]
     assert "iVBO" not in str(start.data)  # the image's bytes are not copied
+    assert inline[:64] not in str(start.data)
     assert end.data["response"] == "Let me look that up."
     assert end.data["tool_calls"] == [{"id": "c1", "name": "lookup", "arguments": {"q": "cat"}}]
     assert end.data["usage"] == {"input": 1200, "output": 30, "total": 1230}

@@ -12,7 +12,6 @@ attributes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -20,6 +19,8 @@ from typing import Any
 from langchain_core.documents import Document
 from langchain_core.messages import BaseMessage, ToolMessage
 from langchain_core.outputs import LLMResult
+
+from tracevault.snapshot import data_url_ref, media_ref
 
 # Metadata keys LangChain and LangGraph add on their own; the rest is the user's.
 _INTERNAL_PREFIXES = ("langgraph_", "ls_", "lc_", "checkpoint_", "__")
@@ -103,35 +104,8 @@ def _add_tool_calls(out: dict[str, Any], message: dict[str, Any]) -> None:
         out["invalid_tool_calls"] = [dict(c) for c in message["invalid_tool_calls"]]
 
 
-# Inline media (images, audio, files) is recorded as what it is, never its bytes:
-# each model call carries the whole conversation, so a 3 MB image would be stored
-# again with every call (and cut at the string limit, into a useless partial file).
-_MEDIA_DIGESTS: dict[int, tuple[str, dict[str, Any]]] = {}  # id(data) -> (data, ref)
-_MAX_MEDIA_DIGESTS = 256
-
-
-def _media_ref(data: str, mime: Any) -> dict[str, Any]:
-    """``{"mime", "base64_chars", "sha256"}`` for inline base64 ``data`` (the digest
-    of the base64 text, as sent); remembered by identity, as the same string comes
-    back with every later call of the conversation."""
-    known = _MEDIA_DIGESTS.get(id(data))
-    if known is not None and known[0] is data:
-        return known[1]
-    ref = {"mime": mime, "base64_chars": len(data),
-           "sha256": hashlib.sha256(data.encode("ascii", "replace")).hexdigest()}
-    if len(_MEDIA_DIGESTS) >= _MAX_MEDIA_DIGESTS:
-        _MEDIA_DIGESTS.clear()
-    _MEDIA_DIGESTS[id(data)] = (data, ref)
-    return ref
-
-
-def _data_url(url: Any) -> dict[str, Any] | None:
-    if not isinstance(url, str) or not url.startswith("data:"):
-        return None
-    head, _, data = url.partition(",")
-    return _media_ref(data, head[5:].split(";", 1)[0] or None)
-
-
+# Inline media is recorded as its digest (tracevault.snapshot.media_ref), never its
+# bytes: every model call carries the whole conversation.
 def _inline_media(block: dict[str, Any]) -> dict[str, Any] | None:
     """The reference that replaces ``block``'s inline bytes, if it has any: OpenAI's
     data URLs, input_audio and file data, LangChain's base64 blocks, Anthropic's base64
@@ -139,20 +113,20 @@ def _inline_media(block: dict[str, Any]) -> dict[str, Any] | None:
     kind = block.get("type")
     if kind == "image_url":
         url = block.get("image_url")
-        return _data_url(url.get("url") if isinstance(url, dict) else url)
+        return data_url_ref(url.get("url") if isinstance(url, dict) else url)
     if kind == "input_audio" and isinstance(block.get("input_audio"), dict):
         audio = block["input_audio"]
-        return _media_ref(audio["data"], audio.get("format")) if isinstance(
+        return media_ref(audio["data"], audio.get("format")) if isinstance(
             audio.get("data"), str) else None
     if kind == "file" and isinstance(block.get("file"), dict):
-        return _data_url(block["file"].get("file_data"))
+        return data_url_ref(block["file"].get("file_data"))
     source = block.get("source")
     if isinstance(source, dict) and source.get("type") == "base64" and isinstance(
             source.get("data"), str):  # Anthropic
-        return _media_ref(source["data"], source.get("media_type"))
+        return media_ref(source["data"], source.get("media_type"))
     for key in ("base64", "data"):  # LangChain's standard blocks
         if isinstance(block.get(key), str) and kind in ("image", "audio", "file", "video"):
-            return _media_ref(block[key], block.get("mime_type"))
+            return media_ref(block[key], block.get("mime_type"))
     return None
 
 

@@ -17,7 +17,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tracevault.snapshot import MAX_STRING, json_float, model_fields, truncate_string
+from tracevault.snapshot import (
+    MAX_STRING,
+    data_url_ref,
+    json_float,
+    model_fields,
+    truncate_string,
+)
 
 _PRIMITIVES = (str, int, float, bool, type(None))
 MAX_REPR = 2_000
@@ -117,13 +123,20 @@ def _field(obj: Any, name: str) -> Any:
 _READ_BLOCKS = frozenset({"text", "tool_call", "thinking"})  # what message_dict reads
 
 
-def _references(block: Any) -> dict[str, str]:
-    # Where an attachment (image, audio, document) lives, never its bytes.
-    refs: dict[str, str] = {}
+def _references(block: Any) -> dict[str, Any]:
+    # Where an attachment (image, audio, document) lives, never its bytes: a data URL
+    # (the bytes themselves) as its digest (tracevault.snapshot.media_ref).
+    refs: dict[str, Any] = {}
+    if type(block) is dict and "media" in block:  # a copy raw_fields made
+        refs["media"] = block["media"]
     for attr in ("url", "path", "title"):
         ref = _field(block, attr)
         if ref:
-            refs[attr] = str(ref)
+            media = data_url_ref(ref) if attr == "url" else None
+            if media is not None:
+                refs["media"] = media
+            else:
+                refs[attr] = str(ref)
     return refs
 
 
