@@ -121,6 +121,20 @@ def _echo_agent() -> FunctionAgent:
         response_generator=lambda messages, **kw: ChatMessage(role="assistant", content="ok")))
 
 
+async def test_a_long_chat_history_keeps_its_latest_user_message(
+    cap: Capture, instrumented: Installed
+) -> None:
+    history = [ChatMessage(role=role, content=f"old {role} #{i}")
+               for i in range(150) for role in ("user", "assistant")]
+    await _echo_agent().run(chat_history=[
+        *history, ChatMessage(role="user", content="LATEST: transfer $5000")])
+    events = cap.events()
+    assert one(events, "input").data["content"] == "LATEST: transfer $5000"
+    kept = events[0].data["inputs"]["chat_history"]  # the first and the last messages
+    assert kept[0]["content"] == "old user #0" and kept[-1]["content"] == "LATEST: transfer $5000"
+    assert "301 items in original" in kept[100]
+
+
 async def test_a_run_given_only_its_chat_history_records_its_last_user_message(
     cap: Capture, instrumented: Installed
 ) -> None:

@@ -157,6 +157,17 @@ async def test_a_stream_read_in_part_then_dropped_is_abandoned_not_an_error(
     assert end.data["time_to_first_token_ms"] >= 0
 
 
+def test_streams_of_many_short_lived_models_leave_no_state(
+    cap: Capture, instrumented: Installed
+) -> None:
+    for i in range(50):
+        text = "".join(c.delta or "" for c in MockLLM(max_tokens=3).stream_complete(f"q{i}"))
+        assert text
+    rec = instrumented.recorder
+    assert (rec.lazy, rec.llm, rec.streams, rec.spans, rec.dups) == ({}, {}, {}, {}, {})
+    assert len([e for e in cap.events() if e.kind == "llm_call" and e.phase == "end"]) == 50
+
+
 def test_unread_stream_is_marked_when_collected(cap: Capture, instrumented: Installed) -> None:
     llm = MockLLM(max_tokens=4)
     stream = llm.stream_complete("never read")

@@ -45,15 +45,29 @@ def _response(raw: Any, **extra: Any) -> ChatResponse:
      {"input": 1000, "output": 500, "total": 1500, "cached": 600, "reasoning": 400}),
     ({"usage": {"inputTokens": 700, "outputTokens": 70, "totalTokens": 770}},  # Bedrock
      {"input": 700, "output": 70, "total": 770}),
+    # Bedrock Converse's inputTokens leave out the cache reads and writes too.
+    ({"usage": {"inputTokens": 100, "outputTokens": 50, "totalTokens": 3150,
+                "cacheReadInputTokens": 2000, "cacheWriteInputTokens": 1000}},
+     {"input": 3100, "output": 50, "total": 3150, "cached": 2000, "cache_write": 1000}),
     ({"prompt_eval_count": 30, "eval_count": 12, "done_reason": "stop"},  # Ollama
      {"input": 30, "output": 12, "total": 42}),
     ({"usage": {"prompt_tokens": 1000, "completion_tokens": 200, "total_tokens": 1200,
                 "prompt_tokens_details": {"cached_tokens": 400},
                 "completion_tokens_details": {"reasoning_tokens": 50}}},  # OpenAI
      {"input": 1000, "output": 200, "total": 1200, "cached": 400, "reasoning": 50}),
-], ids=["anthropic", "gemini", "bedrock", "ollama", "openai"])
+], ids=["anthropic", "gemini", "bedrock", "bedrock-cache", "ollama", "openai"])
 def test_usage_in_each_providers_raw_response(raw: Any, expected: dict[str, int]) -> None:
     assert usage.token_usage(_response(raw)) == expected
+
+
+def test_gemini_thinking_is_output_also_when_copied_to_completion_tokens() -> None:
+    # LlamaIndex's google-genai integration copies the counts to additional_kwargs,
+    # without the thinking, which stays in the raw usage.
+    raw = {"usage_metadata": {"prompt_token_count": 1000, "candidates_token_count": 100,
+                              "thoughts_token_count": 400, "total_token_count": 1500}}
+    counted = _response(raw, prompt_tokens=1000, completion_tokens=100, total_tokens=1500)
+    assert usage.token_usage(counted) == {"input": 1000, "output": 500, "total": 1500,
+                                          "reasoning": 400}
 
 
 @pytest.mark.parametrize("raw", [

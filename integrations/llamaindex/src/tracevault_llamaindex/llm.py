@@ -170,6 +170,8 @@ def progress(rec: Recorder, event: Any) -> None:
         waiting = rec.lazy.get(call.instance_key)
         if waiting and call.span_id in waiting:
             waiting.remove(call.span_id)
+            if not waiting:  # one list per model object that streams: do not keep it
+                rec.lazy.pop(call.instance_key, None)
     call.last = response
     if call.finish_reason is None and getattr(response, "raw", None) is not None:
         # Some streams say why they stopped in a chunk before the last (OpenAI's last

@@ -62,10 +62,13 @@ def plain(value: Any, depth: int = 0) -> Any:
             out[k if isinstance(k, str) else short_repr(k, 200)] = plain(v, depth + 1)
         return out
     if isinstance(value, (list, tuple)):
-        items = [plain(v, depth + 1) for v in value[:MAX_ITEMS]]
-        if len(value) > MAX_ITEMS:
-            items.append(f"…[{len(value)} items in original]")
-        return items
+        if len(value) <= MAX_ITEMS:
+            return [plain(v, depth + 1) for v in value]
+        # The first and the last items: in a conversation the latest messages matter.
+        head = MAX_ITEMS // 2
+        return [*(plain(v, depth + 1) for v in value[:head]),
+                f"…[{len(value)} items in original, {len(value) - MAX_ITEMS} left out here]",
+                *(plain(v, depth + 1) for v in value[head - MAX_ITEMS:])]
     name = type(value).__name__
     if name == "ChatMessage":
         return message_dict(value)

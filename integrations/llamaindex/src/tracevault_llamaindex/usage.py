@@ -25,10 +25,13 @@ _OUTPUT = (
     "eval_count",  # Ollama
 )
 _TOTAL = ("total_tokens", "total_token_count", "totalTokens")
-# Anthropic's input_tokens leave out what was read from or written to the prompt cache.
+# Anthropic's input_tokens and Bedrock Converse's inputTokens leave out what was read
+# from or written to the prompt cache.
 _ANTHROPIC_CACHE = ("cache_read_input_tokens", "cache_creation_input_tokens")
-_CACHED = ("cache_read_input_tokens", "cached_content_token_count", "cached_tokens")
-_CACHE_WRITE = ("cache_creation_input_tokens",)  # Anthropic: billed at 1.25x input
+_BEDROCK_CACHE = ("cacheReadInputTokens", "cacheWriteInputTokens")
+_CACHED = ("cache_read_input_tokens", "cached_content_token_count", "cached_tokens",
+           "cacheReadInputTokens")
+_CACHE_WRITE = ("cache_creation_input_tokens", "cacheWriteInputTokens")
 _REASONING = ("reasoning_tokens", "thoughts_token_count")
 _REASONING_DETAILS = (
     "completion_tokens_details",
@@ -141,7 +144,7 @@ def _usage_sources(response: Any) -> list[Any]:
 _DETAILS_CACHED = ("prompt_tokens_details", "input_tokens_details", "input_token_details")
 _USAGE_KEYS = frozenset(
     _INPUT + _OUTPUT + _TOTAL + _CACHED + _CACHE_WRITE + _REASONING + _DETAILS_CACHED
-    + _REASONING_DETAILS + _ANTHROPIC_CACHE
+    + _REASONING_DETAILS + _ANTHROPIC_CACHE + _BEDROCK_CACHE
 )
 
 
@@ -164,7 +167,7 @@ def counts_in(sources: list[Any]) -> dict[str, int]:
     inp, out = _first_in(sources, _INPUT), _first_in(sources, _OUTPUT)
     found = {
         "input": _input_of(inp),
-        "output": _output_of(out),
+        "output": _output_of(out, sources),
         "total": _first(sources, _TOTAL),
         "cached": _first(sources, _CACHED),
         "cache_write": _first(sources, _CACHE_WRITE),
@@ -254,15 +257,22 @@ def _input_of(found: tuple[int, Any, str] | None) -> int | None:
     count, source, key = found
     if key == "input_tokens":  # Anthropic's leave out the cache reads and writes
         count += sum(_int(_get(source, k)) or 0 for k in _ANTHROPIC_CACHE)
+    elif key == "inputTokens":  # so do Bedrock Converse's
+        count += sum(_int(_get(source, k)) or 0 for k in _BEDROCK_CACHE)
     return count
 
 
-def _output_of(found: tuple[int, Any, str] | None) -> int | None:
+def _output_of(found: tuple[int, Any, str] | None, sources: list[Any]) -> int | None:
     if found is None:
         return None
-    count, source, key = found
-    if key == "candidates_token_count":  # Gemini bills its thinking as output
-        count += _int(_get(source, "thoughts_token_count")) or 0
+    count, _, key = found
+    if key in ("candidates_token_count", "completion_tokens"):
+        # Gemini bills its thinking as output, counted apart (thoughts_token_count) in
+        # its usage; LlamaIndex's google-genai copies candidates_token_count to the
+        # response's completion_tokens, while the thoughts stay in the raw usage.
+        thoughts = _first_in(sources, ("thoughts_token_count",))
+        if thoughts is not None:
+            count += thoughts[0]
     return count
 
 
