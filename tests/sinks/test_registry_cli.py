@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -94,3 +97,25 @@ def test_forward_without_sinks_is_a_usage_error(tmp_path, monkeypatch, capsys):
         tracevault.AuditLogger().log_input("x")
     assert main(["forward", "--store", url]) == 2
     assert "TRACEVAULT_SINKS" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sink", ["otlp", "langfuse", "langsmith"])
+def test_a_short_script_delivers_before_it_exits(tmp_path, make_receiver, capsys, sink):
+    # The sinks are built on a background thread; in a script that exits at once that
+    # happens during interpreter exit, where the OpenTelemetry exporters' thread pools
+    # could no longer run: nothing reached the receiver.
+    server = make_receiver()
+    env = {**os.environ, "TRACEVAULT_STORE": f"sqlite:///{tmp_path / 'ledger.db'}",
+           "TRACEVAULT_SINKS": sink, "OTEL_EXPORTER_OTLP_ENDPOINT": server.url,
+           "LANGFUSE_BASE_URL": server.url, "LANGFUSE_PUBLIC_KEY": "pk-lf-test",
+           "LANGFUSE_SECRET_KEY": "sk-lf-test", "LANGSMITH_ENDPOINT": server.url,
+           "LANGSMITH_API_KEY": "test"}
+    script = ("import tracevault\n"
+              "tracevault.AuditLogger(session_id='s').log_input('hi')\n")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert server.received.requests, f"{sink}: nothing delivered ({done.stderr})"
+    assert main(["status", "--json", "--store", env["TRACEVAULT_STORE"]]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["lag"] == 0

@@ -87,9 +87,21 @@ def build(spec: SinkSpec) -> Sink:
     return sink
 
 
-def _int_env(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    return int(raw) if raw and raw.strip() else default
+def positive_env(name: str, default: float) -> float:
+    """Return ``$name`` as a number above zero; a value that is not one is logged and
+    the default applies (as for every ``TRACEVAULT_*`` setting)."""
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        log.warning("tracevault: %s=%r is not a number above zero; using %s", name, raw,
+                    default)
+        return default
+    return value
 
 
 class ForwarderGroup:
@@ -99,7 +111,7 @@ class ForwarderGroup:
                  batch_size: int | None = None) -> None:
         self._store_arg = store
         self.specs = list(specs)
-        self.batch_size = batch_size or _int_env("TRACEVAULT_FORWARD_BATCH", 500)
+        self.batch_size = batch_size or int(positive_env("TRACEVAULT_FORWARD_BATCH", 500))
         self.forwarders: list[Forwarder] = []
         self.errors: dict[str, str] = {}
         self.store: Store | None = None
@@ -109,6 +121,13 @@ class ForwarderGroup:
                                         daemon=True)
 
     def start(self) -> ForwarderGroup:
+        # Sinks are built on the background thread. Their SDKs' thread pools register
+        # with threading's exit hooks when first imported, which fails once the
+        # interpreter began exiting: a short script would then forward nothing. Import
+        # that module here, on the caller's thread, while it still can.
+        import concurrent.futures.thread  # noqa: F401
+
+        _deliver_before_threads_stop()
         self._thread.start()
         return self
 
@@ -127,7 +146,7 @@ class ForwarderGroup:
                     persist_error(self.store, label, self.errors[label])
             sink_names(sinks)
             if not self._closed:
-                cap = float(os.environ.get("TRACEVAULT_FORWARD_MAX_BACKOFF") or 60.0)
+                cap = positive_env("TRACEVAULT_FORWARD_MAX_BACKOFF", 60.0)
                 self.forwarders = [
                     Forwarder(self.store, s, batch_size=self.batch_size, max_backoff=cap).start()
                     for s in sinks
@@ -207,16 +226,36 @@ def flush(timeout: float | None = 30.0) -> bool:
 
 def _at_exit() -> None:
     group = _group
-    if group is None:
+    if group is None or group._closed:  # (it runs from two hooks: see below)
         return
     try:
-        timeout = float(os.environ.get("TRACEVAULT_FORWARD_EXIT_TIMEOUT") or 5.0)
-        if timeout > 0:
-            flush(timeout)
+        raw = (os.environ.get("TRACEVAULT_FORWARD_EXIT_TIMEOUT") or "").strip()
+        # 0 turns the final delivery off; anything else that is not a number above 0
+        # is logged and the default applies.
+        if raw not in ("0", "0.0"):
+            flush(positive_env("TRACEVAULT_FORWARD_EXIT_TIMEOUT", 5.0))
     except Exception as exc:
         log.warning("tracevault: final forwarding at exit failed: %s", exc)
     finally:
         group.shutdown(timeout=2.0)
+
+
+_early_exit_hook = False
+
+
+def _deliver_before_threads_stop() -> None:
+    """Make the final delivery run among threading's exit hooks, before the thread
+    pools' own (registered when concurrent.futures.thread was imported; they run last
+    in, first out): after them an SDK that submits work to a pool (OpenTelemetry's
+    exporters) cannot deliver. The atexit hook below stays as the fallback."""
+    global _early_exit_hook
+    if _early_exit_hook:
+        return
+    try:
+        threading._register_atexit(_at_exit)  # type: ignore[attr-defined]
+        _early_exit_hook = True
+    except (AttributeError, RuntimeError):  # another CPython, or already exiting
+        pass
 
 
 # Registered on import, i.e. after the pipeline module's own exit handler, so it runs
