@@ -661,6 +661,19 @@ def test_a_bad_environment_value_does_not_raise_into_the_caller(
     assert [e.event.phase for e in cap.store.events(session_id="env")] == ["start", "end"]
 
 
+@pytest.mark.parametrize("value", ["-5", "nan", "inf"])
+def test_a_slow_tool_threshold_out_of_range_keeps_its_default(
+    cap: Capture, from_env: Any, caplog: pytest.LogCaptureFixture, value: str
+) -> None:
+    from_env(SLOW_TOOL_MS=value)
+    with tracevault.AuditLogger(session_id="env").tool_call("t") as call:
+        call.result = 1
+    assert capture.settings().slow_tool_ms == 10_000.0
+    assert f"TRACEVAULT_SLOW_TOOL_MS={value!r}" in caplog.text
+    assert tracevault.flush(10)
+    assert [e.event.phase for e in cap.store.events(session_id="env")] == ["start", "end"]
+
+
 def test_a_misspelt_redaction_policy_is_logged_and_the_default_one_applies(
     cap: Capture, from_env: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

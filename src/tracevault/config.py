@@ -33,9 +33,12 @@ def _env_number(name: str, default: float, environ: Mapping[str, str]) -> float:
     if raw is None or raw.strip() == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise ValueError(f"{name}={raw!r} is not a number") from None
+    if not 0 <= value < float("inf"):  # NaN too: no comparison with it holds
+        raise ValueError(f"{name}={raw!r} is not a number of zero or more")
+    return value
 
 
 def _env_choice(name: str, choices: tuple[str, ...], environ: Mapping[str, str]) -> str:
@@ -74,8 +77,8 @@ class Settings:
         level_rank(self.level)  # raises ValueError with the choices
         if self.queue_size < 1 or self.batch_size < 1:
             raise ValueError("queue_size and batch_size must be at least 1")
-        if self.slow_tool_ms < 0:
-            raise ValueError("slow_tool_ms must not be negative")
+        if not 0 <= self.slow_tool_ms < float("inf"):
+            raise ValueError("slow_tool_ms must be a number of zero or more")
         if self.writer not in WRITERS:
             raise ValueError(f"writer must be one of {', '.join(WRITERS)}, not {self.writer!r}")
 
