@@ -136,6 +136,9 @@ def _span_str(span: Any) -> str | None:
     return span if span is None or span.__class__ is str else str(span)
 
 
+WITHHELD_ID = "[WITHHELD]"  # a session or user id withheld with its event's payload
+
+
 class DurabilityError(RuntimeError):
     """An event that had to be durable before continuing (strict mode) is not."""
 
@@ -602,7 +605,10 @@ def apply_middleware(
             # The stored reason names the step and the error type only: an exception
             # message may quote the very data that was to be redacted.
             log.error("tracevault: middleware %s failed; payload withheld: %r", _name(step), exc)
-            return _withhold(event, f"{_name(step)} failed: {type(exc).__name__}"), "withheld"
+            # A step that redacts the ids (a strict redactor) may not have run on them.
+            hide_ids = any(getattr(s, "redacts_ids", False) for s in steps)
+            return (_withhold(event, f"{_name(step)} failed: {type(exc).__name__}", hide_ids),
+                    "withheld")
         if current is None:
             return None, "filtered"
     return current, "kept"
@@ -623,14 +629,18 @@ def _thaw(event: AuditEvent) -> AuditEvent:
     return event
 
 
-def _withhold(event: AuditEvent, reason: str) -> AuditEvent:
-    return replace(
+def _withhold(event: AuditEvent, reason: str, hide_ids: bool = False) -> AuditEvent:
+    withheld = replace(
         event,
         name=None,  # names, tags and metadata are free text too: withheld with the payload
         metadata={},
         tags=[],
         data={"withheld": True, "reason": reason},
     )
+    if hide_ids:  # the policy redacts them, and redaction did not happen
+        withheld.session_id = WITHHELD_ID if event.session_id is not None else None
+        withheld.user_id = WITHHELD_ID if event.user_id is not None else None
+    return withheld
 
 
 def _name(step: Callable[..., object]) -> str:

@@ -78,6 +78,23 @@ def test_a_failing_redactor_withholds_the_payload(tmp_path: Path) -> None:
         assert_absent(ledger_bytes(tmp_path), canaries)
 
 
+def test_a_failing_strict_redactor_withholds_the_ids_it_would_redact(tmp_path: Path) -> None:
+    def explode(text: str, match: object) -> bool:
+        raise RuntimeError("detector crashed")
+
+    broken = Detector.pattern_of("broken", r"TRIGGER", validate=explode)
+    with capture_events(tmp_path, redact=Policy(mode="strict", detectors=(broken,))) as cap:
+        log = tracevault.AuditLogger(session_id="sess-of-ann.canary@example.org",
+                                     user_id="ann.canary@example.org")
+        log.log_input("hello")
+        log.log_output("TRIGGER the broken detector")
+        redacted, withheld = cap.events()
+        assert (redacted.session_id, redacted.user_id) == ("[EMAIL]", "[EMAIL]")
+        assert withheld.data["withheld"] is True
+        assert (withheld.session_id, withheld.user_id) == ("[WITHHELD]", "[WITHHELD]")
+        assert b"ann.canary@example.org" not in ledger_bytes(tmp_path)
+
+
 @pytest.mark.parametrize("mode", ["default", "strict"])
 def test_canaries_absent_under_each_policy(tmp_path: Path, mode: str) -> None:
     canaries = make_canaries()

@@ -249,6 +249,12 @@ class Redactor:
     def __init__(self, policy: Policy | None = None) -> None:
         self.policy = policy if policy is not None else Policy.from_env()
 
+    @property
+    def redacts_ids(self) -> bool:
+        """Whether this redactor also redacts ``session_id`` and ``user_id`` (strict):
+        an event it fails on is withheld without them too."""
+        return self.policy.enabled and self.policy.strict
+
     def __call__(self, event: AuditEvent, /) -> AuditEvent:
         if not self.policy.enabled:
             return event
