@@ -83,6 +83,10 @@ def test_sessions_filters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main(["sessions", "--store", store]) == 0
     table = capsys.readouterr().out
     assert table.splitlines()[0].split()[:2] == ["SESSION", "USER"] and "b-1" in table
+    assert main(["sessions", "--store", store, "--user", "carol"]) == 0
+    assert capsys.readouterr().out.strip() == "no matching sessions"
+    assert main(["sessions", "--store", store, "--since", "99999999d"]) == 2
+    assert "too far back" in capsys.readouterr().err
 
 
 def test_stats_tool_error_rate_and_p95(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

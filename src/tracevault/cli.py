@@ -43,7 +43,11 @@ def parse_when(text: str) -> datetime:
     """Parse ``--since``/``--until``: ISO date or time, or relative (``30m``, ``24h``, ``7d``)."""
     m = _RELATIVE.match(text.strip())
     if m:
-        return datetime.now(timezone.utc) - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+        try:
+            return datetime.now(timezone.utc) - timedelta(
+                **{_UNITS[m.group(2)]: int(m.group(1))})
+        except OverflowError:  # further back than any date
+            raise UsageError(f"cannot read time {text!r}: too far back") from None
     try:
         return parse_ts(text.strip())
     except ValueError:
@@ -82,6 +86,8 @@ def cmd_sessions(args: argparse.Namespace) -> int:
         _print_json([s.to_dict() for s in sessions])
     elif sessions:
         print(render_sessions(sessions))
+    elif args.user or args.since or args.until:
+        print("no matching sessions")
     else:
         print("no sessions recorded yet")
     return 0

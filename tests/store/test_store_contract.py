@@ -169,6 +169,11 @@ def test_sessions(store: Store) -> None:
     assert [s.session_id for s in store.sessions(limit=1)] == ["s-c"]
     late = store.sessions(since=T0 + timedelta(minutes=60))
     assert [s.session_id for s in late] == ["s-c"]
+    # A session several users took part in is each one's.
+    store.append([_ev(100, "input", phase="point", session_id="s-a", user_id="carol",
+                      trace_id="run-9", data={"content": "me too"})])
+    assert [s.session_id for s in store.sessions(user_id="carol")] == ["s-a"]
+    assert [s.session_id for s in store.sessions(user_id="alice")] == ["s-a", "s-c"]
 
 
 def test_stats(store: Store) -> None:

@@ -174,8 +174,8 @@ class SQLStore:
             "coalesce(sum(tokens), 0), coalesce(sum(cost), 0) "
             f"FROM events WHERE {' AND '.join(where)} GROUP BY session_id"
         )
-        if user_id is not None:
-            sql += " HAVING max(user_id) = ?"
+        if user_id is not None:  # every session the user took part in
+            sql += " HAVING sum(CASE WHEN user_id = ? THEN 1 ELSE 0 END) > 0"
             params.append(user_id)
         sql += " ORDER BY max(ts) DESC"
         if limit is not None:
