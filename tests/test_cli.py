@@ -127,6 +127,27 @@ def test_errors_are_one_line_messages(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "corrupt or not a tracevault ledger" in err and "Traceback" not in err
 
 
+
+@pytest.mark.parametrize("command", ["verify", "sessions", "stats"])
+def test_reading_another_file_neither_changes_it_nor_passes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    import sqlite3
+
+    app = tmp_path / "app.db"
+    with sqlite3.connect(app) as conn:
+        conn.execute("CREATE TABLE customers (name TEXT)")
+    conn.close()
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    for path in (app, empty):
+        before = path.read_bytes()
+        assert main([command, "--store", f"sqlite:///{path}"]) == 2
+        assert "is not a tracevault ledger" in capsys.readouterr().err
+        assert path.read_bytes() == before
+        assert not Path(f"{path}-wal").exists()
+
+
 def test_schema_prints_a_json_schema_with_every_kind(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import quote
 
 from tracevault.ledger import (
     COLUMNS,
@@ -157,6 +158,8 @@ class SQLiteStore(SQLStore):
                 f"no tracevault ledger at {path!r} (run an agent with tracevault first, "
                 "or pass --store / set TRACEVAULT_STORE)"
             )
+        if not create:
+            self._check_is_ledger()
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -171,6 +174,23 @@ class SQLiteStore(SQLStore):
         except sqlite3.Error as exc:
             self.close()
             raise self._error("cannot initialise", exc) from None
+
+    def _check_is_ledger(self) -> None:
+        """Refuse a file that is not a ledger before touching it: opening one for reading
+        (``create=False``) must not turn another application's database, or an empty
+        file, into an empty ledger that then verifies."""
+        try:
+            probe = sqlite3.connect(f"file:{quote(self.path)}?mode=ro", uri=True)
+            try:
+                tables = {r[0] for r in probe.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            finally:
+                probe.close()
+        except sqlite3.Error as exc:
+            raise self._error("cannot open", exc) from None
+        if not {"events", "ledger_head"} <= tables:
+            raise StoreError(f"{self.path!r} is not a tracevault ledger (no events table); "
+                             "nothing was changed in it")
 
     def _error(self, doing: str, exc: BaseException) -> StoreError:
         text = str(exc)
