@@ -99,6 +99,29 @@ def test_strict_mode_intents_are_durable_through_the_child(tmp_path: Path) -> No
         assert [e.phase for e in cap.events(session_id="strict")] == ["start", "end"]
 
 
+def test_while_the_childs_store_fails_the_parent_says_why(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.db"
+    pipeline = tracevault.configure(store=f"sqlite:///{ledger}", writer="process",
+                                    strict=True, strict_timeout=6.0)
+    try:
+        for made in tmp_path.glob("ledger.db*"):
+            made.unlink()
+        os.mkdir(ledger)  # the child cannot open its ledger: it retries
+        log = tracevault.AuditLogger(session_id="broken")
+        with (pytest.raises(tracevault.DurabilityError, match="cannot open SQLite ledger"),
+              log.tool_call("refund", {"amount": 5})):
+            pass
+        stats = pipeline.stats()
+        assert stats.last_error is not None and "cannot open SQLite ledger" in stats.last_error
+        assert stats.write_errors > 0
+        os.rmdir(ledger)  # the store works again: the child writes what it holds
+        assert pipeline.flush(60)
+        assert pipeline.stats().last_error is None
+    finally:
+        pipeline.shutdown(timeout=60)
+        capture.install(None, None)
+
+
 def test_custom_middleware_or_a_store_object_keep_the_writer_in_process(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -281,7 +281,7 @@ class Pipeline:
             raise DurabilityError(
                 f"tracevault could not make event {_id_of(event)} durable in "
                 f"{timeout:g}s: "
-                f"{self._last_error or 'the ledger writer is behind'}"
+                f"{self._current_error() or 'the ledger writer is behind'}"
             )
 
     def _wait_for_room(self) -> bool:
@@ -329,10 +329,14 @@ class Pipeline:
             withheld=self._withheld + getattr(redacting_store, "withheld", 0),
             dropped=self._dropped,
             dead_lettered=self._dead_lettered,
-            write_errors=self._write_errors,
+            write_errors=self._write_errors + getattr(self._store, "write_errors", 0),
             pending=pending,
-            last_error=self._last_error,
+            last_error=self._current_error(),
         )
+
+    def _current_error(self) -> str | None:
+        # The writer's own, else the one a writer process reports while it retries.
+        return self._last_error or getattr(self._store, "last_error", None)
 
     def shutdown(self, timeout: float | None = 30.0) -> PipelineStats:
         """Flush, stop the writer and close the store it opened. Idempotent.

@@ -17,7 +17,8 @@ the same middleware, so nothing is lost because the process writer is unavailabl
 
 Wire format, both ways: a 4-byte big-endian length, then one orjson document.
 Parent to child: ``{"op": "append", "events": [...]}`` or ``{"op": "close"}``; child
-to parent: ``{"ok": true, "written": n, "filtered": n, "withheld": n}``.
+to parent: ``{"ok": true, "written": n, "filtered": n, "withheld": n}``, preceded while
+the child's store fails by ``{"progress": true, "error": "...", "write_errors": n}``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ log = logging.getLogger("tracevault")
 CONFIG_ENV = "TRACEVAULT_SIDECAR_SETTINGS"
 _HEADER = struct.Struct(">I")
 _MAX_RESTARTS = 3  # consecutive failures before writing in this process instead
+_PROGRESS_EVERY = 1.0  # seconds between the child's reports while its store fails
 _STOP_TIMEOUT = 60.0  # for a child to write what it holds and exit
 
 
@@ -72,6 +74,10 @@ class SidecarStore:
         self._lock = threading.Lock()
         self.filtered = 0
         self.withheld = 0
+        # What the child reports while it retries a failing store (the pipeline's stats
+        # and a strict-mode error show it): its last error, and how many writes failed.
+        self.last_error: str | None = None
+        self.write_errors = 0
         self._closed = False
 
     # --- the Store surface the pipeline uses -----------------------------------------
@@ -92,6 +98,10 @@ class SidecarStore:
                 # forced switch (an asyncio loop pays ~0.2 ms for each).
                 _send(proc.stdin.fileno(), _append_frame(events))
                 reply = _receive(proc.stdout.fileno())
+                while reply is not None and reply.get("progress"):  # still retrying
+                    self.last_error = reply.get("error")
+                    self.write_errors = int(reply.get("write_errors", self.write_errors))
+                    reply = _receive(proc.stdout.fileno())
             except (OSError, ValueError, StoreError) as exc:
                 reply = None
                 reason = f"{type(exc).__name__}: {exc}"
@@ -100,6 +110,7 @@ class SidecarStore:
             if reply is None or not reply.get("ok"):
                 return self._failed(events, reason)
             self._failures = 0
+            self.last_error = None
             self.filtered += int(reply.get("filtered", 0))
             self.withheld += int(reply.get("withheld", 0))
             return int(reply.get("written", len(events)))
@@ -262,7 +273,14 @@ def main() -> int:
             before = pipeline.stats()
             for raw in message["events"]:
                 pipeline.submit(_decode(raw))
-            ok = pipeline.flush()  # the pipeline retries a failing store until it works
+            # The pipeline retries a failing store until it works; meanwhile the parent
+            # hears why, every so often (the Store protocol has one reply per append).
+            while not pipeline.flush(_PROGRESS_EVERY):
+                stats = pipeline.stats()
+                if stats.last_error is not None:
+                    _send(replies, orjson.dumps({"progress": True, "error": stats.last_error,
+                                                 "write_errors": stats.write_errors}))
+            ok = True
             after = pipeline.stats()
             try:
                 _send(replies, orjson.dumps({
