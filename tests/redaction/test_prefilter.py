@@ -94,6 +94,24 @@ def test_the_labelled_corpus_gives_the_same_results(policy: str) -> None:
     assert any(outcomes) and not all(outcomes)
 
 
+CJK = "\u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8"  # Japanese text: nothing to hide
+
+
+@pytest.mark.parametrize(("text", "redacted"), [
+    ("mail bob\uff20example.com now", "mail [EMAIL] now"),  # fullwidth @
+    ("card 4111\u200b1111\u200b1111\u200b1111 ok", "card [CARD] ok"),  # zero-width spaces
+    ("card \uff14" + "\uff11" * 15, "card [CARD]"),  # fullwidth digits
+    ("ssn 123\u00ad-45-6789", "ssn [SSN]"),  # a soft hyphen
+    (CJK, CJK),
+], ids=["fullwidth-at", "zero-width", "fullwidth-digits", "soft-hyphen", "plain-cjk"])
+def test_look_alike_characters_do_not_hide_a_value(text: str, redacted: str) -> None:
+    redactor = Redactor(Policy())
+    clean = _check(redactor, _event({"content": text}))  # both paths agree
+    out = redactor(_event({"content": text})).data["content"]
+    assert out == redacted
+    assert clean == (out == text)  # plain text still takes the fast path
+
+
 def test_canaries_give_the_same_results() -> None:
     redactor = Redactor(Policy())
     rng = random.Random(5)

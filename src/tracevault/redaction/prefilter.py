@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 
 from tracevault.redaction.detectors import _find_iban
+from tracevault.redaction.scanner import needs_folding
 from tracevault.redaction.secrets import SECRET_NAMES, SECRET_SUFFIXES
 from tracevault.redaction.validators import IBAN_LENGTHS
 
@@ -174,10 +175,10 @@ class Prefilter:
             # Escaped quotes and the rest become two neutral bytes: quote counting and
             # word boundaries then see what the strings hold.
             text = _ESCAPE.sub(b"\x01\x01", text)
-        if not text.isascii() and _RISKY_NON_ASCII.search(
-            text.translate(None, _ASCII).decode("utf-8", "replace")
-        ):
-            return False
+        if not text.isascii():
+            beyond = text.translate(None, _ASCII).decode("utf-8", "replace")
+            if _RISKY_NON_ASCII.search(beyond) or needs_folding(beyond):
+                return False  # (look-alikes: the scanner folds them, see scanner.scan)
         for gate, literal in _LITERALS:
             if text.find(gate) >= 0 and text.find(literal) >= 0:
                 return False

@@ -13,6 +13,7 @@ such place costs a few hundred nanoseconds per kilobyte.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
@@ -102,7 +103,22 @@ class Scanner:
                                   else d.literals) for d in by_family.get("text", ()))
 
     def scan(self, text: str) -> list[Finding]:
-        """Return the values to replace in ``text``: sorted, never overlapping."""
+        """Return the values to replace in ``text``: sorted, never overlapping.
+
+        Text with look-alike or invisible characters (a fullwidth ``＠``, fullwidth
+        digits, a zero-width space inside a card number) is also scanned as NFKC folds
+        it, without format characters, and what is found there is replaced where it
+        stands in the original.
+        """
+        found = self._scan(text)
+        if not needs_folding(text):
+            return found
+        folded, origin = _fold(text)
+        extra = [f._replace(start=origin[f.start], end=origin[f.end - 1] + 1)
+                 for f in self._scan(folded) if f.end > f.start]
+        return _resolve(found + extra) if extra else found
+
+    def _scan(self, text: str) -> list[Finding]:
         if len(text) < 5:
             return []
         found: list[Finding] = []
@@ -213,6 +229,35 @@ class Scanner:
                     found.extend(Finding(s, e, det.category, det.name)
                                  for s, e in det.find(text, start, end))
         return True
+
+
+# Format characters (Unicode category Cf: zero-width spaces and joiners, soft hyphen,
+# bidi marks) render as nothing: they can hide a value from a pattern.
+_INVISIBLE = re.compile("[\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064"
+                        "\u2066-\u206f\ufeff]")
+
+
+def needs_folding(text: str) -> bool:
+    """Whether ``text`` has characters that NFKC folds (fullwidth forms, ligatures) or
+    that render as nothing: what a look-alike value could hide behind."""
+    return not text.isascii() and (not unicodedata.is_normalized("NFKC", text)
+                                   or _INVISIBLE.search(text) is not None)
+
+
+def _fold(text: str) -> tuple[str, list[int]]:
+    """Return ``text`` NFKC-folded without format characters, and for each character of
+    the result the index of the character it came from."""
+    out: list[str] = []
+    origin: list[int] = []
+    for i, ch in enumerate(text):
+        if ch.isascii():
+            out.append(ch)
+            origin.append(i)
+        elif unicodedata.category(ch) != "Cf":
+            for part in unicodedata.normalize("NFKC", ch):
+                out.append(part)
+                origin.append(i)
+    return "".join(out), origin
 
 
 def _resolve(found: list[Finding]) -> list[Finding]:
