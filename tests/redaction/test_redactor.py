@@ -29,6 +29,7 @@ def event(**fields: Any) -> AuditEvent:
     ("mail bob.smith+tag@example.co.uk now", "mail [EMAIL] now"),
     ("call (415) 555-2671 or +44 20 7946 0958", "call [PHONE] or [PHONE]"),
     ("card 4111 1111 1111 1111, amex 3782-822463-10005", "card [CARD], amex [CARD]"),
+    ("card 4111.1111.1111.1111 on file", "card [CARD] on file"),
     ("ssn 536-90-4399", "ssn [SSN]"),
     ("iban GB29 NWBK 6016 1331 9268 19 for rent", "iban [IBAN] for rent"),
     ("from 203.0.113.7 and 2001:db8::8a2e:370:7334", "from [IP] and [IP]"),
@@ -48,6 +49,7 @@ def test_each_category_gets_its_placeholder(text: str, expected: str) -> None:
 
 @pytest.mark.parametrize("text", [
     "order 4111111111111112 (Luhn fails)", "SSN 666-12-3456 is impossible",
+    "build 4111.1111.1111.1111.5", "digits of pi 3141.5926.5358.9793",
     "IBAN DE88370400440532013000 has a bad check", "call 123-456-7890", "v1.2.3.4",
     "version 10.0.0.1", "uuid 550e8400-e29b-41d4-a716-446655440000",
     "at 2024-06-01T12:30:45.123456Z", "price $1,299.99",

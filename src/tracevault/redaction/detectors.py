@@ -184,9 +184,10 @@ def _ssn_strict_ok(text: str, m: re.Match[str]) -> bool:
     return v.ssn_ok(m.group())
 
 
+# Groups of a card number are separated by spaces, dashes or dots (4111.1111.1111.1111).
 _CARD = re.compile(
-    _NB + r"(?:\d{4}[ \-]?\d{6}[ \-]?\d{4,5}|\d{4}(?:[ \-]?\d{4}){2}[ \-]?\d{1,4}"
-    r"(?:[ \-]?\d{1,3})?|\d{12,19})" + _NE
+    _NB + r"(?:\d{4}[ .\-]?\d{6}[ .\-]?\d{4,5}|\d{4}(?:[ .\-]?\d{4}){2}[ .\-]?\d{1,4}"
+    r"(?:[ .\-]?\d{1,3})?|\d{12,19})" + _NE
 )
 
 _IBAN = re.compile(r"(?<![^\W_])[A-Za-z]{2}\d{2}(?:[ \-]?[A-Za-z0-9]){11,34}")

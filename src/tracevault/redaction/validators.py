@@ -77,8 +77,9 @@ def card_issuer_ok(number: str) -> bool:
 
 
 def card_ok(text: str) -> bool:
-    """Return whether ``text`` (digits with optional spaces/dashes) is a payment card."""
-    groups = [g for g in text.replace("-", " ").split(" ") if g]
+    """Return whether ``text`` (digits with optional spaces, dashes or dots) is a
+    payment card."""
+    groups = [g for g in text.replace("-", " ").replace(".", " ").split(" ") if g]
     if len(groups) > 1:
         # Cards are written in groups of four (Amex/Diners 4-6-5 / 4-6-4); other
         # groupings are lists of numbers, not cards.
