@@ -30,6 +30,7 @@ def event(**fields: Any) -> AuditEvent:
     ("call (415) 555-2671 or +44 20 7946 0958", "call [PHONE] or [PHONE]"),
     ("card 4111 1111 1111 1111, amex 3782-822463-10005", "card [CARD], amex [CARD]"),
     ("card 4111.1111.1111.1111 on file", "card [CARD] on file"),
+    ("GET /?email=zed%2Ecanary%40example%2Eorg&x=1", "GET /?email=[EMAIL]&x=1"),
     ("ssn 536-90-4399", "ssn [SSN]"),
     ("iban GB29 NWBK 6016 1331 9268 19 for rent", "iban [IBAN] for rent"),
     ("from 203.0.113.7 and 2001:db8::8a2e:370:7334", "from [IP] and [IP]"),

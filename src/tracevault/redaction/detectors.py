@@ -136,12 +136,15 @@ def _find_emails(text: str, pos: int, endpos: int) -> Iterator[tuple[int, int]]:
 
 EMAIL = Detector("email", "EMAIL", None, "at", finder=_find_emails, normalize=str.lower)
 # URL-encoded, as in query strings in access logs: "?email=kim.lee%40example.com"
+# (its dots may be encoded too: "kim%2Elee%40example%2Ecom")
 _EMAIL_ENCODED = re.compile(
-    r"(?<![\w.%+\-])[\w.+\-]{1,128}%40(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+"
+    r"(?<![\w.%+\-])(?:[\w.+\-]|%2[Ee]){1,128}%40"
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?(?:\.|%2[Ee]))+"
     r"[A-Za-z]{2,24}(?![\w\-])"
 )
-EMAIL_ENCODED = Detector("email_urlencoded", "EMAIL", _EMAIL_ENCODED, literals=("%40",),
-                         normalize=lambda s: s.replace("%40", "@").lower())
+EMAIL_ENCODED = Detector(
+    "email_urlencoded", "EMAIL", _EMAIL_ENCODED, literals=("%40",),
+    normalize=lambda s: s.replace("%40", "@").replace("%2E", ".").replace("%2e", ".").lower())
 
 # --- numbers -----------------------------------------------------------------------------
 
