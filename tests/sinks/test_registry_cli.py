@@ -119,3 +119,25 @@ def test_a_short_script_delivers_before_it_exits(tmp_path, make_receiver, capsys
     assert server.received.requests, f"{sink}: nothing delivered ({done.stderr})"
     assert main(["status", "--json", "--store", env["TRACEVAULT_STORE"]]) == 0
     assert json.loads(capsys.readouterr().out)[0]["lag"] == 0
+
+
+def test_what_threads_record_after_the_main_thread_ends_is_forwarded(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "TRACEVAULT_STORE": f"sqlite:///{tmp_path / 'ledger.db'}",
+           "TRACEVAULT_SINKS": "jsonl", "TRACEVAULT_JSONL_DIR": str(out)}
+    script = ("import threading, tracevault\n"
+              "log = tracevault.AuditLogger(session_id='s')\n"
+              "log.log_input('early')\n"
+              "go = threading.Event()\n"
+              "def late():\n"
+              "    go.wait(60)\n"
+              "    for i in range(3):\n"
+              "        log.log_input(f'late{i}')\n"
+              "threading.Thread(target=late).start()\n"  # not a daemon: waited for at exit
+              "threading.Timer(0.2, go.set).start()\n")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(x) for p in out.iterdir() for x in p.read_text().split("\n") if x]
+    assert sorted(line["data"]["content"] for line in lines) == ["early", "late0", "late1",
+                                                                  "late2"]

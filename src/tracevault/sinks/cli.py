@@ -121,6 +121,6 @@ def register(sub: Any, common: argparse.ArgumentParser, reading: argparse.Argume
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds to keep retrying a failing sink (default 60)")
     p.add_argument("--batch-size", type=int,
-                   default=int(positive_env("TRACEVAULT_FORWARD_BATCH", 500)),
+                   default=max(1, int(positive_env("TRACEVAULT_FORWARD_BATCH", 500))),
                    help="events per request (default 500, or TRACEVAULT_FORWARD_BATCH)")
     p.set_defaults(func=cmd_forward)

@@ -111,7 +111,8 @@ class ForwarderGroup:
                  batch_size: int | None = None) -> None:
         self._store_arg = store
         self.specs = list(specs)
-        self.batch_size = batch_size or int(positive_env("TRACEVAULT_FORWARD_BATCH", 500))
+        self.batch_size = batch_size or max(1, int(positive_env("TRACEVAULT_FORWARD_BATCH",
+                                                                     500)))
         self.forwarders: list[Forwarder] = []
         self.errors: dict[str, str] = {}
         self.store: Store | None = None
@@ -243,6 +244,15 @@ def _at_exit() -> None:
 _early_exit_hook = False
 
 
+def _at_exit_early() -> None:
+    # Threading's exit hooks run before Python waits for the other non-daemon threads:
+    # while any is still running (and may record more), the atexit hook delivers.
+    me = threading.current_thread()
+    if any(t is not me and not t.daemon and t.is_alive() for t in threading.enumerate()):
+        return
+    _at_exit()
+
+
 def _deliver_before_threads_stop() -> None:
     """Make the final delivery run among threading's exit hooks, before the thread
     pools' own (registered when concurrent.futures.thread was imported; they run last
@@ -252,7 +262,7 @@ def _deliver_before_threads_stop() -> None:
     if _early_exit_hook:
         return
     try:
-        threading._register_atexit(_at_exit)  # type: ignore[attr-defined]
+        threading._register_atexit(_at_exit_early)  # type: ignore[attr-defined]
         _early_exit_hook = True
     except (AttributeError, RuntimeError):  # another CPython, or already exiting
         pass
