@@ -50,6 +50,7 @@ BUILTIN_PRICES: dict[str, Price] = {
     "o4-mini": Price(1.10, 4.40, 0.275),
     "gpt-3.5-turbo": Price(0.50, 1.50),
     "claude-opus-4": Price(15.00, 75.00, 1.50, 18.75),
+    "claude-opus-4-5": Price(5.00, 25.00, 0.50, 6.25),
     "claude-sonnet-4": Price(3.00, 15.00, 0.30, 3.75),
     "claude-3-7-sonnet": Price(3.00, 15.00, 0.30, 3.75),
     "claude-3-5-sonnet": Price(3.00, 15.00, 0.30, 3.75),

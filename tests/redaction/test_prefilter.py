@@ -112,6 +112,16 @@ def test_look_alike_characters_do_not_hide_a_value(text: str, redacted: str) -> 
     assert clean == (out == text)  # plain text still takes the fast path
 
 
+def test_every_invisible_format_character_is_folded_away() -> None:
+    import unicodedata
+
+    from tracevault.redaction.scanner import needs_folding
+
+    missed = [hex(c) for c in range(sys.maxunicode + 1)
+              if unicodedata.category(chr(c)) == "Cf" and not needs_folding(f"a{chr(c)}b")]
+    assert missed == []
+
+
 def test_canaries_give_the_same_results() -> None:
     redactor = Redactor(Policy())
     rng = random.Random(5)

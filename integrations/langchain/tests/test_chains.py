@@ -348,6 +348,58 @@ def test_a_stream_that_fails_or_is_abandoned_keeps_what_the_model_said(cap: Capt
     assert "error" not in abandoned.data
 
 
+async def test_a_run_that_leaves_work_running_has_still_answered(cap: Capture) -> None:
+    release = asyncio.Event()
+
+    async def summarize(q: str) -> str:
+        await release.wait()  # still running when the root run ends
+        return "summary"
+
+    summarizer = RunnableLambda(summarize, name="summarize")
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def answer(q: str, config: RunnableConfig) -> str:
+        tasks.append(asyncio.create_task(summarizer.ainvoke(q, config)))
+        await asyncio.sleep(0)  # the background run starts
+        return "the answer"
+
+    assert await RunnableLambda(answer, name="agent").ainvoke("q", _cfg()) == "the answer"
+    release.set()
+    await asyncio.gather(*tasks)
+    events = cap.events()
+    root_end = next(e for e in events if e.kind == "agent" and e.phase == "end")
+    assert root_end.data["status"] == "success"  # not taken for an abandoned stream
+    assert next(e for e in events if e.kind == "output").data["content"] == "the answer"
+
+
+def test_at_level_info_a_handled_failure_still_has_its_recovery(tmp_path: Path) -> None:
+    def score(x: int) -> int:
+        if x == 2:
+            raise ValueError("cannot score 2")
+        return x
+
+    scorer = RunnableLambda(score, name="score")
+
+    def score_all(items: list[int], config: RunnableConfig) -> list[Any]:
+        return scorer.batch(items, config, return_exceptions=True)
+
+    with capture_events(tmp_path, level="info") as cap:
+        RunnableLambda(score_all, name="score_all").invoke([1, 2, 3], _cfg())
+        events = cap.events()
+    check_tree(events)
+    assert [e.data["payload"]["recovery_action"] for e in events
+            if e.name == "error_recovered"] == ["handled in score_all; the run continued"]
+
+
+def test_a_parent_graph_update_without_a_goto_is_no_hand_off() -> None:
+    from langgraph.errors import ParentCommand
+    from tracevault_langchain.base import failure_of
+
+    assert failure_of(ParentCommand(Command(graph=Command.PARENT, update={"x": 1})))[0] != (
+        "handed_off")
+    assert failure_of(ParentCommand(Command(graph=Command.PARENT, goto="b")))[0] == "handed_off"
+
+
 @pytest.mark.parametrize("level", ["debug", "info"])
 def test_retry_records_each_failure_and_the_recovery(tmp_path: Path, level: str) -> None:
     # At info the retried chain step is not recorded itself: its failures and their

@@ -232,9 +232,12 @@ class Scanner:
 
 
 # Format characters (Unicode category Cf: zero-width spaces and joiners, soft hyphen,
-# bidi marks) render as nothing: they can hide a value from a pattern.
-_INVISIBLE = re.compile("[\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064"
-                        "\u2066-\u206f\ufeff]")
+# bidi marks, tag characters) render as nothing: they can hide a value from a pattern.
+# All of them as of Unicode 14 (a test checks this list against unicodedata).
+_INVISIBLE = re.compile("[\u00ad\u0600-\u0605\u061c\u06dd\u070f\u08e2\u180e"
+                        "\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff"
+                        "\ufff9-\ufffb\u0890\u0891\U000110bd\U000110cd\U00013430-\U00013438"
+                        "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e007f]")
 
 
 def needs_folding(text: str) -> bool:

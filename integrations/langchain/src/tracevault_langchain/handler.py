@@ -101,17 +101,19 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
     ) -> None:
         try:
             st = self._rec.close(run_id)
-            if st is None or st.span is None:
+            if st is None:
+                return
+            if st.trace.failed_under:  # failures inside it: it handled them (recorded or
+                self._rec.settle(st, run_id)  # not, the recovery hangs where it can)
+            if st.span is None:
                 return
             data: dict[str, Any] = {"status": "success", "duration_ms": ms_since(st.started)}
-            if st.trace.failed_under:  # failures inside it: it handled them
-                self._rec.settle(st, run_id)
             if st.is_root and st.kind == "agent":
                 if st.defers_inputs:
                     self._input(st, kwargs.get("inputs"), st.extra)
                 if st.interrupted:  # paused at interrupt(): no answer yet, a resume follows
                     data["status"] = "interrupted"
-                elif st.trace.open:
+                elif st.defers_inputs and st.trace.open:
                     # Steps of the run still open: the consumer stopped reading a sync
                     # stream, which LangChain ends as if it had finished (its steps end
                     # after it).

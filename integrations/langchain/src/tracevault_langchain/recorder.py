@@ -63,7 +63,7 @@ def handoff_target(exc: BaseException) -> Any:
     targets = [getattr(g, "node", g) for g in (goto if isinstance(goto, (list, tuple))
                                                else [goto])]
     names = [str(t) for t in targets if t is not None]
-    return names[0] if len(names) == 1 else names
+    return names[0] if len(names) == 1 else (names or None)  # none: an update, no hand-off
 
 
 def error_summary(exc: BaseException) -> dict[str, str]:
@@ -321,12 +321,14 @@ class Recorder:
         A ``custom`` event named ``error_recovered`` rather than a second ``error``, so
         each failure is counted once. ``payload`` holds only strings and numbers.
         """
+        if parent is None:
+            parent = state.child_span
         if span is not None and span == parent:
             span = None  # the failed run was not recorded: a point under its parent
         capture.record("custom", "point", "warning", "error_recovered",
                        {"name": "error_recovered", "payload": payload}, FRAMEWORK,
                        state.session_id, state.user_id, state.trace.trace_id, span,
-                       parent if parent is not None else state.child_span, owned=True)
+                       parent, owned=True)
 
     def warn_if_slow(self, state: RunState, duration_ms: float) -> None:
         """Record a ``slow_tool_call`` warning like the core ``AuditLogger`` does."""
