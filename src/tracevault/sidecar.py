@@ -280,11 +280,10 @@ def main() -> int:
                 if stats.last_error is not None:
                     _send(replies, orjson.dumps({"progress": True, "error": stats.last_error,
                                                  "write_errors": stats.write_errors}))
-            ok = True
             after = pipeline.stats()
             try:
                 _send(replies, orjson.dumps({
-                    "ok": ok,
+                    "ok": True,
                     "written": after.written - before.written,
                     "filtered": after.filtered - before.filtered,
                     "withheld": after.withheld - before.withheld,

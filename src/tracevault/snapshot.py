@@ -59,40 +59,48 @@ def truncate_string(value: str, limit: int = MAX_STRING) -> str:
 # Inline media (base64 images, audio, files in a conversation) is recorded as what it
 # is, never its bytes: a model call carries the whole conversation, so the same image
 # would be stored again with every call, cut at the string limit into a useless part.
-_MEDIA_REFS: dict[int, tuple[Any, dict[str, Any]]] = {}  # id(source) -> (source, ref)
+_MEDIA_REFS: dict[int, tuple[Any, dict[str, Any] | None]] = {}  # id(source) -> (source, ref)
 _MAX_MEDIA_REFS = 256
+
+
+def _remembered(source: Any, make: Callable[[str], dict[str, Any] | None]
+                ) -> dict[str, Any] | None:
+    # make(str(source)), remembered by the identity of ``source`` (kept alive with it,
+    # so its id() cannot be reused): the same object comes back with every later call
+    # of a conversation, and hashing megabytes each time would cost milliseconds.
+    known = _MEDIA_REFS.get(id(source))
+    if known is not None and known[0] is source:
+        return known[1]
+    ref = make(source if isinstance(source, str) else "" if source is None else str(source))
+    if len(_MEDIA_REFS) >= _MAX_MEDIA_REFS:
+        _MEDIA_REFS.clear()
+    _MEDIA_REFS[id(source)] = (source, ref)
+    return ref
 
 
 def media_ref(data: Any, mime: Any = None) -> dict[str, Any]:
     """Return ``{"mime", "base64_chars", "sha256"}`` for inline base64 ``data`` (a
     string, or an object whose ``str()`` is; the digest is of the base64 text as
-    sent). Remembered by identity: the same object comes back with every later call of
-    a conversation, and hashing megabytes each time would cost milliseconds."""
-    known = _MEDIA_REFS.get(id(data))
-    if known is not None and known[0] is data:
-        return known[1]
-    text = data if isinstance(data, str) else str(data)
-    ref = {"mime": mime, "base64_chars": len(text),
-           "sha256": hashlib.sha256(text.encode("ascii", "replace")).hexdigest()}
-    if len(_MEDIA_REFS) >= _MAX_MEDIA_REFS:
-        _MEDIA_REFS.clear()
-    _MEDIA_REFS[id(data)] = (data, ref)
+    sent), computed once per object."""
+    def make(text: str) -> dict[str, Any]:
+        return {"mime": mime, "base64_chars": len(text),
+                "sha256": hashlib.sha256(text.encode("ascii", "replace")).hexdigest()}
+
+    ref = _remembered(data, make)
+    assert ref is not None
     return ref
 
 
 def data_url_ref(url: Any) -> dict[str, Any] | None:
     """Return :func:`media_ref` of a ``data:`` URL's payload (its mime type from the
     URL), or ``None`` for any other URL."""
-    known = _MEDIA_REFS.get(id(url))
-    if known is not None and known[0] is url:
-        return known[1]
-    text = url if isinstance(url, str) else str(url) if url is not None else ""
-    if not text.startswith("data:"):
-        return None
-    head, _, payload = text.partition(",")
-    ref = media_ref(payload, head[5:].split(";", 1)[0] or None)
-    _MEDIA_REFS[id(url)] = (url, ref)
-    return ref
+    def make(text: str) -> dict[str, Any] | None:
+        if not text.startswith("data:"):
+            return None
+        head, _, payload = text.partition(",")
+        return media_ref(payload, head[5:].split(";", 1)[0] or None)
+
+    return _remembered(url, make)
 
 
 def describe_exception(exc: BaseException) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from tracevault.sinks.base import Forwarder, describe
-from tracevault.sinks.registry import build, parse, persist_error, positive_env
+from tracevault.sinks.registry import batch_size_env, build, parse, persist_error
 from tracevault.store import DEFAULT_URL, Store, open_store
 from tracevault.store.base import SinkCursor
 
@@ -121,6 +121,6 @@ def register(sub: Any, common: argparse.ArgumentParser, reading: argparse.Argume
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds to keep retrying a failing sink (default 60)")
     p.add_argument("--batch-size", type=int,
-                   default=max(1, int(positive_env("TRACEVAULT_FORWARD_BATCH", 500))),
+                   default=batch_size_env(),
                    help="events per request (default 500, or TRACEVAULT_FORWARD_BATCH)")
     p.set_defaults(func=cmd_forward)

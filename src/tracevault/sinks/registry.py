@@ -104,6 +104,11 @@ def positive_env(name: str, default: float) -> float:
     return value
 
 
+def batch_size_env() -> int:
+    """Events per request from ``TRACEVAULT_FORWARD_BATCH`` (default 500, at least 1)."""
+    return max(1, int(positive_env("TRACEVAULT_FORWARD_BATCH", 500)))
+
+
 class ForwarderGroup:
     """The forwarders of one pipeline: built and run on a background thread."""
 
@@ -111,8 +116,7 @@ class ForwarderGroup:
                  batch_size: int | None = None) -> None:
         self._store_arg = store
         self.specs = list(specs)
-        self.batch_size = batch_size or max(1, int(positive_env("TRACEVAULT_FORWARD_BATCH",
-                                                                     500)))
+        self.batch_size = batch_size or batch_size_env()
         self.forwarders: list[Forwarder] = []
         self.errors: dict[str, str] = {}
         self.store: Store | None = None
