@@ -141,15 +141,28 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def _measure(invoke: Callable[[], Any], runs: int, warmup: int) -> list[float]:
+def _measure(invoke: Callable[[], Any], runs: int, warmup: int) -> tuple[list[float], list[float],
+                                                                       float]:
+    """Return each run's wall-clock and agent-thread CPU time (µs), and the CPU time of
+    the whole process over the runs (µs; the writer thread's included, not a writer
+    process's). CPU times do not count the moments the VM ran something else, which
+    wall-clock time on a shared machine does."""
     for _ in range(warmup):
         invoke()
-    out = []
+    wall, cpu = [], []
+    process0 = time.process_time()
     for _ in range(runs):
+        c0 = time.thread_time()
         t0 = time.perf_counter()
         invoke()
-        out.append((time.perf_counter() - t0) * 1e6)
-    return out
+        t1 = time.perf_counter()
+        cpu.append((time.thread_time() - c0) * 1e6)
+        wall.append((t1 - t0) * 1e6)
+    return wall, cpu, (time.process_time() - process0) * 1e6
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None else format(value, ".1f")
 
 
 def _busy_core() -> subprocess.Popen[bytes]:
@@ -233,6 +246,8 @@ def run(args: argparse.Namespace, postgres: str | None) -> int:
     runs, warmup = max(1, args.runs // args.rounds), args.warmup // args.rounds
 
     latencies: dict[str, list[float]] = {name: [] for name in names}
+    agent_cpu: dict[str, list[float]] = {name: [] for name in names}
+    process_cpu: dict[str, float] = dict.fromkeys(names, 0.0)
     drains: dict[str, list[float]] = {name: [] for name in names}
     events: dict[str, int] = dict.fromkeys(names, 0)
     # The configurations take turns, so a machine that speeds up or slows down over the
@@ -253,8 +268,12 @@ def run(args: argparse.Namespace, postgres: str | None) -> int:
                 tracevault.configure(store=db, writer="process")
             elif name == "noop_busy":
                 busy = _busy_core()
-            latencies[name] += _measure(lambda c=config: agent.invoke(inputs, c),  # type: ignore[misc]
-                                        runs, warmup)
+            wall, cpu, process = _measure(
+                lambda c=config: agent.invoke(inputs, c),  # type: ignore[misc,call-overload]
+                runs, warmup)
+            latencies[name] += wall
+            agent_cpu[name] += cpu
+            process_cpu[name] += process
             t0 = time.perf_counter()
             if gated is not None:
                 gated.gate.set()
@@ -277,7 +296,9 @@ def run(args: argparse.Namespace, postgres: str | None) -> int:
         median = statistics.median(lat)
         p99 = _percentile(lat, 0.99)
         results[name] = {"median_us": median, "p99_us": p99, "p99_over_median": p99 / median,
-                         "drain_after_runs_ms": statistics.median(drains[name])}
+                         "drain_after_runs_ms": statistics.median(drains[name]),
+                         "agent_cpu_us": statistics.median(agent_cpu[name]),
+                         "process_cpu_us": process_cpu[name] / (runs * args.rounds)}
         if name in RECORDING:
             per_run_events = events[name] / ((runs + warmup) * args.rounds)
             results[name]["events_per_run"] = per_run_events
@@ -287,6 +308,9 @@ def run(args: argparse.Namespace, postgres: str | None) -> int:
                 delta = results[name]["median_us"] - results["noop"]["median_us"]
                 # Langfuse records the same run: compare per tracevault event.
                 results[name]["per_event_over_noop_us"] = delta / per_run_events
+                for key in ("agent_cpu_us", "process_cpu_us"):
+                    more = results[name][key] - results["noop"][key]
+                    results[name][key.replace("_us", "_per_event_us")] = more / per_run_events
     host = {**machine(), "runs": runs * args.rounds, "warmup": warmup * args.rounds,
             "rounds": args.rounds, "model_ms": args.model_ms, "prompt_kb": args.prompt_kb,
             "ledger": "postgresql" if postgres is not None else "sqlite"}
@@ -301,7 +325,8 @@ def run(args: argparse.Namespace, postgres: str | None) -> int:
           f"{args.model_ms:g} ms per model call, {args.prompt_kb:g} KB system prompt, "
           f"{host['ledger']} ledger")
     print(f"{'config':<12}{'median µs':>12}{'p99 µs':>12}{'p99/med':>9}{'drain ms':>10}"
-          f"{'ev/run':>8}{'µs/event':>10}")
+          f"{'ev/run':>8}{'µs/event':>10}{'agent CPU':>11}{'proc. CPU':>11}")
+    print(f"{'':<62}{'(over no-op, per event)':>32}")
     if "langfuse" in results:
         print(f"langfuse exported {_Sink.requests} requests, {_Sink.received} bytes to the "
               "local server")
@@ -311,7 +336,9 @@ def run(args: argparse.Namespace, postgres: str | None) -> int:
         print(f"{name:<12}{r['median_us']:>12.0f}{r['p99_us']:>12.0f}"
               f"{r['p99_over_median']:>9.2f}{r['drain_after_runs_ms']:>10.0f}"
               f"{'' if ev is None else format(ev, '.1f'):>8}"
-              f"{'' if per_event is None else format(per_event, '.1f'):>10}")
+              f"{'' if per_event is None else format(per_event, '.1f'):>10}"
+              f"{_cell(r.get('agent_cpu_per_event_us')):>11}"
+              f"{_cell(r.get('process_cpu_per_event_us')):>11}")
     return 0
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import tracevault
-from tracevault import capture
+from tracevault import capture, replay
 from tracevault.pipeline import DurabilityError, Pipeline, dead_letter_events
 from tracevault.schema import AuditEvent
 from tracevault.snapshot import Deferred, freeze, freeze_raw
@@ -292,6 +292,51 @@ def test_deferred_data_is_made_on_the_writer_in_queue_order(cap: Capture) -> Non
     assert events["a"] == {"n": 1} and events["sum"] == {"total": 3}
     assert events["bad"]["raw"] == {"n": 3}
     assert events["bad"]["capture_error"] == "ValueError: cannot read this"
+
+
+def test_a_deferred_callback_runs_on_the_writer_as_the_caller_would_have(
+    cap: Capture,
+) -> None:
+    # capture.later: the writer runs the callback in its place in the queue, in a copy
+    # of the caller's context, and what it records is timestamped when it was queued.
+    ran_on: list[threading.Thread] = []
+    queued_at: list[float] = []
+
+    def callback(n: int) -> None:
+        ran_on.append(threading.current_thread())
+        capture.emit("custom", name=f"deferred-{n}", data={"n": n})
+        capture.emit("custom", name=f"deferred-{n}-again")
+
+    def broken() -> None:
+        raise RuntimeError("a bug in a handler")
+
+    with tracevault.context(session_id="later", user_id="ana"):
+        capture.emit("custom", name="before")
+        capture.later(callback, 1)
+        queued_at.append(datetime.now(timezone.utc).timestamp())
+        capture.later(broken)  # logged and counted; the writer goes on
+        capture.emit("custom", name="between")
+    capture.later(callback, 2)  # outside the context: no session
+    events = cap.events()
+    assert [e.name for e in events] == [
+        "before", "deferred-1", "deferred-1-again", "between", "deferred-2", "deferred-2-again"]
+    assert [e.session_id for e in events] == ["later"] * 4 + [None, None]
+    assert {e.user_id for e in events[:4]} == {"ana"}
+    assert events[1].timestamp.timestamp() <= queued_at[0]  # not when the writer ran
+    assert threading.current_thread() not in ran_on and len(ran_on) == 2
+    assert replay.failures() >= 1
+
+
+def test_deferred_callbacks_still_queued_at_shutdown_are_dead_lettered(tmp_path: Path) -> None:
+    store = FlakyStore(str(tmp_path / "down.db"))
+    store.healthy.clear()
+    path = str(tmp_path / "dead.jsonl")
+    pipeline = Pipeline(store, dead_letter_path=path)
+    with _active(pipeline):
+        capture.later(lambda: capture.emit("custom", name="made late", data={"x": 1}))
+        stats = pipeline.shutdown(timeout=0.3)
+    assert stats.dead_lettered == 1
+    assert [e.name for e in dead_letter_events(path)] == ["made late"]
 
 
 def test_asyncio_tasks_all_land_with_their_own_context(cap: Capture) -> None:

@@ -13,9 +13,10 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextvars import copy_context
 from datetime import datetime
-from time import time_ns
+from time import perf_counter, time_ns
 from typing import Any
 from uuid import UUID
 
@@ -23,6 +24,7 @@ from tracevault.config import Settings
 from tracevault.context import current_scope, current_span
 from tracevault.ids import uuid7
 from tracevault.pipeline import Appender, DurabilityError, Middleware, Pipeline
+from tracevault.replay import Later, replaying
 from tracevault.schema import KINDS, LEVEL_RANK, PHASES
 from tracevault.snapshot import Deferred, freeze
 
@@ -307,6 +309,7 @@ def record(
             # The schema's data is an object.
             payload = freeze(data if isinstance(data, dict) else {"value": data})
         scope = current_scope()
+        replay = replaying()
         if metadata is not None and not isinstance(metadata, dict):
             metadata = {"value": metadata}
         if metadata:
@@ -319,7 +322,7 @@ def record(
         # for the error that names it.
         item = (
             uuid7() if durable else None,
-            timestamp or time_ns(),
+            timestamp or (time_ns() if replay is None else replay.time_ns),
             kind,
             phase,
             level,
@@ -334,6 +337,9 @@ def record(
             meta,
             payload,
         )
+        if replay is not None:  # a callback the writer runs (later): it takes the events
+            replay.items.append(item)
+            return True
         pipeline = _pipeline if _pipeline is not None else get_pipeline()
         if durable:
             pipeline.submit_durable(item, settings().strict_timeout)
@@ -347,6 +353,32 @@ def record(
         if _capture_errors <= 10:
             log.error("tracevault: could not capture a %s event: %r", kind, exc, exc_info=True)
         return False
+
+
+def later(fn: Callable[..., object], *args: Any, durable: bool = False) -> None:
+    """Have the ledger writer run ``fn(*args)`` in this callback's place, in queue
+    order, in a copy of this context and at this time (see :mod:`tracevault.replay`);
+    whatever it records is recorded as if captured now.
+
+    For framework handlers: ``args`` must be what the caller copied of objects that may
+    change after the callback returns. ``durable=True`` (strict mode) returns only once
+    what ``fn`` recorded is in the ledger, and raises :class:`DurabilityError` if it
+    cannot be made so. Never raises otherwise.
+    """
+    global _capture_errors
+    try:
+        pipeline = _pipeline if _pipeline is not None else get_pipeline()
+        item = Later(fn, args, copy_context(), time_ns(), perf_counter())
+        if durable:
+            pipeline.submit_durable(item, settings().strict_timeout)
+        else:
+            pipeline.submit(item)
+    except DurabilityError:
+        raise
+    except Exception as exc:  # never break the agent
+        _capture_errors += 1
+        if _capture_errors <= 10:
+            log.error("tracevault: could not capture a callback: %r", exc, exc_info=True)
 
 
 def reset() -> Pipeline | None:

@@ -35,6 +35,7 @@ import orjson
 
 from tracevault.ids import uuid7
 from tracevault.ledger import decode_event, encode_event
+from tracevault.replay import Later
 from tracevault.schema import AuditEvent
 from tracevault.snapshot import Deferred, snapshot, thaw
 from tracevault.store import StoreError, open_store
@@ -109,7 +110,9 @@ def event_of(item: Item) -> AuditEvent:
                       tags, metadata, data)
 
 
-def _id_of(item: Item) -> str | None:
+def _id_of(item: Item | Later) -> str | None:
+    if isinstance(item, Later):
+        return None
     return item.event_id if isinstance(item, AuditEvent) else item[0]
 
 
@@ -210,7 +213,7 @@ class Pipeline:
         # A store opened from a URL (here or by configure()) is closed at shutdown.
         self._owns_store = isinstance(store, str) if owns_store is None else owns_store
         self.middleware: list[Middleware] = list(middleware)
-        self._queue: deque[Item | _Marker] = deque()
+        self._queue: deque[Item | Later | _Marker] = deque()
         self._maxsize = queue_size
         self._batch_size = batch_size
         self._block_timeout = block_timeout
@@ -253,9 +256,10 @@ class Pipeline:
 
     # --- caller side ------------------------------------------------------------------
 
-    def submit(self, event: Item) -> None:
-        """Queue ``event`` (or what :func:`tracevault.capture.emit` captured) for the
-        ledger. Waits only when the queue is full."""
+    def submit(self, event: Item | Later) -> None:
+        """Queue ``event`` (or what :func:`tracevault.capture.emit` captured, or a
+        callback the writer runs: :class:`~tracevault.replay.Later`) for the ledger.
+        Waits only when the queue is full."""
         if self._closed:  # e.g. a daemon thread still capturing after interpreter exit began
             self._dropped += 1
             if self._dropped <= 10:
@@ -274,12 +278,14 @@ class Pipeline:
             # another thread may have stepped past the exact count).
             self._urgent.set()
 
-    def submit_durable(self, event: Item, timeout: float) -> None:
-        """Queue ``event`` and return once it is in the ledger; raise otherwise."""
+    def submit_durable(self, event: Item | Later, timeout: float) -> None:
+        """Queue ``event`` and return once it (or what it records) is in the ledger;
+        raise otherwise."""
         self.submit(event)
         if not self.flush(timeout):
+            what = "a callback's events" if isinstance(event, Later) else f"event {_id_of(event)}"
             raise DurabilityError(
-                f"tracevault could not make event {_id_of(event)} durable in "
+                f"tracevault could not make {what} durable in "
                 f"{timeout:g}s: "
                 f"{self._current_error() or 'the ledger writer is behind'}"
             )
@@ -316,7 +322,9 @@ class Pipeline:
 
     def stats(self) -> PipelineStats:
         """Return a consistent-enough snapshot of the counters (cheap; any thread)."""
-        queued = sum(1 for item in list(self._queue) if not isinstance(item, _Marker))
+        # A deferred callback counts once it has recorded its events.
+        queued = sum(1 for item in list(self._queue)
+                     if not isinstance(item, (_Marker, Later)))
         pending = queued + len(self._pending)
         # A store that runs the middleware itself (tracevault.sidecar) counts what it
         # filtered and withheld; the filtered ones were handed over but not written.
@@ -411,6 +419,10 @@ class Pipeline:
                     with self._flush_lock:
                         self._flushes -= 1
                     break  # everything before the marker is in this batch
+                if item.__class__ is Later:  # a callback to run here: its events, in place
+                    for made in item.run():
+                        batch.append(settled(made) if raw else event_of(made))
+                    continue
                 batch.append(settled(item) if raw else event_of(item))  # type: ignore[arg-type]
             behind = len(batch) == limit
             self._received += len(batch)
@@ -561,12 +573,14 @@ class Pipeline:
                 item.done.set()
                 with self._flush_lock:
                     self._flushes -= 1
-            elif self.store_applies_middleware:
-                rest.append(item)  # _dead_letter redacts these with the pending ones
-            else:  # redact before anything touches the disk
-                processed = self._apply_middleware(event_of(item))
-                if processed is not None:
-                    rest.append(processed)
+                continue
+            for made in item.run() if isinstance(item, Later) else (item,):
+                if self.store_applies_middleware:
+                    rest.append(made)  # _dead_letter redacts these with the pending ones
+                else:  # redact before anything touches the disk
+                    processed = self._apply_middleware(event_of(made))
+                    if processed is not None:
+                        rest.append(processed)
 
     def _dead_letter(self, items: list[Item]) -> None:
         rest = [event_of(item) for item in items]

@@ -250,7 +250,7 @@ def test_a_recording_bug_never_reaches_the_agent_even_in_strict_mode(
     result = agent.invoke({"messages": [HumanMessage("pay")]},
                           {"callbacks": [TracevaultCallbackHandler(strict=True)]})
     assert result["messages"][-1].content == "done" and charged == [7]
-    assert handler_failures() == before + 2  # both model calls' ends
     kinds = [(e.kind, e.phase) for e in cap.events()]
+    assert handler_failures() == before + 2  # both model calls' ends
     assert ("tool_call", "start") in kinds and ("tool_call", "end") in kinds
     assert ("reasoning", "point") not in kinds

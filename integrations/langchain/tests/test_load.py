@@ -61,8 +61,9 @@ async def test_a_thousand_concurrent_ainvokes(tmp_path: Path, writer: str) -> No
 
     with capture_events(tmp_path, writer=writer) as cap:
         await asyncio.gather(*(one(c) for c in cities))
-        assert len(RUNS) == 0
+        assert len(RUNS.lineage) == 0  # the agent's side
         _check_runs(cap.events(), cities)
+        assert len(RUNS) == 0  # the writer's side, once it has handled every callback
         stats = cap.pipeline.stats()
         assert stats.written == 1000 * EVENTS_PER_RUN
         assert stats.dropped == 0 and stats.dead_lettered == 0
@@ -96,8 +97,9 @@ def test_run_state_stays_flat_over_ten_thousand_runs(tmp_path: Path) -> None:
                     break
             else:
                 chain.invoke({"q": str(i)}, {"callbacks": [handler]})
-            high_water = max(high_water, len(RUNS))
-        assert len(RUNS) == 0, "per-run state was not evicted"
+            high_water = max(high_water, len(RUNS.lineage))
+        cap.flush()  # the writer has handled every callback
+        assert len(RUNS) == 0 and len(RUNS.lineage) == 0, "per-run state was not evicted"
         assert high_water == 0, "state is dropped as soon as each run ends"
         assert RUNS.evicted == 0
         abandoned = len(range(2, 10_000, 3))
@@ -112,6 +114,8 @@ def test_runs_that_never_end_are_evicted_oldest_first(cap: Capture) -> None:
     ids = [uuid4() for _ in range(5)]
     for run_id in ids:  # five runs start; none ever ends (a generator nobody closes)
         handler.on_chain_start(None, {"q": 1}, run_id=run_id, name="stuck")
+    assert len(table.lineage) == 3  # the agent's side forgets the oldest too
+    cap.flush()  # the writer has handled the callbacks
     assert len(table) == 3 and table.evicted == 2
     assert table.get(ids[0]) is None and table.get(ids[1]) is None
     assert table.get(ids[4]) is not None
@@ -121,4 +125,5 @@ def test_runs_that_never_end_are_evicted_oldest_first(cap: Capture) -> None:
     assert evictions[0].data["type"] == "tracevault.RunStateEvicted"
     for run_id in ids[2:]:
         handler.on_chain_end({}, run_id=run_id)
-    assert len(table) == 0
+    cap.flush()
+    assert len(table) == 0 and len(table.lineage) == 0

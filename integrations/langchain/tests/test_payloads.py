@@ -311,17 +311,19 @@ def test_finish_reason_of_each_provider(metadata: dict[str, str]) -> None:
     assert convert.generation_view(_generation(None, **metadata))["finish_reason"] == "stop"
 
 
-def test_the_first_token_is_the_first_chunk_with_content() -> None:
+def test_the_first_token_is_the_first_chunk_with_content(cap: Capture) -> None:
     handler = TracevaultCallbackHandler()
     run = uuid.uuid4()
     handler.on_chat_model_start({}, [[HumanMessage("hi")]], run_id=run,
                                 metadata={"ls_model_name": "claude-3-5-sonnet"})
     handler.on_llm_new_token("", run_id=run)  # a stream opening with metadata only
-    state = handler._rec.runs.get(run)
-    assert state is not None and state.first_token is None
+    seen = handler._rec.runs.lineage.get(run)  # timed on the agent's thread
+    assert seen is not None and seen.first_token is None
     handler.on_llm_new_token("It", run_id=run)
-    assert state.first_token is not None
+    assert seen.first_token is not None
     handler.on_llm_error(RuntimeError("stop"), run_id=run)
+    assert handler._rec.runs.lineage.get(run) is None
+    cap.flush()
     assert handler._rec.runs.get(run) is None
 
 

@@ -5,14 +5,16 @@ output and failed-run events."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
+from types import TracebackType
 from typing import Any
 from uuid import UUID
 
+from tracevault.capture import later
 from tracevault.pipeline import DurabilityError
+from tracevault.replay import clock
 from tracevault.schema import level_for
-from tracevault.snapshot import Deferred, freeze
+from tracevault.snapshot import Deferred, freeze, thaw
 from tracevault_langchain import convert
 from tracevault_langchain.recorder import Recorder, error_summary, handoff_target, stop_status
 from tracevault_langchain.runs import RunState, RunTable, Trace
@@ -105,42 +107,66 @@ class HandlerBase(_Base):
 
     def _close_failed(self, callback: str, run_id: UUID, error: BaseException) -> None:
         """The whole of an ``on_*_error`` callback whose run needs nothing more than its
-        failed end (retriever runs)."""
+        failed end (retriever runs): the caller's half."""
         try:
-            st = self._rec.close(run_id)
-            if st is not None:
-                self._end_failed(st, error)
+            self._rec.runs.lineage.end(run_id)
+            later(self._run_failed, run_id, error, error.__traceback__, None)
         except Exception as exc:
             recording_failed(callback, exc)
 
-    def _end_failed(self, st: RunState, error: BaseException) -> None:
+    def _run_failed(self, run_id: UUID, error: BaseException, tb: TracebackType | None,
+                    inputs: Any) -> None:
+        # On the writer: the failed end of a run (and its input, if a stream only
+        # reported it now). ``tb``: the error's traceback when the callback came (it
+        # grows as the error goes on up).
+        st = self._rec.close(run_id)
+        if st is None:
+            return
+        if inputs is not None and st.is_root and st.defers_inputs:
+            self._input(st, inputs, st.extra)
+        self._end_failed(st, error, tb)
+
+    def _end_failed(self, st: RunState, error: BaseException, tb: TracebackType | None) -> None:
         status, ending = failure_of(error)
         data: dict[str, Any] = {"duration_ms": ms_since(st.started), **ending}
         if status == "error":
-            self._rec.error(st, error)
+            self._rec.error(st, error, tb=tb)
         elif status == "handed_off":
             self._rec.handed_off(st, error)
         if st.span is not None:
             self._rec.emit(st, st.kind, "end", data, level=level_for(status), owned=True)
 
-    def _input(self, st: RunState, inputs: Any, extra: dict[str, Any] | None) -> None:
-        kind, content = convert.input_view(inputs)
-        data: dict[str, Any] = {"type": kind, "content": convert.without_media(content)}
+    def _input(self, st: RunState, copied: Any, extra: dict[str, Any] | None) -> None:
+        """Record a root run's input from its copy (:func:`input_copy`)."""
+        kind, content = copied
+        data: dict[str, Any] = {"type": kind, "content": thaw(content)}
         for key in ("source", "ip_address"):
             if extra and isinstance(extra.get(key), str):
                 data[key] = extra[key]
         self._rec.emit(st, "input", "point", data, name=kind, point=True,
-                       metadata=extra or None)
+                       metadata=extra or None, owned=True)
 
-    def _output(self, st: RunState, outputs: Any) -> None:
+    def _output(self, st: RunState, answer: Any) -> None:
+        """Record a root run's final answer from its copy (:func:`output_copy`)."""
         # The run's tokens and cost are added up by the ledger writer as it makes each
         # model call's data (models._end_data), so the totals are read there too: this
         # event is queued after every model call of the run.
-        # An agent with a response_format answers with a structured response as well.
-        structured = outputs.get("structured_response") if isinstance(outputs, Mapping) else None
-        answer = freeze([convert.output_view(outputs), structured])
         self._rec.emit(st, "output", "point", Deferred(_output_data, answer, st.trace),
                        name="final_answer", point=True)
+
+
+def input_copy(inputs: Any) -> tuple[str, Any]:
+    """What a root run's input event records, copied on the caller's thread: the
+    user's message (or what else came in) with inline media replaced by digests."""
+    kind, content = convert.input_view(inputs)
+    return kind, freeze(convert.without_media(content))
+
+
+def output_copy(outputs: Any) -> Any:
+    """What a root run's output event records, copied on the caller's thread: its final
+    answer, and the structured response of an agent with a ``response_format``."""
+    structured = outputs.get("structured_response") if isinstance(outputs, Mapping) else None
+    return freeze([convert.output_view(outputs), structured])
 
 
 def failure_of(error: BaseException) -> tuple[str, dict[str, Any]]:
@@ -164,8 +190,9 @@ def failure_of(error: BaseException) -> tuple[str, dict[str, Any]]:
 
 
 def ms_since(started: float) -> float:
-    """Milliseconds since ``started`` (a ``time.perf_counter()`` reading)."""
-    return (time.perf_counter() - started) * 1000
+    """Milliseconds from ``started`` (a ``time.perf_counter()`` reading) to the
+    callback being handled (see :func:`tracevault.replay.clock`)."""
+    return (clock() - started) * 1000
 
 
 def _output_data(answer: list[Any], trace: Trace) -> dict[str, Any]:

@@ -3,9 +3,12 @@ actions, and LangGraph interrupt and resume."""
 
 from __future__ import annotations
 
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from tracevault.capture import later
+from tracevault.snapshot import freeze, thaw
 from tracevault_langchain.base import HandlerBase, recording_failed
 
 if TYPE_CHECKING:
@@ -24,15 +27,21 @@ class ControlCallbacks(HandlerBase):
         **kwargs: Any,
     ) -> None:
         try:
-            st = self._rec.mine(run_id)
+            # The retry state changes with the next attempt: read it now.
             outcome = retry_state.outcome
-            if st is None or outcome is None or not outcome.failed:
+            if outcome is None or not outcome.failed:
                 return
             exc = outcome.exception()
             if exc is not None:
-                self._rec.retried(st, exc, retry_state.attempt_number)
+                later(self._retried, run_id, exc, exc.__traceback__, retry_state.attempt_number)
         except Exception as exc:
             recording_failed("on_retry", exc)
+
+    def _retried(self, run_id: UUID, exc: BaseException, tb: TracebackType | None,
+                 attempt: int) -> None:
+        st = self._rec.mine(run_id)
+        if st is not None:
+            self._rec.retried(st, exc, attempt, tb)
 
     def on_custom_event(
         self,
@@ -45,10 +54,7 @@ class ControlCallbacks(HandlerBase):
         **kwargs: Any,
     ) -> None:
         try:
-            st = self._rec.mine(run_id)
-            if st is not None:
-                self._rec.emit(st, "custom", "point", {"name": name, "payload": data}, name=name,
-                               point=True)
+            later(self._point, run_id, "custom", name, {"name": name, "payload": freeze(data)})
         except Exception as exc:
             recording_failed("on_custom_event", exc)
 
@@ -61,12 +67,11 @@ class ControlCallbacks(HandlerBase):
         **kwargs: Any,
     ) -> None:
         try:
-            st = self._rec.mine(run_id)
             log_text = getattr(action, "log", None)
-            if st is not None and isinstance(log_text, str) and log_text.strip():
+            if isinstance(log_text, str) and log_text.strip():
                 plan = [f"{getattr(action, 'tool', '?')}({getattr(action, 'tool_input', '')})"]
-                self._rec.emit(st, "reasoning", "point", {"thought": log_text, "plan": plan},
-                               point=True)
+                later(self._point, run_id, "reasoning", None,
+                      {"thought": log_text, "plan": plan})
         except Exception as exc:
             recording_failed("on_agent_action", exc)
 
@@ -86,13 +91,21 @@ class ControlCallbacks(HandlerBase):
             recording_failed("on_resume", exc)
 
     def _lifecycle(self, name: str, event: Any, payload: dict[str, Any]) -> None:
-        st = self._rec.mine(getattr(event, "run_id", None))
+        payload.update(status=getattr(event, "status", None),
+                       checkpoint_id=getattr(event, "checkpoint_id", None),
+                       checkpoint_ns=list(getattr(event, "checkpoint_ns", ()) or ()))
+        later(self._point, getattr(event, "run_id", None), "custom", name,
+              {"name": name, "payload": freeze(payload)})
+
+    def _point(self, run_id: UUID | None, kind: str, name: str | None,
+               data: dict[str, Any]) -> None:
+        # On the writer: a point event inside the run (a custom event, a stated thought,
+        # an interrupt or resume), with its copied payload.
+        st = self._rec.mine(run_id)
         if st is None:
             return
         if name == "interrupt":
             st.interrupted = True  # the run ends paused: no final answer (handler)
-        payload.update(status=getattr(event, "status", None),
-                       checkpoint_id=getattr(event, "checkpoint_id", None),
-                       checkpoint_ns=list(getattr(event, "checkpoint_ns", ()) or ()))
-        self._rec.emit(st, "custom", "point", {"name": name, "payload": payload}, name=name,
-                       point=True)
+        if "payload" in data:
+            data["payload"] = thaw(data["payload"])
+        self._rec.emit(st, kind, "point", data, name=name, point=True, owned=True)

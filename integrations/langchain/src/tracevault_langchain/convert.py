@@ -29,7 +29,7 @@ _INTERNAL_KEYS = frozenset({"checkpoint_ns", "versions", "thread_ts"})
 _PLAN_ENCODER = json.JSONEncoder(default=str)
 # Message types by their ``type`` field (so copies of messages are read like messages).
 _AI_TYPES = frozenset({"ai", "AIMessageChunk"})
-_TOOL_TYPES = frozenset({"tool", "ToolMessageChunk"})
+TOOL_TYPES = frozenset({"tool", "ToolMessageChunk"})
 
 
 def user_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -86,7 +86,7 @@ def message_view(message: Any) -> Any:
         _add_tool_calls(out, m)
         if m.get("usage_metadata"):
             out["usage_metadata"] = dict(m["usage_metadata"])
-    elif kind in _TOOL_TYPES:
+    elif kind in TOOL_TYPES:
         out["tool_call_id"] = m.get("tool_call_id")
         out["status"] = m.get("status")
         if m.get("artifact") is not None:

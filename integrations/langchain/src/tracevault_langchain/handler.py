@@ -15,19 +15,30 @@ where a tool whose intent cannot be made durable does not run.
 
 from __future__ import annotations
 
+from types import TracebackType
 from typing import Any
 from uuid import UUID
 
 from tracevault import capture
+from tracevault.capture import later
 from tracevault.context import SpanRef, swap_span
 from tracevault.pipeline import DurabilityError
 from tracevault.schema import level_for
+from tracevault.snapshot import freeze, thaw
 from tracevault_langchain import convert
-from tracevault_langchain.base import failure_of, handler_failures, ms_since, recording_failed
+from tracevault_langchain.base import (
+    failure_of,
+    handler_failures,
+    input_copy,
+    ms_since,
+    output_copy,
+    recording_failed,
+)
 from tracevault_langchain.control import ControlCallbacks
 from tracevault_langchain.models import ModelCallbacks
+from tracevault_langchain.recorder import HIDDEN_TAG
 from tracevault_langchain.retrievers import RetrieverCallbacks
-from tracevault_langchain.runs import RunState
+from tracevault_langchain.runs import Seen
 
 __all__ = ["TracevaultCallbackHandler", "handler_failures"]
 
@@ -41,6 +52,12 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
     ``TRACEVAULT_STRICT`` setting) makes each tool call's intent durable before the
     tool runs, and a tool whose intent cannot be recorded fails instead of running.
     """
+
+    # Each callback is split in two. The method LangChain calls runs on the agent's
+    # thread: it copies what the event needs of objects that change after it returns,
+    # keeps the little the caller's thread needs itself (runs.Lineage), and hands the
+    # rest to the ledger writer (tracevault.capture.later), which runs the method named
+    # with a leading underscore in its place, in order, in a copy of this context.
 
     # --- chains and graph nodes ---------------------------------------------------------
 
@@ -56,7 +73,27 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
         **kwargs: Any,
     ) -> None:
         try:
-            name = kwargs.get("name") or (serialized or {}).get("name") or "chain"
+            seen = self._rec.runs.lineage.start(run_id, parent_run_id)
+            deferred = _deferred(inputs, kwargs)
+            copied = None
+            if seen.root:
+                if kwargs.get("name") == _UPDATE_STATE or (serialized or {}).get("name") \
+                        == _UPDATE_STATE:
+                    copied = freeze(inputs)
+                elif not deferred:
+                    copied = input_copy(inputs)
+            elif not deferred and capture.is_enabled_for("trace"):
+                copied = freeze(inputs)
+            later(self._chain_start, serialized, copied, deferred, run_id, parent_run_id,
+                  tags, metadata, kwargs.get("name"))
+        except Exception as exc:
+            recording_failed("on_chain_start", exc)
+
+    def _chain_start(self, serialized: dict[str, Any] | None, copied: Any, deferred: bool,
+                     run_id: UUID, parent_run_id: UUID | None, tags: list[str] | None,
+                     metadata: dict[str, Any] | None, name: str | None) -> None:
+        try:
+            name = name or (serialized or {}).get("name") or "chain"
             st = self._rec.open("chain", name, run_id, parent_run_id, metadata, tags)
             if st is None or st.span is None:
                 return
@@ -66,28 +103,26 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
                 # agent does not run, so no input and no answer, just what was written.
                 self._rec.emit(st, "chain", "start", {}, owned=True)
                 self._rec.emit(st, "custom", "point",
-                               {"name": "state_update", "payload": inputs},
+                               {"name": "state_update", "payload": thaw(copied)},
                                name="state_update", point=True)
                 return
             if st.is_root:
                 st.kind = "agent"
                 extra = convert.user_metadata(meta)
                 self._rec.emit(st, "agent", "start", {}, metadata=extra or None, owned=True)
-                if _deferred(inputs, kwargs):
+                if deferred:
                     st.defers_inputs = True  # .stream(): the real inputs arrive on end
                     st.extra = extra
-                else:
-                    self._input(st, inputs, extra)
+                elif copied is not None:
+                    self._input(st, copied, extra)
                 return
             data: dict[str, Any] = {}
             if "langgraph_node" in meta:
                 data["node"] = meta["langgraph_node"]
                 data["step"] = meta.get("langgraph_step")
-            owned = True  # the node's name and step, unless the inputs go along
-            if capture.is_enabled_for("trace") and not _deferred(inputs, kwargs):
-                data["inputs"] = inputs
-                owned = False
-            self._rec.emit(st, "chain", "start", data, level="debug", owned=owned)
+            if copied is not None:
+                data["inputs"] = thaw(copied)
+            self._rec.emit(st, "chain", "start", data, level="debug", owned=copied is None)
         except Exception as exc:
             recording_failed("on_chain_start", exc)
 
@@ -100,6 +135,20 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
         **kwargs: Any,
     ) -> None:
         try:
+            seen = self._rec.runs.lineage.end(run_id)
+            inputs = answer = None
+            if seen is not None and seen.root:
+                if kwargs.get("inputs") is not None:
+                    inputs = input_copy(kwargs["inputs"])
+                answer = output_copy(outputs)
+            elif capture.is_enabled_for("trace"):
+                answer = freeze(outputs)
+            later(self._chain_end, run_id, inputs, answer)
+        except Exception as exc:
+            recording_failed("on_chain_end", exc)
+
+    def _chain_end(self, run_id: UUID, inputs: Any, answer: Any) -> None:
+        try:
             st = self._rec.close(run_id)
             if st is None:
                 return
@@ -109,8 +158,8 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
                 return
             data: dict[str, Any] = {"status": "success", "duration_ms": ms_since(st.started)}
             if st.is_root and st.kind == "agent":
-                if st.defers_inputs:
-                    self._input(st, kwargs.get("inputs"), st.extra)
+                if st.defers_inputs and inputs is not None:
+                    self._input(st, inputs, st.extra)
                 if st.interrupted:  # paused at interrupt(): no answer yet, a resume follows
                     data["status"] = "interrupted"
                 elif st.defers_inputs and st.trace.open:
@@ -119,16 +168,14 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
                     # after it).
                     data["status"] = "abandoned"
                     data["reason"] = "the consumer stopped reading"
-                else:
-                    self._output(st, outputs)
+                elif answer is not None:
+                    self._output(st, answer)
                 self._rec.emit(st, "agent", "end", data, level=level_for(data["status"]),
                                owned=True)
                 return
-            if capture.is_enabled_for("trace"):
-                data["outputs"] = outputs
-                self._rec.emit(st, "chain", "end", data, level="debug")
-            else:
-                self._rec.emit(st, "chain", "end", data, level="debug", owned=True)
+            if answer is not None and not st.is_root:
+                data["outputs"] = thaw(answer)
+            self._rec.emit(st, "chain", "end", data, level="debug", owned=True)
         except Exception as exc:
             recording_failed("on_chain_end", exc)
 
@@ -141,12 +188,11 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
         **kwargs: Any,
     ) -> None:
         try:
-            st = self._rec.close(run_id)
-            if st is None:
-                return
-            if st.is_root and st.defers_inputs and kwargs.get("inputs") is not None:
-                self._input(st, kwargs["inputs"], st.extra)
-            self._end_failed(st, error)
+            seen = self._rec.runs.lineage.end(run_id)
+            inputs = None
+            if seen is not None and seen.root and kwargs.get("inputs") is not None:
+                inputs = input_copy(kwargs["inputs"])
+            later(self._run_failed, run_id, error, error.__traceback__, inputs)
         except Exception as exc:
             recording_failed("on_chain_error", exc)
 
@@ -165,32 +211,48 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
         **kwargs: Any,
     ) -> None:
         try:
-            name = (serialized or {}).get("name") or kwargs.get("name") or "tool"
-            st = self._rec.open("tool_call", name, run_id, parent_run_id, metadata, tags)
-            if st is None:
-                return
-            st.tool_call_id = kwargs.get("tool_call_id")
-            if st.tool_call_id and st.trace.failed_tools:  # the same call again: a retry
-                self._rec.recoveries(st, [st.tool_call_id], "retried", parent=st.parent_span)
-            data: dict[str, Any] = {"tool_name": name,
-                                    "parameters": convert.tool_arguments(input_str, inputs),
-                                    "status": "pending"}
-            if st.tool_call_id:
-                data["tool_call_id"] = st.tool_call_id
+            lineage = self._rec.runs.lineage
+            seen = lineage.start(run_id, parent_run_id)
+            parameters = freeze(convert.tool_arguments(input_str, inputs))
             strict = self._rec.is_strict()
             try:
                 # In strict mode the intent is in the ledger before the tool may run.
-                self._rec.emit(st, "tool_call", "start", data, durable=strict)
+                later(self._tool_start, serialized, parameters, run_id, parent_run_id, tags,
+                      metadata, kwargs.get("name"), kwargs.get("tool_call_id"), strict,
+                      durable=strict)
             except DurabilityError:
-                self._rec.close(run_id)  # the tool will not run: no end callback follows
+                lineage.end(run_id)  # the tool will not run: no end callback follows
+                later(self._rec.close, run_id)
                 raise
-            if st.is_root:
-                self._input(st, data["parameters"], convert.user_metadata(metadata))
-            if st.span is not None:
+            if capture.is_enabled_for("info") and not (tags and HIDDEN_TAG in tags):
                 # The tool body runs between this callback and its end: make the tool the
                 # current span so code it calls (a LlamaIndex query engine, AuditLogger
                 # events) lands under it in the same tree.
-                st.ambient = (swap_span(SpanRef(st.trace.trace_id, str(st.span))),)
+                seen.ambient = (swap_span(SpanRef(str(seen.trace), str(run_id))),)
+        except Exception as exc:
+            recording_failed("on_tool_start", exc)
+
+    def _tool_start(self, serialized: dict[str, Any] | None, parameters: Any, run_id: UUID,
+                    parent_run_id: UUID | None, tags: list[str] | None,
+                    metadata: dict[str, Any] | None, name: str | None,
+                    tool_call_id: str | None, strict: bool) -> None:
+        try:
+            name = (serialized or {}).get("name") or name or "tool"
+            st = self._rec.open("tool_call", name, run_id, parent_run_id, metadata, tags)
+            if st is None:
+                return
+            st.tool_call_id = tool_call_id
+            if st.tool_call_id and st.trace.failed_tools:  # the same call again: a retry
+                self._rec.recoveries(st, [st.tool_call_id], "retried", parent=st.parent_span)
+            data: dict[str, Any] = {"tool_name": name, "parameters": thaw(parameters),
+                                    "status": "pending"}
+            if st.tool_call_id:
+                data["tool_call_id"] = st.tool_call_id
+            self._rec.emit(st, "tool_call", "start", data, durable=strict, owned=True)
+            if st.is_root:
+                kind, content = convert.input_view(data["parameters"])
+                self._input(st, (kind, convert.without_media(content)),
+                            convert.user_metadata(metadata))
         except Exception as exc:
             recording_failed("on_tool_start", exc)
 
@@ -203,13 +265,20 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
         **kwargs: Any,
     ) -> None:
         try:
+            _restore_ambient(self._rec.runs.lineage.end(run_id))
+            result, status, artifact = convert.tool_result(output)
+            later(self._tool_end, run_id, freeze([result, artifact]), status)
+        except Exception as exc:
+            recording_failed("on_tool_end", exc)
+
+    def _tool_end(self, run_id: UUID, copied: Any, status: str) -> None:
+        try:
             st = self._rec.close(run_id)
             if st is None:
                 return
-            _restore_ambient(st)
             if st.trace.failed_under:  # failures inside it (an agent it ran): handled
                 self._rec.settle(st, run_id)
-            result, status, artifact = convert.tool_result(output)
+            result, artifact = thaw(copied)
             duration = ms_since(st.started)
             data: dict[str, Any] = {"tool_name": st.name, "result": result, "status": status,
                                     "duration_ms": duration}
@@ -218,7 +287,8 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
             if artifact is not None:
                 data["artifact"] = artifact
             failed = status == "error"
-            self._rec.emit(st, "tool_call", "end", data, level="error" if failed else "info")
+            self._rec.emit(st, "tool_call", "end", data, level="error" if failed else "info",
+                           owned=True)
             if failed:  # the tool handled its own exception and returned the error text
                 message = result if isinstance(result, str) else str(result)
                 self._rec.emit_on(st, "error", {"type": "ToolError", "message": message,
@@ -226,7 +296,7 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
                 self._rec.tool_failed(st, "ToolError", message)
             self._rec.warn_if_slow(st, duration)
             if st.is_root:
-                self._output(st, result)
+                self._output(st, [convert.output_view(result), None])
         except Exception as exc:
             recording_failed("on_tool_end", exc)
 
@@ -239,10 +309,17 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
         **kwargs: Any,
     ) -> None:
         try:
+            _restore_ambient(self._rec.runs.lineage.end(run_id))
+            later(self._tool_error, run_id, error, error.__traceback__)
+        except Exception as exc:
+            recording_failed("on_tool_error", exc)
+
+    def _tool_error(self, run_id: UUID, error: BaseException,
+                    tb: TracebackType | None) -> None:
+        try:
             st = self._rec.close(run_id)
             if st is None:
                 return
-            _restore_ambient(st)
             duration = ms_since(st.started)
             # An interrupt() or a cancelled run is no failure: a reason, not an error
             # (forwarders read an "error" as one).
@@ -252,7 +329,7 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
                 data["tool_call_id"] = st.tool_call_id
             self._rec.emit(st, "tool_call", "end", data, level=level_for(status), owned=True)
             if status == "error":
-                self._rec.error(st, error)
+                self._rec.error(st, error, tb=tb)
                 self._rec.tool_failed(st, ending["error"]["type"], ending["error"]["message"])
             elif status == "handed_off":
                 self._rec.handed_off(st, error)
@@ -271,7 +348,8 @@ def _deferred(inputs: Any, kwargs: dict[str, Any]) -> bool:
     )
 
 
-def _restore_ambient(st: RunState) -> None:
-    if st.ambient is not None:
-        swap_span(st.ambient[0])
-        st.ambient = None
+def _restore_ambient(seen: Seen | None) -> None:
+    # The tool's end: the span that was current before it is current again.
+    if seen is not None and seen.ambient is not None:
+        swap_span(seen.ambient[0])
+        seen.ambient = None

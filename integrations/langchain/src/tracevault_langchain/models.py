@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import time
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from langchain_core.messages import BaseMessage, ToolMessage
+from langchain_core.messages import BaseMessage
 from langchain_core.outputs import LLMResult
 
+from tracevault.capture import later
 from tracevault.pricing import billed_model, usage_cost
 from tracevault.schema import level_for
-from tracevault.snapshot import Deferred, freeze_raw
+from tracevault.snapshot import Deferred, freeze_raw, thaw
 from tracevault_langchain import convert
-from tracevault_langchain.base import HandlerBase, failure_of, ms_since, recording_failed
+from tracevault_langchain.base import (
+    HandlerBase,
+    failure_of,
+    input_copy,
+    ms_since,
+    output_copy,
+    recording_failed,
+)
 from tracevault_langchain.runs import RunState, Trace
 
 if TYPE_CHECKING:
@@ -37,16 +46,11 @@ class ModelCallbacks(HandlerBase):
         **kwargs: Any,
     ) -> None:
         try:
-            st = self._model_start(serialized, run_id, parent_run_id, tags, metadata, kwargs,
-                                   messages, True)
-            if st is None:
-                return
-            if st.is_root:
-                self._input(st, messages[0] if messages else None, None)
-            if st.trace.failed_tools:
-                ids = [m.tool_call_id for batch in messages for m in batch
-                       if isinstance(m, ToolMessage)]
-                self._rec.recoveries(st, ids)
+            seen = self._rec.runs.lineage.start(run_id, parent_run_id)
+            prompt = convert.prompt_without_media(messages)
+            copied = input_copy(prompt[0] if prompt else None) if seen.root else None
+            later(self._model_start, serialized, run_id, parent_run_id, tags, metadata,
+                  kwargs, _prompt_copy(kwargs, metadata, prompt, True), copied)
         except Exception as exc:
             recording_failed("on_chat_model_start", exc)
 
@@ -62,10 +66,12 @@ class ModelCallbacks(HandlerBase):
         **kwargs: Any,
     ) -> None:
         try:
-            st = self._model_start(serialized, run_id, parent_run_id, tags, metadata, kwargs,
-                                   prompts, False)
-            if st is not None and st.is_root:
-                self._input(st, prompts[0] if len(prompts) == 1 else prompts, None)
+            seen = self._rec.runs.lineage.start(run_id, parent_run_id)
+            copied = None
+            if seen.root:
+                copied = input_copy(prompts[0] if len(prompts) == 1 else prompts)
+            later(self._model_start, serialized, run_id, parent_run_id, tags, metadata,
+                  kwargs, _prompt_copy(kwargs, metadata, prompts, False), copied)
         except Exception as exc:
             recording_failed("on_llm_start", exc)
 
@@ -77,28 +83,31 @@ class ModelCallbacks(HandlerBase):
         tags: list[str] | None,
         metadata: dict[str, Any] | None,
         kwargs: dict[str, Any],
-        prompt: Any,
-        chat: bool,
-    ) -> RunState | None:
-        meta = metadata or {}
-        params: dict[str, Any] = kwargs.get("invocation_params") or {}
-        model = (meta.get("ls_model_name") or params.get("model") or params.get("model_name")
-                 or kwargs.get("name") or (serialized or {}).get("name") or "llm")
-        st = self._rec.open("llm_call", str(model), run_id, parent_run_id, metadata, tags)
-        if st is None:
-            return None
-        st.model = str(model)
-        parameters = {k: v for k, v in params.items() if k not in _NOT_PARAMETERS}
-        if params.get("stop") or meta.get("ls_stop"):
-            parameters["stop"] = params.get("stop") or meta.get("ls_stop")
-        tools = params.get("tools") or params.get("functions")
-        # The messages are copied whole; the writer reads them (_start_data).
-        if chat:
-            prompt = convert.prompt_without_media(prompt)
-        raw = freeze_raw((parameters, tools, prompt, chat))
-        provider = meta.get("ls_provider") or params.get("_type")
-        self._rec.emit(st, "llm_call", "start", Deferred(_start_data, raw, (st.model, provider)))
-        return st
+        raw: Any,
+        copied: Any,
+    ) -> None:
+        try:
+            meta = metadata or {}
+            params: dict[str, Any] = kwargs.get("invocation_params") or {}
+            model = (meta.get("ls_model_name") or params.get("model") or params.get("model_name")
+                     or kwargs.get("name") or (serialized or {}).get("name") or "llm")
+            st = self._rec.open("llm_call", str(model), run_id, parent_run_id, metadata, tags)
+            if st is None:
+                return
+            st.model = str(model)
+            provider = meta.get("ls_provider") or params.get("_type")
+            self._rec.emit(st, "llm_call", "start",
+                           Deferred(_start_data, raw, (st.model, provider)))
+            if st.is_root and copied is not None:
+                self._input(st, copied, None)
+            if st.trace.failed_tools:  # were their errors shown to the model now?
+                prompt = thaw(raw)[2]
+                if isinstance(prompt, list):
+                    ids = [m.get("tool_call_id") for batch in prompt for m in batch
+                           if isinstance(m, dict) and m.get("type") in convert.TOOL_TYPES]
+                    self._rec.recoveries(st, [i for i in ids if isinstance(i, str)])
+        except Exception as exc:
+            recording_failed("on_chat_model_start", exc)
 
     def on_llm_new_token(
         self,
@@ -111,11 +120,11 @@ class ModelCallbacks(HandlerBase):
         **kwargs: Any,
     ) -> None:
         try:
-            st = self._rec.runs.get(run_id)
+            seen = self._rec.runs.lineage.get(run_id)
             # The first chunk that carries something: a stream may open with chunks of
             # metadata only (Anthropic's message_start).
-            if st is not None and st.first_token is None and (token or _calls_tools(chunk)):
-                st.first_token = time.perf_counter()
+            if seen is not None and seen.first_token is None and (token or _calls_tools(chunk)):
+                seen.first_token = time.perf_counter()
         except Exception as exc:
             recording_failed("on_llm_new_token", exc)
 
@@ -129,16 +138,31 @@ class ModelCallbacks(HandlerBase):
         **kwargs: Any,
     ) -> None:
         try:
+            seen = self._rec.runs.lineage.end(run_id)
+            # The result is copied whole; the writer reads it (_end_data), adds up the
+            # run's tokens and cost there, and the output event reads them after it.
+            raw = freeze_raw((response.generations, response.llm_output))
+            answer = output_copy(response) if seen is not None and seen.root else None
+            later(self._llm_end, run_id, raw, None if seen is None else seen.first_token,
+                  answer)
+        except Exception as exc:
+            recording_failed("on_llm_end", exc)
+
+    def _llm_end(self, run_id: UUID, raw: Any, first_token: float | None,
+                 answer: Any) -> None:
+        try:
             st = self._rec.close(run_id)
             if st is None:
                 return
-            raw = self._model_end(st, response, None)
-            thought = convert.reasoning_of(convert.first_message(response))
+            st.first_token = first_token
+            self._model_end(st, raw, None)
+            copy = thaw(raw)
+            thought = convert.reasoning_of(convert.first_message(_result(copy)))
             if thought is not None:
-                self._rec.emit(st, "reasoning", "point", Deferred(_reasoning_data, raw, thought),
+                self._rec.emit(st, "reasoning", "point", Deferred(_reasoning_data, copy, thought),
                                name=st.model or "llm", point=True)
-            if st.is_root:
-                self._output(st, response)
+            if st.is_root and answer is not None:
+                self._output(st, answer)
         except Exception as exc:
             recording_failed("on_llm_end", exc)
 
@@ -152,39 +176,57 @@ class ModelCallbacks(HandlerBase):
         **kwargs: Any,
     ) -> None:
         try:
-            st = self._rec.close(run_id)
-            if st is None:
-                return
+            seen = self._rec.runs.lineage.end(run_id)
             response = kwargs.get("response")
-            if st.first_token is None or not isinstance(response, LLMResult):
-                self._end_failed(st, error)
+            first_token = None if seen is None else seen.first_token
+            if first_token is None or not isinstance(response, LLMResult):
+                later(self._run_failed, run_id, error, error.__traceback__, None)
                 return
             # A stream that failed or was abandoned midway: LangChain hands over what
             # the model had said by then, which the end records (with its usage).
-            status, ending = failure_of(error)
-            if status == "error":
-                self._rec.error(st, error)
-            self._model_end(st, response, ending)
+            raw = freeze_raw((response.generations, response.llm_output))
+            later(self._llm_error, run_id, error, error.__traceback__, raw, first_token)
         except Exception as exc:
             recording_failed("on_llm_error", exc)
 
-    def _model_end(self, st: RunState, response: LLMResult,
-                   ending: dict[str, Any] | None) -> Any:
-        """Emit the ``llm_call`` end of ``response`` (``ending``: how a failed or
-        abandoned call stopped, with what it had answered by then); return the copy of
-        ``response`` the writer reads."""
+    def _llm_error(self, run_id: UUID, error: BaseException, tb: TracebackType | None,
+                   raw: Any, first_token: float) -> None:
+        try:
+            st = self._rec.close(run_id)
+            if st is None:
+                return
+            st.first_token = first_token
+            status, ending = failure_of(error)
+            if status == "error":
+                self._rec.error(st, error, tb=tb)
+            self._model_end(st, raw, ending)
+        except Exception as exc:
+            recording_failed("on_llm_error", exc)
+
+    def _model_end(self, st: RunState, raw: Any, ending: dict[str, Any] | None) -> None:
+        """Emit the ``llm_call`` end of the response copied as ``raw`` (``ending``: how
+        a failed or abandoned call stopped, with what it had answered by then)."""
         model = st.model or "llm"
         first_token = None
         if st.first_token is not None:
             first_token = (st.first_token - st.started) * 1000
-        # The result is copied whole; the writer reads it (_end_data), adds up the run's
-        # tokens and cost there, and the output event reads them after it.
-        raw = freeze_raw((response.generations, response.llm_output))
         timing = (model, first_token, ms_since(st.started), st.trace, ending)
         level = level_for(ending["status"]) if ending is not None else "info"
         self._rec.emit(st, "llm_call", "end", Deferred(_end_data, raw, timing), name=model,
                        level=level)
-        return raw
+
+
+def _prompt_copy(kwargs: dict[str, Any], metadata: dict[str, Any] | None, prompt: Any,
+                 chat: bool) -> Any:
+    """The copy of a model call's request the writer reads (_start_data): its
+    parameters, offered tools and messages (or prompts)."""
+    params: dict[str, Any] = kwargs.get("invocation_params") or {}
+    parameters = {k: v for k, v in params.items() if k not in _NOT_PARAMETERS}
+    stop = params.get("stop") or (metadata or {}).get("ls_stop")
+    if stop:
+        parameters["stop"] = stop
+    tools = params.get("tools") or params.get("functions")
+    return freeze_raw((parameters, tools, prompt, chat))
 
 
 def _calls_tools(chunk: Any) -> bool:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from time import perf_counter
+from types import TracebackType
 from typing import Any
 from uuid import UUID
 
 from tracevault import capture
 from tracevault.context import current_scope, current_span
+from tracevault.replay import clock
 from tracevault.snapshot import Deferred, describe_exception
 from tracevault_langchain.runs import RUNS, FailedTool, RunState, RunTable, SpanId, Trace
 
@@ -145,7 +146,7 @@ class Recorder:
         state = RunState(
             self.owner, kind, name, None if hidden else run_id, parent_span, trace,
             session, user, is_root, None if parent_run_id is None else parent_run_id.int,
-            perf_counter(),
+            clock(),
         )
         claimed, evicted = runs.claim(run_id, state)
         for old in evicted:
@@ -246,6 +247,7 @@ class Recorder:
         where: str | None = None,
         recovery_action: str | None = None,
         level: str = "error",
+        tb: TracebackType | None = None,
     ) -> bool:
         """Record ``exc`` as an ``error`` event once per trace (errors bubble up).
 
@@ -253,7 +255,7 @@ class Recorder:
         """
         if not state.trace.first_report(exc):
             return False
-        data: dict[str, Any] = describe_exception(exc)
+        data: dict[str, Any] = describe_exception(exc, tb)
         data["where"] = where or state.name
         if recovery_action is not None:
             data["recovery_action"] = recovery_action
@@ -304,10 +306,11 @@ class Recorder:
                 "recovery_action": action,
             }, parent=parent)
 
-    def retried(self, state: RunState, exc: BaseException, attempt: int) -> None:
+    def retried(self, state: RunState, exc: BaseException, attempt: int,
+                tb: TracebackType | None = None) -> None:
         """Record that ``state``'s run failed with ``exc`` and is being tried again."""
         action = f"retried (attempt {attempt + 1})"
-        if self.error(state, exc, recovery_action=action, level="warning"):
+        if self.error(state, exc, recovery_action=action, level="warning", tb=tb):
             return  # the failure surfaced only here: one error event says it all
         summary = error_summary(exc)
         self.recovered(state, state.child_span, {**summary, "where": state.name,

@@ -6,8 +6,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from tracevault.capture import later
+from tracevault.snapshot import freeze, thaw
 from tracevault_langchain import convert
-from tracevault_langchain.base import HandlerBase, ms_since, recording_failed
+from tracevault_langchain.base import HandlerBase, input_copy, ms_since, recording_failed
 
 if TYPE_CHECKING:
     from langchain_core.documents import Document
@@ -28,14 +30,24 @@ class RetrieverCallbacks(HandlerBase):
         **kwargs: Any,
     ) -> None:
         try:
-            name = kwargs.get("name") or (serialized or {}).get("name") or "retriever"
+            self._rec.runs.lineage.start(run_id, parent_run_id)
+            later(self._retriever_start, kwargs.get("name"), serialized, query, run_id,
+                  parent_run_id, metadata, tags)
+        except Exception as exc:
+            recording_failed("on_retriever_start", exc)
+
+    def _retriever_start(self, name: str | None, serialized: dict[str, Any] | None,
+                         query: str, run_id: UUID, parent_run_id: UUID | None,
+                         metadata: dict[str, Any] | None, tags: list[str] | None) -> None:
+        try:
+            name = name or (serialized or {}).get("name") or "retriever"
             st = self._rec.open("retrieval", name, run_id, parent_run_id, metadata, tags)
             if st is None:
                 return
             st.query = query
             self._rec.emit(st, "retrieval", "start", {"query": query})
             if st.is_root:
-                self._input(st, query, convert.user_metadata(metadata))
+                self._input(st, input_copy(query), convert.user_metadata(metadata))
         except Exception as exc:
             recording_failed("on_retriever_start", exc)
 
@@ -48,15 +60,22 @@ class RetrieverCallbacks(HandlerBase):
         **kwargs: Any,
     ) -> None:
         try:
+            self._rec.runs.lineage.end(run_id)
+            later(self._retriever_end, run_id, freeze(convert.documents_view(documents)))
+        except Exception as exc:
+            recording_failed("on_retriever_end", exc)
+
+    def _retriever_end(self, run_id: UUID, copied: Any) -> None:
+        try:
             st = self._rec.close(run_id)
             if st is None:
                 return
-            docs = convert.documents_view(documents)
+            docs = thaw(copied)
             self._rec.emit(st, "retrieval", "end", {"query": st.query, "documents": docs,
                                                      "duration_ms": ms_since(st.started),
-                                                     "status": "success"})
+                                                     "status": "success"}, owned=True)
             if st.is_root:
-                self._output(st, docs)
+                self._output(st, [docs, None])
         except Exception as exc:
             recording_failed("on_retriever_end", exc)
 

@@ -14,13 +14,14 @@ auto-enabled one and one the user passed).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from tracevault.context import SpanRef
+from tracevault.context import SpanRef, current_span
 from tracevault.snapshot import first_report as snapshot_first_report
 
 DEFAULT_MAX_OPEN = 50_000
@@ -158,8 +159,6 @@ class RunState:
     defers_inputs: bool = False
     interrupted: bool = False  # a LangGraph interrupt paused this run
     extra: dict[str, Any] | None = None
-    # The span that was current before this tool made itself current (see handler).
-    ambient: tuple[SpanRef | None] | None = None
 
     @property
     def child_span(self) -> SpanId | None:
@@ -167,11 +166,67 @@ class RunState:
         return self.span if self.span is not None else self.parent_span
 
 
+class Seen:
+    """What the caller's thread keeps of one open run (see :class:`Lineage`)."""
+
+    __slots__ = ("ambient", "first_token", "root", "trace")
+
+    def __init__(self, trace: SpanId, root: bool) -> None:
+        self.trace = trace  # its trace id (a root's run_id, as the UUID)
+        self.root = root  # the top of what the handlers see
+        self.first_token: float | None = None  # when a model's stream said something
+        # The span that was current before this tool made itself current (see handler).
+        self.ambient: tuple[SpanRef | None] | None = None
+
+
+class Lineage:
+    """The open runs as the agent's thread sees them, callback by callback.
+
+    The handler decides where a run hangs on the ledger writer (:class:`RunTable`,
+    :mod:`tracevault.replay`); the caller's thread keeps only what cannot wait: whether
+    a run is a root (its input and answer are copied then), the trace a tool runs in
+    (code inside the tool records under it), and the first streamed token's time.
+    Both follow the same callbacks in the same order, so they agree on the tree.
+    """
+
+    def __init__(self, max_open: int) -> None:
+        self.max_open = max_open
+        self._seen: dict[int, Seen] = {}
+
+    def start(self, run_id: UUID, parent_run_id: UUID | None) -> Seen:
+        """Note that ``run_id`` started; return what is kept of it."""
+        seen = self._seen
+        parent = seen.get(parent_run_id.int) if parent_run_id is not None else None
+        if parent is not None:
+            run = Seen(parent.trace, False)
+        else:
+            ambient = current_span() if parent_run_id is None else None
+            run = Seen(run_id if ambient is None else ambient.trace_id, True)
+        if len(seen) >= self.max_open:  # runs that never ended: forget the oldest
+            # (Another thread may change the dict meanwhile: then next time.)
+            with contextlib.suppress(KeyError, RuntimeError, StopIteration):
+                del seen[next(iter(seen))]
+        seen[run_id.int] = run
+        return run
+
+    def get(self, run_id: UUID) -> Seen | None:
+        """What is kept of open run ``run_id``."""
+        return self._seen.get(run_id.int)
+
+    def end(self, run_id: UUID) -> Seen | None:
+        """Forget ``run_id`` (it ended); return what was kept of it."""
+        return self._seen.pop(run_id.int, None)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
 class RunTable:
     """Open runs by ``run_id``, bounded in size; only eviction takes a lock.
 
     Runs are keyed by ``run_id.int``: ``uuid.UUID`` hashes and compares in Python code,
-    which every lookup would run (four per run, on the agent's thread).
+    which every lookup would run (four per run). ``lineage`` is the caller's-thread
+    view of the same runs.
     """
 
     def __init__(self, max_open: int = DEFAULT_MAX_OPEN) -> None:
@@ -179,6 +234,7 @@ class RunTable:
         self._runs: dict[int, RunState] = {}
         self._lock = threading.Lock()
         self.evicted = 0
+        self.lineage = Lineage(max_open)
 
     def __len__(self) -> int:
         return len(self._runs)
@@ -239,6 +295,7 @@ class RunTable:
         """Forget every open run (tests; after a fork)."""
         with self._lock:
             self._runs.clear()
+            self.lineage = Lineage(self.max_open)
 
 
 RUNS = RunTable()

@@ -1,0 +1,99 @@
+"""Callbacks interpreted by the ledger writer instead of on the caller's thread.
+
+A framework handler's callback does two kinds of work: copying what it records (the
+framework's objects change after the callback returns) and deciding what to record
+(which run it belongs to, where it hangs in the tree, which events it becomes). Only
+the copy has to happen on the caller's thread. :func:`tracevault.capture.later`
+queues the rest as a :class:`Later` item: the callback's function and its (copied)
+arguments, a copy of the caller's context, and the caller's clocks. The writer runs it
+where it takes the item from the queue, in queue order, inside that context, so
+:func:`tracevault.context.current_scope`, :func:`~tracevault.context.current_span`
+and any framework context variable read the values the caller had; the events it
+records take their place in the batch, timestamped when the callback happened
+(:func:`clock` and :func:`now_ns` give a replayed callback the caller's time).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from time import perf_counter, time_ns
+from typing import Any
+
+log = logging.getLogger("tracevault")
+
+
+class Replay:
+    """What a running :class:`Later` item records, and the time it stands for."""
+
+    __slots__ = ("clock", "items", "time_ns")
+
+    def __init__(self, time_ns: int, clock: float) -> None:
+        self.time_ns = time_ns
+        self.clock = clock
+        self.items: list[Any] = []
+
+
+_replay: contextvars.ContextVar[Replay | None] = contextvars.ContextVar(
+    "tracevault_replay", default=None
+)
+
+
+def replaying() -> Replay | None:
+    """The replay in progress in this context (``None`` on a caller's thread)."""
+    return _replay.get()
+
+
+def clock() -> float:
+    """``time.perf_counter()`` as the caller saw it: inside a replayed callback, the
+    reading taken when the callback happened."""
+    replay = _replay.get()
+    return replay.clock if replay is not None else perf_counter()
+
+
+def now_ns() -> int:
+    """``time.time_ns()`` as the caller saw it (see :func:`clock`)."""
+    replay = _replay.get()
+    return replay.time_ns if replay is not None else time_ns()
+
+
+_failures = 0
+
+
+class Later:
+    """A queue item: ``fn(*args)`` to run on the writer, as the caller would have."""
+
+    __slots__ = ("args", "clock", "context", "fn", "time_ns")
+
+    def __init__(self, fn: Any, args: tuple[Any, ...], context: contextvars.Context,
+                 time_ns: int, clock: float) -> None:
+        self.fn = fn
+        self.args = args
+        self.context = context
+        self.time_ns = time_ns
+        self.clock = clock
+
+    def run(self) -> list[Any]:
+        """Run the callback; return what it recorded (queue items, in order). Never
+        raises: a failing callback is logged and records what it had recorded."""
+        replay = Replay(self.time_ns, self.clock)
+        try:
+            self.context.run(_run, self, replay)
+        except Exception as exc:
+            global _failures
+            _failures += 1
+            if _failures <= 10:
+                log.error("tracevault: a deferred callback failed: %r", exc, exc_info=True)
+        return replay.items
+
+
+def _run(item: Later, replay: Replay) -> None:
+    # Runs inside the caller's (copied) context: the replay is visible to capture only
+    # here, and disappears with the copy.
+    _replay.set(replay)
+    item.fn(*item.args)
+
+
+def failures() -> int:
+    """How many deferred callbacks raised (each was logged)."""
+    return _failures
