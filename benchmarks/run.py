@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ("core", "redaction", "langchain", "llamaindex", "sinks", "postgres")
+ORDER = ("core", "redaction", "callbacks", "langchain", "llamaindex", "sinks", "postgres")
 
 
 def main(names: list[str]) -> int:
