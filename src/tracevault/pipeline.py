@@ -424,7 +424,7 @@ class Pipeline:
                         batch.append(settled(made) if raw else event_of(made))
                     continue
                 batch.append(settled(item) if raw else event_of(item))  # type: ignore[arg-type]
-            behind = len(batch) == limit
+            behind = len(batch) >= limit  # (a deferred callback may add several)
             self._received += len(batch)
             if self._waiting:
                 with self._space:
