@@ -14,13 +14,14 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from contextvars import copy_context
 from datetime import datetime
 from time import perf_counter, time_ns
 from typing import Any
 from uuid import UUID
 
 from tracevault.config import Settings
+from tracevault.context import _scope as _scope_var
+from tracevault.context import _span as _span_var
 from tracevault.context import current_scope, current_span
 from tracevault.ids import uuid7
 from tracevault.pipeline import Appender, DurabilityError, Middleware, Pipeline
@@ -357,8 +358,8 @@ def record(
 
 def later(fn: Callable[..., object], *args: Any, durable: bool = False) -> None:
     """Have the ledger writer run ``fn(*args)`` in this callback's place, in queue
-    order, in a copy of this context and at this time (see :mod:`tracevault.replay`);
-    whatever it records is recorded as if captured now.
+    order, with this :func:`tracevault.context` and current span and at this time (see
+    :mod:`tracevault.replay`); whatever it records is recorded as if captured now.
 
     For framework handlers: ``args`` must be what the caller copied of objects that may
     change after the callback returns. ``durable=True`` (strict mode) returns only once
@@ -368,7 +369,7 @@ def later(fn: Callable[..., object], *args: Any, durable: bool = False) -> None:
     global _capture_errors
     try:
         pipeline = _pipeline if _pipeline is not None else get_pipeline()
-        item = Later(fn, args, copy_context(), time_ns(), perf_counter())
+        item = Later((fn, _scope_var.get(), _span_var.get(), time_ns(), perf_counter(), *args))
         if durable:
             pipeline.submit_durable(item, settings().strict_timeout)
         else:

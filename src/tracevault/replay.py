@@ -5,12 +5,17 @@ framework's objects change after the callback returns) and deciding what to reco
 (which run it belongs to, where it hangs in the tree, which events it becomes). Only
 the copy has to happen on the caller's thread. :func:`tracevault.capture.later`
 queues the rest as a :class:`Later` item: the callback's function and its (copied)
-arguments, a copy of the caller's context, and the caller's clocks. The writer runs it
-where it takes the item from the queue, in queue order, inside that context, so
-:func:`tracevault.context.current_scope`, :func:`~tracevault.context.current_span`
-and any framework context variable read the values the caller had; the events it
-records take their place in the batch, timestamped when the callback happened
-(:func:`clock` and :func:`now_ns` give a replayed callback the caller's time).
+arguments, the caller's :func:`~tracevault.context.current_scope` and
+:func:`~tracevault.context.current_span`, and the caller's clocks. The writer runs it
+where it takes the item from the queue, in queue order, with that scope and span
+current, so the events it records take their place in the batch as if captured by the
+caller, timestamped when the callback happened (:func:`clock` and :func:`now_ns` give a
+replayed callback the caller's time). Other context variables are not carried: a
+callback that needs one passes its value as an argument.
+
+A queued callback is one tuple, and the scope and span are objects that already
+exist: every object a queued item keeps alive is work for the garbage collector each
+time it runs (about half of what a callback cost the caller's thread in a loop).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import contextvars
 import logging
 from time import perf_counter, time_ns
 from typing import Any
+
+from tracevault.context import _scope, _span
 
 log = logging.getLogger("tracevault")
 
@@ -60,38 +67,30 @@ def now_ns() -> int:
 _failures = 0
 
 
-class Later:
-    """A queue item: ``fn(*args)`` to run on the writer, as the caller would have."""
+class Later(tuple):  # type: ignore[type-arg]
+    """A queue item: ``fn(*args)`` to run on the writer, as the caller would have.
 
-    __slots__ = ("args", "clock", "context", "fn", "time_ns")
+    ``(fn, scope, span, time_ns, clock, *args)``: one tuple (see the module)."""
 
-    def __init__(self, fn: Any, args: tuple[Any, ...], context: contextvars.Context,
-                 time_ns: int, clock: float) -> None:
-        self.fn = fn
-        self.args = args
-        self.context = context
-        self.time_ns = time_ns
-        self.clock = clock
+    __slots__ = ()
 
     def run(self) -> list[Any]:
         """Run the callback; return what it recorded (queue items, in order). Never
         raises: a failing callback is logged and records what it had recorded."""
-        replay = Replay(self.time_ns, self.clock)
+        replay = Replay(self[3], self[4])
+        tokens = (_replay.set(replay), _scope.set(self[1]), _span.set(self[2]))
         try:
-            self.context.run(_run, self, replay)
+            self[0](*self[5:])
         except Exception as exc:
             global _failures
             _failures += 1
             if _failures <= 10:
                 log.error("tracevault: a deferred callback failed: %r", exc, exc_info=True)
+        finally:
+            _span.reset(tokens[2])
+            _scope.reset(tokens[1])
+            _replay.reset(tokens[0])
         return replay.items
-
-
-def _run(item: Later, replay: Replay) -> None:
-    # Runs inside the caller's (copied) context: the replay is visible to capture only
-    # here, and disappears with the copy.
-    _replay.set(replay)
-    item.fn(*item.args)
 
 
 def failures() -> int:
