@@ -493,6 +493,28 @@ def test_shutdown_dead_letters_what_cannot_be_written(tmp_path: Path) -> None:
     assert store.verify().ok and store.count() == 5
 
 
+def test_events_a_store_rejects_are_dead_lettered_once(tmp_path: Path) -> None:
+    # Not an outage (StoreError) but every event rejected: each is dead-lettered alone,
+    # and the shutdown that follows must not dead-letter them a second time.
+    class Rejecting:
+        url = "rejecting://"
+
+        def append(self, events: Sequence[Any]) -> int:
+            raise OSError("this store takes nothing")
+
+        def close(self) -> None:
+            pass
+
+    path = str(tmp_path / "dead.jsonl")
+    pipeline = Pipeline(Rejecting(), dead_letter_path=path)
+    with _active(pipeline):
+        for i in range(5):
+            capture.emit("custom", name=f"e{i}")
+        stats = pipeline.shutdown(timeout=1)  # its flush fails: they are not in the ledger
+    assert stats.dead_lettered == 5 and stats.written == 0
+    assert [e.name for e in dead_letter_events(path)] == [f"e{i}" for i in range(5)]
+
+
 def test_strict_mode_stops_the_tool_when_intent_is_not_durable(tmp_path: Path) -> None:
     store = FlakyStore(str(tmp_path / "strict.db"))
     store.healthy.clear()

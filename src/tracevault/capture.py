@@ -67,9 +67,13 @@ def settings() -> Settings:
     """Return the active settings (read from the environment on first use).
 
     A bad ``TRACEVAULT_*`` value is logged and the defaults are used: capturing must
-    not raise into the agent over a typo in the environment.
+    not raise into the agent over a typo in the environment. A callback the writer
+    runs (:func:`later`) sees the settings in force when it was queued.
     """
     global _settings, _min_rank
+    replay = replaying()
+    if replay is not None and replay.settings is not None:
+        return replay.settings  # type: ignore[no-any-return]
     if _settings is None:
         with _lock:
             if _settings is None:
@@ -201,6 +205,9 @@ def is_enabled_for(level: str) -> bool:
     """Return whether events at ``level`` are recorded (use it to skip costly payloads)."""
     if _settings is None:
         settings()
+    replay = replaying()
+    if replay is not None and replay.settings is not None:
+        return LEVEL_RANK[level] >= LEVEL_RANK[replay.settings.level]
     return LEVEL_RANK[level] >= _min_rank
 
 
@@ -298,7 +305,11 @@ def record(
     try:
         if _settings is None:
             settings()  # the first event: TRACEVAULT_LEVEL applies to it too
-        if LEVEL_RANK[level] < _min_rank and not (durable or keep):
+        replay = replaying()
+        # A callback the writer runs is filtered by the level it was captured under.
+        min_rank = (_min_rank if replay is None or replay.settings is None
+                    else LEVEL_RANK[replay.settings.level])
+        if LEVEL_RANK[level] < min_rank and not (durable or keep):
             return False
         if kind not in _KINDS or phase not in _PHASES:
             raise ValueError(f"unknown event kind {kind!r} or phase {phase!r}")
@@ -310,7 +321,6 @@ def record(
             # The schema's data is an object.
             payload = freeze(data if isinstance(data, dict) else {"value": data})
         scope = current_scope()
-        replay = replaying()
         if metadata is not None and not isinstance(metadata, dict):
             metadata = {"value": metadata}
         if metadata:
@@ -369,7 +379,8 @@ def later(fn: Callable[..., object], *args: Any, durable: bool = False) -> None:
     global _capture_errors
     try:
         pipeline = _pipeline if _pipeline is not None else get_pipeline()
-        item = Later((fn, _scope_var.get(), _span_var.get(), time_ns(), perf_counter(), *args))
+        item = Later((fn, _scope_var.get(), _span_var.get(), time_ns(), perf_counter(),
+                      _settings or settings(), *args))
         if durable:
             pipeline.submit_durable(item, settings().strict_timeout)
         else:

@@ -241,6 +241,7 @@ class Pipeline:
         self._withheld = 0
         self._dropped = 0
         self._unreported_drops = 0
+        self._unreported_callbacks = 0  # of those, deferred callbacks (see replay)
         self._dead_lettered = 0
         self._write_errors = 0
         self._last_error: str | None = None
@@ -268,6 +269,8 @@ class Pipeline:
         if len(self._queue) >= self._maxsize and not self._wait_for_room():
             self._dropped += 1  # only with block_timeout; reported as a gap record
             self._unreported_drops += 1
+            if event.__class__ is Later:
+                self._unreported_callbacks += 1
             return
         queue = self._queue
         queue.append(event)
@@ -479,6 +482,11 @@ class Pipeline:
 
     def _gap_record(self) -> AuditEvent:
         lost, self._unreported_drops = self._unreported_drops, 0
+        callbacks, self._unreported_callbacks = self._unreported_callbacks, 0
+        what = f"{lost} events were not recorded"
+        if callbacks:  # a framework callback queued for the writer makes one or more events
+            what = (f"{lost - callbacks} events and the events of {callbacks} framework "
+                    "callbacks were not recorded")
         return AuditEvent(
             event_id=uuid7(),
             timestamp=datetime.now(timezone.utc),
@@ -487,8 +495,8 @@ class Pipeline:
             name="tracevault.queue_full",
             data={
                 "type": "tracevault.EventsDropped",
-                "message": f"{lost} events were not recorded: the capture queue stayed "
-                f"full longer than block_timeout={self._block_timeout}s",
+                "message": f"{what}: the capture queue stayed full longer than "
+                f"block_timeout={self._block_timeout}s",
                 "where": "tracevault.pipeline",
             },
         )
@@ -511,9 +519,13 @@ class Pipeline:
                 if not isinstance(exc, StoreError) and self._store is not None:
                     # Not the store being unavailable but an event it cannot take: find
                     # it, save it to the dead-letter file, and write the rest.
+                    dead_before = self._dead_lettered
                     events = self._without_poison(events)
-                    if not events:
-                        return False
+                    # What is left to write: the rest is written or dead-lettered, and a
+                    # shutdown must not dead-letter it again.
+                    self._pending = events
+                    if not events:  # durable only if none had to be dead-lettered
+                        return self._dead_lettered == dead_before
                 message = (
                     str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
                 )

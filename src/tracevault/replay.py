@@ -31,13 +31,16 @@ log = logging.getLogger("tracevault")
 
 
 class Replay:
-    """What a running :class:`Later` item records, and the time it stands for."""
+    """What a running :class:`Later` item records, and the time and settings it
+    stands for (the level filter and settings in force when the callback came, not
+    those of a later ``configure()`` or ``shutdown()``)."""
 
-    __slots__ = ("clock", "items", "time_ns")
+    __slots__ = ("clock", "items", "settings", "time_ns")
 
-    def __init__(self, time_ns: int, clock: float) -> None:
+    def __init__(self, time_ns: int, clock: float, settings: Any) -> None:
         self.time_ns = time_ns
         self.clock = clock
+        self.settings = settings
         self.items: list[Any] = []
 
 
@@ -70,17 +73,18 @@ _failures = 0
 class Later(tuple):  # type: ignore[type-arg]
     """A queue item: ``fn(*args)`` to run on the writer, as the caller would have.
 
-    ``(fn, scope, span, time_ns, clock, *args)``: one tuple (see the module)."""
+    ``(fn, scope, span, time_ns, clock, settings, *args)``: one tuple (see the
+    module); ``settings`` are the capture settings in force when it was queued."""
 
     __slots__ = ()
 
     def run(self) -> list[Any]:
         """Run the callback; return what it recorded (queue items, in order). Never
         raises: a failing callback is logged and records what it had recorded."""
-        replay = Replay(self[3], self[4])
+        replay = Replay(self[3], self[4], self[5])
         tokens = (_replay.set(replay), _scope.set(self[1]), _span.set(self[2]))
         try:
-            self[0](*self[5:])
+            self[0](*self[6:])
         except Exception as exc:
             global _failures
             _failures += 1

@@ -28,7 +28,6 @@ import traceback
 import uuid
 from collections.abc import Callable, Mapping
 from decimal import Decimal
-from types import TracebackType
 from typing import Any
 
 import orjson
@@ -104,21 +103,16 @@ def data_url_ref(url: Any) -> dict[str, Any] | None:
     return _remembered(url, make)
 
 
-def describe_exception(exc: BaseException, tb: TracebackType | None = None) -> dict[str, Any]:
-    """Return type, message and formatted stack trace of an exception as plain data.
-
-    ``tb``: the exception's traceback as it was when it was caught (an exception that
-    goes on propagating grows its traceback by a frame per level; a handler that
-    describes it later passes the one it saw)."""
+def describe_exception(exc: BaseException) -> dict[str, Any]:
+    """Return type, message and formatted stack trace of an exception as plain data."""
     try:
         message = str(exc)
     except Exception:  # a broken __str__ must not hide the error itself
         message = f"<unprintable {type(exc).__name__}>"
     stack = ""
-    tb = tb if tb is not None else exc.__traceback__
-    if tb is not None:
+    if exc.__traceback__ is not None:
         try:
-            stack = "".join(traceback.format_exception(type(exc), exc, tb))
+            stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         except Exception:
             stack = ""
     return {

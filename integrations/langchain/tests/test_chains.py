@@ -395,9 +395,9 @@ def test_a_parent_graph_update_without_a_goto_is_no_hand_off() -> None:
     from langgraph.errors import ParentCommand
     from tracevault_langchain.base import failure_of
 
-    assert failure_of(ParentCommand(Command(graph=Command.PARENT, update={"x": 1})))[0] != (
-        "handed_off")
-    assert failure_of(ParentCommand(Command(graph=Command.PARENT, goto="b")))[0] == "handed_off"
+    update = ParentCommand(Command(graph=Command.PARENT, update={"x": 1}))
+    assert failure_of(update).status != "handed_off"
+    assert failure_of(ParentCommand(Command(graph=Command.PARENT, goto="b"))).status == "handed_off"
 
 
 @pytest.mark.parametrize("level", ["debug", "info"])

@@ -8,17 +8,20 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import pytest
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.tools import tool
+from langgraph.graph import END, START, StateGraph
 from lc_agents import lc_agent
+from pydantic import BaseModel
 from tracevault_langchain import TracevaultCallbackHandler
 from tracevault_langchain.testing import ScriptedChatModel, ai, tool_call
 
 import tracevault
 from tracevault import capture
+from tracevault.context import current_span
 from tracevault.store import open_store
 from tracevault.testing import Capture
 
@@ -126,3 +129,81 @@ def test_an_error_is_recorded_with_the_stack_it_had_when_its_run_failed(cap: Cap
     stack = error.data["stack_trace"]
     assert "failing_tool_body" in stack and "tool_runner" in stack
     assert "test_an_error_is_recorded_with_the_stack" not in stack
+
+
+class _S(TypedDict):
+    x: int
+
+
+def test_an_exception_changed_after_its_run_failed_is_recorded_as_it_was(cap: Capture) -> None:
+    # LangGraph adds a note to the exception after the node's error callback, and the
+    # caller may change it after the run; the writer describes it later.
+    def node(_state: _S) -> _S:
+        raise ValueError("node failed")
+
+    graph = StateGraph(_S)
+    graph.add_node("n", node)
+    graph.add_edge(START, "n")
+    graph.add_edge("n", END)
+    with pytest.raises(ValueError) as caught:
+        graph.compile().invoke({"x": 1}, {"callbacks": [TracevaultCallbackHandler()]})
+    caught.value.args = ("changed by the caller after the run",)
+    events = cap.events()
+    error = next(e for e in events if e.kind == "error")
+    assert error.data["message"] == "node failed"
+    assert "During task with name" not in error.data["stack_trace"]
+    ends = [e.data["error"] for e in events if e.phase == "end"]
+    assert ends and all(end == {"type": "ValueError", "message": "node failed"} for end in ends)
+
+
+def test_two_handlers_on_one_tool_leave_no_span_current(cap: Capture) -> None:
+    @tool
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+
+    handlers = [TracevaultCallbackHandler(), TracevaultCallbackHandler()]
+    assert add.invoke({"a": 1, "b": 2}, {"callbacks": handlers}) == 3
+    assert current_span() is None  # nothing captured afterwards hangs under the tool
+    assert [(e.kind, e.phase) for e in cap.events()] == [
+        ("tool_call", "start"), ("input", "point"), ("tool_call", "end"), ("output", "point")]
+
+
+def test_a_run_is_filtered_by_the_level_it_was_captured_under(tmp_path: Path) -> None:
+    # The writer handles the callbacks after the caller has moved on: reconfiguring
+    # right after the run must not apply the new level to it.
+    first = f"sqlite:///{tmp_path / 'first.db'}"
+    tracevault.configure(store=first, level="debug")
+    _agent([]).invoke({"messages": [HumanMessage("hi")]},
+                      {"callbacks": [TracevaultCallbackHandler()]})
+    tracevault.configure(store=f"sqlite:///{tmp_path / 'second.db'}", level="warning")
+    tracevault.shutdown()
+    store = open_store(first)
+    try:
+        kinds = [(s.event.kind, s.event.phase) for s in store.events()]
+    finally:
+        store.close()
+    assert kinds[:2] == [("agent", "start"), ("input", "point")]
+    assert ("tool_call", "end") in kinds and kinds[-1] == ("agent", "end")
+
+
+class _Verdict(BaseModel):
+    result: str
+    confidence: float
+
+
+def test_a_tool_run_alone_answers_with_what_it_returned(cap: Capture) -> None:
+    @tool
+    def judge(case: str) -> _Verdict:
+        """Judge a case."""
+        return _Verdict(result="approve", confidence=0.9)
+
+    @tool
+    def say(text: str) -> AIMessage:
+        """Say something."""
+        return AIMessage(f"said {text}")
+
+    judge.invoke({"case": "a"}, {"callbacks": [TracevaultCallbackHandler()]})
+    say.invoke({"text": "b"}, {"callbacks": [TracevaultCallbackHandler()]})
+    answers = [e.data["content"] for e in cap.events() if e.kind == "output"]
+    assert answers == [{"result": "approve", "confidence": 0.9}, "said b"]

@@ -192,10 +192,17 @@ def test_strict_setting_aborts_an_agent_tool_call(
     assert charged == []
 
 
+def _level_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As TRACEVAULT_LEVEL=error would set it, for the pipeline the test already runs.
+    at_error = dataclasses.replace(capture.settings(), level="error")
+    monkeypatch.setattr(capture, "_settings", at_error)
+    monkeypatch.setattr(capture, "_min_rank", LEVEL_RANK["error"])
+
+
 def test_strict_intents_are_recorded_whatever_the_level(
     broken_ledger: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(capture, "_min_rank", LEVEL_RANK["error"])  # TRACEVAULT_LEVEL=error
+    _level_error(monkeypatch)
     charge, charged = _charge_tool()
     with pytest.raises(DurabilityError):
         charge.invoke({"amount": 40}, {"callbacks": [TracevaultCallbackHandler(strict=True)]})
@@ -205,7 +212,7 @@ def test_strict_intents_are_recorded_whatever_the_level(
 def test_a_strict_intent_below_the_level_is_recorded_with_its_end(
     cap: Capture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(capture, "_min_rank", LEVEL_RANK["error"])
+    _level_error(monkeypatch)
     charge, charged = _charge_tool()
     charge.invoke({"amount": 2}, {"callbacks": [TracevaultCallbackHandler(strict=True)]})
     assert charged == [2]

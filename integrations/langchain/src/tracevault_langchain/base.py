@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from types import TracebackType
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -14,7 +14,7 @@ from tracevault.capture import later
 from tracevault.pipeline import DurabilityError
 from tracevault.replay import clock
 from tracevault.schema import level_for
-from tracevault.snapshot import Deferred, freeze, thaw
+from tracevault.snapshot import Deferred, describe_exception, freeze, thaw
 from tracevault_langchain import convert
 from tracevault_langchain.recorder import Recorder, error_summary, handoff_target, stop_status
 from tracevault_langchain.runs import RunState, RunTable, Trace
@@ -110,31 +110,29 @@ class HandlerBase(_Base):
         failed end (retriever runs): the caller's half."""
         try:
             self._rec.runs.lineage.end(run_id)
-            later(self._run_failed, run_id, error, error.__traceback__, None)
+            later(self._run_failed, run_id, failure_of(error), None)
         except Exception as exc:
             recording_failed(callback, exc)
 
-    def _run_failed(self, run_id: UUID, error: BaseException, tb: TracebackType | None,
-                    inputs: Any) -> None:
+    def _run_failed(self, run_id: UUID, failure: Failure, inputs: Any) -> None:
         # On the writer: the failed end of a run (and its input, if a stream only
-        # reported it now). ``tb``: the error's traceback when the callback came (it
-        # grows as the error goes on up).
+        # reported it now).
         st = self._rec.close(run_id)
         if st is None:
             return
         if inputs is not None and st.is_root and st.defers_inputs:
             self._input(st, inputs, st.extra)
-        self._end_failed(st, error, tb)
+        self._end_failed(st, failure)
 
-    def _end_failed(self, st: RunState, error: BaseException, tb: TracebackType | None) -> None:
-        status, ending = failure_of(error)
-        data: dict[str, Any] = {"duration_ms": ms_since(st.started), **ending}
-        if status == "error":
-            self._rec.error(st, error, tb=tb)
-        elif status == "handed_off":
-            self._rec.handed_off(st, error)
+    def _end_failed(self, st: RunState, failure: Failure) -> None:
+        data: dict[str, Any] = {"duration_ms": ms_since(st.started), **failure.ending}
+        if failure.status == "error":
+            self._rec.error(st, failure.error, described=failure.described)
+        elif failure.status == "handed_off":
+            self._rec.handed_off(st, failure.error)
         if st.span is not None:
-            self._rec.emit(st, st.kind, "end", data, level=level_for(status), owned=True)
+            self._rec.emit(st, st.kind, "end", data, level=level_for(failure.status),
+                           owned=True)
 
     def _input(self, st: RunState, copied: Any, extra: dict[str, Any] | None) -> None:
         """Record a root run's input from its copy (:func:`input_copy`)."""
@@ -169,11 +167,25 @@ def output_copy(outputs: Any) -> Any:
     return freeze([convert.output_view(outputs), structured])
 
 
-def failure_of(error: BaseException) -> tuple[str, dict[str, Any]]:
-    """Return how ``error`` stopped a run: its status, and the fields an end records
-    for it (``status`` and the ``error`` summary, or the ``reason`` it was cancelled)."""
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """How an exception stopped a run, read when the callback came: an exception
+    changes as it goes on up (LangGraph adds notes, code may change its ``args``, its
+    traceback grows), and the writer records the run's end later."""
+
+    error: BaseException  # itself, for telling one failure from another
+    status: str  # see recorder.stop_status
+    ending: dict[str, Any]  # the fields the run's end records: status, error or reason
+    described: dict[str, Any] | None  # type, message and stack trace (failures only)
+
+
+def failure_of(error: BaseException) -> Failure:
+    """Return how ``error`` stopped a run: its status, the fields an end records for it
+    (``status`` and the ``error`` summary, or the ``reason`` it was cancelled) and, for
+    a failure, its description with the stack trace (the ``error`` event)."""
     status = stop_status(error)
     ending: dict[str, Any] = {"status": status}
+    described = None
     if status == "abandoned":
         ending["reason"] = "the consumer stopped reading"
     elif status == "cancelled":
@@ -185,8 +197,9 @@ def failure_of(error: BaseException) -> tuple[str, dict[str, Any]]:
     elif status == "handed_off":
         ending["reason"] = f"handed off to {handoff_target(error)}"
     elif status == "error":
-        ending["error"] = error_summary(error)
-    return status, ending
+        described = describe_exception(error)
+        ending["error"] = {"type": described["type"], "message": described["message"]}
+    return Failure(error, status, ending, described)
 
 
 def ms_since(started: float) -> float:

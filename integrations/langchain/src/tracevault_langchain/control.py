@@ -3,12 +3,11 @@ actions, and LangGraph interrupt and resume."""
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from tracevault.capture import later
-from tracevault.snapshot import freeze, thaw
+from tracevault.snapshot import describe_exception, freeze, thaw
 from tracevault_langchain.base import HandlerBase, recording_failed
 
 if TYPE_CHECKING:
@@ -33,15 +32,16 @@ class ControlCallbacks(HandlerBase):
                 return
             exc = outcome.exception()
             if exc is not None:
-                later(self._retried, run_id, exc, exc.__traceback__, retry_state.attempt_number)
+                later(self._retried, run_id, exc, describe_exception(exc),
+                      retry_state.attempt_number)
         except Exception as exc:
             recording_failed("on_retry", exc)
 
-    def _retried(self, run_id: UUID, exc: BaseException, tb: TracebackType | None,
+    def _retried(self, run_id: UUID, exc: BaseException, described: dict[str, Any],
                  attempt: int) -> None:
         st = self._rec.mine(run_id)
         if st is not None:
-            self._rec.retried(st, exc, attempt, tb)
+            self._rec.retried(st, exc, attempt, described)
 
     def on_custom_event(
         self,

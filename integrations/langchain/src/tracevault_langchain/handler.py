@@ -15,7 +15,6 @@ where a tool whose intent cannot be made durable does not run.
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import Any
 from uuid import UUID
 
@@ -27,6 +26,7 @@ from tracevault.schema import level_for
 from tracevault.snapshot import freeze, thaw
 from tracevault_langchain import convert
 from tracevault_langchain.base import (
+    Failure,
     failure_of,
     handler_failures,
     input_copy,
@@ -192,7 +192,7 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
             inputs = None
             if seen is not None and seen.root and kwargs.get("inputs") is not None:
                 inputs = input_copy(kwargs["inputs"])
-            later(self._run_failed, run_id, error, error.__traceback__, inputs)
+            later(self._run_failed, run_id, failure_of(error), inputs)
         except Exception as exc:
             recording_failed("on_chain_error", exc)
 
@@ -224,7 +224,8 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
                 lineage.end(run_id)  # the tool will not run: no end callback follows
                 later(self._rec.close, run_id)
                 raise
-            if capture.is_enabled_for("info") and not (tags and HIDDEN_TAG in tags):
+            if (seen.ambient is None and capture.is_enabled_for("info")
+                    and not (tags and HIDDEN_TAG in tags)):
                 # The tool body runs between this callback and its end: make the tool the
                 # current span so code it calls (a LlamaIndex query engine, AuditLogger
                 # events) lands under it in the same tree.
@@ -265,13 +266,15 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
         **kwargs: Any,
     ) -> None:
         try:
-            _restore_ambient(self._rec.runs.lineage.end(run_id))
+            seen = self._rec.runs.lineage.end(run_id)
+            _restore_ambient(seen)
             result, status, artifact = convert.tool_result(output)
-            later(self._tool_end, run_id, freeze([result, artifact]), status)
+            answer = output_copy(result) if seen is not None and seen.root else None
+            later(self._tool_end, run_id, freeze([result, artifact]), status, answer)
         except Exception as exc:
             recording_failed("on_tool_end", exc)
 
-    def _tool_end(self, run_id: UUID, copied: Any, status: str) -> None:
+    def _tool_end(self, run_id: UUID, copied: Any, status: str, answer: Any) -> None:
         try:
             st = self._rec.close(run_id)
             if st is None:
@@ -295,8 +298,8 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
                                                 "where": st.name}, level="error")
                 self._rec.tool_failed(st, "ToolError", message)
             self._rec.warn_if_slow(st, duration)
-            if st.is_root:
-                self._output(st, [convert.output_view(result), None])
+            if st.is_root and answer is not None:
+                self._output(st, answer)
         except Exception as exc:
             recording_failed("on_tool_end", exc)
 
@@ -310,12 +313,11 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
     ) -> None:
         try:
             _restore_ambient(self._rec.runs.lineage.end(run_id))
-            later(self._tool_error, run_id, error, error.__traceback__)
+            later(self._tool_error, run_id, failure_of(error))
         except Exception as exc:
             recording_failed("on_tool_error", exc)
 
-    def _tool_error(self, run_id: UUID, error: BaseException,
-                    tb: TracebackType | None) -> None:
+    def _tool_error(self, run_id: UUID, failure: Failure) -> None:
         try:
             st = self._rec.close(run_id)
             if st is None:
@@ -323,16 +325,16 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
             duration = ms_since(st.started)
             # An interrupt() or a cancelled run is no failure: a reason, not an error
             # (forwarders read an "error" as one).
-            status, ending = failure_of(error)
+            status, ending = failure.status, failure.ending
             data: dict[str, Any] = {"tool_name": st.name, "duration_ms": duration, **ending}
             if st.tool_call_id:
                 data["tool_call_id"] = st.tool_call_id
             self._rec.emit(st, "tool_call", "end", data, level=level_for(status), owned=True)
             if status == "error":
-                self._rec.error(st, error, tb=tb)
+                self._rec.error(st, failure.error, described=failure.described)
                 self._rec.tool_failed(st, ending["error"]["type"], ending["error"]["message"])
             elif status == "handed_off":
-                self._rec.handed_off(st, error)
+                self._rec.handed_off(st, failure.error)
             self._rec.warn_if_slow(st, duration)
         except Exception as exc:
             recording_failed("on_tool_error", exc)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -16,6 +15,7 @@ from tracevault.schema import level_for
 from tracevault.snapshot import Deferred, freeze_raw, thaw
 from tracevault_langchain import convert
 from tracevault_langchain.base import (
+    Failure,
     HandlerBase,
     failure_of,
     input_copy,
@@ -180,26 +180,24 @@ class ModelCallbacks(HandlerBase):
             response = kwargs.get("response")
             first_token = None if seen is None else seen.first_token
             if first_token is None or not isinstance(response, LLMResult):
-                later(self._run_failed, run_id, error, error.__traceback__, None)
+                later(self._run_failed, run_id, failure_of(error), None)
                 return
             # A stream that failed or was abandoned midway: LangChain hands over what
             # the model had said by then, which the end records (with its usage).
             raw = freeze_raw((response.generations, response.llm_output))
-            later(self._llm_error, run_id, error, error.__traceback__, raw, first_token)
+            later(self._llm_error, run_id, failure_of(error), raw, first_token)
         except Exception as exc:
             recording_failed("on_llm_error", exc)
 
-    def _llm_error(self, run_id: UUID, error: BaseException, tb: TracebackType | None,
-                   raw: Any, first_token: float) -> None:
+    def _llm_error(self, run_id: UUID, failure: Failure, raw: Any, first_token: float) -> None:
         try:
             st = self._rec.close(run_id)
             if st is None:
                 return
             st.first_token = first_token
-            status, ending = failure_of(error)
-            if status == "error":
-                self._rec.error(st, error, tb=tb)
-            self._model_end(st, raw, ending)
+            if failure.status == "error":
+                self._rec.error(st, failure.error, described=failure.described)
+            self._model_end(st, raw, failure.ending)
         except Exception as exc:
             recording_failed("on_llm_error", exc)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any
 from uuid import UUID
 
@@ -247,7 +246,7 @@ class Recorder:
         where: str | None = None,
         recovery_action: str | None = None,
         level: str = "error",
-        tb: TracebackType | None = None,
+        described: dict[str, Any] | None = None,
     ) -> bool:
         """Record ``exc`` as an ``error`` event once per trace (errors bubble up).
 
@@ -255,7 +254,8 @@ class Recorder:
         """
         if not state.trace.first_report(exc):
             return False
-        data: dict[str, Any] = describe_exception(exc, tb)
+        # ``described``: the exception as it was when its run failed (base.failure_of).
+        data: dict[str, Any] = dict(described) if described else describe_exception(exc)
         data["where"] = where or state.name
         if recovery_action is not None:
             data["recovery_action"] = recovery_action
@@ -307,12 +307,14 @@ class Recorder:
             }, parent=parent)
 
     def retried(self, state: RunState, exc: BaseException, attempt: int,
-                tb: TracebackType | None = None) -> None:
-        """Record that ``state``'s run failed with ``exc`` and is being tried again."""
+                described: dict[str, Any] | None = None) -> None:
+        """Record that ``state``'s run failed with ``exc`` (``described``: as it was
+        then) and is being tried again."""
         action = f"retried (attempt {attempt + 1})"
-        if self.error(state, exc, recovery_action=action, level="warning", tb=tb):
+        if self.error(state, exc, recovery_action=action, level="warning", described=described):
             return  # the failure surfaced only here: one error event says it all
-        summary = error_summary(exc)
+        summary = ({"type": described["type"], "message": described["message"]}
+                   if described else error_summary(exc))
         self.recovered(state, state.child_span, {**summary, "where": state.name,
                                                  "attempt": attempt, "recovery_action": action},
                        parent=state.parent_span)

@@ -194,8 +194,12 @@ class Lineage:
         self._seen: dict[int, Seen] = {}
 
     def start(self, run_id: UUID, parent_run_id: UUID | None) -> Seen:
-        """Note that ``run_id`` started; return what is kept of it."""
+        """Note that ``run_id`` started; return what is kept of it (what the first
+        handler to see it start noted, when several handlers are attached)."""
         seen = self._seen
+        known = seen.get(run_id.int)
+        if known is not None:
+            return known
         parent = seen.get(parent_run_id.int) if parent_run_id is not None else None
         if parent is not None:
             run = Seen(parent.trace, False)
