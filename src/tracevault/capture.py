@@ -42,6 +42,7 @@ _recipe: tuple[str, list[Middleware], bool] | None = None
 _KINDS = frozenset(KINDS)
 _PHASES = frozenset(PHASES)
 _middleware_factory: list[Any] = []  # callables (Settings) -> list[Middleware]
+_orphans: list[Later] = []  # a forked child's copy of what the parent had yet to run
 
 
 def register_default_middleware(factory: Any) -> None:
@@ -99,10 +100,26 @@ def get_pipeline() -> Pipeline:
                     install(new_pipeline(s, store), s)
                 else:
                     install(_build_pipeline(s, store, steps), s)
+                _carry_over(_orphans)
             else:
                 install(new_pipeline(s, s.store), s)
         assert _pipeline is not None
         return _pipeline
+
+
+def _carry_over(orphans: list[Later]) -> None:
+    # Callbacks the parent queued before fork() that its writer had not handled yet:
+    # the parent records their events; the child's writer runs them first for what
+    # they tell the handlers (runs started: a tool that forked, say), keeping nothing.
+    assert _pipeline is not None
+    for item in orphans:
+        _pipeline.submit(Later((_state_only, item[1], item[2], item[3], item[4], item[5],
+                                item)))
+    orphans.clear()
+
+
+def _state_only(item: Later) -> None:
+    item.run()  # what it records stays in its own replay, which nobody reads
 
 
 SIDECAR_LINGER = 0.025  # seconds the writer waits to hand a burst over as one batch
@@ -413,6 +430,7 @@ def _reset_after_fork() -> None:
     if _pipeline is not None:
         _recipe = (_pipeline.store_url, list(_pipeline.middleware),
                    _pipeline.store_applies_middleware)
+        _orphans[:] = _pipeline.queued_callbacks()
     _pipeline = None
     _lock = threading.RLock()
 

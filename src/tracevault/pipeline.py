@@ -345,6 +345,11 @@ class Pipeline:
             last_error=self._current_error(),
         )
 
+    def queued_callbacks(self) -> list[Later]:
+        """The deferred callbacks still queued (for a forked child: see
+        :func:`tracevault.capture.get_pipeline`)."""
+        return [item for item in list(self._queue) if item.__class__ is Later]
+
     def _current_error(self) -> str | None:
         # The writer's own, else the one a writer process reports while it retries.
         return self._last_error or getattr(self._store, "last_error", None)

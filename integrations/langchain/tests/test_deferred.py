@@ -3,6 +3,7 @@ taken when each callback came, its time, its context, and an error's stack as it
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -12,6 +13,7 @@ from typing import Any, TypedDict
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
 from langgraph.graph import END, START, StateGraph
 from lc_agents import lc_agent
@@ -207,3 +209,30 @@ def test_a_tool_run_alone_answers_with_what_it_returned(cap: Capture) -> None:
     say.invoke({"text": "b"}, {"callbacks": [TracevaultCallbackHandler()]})
     answers = [e.data["content"] for e in cap.events() if e.kind == "output"]
     assert answers == [{"result": "approve", "confidence": 0.9}, "said b"]
+
+
+def test_a_run_in_a_process_forked_inside_a_tool_hangs_under_the_tool(cap: Capture) -> None:
+    # When the tool forks, its start may still wait in the parent's queue: the child's
+    # writer learns of it first, so what runs in the child hangs under the tool.
+    sub = RunnableLambda(lambda x: x * 2, name="sub_in_child")
+
+    @tool
+    def forker(x: int) -> int:
+        """Fork a worker."""
+        pid = os.fork()
+        if pid == 0:
+            try:
+                sub.invoke(x)  # the tool's callbacks and parent run come with the context
+                tracevault.flush(30)
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        return x
+
+    forker.invoke({"x": 3}, {"callbacks": [TracevaultCallbackHandler()]})
+    events = cap.events()
+    tool_start = next(e for e in events if e.kind == "tool_call" and e.phase == "start")
+    sub_start = next(e for e in events if e.name == "sub_in_child" and e.phase == "start")
+    assert sub_start.kind == "chain"
+    assert (sub_start.trace_id, sub_start.parent_span_id) == (tool_start.trace_id,
+                                                              tool_start.span_id)
