@@ -21,7 +21,7 @@ import pytest
 
 import tracevault
 from tracevault import capture, replay
-from tracevault.pipeline import DurabilityError, Pipeline, dead_letter_events
+from tracevault.pipeline import DurabilityError, Pipeline, dead_letter_events, event_of
 from tracevault.schema import AuditEvent
 from tracevault.snapshot import Deferred, freeze, freeze_raw
 from tracevault.store import StoreError, open_store
@@ -513,6 +513,40 @@ def test_events_a_store_rejects_are_dead_lettered_once(tmp_path: Path) -> None:
         stats = pipeline.shutdown(timeout=1)  # its flush fails: they are not in the ledger
     assert stats.dead_lettered == 5 and stats.written == 0
     assert [e.name for e in dead_letter_events(path)] == [f"e{i}" for i in range(5)]
+
+
+def test_a_flush_is_not_durable_when_an_event_of_its_batch_was_dead_lettered(
+    tmp_path: Path,
+) -> None:
+    # The store rejects one event (dead-lettered) and then fails once as a whole before
+    # the rest is written: the retry succeeds, but the batch is not all in the ledger.
+    class Picky:
+        url = "picky://"
+
+        def __init__(self) -> None:
+            self.failed_once = False
+            self.names: list[str | None] = []
+
+        def append(self, events: Sequence[Any]) -> int:
+            names = [event_of(e).name for e in events]
+            if "poison" in names:
+                raise ValueError("cannot take this one")
+            if names == ["after"] and not self.failed_once:
+                self.failed_once = True
+                raise StoreError("a blip")
+            self.names += names
+            return len(names)
+
+        def close(self) -> None:
+            pass
+
+    store = Picky()
+    pipeline = Pipeline(store, dead_letter_path=str(tmp_path / "dead.jsonl"), linger=5.0)
+    with _active(pipeline):
+        for name in ("before", "poison", "after"):
+            capture.emit("custom", name=name)
+        assert not pipeline.flush(10)  # one batch: "poison" is not in the ledger
+        assert store.names == ["before", "after"] and pipeline.stats().dead_lettered == 1
 
 
 def test_strict_mode_stops_the_tool_when_intent_is_not_durable(tmp_path: Path) -> None:

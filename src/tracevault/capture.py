@@ -20,14 +20,14 @@ from typing import Any
 from uuid import UUID
 
 from tracevault.config import Settings
+from tracevault.context import Scope, current_scope, current_span
 from tracevault.context import _scope as _scope_var
 from tracevault.context import _span as _span_var
-from tracevault.context import current_scope, current_span
 from tracevault.ids import uuid7
 from tracevault.pipeline import Appender, DurabilityError, Middleware, Pipeline
 from tracevault.replay import Later, replaying
 from tracevault.schema import KINDS, LEVEL_RANK, PHASES
-from tracevault.snapshot import Deferred, freeze
+from tracevault.snapshot import Deferred, freeze, thaw
 
 log = logging.getLogger("tracevault")
 
@@ -396,7 +396,11 @@ def later(fn: Callable[..., object], *args: Any, durable: bool = False) -> None:
     global _capture_errors
     try:
         pipeline = _pipeline if _pipeline is not None else get_pipeline()
-        item = Later((fn, _scope_var.get(), _span_var.get(), time_ns(), perf_counter(),
+        scope = _scope_var.get()
+        if scope.metadata:  # the caller may change its values: copied as they are now
+            scope = Scope(scope.session_id, scope.user_id, thaw(freeze(scope.metadata)),
+                          scope.tags)
+        item = Later((fn, scope, _span_var.get(), time_ns(), perf_counter(),
                       _settings or settings(), *args))
         if durable:
             pipeline.submit_durable(item, settings().strict_timeout)

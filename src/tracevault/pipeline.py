@@ -507,9 +507,12 @@ class Pipeline:
         )
 
     def _write(self, events: list[Item]) -> bool:
+        """Write ``events``, retrying; return whether all of them are in the ledger
+        (``False`` if any had to be dead-lettered, or when stopping)."""
         if not events:
             return True
         delay = 0.05
+        dead_before = self._dead_lettered
         while True:
             try:
                 store = self._ensure_store()
@@ -518,13 +521,12 @@ class Pipeline:
                 if self._last_error is not None:
                     log.warning("tracevault: ledger writes recovered")
                     self._last_error = None
-                return True
+                return self._dead_lettered == dead_before
             except Exception as exc:  # keep the events; back off; try again
                 self._write_errors += 1
                 if not isinstance(exc, StoreError) and self._store is not None:
                     # Not the store being unavailable but an event it cannot take: find
                     # it, save it to the dead-letter file, and write the rest.
-                    dead_before = self._dead_lettered
                     events = self._without_poison(events)
                     # What is left to write: the rest is written or dead-lettered, and a
                     # shutdown must not dead-letter it again.

@@ -236,3 +236,23 @@ def test_a_run_in_a_process_forked_inside_a_tool_hangs_under_the_tool(cap: Captu
     assert sub_start.kind == "chain"
     assert (sub_start.trace_id, sub_start.parent_span_id) == (tool_start.trace_id,
                                                               tool_start.span_id)
+
+
+def test_metadata_changed_after_a_start_is_recorded_as_it_was(
+    held: tuple[_HeldStore, Capture]
+) -> None:
+    store, cap = held
+    handler = TracevaultCallbackHandler()
+    info = {"step": 1}
+    config_metadata = {"session_id": "s1"}
+    run = uuid.uuid4()
+    with tracevault.context(user_id="ana", info=info):
+        handler.on_chain_start({"name": "agent"}, {"input": "hi"}, run_id=run,
+                               metadata=config_metadata)
+        info["step"] = 2  # the caller's objects change before the writer runs
+        config_metadata["session_id"] = "changed"
+        handler.on_chain_end({"output": "x"}, run_id=run)
+    store.release.set()
+    start = next(e for e in cap.events() if e.kind == "agent" and e.phase == "start")
+    assert (start.session_id, start.user_id) == ("s1", "ana")
+    assert start.metadata["info"] == {"step": 1}

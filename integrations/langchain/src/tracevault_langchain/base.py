@@ -153,6 +153,13 @@ class HandlerBase(_Base):
                        name="final_answer", point=True)
 
 
+def tags_and_metadata(tags: list[str] | None, metadata: dict[str, Any] | None
+                      ) -> tuple[list[str] | None, dict[str, Any] | None]:
+    """A start callback's tags and metadata as they are now (shallow copies): LangGraph
+    changes the metadata dict it passed once the callback returns."""
+    return (list(tags) if tags else tags), (dict(metadata) if metadata else metadata)
+
+
 def input_copy(inputs: Any) -> tuple[str, Any]:
     """What a root run's input event records, copied on the caller's thread: the
     user's message (or what else came in) with inline media replaced by digests."""

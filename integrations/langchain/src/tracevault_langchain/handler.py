@@ -33,6 +33,7 @@ from tracevault_langchain.base import (
     ms_since,
     output_copy,
     recording_failed,
+    tags_and_metadata,
 )
 from tracevault_langchain.control import ControlCallbacks
 from tracevault_langchain.models import ModelCallbacks
@@ -85,7 +86,7 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
             elif not deferred and capture.is_enabled_for("trace"):
                 copied = freeze(inputs)
             later(self._chain_start, serialized, copied, deferred, run_id, parent_run_id,
-                  tags, metadata, kwargs.get("name"))
+                  *tags_and_metadata(tags, metadata), kwargs.get("name"))
         except Exception as exc:
             recording_failed("on_chain_start", exc)
 
@@ -217,9 +218,9 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
             strict = self._rec.is_strict()
             try:
                 # In strict mode the intent is in the ledger before the tool may run.
-                later(self._tool_start, serialized, parameters, run_id, parent_run_id, tags,
-                      metadata, kwargs.get("name"), kwargs.get("tool_call_id"), strict,
-                      durable=strict)
+                later(self._tool_start, serialized, parameters, run_id, parent_run_id,
+                      *tags_and_metadata(tags, metadata), kwargs.get("name"),
+                      kwargs.get("tool_call_id"), strict, durable=strict)
             except DurabilityError:
                 lineage.end(run_id)  # the tool will not run: no end callback follows
                 later(self._rec.close, run_id)

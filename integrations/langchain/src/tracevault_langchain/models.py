@@ -22,6 +22,7 @@ from tracevault_langchain.base import (
     ms_since,
     output_copy,
     recording_failed,
+    tags_and_metadata,
 )
 from tracevault_langchain.runs import RunState, Trace
 
@@ -49,8 +50,9 @@ class ModelCallbacks(HandlerBase):
             seen = self._rec.runs.lineage.start(run_id, parent_run_id)
             prompt = convert.prompt_without_media(messages)
             copied = input_copy(prompt[0] if prompt else None) if seen.root else None
-            later(self._model_start, serialized, run_id, parent_run_id, tags, metadata,
-                  kwargs, _prompt_copy(kwargs, metadata, prompt, True), copied)
+            later(self._model_start, serialized, run_id, parent_run_id,
+                  *tags_and_metadata(tags, metadata), kwargs,
+                  _prompt_copy(kwargs, metadata, prompt, True), copied)
         except Exception as exc:
             recording_failed("on_chat_model_start", exc)
 
@@ -70,8 +72,9 @@ class ModelCallbacks(HandlerBase):
             copied = None
             if seen.root:
                 copied = input_copy(prompts[0] if len(prompts) == 1 else prompts)
-            later(self._model_start, serialized, run_id, parent_run_id, tags, metadata,
-                  kwargs, _prompt_copy(kwargs, metadata, prompts, False), copied)
+            later(self._model_start, serialized, run_id, parent_run_id,
+                  *tags_and_metadata(tags, metadata), kwargs,
+                  _prompt_copy(kwargs, metadata, prompts, False), copied)
         except Exception as exc:
             recording_failed("on_llm_start", exc)
 

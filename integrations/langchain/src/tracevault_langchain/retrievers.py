@@ -9,7 +9,13 @@ from uuid import UUID
 from tracevault.capture import later
 from tracevault.snapshot import freeze, thaw
 from tracevault_langchain import convert
-from tracevault_langchain.base import HandlerBase, input_copy, ms_since, recording_failed
+from tracevault_langchain.base import (
+    HandlerBase,
+    input_copy,
+    ms_since,
+    recording_failed,
+    tags_and_metadata,
+)
 
 if TYPE_CHECKING:
     from langchain_core.documents import Document
@@ -31,6 +37,7 @@ class RetrieverCallbacks(HandlerBase):
     ) -> None:
         try:
             self._rec.runs.lineage.start(run_id, parent_run_id)
+            tags, metadata = tags_and_metadata(tags, metadata)
             later(self._retriever_start, kwargs.get("name"), serialized, query, run_id,
                   parent_run_id, metadata, tags)
         except Exception as exc:
