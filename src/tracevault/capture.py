@@ -96,24 +96,23 @@ def get_pipeline() -> Pipeline:
             # ledger and middleware), not a pipeline from the environment.
             if _recipe is not None:
                 store, steps, by_process = _recipe
-                if by_process:  # a writer process of its own, as the parent had
-                    install(new_pipeline(s, store), s)
-                else:
-                    install(_build_pipeline(s, store, steps), s)
-                _carry_over(_orphans)
+                # A writer process of its own if the parent had one.
+                child = (new_pipeline(s, store) if by_process
+                         else _build_pipeline(s, store, steps))
+                _carry_over(child, _orphans)  # first in its queue, before anyone sees it
+                install(child, s)
             else:
                 install(new_pipeline(s, s.store), s)
         assert _pipeline is not None
         return _pipeline
 
 
-def _carry_over(orphans: list[Later]) -> None:
+def _carry_over(pipeline: Pipeline, orphans: list[Later]) -> None:
     # Callbacks the parent queued before fork() that its writer had not handled yet:
     # the parent records their events; the child's writer runs them first for what
     # they tell the handlers (runs started: a tool that forked, say), keeping nothing.
-    assert _pipeline is not None
     for item in orphans:
-        _pipeline.submit(Later((_state_only, item[1], item[2], item[3], item[4], item[5],
+        pipeline.submit(Later((_state_only, item[1], item[2], item[3], item[4], item[5],
                                 item)))
     orphans.clear()
 
