@@ -25,7 +25,7 @@ from tracevault.context import _scope as _scope_var
 from tracevault.context import _span as _span_var
 from tracevault.ids import uuid7
 from tracevault.pipeline import Appender, DurabilityError, Middleware, Pipeline
-from tracevault.replay import Later, replaying
+from tracevault.replay import Later, Replay, replaying
 from tracevault.schema import KINDS, LEVEL_RANK, PHASES
 from tracevault.snapshot import Deferred, freeze, thaw
 
@@ -73,8 +73,8 @@ def settings() -> Settings:
     """
     global _settings, _min_rank
     replay = replaying()
-    if replay is not None and replay.settings is not None:
-        return replay.settings  # type: ignore[no-any-return]
+    if replay is not None:
+        return replay.settings
     if _settings is None:
         with _lock:
             if _settings is None:
@@ -221,10 +221,12 @@ def is_enabled_for(level: str) -> bool:
     """Return whether events at ``level`` are recorded (use it to skip costly payloads)."""
     if _settings is None:
         settings()
-    replay = replaying()
-    if replay is not None and replay.settings is not None:
-        return LEVEL_RANK[level] >= LEVEL_RANK[replay.settings.level]
-    return LEVEL_RANK[level] >= _min_rank
+    return LEVEL_RANK[level] >= _rank_in_force(replaying())
+
+
+def _rank_in_force(replay: Replay | None) -> int:
+    # A callback the writer runs is filtered by the level it was captured under.
+    return _min_rank if replay is None else LEVEL_RANK[replay.settings.level]
 
 
 SLOW_TOOL = "slow_tool_call"
@@ -322,10 +324,7 @@ def record(
         if _settings is None:
             settings()  # the first event: TRACEVAULT_LEVEL applies to it too
         replay = replaying()
-        # A callback the writer runs is filtered by the level it was captured under.
-        min_rank = (_min_rank if replay is None or replay.settings is None
-                    else LEVEL_RANK[replay.settings.level])
-        if LEVEL_RANK[level] < min_rank and not (durable or keep):
+        if LEVEL_RANK[level] < _rank_in_force(replay) and not (durable or keep):
             return False
         if kind not in _KINDS or phase not in _PHASES:
             raise ValueError(f"unknown event kind {kind!r} or phase {phase!r}")

@@ -110,9 +110,7 @@ def event_of(item: Item) -> AuditEvent:
                       tags, metadata, data)
 
 
-def _id_of(item: Item | Later) -> str | None:
-    if isinstance(item, Later):
-        return None
+def _id_of(item: Item) -> str | None:
     return item.event_id if isinstance(item, AuditEvent) else item[0]
 
 

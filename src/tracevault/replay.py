@@ -9,8 +9,8 @@ arguments, the caller's :func:`~tracevault.context.current_scope` and
 :func:`~tracevault.context.current_span`, and the caller's clocks. The writer runs it
 where it takes the item from the queue, in queue order, with that scope and span
 current, so the events it records take their place in the batch as if captured by the
-caller, timestamped when the callback happened (:func:`clock` and :func:`now_ns` give a
-replayed callback the caller's time). Other context variables are not carried: a
+caller, timestamped when the callback happened (:func:`clock` gives a replayed
+callback the caller's ``perf_counter`` for durations). Other context variables are not carried: a
 callback that needs one passes its value as an argument.
 
 A queued callback is one tuple, and the scope and span are objects that already
@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from time import perf_counter, time_ns
-from typing import Any
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
 
 from tracevault.context import _scope, _span
+
+if TYPE_CHECKING:
+    from tracevault.config import Settings
 
 log = logging.getLogger("tracevault")
 
@@ -37,7 +40,7 @@ class Replay:
 
     __slots__ = ("clock", "items", "settings", "time_ns")
 
-    def __init__(self, time_ns: int, clock: float, settings: Any) -> None:
+    def __init__(self, time_ns: int, clock: float, settings: Settings) -> None:
         self.time_ns = time_ns
         self.clock = clock
         self.settings = settings
@@ -59,12 +62,6 @@ def clock() -> float:
     reading taken when the callback happened."""
     replay = _replay.get()
     return replay.clock if replay is not None else perf_counter()
-
-
-def now_ns() -> int:
-    """``time.time_ns()`` as the caller saw it (see :func:`clock`)."""
-    replay = _replay.get()
-    return replay.time_ns if replay is not None else time_ns()
 
 
 _failures = 0

@@ -58,7 +58,7 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
     # thread: it copies what the event needs of objects that change after it returns,
     # keeps the little the caller's thread needs itself (runs.Lineage), and hands the
     # rest to the ledger writer (tracevault.capture.later), which runs the method named
-    # with a leading underscore in its place, in order, in a copy of this context.
+    # with a leading underscore in its place, in order, with this tracevault.context.
 
     # --- chains and graph nodes ---------------------------------------------------------
 
@@ -75,26 +75,25 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
     ) -> None:
         try:
             seen = self._rec.runs.lineage.start(run_id, parent_run_id)
+            name = kwargs.get("name") or (serialized or {}).get("name") or "chain"
             deferred = _deferred(inputs, kwargs)
             copied = None
             if seen.root:
-                if kwargs.get("name") == _UPDATE_STATE or (serialized or {}).get("name") \
-                        == _UPDATE_STATE:
+                if name == _UPDATE_STATE:
                     copied = freeze(inputs)
                 elif not deferred:
                     copied = input_copy(inputs)
             elif not deferred and capture.is_enabled_for("trace"):
                 copied = freeze(inputs)
-            later(self._chain_start, serialized, copied, deferred, run_id, parent_run_id,
-                  *tags_and_metadata(tags, metadata), kwargs.get("name"))
+            later(self._chain_start, name, copied, deferred, run_id, parent_run_id,
+                  *tags_and_metadata(tags, metadata))
         except Exception as exc:
             recording_failed("on_chain_start", exc)
 
-    def _chain_start(self, serialized: dict[str, Any] | None, copied: Any, deferred: bool,
-                     run_id: UUID, parent_run_id: UUID | None, tags: list[str] | None,
-                     metadata: dict[str, Any] | None, name: str | None) -> None:
+    def _chain_start(self, name: str, copied: Any, deferred: bool, run_id: UUID,
+                     parent_run_id: UUID | None, tags: list[str] | None,
+                     metadata: dict[str, Any] | None) -> None:
         try:
-            name = name or (serialized or {}).get("name") or "chain"
             st = self._rec.open("chain", name, run_id, parent_run_id, metadata, tags)
             if st is None or st.span is None:
                 return
@@ -218,8 +217,9 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
             strict = self._rec.is_strict()
             try:
                 # In strict mode the intent is in the ledger before the tool may run.
-                later(self._tool_start, serialized, parameters, run_id, parent_run_id,
-                      *tags_and_metadata(tags, metadata), kwargs.get("name"),
+                later(self._tool_start,
+                      (serialized or {}).get("name") or kwargs.get("name") or "tool",
+                      parameters, run_id, parent_run_id, *tags_and_metadata(tags, metadata),
                       kwargs.get("tool_call_id"), strict, durable=strict)
             except DurabilityError:
                 lineage.end(run_id)  # the tool will not run: no end callback follows
@@ -234,12 +234,11 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
         except Exception as exc:
             recording_failed("on_tool_start", exc)
 
-    def _tool_start(self, serialized: dict[str, Any] | None, parameters: Any, run_id: UUID,
+    def _tool_start(self, name: str, parameters: Any, run_id: UUID,
                     parent_run_id: UUID | None, tags: list[str] | None,
-                    metadata: dict[str, Any] | None, name: str | None,
-                    tool_call_id: str | None, strict: bool) -> None:
+                    metadata: dict[str, Any] | None, tool_call_id: str | None,
+                    strict: bool) -> None:
         try:
-            name = (serialized or {}).get("name") or name or "tool"
             st = self._rec.open("tool_call", name, run_id, parent_run_id, metadata, tags)
             if st is None:
                 return
@@ -252,9 +251,7 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
                 data["tool_call_id"] = st.tool_call_id
             self._rec.emit(st, "tool_call", "start", data, durable=strict, owned=True)
             if st.is_root:
-                kind, content = convert.input_view(data["parameters"])
-                self._input(st, (kind, convert.without_media(content)),
-                            convert.user_metadata(metadata))
+                self._input(st, input_copy(data["parameters"]), convert.user_metadata(metadata))
         except Exception as exc:
             recording_failed("on_tool_start", exc)
 

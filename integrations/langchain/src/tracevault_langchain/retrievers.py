@@ -38,16 +38,16 @@ class RetrieverCallbacks(HandlerBase):
         try:
             self._rec.runs.lineage.start(run_id, parent_run_id)
             tags, metadata = tags_and_metadata(tags, metadata)
-            later(self._retriever_start, kwargs.get("name"), serialized, query, run_id,
-                  parent_run_id, metadata, tags)
+            later(self._retriever_start,
+                  kwargs.get("name") or (serialized or {}).get("name") or "retriever", query,
+                  run_id, parent_run_id, metadata, tags)
         except Exception as exc:
             recording_failed("on_retriever_start", exc)
 
-    def _retriever_start(self, name: str | None, serialized: dict[str, Any] | None,
-                         query: str, run_id: UUID, parent_run_id: UUID | None,
-                         metadata: dict[str, Any] | None, tags: list[str] | None) -> None:
+    def _retriever_start(self, name: str, query: str, run_id: UUID,
+                         parent_run_id: UUID | None, metadata: dict[str, Any] | None,
+                         tags: list[str] | None) -> None:
         try:
-            name = name or (serialized or {}).get("name") or "retriever"
             st = self._rec.open("retrieval", name, run_id, parent_run_id, metadata, tags)
             if st is None:
                 return
