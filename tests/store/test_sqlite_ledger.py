@@ -10,6 +10,7 @@ import pytest
 
 import tracevault
 from tracevault.cli import main
+from tracevault.ledger import GENESIS
 from tracevault.store import open_store
 from tracevault.store.sqlite import SQLiteStore
 
@@ -258,6 +259,36 @@ def test_two_writers_taking_turns_keep_one_chain(tmp_path: Path) -> None:
     assert stores[1].verify().ok and stores[0].head() == stores[1].head()
     for store in stores:
         store.close()
+
+
+def test_threads_opening_a_fresh_ledger_at_once_all_succeed(tmp_path: Path) -> None:
+    # The writer and the forwarders of a short script open a ledger that does not exist
+    # yet at the same moment; SQLite refuses a concurrent switch to WAL without waiting.
+    import threading
+
+    failures: list[BaseException] = []
+    for attempt in range(40):
+        path = str(tmp_path / f"fresh{attempt}.db")
+        start = threading.Barrier(6)
+        opened: list[SQLiteStore] = []
+
+        def open_it(path: str = path, start: threading.Barrier = start,
+                    opened: list[SQLiteStore] = opened) -> None:
+            start.wait()
+            try:
+                opened.append(SQLiteStore(path))
+            except Exception as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=open_it) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for store in opened:
+            assert store.head() == (0, GENESIS)
+            store.close()
+    assert failures == []
 
 
 def test_odd_metric_values_are_stored_without_breaking_the_append(tmp_path: Path) -> None:

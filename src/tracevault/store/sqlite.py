@@ -14,6 +14,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -140,6 +141,25 @@ def _head_of(row: tuple[Any, ...] | None) -> tuple[int, bytes]:
     return (int(row[0]), bytes(row[1])) if row else (0, GENESIS)
 
 
+def _switch_to_wal(conn: sqlite3.Connection, patience_s: float = 60.0) -> None:
+    """Put the file in WAL mode, waiting out other connections that open it at the same
+    moment: SQLite answers a journal-mode switch that meets another connection's lock
+    with "database is locked" at once, without calling the busy handler, so two threads
+    (the writer and the forwarders) opening a fresh ledger together would otherwise fail.
+    """
+    deadline = time.monotonic() + patience_s
+    pause = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)  # backoff while the other connection finishes its switch
+        pause = min(pause * 2, 0.1)
+
+
 class SQLiteStore(SQLStore):
     """A ledger in one SQLite file (created on first use unless ``create=False``)."""
 
@@ -213,7 +233,7 @@ class SQLiteStore(SQLStore):
             conn = sqlite3.connect(
                 self.path, timeout=60.0, isolation_level=None, check_same_thread=False
             )
-            conn.execute("PRAGMA journal_mode=WAL")
+            _switch_to_wal(conn)
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA busy_timeout=60000")
         except sqlite3.Error as exc:
