@@ -345,9 +345,10 @@ def record(
         # In AuditEvent field order (pipeline.event_of builds the event on the writer).
         # The writer also gives it its id, in queue order (pipeline.settled): a uuid7
         # here cost 1.4 µs inside an agent run. Only a durable event gets its id now,
-        # for the error that names it.
+        # for the error that names it, and one a deferred callback records (already on
+        # the writer, in queue order: settling it again would copy the tuple).
         item = (
-            uuid7() if durable else None,
+            uuid7() if durable or replay is not None else None,
             timestamp or (time_ns() if replay is None else replay.time_ns),
             kind,
             phase,

@@ -37,7 +37,7 @@ from tracevault.ids import uuid7
 from tracevault.ledger import decode_event, encode_event
 from tracevault.replay import Later
 from tracevault.schema import AuditEvent
-from tracevault.snapshot import Deferred, snapshot, thaw
+from tracevault.snapshot import Deferred, make_data, snapshot, thaw
 from tracevault.store import StoreError, open_store
 
 log = logging.getLogger("tracevault")
@@ -114,22 +114,8 @@ def _id_of(item: Item) -> str | None:
     return item.event_id if isinstance(item, AuditEvent) else item[0]
 
 
-_make_errors = 0
-
-
 def _made(deferred: Deferred) -> Any:
-    try:
-        data = deferred.make(thaw(deferred.raw), deferred.context)
-        if isinstance(data, dict):
-            return data
-        raise TypeError(f"{getattr(deferred.make, '__name__', 'make')} returned "
-                        f"{type(data).__name__}, not a dict")
-    except Exception as exc:  # keep what was captured rather than lose the event
-        global _make_errors
-        _make_errors += 1
-        if _make_errors <= 10:
-            log.error("tracevault: could not make an event's data: %r", exc, exc_info=True)
-        return {"capture_error": f"{type(exc).__name__}: {exc}", "raw": thaw(deferred.raw)}
+    return make_data(deferred.make, deferred.raw, deferred.context)
 
 
 def _span_str(span: Any) -> str | None:

@@ -23,6 +23,7 @@ import dataclasses
 import datetime as _dt
 import enum
 import hashlib
+import logging
 import math
 import traceback
 import uuid
@@ -467,3 +468,26 @@ class Deferred:
         self.make = make
         self.raw = raw
         self.context = context
+
+
+_make_errors = 0
+
+
+def make_data(make: Callable[[Any, Any], Any], raw: Any, context: Any = None) -> dict[str, Any]:
+    """Return ``make(thaw(raw), context)``: an event's data read from the copy of a
+    framework object (what the writer does with a :class:`Deferred`; a handler already
+    running on the writer calls it directly). If ``make`` fails or returns no dict, the
+    event keeps what was captured and says why, rather than being lost."""
+    try:
+        data = make(thaw(raw), context)
+        if isinstance(data, dict):
+            return data
+        raise TypeError(f"{getattr(make, '__name__', 'make')} returned "
+                        f"{type(data).__name__}, not a dict")
+    except Exception as exc:
+        global _make_errors
+        _make_errors += 1
+        if _make_errors <= 10:
+            logging.getLogger("tracevault").error(
+                "tracevault: could not make an event's data: %r", exc, exc_info=True)
+        return {"capture_error": f"{type(exc).__name__}: {exc}", "raw": thaw(raw)}

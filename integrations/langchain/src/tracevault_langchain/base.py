@@ -14,7 +14,7 @@ from tracevault.capture import later
 from tracevault.pipeline import DurabilityError
 from tracevault.replay import clock
 from tracevault.schema import level_for
-from tracevault.snapshot import Deferred, describe_exception, freeze, thaw
+from tracevault.snapshot import describe_exception, freeze, make_data, thaw
 from tracevault_langchain import convert
 from tracevault_langchain.recorder import Recorder, error_summary, handoff_target, stop_status
 from tracevault_langchain.runs import RunState, RunTable, Trace
@@ -146,11 +146,10 @@ class HandlerBase(_Base):
 
     def _output(self, st: RunState, answer: Any) -> None:
         """Record a root run's final answer from its copy (:func:`output_copy`)."""
-        # The run's tokens and cost are added up by the ledger writer as it makes each
-        # model call's data (models._end_data), so the totals are read there too: this
-        # event is queued after every model call of the run.
-        self._rec.emit(st, "output", "point", Deferred(_output_data, answer, st.trace),
-                       name="final_answer", point=True)
+        # The run's tokens and cost were added up as each model call's end was recorded
+        # (models._end_data), before this callback in queue order.
+        self._rec.emit(st, "output", "point", make_data(_output_data, answer, st.trace),
+                       name="final_answer", point=True, owned=True)
 
 
 def tags_and_metadata(tags: list[str] | None, metadata: dict[str, Any] | None
@@ -216,7 +215,7 @@ def ms_since(started: float) -> float:
 
 
 def _output_data(answer: list[Any], trace: Trace) -> dict[str, Any]:
-    # Made by the ledger writer (tracevault.snapshot.Deferred).
+    # Read on the writer from the copied answer (tracevault.snapshot.make_data).
     content, structured = answer
     data: dict[str, Any] = {"type": "final_answer", "content": content,
                             "tokens_used": trace.tokens}

@@ -12,7 +12,7 @@ from langchain_core.outputs import LLMResult
 from tracevault.capture import later
 from tracevault.pricing import billed_model, usage_cost
 from tracevault.schema import level_for
-from tracevault.snapshot import Deferred, freeze_raw, thaw
+from tracevault.snapshot import freeze_raw, make_data, thaw
 from tracevault_langchain import convert
 from tracevault_langchain.base import (
     Failure,
@@ -99,12 +99,14 @@ class ModelCallbacks(HandlerBase):
                 return
             st.model = str(model)
             provider = meta.get("ls_provider") or params.get("_type")
+            # On the writer already: the request's data is read from the copy now.
+            copy = thaw(raw)
             self._rec.emit(st, "llm_call", "start",
-                           Deferred(_start_data, raw, (st.model, provider)))
+                           make_data(_start_data, copy, (st.model, provider)), owned=True)
             if st.is_root and copied is not None:
                 self._input(st, copied, None)
             if st.trace.failed_tools:  # were their errors shown to the model now?
-                prompt = thaw(raw)[2]
+                prompt = copy[2]
                 if isinstance(prompt, list):
                     ids = [m.get("tool_call_id") for batch in prompt for m in batch
                            if isinstance(m, dict) and m.get("type") in convert.TOOL_TYPES]
@@ -158,12 +160,12 @@ class ModelCallbacks(HandlerBase):
             if st is None:
                 return
             st.first_token = first_token
-            self._model_end(st, raw, None)
             copy = thaw(raw)
+            self._model_end(st, copy, None)
             thought = convert.reasoning_of(convert.first_message(_result(copy)))
             if thought is not None:
-                self._rec.emit(st, "reasoning", "point", Deferred(_reasoning_data, copy, thought),
-                               name=st.model or "llm", point=True)
+                self._rec.emit(st, "reasoning", "point", make_data(_reasoning_data, copy, thought),
+                               name=st.model or "llm", point=True, owned=True)
             if st.is_root and answer is not None:
                 self._output(st, answer)
         except Exception as exc:
@@ -207,14 +209,16 @@ class ModelCallbacks(HandlerBase):
     def _model_end(self, st: RunState, raw: Any, ending: dict[str, Any] | None) -> None:
         """Emit the ``llm_call`` end of the response copied as ``raw`` (``ending``: how
         a failed or abandoned call stopped, with what it had answered by then)."""
+        if st.span is None:  # its start was not recorded: neither is its end, nor its usage
+            return
         model = st.model or "llm"
         first_token = None
         if st.first_token is not None:
             first_token = (st.first_token - st.started) * 1000
         timing = (model, first_token, ms_since(st.started), st.trace, ending)
         level = level_for(ending["status"]) if ending is not None else "info"
-        self._rec.emit(st, "llm_call", "end", Deferred(_end_data, raw, timing), name=model,
-                       level=level)
+        self._rec.emit(st, "llm_call", "end", make_data(_end_data, raw, timing), name=model,
+                       level=level, owned=True)
 
 
 def _prompt_copy(kwargs: dict[str, Any], metadata: dict[str, Any] | None, prompt: Any,
@@ -235,7 +239,7 @@ def _calls_tools(chunk: Any) -> bool:
     return bool(getattr(message, "tool_call_chunks", None))
 
 
-# --- made by the ledger writer, from the copies above (tracevault.snapshot.Deferred) ----
+# --- read on the writer from the copies above (tracevault.snapshot.make_data) ---------
 
 
 def _start_data(raw: list[Any], context: tuple[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from uuid import UUID
 from tracevault import capture
 from tracevault.context import current_scope, current_span
 from tracevault.replay import clock
-from tracevault.snapshot import Deferred, describe_exception
+from tracevault.snapshot import describe_exception
 from tracevault_langchain.runs import RUNS, FailedTool, RunState, RunTable, SpanId, Trace
 
 log = logging.getLogger("tracevault.langchain")
@@ -198,7 +198,7 @@ class Recorder:
         state: RunState,
         kind: str,
         phase: str,
-        data: dict[str, Any] | Deferred,
+        data: dict[str, Any],
         *,
         level: str = "info",
         name: str | None = None,
