@@ -281,6 +281,36 @@ async def test_agent_workflow_hand_off(cap: Capture, instrumented: Installed) ->
     assert output.data["agent"] == "weather" and output.parent_span_id == run.span_id
 
 
+async def test_a_failed_agent_turn_ends_at_the_level_of_its_status(
+    cap: Capture, instrumented: Installed
+) -> None:
+    def down(messages: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("provider down")
+
+    broken = FunctionAgent(name="broken", description="Fails.", streaming=False,
+                           llm=MockFunctionCallingLLM(response_generator=down))
+    with pytest.raises(Exception, match="down"):
+        await AgentWorkflow(agents=[broken], root_agent="broken").run(user_msg="hi")
+    ends = [e for e in cap.events() if e.kind == "agent" and e.phase == "end"]
+    assert [(e.name, e.data["status"], e.level) for e in ends] == [
+        ("broken", "error", "error"), ("AgentWorkflow", "error", "error")]
+
+
+async def test_a_tool_with_one_parameter_named_input_records_it_by_name(
+    cap: Capture, instrumented: Installed
+) -> None:
+    def shout(input: str) -> str:
+        """Upper-case the input."""
+        return input.upper()
+
+    agent = FunctionAgent(tools=[FunctionTool.from_defaults(shout)], streaming=False,
+                          llm=MockFunctionCallingLLM(response_generator=tool_then_answer(
+                              [("shout", {"input": "abc"})], "ABC")))
+    await agent.run(user_msg="shout abc")
+    start = one(cap.events(), "tool_call", "start")
+    assert start.data["parameters"] == {"input": "abc"}
+
+
 async def test_200_concurrent_runs_on_one_loop(cap: Capture, instrumented: Installed) -> None:
     llm = MockFunctionCallingLLM(response_generator=tool_then_answer(
         lambda user: [("add", {"a": int(user.split()[1]), "b": 1})],

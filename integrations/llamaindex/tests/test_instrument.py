@@ -115,6 +115,22 @@ async def test_session_and_user_precedence(cap: Capture, instrumented: Installed
     assert by_input[inputs["third"]] == {("tag-session", "tag-user")}
 
 
+async def test_instrument_again_changes_only_the_defaults_it_is_given(
+    cap: Capture, instrumented: Installed
+) -> None:
+    tracevault_llamaindex.instrument(session_id="chat-42", user_id="alice")
+    tracevault_llamaindex.instrument()  # "idempotent": the defaults stay
+    await react_agent().run(user_msg="first")
+    tracevault_llamaindex.instrument(session_id=None)  # clears the session only
+    await react_agent().run(user_msg="second")
+    events = cap.events()
+    inputs = {e.data["content"]: e.trace_id for e in events if e.kind == "input"}
+    ids = {(e.session_id, e.user_id) for e in events if e.trace_id == inputs["first"]}
+    assert ids == {("chat-42", "alice")}
+    ids = {(e.session_id, e.user_id) for e in events if e.trace_id == inputs["second"]}
+    assert ids == {(None, "alice")}
+
+
 async def test_handler_failures_never_reach_the_agent(
     cap: Capture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

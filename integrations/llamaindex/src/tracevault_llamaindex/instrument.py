@@ -1,8 +1,8 @@
 """Attach tracevault to LlamaIndex's root instrumentation dispatcher, once.
 
 LlamaIndex's ``Dispatcher.add_*_handler`` does not deduplicate, so :func:`instrument`
-keeps the handlers it added and does nothing the second time (except update the
-default session and user). :func:`uninstrument` removes exactly those handler objects,
+keeps the handlers it added and does nothing the second time (except change the
+default session and user it is given). :func:`uninstrument` removes exactly those handler objects,
 leaving the dispatcher's lists as they were before.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from llama_index_instrumentation import get_dispatcher
 
@@ -33,21 +34,35 @@ class Installed:
 _installed: Installed | None = None
 
 
-def instrument(session_id: str | None = None, user_id: str | None = None) -> Installed:
+class _Keep:
+    """The default of :func:`instrument`'s arguments: keep what is set."""
+
+    def __repr__(self) -> str:
+        return "<keep>"
+
+
+_KEEP: Any = _Keep()
+
+
+def instrument(session_id: str | None = _KEEP, user_id: str | None = _KEEP) -> Installed:
     """Record every LlamaIndex agent, workflow, query engine and LLM call in this process.
 
     Adds one span handler and one event handler to the root dispatcher; calling it again
-    does not add more (it only updates the defaults). ``session_id`` and ``user_id`` are
-    defaults: a ``tracevault.context(...)`` around a run overrides them, and LlamaIndex
-    ``instrument_tags({"session_id": ..., "user_id": ...})`` overrides both.
+    does not add more, and only changes the defaults it is given (``None`` clears one).
+    ``session_id`` and ``user_id`` are defaults: a ``tracevault.context(...)`` around a
+    run overrides them, and LlamaIndex ``instrument_tags({"session_id": ..., "user_id":
+    ...})`` overrides both.
     """
     global _installed
     with _lock:
         if _installed is not None:
-            _installed.recorder.session_id = session_id
-            _installed.recorder.user_id = user_id
+            if session_id is not _KEEP:
+                _installed.recorder.session_id = session_id
+            if user_id is not _KEEP:
+                _installed.recorder.user_id = user_id
             return _installed
-        recorder = Recorder(session_id, user_id)
+        recorder = Recorder(None if session_id is _KEEP else session_id,
+                            None if user_id is _KEEP else user_id)
         installed = Installed(
             recorder, TracevaultSpanHandler(recorder), TracevaultEventHandler(recorder)
         )

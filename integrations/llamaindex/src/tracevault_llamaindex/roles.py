@@ -147,7 +147,7 @@ def chat_stream_of(result: Any) -> Any:
     return getattr(result, "chat_stream", None) or getattr(result, "achat_stream", None)
 
 
-def tool_parameters(tool: Any, bound_args: inspect.BoundArguments) -> Any:
+def tool_parameters(tool: Any, bound_args: inspect.BoundArguments) -> dict[str, Any]:
     """Return the arguments a tool was called with, without injected workflow context."""
     args = bound_args.arguments
     params: dict[str, Any] = {}
@@ -166,6 +166,4 @@ def tool_parameters(tool: Any, bound_args: inspect.BoundArguments) -> Any:
                 params["args"] = payloads.plain(value)
         elif key != skip and type(value).__name__ != "Context":
             params[key] = payloads.plain(value)
-    if list(params) == ["input"]:
-        return params["input"]
     return params

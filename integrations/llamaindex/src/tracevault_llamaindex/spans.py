@@ -366,7 +366,8 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
                      status: str = "success") -> None:
         rec = self._rec
         if run.turn_id is not None:
-            rec.emit("agent", run_span, phase="end", name=run.turn_agent,
+            rec.emit("agent", run_span, phase="end", level=level_for(status),
+                     name=run.turn_agent,
                      data={"status": status, "duration_ms": elapsed_ms(run.turn_started)},
                      span_id=run.turn_id, parent=run_span.anchor)
         run.turn_id = run.turn_agent = None
