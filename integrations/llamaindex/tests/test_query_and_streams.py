@@ -179,6 +179,20 @@ def test_unread_stream_is_marked_when_collected(cap: Capture, instrumented: Inst
     assert events[1].data["reason"] == "stream never read"
 
 
+def test_unread_chat_streams_leave_no_state(cap: Capture, instrumented: Installed) -> None:
+    # stream_chat calls stream_complete inside (a nested duplicate of the same call) and
+    # returns at once: read never, the inner call reports no end of its own.
+    llm = MockLLM(max_tokens=4)
+    for _ in range(3):
+        stream = llm.stream_chat([ChatMessage(role="user", content="hi")])
+        del stream
+        gc.collect()
+    rec = instrumented.recorder
+    assert (rec.lazy, rec.llm, rec.spans, rec.dups) == ({}, {}, {}, {})
+    ends = [e for e in cap.events() if e.kind == "llm_call" and e.phase == "end"]
+    assert [e.data["reason"] for e in ends] == ["stream never read"] * 3
+
+
 async def test_llm_failure_is_one_error(cap: Capture, instrumented: Installed) -> None:
     def broken(messages: Any, **kwargs: Any) -> ChatMessage:
         raise ConnectionError("model endpoint unreachable")

@@ -258,6 +258,10 @@ def finish(
     """Emit the call's end (and its reasoning, error and streamed output) and forget it."""
     if rec.llm.pop(call.span_id, None) is None:
         return
+    if rec.dups:  # its nested duplicates, which a stream never read does not end
+        for inner, outer in list(rec.dups.items()):
+            if outer == call.span_id:
+                rec.dups.pop(inner, None)
     waiting = rec.lazy.get(call.instance_key)
     if waiting:
         # Another thread may finish a call of the same instance at the same moment: a
