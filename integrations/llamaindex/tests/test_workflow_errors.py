@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from li_agents import TimesOutOnce, check_tree, kinds
+from li_agents import FAIL, TimesOutOnce, check_tree, kinds
 from llama_index.core.workflow import StartEvent, StopEvent, Workflow, step
 from tracevault_llamaindex.instrument import Installed
 from workflows.retry_policy import retry_policy, stop_after_attempt, wait_fixed
@@ -132,3 +132,25 @@ async def test_a_step_retried_after_its_model_call_failed_records_that_failure_a
     assert error.data["type"] == "TimeoutError" and error.level == "warning"
     assert error.span_id == events[1].span_id  # the failed call
     assert error.data["recovery_action"] == "retried by the retry policy of step ask (attempt 2)"
+
+
+class _CatchesTool(Workflow):
+    @step
+    async def work(self, ev: StartEvent) -> StopEvent:
+        try:
+            await FAIL.acall(x="q")
+        except RuntimeError:
+            return StopEvent(result="caught")
+        return StopEvent(result="not raised")
+
+
+async def test_a_tool_error_a_plain_workflow_step_catches_is_handled_there(
+    cap: Capture, instrumented: Installed
+) -> None:
+    # No agent to return it to: the step handled it (an agent's step would show the
+    # error to its model as the tool's result).
+    assert await _CatchesTool(timeout=10).run() == "caught"
+    events = cap.events()
+    check_tree(events)
+    errors = [e for e in events if e.kind == "error"]
+    assert [e.data["recovery_action"] for e in errors] == ["handled in work; the run continued"]

@@ -262,7 +262,8 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
         agent_cls, workflow_cls = roles.agent_classes()
         agent = isinstance(instance, agent_cls)
         name = (getattr(instance, "name", None) if agent else None) or type(instance).__name__
-        span.run = RunState(str(name), isinstance(instance, workflow_cls))
+        multi = isinstance(instance, workflow_cls)
+        span.run = RunState(str(name), multi, agent or multi)
         span.name = span.run.name
         start_event = bound_args.arguments.get("start_event")
         inputs = (payloads.event_fields(start_event, skip=roles.NOT_INPUTS)
@@ -420,9 +421,10 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
         rec = self._rec
         role = span.role
         if span.pending:  # errors below that this span handled, recorded before its end
-            # A workflow step hands a tool's error to the agent as the tool's result.
+            # An agent's step hands a tool's error to the agent as the tool's result.
+            to_agent = role == STEP and span.run is not None and span.run.agent
             rec.settle(span, f"handled in {span.name}; the run continued",
-                       _TOOL_RECOVERY if role == STEP else None)
+                       _TOOL_RECOVERY if to_agent else None)
         if role == TOOL:
             self._tool_end(span, result, None)
         elif role == LLM:

@@ -59,6 +59,7 @@ class RunState:
 
     name: str
     multi: bool
+    agent: bool = False  # an agent (or agents' workflow): a tool's error goes back to it
     turn_id: str | None = None
     turn_agent: str | None = None
     turn_started: float = 0.0
