@@ -522,6 +522,32 @@ async def test_a_cancelled_run_is_cancelled_not_failed_nor_answered(
     assert run_end.data["status"] == "cancelled" and run_end.level == "warning"
 
 
+class _AsksFirst(Workflow):
+    @step
+    async def ask(self, ev: StartEvent) -> InputRequiredEvent:
+        return InputRequiredEvent(prefix="approve?")
+
+    @step
+    async def done(self, ev: HumanResponseEvent) -> StopEvent:
+        return StopEvent(result=f"got {ev.response}")
+
+
+async def test_a_run_cancelled_while_no_step_runs_is_cancelled_not_answered(
+    cap: Capture, instrumented: Installed
+) -> None:
+    handler = _AsksFirst(timeout=60).run()
+    async for event in handler.stream_events():
+        if isinstance(event, InputRequiredEvent):
+            break  # waiting for a person: no step runs when the run is cancelled
+    await handler.cancel_run()
+    with pytest.raises(WorkflowCancelledByUser):
+        await handler
+    events = cap.events()
+    check_tree(events)
+    assert [(e.kind, e.phase) for e in events] == [("agent", "start"), ("agent", "end")]
+    assert events[1].data["status"] == "cancelled" and events[1].level == "warning"
+
+
 @pytest.mark.filterwarnings("ignore:WorkflowHandler.cancel:DeprecationWarning")
 async def test_a_run_cancelled_while_its_model_streams_is_cancelled_not_answered(
     cap: Capture, instrumented: Installed

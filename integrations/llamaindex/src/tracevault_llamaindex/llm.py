@@ -235,11 +235,6 @@ def exception(rec: Recorder, span_id: str | None, exc: BaseException) -> bool:
     if isinstance(exc, GeneratorExit):
         finish(rec, call, call.last, status="abandoned", reason="the consumer stopped reading")
     elif interruption(exc) == "cancelled":  # the task reading the stream was cancelled
-        owner = rec.spans.get(span_id) or rec.closed(span_id)
-        if owner is not None and owner.run is not None:
-            # LlamaIndex then ends the run's steps and the run itself with no result
-            # and no error: the run was cancelled, not answered.
-            owner.run.cancelled = True
         finish(rec, call, call.last, status="cancelled", reason=f"{type(exc).__name__}")
     else:
         finish(rec, call, call.last, status="error", exc=exc)

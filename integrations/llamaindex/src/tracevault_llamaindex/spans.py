@@ -511,10 +511,12 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
     def _run_end(self, span: Span, result: Any, err: BaseException | None) -> None:
         rec = self._rec
         run = span.run
-        # Cancelled: the run's task (handler.cancel()), or one of its steps, after which
-        # LlamaIndex ends the run span with no result (handler.cancel_run()).
+        # Cancelled: the run's task (handler.cancel()), or the workflow's own way
+        # (handler.cancel_run(), whether a step was running or none was), after which
+        # LlamaIndex ends the run span with no result: a finished run returns its
+        # StopEvent, even one whose result is None.
         cancelled = (interruption(err) == "cancelled" if err is not None
-                     else result is None and run is not None and run.cancelled)
+                     else result is None and run is not None)
         status = "cancelled" if cancelled else "success" if err is None else "error"
         if run is not None and run.turn_id is not None:
             self._switch_turn(span, run, None, status)
@@ -547,8 +549,6 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
         own: list[dict[str, Any]] = []  # its own error, hanging under its parent
         nested = span.role == LLM and rec.dups.pop(span.id, None) is not None
         interrupted = interruption(err) if err is not None else None
-        if interrupted == "cancelled" and span.run is not None:
-            span.run.cancelled = True
         if err is not None and not nested and interrupted is None:
             # One error per failure (a nested LLM call's is its outer call's); a
             # cancellation or a wait for an event is none.

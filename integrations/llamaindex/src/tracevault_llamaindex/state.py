@@ -64,7 +64,6 @@ class RunState:
     turn_agent: str | None = None
     turn_started: float = 0.0
     turn_status: str = "success"
-    cancelled: bool = False  # a step of it was cancelled (the run may end with no result)
 
 
 @dataclass(slots=True)
