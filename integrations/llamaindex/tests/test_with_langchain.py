@@ -92,3 +92,42 @@ def test_llamaindex_inside_a_langchain_tool_joins_the_tree(
     )
     assert tool_end.data["status"] == "success"
     assert tool_end.data["result"] == answer.data["response"]
+
+
+async def test_what_a_llamaindex_tool_runs_hangs_under_its_call(
+    cap: Capture, instrumented: Installed
+) -> None:
+    from langchain_core.runnables import RunnableLambda
+    from llama_index.core.agent.workflow import FunctionAgent
+    from llama_index.core.llms import MockFunctionCallingLLM
+    from llama_index.core.tools import FunctionTool
+    from tracevault_llamaindex.testing import tool_then_answer
+
+    chain = RunnableLambda(lambda text: text.upper())
+    log = tracevault.AuditLogger()
+
+    async def shout(text: str) -> str:
+        """Shout, through a LangChain runnable."""
+        log.log_reasoning("about to shout")
+        result: str = await chain.ainvoke(text, {"callbacks": [TracevaultCallbackHandler()]})
+        return result
+
+    agent = FunctionAgent(tools=[FunctionTool.from_defaults(shout)], streaming=False,
+                          llm=MockFunctionCallingLLM(response_generator=tool_then_answer(
+                              [("shout", {"text": "hi"})], "HI")))
+    with tracevault.context(session_id="one"):
+        await agent.run(user_msg="shout hi")
+        log.log_reasoning("after the run")  # the tool's span is current no more
+    events = cap.events()
+    call = next(e for e in events if e.kind == "tool_call" and e.phase == "start")
+    assert {e.trace_id for e in events[:-1]} == {call.trace_id}
+    inside = [e for e in events if e.framework != "llamaindex"][:-1]
+    assert [(e.framework, e.kind, e.phase) for e in inside] == [
+        ("manual", "reasoning", "point"), ("langchain", "agent", "start"),
+        ("langchain", "input", "point"), ("langchain", "output", "point"),
+        ("langchain", "agent", "end")]
+    tops = [e for e in inside if e.kind in ("reasoning", "agent")]
+    assert {e.parent_span_id for e in tops} == {call.span_id}
+    after = events[-1]
+    assert after.data["thought"] == "after the run" and after.parent_span_id is None
+    assert {e.session_id for e in events} == {"one"}

@@ -18,6 +18,7 @@ from llama_index.core.instrumentation.span import SimpleSpan
 from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
 
 from tracevault import capture
+from tracevault.context import SpanRef, swap_span
 from tracevault.ids import new_span_id
 from tracevault.schema import level_for
 from tracevault_llamaindex import llm, payloads, roles
@@ -408,6 +409,10 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
             if kept:
                 span.anchor = span.id
                 span.recorded = True
+                # The tool body runs next, in this context: make the call the current
+                # span so what code inside records (another framework's run, AuditLogger
+                # events) hangs under it. Its end makes the previous one current again.
+                span.ambient = (swap_span(SpanRef(span.trace_id, span.id)),)
 
     # --- exit ----------------------------------------------------------------------------------
 
@@ -461,6 +466,9 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
         warning (in any case: under a level that hides tool calls it still shows)."""
         rec = self._rec
         duration = elapsed_ms(span.started)
+        if span.ambient is not None:
+            swap_span(span.ambient[0])
+            span.ambient = None
         if span.recorded:
             if interrupted is not None:  # cancelled, or waiting for an event: no failure
                 status, is_error, content = interrupted, False, f"{type(err).__name__}: {err}"

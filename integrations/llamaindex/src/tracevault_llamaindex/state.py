@@ -22,7 +22,7 @@ from typing import Any
 from llama_index_instrumentation.dispatcher import active_instrument_tags
 
 from tracevault import capture
-from tracevault.context import current_scope, current_span
+from tracevault.context import SpanRef, current_scope, current_span
 from tracevault.snapshot import Deferred, describe_exception, first_report
 
 log = logging.getLogger("tracevault.llamaindex")
@@ -89,6 +89,9 @@ class Span:
     step: tuple[str, str] | None = None  # (kind, name) of an event-derived open step
     recorded: bool = False  # emitted a start event that still needs its end
     pending: list[dict[str, Any]] | None = None  # errors awaiting handled/propagated
+    # A tool call's: the tracevault span that was current before its body ran, in a
+    # tuple (it may be None), while the tool is the current span.
+    ambient: tuple[SpanRef | None] | None = None
 
 
 def is_root(span: Span) -> bool:
