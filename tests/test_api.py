@@ -153,6 +153,60 @@ def test_spans_build_a_tree(cap: Capture) -> None:
         pass
 
 
+def test_a_span_below_the_level_is_skipped_and_its_children_keep_the_tree(
+    tmp_path: Path,
+) -> None:
+    # Chain steps are recorded at debug: under TRACEVAULT_LEVEL=info their children
+    # pointed at a parent that never reached the ledger (orphans in every sink).
+    with capture_events(tmp_path, level="info") as cap:
+        log = tracevault.AuditLogger(session_id="lvl")
+        with log.span("agent", kind="agent") as agent:
+            with log.span("plan", kind="chain"):
+                log.log_llm_call("gpt-4o-mini", response="yo")
+                with log.tool_call("search") as call:
+                    call.result = "r"
+            with pytest.raises(RuntimeError), log.span("broken", kind="chain"):
+                raise RuntimeError("boom")  # not even its failed end is recorded
+        events = cap.events()
+    assert [(e.kind, e.phase) for e in events] == [
+        ("agent", "start"), ("llm_call", "end"), ("tool_call", "start"), ("tool_call", "end"),
+        ("agent", "end"),
+    ]
+    assert [e.parent_span_id for e in events[1:4]] == [agent.span_id] * 3
+    assert {e.trace_id for e in events} == {agent.trace_id}
+
+
+def test_a_tool_call_below_the_level_keeps_the_tree_and_its_error(tmp_path: Path) -> None:
+    with capture_events(tmp_path, level="warning") as cap:
+        log = tracevault.AuditLogger(session_id="lvl")
+        # The agent step (info) is filtered out as well.
+        with log.span("agent", kind="agent") as agent, pytest.raises(RuntimeError), \
+                log.tool_call("search") as call:
+            log.log_event("noted", level="warning")
+            raise RuntimeError("boom")
+        events = cap.events()
+    assert [(e.kind, e.phase, e.name) for e in events] == [
+        ("custom", "point", "noted"), ("error", "point", "search")]
+    assert {e.parent_span_id for e in events} == {None}  # nothing recorded above them
+    assert events[1].span_id is None and call.status == "error"
+    assert agent.trace_id == events[0].trace_id
+
+
+def test_what_runs_inside_a_logger_step_is_in_the_logger_session(cap: Capture) -> None:
+    log = tracevault.AuditLogger(session_id="chat-42", user_id="alice")
+    anonymous = tracevault.AuditLogger()  # another library's logger, no session of its own
+    with tracevault.context(session_id="outer", user_id="bob"):
+        with log.span("request", kind="agent"):
+            anonymous.log_event("in the span")
+            with log.tool_call("delegate"):
+                anonymous.log_event("in the tool")
+        anonymous.log_event("after")
+    events = cap.events()
+    ids = {e.name: (e.session_id, e.user_id) for e in events if e.kind == "custom"}
+    assert ids == {"in the span": ("chat-42", "alice"), "in the tool": ("chat-42", "alice"),
+                   "after": ("outer", "bob")}
+
+
 def test_context_follows_tasks_and_copied_threads(cap: Capture) -> None:
     seen: list[tuple[str | None, str | None]] = []
 

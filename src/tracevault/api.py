@@ -14,9 +14,10 @@ Typical use::
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, TypeVar
 
 from tracevault import capture
@@ -92,7 +93,19 @@ def flush(timeout: float | None = None) -> bool:
 
 
 def shutdown(timeout: float | None = 30.0) -> PipelineStats | None:
-    """Flush and stop recording (the next capture starts again from the environment)."""
+    """Flush and stop recording (the next capture starts again from the environment).
+
+    Running forwarders (``TRACEVAULT_SINKS``) first get the same chance to deliver what
+    was captured as at interpreter exit (up to ``TRACEVAULT_FORWARD_EXIT_TIMEOUT``
+    seconds), then stop; what is left is delivered by the next run or ``tracevault
+    forward``.
+    """
+    # Forwarders run only once the capture hook imported the registry; importing it
+    # here would load the sinks package into every process that never forwards.
+    if "tracevault.sinks.registry" in sys.modules:
+        from tracevault.sinks.registry import stop
+
+        stop()
     pipeline = capture.reset()
     return None if pipeline is None else pipeline.shutdown(timeout)
 
@@ -140,10 +153,12 @@ class AuditLogger:
         span_id: str | None = None,
         metadata: dict[str, Any] | None = None,
         durable: bool = False,
-    ) -> None:
-        """Record one event of any kind in this logger's session and trace."""
+    ) -> bool:
+        """Record one event of any kind in this logger's session and trace; return
+        whether it was recorded (``False``: its level is filtered out, or capturing
+        failed and was logged)."""
         ref = current_span()
-        capture.emit(
+        return capture.emit(
             kind,
             phase=phase,
             level=level,
@@ -311,14 +326,16 @@ class AuditLogger:
         """Record a structural ``agent``/``chain`` step; events inside become its children.
 
         Agent steps are recorded at ``info`` (they are the roots of a run's tree and must
-        survive ``TRACEVAULT_LEVEL=info``); chain steps at ``debug``.
+        survive ``TRACEVAULT_LEVEL=info``); chain steps at ``debug``. A step below
+        ``TRACEVAULT_LEVEL`` is not recorded at all (not even a failed end), and what
+        runs inside it hangs under the nearest recorded step.
         """
         if kind not in ("agent", "chain"):
             raise ValueError(f"span kind must be 'agent' or 'chain', not {kind!r}")
         level = "info" if kind == "agent" else "debug"
         parent = current_span()
         ref = SpanRef(parent.trace_id if parent else self.trace_id, new_span_id())
-        self.emit(
+        recorded = self.emit(
             kind,
             drop_none(inputs=inputs),
             phase="start",
@@ -329,21 +346,25 @@ class AuditLogger:
         started = time.perf_counter()
         status = "success"
         try:
-            with use_span(ref):
+            # Children of a step that is not in the ledger would point at a parent that
+            # never exists (orphans in every sink): they keep the current span instead.
+            inside = use_span(ref, session_id=self.session_id, user_id=self.user_id)
+            with inside if recorded else nullcontext(ref):
                 yield ref
         except BaseException:
             status = "error"
             raise
         finally:
-            data = {"status": status, "duration_ms": (time.perf_counter() - started) * 1000}
-            self.emit(
-                kind,
-                data,
-                phase="end",
-                name=name,
-                span_id=ref.span_id,
-                level="error" if status == "error" else level,
-            )
+            if recorded:
+                data = {"status": status, "duration_ms": (time.perf_counter() - started) * 1000}
+                self.emit(
+                    kind,
+                    data,
+                    phase="end",
+                    name=name,
+                    span_id=ref.span_id,
+                    level="error" if status == "error" else level,
+                )
 
     def tool_call(
         self,
@@ -360,7 +381,7 @@ class AuditLogger:
         """
         return ToolCall(self, tool_name, parameters, tool_call_id)
 
-    def _warn_if_slow(self, tool_name: str, duration_ms: float, span_id: str) -> None:
+    def _warn_if_slow(self, tool_name: str, duration_ms: float, span_id: str | None) -> None:
         warning = capture.slow_tool_warning(tool_name, duration_ms)
         if warning is not None:
             self.emit("custom", warning, level="warning", name=capture.SLOW_TOOL, span_id=span_id)

@@ -94,10 +94,25 @@ def swap_span(ref: SpanRef | None) -> SpanRef | None:
 
 
 @contextmanager
-def use_span(ref: SpanRef) -> Iterator[SpanRef]:
-    """Make ``ref`` the current span for the block (events inside become its children)."""
+def use_span(
+    ref: SpanRef, *, session_id: str | None = None, user_id: str | None = None
+) -> Iterator[SpanRef]:
+    """Make ``ref`` the current span for the block (events inside become its children).
+
+    ``session_id``/``user_id``, when given, are the block's session and user as well: a
+    step's children, whichever framework records them, belong to its session.
+    """
     token = _span.set(ref)
+    scope_token = None
+    if session_id is not None or user_id is not None:
+        outer = _scope.get()
+        scope_token = _scope.set(Scope(
+            session_id if session_id is not None else outer.session_id,
+            user_id if user_id is not None else outer.user_id,
+            outer.metadata, outer.tags))
     try:
         yield ref
     finally:
+        if scope_token is not None:
+            _scope.reset(scope_token)
         _span.reset(token)

@@ -11,6 +11,7 @@ import functools
 import inspect
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -67,7 +68,7 @@ class ToolCall:
         self.duration_ms: float | None = None
         self._span: SpanRef | None = None
         self._started = 0.0
-        self._token: Any = None
+        self._recorded = False
 
     def set_result(self, result: Any) -> None:
         """Set what the tool returned (recorded in the outcome)."""
@@ -84,7 +85,7 @@ class ToolCall:
             status="pending",
         )
         # In strict mode the intent must be durable before the tool may run.
-        self.logger.emit(
+        self._recorded = self.logger.emit(
             "tool_call",
             intent,
             phase="start",
@@ -92,7 +93,11 @@ class ToolCall:
             span_id=self._span.span_id,
             durable=capture.settings().strict,
         )
-        self._cm = use_span(self._span)
+        # What the tool's code records hangs under the call, in the logger's session;
+        # under the current span instead if the call is below the level (not recorded).
+        self._cm = (use_span(self._span, session_id=self.logger.session_id,
+                             user_id=self.logger.user_id)
+                    if self._recorded else nullcontext(self._span))
         self._cm.__enter__()
         self._started = time.perf_counter()
         return self
@@ -118,18 +123,21 @@ class ToolCall:
             outcome["error"] = error_data(exc, name, None)
         outcome["status"] = self.status
         level = "error" if self.status == "error" else "info"
-        self.logger.emit(
-            "tool_call", outcome, phase="end", name=name, span_id=self._span.span_id, level=level
-        )
+        # A call whose intent is below the level has no end either; its error and a
+        # slow-call warning are still recorded, as points under the current span.
+        span_id = self._span.span_id if self._recorded else None
+        if self._recorded:
+            self.logger.emit("tool_call", outcome, phase="end", name=name, span_id=span_id,
+                             level=level)
         if exc is not None:
             self.logger.emit(
                 "error",
                 error_data(exc, name, None),
                 level="error",
                 name=name,
-                span_id=self._span.span_id,
+                span_id=span_id,
             )
-        self.logger._warn_if_slow(name, self.duration_ms, self._span.span_id)
+        self.logger._warn_if_slow(name, self.duration_ms, span_id)
 
     async def __aenter__(self) -> ToolCall:
         return self.__enter__()

@@ -12,6 +12,7 @@ import pytest
 import tracevault
 from tracevault.cli import main
 from tracevault.sinks import registry
+from tracevault.sinks.jsonl import JsonlSink
 from tracevault.testing import capture_events
 
 
@@ -19,6 +20,66 @@ def test_parse_names_and_reject_unknown_ones():
     assert registry.parse("otlp, JSONL,langfuse") == ["otlp", "jsonl", "langfuse"]
     with pytest.raises(ValueError, match="choose from"):
         registry.parse("otlp,datadog")
+
+
+def test_an_alias_and_a_repeat_are_one_sink(monkeypatch):
+    assert registry.parse("jsonl,otel, OTLP,jsonl") == ["jsonl", "otlp"]
+    monkeypatch.setenv("TRACEVAULT_SINKS", "otel,otlp")
+    assert registry.configured() == ["otlp"]
+    assert registry.configured({"sinks": ["OTLP", "otel"]}) == ["otlp"]
+
+
+def _lines(directory):
+    return [json.loads(x) for p in directory.iterdir() for x in p.read_text().split("\n") if x]
+
+
+def test_otel_next_to_otlp_forwards_in_process(tmp_path, monkeypatch, unused_port):
+    # Both names built an "otlp" sink, and two sinks under one name stopped every
+    # forwarder, jsonl included, with nothing in `tracevault status`.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{unused_port}")
+    monkeypatch.setenv("TRACEVAULT_OTEL_METRICS", "false")
+    monkeypatch.setenv("TRACEVAULT_FORWARD_EXIT_TIMEOUT", "0")  # the receiver stays down
+    monkeypatch.setenv("TRACEVAULT_JSONL_DIR", str(tmp_path / "out"))
+    with capture_events(tmp_path, sinks=["jsonl", "otel", "otlp"]) as cap:
+        tracevault.AuditLogger().log_input("hi")
+        cap.flush()
+        group = registry.active()
+        assert group is not None and group.wait_ready(30)
+        assert not group.errors
+        assert [f.name for f in group.forwarders] == ["jsonl", "otlp"]
+        assert group.forwarders[0].force_flush(30)
+    assert len(_lines(tmp_path / "out")) == 1
+
+
+def test_sinks_that_cannot_start_are_in_status_and_the_others_run(tmp_path, capsys):
+    # An unknown name, and a name two sinks share (one cursor for both): each is
+    # refused on its own, kept for `tracevault status`, and the other sink delivers.
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    shared = [JsonlSink(directory=str(tmp_path / d)) for d in ("a", "b")]
+    audit = JsonlSink(name="audit", directory=str(tmp_path / "audit"))
+    with capture_events(url, sinks=["datadog", *shared, audit]):
+        tracevault.AuditLogger().log_input("hi")
+        assert registry.flush(30) is False
+        group = registry.active()
+        assert group is not None and [f.name for f in group.forwarders] == ["audit"]
+    assert main(["status", "--store", url, "--json"]) == 0
+    rows = {r["sink"]: r for r in json.loads(capsys.readouterr().out)}
+    assert "unknown sink 'datadog'" in rows["datadog"]["last_error"]
+    assert "two sinks are named jsonl" in rows["jsonl"]["last_error"]
+    assert rows["audit"]["lag"] == 0 and rows["audit"]["last_error"] is None
+    assert len(_lines(tmp_path / "audit")) == 1
+
+
+def test_shutdown_delivers_what_was_captured_then_stops_the_forwarders(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRACEVAULT_JSONL_DIR", str(tmp_path / "out"))
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    tracevault.configure(store=url, sinks=["jsonl"])
+    log = tracevault.AuditLogger()
+    for i in range(20):
+        log.log_event("e", i)
+    tracevault.shutdown()  # no flush before: shutdown() gives the forwarders their chance
+    assert registry.active() is None
+    assert len(_lines(tmp_path / "out")) == 20
 
 
 def test_env_starts_forwarders_with_the_pipeline(tmp_path, monkeypatch):

@@ -11,9 +11,11 @@ a pipeline becomes active (``configure()`` or the first capture) or is removed
 thread opens the ledger, builds the sinks (importing their SDKs there, never on the
 caller's thread) and runs one :class:`Forwarder` per sink (``TRACEVAULT_FORWARD_BATCH``
 events per request, default 500; retries back off up to ``TRACEVAULT_FORWARD_MAX_BACKOFF``
-seconds, default 60). At interpreter exit the group
-waits up to ``TRACEVAULT_FORWARD_EXIT_TIMEOUT`` seconds (default 5) for delivery of
-what is in the ledger; what is left is delivered by the next run or ``tracevault
+seconds, default 60). A sink that cannot start (unknown name, missing SDK or settings,
+a name two sinks share) is skipped, its error kept for ``tracevault status``; the others
+run. At interpreter exit and in ``tracevault.shutdown()`` the group waits up to
+``TRACEVAULT_FORWARD_EXIT_TIMEOUT`` seconds (default 5) for delivery of what was
+captured (:func:`stop`); what is left is delivered by the next run or ``tracevault
 forward``.
 """
 
@@ -26,10 +28,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from tracevault.sinks.base import Forwarder, Sink, SinkError, describe, sink_names
+from tracevault.sinks.base import Forwarder, Sink, SinkError, describe
 from tracevault.store import Store, open_store
 
 log = logging.getLogger("tracevault.sinks")
@@ -38,44 +40,75 @@ FACTORIES: dict[str, str] = {
     "langfuse": "tracevault.sinks.langfuse:from_env",
     "langsmith": "tracevault.sinks.langsmith:from_env",
     "otlp": "tracevault.sinks.otel:from_env",
-    "otel": "tracevault.sinks.otel:from_env",
     "jsonl": "tracevault.sinks.jsonl:from_env",
 }
-EXTRAS = {"langfuse": "langfuse", "langsmith": "langsmith", "otlp": "otel", "otel": "otel"}
+ALIASES = {"otel": "otlp"}
+EXTRAS = {"langfuse": "langfuse", "langsmith": "langsmith", "otlp": "otel"}
 
 SinkSpec = str | Sink
 
 
-def parse(spec: str | Sequence[SinkSpec] | None) -> list[SinkSpec]:
-    """Return the sinks named in ``spec`` (a ``TRACEVAULT_SINKS`` string or a list).
+def canonical(name: str) -> str:
+    """Return a sink name as its cursor is kept: lower-cased, an alias as the name it
+    stands for (``otel`` is ``otlp``)."""
+    name = name.strip().lower()
+    return ALIASES.get(name, name)
+
+
+def unique(spec: str | Iterable[SinkSpec] | None) -> list[SinkSpec]:
+    """Return the sinks listed in ``spec`` (a ``TRACEVAULT_SINKS`` string or a list) in
+    the order first given, each name once, as :func:`canonical` spells it. Names are not
+    checked (see :func:`parse`)."""
+    if spec is None:
+        return []
+    items = spec.split(",") if isinstance(spec, str) else spec
+    found: list[SinkSpec] = []
+    for item in items:
+        if isinstance(item, str):
+            # one name, one cursor: "otel,otlp" is one sink, not two fighting over it
+            item = canonical(item)
+            if not item or item in found:
+                continue
+        found.append(item)
+    return found
+
+
+def _check_name(name: str) -> None:
+    if name not in FACTORIES:
+        raise ValueError(f"unknown sink {name!r} in TRACEVAULT_SINKS; choose from "
+                         f"{', '.join(sorted([*FACTORIES, *ALIASES]))}")
+
+
+def parse(spec: str | Iterable[SinkSpec] | None) -> list[SinkSpec]:
+    """Return the sinks named in ``spec``, as :func:`unique` does.
 
     Raises ``ValueError`` naming the choices for an unknown name.
     """
-    if spec is None:
-        return []
-    items: list[SinkSpec] = (
-        [s.strip().lower() for s in spec.split(",") if s.strip()] if isinstance(spec, str)
-        else list(spec)
-    )
+    items = unique(spec)
     for item in items:
-        if isinstance(item, str) and item.lower() not in FACTORIES:
-            raise ValueError(f"unknown sink {item!r} in TRACEVAULT_SINKS; choose from "
-                             f"{', '.join(sorted(FACTORIES))}")
+        if isinstance(item, str):
+            _check_name(item)
     return items
 
 
 def configured(extra: dict[str, Any] | None = None) -> list[SinkSpec]:
-    """Return the sinks of ``configure(sinks=...)``, else of ``TRACEVAULT_SINKS``."""
+    """Return the sinks of ``configure(sinks=...)``, else of ``TRACEVAULT_SINKS``, as
+    :func:`unique` does: an unknown name fails when its sink is built, so it is reported
+    in ``tracevault status`` and does not stop the other sinks."""
     if extra is not None and "sinks" in extra:
-        return parse(extra["sinks"])
-    return parse(os.environ.get("TRACEVAULT_SINKS"))
+        return unique(extra["sinks"])
+    return unique(os.environ.get("TRACEVAULT_SINKS"))
 
 
 def build(spec: SinkSpec) -> Sink:
-    """Return a sink object for a name (from its vendor's environment) or a sink."""
+    """Return a sink object for a name (from its vendor's environment) or a sink.
+
+    Raises ``ValueError`` for an unknown name, :class:`SinkError` for a missing SDK.
+    """
     if not isinstance(spec, str):
         return spec
-    name = spec.lower()
+    name = canonical(spec)
+    _check_name(name)
     module, func = FACTORIES[name].split(":")
     try:
         factory = getattr(importlib.import_module(module), func)
@@ -83,7 +116,7 @@ def build(spec: SinkSpec) -> Sink:
         extra = EXTRAS.get(name)
         hint = f": pip install 'tracevault[{extra}]'" if extra else ""
         raise SinkError(f"the {name} sink needs its SDK{hint} ({exc})") from None
-    sink: Sink = factory("otlp" if name == "otel" else name)
+    sink: Sink = factory(name)
     return sink
 
 
@@ -140,16 +173,7 @@ class ForwarderGroup:
         try:
             store = self._store_arg
             self.store = open_store(store) if isinstance(store, str) else store
-            sinks: list[Sink] = []
-            for spec in self.specs:
-                label = spec if isinstance(spec, str) else spec.name
-                try:
-                    sinks.append(build(spec))
-                except Exception as exc:  # one broken sink does not stop the others
-                    self.errors[label] = describe(exc)
-                    log.error("tracevault: sink %s not started: %s", label, self.errors[label])
-                    persist_error(self.store, label, self.errors[label])
-            sink_names(sinks)
+            sinks = self._build_sinks()
             if not self._closed:
                 cap = positive_env("TRACEVAULT_FORWARD_MAX_BACKOFF", 60.0)
                 self.forwarders = [
@@ -157,10 +181,32 @@ class ForwarderGroup:
                     for s in sinks
                 ]
         except Exception as exc:
-            self.errors["*"] = describe(exc)
-            log.error("tracevault: forwarders not started: %s", self.errors["*"])
+            for spec in self.specs:
+                self._not_started(_label(spec), describe(exc))
         finally:
             self._ready.set()
+
+    def _build_sinks(self) -> list[Sink]:
+        # One broken sink does not stop the others.
+        built: list[Sink] = []
+        for spec in self.specs:
+            try:
+                built.append(build(spec))
+            except Exception as exc:
+                self._not_started(_label(spec), describe(exc))
+        # Two sinks under one name would share (and fight over) one cursor; which of
+        # them was meant is unknown, so neither starts.
+        names = [s.name for s in built]
+        shared = {n for n in names if names.count(n) > 1}
+        for name in sorted(shared):
+            self._not_started(name, f"two sinks are named {name}: give each a unique name")
+        return [s for s in built if s.name not in shared]
+
+    def _not_started(self, name: str, error: str) -> None:
+        # Logged, and kept in the ledger: `tracevault status` is where people look.
+        self.errors[name] = error
+        log.error("tracevault: sink %s not started: %s", name, error)
+        persist_error(self.store, name, error)
 
     def wait_ready(self, timeout: float | None = 30.0) -> bool:
         """Wait until the sinks are built and their forwarders running."""
@@ -187,6 +233,10 @@ class ForwarderGroup:
             forwarder.shutdown(timeout)
         if isinstance(self._store_arg, str) and self.store is not None:
             self.store.close()
+
+
+def _label(spec: SinkSpec) -> str:
+    return spec if isinstance(spec, str) else spec.name
 
 
 def persist_error(store: Store | None, name: str, error: str) -> None:
@@ -221,26 +271,38 @@ def pipeline_installed(pipeline: Any, settings: Any) -> None:
 def flush(timeout: float | None = 30.0) -> bool:
     """Flush the capture pipeline, then wait until the sinks delivered it; ``True`` when
     everything recorded so far reached every sink."""
+    return _deliver(_group, timeout)
+
+
+def _deliver(group: ForwarderGroup | None, timeout: float | None) -> bool:
     import tracevault
 
+    deadline = None if timeout is None else time.monotonic() + timeout
     if not tracevault.flush(timeout):
         return False
-    group = _group
-    return True if group is None else group.force_flush(timeout)
+    if group is None:
+        return True
+    return group.force_flush(None if deadline is None else max(deadline - time.monotonic(), 0.0))
 
 
-def _at_exit() -> None:
-    group = _group
-    if group is None or group._closed:  # (it runs from two hooks: see below)
+def stop() -> None:
+    """Stop the running forwarders, after giving them up to
+    ``TRACEVAULT_FORWARD_EXIT_TIMEOUT`` seconds (default 5; 0: no wait) to deliver what
+    was captured so far; what is left is delivered by the next run or ``tracevault
+    forward``. What interpreter exit and :func:`tracevault.shutdown` do. Idempotent."""
+    global _group
+    with _lock:  # (exit runs it from two hooks: see below)
+        group, _group = _group, None
+    if group is None:
         return
     try:
         raw = (os.environ.get("TRACEVAULT_FORWARD_EXIT_TIMEOUT") or "").strip()
         # 0 turns the final delivery off; anything else that is not a number above 0
         # is logged and the default applies.
         if raw not in ("0", "0.0"):
-            flush(positive_env("TRACEVAULT_FORWARD_EXIT_TIMEOUT", 5.0))
+            _deliver(group, positive_env("TRACEVAULT_FORWARD_EXIT_TIMEOUT", 5.0))
     except Exception as exc:
-        log.warning("tracevault: final forwarding at exit failed: %s", exc)
+        log.warning("tracevault: final forwarding failed: %s", exc)
     finally:
         group.shutdown(timeout=2.0)
 
@@ -254,7 +316,7 @@ def _at_exit_early() -> None:
     me = threading.current_thread()
     if any(t is not me and not t.daemon and t.is_alive() for t in threading.enumerate()):
         return
-    _at_exit()
+    stop()
 
 
 def _deliver_before_threads_stop() -> None:
@@ -274,4 +336,4 @@ def _deliver_before_threads_stop() -> None:
 
 # Registered on import, i.e. after the pipeline module's own exit handler, so it runs
 # first (atexit is last-in, first-out): the ledger is still open and flushable.
-atexit.register(_at_exit)
+atexit.register(stop)
