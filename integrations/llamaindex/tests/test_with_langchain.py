@@ -131,3 +131,18 @@ async def test_what_a_llamaindex_tool_runs_hangs_under_its_call(
     after = events[-1]
     assert after.data["thought"] == "after the run" and after.parent_span_id is None
     assert {e.session_id for e in events} == {"one"}
+
+
+async def test_a_llamaindex_run_inside_a_logger_tool_call_is_in_its_session(
+    cap: Capture, instrumented: Installed
+) -> None:
+    from li_agents import function_agent
+
+    log = tracevault.AuditLogger(session_id="chat-42", user_id="alice")
+    with log.tool_call("delegate", {"q": "2+3"}) as call:
+        call.result = str(await function_agent().run(user_msg="2+3"))
+    events = cap.events()
+    assert {(e.session_id, e.user_id) for e in events} == {("chat-42", "alice")}
+    assert {e.trace_id for e in events} == {log.trace_id}
+    run = next(e for e in events if e.framework == "llamaindex")
+    assert run.parent_span_id == events[0].span_id  # under the logger's tool call
