@@ -27,7 +27,7 @@ import logging
 import math
 import traceback
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -123,14 +123,22 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
     }
 
 
-_REPORTED = "_tracevault_reported_in"  # the traces an exception was recorded in
-_MAX_REPORTED = 1_000
+_REPORTED = "_tracevault_reported_in"  # where an exception was recorded, by trace
+_MAX_REPORTED = 1_000  # traces per exception
+_MAX_LINES = 100  # reports per trace
 
 
-def first_report(exc: BaseException, trace_id: str) -> bool | None:
-    """Return True the first time ``exc`` is reported in trace ``trace_id`` and mark it
-    so; False after that (an error bubbling up through the steps of one run is one
-    failure); ``None`` if ``exc`` takes no attributes (the caller keeps track instead).
+def first_report(exc: BaseException, trace_id: str, lineage: Sequence[str] = ()) -> bool | None:
+    """Return True the first time ``exc`` is reported from where it failed in trace
+    ``trace_id`` and mark it so; False for a report of the same failure again (an error
+    bubbling up through the steps of one run is one failure); ``None`` if ``exc`` takes
+    no attributes (the caller keeps track instead).
+
+    ``lineage`` is the reporting step's span id, then its ancestors' (nearest first). A
+    report is a repeat if an earlier one came from below the reporting step (that step
+    is in the earlier lineage): two sibling steps failing with one exception object (a
+    shared failed future, a re-raised constant) are two failures. Without a lineage,
+    any earlier report in the trace makes it a repeat.
 
     The mark is on the exception itself (an ``id()`` is reused once it is freed), and
     holds every trace that recorded it: one exception can fail several runs at once
@@ -139,16 +147,28 @@ def first_report(exc: BaseException, trace_id: str) -> bool | None:
     """
     try:
         seen = getattr(exc, _REPORTED, None)
-        if seen.__class__ is not set:
-            seen = set() if seen is None else {seen}
+        if seen.__class__ is not dict:
+            seen = {}
             setattr(exc, _REPORTED, seen)
-        elif trace_id in seen:
-            return False
-        if len(seen) < _MAX_REPORTED:
-            seen.add(trace_id)
-        return True
+        return mark_reported(seen, trace_id, tuple(lineage))
     except (AttributeError, TypeError):
         return None
+
+
+def mark_reported(seen: dict[str, list[tuple[str, ...]]], trace_id: str,
+                  lineage: tuple[str, ...]) -> bool:
+    """Record a report of one exception from ``lineage`` in ``seen`` (its reports by
+    trace, see :func:`first_report`); return whether it is a failure not yet reported."""
+    earlier = seen.get(trace_id)
+    if earlier is None:
+        if len(seen) < _MAX_REPORTED:
+            seen[trace_id] = [lineage]
+        return True
+    if not lineage or any(not line or lineage[0] in line for line in earlier):
+        return False
+    if len(earlier) < _MAX_LINES:
+        earlier.append(lineage)
+    return True
 
 
 def _qualname(cls: type) -> str:

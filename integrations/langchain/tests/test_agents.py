@@ -243,6 +243,29 @@ def test_failing_tool_is_an_error_the_agent_recovers_from(
     assert _one(events, "output", "point").data["content"] == "Done."
 
 
+def test_two_tool_calls_failing_with_one_exception_object_are_two_errors(
+    cap: Capture,
+) -> None:
+    from langchain_core.tools import tool
+
+    shared = ConnectionError("upstream down")  # one failed request both calls awaited
+
+    @tool
+    def fetch(city: str) -> str:
+        """Fetch a city's page."""
+        raise shared
+
+    model = ScriptedChatModel(messages=iter(two_tools_then_answer("fetch", "fetch")))
+    lc_agent(model, [fetch]).invoke({"messages": [HumanMessage("pages?")]}, _config())
+    events = cap.events()
+    check_tree(events)
+    failed = [e.span_id for e in events if e.kind == "tool_call" and e.phase == "end"]
+    errors = [e for e in events if e.kind == "error"]
+    assert [e.span_id for e in errors] == failed and len(set(failed)) == 2
+    recovered = [e for e in events if e.name == "error_recovered"]
+    assert sorted(e.data["payload"]["tool_call_id"] for e in recovered) == ["c1", "c2"]
+
+
 def test_tool_that_handles_its_own_error_is_recorded_as_failed(cap: Capture) -> None:
     model = ScriptedChatModel(messages=iter(two_tools_then_answer("get_weather", "picky_clock")))
     agent = lc_agent(model, [get_weather, picky_clock])

@@ -311,6 +311,28 @@ async def test_a_tool_with_one_parameter_named_input_records_it_by_name(
     assert start.data["parameters"] == {"input": "abc"}
 
 
+async def test_two_tool_calls_failing_with_one_exception_object_are_two_errors(
+    cap: Capture, instrumented: Installed
+) -> None:
+    failed_request: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    failed_request.set_exception(ConnectionError("upstream down"))
+
+    async def fetch(url: str) -> str:
+        """Fetch a page (both calls await the one request in flight)."""
+        return await failed_request
+
+    agent = FunctionAgent(tools=[FunctionTool.from_defaults(fetch)], streaming=False,
+                          llm=MockFunctionCallingLLM(response_generator=tool_then_answer(
+                              [("fetch", {"url": "x"}), ("fetch", {"url": "x"})], "down")))
+    await agent.run(user_msg="fetch twice")
+    events = cap.events()
+    check_tree(events)
+    failed = [e.span_id for e in events if e.kind == "tool_call" and e.phase == "end"]
+    errors = [e for e in events if e.kind == "error"]
+    assert sorted(e.span_id for e in errors) == sorted(failed) and len(set(failed)) == 2
+    assert all(e.data["message"] == "upstream down" for e in errors)
+
+
 async def test_200_concurrent_runs_on_one_loop(cap: Capture, instrumented: Installed) -> None:
     llm = MockFunctionCallingLLM(response_generator=tool_then_answer(
         lambda user: [("add", {"a": int(user.split()[1]), "b": 1})],

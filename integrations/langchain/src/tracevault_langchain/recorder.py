@@ -145,7 +145,7 @@ class Recorder:
         state = RunState(
             self.owner, kind, name, None if hidden else run_id, parent_span, trace,
             session, user, is_root, None if parent_run_id is None else parent_run_id.int,
-            clock(),
+            clock(), key=run_id.int,
         )
         claimed, evicted = runs.claim(run_id, state)
         for old in evicted:
@@ -252,7 +252,7 @@ class Recorder:
 
         Returns False if ``exc`` was already recorded in this trace.
         """
-        if not state.trace.first_report(exc):
+        if not state.trace.first_report(exc, self.runs.lineage_of(state)):
             return False
         # ``described``: the exception as it was when its run failed (base.failure_of).
         data: dict[str, Any] = dict(described) if described else describe_exception(exc)
@@ -280,7 +280,7 @@ class Recorder:
     def handed_off(self, state: RunState, exc: BaseException) -> None:
         """Record a hand-off (a LangGraph ``Command`` to the parent graph) once per
         trace, where it was made: a ``custom`` event named ``handoff`` with its ``goto``."""
-        if state.trace.first_report(exc):
+        if state.trace.first_report(exc, self.runs.lineage_of(state)):
             self.emit_on(state, "custom", {"name": "handoff",
                                            "payload": {"goto": handoff_target(exc)}},
                          level="info", name="handoff")

@@ -23,6 +23,7 @@ from uuid import UUID
 
 from tracevault.context import SpanRef, current_span
 from tracevault.snapshot import first_report as snapshot_first_report
+from tracevault.snapshot import mark_reported
 
 DEFAULT_MAX_OPEN = 50_000
 _MAX_TRACKED = 1_000  # per trace: reported exceptions and failed tool calls remembered
@@ -55,8 +56,9 @@ class Trace:
     unpriced_tokens: int = 0  # of models the price table lacks: not in ``cost``
     model: str | None = None
     # Exceptions already recorded that could not be marked (see first_report), kept
-    # alive so their id() cannot be reused by a later exception.
-    reported: dict[int, BaseException] = field(default_factory=dict)
+    # alive so their id() cannot be reused by a later exception, with their reports.
+    reported: dict[int, tuple[BaseException, dict[str, list[tuple[str, ...]]]]] = field(
+        default_factory=dict)
     failed_tools: dict[str, FailedTool] = field(default_factory=dict)  # by tool_call_id
     # by parent span and name: what a retry (the same runnable again) looks up
     last_failure: dict[tuple[SpanId | None, str], FailedTool] = field(default_factory=dict)
@@ -76,20 +78,22 @@ class Trace:
             if model:
                 self.model = model
 
-    def first_report(self, exc: BaseException) -> bool:
-        """Return True the first time ``exc`` is seen in this trace (errors bubble up);
-        see :func:`tracevault.snapshot.first_report`."""
+    def first_report(self, exc: BaseException, lineage: tuple[str, ...]) -> bool:
+        """Return True the first time ``exc`` is reported from where it failed in this
+        trace (errors bubble up: ``lineage`` is the reporting run's span id and its
+        ancestors'); see :func:`tracevault.snapshot.first_report`."""
         with self.lock:
-            first = snapshot_first_report(exc, self.trace_id)
+            first = snapshot_first_report(exc, self.trace_id, lineage)
             if first is not None:
                 return first
             # An exception that refuses attributes: kept here (alive, so its id() cannot
             # be reused by a later exception).
-            if self.reported.get(id(exc)) is exc:
-                return False
-            if len(self.reported) < _MAX_TRACKED:
-                self.reported[id(exc)] = exc
-            return True
+            known = self.reported.get(id(exc))
+            if known is None or known[0] is not exc:
+                if len(self.reported) >= _MAX_TRACKED:
+                    return True
+                known = self.reported[id(exc)] = (exc, {})
+            return mark_reported(known[1], self.trace_id, lineage)
 
     def tool_failed(self, tool_call_id: str, failed: FailedTool) -> None:
         """Remember a failed tool call until the model is shown its error."""
@@ -159,6 +163,7 @@ class RunState:
     defers_inputs: bool = False
     interrupted: bool = False  # a LangGraph interrupt paused this run
     extra: dict[str, Any] | None = None
+    key: int = 0  # its own key in the run table (run_id.int)
 
     @property
     def child_span(self) -> SpanId | None:
@@ -246,6 +251,22 @@ class RunTable:
     def get(self, run_id: UUID) -> RunState | None:
         """Return the open run ``run_id`` (a dict read: atomic, no lock needed)."""
         return self._runs.get(run_id.int)
+
+    def lineage_of(self, state: RunState) -> tuple[str, ...]:
+        """The span ids of ``state``'s run and its open ancestors, nearest first, then
+        what the topmost hangs under (another framework's step): where a failure it
+        reports came from (see :meth:`Trace.first_report`)."""
+        ids = [str(UUID(int=state.key))]
+        top, key = state, state.parent_key
+        while key is not None and len(ids) < 256:
+            ids.append(str(UUID(int=key)))
+            parent = self._runs.get(key)
+            if parent is None:
+                break
+            top, key = parent, parent.parent_key
+        if key is None and top.parent_span is not None:
+            ids.append(str(top.parent_span))
+        return tuple(ids)
 
     def claim(
         self, run_id: UUID, state: RunState

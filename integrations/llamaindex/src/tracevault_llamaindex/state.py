@@ -94,6 +94,20 @@ class Span:
     ambient: tuple[SpanRef | None] | None = None
 
 
+def lineage_of(span: Span) -> tuple[str, ...]:
+    """The ids of ``span`` and its ancestors, nearest first, then what the topmost hangs
+    under (another framework's step): where a failure it reports came from (see
+    :func:`tracevault.snapshot.first_report`)."""
+    ids = [span.id]
+    top, parent = span, span.parent
+    while parent is not None and len(ids) < 256:
+        ids.append(parent.id)
+        top, parent = parent, parent.parent
+    if top.parent_anchor is not None:
+        ids.append(top.parent_anchor)
+    return tuple(ids)
+
+
 def is_root(span: Span) -> bool:
     """Whether ``span`` begins a trace of its own (its input and answer are the trace's
     ``input`` and ``output``), not a step inside a run, a stream or another framework's
@@ -327,7 +341,7 @@ class Recorder:
         The record keeps ``exc`` itself while it is pending: a step retried for it is
         told its failure by that object (see :meth:`recover`).
         """
-        if first_report(exc, span.trace_id) is False:
+        if first_report(exc, span.trace_id, lineage_of(span)) is False:
             return None
         data = describe_exception(exc)
         data["where"] = where
