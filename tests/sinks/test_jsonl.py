@@ -4,21 +4,43 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from collections import Counter
 from datetime import datetime, timezone
 
 import pytest
 
 import tracevault
-from tracevault.sinks.base import Forwarder, SinkError
-from tracevault.sinks.jsonl import JsonlSink
+from tracevault.schema import AuditEvent
+from tracevault.sinks.base import Batch, Forwarder, SinkError
+from tracevault.sinks.jsonl import DEFAULT_MAX_BYTES, JsonlSink, from_env
+from tracevault.sinks.tree import SpanIndex
+from tracevault.store import StoredEvent
 from tracevault.testing import capture_events
+
+DAY = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
 
 
 def _lines(directory) -> list[dict]:
     out = []
-    for path in sorted(directory.iterdir()):
+    for path in sorted(directory.glob("*.jsonl")):
         out.extend(json.loads(line) for line in path.read_text().splitlines())
     return out
+
+
+def _ledger(ledger: str, n: int, *, days: int = 1) -> list[StoredEvent]:
+    """Stored events seq 1..n of a ledger, without a store (ids name the ledger),
+    spread over ``days`` date partitions in turn."""
+    return [StoredEvent(seq, AuditEvent(event_id=f"{ledger}-{seq}", kind="custom",
+                                        timestamp=DAY.replace(day=1 + seq % days),
+                                        data={"i": seq}))
+            for seq in range(1, n + 1)]
+
+
+def _forward(sink: JsonlSink, events: list[StoredEvent], batch_size: int) -> None:
+    """What a forwarder from cursor 0 does: export the events batch by batch."""
+    for i in range(0, len(events), batch_size):
+        sink.export(Batch(events[i:i + batch_size], SpanIndex(None)))
 
 
 def test_files_partitioned_by_event_date_with_seq(tmp_path):
@@ -30,7 +52,7 @@ def test_files_partitioned_by_event_date_with_seq(tmp_path):
         out = tmp_path / "out"
         assert Forwarder(cap.store, JsonlSink(directory=out)).drain_once().ok
         ids = [e.event_id for e in cap.events()]
-    assert sorted(p.name for p in out.iterdir()) == [
+    assert sorted(p.name for p in out.glob("*.jsonl")) == [
         "tracevault-2026-03-01.jsonl", "tracevault-2026-03-02.jsonl"]
     lines = _lines(out)
     assert [line["event_id"] for line in lines] == ids
@@ -48,7 +70,7 @@ def test_rotates_past_max_bytes(tmp_path):
         sink = JsonlSink(directory=out, max_bytes=2048)
         assert Forwarder(cap.store, sink, batch_size=7).drain_once().ok
         sink.shutdown()
-    files = sorted(out.iterdir())
+    files = sorted(out.glob("*.jsonl"))
     assert len(files) > 3
     assert all(p.stat().st_size < 2048 + 1024 for p in files)
     assert len(_lines(out)) == 60
@@ -64,7 +86,7 @@ def test_restart_after_a_crash_skips_what_is_on_disk_and_cuts_a_torn_line(tmp_pa
         sink = JsonlSink(directory=out)
         assert Forwarder(cap.store, sink).drain_once().ok
         sink.shutdown()
-        (path,) = out.iterdir()
+        (path,) = out.glob("*.jsonl")
         with open(path, "ab") as fh:
             fh.write(b'{"seq": 11, "event_id": "torn')  # a crash mid-line
         # the cursor was never saved (crash before set_cursor): everything is re-sent
@@ -94,3 +116,81 @@ def test_needs_exactly_one_destination(tmp_path):
         JsonlSink()
     with pytest.raises(SinkError):
         JsonlSink(directory=tmp_path, logger="x")
+
+
+@pytest.mark.parametrize("days", [1, 2])
+def test_restart_with_smaller_batches_skips_what_is_on_disk(tmp_path, days):
+    events = _ledger("a", 30, days=days)
+    _forward(JsonlSink(directory=tmp_path), events, 30)
+    # re-sent from an older cursor in batches that end below the files' last line
+    _forward(JsonlSink(directory=tmp_path), events, 4)
+    assert sorted(line["seq"] for line in _lines(tmp_path)) == list(range(1, 31))
+    assert len(list(tmp_path.glob("*.jsonl"))) == days
+
+
+@pytest.mark.parametrize("old", [3, 20], ids=["old-ledger-shorter", "old-ledger-longer"])
+def test_lines_of_another_ledger_do_not_hide_this_ledgers_events(tmp_path, old):
+    # e.g. the ledger file was replaced: its successor starts again at seq 1
+    _forward(JsonlSink(directory=tmp_path), _ledger("old", old), 50)
+    _forward(JsonlSink(directory=tmp_path), _ledger("new", 7), 50)
+    _forward(JsonlSink(directory=tmp_path), _ledger("new", 7), 3)  # and a re-send
+    ids = [line["event_id"] for line in _lines(tmp_path)]
+    assert ids == [f"old-{i}" for i in range(1, old + 1)] + [f"new-{i}" for i in range(1, 8)]
+    # the old ledger's forwarder goes on from its cursor: its next events are written too
+    _forward(JsonlSink(directory=tmp_path), _ledger("old", old + 2)[old:], 50)
+    assert Counter(line["event_id"] for line in _lines(tmp_path)) == Counter(
+        [f"old-{i}" for i in range(1, old + 3)] + [f"new-{i}" for i in range(1, 8)])
+
+
+@pytest.mark.parametrize("torn", [False, True], ids=["complete", "torn"])
+def test_crash_recovery_with_a_last_line_over_one_megabyte(tmp_path, torn):
+    events = _ledger("a", 2)
+    events[1].event.data = {"chunks": ["\u00e9" * 200_000 for _ in range(4)]}  # 1.6 MB
+    _forward(JsonlSink(directory=tmp_path), events, 2)
+    (path,) = tmp_path.glob("*.jsonl")
+    size = path.stat().st_size
+    assert size > 1_500_000
+    if torn:
+        with open(path, "r+b") as fh:
+            fh.truncate(size - 100)
+    _forward(JsonlSink(directory=tmp_path), events, 2)  # the cursor was never saved
+    assert [line["seq"] for line in _lines(tmp_path)] == [1, 2]
+    assert path.stat().st_size == size
+
+
+def test_two_writers_on_one_directory_write_each_event_once(tmp_path):
+    events = _ledger("a", 600)
+    start = threading.Barrier(2, timeout=10)
+    errors: list[BaseException] = []
+
+    def forwarder(batch_size: int) -> None:
+        try:
+            sink = JsonlSink(directory=tmp_path, max_bytes=8192)  # rotates as well
+            start.wait()
+            _forward(sink, events, batch_size)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=forwarder, args=(n,)) for n in (20, 7)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors and not any(t.is_alive() for t in threads)
+    seqs = Counter(line["seq"] for line in _lines(tmp_path))  # every line parses
+    assert sorted(seqs) == list(range(1, 601))
+    assert [seq for seq, n in seqs.items() if n > 1] == []
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("4096", 4096), ("100MB", 100_000_000), ("50 MiB", 50 * 2**20), ("1GiB", 2**30),
+    ("2kb", 2000), ("lots", DEFAULT_MAX_BYTES), ("10", DEFAULT_MAX_BYTES),
+    ("-5", DEFAULT_MAX_BYTES), ("", DEFAULT_MAX_BYTES),
+])
+def test_max_bytes_from_the_environment(tmp_path, monkeypatch, caplog, value, expected):
+    monkeypatch.setenv("TRACEVAULT_JSONL_DIR", str(tmp_path))
+    monkeypatch.setenv("TRACEVAULT_JSONL_MAX_BYTES", value)
+    with caplog.at_level(logging.WARNING, logger="tracevault.sinks"):
+        assert from_env().max_bytes == expected
+    warned = any("TRACEVAULT_JSONL_MAX_BYTES" in r.getMessage() for r in caplog.records)
+    assert warned == (value != "" and expected == DEFAULT_MAX_BYTES)

@@ -4,10 +4,15 @@ Two destinations:
 
 * a directory (``TRACEVAULT_JSONL_DIR``): files ``tracevault-YYYY-MM-DD.jsonl``
   partitioned by the event's UTC date, rotated to ``tracevault-YYYY-MM-DD.N.jsonl`` past
-  ``TRACEVAULT_JSONL_MAX_BYTES`` (default 100 MB); every batch is flushed and fsynced
-  before the forwarder moves its cursor. On start the sink reads the last complete line
-  it wrote and skips events up to that ``seq``, so a batch re-sent after a crash is not
-  written twice (a torn last line from the crash is cut off first);
+  ``TRACEVAULT_JSONL_MAX_BYTES`` (default 100 MiB); every batch is flushed and fsynced
+  before the forwarder moves its cursor. One writer at a time: each batch is written
+  under an advisory lock on ``.tracevault.lock`` in the directory, and under that lock
+  the sink first checks what the files already hold (written by this sink before a
+  crash, or by another forwarder of the same ledger) and skips those events, so the
+  files hold each event once. An event counts as written only when the line at its
+  ``seq`` carries its ``event_id``: lines of another ledger (a replaced ledger file, a
+  second host) never hide this ledger's events. A torn last line from a crash is cut
+  off before anything is appended;
 * Python ``logging`` (``TRACEVAULT_JSONL_LOGGER=logger.name``): one record per event,
   the message being the JSON line, at the event's level, with the event as
   ``record.tracevault`` for structured handlers.
@@ -21,7 +26,8 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 import orjson
@@ -29,9 +35,42 @@ import orjson
 from tracevault.sinks.base import Batch, SinkError
 from tracevault.store import StoredEvent
 
+log = logging.getLogger("tracevault.sinks")
+
 LOG_LEVELS = {"trace": 5, "debug": logging.DEBUG, "info": logging.INFO,
               "warning": logging.WARNING, "error": logging.ERROR}
+DEFAULT_MAX_BYTES = 100 * 1024 * 1024
 _OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS
+_CHUNK = 64 * 1024  # files are read backwards this much at a time: memory stays bounded
+_HEAD = 4096  # bytes read from a line's start to find its seq and event id
+# How far back (bytes of lines) the files are searched for the events of a batch. A
+# crash or a second forwarder leaves at most a batch or two to find; past this limit
+# the batch is written again: a duplicate line is safe, a skipped event is lost.
+_SCAN_LIMIT = 64 * 1024 * 1024
+# What encode_line writes first; short lines in another layout are parsed whole.
+_LINE_HEAD = re.compile(rb'\{"seq":(\d+),"event_id":("(?:[^"\\]|\\.)*")')
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmg]i?)?b?", re.IGNORECASE)
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9,
+          "ki": 2**10, "mi": 2**20, "gi": 2**30}
+
+if sys.platform == "win32":  # pragma: no cover - no flock on Windows
+    import msvcrt
+
+    def _lock(fd: int) -> None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_LOCK, 1)  # gives up after 10 s: the forwarder retries
+
+    def _unlock(fd: int) -> None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+else:
+    import fcntl
+
+    def _lock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released by the kernel if the process dies
+
+    def _unlock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def encode_line(stored: StoredEvent) -> bytes:
@@ -49,7 +88,7 @@ class JsonlSink:
         name: str = "jsonl",
         directory: str | os.PathLike[str] | None = None,
         logger: str | logging.Logger | None = None,
-        max_bytes: int = 100 * 1024 * 1024,
+        max_bytes: int = DEFAULT_MAX_BYTES,
         prefix: str = "tracevault",
     ) -> None:
         if (directory is None) == (logger is None):
@@ -64,8 +103,9 @@ class JsonlSink:
         self._pattern = re.compile(
             rf"^{re.escape(prefix)}-(\d{{4}}-\d{{2}}-\d{{2}})(?:\.(\d+))?\.jsonl$"
         )
-        self._written: int | None = None  # highest seq already in the files
-        self._open: dict[str, tuple[str, IO[bytes]]] = {}
+        self._done = 0  # every event of this ledger up to this seq is in the files
+        self._seen: tuple[int, str] | None = None  # the files' last line when last looked at
+        self._mine: tuple[int, str] | None = None  # the newest line known to be this ledger's
 
     def export(self, batch: Batch) -> None:
         if self.logger is not None:
@@ -88,23 +128,107 @@ class JsonlSink:
 
     def _write(self, events: list[StoredEvent]) -> None:
         assert self.directory is not None
+        if not events:
+            return
         os.makedirs(self.directory, exist_ok=True)
-        if self._written is None:
-            self._written = self._last_written_seq()
-        touched: set[str] = set()
-        for stored in events:
-            if stored.seq <= self._written:
-                continue  # already on disk from before a crash
-            day = stored.event.timestamp.strftime("%Y-%m-%d")
-            fh = self._file_for(day)
-            fh.write(encode_line(stored))
-            touched.add(day)
-        for day in touched:
-            fh = self._open[day][1]
-            fh.flush()
-            os.fsync(fh.fileno())
-        if events:
-            self._written = max(self._written, events[-1].seq)
+        with self._locked():
+            self._catch_up(events)
+            todo = [stored for stored in events if stored.seq > self._done]
+            if todo:
+                self._append(todo)
+                last = todo[-1]
+                self._seen = self._mine = (last.seq, last.event.event_id)
+            self._done = max(self._done, events[-1].seq)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the directory's lock file: one writer (process or sink) at a time."""
+        path = os.path.join(self.directory or ".", f".{self.prefix}.lock")
+        with open(path, "ab") as fh:
+            _lock(fh.fileno())
+            try:
+                yield
+            finally:
+                _unlock(fh.fileno())
+
+    def _catch_up(self, events: list[StoredEvent]) -> None:
+        """Skip (raise ``_done`` past) the events of ``events`` the files already hold.
+
+        Called under the lock. Only the run of lines ending at the files' last line is
+        looked at, and only when that line changed since this sink last looked (another
+        writer, or a crash before this sink started).
+        """
+        tail = self._tail()
+        if tail is None:
+            return
+        path, seq, event_id = tail
+        if (seq, event_id) == self._seen:
+            return
+        self._seen = (seq, event_id)
+        if seq > self._done and seq >= events[0].seq and self._is_ours(path, events):
+            self._done = seq
+            self._mine = (seq, event_id)
+
+    def _is_ours(self, path: str, events: list[StoredEvent]) -> bool:
+        """Whether the run of lines ending at the files' last line (in ``path``) holds
+        this ledger's events, so that everything of this ledger up to it is written.
+
+        Walking back from that line, the first line whose seq is one of ``events`` (or
+        the newest line known to be this ledger's) decides, by its event id. A line of
+        another run (its seq not below the next one's), no such line within
+        ``_SCAN_LIMIT`` bytes or none at all: not ours, and the batch is written.
+        """
+        ids = {stored.seq: stored.event.event_id for stored in events}
+        if self._mine is not None:
+            ids.setdefault(*self._mine)
+        lowest = min(ids)
+        scanned = 0
+        later: int | None = None
+        for seq, event_id, size in self._lines_back(path):
+            if later is not None and seq >= later:
+                return False  # an earlier writer's run: this one started after it
+            if seq in ids:
+                return ids[seq] == event_id
+            scanned += size
+            if seq < lowest or scanned > _SCAN_LIMIT:
+                return False
+            later = seq
+        return False
+
+    def _append(self, events: list[StoredEvent]) -> None:
+        """Append ``events`` to their day files; return once they are flushed and fsynced."""
+        files: dict[str, IO[bytes]] = {}
+        previous: IO[bytes] | None = None
+        try:
+            for stored in events:
+                day = stored.event.timestamp.strftime("%Y-%m-%d")
+                fh = files.get(day)
+                if fh is None or fh.tell() >= self.max_bytes:
+                    if fh is not None:
+                        _close(fh)
+                    fh = files[day] = self._open_part(day)
+                if previous is not None and fh is not previous and not previous.closed:
+                    # write in ledger order across files, so the newest file ends with
+                    # the batch's last line: that is the line the next check starts from
+                    previous.flush()
+                fh.write(encode_line(stored))
+                previous = fh
+        finally:
+            for fh in files.values():
+                _close(fh)
+
+    def _open_part(self, day: str) -> IO[bytes]:
+        """Open the file ``day``'s events go to: the day's newest part, or the next one
+        once that reached ``max_bytes``, cut back to its last complete line."""
+        parts = [p for p in self._parts() if p[0] == day]
+        number = parts[-1][1] if parts else 0
+        path = self._path(day, number)
+        if os.path.exists(path):
+            if os.path.getsize(path) >= self.max_bytes:
+                path = self._path(day, number + 1)
+            else:
+                _cut_torn(path)  # a writer crashed mid-line: do not glue onto its fragment
+        return open(path, "ab")
 
     def _parts(self) -> list[tuple[str, int, str]]:
         out = []
@@ -114,68 +238,135 @@ class JsonlSink:
                 out.append((m.group(1), int(m.group(2) or 0), entry))
         return sorted(out)
 
-    def _file_for(self, day: str) -> IO[bytes]:
-        current = self._open.get(day)
-        if current is not None and current[1].tell() < self.max_bytes:
-            return current[1]
-        if current is not None:
-            current[1].close()
-        parts = [p for p in self._parts() if p[0] == day]
-        number = parts[-1][1] if parts else 0
-        path = self._path(day, number)
-        if os.path.exists(path) and os.path.getsize(path) >= self.max_bytes:
-            path = self._path(day, number + 1)
-        fh = open(path, "ab")  # noqa: SIM115 - kept open across batches, closed on shutdown
-        self._open[day] = (path, fh)
-        return fh
-
     def _path(self, day: str, number: int) -> str:
         suffix = f".{number}" if number else ""
         return os.path.join(self.directory or ".", f"{self.prefix}-{day}{suffix}.jsonl")
 
-    def _last_written_seq(self) -> int:
-        """Return the highest ``seq`` in the files, cutting off a torn last line."""
-        best = 0
-        paths = [os.path.join(self.directory or ".", name) for _, _, name in self._parts()]
-        for path in sorted(paths, key=os.path.getmtime)[-3:]:
-            best = max(best, _last_seq(path))
-        return best
+    def _tail(self) -> tuple[str, int, str] | None:
+        """Return the file, seq and event id of the last line written to the directory
+        (torn last lines cut off first), or ``None`` when the files hold no line."""
+        paths = [self._path_of(name) for _, _, name in self._parts()]
+        # The newest file holds the last line; files written in the same batch can share
+        # a modification time, and then the higher seq was written last.
+        recent = sorted((os.stat(path).st_mtime_ns, path) for path in paths)[-3:]
+        best: tuple[tuple[int, int], str, int, str] | None = None
+        for mtime, path in recent:
+            _cut_torn(path)
+            line = next(_lines_back_in(path), None)
+            if line is not None and (best is None or (mtime, line[0]) > best[0]):
+                best = ((mtime, line[0]), path, line[0], line[1])
+        return None if best is None else best[1:]
+
+    def _path_of(self, name: str) -> str:
+        return os.path.join(self.directory or ".", name)
+
+    def _lines_back(self, path: str) -> Iterator[tuple[int, str, int]]:
+        """Yield the lines of ``path``, then of the files before it, last line first."""
+        paths = [self._path_of(name) for _, _, name in self._parts()]
+        if path not in paths:  # removed meanwhile (retention, log rotation)
+            return
+        for earlier in reversed(paths[: paths.index(path) + 1]):
+            yield from _lines_back_in(earlier)
 
     def shutdown(self) -> None:
-        for _, fh in self._open.values():
-            with contextlib.suppress(OSError):
-                fh.close()
-        self._open.clear()
+        """Nothing to release: files are opened and closed within each batch."""
 
 
-def _last_seq(path: str) -> int:
+def _close(fh: IO[bytes]) -> None:
+    if not fh.closed:
+        fh.flush()
+        os.fsync(fh.fileno())
+        fh.close()
+
+
+def _read_at(fh: IO[bytes], offset: int, size: int) -> bytes:
+    fh.seek(offset)
+    return fh.read(size)
+
+
+def _cut_torn(path: str) -> None:
+    """Cut ``path`` back to its last complete line (a crash can leave half a line)."""
     with open(path, "rb+") as fh:
         size = fh.seek(0, os.SEEK_END)
-        if size == 0:
-            return 0
-        start = max(0, size - 1024 * 1024)
-        fh.seek(start)
-        tail = fh.read()
-        if not tail.endswith(b"\n"):
-            cut = tail.rfind(b"\n") + 1
-            fh.truncate(start + cut)
-            tail = tail[:cut]
-        for line in reversed(tail.splitlines()):
-            try:
-                value: Any = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(value, dict) and isinstance(value.get("seq"), int):
-                return int(value["seq"])
-    return 0
+        if size == 0 or _read_at(fh, size - 1, 1) == b"\n":
+            return
+        end = size
+        while end > 0:  # the fragment can be longer than any window: scan back in chunks
+            start = max(0, end - _CHUNK)
+            cut = _read_at(fh, start, end - start).rfind(b"\n")
+            if cut >= 0:
+                fh.truncate(start + cut + 1)
+                return
+            end = start
+        fh.truncate(0)
+
+
+def _lines_back_in(path: str) -> Iterator[tuple[int, str, int]]:
+    """Yield ``(seq, event_id, size)`` of the complete lines of ``path``, last first.
+
+    Reads backwards in chunks, so a line of any length costs bounded memory; lines
+    that are not events, and a fragment after the last newline, are passed over.
+    """
+    with open(path, "rb") as fh:
+        newer = None  # offset of the newline that ends the line being delimited
+        end = fh.seek(0, os.SEEK_END)
+        while end > 0:
+            start = max(0, end - _CHUNK)
+            chunk = _read_at(fh, start, end - start)
+            at = chunk.rfind(b"\n")
+            while at >= 0:
+                if newer is not None:
+                    line = _parse(fh, start + at + 1, newer)
+                    if line is not None:
+                        yield line
+                newer = start + at
+                at = chunk.rfind(b"\n", 0, at)
+            end = start
+        if newer is not None:
+            line = _parse(fh, 0, newer)
+            if line is not None:
+                yield line
+
+
+def _parse(fh: IO[bytes], start: int, end: int) -> tuple[int, str, int] | None:
+    """Return ``(seq, event_id, size)`` of the line at ``start:end``, if it is an event."""
+    head = _read_at(fh, start, min(end - start, _HEAD))
+    m = _LINE_HEAD.match(head)
+    if m is not None:
+        return int(m.group(1)), str(orjson.loads(m.group(2))), end - start + 1
+    if end - start > _HEAD:
+        return None
+    try:  # a short line in another layout (written by hand or another tool)
+        value: Any = orjson.loads(head)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(value, dict) and isinstance(value.get("seq"), int):
+        return int(value["seq"]), str(value.get("event_id")), end - start + 1
+    return None
+
+
+def parse_size(text: str) -> int | None:
+    """Return the byte count ``text`` names (``104857600``, ``100MB``, ``100 MiB``,
+    ``1GiB``; KB/MB/GB are powers of 1000, KiB/MiB/GiB of 1024), or ``None``."""
+    m = _SIZE.fullmatch(text.strip())
+    if m is None:
+        return None
+    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
 
 
 def from_env(name: str = "jsonl") -> JsonlSink:
     """Build the sink from ``TRACEVAULT_JSONL_DIR`` / ``TRACEVAULT_JSONL_LOGGER``
-    (default: directory ``tracevault-jsonl`` in the working directory)."""
+    (default: directory ``tracevault-jsonl`` in the working directory) and
+    ``TRACEVAULT_JSONL_MAX_BYTES`` (a bad value is logged and the default kept)."""
     logger = os.environ.get("TRACEVAULT_JSONL_LOGGER")
     directory = os.environ.get("TRACEVAULT_JSONL_DIR")
-    max_bytes = int(os.environ.get("TRACEVAULT_JSONL_MAX_BYTES") or 100 * 1024 * 1024)
     if logger and not directory:
         return JsonlSink(name=name, logger=logger)
+    raw = os.environ.get("TRACEVAULT_JSONL_MAX_BYTES") or ""
+    max_bytes = parse_size(raw) if raw.strip() else DEFAULT_MAX_BYTES
+    if max_bytes is None or max_bytes < 1024:
+        log.warning("tracevault: TRACEVAULT_JSONL_MAX_BYTES=%r is not a size of at least "
+                    "1024 bytes (like 104857600, 100MB or 100MiB); using %d", raw,
+                    DEFAULT_MAX_BYTES)
+        max_bytes = DEFAULT_MAX_BYTES
     return JsonlSink(name=name, directory=directory or "tracevault-jsonl", max_bytes=max_bytes)
