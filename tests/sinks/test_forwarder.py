@@ -186,3 +186,20 @@ def test_a_refused_event_is_skipped_alone_and_the_rest_delivered(tmp_path):
         (status,) = [c for c in cap.store.sink_cursors() if c.name == "rec"]
         assert f"event #{poison}" in (status.last_error or "")
         assert forwarder.delivered == 29
+
+
+def test_finding_nothing_to_deliver_clears_a_stale_error(tmp_path):
+    # e.g. `tracevault forward` could not start the sink (bad config) while the ledger
+    # was caught up; once it starts, the error is history even with nothing to send.
+    import tracevault
+
+    with capture_events(tmp_path) as cap:
+        _record(tracevault.AuditLogger(), 2)
+        cap.flush()
+        assert Forwarder(cap.store, Recording()).drain_once().ok
+        cap.store.set_sink_error("rec", "SinkError: not started")
+        assert Forwarder(cap.store, Recording()).drain_once().ok  # the CLI's path
+        assert {c.name: c for c in cap.store.sink_cursors()}["rec"].last_error is None
+        cap.store.set_sink_error("rec", "SinkError: not started")
+        assert Forwarder(cap.store, Recording()).deliver_next() == 0  # the thread's path
+        assert {c.name: c for c in cap.store.sink_cursors()}["rec"].last_error is None

@@ -212,6 +212,7 @@ class Forwarder:
         """
         events = list(self.store.events(after_seq=self.cursor, limit=self.batch_size))
         if not events:
+            self._succeeded()
             return 0
         self._spans.observe(events)
         refused = False
@@ -235,18 +236,24 @@ class Forwarder:
                 break
         last = events[-1].seq
         self.store.set_cursor(self.name, last)
-        stale = self.last_error is not None and self.last_error != self._skip_note
-        if not refused and (stale or not self._cleared):
-            # also once per forwarder: an error persisted by an earlier process is stale now
-            if self.last_error is not None:
-                log.warning("tracevault: sink %s delivers again", self.name)
-            self._record_error(self._skip_note)
-            self._cleared = True
+        if not refused:
+            self._succeeded()
         with self._progress:
             self._cursor = last
             self.delivered += 0 if refused else len(events)
             self._progress.notify_all()
         return len(events)
+
+    def _succeeded(self) -> None:
+        """Clear the last error: the sink took a batch, or there was nothing to take
+        (a sink that had failed to start, then started, is working again)."""
+        stale = self.last_error is not None and self.last_error != self._skip_note
+        if stale or not self._cleared:
+            # also once per forwarder: an error persisted by an earlier process is stale now
+            if self.last_error is not None:
+                log.warning("tracevault: sink %s delivers again", self.name)
+            self._record_error(self._skip_note)
+            self._cleared = True
 
     def _record_error(self, error: str | None) -> None:
         self.last_error = error
@@ -279,6 +286,8 @@ class Forwarder:
         delivered = 0
         attempt = 0
         error: str | None = None
+        if self.cursor >= head:
+            self._succeeded()
         while self.cursor < head:
             try:
                 n = self.deliver_next()

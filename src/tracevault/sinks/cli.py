@@ -5,18 +5,20 @@
   ``TRACEVAULT_SINKS`` are listed even before their first delivery.
 * ``forward``: deliver what the ledger holds now to each sink and exit (for cron or
   serverless). Exit status 0 when every sink caught up, 1 when one still failed at the
-  deadline (nothing is lost: the next run continues from the cursor).
+  deadline (nothing is lost: the next run continues from the cursor), 2 for bad options.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from typing import Any
 
 import orjson
 
+from tracevault.cli import UsageError
 from tracevault.sinks.base import Forwarder, describe
 from tracevault.sinks.registry import batch_size_env, build, parse, persist_error
 from tracevault.store import DEFAULT_URL, Store, open_store
@@ -30,12 +32,7 @@ def _store(args: argparse.Namespace) -> Store:
 
 def _names(args: argparse.Namespace) -> list[str]:
     chosen = args.sink or [os.environ.get("TRACEVAULT_SINKS") or ""]
-    names: list[str] = []
-    for item in parse(",".join(chosen)):
-        name = "otlp" if item == "otel" else str(item)
-        if name not in names:
-            names.append(name)
-    return names
+    return [str(name) for name in parse(",".join(chosen))]  # from a string: names only
 
 
 def sink_status(store: Store, names: list[str]) -> list[dict[str, Any]]:
@@ -73,7 +70,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse ``forward`` options no run could honour, before any sink is contacted."""
+    # NaN compares false with everything: a deadline of NaN would never pass.
+    if not math.isfinite(args.timeout) or args.timeout < 0:
+        raise UsageError(f"--timeout must be a finite number of seconds, 0 or more "
+                         f"(got {args.timeout})")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1 (got {args.batch_size})")
+
+
 def cmd_forward(args: argparse.Namespace) -> int:
+    _check_options(args)
     names = _names(args)
     if not names:
         raise ValueError("no sinks to forward to: set TRACEVAULT_SINKS or pass --sink NAME")

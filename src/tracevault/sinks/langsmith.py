@@ -106,7 +106,7 @@ class LangSmithSink:
                 run.update(inputs=_wrap(inputs_of(node), "input") or {})
                 create.append(run)
                 continue
-            start = batch.spans.start_of(e.trace_id, e.span_id) if e.phase == "end" else None
+            start = batch.spans.paired_start(e) if e.phase == "end" else None
             if start is not None:
                 node = Node(e.span_id or e.event_id, trace, start.parent_span_id,
                             start.timestamp, max(e.timestamp, start.timestamp), start, e,

@@ -5,8 +5,9 @@ and everything else as ``point`` events. Tracing backends want one node per step
 a start and an end time, a parent and stable ids. This module holds what every tree
 sink shares:
 
-* :class:`SpanIndex` finds a span's start event by ``(trace_id, span_id)``: from the
-  batches already seen, or from the ledger when a start was delivered before a restart;
+* :class:`SpanIndex` finds a span's start event by ``(trace_id, span_id)``: its structure
+  from the batches already seen or from the ledger, its payload from the ledger as it
+  is when the end is sent (so an erased session stays erased);
 * :func:`nodes` turns a batch into finished :class:`Node` s (an end paired with its
   start, or a point event);
 * deterministic id derivation (:func:`otel_trace_id`, :func:`otel_span_id`,
@@ -20,7 +21,7 @@ import hashlib
 import re
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -32,56 +33,91 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 _HEX16 = re.compile(r"^[0-9a-f]{16}$")
 _MAX_DEPTH = 256
+# Starts whose payload one query reads at most: below SQLite's oldest limit of 999
+# parameters per statement.
+_READ_CHUNK = 500
 
 
 class SpanIndex:
-    """Start events of spans, by trace, for pairing ends with starts and for ancestry.
+    """Span starts by trace, for pairing ends with starts and for ancestry.
 
     A trace is either absent (unknown) or complete: it is loaded from the ledger in one
     query on first lookup, then kept current from every batch the forwarder observes.
     At most ``max_traces`` traces are held (least recently used are forgotten and
     reloaded when needed), so memory stays bounded however long a process runs.
+
+    Only a start's structure is kept (ids, kind, level, name, time: the indexed columns,
+    which erasure leaves in the ledger), never its payload. A session can be erased
+    after its starts were seen, and a sink must send what the ledger holds when it
+    sends: so :meth:`observe` reads, for each batch, the current version of the starts
+    the batch's ends pair with, by sequence number, in one query. (Refreshing whole
+    traces on every batch instead would re-read every event of a long run on every
+    poll; structure can be kept, erasure never changes it.)
     """
 
-    def __init__(self, store: Store | None, *, max_traces: int = 2_000) -> None:
+    def __init__(self, store: Store, *, max_traces: int = 2_000) -> None:
         self._store = store
         self._max = max_traces
-        self._traces: OrderedDict[str, dict[str, AuditEvent]] = OrderedDict()
+        self._traces: OrderedDict[str, dict[str, StoredEvent]] = OrderedDict()
+        self._paired: dict[tuple[str, str], AuditEvent] = {}
 
-    def observe(self, events: Iterable[StoredEvent]) -> None:
-        """Record the span starts in a batch, for traces already loaded."""
+    def observe(self, events: Sequence[StoredEvent]) -> None:
+        """Get ready to send ``events``: record their span starts, and read from the
+        ledger, as it is now, the start each of their ends pairs with (see
+        :meth:`paired_start`). Call it again before sending a batch again."""
         for stored in events:
             e = stored.event
             if e.phase == "start" and e.span_id and e.trace_id and e.trace_id in self._traces:
-                self._traces[e.trace_id].setdefault(e.span_id, e)
+                self._traces[e.trace_id].setdefault(e.span_id, _structure(stored))
+        in_batch = {stored.seq: stored.event for stored in events}
+        paired: dict[tuple[str, str], AuditEvent] = {}
+        wanted: dict[int, tuple[str, str]] = {}
+        for stored in events:
+            e = stored.event
+            if e.phase != "end" or not e.trace_id or not e.span_id:
+                continue
+            start = self._trace(e.trace_id).get(e.span_id)
+            if start is None:
+                continue
+            if start.seq in in_batch:  # read with the batch, just now
+                paired[(e.trace_id, e.span_id)] = in_batch[start.seq]
+            else:
+                wanted[start.seq] = (e.trace_id, e.span_id)
+        seqs = sorted(wanted)
+        for i in range(0, len(seqs), _READ_CHUNK):
+            for stored in self._store.events(seqs=seqs[i:i + _READ_CHUNK]):
+                paired[wanted[stored.seq]] = stored.event
+        self._paired = paired
 
-    def add(self, events: Iterable[AuditEvent]) -> None:
-        """Record span starts directly (for callers without a store, e.g. tests)."""
-        for e in events:
-            if e.phase == "start" and e.span_id and e.trace_id:
-                self._trace(e.trace_id, load=False).setdefault(e.span_id, e)
+    def paired_start(self, end: AuditEvent) -> AuditEvent | None:
+        """Return the start of span ``end`` ends, payload included, as the ledger held it
+        when the batch holding ``end`` was observed; ``None`` if never recorded."""
+        if not end.trace_id or not end.span_id:
+            return None
+        return self._paired.get((end.trace_id, end.span_id))
 
-    def _trace(self, trace_id: str, *, load: bool = True) -> dict[str, AuditEvent]:
+    def _trace(self, trace_id: str) -> dict[str, StoredEvent]:
         spans = self._traces.get(trace_id)
         if spans is not None:
             self._traces.move_to_end(trace_id)
             return spans
         spans = {}
-        if load and self._store is not None:
-            for stored in self._store.events(trace_id=trace_id):
-                e = stored.event
-                if e.phase == "start" and e.span_id:
-                    spans.setdefault(e.span_id, e)
+        for stored in self._store.events(trace_id=trace_id):
+            e = stored.event
+            if e.phase == "start" and e.span_id:
+                spans.setdefault(e.span_id, _structure(stored))
         self._traces[trace_id] = spans
         while len(self._traces) > self._max:
             self._traces.popitem(last=False)
         return spans
 
     def start_of(self, trace_id: str | None, span_id: str | None) -> AuditEvent | None:
-        """Return the start event of span ``span_id`` in ``trace_id``, if recorded."""
+        """Return the structure of span ``span_id``'s start in ``trace_id``, if recorded:
+        its indexed columns only, with an empty payload."""
         if not trace_id or not span_id:
             return None
-        return self._trace(trace_id).get(span_id)
+        start = self._trace(trace_id).get(span_id)
+        return start.event if start is not None else None
 
     def ancestors(self, event: AuditEvent) -> list[AuditEvent]:
         """Return the start events above ``event``'s node, root first.
@@ -102,6 +138,15 @@ class SpanIndex:
             parent = start.parent_span_id
         chain.reverse()
         return chain
+
+
+def _structure(stored: StoredEvent) -> StoredEvent:
+    """Return ``stored`` without its payload: the indexed columns, as erasure leaves them."""
+    e = stored.event
+    return StoredEvent(stored.seq, AuditEvent(
+        event_id=e.event_id, timestamp=e.timestamp, kind=e.kind, phase=e.phase,
+        level=e.level, name=e.name, session_id=e.session_id, user_id=e.user_id,
+        trace_id=e.trace_id, span_id=e.span_id, parent_span_id=e.parent_span_id))
 
 
 def parent_of(event: AuditEvent, spans: SpanIndex) -> str | None:
@@ -187,8 +232,9 @@ def nodes(events: Sequence[StoredEvent], spans: SpanIndex) -> list[Node]:
     """Return the steps that finish in ``events``, in ledger order.
 
     A ``start`` yields nothing by itself (its node is emitted with its end, whose batch
-    may come later); an ``end`` is paired with its start through ``spans``; an end
-    without a recorded start starts ``duration_ms`` before it (or at it).
+    may come later); an ``end`` is paired with its start through ``spans`` (which has
+    observed ``events``); an end without a recorded start starts ``duration_ms`` before
+    it (or at it).
     """
     out: list[Node] = []
     for stored in events:
@@ -197,7 +243,7 @@ def nodes(events: Sequence[StoredEvent], spans: SpanIndex) -> list[Node]:
             continue
         trace = e.trace_id or e.event_id
         if e.phase == "end":
-            start = spans.start_of(e.trace_id, e.span_id)
+            start = spans.paired_start(e)
             if start is not None:
                 out.append(Node(e.span_id or e.event_id, trace, start.parent_span_id,
                                 start.timestamp, max(e.timestamp, start.timestamp), start, e,

@@ -139,8 +139,9 @@ class Store(Protocol):
         until: datetime | None = None,
         after_seq: int = 0,
         limit: int | None = None,
+        seqs: Sequence[int] | None = None,
     ) -> Iterator[StoredEvent]:
-        """Yield matching events in sequence order."""
+        """Yield matching events in sequence order (``seqs``: only these sequence numbers)."""
         ...
 
     def sessions(

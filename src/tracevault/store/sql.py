@@ -106,11 +106,15 @@ class SQLStore:
         until: datetime | None = None,
         after_seq: int = 0,
         limit: int | None = None,
+        seqs: Sequence[int] | None = None,
     ) -> Iterator[StoredEvent]:
         where, params = self._time_filter(since, until)
         if after_seq:
             where.append("seq > ?")
             params.append(after_seq)
+        if seqs is not None:
+            where.append(f"seq IN ({', '.join('?' for _ in seqs)})" if seqs else "1 = 0")
+            params.extend(seqs)
         if session_id is not None:
             where.append("session_id = ?")
             params.append(session_id)
