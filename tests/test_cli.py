@@ -112,6 +112,37 @@ def test_show_renders_a_readable_tree(tmp_path: Path, capsys: pytest.CaptureFixt
     assert '"status": "pending"' in out  # --full prints payloads
 
 
+def test_runs_without_a_session_are_listed_and_shown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "s.db"
+    _seed(db)
+    tracevault.configure(store=f"sqlite:///{db}")
+    anonymous = [tracevault.AuditLogger(user_id="eve") for _ in range(2)]
+    for i, log in enumerate(anonymous):
+        log.log_input(f"anonymous {i}")
+    assert tracevault.flush(10)
+    tracevault.shutdown()
+    store = f"sqlite:///{db}"
+    assert main(["sessions", "--store", store, "--json"]) == 0
+    rows = {r["session_id"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == {"a-1", "a-2", "b-1", None}
+    assert (rows[None]["runs"], rows[None]["events"]) == (2, 2)
+    assert main(["sessions", "--store", store]) == 0
+    assert "(no session)" in capsys.readouterr().out
+    assert main(["show", "--no-session", "--store", store]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("session (no session) · user eve · ")
+    assert "anonymous 0" in out and "anonymous 1" in out and "hi from" not in out
+    assert main(["show", "--trace", anonymous[1].trace_id, "--store", store, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)["events"]
+    assert [e["data"]["content"] for e in shown] == ["anonymous 1"]
+    for wrong in (["show"], ["show", "a-1", "--no-session"], ["show", "--trace", "nope"]):
+        assert main([*wrong, "--store", store]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+
+
 def test_errors_are_one_line_messages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sessions", "--store", f"sqlite:///{tmp_path / 'none.db'}"]) == 2
     assert "no tracevault ledger at" in capsys.readouterr().err

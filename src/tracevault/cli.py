@@ -94,16 +94,26 @@ def cmd_sessions(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    chosen = [o for o in (args.session is not None, args.trace is not None, args.no_session) if o]
+    if len(chosen) != 1:
+        raise UsageError("show one session (SESSION), one run (--trace ID) or the runs "
+                         "recorded without a session (--no-session)")
     store = _open_existing(args)
     try:
-        events = list(store.events(session_id=args.session))
-        summaries = store.sessions(session_id=args.session) if events else []
+        if args.trace is not None:
+            events = list(store.events(trace_id=args.trace))
+            summaries = []
+        else:
+            events = list(store.events(session_id=args.session, no_session=args.no_session))
+            summaries = (store.sessions(session_id=args.session, no_session=args.no_session)
+                         if events else [])
     finally:
         store.close()
     if not events:
-        raise UsageError(
-            f"no session {args.session!r} in {_store_url(args)} (see `tracevault sessions`)"
-        )
+        what = (f"run {args.trace!r}" if args.trace is not None
+                else "run without a session" if args.no_session
+                else f"session {args.session!r}")
+        raise UsageError(f"no {what} in {_store_url(args)} (see `tracevault sessions`)")
     if args.json:
         _print_json(
             {
@@ -186,7 +196,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise StoreError(f"the demo's events did not reach {url}")
     tracevault.shutdown()
     print(f"recorded session {session_id} in {url}\n")
-    args.session = session_id
+    args.session, args.trace, args.no_session = session_id, None, False
     args.full = False
     return cmd_show(args)
 
@@ -224,8 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="at most this many sessions")
     p.set_defaults(func=cmd_sessions)
 
-    p = sub.add_parser("show", parents=[reading], help="show one session as a tree of steps")
-    p.add_argument("session", help="session id (see `tracevault sessions`)")
+    p = sub.add_parser(
+        "show", parents=[reading], help="show one session (or one run) as a tree of steps"
+    )
+    p.add_argument("session", nargs="?", help="session id (see `tracevault sessions`)")
+    p.add_argument("--trace", metavar="ID", help="show the run with this trace id instead")
+    p.add_argument("--no-session", action="store_true",
+                   help="show the runs recorded without a session instead")
     p.add_argument("--full", action="store_true", help="also print every payload")
     p.add_argument("--width", type=int, default=100, help="width of one-line summaries")
     p.set_defaults(func=cmd_show)

@@ -196,7 +196,8 @@ def _render_nodes(nodes: list[Node], prefix: str, lines: list[str], full: bool, 
 def session_header(summary: SessionSummary) -> str:
     """Return the one-line heading of a session."""
     return (
-        f"session {summary.session_id} · user {summary.user_id or '-'} · "
+        f"session {summary.session_id if summary.session_id is not None else NO_SESSION} · "
+        f"user {summary.user_id or '-'} · "
         f"{summary.start} → {summary.end} · {summary.runs} runs · {summary.events} events · "
         f"{summary.tool_calls} tool calls · {summary.errors} errors · "
         f"{summary.tokens} tokens · ${summary.cost:.6f}"
@@ -220,6 +221,9 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+NO_SESSION = "(no session)"  # how runs recorded without a session are listed
+
+
 def render_sessions(sessions: Sequence[SessionSummary]) -> str:
     """Render the ``tracevault sessions`` table."""
     return table(
@@ -237,7 +241,7 @@ def render_sessions(sessions: Sequence[SessionSummary]) -> str:
         ],
         [
             [
-                s.session_id,
+                s.session_id if s.session_id is not None else NO_SESSION,
                 s.user_id or "-",
                 s.start[:19],
                 s.end[:19],

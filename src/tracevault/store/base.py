@@ -140,8 +140,10 @@ class Store(Protocol):
         after_seq: int = 0,
         limit: int | None = None,
         seqs: Sequence[int] | None = None,
+        no_session: bool = False,
     ) -> Iterator[StoredEvent]:
-        """Yield matching events in sequence order (``seqs``: only these sequence numbers)."""
+        """Yield matching events in sequence order (``seqs``: only these sequence numbers;
+        ``no_session``: only events recorded without a session)."""
         ...
 
     def sessions(
@@ -152,8 +154,11 @@ class Store(Protocol):
         until: datetime | None = None,
         limit: int | None = None,
         session_id: str | None = None,
+        no_session: bool = False,
     ) -> list[SessionSummary]:
-        """Return sessions (or just ``session_id``), most recent first."""
+        """Return sessions (or just ``session_id``), most recent first; events recorded
+        without a session count as one more, whose ``session_id`` is ``None`` (or the
+        only one, with ``no_session``)."""
         ...
 
     def stats(self, *, since: datetime | None = None, until: datetime | None = None) -> Stats:

@@ -107,8 +107,11 @@ class SQLStore:
         after_seq: int = 0,
         limit: int | None = None,
         seqs: Sequence[int] | None = None,
+        no_session: bool = False,
     ) -> Iterator[StoredEvent]:
         where, params = self._time_filter(since, until)
+        if no_session:
+            where.append("session_id IS NULL")
         if after_seq:
             where.append("seq > ?")
             params.append(after_seq)
@@ -163,20 +166,23 @@ class SQLStore:
         until: datetime | None = None,
         limit: int | None = None,
         session_id: str | None = None,
+        no_session: bool = False,
     ) -> list[SessionSummary]:
         where, params = self._time_filter(since, until)
         if session_id is not None:  # one session: its index, not a scan of all of them
             where.insert(0, "session_id = ?")
             params.insert(0, session_id)
-        else:
-            where.insert(0, "session_id IS NOT NULL")
+        elif no_session:
+            where.insert(0, "session_id IS NULL")
+        # Otherwise every session, and the runs recorded without one as a session of
+        # their own (session_id None), which `tracevault show --no-session` shows.
         sql = (
             "SELECT session_id, max(user_id), min(ts), max(ts), count(*), "
             "count(DISTINCT trace_id), "
             "sum(CASE WHEN kind = 'error' THEN 1 ELSE 0 END), "
             f"sum(CASE WHEN kind = 'tool_call' AND {_OUTCOME} THEN 1 ELSE 0 END), "
             "coalesce(sum(tokens), 0), coalesce(sum(cost), 0) "
-            f"FROM events WHERE {' AND '.join(where)} GROUP BY session_id"
+            f"FROM events{' WHERE ' + ' AND '.join(where) if where else ''} GROUP BY session_id"
         )
         if user_id is not None:  # every session the user took part in
             sql += " HAVING sum(CASE WHEN user_id = ? THEN 1 ELSE 0 END) > 0"
