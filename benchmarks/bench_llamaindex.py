@@ -65,9 +65,17 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
-def make_agent() -> FunctionAgent:
-    llm = MockFunctionCallingLLM(response_generator=tool_then_answer(
-        lambda user: [("add", {"a": len(user), "b": 1})], "done"))
+def make_agent(model_ms: float = 0.0) -> FunctionAgent:
+    """The benchmark's agent; each model call waits ``model_ms`` first (as a network
+    round trip would: the GIL is free meanwhile)."""
+    script = tool_then_answer(lambda user: [("add", {"a": len(user), "b": 1})], "done")
+
+    def respond(messages: Any, **kwargs: Any) -> Any:
+        if model_ms:
+            time.sleep(model_ms / 1000)
+        return script(messages, **kwargs)
+
+    llm = MockFunctionCallingLLM(response_generator=respond)
     return FunctionAgent(tools=[FunctionTool.from_defaults(add)], llm=llm, streaming=False)
 
 
@@ -133,8 +141,8 @@ def _writer_id() -> int | None:
 class Bench:
     """The agent, the stores and the per-configuration measurements."""
 
-    def __init__(self, tmp: Path, runs: int, rounds: int) -> None:
-        self.agent = make_agent()
+    def __init__(self, tmp: Path, runs: int, rounds: int, model_ms: float = 0.0) -> None:
+        self.agent = make_agent(model_ms)
         self.runs = runs
         self.url = f"sqlite:///{tmp / 'bench.db'}"
         self.process_url = f"sqlite:///{tmp / 'process.db'}"
@@ -225,9 +233,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=100, help="runs per block")
     parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--model-ms", type=float, default=0.0,
+                        help="time each model call waits, as a real model's network round "
+                        "trip does (default 0: the agent never waits)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        bench = Bench(Path(tmp), args.runs, args.rounds)
+        bench = Bench(Path(tmp), args.runs, args.rounds, args.model_ms)
         for config in CONFIGS:  # warm up every path once, unrecorded
             bench.block(config, record=False)
         for r in range(args.rounds):
@@ -259,6 +270,7 @@ def main() -> None:
         "machine": machine(),
         "runs_per_block": args.runs,
         "rounds": args.rounds,
+        "model_ms": args.model_ms,
         "events_per_run": EVENTS_PER_RUN,
         "callbacks_per_run": callbacks,
         "baseline_ms_per_run": mean["none"] * 1e3,
@@ -278,7 +290,7 @@ def main() -> None:
         "parked_loop_cpu_overhead_us_per_event": (cpu["parked"] - cpu["none"]) * per_event,
         "writer_cpu_us_per_event": statistics.median(bench.writer_cpu) / args.runs * per_event,
     }
-    write_results("llamaindex", result)
+    write_results("llamaindex" + ("-model-wait" if args.model_ms else ""), result)
     for key, value in result.items():
         if isinstance(value, float):
             print(f"{key:38} {value:.2f}")
