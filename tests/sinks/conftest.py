@@ -8,9 +8,10 @@ One threaded ``http.server`` understands every wire format the sinks use:
   ``post.{id}``/``patch.{id}`` parts), ``POST /runs/batch`` and ``POST /runs``;
 * gzip, deflate and zstd request bodies.
 
-It can fail on purpose (status + ``Retry-After``) and hold a request until released, for
-outage and kill tests. Received spans and runs are stored raw (every delivery) and can
-be deduplicated by id, the way a real backend upserts.
+It can fail on purpose (status + ``Retry-After``), refuse (400) any request whose body
+holds a marker, and hold a request until released, for outage and kill tests. Received
+spans and runs are stored raw (every delivery) and can be deduplicated by id, the way a
+real backend upserts.
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ class CaptureServer:
         self.held = threading.Event()  # set when a request is being held
         self.release = threading.Event()
         self.data_requests = 0
+        self.refuse_marker: bytes | None = None  # reply 400 to any body containing it
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -160,6 +162,9 @@ class CaptureServer:
                     self._reply(server.fail_status or 503, b"{}", "application/json", headers)
                     return
                 body = decode_body(raw, self.headers.get("Content-Encoding"))
+                if server.refuse_marker is not None and server.refuse_marker in body:
+                    self._reply(400, b'{"error":"refused"}', "application/json")
+                    return
                 server.record(self.path, dict(self.headers), body)
                 if server.hold_after is not None and index >= server.hold_after:
                     server.held.set()

@@ -20,7 +20,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -55,9 +56,31 @@ class RetryAfter(TransientError):
 
 
 class PermanentError(RuntimeError):
-    """The receiver refused this payload for good (HTTP 400, 413, 422): sending the same
-    batch again cannot succeed. The forwarder splits the batch to find the event it
+    """The receiver refused this payload for good (HTTP 400, 413, 422), or the exporter
+    will never send it (a request over its size limit): sending the same batch again
+    cannot succeed. The forwarder splits the batch to find the event it
     refuses, skips that one event (recording why) and delivers the rest."""
+
+
+class ConversionError(PermanentError):
+    """The sink cannot turn an event into what its receiver takes (a value of a shape
+    its mapping does not handle). Converting it again fails the same way, so the
+    forwarder isolates and skips the event as it does a refused one."""
+
+
+# What mapping odd event data raises. Anything else raised while mapping (a failed
+# ledger read for a span's ancestry, say) says nothing about the event: it is retried.
+_CONVERSION_FAILURES = (ArithmeticError, AttributeError, LookupError, TypeError, ValueError)
+
+
+@contextmanager
+def converting() -> Iterator[None]:
+    """Wrap a sink's mapping of events (not its requests): a failure that odd event
+    data causes there is raised as a :class:`ConversionError`."""
+    try:
+        yield
+    except _CONVERSION_FAILURES as exc:
+        raise ConversionError(describe(exc)) from exc
 
 
 # Statuses that condemn the payload itself. 401/403/404 are configuration (keys,
@@ -191,7 +214,7 @@ class Forwarder:
         self._closed = False
         self.delivered = 0
         self.failures = 0
-        self.skipped = 0  # events the receiver refused for good (see PermanentError)
+        self.skipped = 0  # events refused for good or not convertible (PermanentError)
         self._skip_note: str | None = None
         self.last_error: str | None = None
         self._cleared = False
@@ -225,8 +248,9 @@ class Forwarder:
                     events = events[: len(events) // 2]
                     continue
                 self.skipped += 1
+                why = "not convertible" if isinstance(exc, ConversionError) else "refused for good"
                 message = (
-                    f"event #{events[0].seq} ({events[0].event.event_id}) refused for good "
+                    f"event #{events[0].seq} ({events[0].event.event_id}) {why} "
                     f"and skipped for this sink: {describe(exc)}"
                 )
                 log.error("tracevault: sink %s: %s", self.name, message)
@@ -367,12 +391,3 @@ class Forwarder:
             self.sink.shutdown()
         except Exception as exc:
             log.warning("tracevault: sink %s did not shut down cleanly: %s", self.name, exc)
-
-
-def sink_names(sinks: Sequence[Sink]) -> list[str]:
-    """Return the sinks' names; raise ``ValueError`` if two share one (one cursor each)."""
-    names = [s.name for s in sinks]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ValueError(f"two sinks are named {', '.join(dupes)}: give each a unique name")
-    return names

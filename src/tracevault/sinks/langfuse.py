@@ -25,7 +25,6 @@ import base64
 import os
 import threading
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import Any
 
 import langfuse as langfuse_sdk
@@ -52,13 +51,21 @@ from opentelemetry.trace import (
     set_span_in_context,
 )
 
-from tracevault.sinks.base import Batch, SinkError, TransientError, http_failure
+from tracevault.sinks.base import (
+    Batch,
+    PermanentError,
+    SinkError,
+    TransientError,
+    converting,
+    http_failure,
+)
 from tracevault.sinks.http import ResponseRecorder
-from tracevault.sinks.otel import PresetIds, private_tracer_provider
+from tracevault.sinks.otel import MAX_REQUEST_SIZE, PresetIds, private_tracer_provider, unsent
 from tracevault.sinks.payload import (
     base_metadata,
     cost_usd,
     inputs_of,
+    milliseconds,
     model_of,
     outputs_of,
     usage_of,
@@ -81,27 +88,35 @@ _FLUSH_EVERY = 512  # below the span processor's queue (2048), so nothing is dro
 
 
 class _Tracking(SpanExporter):
-    """Wraps the OTLP exporter and remembers which spans were accepted."""
+    """Wraps the OTLP exporter and remembers which spans were accepted, and why spans
+    were never sent when they themselves are the reason (see :func:`otel.unsent`)."""
 
-    def __init__(self, inner: SpanExporter) -> None:
+    def __init__(self, inner: SpanExporter, max_request_size: int) -> None:
         self.inner = inner
+        self.max_request_size = max_request_size
         self._lock = threading.Lock()
         self.accepted: set[int] = set()
         self.failed = 0
+        self.unsent: PermanentError | None = None
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         result = self.inner.export(spans)
+        # Checked here: the SDK exports in chunks, and only this chunk can tell.
+        unsendable = None if result is SpanExportResult.SUCCESS else unsent(
+            spans, self.max_request_size)
         with self._lock:
             if result is SpanExportResult.SUCCESS:
                 self.accepted.update(s.context.span_id for s in spans if s.context)
             else:
                 self.failed += 1
+                self.unsent = self.unsent or unsendable
         return result
 
     def begin(self) -> None:
         with self._lock:
             self.accepted.clear()
             self.failed = 0
+            self.unsent = None
 
     def shutdown(self) -> None:
         self.inner.shutdown()
@@ -114,7 +129,8 @@ class _Runtime:
     """One Langfuse client with its private provider, shared per public key (the SDK
     itself keeps one client per key in a process)."""
 
-    def __init__(self, public_key: str, secret_key: str, base_url: str, timeout: int) -> None:
+    def __init__(self, public_key: str, secret_key: str, base_url: str, timeout: int,
+                 max_request_size: int) -> None:
         self.public_key = public_key
         self.base_url = base_url
         self.responses = ResponseRecorder()
@@ -133,8 +149,9 @@ class _Runtime:
             timeout=timeout,
             compression=Compression.Gzip,
             session=self.responses.session(),
+            max_request_size=max_request_size,
         )
-        self.tracking = _Tracking(exporter)
+        self.tracking = _Tracking(exporter, max_request_size)
         self.ids = PresetIds()
         self.provider: TracerProvider = private_tracer_provider(self.ids)
         self.client = Langfuse(
@@ -151,11 +168,13 @@ _runtimes: dict[str, _Runtime] = {}
 _runtimes_lock = threading.Lock()
 
 
-def _runtime(public_key: str, secret_key: str, base_url: str, timeout: int) -> _Runtime:
+def _runtime(public_key: str, secret_key: str, base_url: str, timeout: int,
+             max_request_size: int) -> _Runtime:
     with _runtimes_lock:
         runtime = _runtimes.get(public_key)
         if runtime is None:
-            runtime = _runtimes[public_key] = _Runtime(public_key, secret_key, base_url, timeout)
+            runtime = _runtimes[public_key] = _Runtime(public_key, secret_key, base_url, timeout,
+                                                       max_request_size)
         elif runtime.base_url != base_url:
             raise SinkError(f"Langfuse public key {public_key} is already used with "
                             f"{runtime.base_url}; the SDK allows one client per key")
@@ -163,7 +182,12 @@ def _runtime(public_key: str, secret_key: str, base_url: str, timeout: int) -> _
 
 
 class LangfuseSink:
-    """Exports finished steps as Langfuse observations, one trace per agent run."""
+    """Exports finished steps as Langfuse observations, one trace per agent run.
+
+    ``timeout`` and ``max_request_size`` (bytes of one OTLP request; larger batches are
+    split by the forwarder) belong to the client shared per public key: the first sink
+    created for a key sets them.
+    """
 
     def __init__(
         self,
@@ -173,6 +197,7 @@ class LangfuseSink:
         secret_key: str | None = None,
         base_url: str | None = None,
         timeout: int | None = None,
+        max_request_size: int = MAX_REQUEST_SIZE,
     ) -> None:
         public_key = public_key or os.environ.get("LANGFUSE_PUBLIC_KEY")
         secret_key = secret_key or os.environ.get("LANGFUSE_SECRET_KEY")
@@ -182,11 +207,12 @@ class LangfuseSink:
                 or "https://cloud.langfuse.com").rstrip("/")
         seconds = timeout or int(os.environ.get("LANGFUSE_TIMEOUT") or 10)
         self.name = name
-        self._rt = _runtime(public_key, secret_key, base, seconds)
+        self._rt = _runtime(public_key, secret_key, base, seconds, max_request_size)
         self.client = self._rt.client
 
     def export(self, batch: Batch) -> None:
-        todo = nodes(batch.events, batch.spans)
+        with converting():
+            todo = nodes(batch.events, batch.spans)
         if not todo:
             return
         rt = self._rt
@@ -195,15 +221,19 @@ class LangfuseSink:
             rt.responses.clear()
             expected: set[int] = set()
             for i, node in enumerate(todo, 1):
-                expected.add(self._observe(node, batch.spans))
+                with converting():
+                    expected.add(self._observe(node, batch.spans))
                 if i % _FLUSH_EVERY == 0:
                     self.client.flush()
             self.client.flush()
             missing = expected - rt.tracking.accepted
             failed = rt.tracking.failed
+            unsendable = rt.tracking.unsent
         if not missing:
             return
-        status, retry_after = rt.responses.last()
+        if unsendable is not None:
+            raise unsendable
+        status, retry_after = rt.responses.outcome()
         if retry_after is not None or failed or status:
             message = (f"Langfuse ingestion failed (HTTP {status})" if status else
                        "Langfuse ingestion failed (receiver unreachable)")
@@ -214,6 +244,7 @@ class LangfuseSink:
             "before tracevault (the SDK keeps one client per key)")
 
     def _observe(self, node: Node, spans: SpanIndex) -> int:
+        fields = self._fields(node)  # first, so odd event data fails before a span starts
         rt = self._rt
         trace_id = otel_trace_id(node.trace_id)
         span_id = otel_span_id(node.node_id)
@@ -236,13 +267,20 @@ class LangfuseSink:
             rt.ids.preset(trace_id, span_id)
             span = rt.tracer.start_span(node.name, context=context,
                                         start_time=epoch_ns(node.start_time))
+        OBSERVATION.get(node.kind, LangfuseEvent)(otel_span=span, langfuse_client=self.client,
+                                                  **fields)
+        span.end(end_time=epoch_ns(node.end_time))
+        return span_id
+
+    @classmethod
+    def _fields(cls, node: Node) -> dict[str, Any]:
+        """Return the observation's fields for ``node`` (whatever shape its data has)."""
         data = node.data
         error = node.error
         level = "ERROR" if error else LEVELS.get(node.level, "DEFAULT")
-        kwargs: dict[str, Any] = {
-            "otel_span": span, "langfuse_client": self.client,
+        fields: dict[str, Any] = {
             "input": inputs_of(node), "output": outputs_of(node),
-            "metadata": self._metadata(node), "level": level, "status_message": error,
+            "metadata": cls._metadata(node), "level": level, "status_message": error,
         }
         if node.kind == "llm_call":
             usage = usage_of(data)
@@ -252,19 +290,19 @@ class LangfuseSink:
                 "input_cache_creation_tokens": usage.get("cache_write"),
                 "output_reasoning_tokens": usage.get("reasoning")}.items() if v is not None}
             cost = cost_usd(data)
-            ttft = data.get("time_to_first_token_ms")
-            kwargs.update(
+            params = data.get("parameters")
+            if not isinstance(params, dict):
+                params = {}
+            ttft = milliseconds(data.get("time_to_first_token_ms"))
+            fields.update(
                 model=model_of(node),
-                model_parameters={k: v for k, v in (data.get("parameters") or {}).items()
+                model_parameters={k: v for k, v in params.items()
                                   if isinstance(v, (str, int, float, bool))} or None,
                 usage_details=details or None,
                 cost_details={"total": cost} if cost is not None else None,
-                completion_start_time=(node.start_time + timedelta(milliseconds=ttft)
-                                       if isinstance(ttft, (int, float)) else None),
+                completion_start_time=node.start_time + ttft if ttft is not None else None,
             )
-        OBSERVATION.get(node.kind, LangfuseEvent)(**kwargs)
-        span.end(end_time=epoch_ns(node.end_time))
-        return span_id
+        return fields
 
     @staticmethod
     def _metadata(node: Node) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from langsmith import utils as ls_utils
 from urllib3.util.retry import Retry
 
 from tracevault.schema import AuditEvent
-from tracevault.sinks.base import Batch, http_failure
+from tracevault.sinks.base import Batch, converting, http_failure
 from tracevault.sinks.http import ResponseRecorder
 from tracevault.sinks.payload import (
     base_metadata,
@@ -194,7 +194,8 @@ class LangSmithSink:
         return self._multipart
 
     def export(self, batch: Batch) -> None:
-        create, update = self.runs_for(batch)
+        with converting():
+            create, update = self.runs_for(batch)
         if not create and not update:
             return
         with self._lock:
@@ -206,7 +207,7 @@ class LangSmithSink:
                 self.client.batch_ingest_runs(create=create, update=update)
             errors = list(self._errors)
         if errors:
-            status, retry_after = self.responses.last()
+            status, retry_after = self.responses.outcome()
             message = f"LangSmith ingestion failed: {type(errors[-1]).__name__}" + (
                 f" (HTTP {status})" if status else "")
             raise http_failure(message, status, retry_after)

@@ -39,6 +39,7 @@ from typing import Any
 
 import orjson
 from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.metrics import MeterProvider
@@ -59,7 +60,14 @@ from opentelemetry.trace import (
 )
 
 from tracevault.config import env_flag
-from tracevault.sinks.base import Batch, http_failure
+from tracevault.sinks.base import (
+    Batch,
+    ConversionError,
+    PermanentError,
+    TransientError,
+    converting,
+    http_failure,
+)
 from tracevault.sinks.http import ResponseRecorder
 from tracevault.sinks.payload import cost_usd, inputs_of, model_of, outputs_of, usage_of
 from tracevault.sinks.tree import Node, epoch_ns, nodes, otel_span_id, otel_trace_id
@@ -67,6 +75,9 @@ from tracevault.sinks.tree import Node, epoch_ns, nodes, otel_span_id, otel_trac
 log = logging.getLogger("tracevault.sinks")
 
 SCOPE = "tracevault"
+# The OTLP exporters' default (the OTLP specification's recommended limit): a larger
+# request is dropped by the exporter before it is sent.
+MAX_REQUEST_SIZE = 64 * 1024 * 1024
 AttrValue = str | bool | int | float | Sequence[str] | Sequence[int] | Sequence[float]
 
 
@@ -105,6 +116,22 @@ def private_tracer_provider(ids: IdGenerator) -> TracerProvider:
     return TracerProvider(resource=resource, sampler=ALWAYS_ON, id_generator=ids)
 
 
+def unsent(spans: Sequence[ReadableSpan], max_request_size: int) -> PermanentError | None:
+    """Return why an OTLP exporter that failed on ``spans`` never sent them, when the
+    spans themselves are the reason: they cannot be encoded, or their request is over
+    ``max_request_size`` bytes. Either fails the same way every time, like an HTTP 413.
+    ``None`` when the spans could have been sent (the receiver did not answer)."""
+    try:
+        with converting():
+            size = encode_spans(spans).ByteSize()
+    except ConversionError as exc:
+        return exc
+    if 0 < max_request_size < size:
+        return PermanentError(f"OTLP request of {size} bytes is over the exporter's "
+                              f"max_request_size of {max_request_size} bytes")
+    return None
+
+
 def _json(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS, default=str).decode()
 
@@ -123,8 +150,10 @@ class OTelSink:
         metrics: bool = True,
         span_exporter: SpanExporter | None = None,
         metric_exporter: MetricExporter | None = None,
+        max_request_size: int = MAX_REQUEST_SIZE,
     ) -> None:
         self.name = name
+        self.max_request_size = max_request_size
         self.capture_content = (
             env_flag("TRACEVAULT_OTEL_CAPTURE_CONTENT")
             if capture_content is None
@@ -134,7 +163,7 @@ class OTelSink:
         self.responses = ResponseRecorder()
         self._exporter = span_exporter or OTLPSpanExporter(
             endpoint=f"{base}/v1/traces" if base else None, headers=headers, timeout=timeout,
-            session=self.responses.session(),
+            session=self.responses.session(), max_request_size=max_request_size,
         )
         self._ids = PresetIds()
         self._collect = _Collect()
@@ -236,7 +265,9 @@ class OTelSink:
             if isinstance(params, dict):
                 for key in ("temperature", "top_p", "max_tokens", "seed"):
                     value = params.get(key)
-                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    if isinstance(value, float) or (  # OTLP integers are 64-bit
+                            isinstance(value, int) and not isinstance(value, bool)
+                            and -(2**63) <= value < 2**63):
                         attrs[f"gen_ai.request.{key}"] = value
             cost = cost_usd(data)
             if cost is not None:
@@ -279,16 +310,20 @@ class OTelSink:
     # --- delivery ---------------------------------------------------------------------
 
     def export(self, batch: Batch) -> None:
-        spans = self.spans_for(batch)
+        with converting():
+            spans = self.spans_for(batch)
         if spans:
             self.responses.clear()
             result = self._exporter.export(spans)
             if result is not SpanExportResult.SUCCESS:
-                status, retry_after = self.responses.last()
-                message = f"OTLP span export failed (HTTP {status})" if status else (
+                status, retry_after = self.responses.outcome()
+                if status:
+                    raise http_failure(f"OTLP span export failed (HTTP {status})", status,
+                                       retry_after)
+                raise unsent(spans, self.max_request_size) or TransientError(
                     "OTLP span export failed (receiver unreachable)")
-                raise http_failure(message, status, retry_after)
-        self._record_metrics(batch)
+        with converting():
+            self._record_metrics(batch)
 
     def _record_metrics(self, batch: Batch) -> None:
         if self._meters is None:
@@ -339,4 +374,5 @@ def from_env(name: str = "otlp") -> OTelSink:
     return OTelSink(name=name, metrics=metrics)
 
 
-__all__ = ["OTelSink", "PresetIds", "from_env", "private_tracer_provider"]
+__all__ = ["MAX_REQUEST_SIZE", "OTelSink", "PresetIds", "from_env", "private_tracer_provider",
+           "unsent"]

@@ -6,6 +6,7 @@ differ in the field names they put them under.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from tracevault.pricing import usage_cost
@@ -59,14 +60,14 @@ def outputs_of(node: Node) -> Any:
 
 def usage_of(data: dict[str, Any]) -> dict[str, int]:
     """Return token counts (input, output, total, cached, cache_write, reasoning) that are
-    present."""
+    present, as 64-bit integers (other values are left out)."""
     raw = data.get("usage")
     if not isinstance(raw, dict):
         return {}
     out: dict[str, int] = {}
     for key in ("input", "output", "total", "cached", "cache_write", "reasoning"):
         value = raw.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 2**63:
             out[key] = int(value)
     if "total" not in out and ("input" in out or "output" in out):
         out["total"] = out.get("input", 0) + out.get("output", 0)
@@ -83,6 +84,14 @@ def cost_usd(data: dict[str, Any]) -> float | None:
         return None
     model = data.get("model")
     return usage_cost(model if isinstance(model, str) else None, usage)
+
+
+def milliseconds(value: Any) -> timedelta | None:
+    """Return a recorded duration in milliseconds as a timedelta; ``None`` when it is not
+    a number or not plausible (negative, or a day or more: a unit mistake)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 86_400_000:
+        return timedelta(milliseconds=value)
+    return None
 
 
 def model_of(node: Node) -> str | None:
