@@ -453,3 +453,61 @@ def test_a_payload_replaced_by_another_type_is_reported_not_a_crash(
     code, out = _verify(db, capsys)
     assert code == 1
     assert "first bad event #3: payload of row 3 does not match its digest" in out
+
+
+_CLOSE_WHILE_IN_USE = """
+import sys, threading
+from datetime import datetime, timezone
+from tracevault.ids import uuid7
+from tracevault.schema import AuditEvent
+from tracevault.store.base import StoreError
+from tracevault.store.sqlite import SQLiteStore
+
+now = datetime.now(timezone.utc)
+for round_no in range(30):
+    store = SQLiteStore(f"{sys.argv[1]}/ledger{round_no}.db", synchronous="off")
+    start = threading.Barrier(4)
+    busy = threading.Event()  # the workers are well into their loops: close now
+    failures = []
+
+    def use(kind, store=store, start=start, busy=busy, at=round_no % 10 + 1):
+        start.wait()
+        for i in range(400):
+            if i == at:
+                busy.set()
+            try:
+                if kind == 0:
+                    store.append([AuditEvent(event_id=uuid7(), timestamp=now, kind="custom",
+                                             data={"pad": "x" * 2000}) for _ in range(30)])
+                elif kind == 1:
+                    list(store.events(limit=200))
+                else:
+                    store.set_sink_error("sink", f"error {i}")
+            except StoreError:
+                return  # closed: what every later use says
+            except Exception as exc:
+                failures.append(repr(exc))
+                return
+
+    threads = [threading.Thread(target=use, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    start.wait()
+    busy.wait(60)  # a different moment each round
+    store.close()
+    for t in threads:
+        t.join()
+    assert not failures, failures
+print("ok")
+"""
+
+
+def test_closing_while_other_threads_use_the_store_does_not_crash(tmp_path: Path) -> None:
+    # A forwarder still finishing when the process shuts its store down: closing a
+    # connection another thread runs a statement on crashed the interpreter.
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _CLOSE_WHILE_IN_USE, str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr[-2000:]

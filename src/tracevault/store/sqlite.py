@@ -181,7 +181,8 @@ class SQLiteStore(SQLStore):
         if not create:
             self._check_is_ledger()
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        # Every connection this store opened, with the thread that uses it.
+        self._all: list[tuple[int, sqlite3.Connection]] = []
         self._lock = threading.Lock()
         self._closed = False
         # The head this store last wrote (seq, chain), to chain the next batch after
@@ -223,12 +224,15 @@ class SQLiteStore(SQLStore):
             hint = " — another process holds the write lock for too long"
         return StoreError(f"{doing} SQLite ledger {self.path!r}: {text}{hint}")
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"SQLite ledger {self.path!r} is closed")
+
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
             return conn
-        if self._closed:
-            raise StoreError(f"SQLite ledger {self.path!r} is closed")
+        self._check_open()
         try:
             conn = sqlite3.connect(
                 self.path, timeout=60.0, isolation_level=None, check_same_thread=False
@@ -240,7 +244,7 @@ class SQLiteStore(SQLStore):
             raise self._error("cannot open", exc) from None
         self._local.conn = conn
         with self._lock:
-            self._all.append(conn)
+            self._all.append((threading.get_ident(), conn))
         return conn
 
     # --- SQLStore hooks ---------------------------------------------------------------
@@ -252,6 +256,7 @@ class SQLiteStore(SQLStore):
             raise self._error("cannot read", exc) from None
 
     def _stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        self._check_open()
         try:
             # A connection of its own: the caller may interleave other queries while
             # it iterates, and a WAL snapshot keeps the stream consistent.
@@ -274,6 +279,7 @@ class SQLiteStore(SQLStore):
     def verify(self, anchor: tuple[int, bytes] | None = None) -> VerifyReport:
         """Verify the head and the rows as of one read snapshot (WAL), so appends by other
         writers during the check cannot look like an extended or broken tail."""
+        self._check_open()
         try:
             conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
             try:
@@ -382,13 +388,21 @@ class SQLiteStore(SQLStore):
             raise self._error("cannot save a sink error in", exc) from None
 
     def close(self) -> None:
+        """Close the ledger: this thread's connection now; the other threads' ones once
+        they are done with them (each is freed, and so closed, with its last reference).
+        Closing a connection another thread is running a statement on can crash the
+        interpreter (a forwarder still finishing while the process shuts down); any
+        further use of the store raises :class:`StoreError`."""
+        me = threading.get_ident()
         with self._lock:
             self._closed = True
             conns, self._all = self._all, []
-        for conn in conns:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
-        self._local = threading.local()
+        for owner, conn in conns:
+            if owner == me:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+        self._local = threading.local()  # drops this store's references to the others'
+        del conns
 
     def __enter__(self) -> SQLiteStore:
         return self
