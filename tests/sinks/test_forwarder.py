@@ -141,6 +141,28 @@ def test_force_flush_times_out_while_the_sink_is_down(tmp_path):
         assert len(sink.event_ids) == 3
 
 
+def test_a_timeout_that_is_not_a_number_of_seconds_is_refused(tmp_path):
+    # A deadline of NaN never passes: against a sink that stays down, drain_once and
+    # force_flush would wait for ever.
+    import tracevault
+    import tracevault.sinks.registry as registry
+
+    with capture_events(tmp_path) as cap:
+        _record(tracevault.AuditLogger(), 1)
+        cap.flush()
+        sink = Recording(failures=[TransientError("down")] * 1000)
+        forwarder = Forwarder(cap.store, sink, base_backoff=0.01, max_backoff=0.02)
+        for bad in (float("nan"), -1.0):
+            with pytest.raises(ValueError, match="timeout"):
+                forwarder.drain_once(bad)
+            with pytest.raises(ValueError, match="timeout"):
+                forwarder.force_flush(bad)
+            with pytest.raises(ValueError, match="timeout"):
+                registry.flush(bad)
+        assert sink.event_ids == []
+        forwarder.shutdown()
+
+
 def test_rejects_a_zero_batch_size(tmp_path):
     store = open_store(f"sqlite:///{tmp_path}/l.db")
     with pytest.raises(ValueError):

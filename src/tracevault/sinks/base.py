@@ -17,6 +17,7 @@ raw payload ever reaches a sink.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -101,9 +102,10 @@ def http_failure(message: str, status: int | None, retry_after: float | None) ->
 class Batch:
     """What a sink receives: stored events in ledger order, plus a span lookup.
 
-    ``spans`` finds the start event of any span of a trace (from earlier batches or the
-    ledger), so a sink can pair an end with its start and rebuild ancestry even after a
-    restart.
+    ``spans`` finds the start of any span of a trace (its structure from earlier batches
+    or the ledger; the payload of the start an end of this batch pairs with, as the
+    ledger holds it now), so a sink can pair an end with its start and rebuild ancestry
+    even after a restart.
     """
 
     events: list[StoredEvent]
@@ -131,6 +133,17 @@ class Sink(Protocol):
     def shutdown(self) -> None:
         """Release clients and connections; idempotent."""
         ...
+
+
+def deadline_after(timeout: float | None) -> float | None:
+    """Return the ``time.monotonic()`` reading ``timeout`` seconds from now (``None``, or
+    infinity: no deadline). A timeout that is not a number of seconds, 0 or more (NaN,
+    a negative) raises ``ValueError``: a deadline of NaN would never pass."""
+    if timeout is None or timeout == math.inf:
+        return None
+    if not timeout >= 0:
+        raise ValueError(f"timeout must be a number of seconds, 0 or more (got {timeout!r})")
+    return time.monotonic() + timeout
 
 
 def backoff_delay(
@@ -305,7 +318,7 @@ class Forwarder:
         Returns a report; ``report.ok`` is false when the sink still failed at the
         deadline (the cursor then says how far it got).
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = deadline_after(timeout)
         head = self.store.head()[0]
         delivered = 0
         attempt = 0
@@ -360,10 +373,10 @@ class Forwarder:
     def force_flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until everything in the ledger now has been delivered; ``False`` on
         timeout (the sink may be down: nothing is lost, delivery continues later)."""
+        deadline = deadline_after(timeout)
         target = self.store.head()[0]
         if self._thread is None:
             return self.drain_once(timeout).ok
-        deadline = None if timeout is None else time.monotonic() + timeout
         self._wake.set()
         with self._progress:
             while self.cursor < target:

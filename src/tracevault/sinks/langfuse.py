@@ -65,12 +65,19 @@ from tracevault.sinks.payload import (
     base_metadata,
     cost_usd,
     inputs_of,
-    milliseconds,
     model_of,
     outputs_of,
     usage_of,
 )
-from tracevault.sinks.tree import Node, SpanIndex, epoch_ns, nodes, otel_span_id, otel_trace_id
+from tracevault.sinks.tree import (
+    Node,
+    SpanIndex,
+    epoch_ns,
+    milliseconds,
+    nodes,
+    otel_span_id,
+    otel_trace_id,
+)
 
 # The SDK's tracer scope: the Langfuse span processor treats spans of this scope (and
 # this public key) as its own.

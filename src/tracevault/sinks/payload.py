@@ -6,7 +6,6 @@ differ in the field names they put them under.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from tracevault.pricing import usage_cost
@@ -84,14 +83,6 @@ def cost_usd(data: dict[str, Any]) -> float | None:
         return None
     model = data.get("model")
     return usage_cost(model if isinstance(model, str) else None, usage)
-
-
-def milliseconds(value: Any) -> timedelta | None:
-    """Return a recorded duration in milliseconds as a timedelta; ``None`` when it is not
-    a number or not plausible (negative, or a day or more: a unit mistake)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 86_400_000:
-        return timedelta(milliseconds=value)
-    return None
 
 
 def model_of(node: Node) -> str | None:

@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from tracevault.sinks.base import Forwarder, Sink, SinkError, describe
+from tracevault.sinks.base import Forwarder, Sink, SinkError, deadline_after, describe
 from tracevault.store import Store, open_store
 
 log = logging.getLogger("tracevault.sinks")
@@ -75,7 +75,7 @@ def unique(spec: str | Iterable[SinkSpec] | None) -> list[SinkSpec]:
 
 def _check_name(name: str) -> None:
     if name not in FACTORIES:
-        raise ValueError(f"unknown sink {name!r} in TRACEVAULT_SINKS; choose from "
+        raise ValueError(f"unknown sink {name!r}; choose from "
                          f"{', '.join(sorted([*FACTORIES, *ALIASES]))}")
 
 
@@ -214,7 +214,7 @@ class ForwarderGroup:
 
     def force_flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until every sink delivered what the ledger holds now."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = deadline_after(timeout)
         if not self.wait_ready(timeout):
             return False
         ok = not self.errors
@@ -277,7 +277,7 @@ def flush(timeout: float | None = 30.0) -> bool:
 def _deliver(group: ForwarderGroup | None, timeout: float | None) -> bool:
     import tracevault
 
-    deadline = None if timeout is None else time.monotonic() + timeout
+    deadline = deadline_after(timeout)
     if not tracevault.flush(timeout):
         return False
     if group is None:

@@ -258,12 +258,17 @@ def nodes(events: Sequence[StoredEvent], spans: SpanIndex) -> list[Node]:
     return out
 
 
+def milliseconds(value: Any) -> timedelta | None:
+    """Return a recorded duration in milliseconds as a timedelta; ``None`` when it is not
+    a number or not plausible (negative, or a day or more: a unit mistake)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 86_400_000:
+        return timedelta(milliseconds=value)
+    return None
+
+
 def duration_of(data: dict[str, Any]) -> timedelta:
     """Return ``data["duration_ms"]`` as a timedelta (zero when absent or absurd)."""
-    value = data.get("duration_ms")
-    if isinstance(value, (int, float)) and 0 <= value < 86_400_000:
-        return timedelta(milliseconds=float(value))
-    return timedelta(0)
+    return milliseconds(data.get("duration_ms")) or timedelta(0)
 
 
 # --- ids ----------------------------------------------------------------------------------
