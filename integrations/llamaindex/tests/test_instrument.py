@@ -30,6 +30,7 @@ from tracevault_llamaindex.instrument import UNINSTRUMENTED, Installed
 from tracevault_llamaindex.testing import tool_then_answer
 
 import tracevault
+from tracevault.context import current_span
 from tracevault.testing import Capture
 
 
@@ -96,6 +97,20 @@ async def test_uninstrument_during_a_run_ends_what_it_had_open(
         assert end.level == "warning" and end.data["status"] == "abandoned"
         assert end.data["reason"] == UNINSTRUMENTED
     assert not instrumented.recorder.spans and not instrumented.recorder.llm
+
+
+def test_uninstrument_inside_a_tool_leaves_no_span_current(
+    cap: Capture, instrumented: Installed
+) -> None:
+    def stop_recording() -> str:
+        """Stop recording from inside the tool."""
+        tracevault_llamaindex.uninstrument()
+        return "stopped"
+
+    assert FunctionTool.from_defaults(stop_recording).call().content == "stopped"
+    assert current_span() is None  # the tool's span is gone with it
+    tool_end = [e for e in cap.events() if e.kind == "tool_call" and e.phase == "end"]
+    assert [e.data["status"] for e in tool_end] == ["abandoned"]
 
 
 async def test_session_and_user_precedence(cap: Capture, instrumented: Installed) -> None:

@@ -18,7 +18,7 @@ from llama_index.core.instrumentation.span import SimpleSpan
 from llama_index.core.instrumentation.span_handlers import BaseSpanHandler
 
 from tracevault import capture
-from tracevault.context import SpanRef, swap_span
+from tracevault.context import SpanRef, current_span, swap_span
 from tracevault.ids import new_span_id
 from tracevault.schema import level_for
 from tracevault_llamaindex import llm, payloads, roles
@@ -216,6 +216,13 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
         for entry in span.pending or ():  # failures below it: nobody will handle them now
             rec.emit_error(entry)
         span.pending = None
+        if span.ambient is not None:
+            # A tool's end will not reach us now: if this is its context (the tool
+            # itself uninstruments), make the span before it current again here.
+            ref = current_span()
+            if ref is not None and ref.span_id == span.id:
+                swap_span(span.ambient[0])
+            span.ambient = None
         data = {"status": "abandoned", "reason": reason,
                 "duration_ms": elapsed_ms(span.started)}
         role = span.role
