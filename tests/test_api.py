@@ -192,6 +192,18 @@ def test_a_tool_call_below_the_level_keeps_the_tree_and_its_error(tmp_path: Path
     assert agent.trace_id == events[0].trace_id
 
 
+def test_a_strict_tool_call_above_its_level_keeps_its_end(tmp_path: Path) -> None:
+    # A strict-mode intent is recorded whatever the level, so its outcome must be too:
+    # otherwise the call stays "pending" in the ledger for good.
+    with capture_events(tmp_path, strict=True, level="warning") as cap:
+        log = tracevault.AuditLogger(session_id="s1")
+        with log.tool_call("search", {"q": "x"}) as call:
+            call.result = "found"
+        events = cap.events()
+    assert [(e.kind, e.phase) for e in events] == [("tool_call", "start"), ("tool_call", "end")]
+    assert events[1].data["result"] == "found" and events[1].span_id == events[0].span_id
+
+
 def test_what_runs_inside_a_logger_step_is_in_the_logger_session(cap: Capture) -> None:
     log = tracevault.AuditLogger(session_id="chat-42", user_id="alice")
     anonymous = tracevault.AuditLogger()  # another library's logger, no session of its own

@@ -153,10 +153,12 @@ class AuditLogger:
         span_id: str | None = None,
         metadata: dict[str, Any] | None = None,
         durable: bool = False,
+        keep: bool = False,
     ) -> bool:
         """Record one event of any kind in this logger's session and trace; return
         whether it was recorded (``False``: its level is filtered out, or capturing
-        failed and was logged)."""
+        failed and was logged). ``keep=True`` records it whatever the level: the end
+        of a step whose start was recorded."""
         ref = current_span()
         return capture.emit(
             kind,
@@ -172,6 +174,7 @@ class AuditLogger:
             tags=self.tags,
             metadata={**self.metadata, **metadata} if metadata else self.metadata,
             durable=durable,
+            keep=keep,
         )
 
     # --- the seed's "basic logging" ---------------------------------------------------
@@ -364,6 +367,7 @@ class AuditLogger:
                     name=name,
                     span_id=ref.span_id,
                     level="error" if status == "error" else level,
+                    keep=True,
                 )
 
     def tool_call(

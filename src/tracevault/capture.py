@@ -269,9 +269,11 @@ def emit(
     timestamp: datetime | None = None,
     durable: bool = False,
     owned: bool = False,
+    keep: bool = False,
 ) -> bool:
     """Record one event; return whether it was queued (``False``: its level is filtered
-    out, or capturing failed and was logged). A ``durable`` event is never filtered.
+    out, or capturing failed and was logged). A ``durable`` event is never filtered,
+    nor one with ``keep=True`` (the end of a step whose start was recorded).
 
     Session, user, metadata and tags not given here come from the enclosing
     :func:`tracevault.context`; trace and parent come from the current span when
@@ -291,7 +293,7 @@ def emit(
             if parent_span_id is None:
                 parent_span_id = ref.span_id
     return record(kind, phase, level, name, data, framework, session_id, user_id, trace_id,
-                  span_id, parent_span_id, metadata, tags, timestamp, durable, owned)
+                  span_id, parent_span_id, metadata, tags, timestamp, durable, owned, keep)
 
 
 def record(

@@ -126,9 +126,9 @@ class ToolCall:
         # A call whose intent is below the level has no end either; its error and a
         # slow-call warning are still recorded, as points under the current span.
         span_id = self._span.span_id if self._recorded else None
-        if self._recorded:
+        if self._recorded:  # (a strict-mode intent is recorded whatever the level)
             self.logger.emit("tool_call", outcome, phase="end", name=name, span_id=span_id,
-                             level=level)
+                             level=level, keep=True)
         if exc is not None:
             self.logger.emit(
                 "error",

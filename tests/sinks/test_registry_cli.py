@@ -54,14 +54,22 @@ def test_otel_next_to_otlp_forwards_in_process(tmp_path, monkeypatch, unused_por
 def test_sinks_that_cannot_start_are_in_status_and_the_others_run(tmp_path, capsys):
     # An unknown name, and a name two sinks share (one cursor for both): each is
     # refused on its own, kept for `tracevault status`, and the other sink delivers.
+    class Closing(JsonlSink):
+        closed = False
+
+        def shutdown(self) -> None:
+            self.closed = True
+            super().shutdown()
+
     url = f"sqlite:///{tmp_path}/ledger.db"
-    shared = [JsonlSink(directory=str(tmp_path / d)) for d in ("a", "b")]
+    shared = [Closing(directory=str(tmp_path / d)) for d in ("a", "b")]
     audit = JsonlSink(name="audit", directory=str(tmp_path / "audit"))
     with capture_events(url, sinks=["datadog", *shared, audit]):
         tracevault.AuditLogger().log_input("hi")
         assert registry.flush(30) is False
         group = registry.active()
         assert group is not None and [f.name for f in group.forwarders] == ["audit"]
+        assert [s.closed for s in shared] == [True, True]  # built, refused, released
     assert main(["status", "--store", url, "--json"]) == 0
     rows = {r["sink"]: r for r in json.loads(capsys.readouterr().out)}
     assert "unknown sink 'datadog'" in rows["datadog"]["last_error"]

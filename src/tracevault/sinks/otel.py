@@ -34,7 +34,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -310,8 +310,11 @@ class OTelSink:
     # --- delivery ---------------------------------------------------------------------
 
     def export(self, batch: Batch) -> None:
+        # Everything is converted before anything is sent or counted: a batch that fails
+        # to convert is halved and sent again, and its metrics must not count twice.
         with converting():
             spans = self.spans_for(batch)
+            points = self._metric_points(batch)
         if spans:
             self.responses.clear()
             result = self._exporter.export(spans)
@@ -322,12 +325,21 @@ class OTelSink:
                                        retry_after)
                 raise unsent(spans, self.max_request_size) or TransientError(
                     "OTLP span export failed (receiver unreachable)")
-        with converting():
-            self._record_metrics(batch)
+        if points:
+            for record, value, attributes in points:
+                record(value, attributes)
+            if self._meters is not None and not self._meters.force_flush(timeout_millis=10_000):
+                # Cumulative temporality: the next successful export carries these counts.
+                log.debug("tracevault: OTLP metric export failed; will catch up on the next "
+                          "batch")
 
-    def _record_metrics(self, batch: Batch) -> None:
+    def _metric_points(self, batch: Batch) -> list[tuple[Callable[..., None], float,
+                                                         dict[str, AttrValue]]]:
+        """The measurements a batch adds to the metrics: ``(record, value, attributes)``
+        each, recorded once its spans are sent."""
+        points: list[tuple[Callable[..., None], float, dict[str, AttrValue]]] = []
         if self._meters is None:
-            return
+            return points
         for node in nodes(batch.events, batch.spans):
             op = {"llm_call": "chat", "tool_call": "execute_tool",
                   "agent": "invoke_agent"}.get(node.kind)
@@ -341,22 +353,20 @@ class OTelSink:
                     usage = usage_of(node.data)
                     for token_type in ("input", "output"):
                         if token_type in usage:
-                            self._tokens.record(usage[token_type],
-                                                {**attrs, "gen_ai.token.type": token_type})
+                            points.append((self._tokens.record, usage[token_type],
+                                           {**attrs, "gen_ai.token.type": token_type}))
                 if node.kind == "tool_call":
                     attrs["gen_ai.tool.name"] = node.name
                 if error is not None:
                     attrs["error.type"] = error.split(":", 1)[0]
                 seconds = (node.end_time - node.start_time).total_seconds()
-                self._duration.record(max(seconds, 0.0), attrs)
+                points.append((self._duration.record, max(seconds, 0.0), attrs))
             if node.kind == "tool_call" and node.is_span:
-                self._tool_calls.add(1, {"gen_ai.tool.name": node.name,
-                                         "status": "error" if error else "success"})
+                points.append((self._tool_calls.add, 1, {
+                    "gen_ai.tool.name": node.name, "status": "error" if error else "success"}))
             if error is not None and (node.kind == "error" or node.is_span):
-                self._errors.add(1, {"tracevault.kind": node.kind})
-        if not self._meters.force_flush(timeout_millis=10_000):
-            # Cumulative temporality: the next successful export carries these counts.
-            log.debug("tracevault: OTLP metric export failed; will catch up on the next batch")
+                points.append((self._errors.add, 1, {"tracevault.kind": node.kind}))
+        return points
 
     def shutdown(self) -> None:
         try:

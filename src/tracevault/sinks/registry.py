@@ -174,7 +174,9 @@ class ForwarderGroup:
             store = self._store_arg
             self.store = open_store(store) if isinstance(store, str) else store
             sinks = self._build_sinks()
-            if not self._closed:
+            if self._closed:  # shut down while the sinks were being built
+                _release(sinks)
+            else:
                 cap = positive_env("TRACEVAULT_FORWARD_MAX_BACKOFF", 60.0)
                 self.forwarders = [
                     Forwarder(self.store, s, batch_size=self.batch_size, max_backoff=cap).start()
@@ -200,6 +202,7 @@ class ForwarderGroup:
         shared = {n for n in names if names.count(n) > 1}
         for name in sorted(shared):
             self._not_started(name, f"two sinks are named {name}: give each a unique name")
+        _release([s for s in built if s.name in shared])
         return [s for s in built if s.name not in shared]
 
     def _not_started(self, name: str, error: str) -> None:
@@ -233,6 +236,15 @@ class ForwarderGroup:
             forwarder.shutdown(timeout)
         if isinstance(self._store_arg, str) and self.store is not None:
             self.store.close()
+
+
+def _release(sinks: Sequence[Sink]) -> None:
+    """Shut down sinks that were built but will not run (their clients, providers)."""
+    for sink in sinks:
+        try:
+            sink.shutdown()
+        except Exception as exc:
+            log.warning("tracevault: sink %s did not shut down cleanly: %s", sink.name, exc)
 
 
 def _label(spec: SinkSpec) -> str:
