@@ -6,14 +6,15 @@ import json
 import logging
 import threading
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 import tracevault
 from tracevault.schema import AuditEvent
+from tracevault.sinks import jsonl
 from tracevault.sinks.base import Batch, Forwarder, SinkError
-from tracevault.sinks.jsonl import DEFAULT_MAX_BYTES, JsonlSink, from_env
+from tracevault.sinks.jsonl import DEFAULT_MAX_BYTES, JsonlSink, encode_line, from_env
 from tracevault.sinks.tree import SpanIndex
 from tracevault.store import StoredEvent
 from tracevault.testing import capture_events
@@ -158,8 +159,9 @@ def test_crash_recovery_with_a_last_line_over_one_megabyte(tmp_path, torn):
     assert path.stat().st_size == size
 
 
-def test_two_writers_on_one_directory_write_each_event_once(tmp_path):
-    events = _ledger("a", 600)
+@pytest.mark.parametrize("days", [1, 2])
+def test_two_writers_on_one_directory_write_each_event_once(tmp_path, days):
+    events = _ledger("a", 600, days=days)
     start = threading.Barrier(2, timeout=10)
     errors: list[BaseException] = []
 
@@ -194,3 +196,101 @@ def test_max_bytes_from_the_environment(tmp_path, monkeypatch, caplog, value, ex
         assert from_env().max_bytes == expected
     warned = any("TRACEVAULT_JSONL_MAX_BYTES" in r.getMessage() for r in caplog.records)
     assert warned == (value != "" and expected == DEFAULT_MAX_BYTES)
+
+
+MIDNIGHT = datetime(2026, 3, 1, 23, 59, 59, tzinfo=timezone.utc)
+
+
+def _stamped(stamps: list[datetime], ledger: str = "a") -> list[StoredEvent]:
+    """Stored events seq 1..n of a ledger with the given timestamps."""
+    return [StoredEvent(seq, AuditEvent(event_id=f"{ledger}-{seq}", kind="custom",
+                                        timestamp=stamp, data={"i": seq}))
+            for seq, stamp in enumerate(stamps, 1)]
+
+
+def _assert_each_once(directory, n: int) -> None:
+    assert Counter(line["seq"] for line in _lines(directory)) == Counter(range(1, n + 1))
+
+
+def _restarts(directory, events: list[StoredEvent], batch_size: int) -> None:
+    """A forwarder restarted before every batch (each one a fresh sink)."""
+    for i in range(0, len(events), batch_size):
+        JsonlSink(directory=directory).export(
+            Batch(events[i:i + batch_size], SpanIndex(None)))
+
+
+@pytest.mark.parametrize(("first", "again"), [(10, 1), (10, 3), (1, 1), (3, 10), (4, 7)])
+def test_resent_batches_spanning_two_dates_are_written_once(tmp_path, first, again):
+    # a batch's events alternate between two day files (events around midnight)
+    events = _stamped([MIDNIGHT + timedelta(seconds=i % 2) for i in range(10)])
+    _restarts(tmp_path, events, first)
+    _restarts(tmp_path, events, again)  # the cursor was never saved: all re-sent
+    _assert_each_once(tmp_path, 10)
+    assert len(list(tmp_path.glob("*.jsonl"))) == 2
+
+
+def test_batch_size_one_restarts_across_two_days(tmp_path):
+    events = _stamped([MIDNIGHT + timedelta(seconds=i % 2) for i in range(10)])
+    for end in range(1, 11):  # after each batch of one, a restart re-sends the last two
+        _restarts(tmp_path, events[end - 1:end], 1)
+        _restarts(tmp_path, events[max(0, end - 2):end], 1)
+    _assert_each_once(tmp_path, 10)
+
+
+def test_a_late_timestamp_at_midnight_is_not_written_twice(tmp_path):
+    # seq 6 was stamped before seq 5 (threads): it goes back to the earlier day's file
+    stamps = ([MIDNIGHT - timedelta(seconds=1)] * 4
+              + [MIDNIGHT + timedelta(seconds=2), MIDNIGHT]
+              + [MIDNIGHT + timedelta(seconds=3)] * 4)
+    events = _stamped(stamps)
+    _restarts(tmp_path, events, 10)
+    for size in (3, 1, 4):
+        _restarts(tmp_path, events, size)
+    _assert_each_once(tmp_path, 10)
+
+
+def test_a_batch_partly_on_disk_after_a_crash_writes_exactly_the_rest(tmp_path):
+    events = _stamped([MIDNIGHT + timedelta(seconds=i % 2) for i in range(10)])
+    _restarts(tmp_path, events, 10)
+    early, late = sorted(tmp_path.glob("*.jsonl"))
+    # the crash came after seq 1..6 were written: drop 7 and 9 (early day) and 8 and 10
+    # (late day), leaving half of seq 7's line
+    for path in (early, late):
+        kept = path.read_bytes().splitlines(keepends=True)[:3]
+        path.write_bytes(b"".join(kept))
+    with open(early, "ab") as fh:
+        fh.write(encode_line(events[6])[:20])
+    _restarts(tmp_path, events, 1)
+    _assert_each_once(tmp_path, 10)
+    assert [line["seq"] for line in _lines(tmp_path)] == [1, 3, 5, 7, 9, 2, 4, 6, 8, 10]
+
+
+def test_another_ledgers_lines_at_the_same_seqs_on_both_dates_do_not_hide_events(tmp_path):
+    stamps = [MIDNIGHT + timedelta(seconds=i % 2) for i in range(6)]
+    _restarts(tmp_path, _stamped(stamps, "old"), 6)
+    events = _stamped(stamps, "new")
+    _restarts(tmp_path, events[:3], 3)
+    _restarts(tmp_path, events, 2)  # a re-send: new-1..3 skipped, new-4..6 written
+    assert Counter(line["event_id"] for line in _lines(tmp_path)) == Counter(
+        [f"old-{i}" for i in range(1, 7)] + [f"new-{i}" for i in range(1, 7)])
+
+
+def test_a_resend_finds_its_events_in_every_part_of_a_day(tmp_path):
+    events = _stamped([MIDNIGHT + timedelta(seconds=i // 20) for i in range(40)])
+    for event in events:
+        event.event.data = {"pad": "x" * 300}
+    sink = JsonlSink(directory=tmp_path, max_bytes=1024)
+    _forward(sink, events, 40)
+    assert len(list(tmp_path.glob("*.jsonl"))) > 6
+    for size in (40, 9, 1):
+        _forward(JsonlSink(directory=tmp_path, max_bytes=1024), events, size)
+    _assert_each_once(tmp_path, 40)
+
+
+def test_past_the_scan_limit_a_batch_is_written_again_never_lost(tmp_path, monkeypatch):
+    events = _ledger("a", 20)
+    _forward(JsonlSink(directory=tmp_path), events, 20)
+    monkeypatch.setattr(jsonl, "_SCAN_LIMIT", 1)  # only the last line is looked at
+    _forward(JsonlSink(directory=tmp_path), events, 20)
+    seqs = Counter(line["seq"] for line in _lines(tmp_path))
+    assert sorted(seqs) == list(range(1, 21)) and seqs[20] == 1

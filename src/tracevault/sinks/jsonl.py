@@ -7,12 +7,12 @@ Two destinations:
   ``TRACEVAULT_JSONL_MAX_BYTES`` (default 100 MiB); every batch is flushed and fsynced
   before the forwarder moves its cursor. One writer at a time: each batch is written
   under an advisory lock on ``.tracevault.lock`` in the directory, and under that lock
-  the sink first checks what the files already hold (written by this sink before a
-  crash, or by another forwarder of the same ledger) and skips those events, so the
-  files hold each event once. An event counts as written only when the line at its
-  ``seq`` carries its ``event_id``: lines of another ledger (a replaced ledger file, a
-  second host) never hide this ledger's events. A torn last line from a crash is cut
-  off before anything is appended;
+  the sink first reads the files of the batch's dates back from their ends for the
+  batch's events (written by this sink before a crash, or by another forwarder of the
+  same ledger) and skips those, so the files hold each event once. An event counts as
+  written only when a line carries both its ``seq`` and its ``event_id``: lines of
+  another ledger (a replaced ledger file, a second host) never hide this ledger's
+  events. A torn last line from a crash is cut off before anything is appended;
 * Python ``logging`` (``TRACEVAULT_JSONL_LOGGER=logger.name``): one record per event,
   the message being the JSON line, at the event's level, with the event as
   ``record.tracevault`` for structured handlers.
@@ -43,8 +43,8 @@ DEFAULT_MAX_BYTES = 100 * 1024 * 1024
 _OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS
 _CHUNK = 64 * 1024  # files are read backwards this much at a time: memory stays bounded
 _HEAD = 4096  # bytes read from a line's start to find its seq and event id
-# How far back (bytes of lines) the files are searched for the events of a batch. A
-# crash or a second forwarder leaves at most a batch or two to find; past this limit
+# How many bytes of lines are read, per batch, looking for its events. A crash or a
+# second forwarder leaves at most a batch or two to find; past this limit the rest of
 # the batch is written again: a duplicate line is safe, a skipped event is lost.
 _SCAN_LIMIT = 64 * 1024 * 1024
 # What encode_line writes first; short lines in another layout are parsed whole.
@@ -103,9 +103,6 @@ class JsonlSink:
         self._pattern = re.compile(
             rf"^{re.escape(prefix)}-(\d{{4}}-\d{{2}}-\d{{2}})(?:\.(\d+))?\.jsonl$"
         )
-        self._done = 0  # every event of this ledger up to this seq is in the files
-        self._seen: tuple[int, str] | None = None  # the files' last line when last looked at
-        self._mine: tuple[int, str] | None = None  # the newest line known to be this ledger's
 
     def export(self, batch: Batch) -> None:
         if self.logger is not None:
@@ -132,13 +129,12 @@ class JsonlSink:
             return
         os.makedirs(self.directory, exist_ok=True)
         with self._locked():
-            self._catch_up(events)
-            todo = [stored for stored in events if stored.seq > self._done]
+            # No state is kept between batches: the files, read under the lock, are the
+            # only record of what this sink, a crashed run or another forwarder wrote.
+            written = self._on_disk(events)
+            todo = [e for e in events if (e.seq, e.event.event_id) not in written]
             if todo:
                 self._append(todo)
-                last = todo[-1]
-                self._seen = self._mine = (last.seq, last.event.event_id)
-            self._done = max(self._done, events[-1].seq)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -151,49 +147,44 @@ class JsonlSink:
             finally:
                 _unlock(fh.fileno())
 
-    def _catch_up(self, events: list[StoredEvent]) -> None:
-        """Skip (raise ``_done`` past) the events of ``events`` the files already hold.
+    def _on_disk(self, events: list[StoredEvent]) -> set[tuple[int, str]]:
+        """Return the ``(seq, event_id)`` of those of ``events`` the files already hold.
 
-        Called under the lock. Only the run of lines ending at the files' last line is
-        looked at, and only when that line changed since this sink last looked (another
-        writer, or a crash before this sink started).
+        Reads the files of the batch's dates back from their ends, newest part first,
+        down to a line below the batch's first seq, and at most ``_SCAN_LIMIT`` bytes of
+        lines in all; an event further back is not found (and so is written again).
         """
-        tail = self._tail()
-        if tail is None:
-            return
-        path, seq, event_id = tail
-        if (seq, event_id) == self._seen:
-            return
-        self._seen = (seq, event_id)
-        if seq > self._done and seq >= events[0].seq and self._is_ours(path, events):
-            self._done = seq
-            self._mine = (seq, event_id)
-
-    def _is_ours(self, path: str, events: list[StoredEvent]) -> bool:
-        """Whether the run of lines ending at the files' last line (in ``path``) holds
-        this ledger's events, so that everything of this ledger up to it is written.
-
-        Walking back from that line, the first line whose seq is one of ``events`` (or
-        the newest line known to be this ledger's) decides, by its event id. A line of
-        another run (its seq not below the next one's), no such line within
-        ``_SCAN_LIMIT`` bytes or none at all: not ours, and the batch is written.
-        """
-        ids = {stored.seq: stored.event.event_id for stored in events}
-        if self._mine is not None:
-            ids.setdefault(*self._mine)
-        lowest = min(ids)
+        wanted = {(e.seq, e.event.event_id) for e in events}
+        first = min(seq for seq, _ in wanted)
+        days = {_day(e) for e in events}
+        found: set[tuple[int, str]] = set()
         scanned = 0
-        later: int | None = None
-        for seq, event_id, size in self._lines_back(path):
-            if later is not None and seq >= later:
-                return False  # an earlier writer's run: this one started after it
-            if seq in ids:
-                return ids[seq] == event_id
-            scanned += size
-            if seq < lowest or scanned > _SCAN_LIMIT:
-                return False
-            later = seq
-        return False
+        for day, _, name in reversed(self._parts()):
+            if day not in days:
+                continue
+            path = self._path_of(name)
+            try:
+                # a fragment left by a crash goes even when nothing is appended to this
+                # file again (the day is over): shippers would read it
+                _cut_torn(path)
+                for seq, event_id, size in _lines_back_in(path):
+                    # A day's parts are filled in turn, each batch's lines in ledger
+                    # order after the earlier batches': from a lower seq back (this part
+                    # and the day's older ones) the lines are older batches' (or another
+                    # ledger's: an event missed behind them is only written twice).
+                    if seq < first:
+                        days.discard(day)
+                        break
+                    if (seq, event_id) in wanted:
+                        found.add((seq, event_id))
+                        if found == wanted:
+                            return found
+                    scanned += size
+                    if scanned >= _SCAN_LIMIT:
+                        return found
+            except FileNotFoundError:  # removed meanwhile (retention, log rotation)
+                continue
+        return found
 
     def _append(self, events: list[StoredEvent]) -> None:
         """Append ``events`` to their day files; return once they are flushed and fsynced."""
@@ -201,15 +192,15 @@ class JsonlSink:
         previous: IO[bytes] | None = None
         try:
             for stored in events:
-                day = stored.event.timestamp.strftime("%Y-%m-%d")
+                day = _day(stored)
                 fh = files.get(day)
                 if fh is None or fh.tell() >= self.max_bytes:
                     if fh is not None:
                         _close(fh)
                     fh = files[day] = self._open_part(day)
                 if previous is not None and fh is not previous and not previous.closed:
-                    # write in ledger order across files, so the newest file ends with
-                    # the batch's last line: that is the line the next check starts from
+                    # write in ledger order across files: a crash leaves a prefix of the
+                    # batch, and a shipper tailing several files sees seqs in order
                     previous.flush()
                 fh.write(encode_line(stored))
                 previous = fh
@@ -218,16 +209,17 @@ class JsonlSink:
                 _close(fh)
 
     def _open_part(self, day: str) -> IO[bytes]:
-        """Open the file ``day``'s events go to: the day's newest part, or the next one
-        once that reached ``max_bytes``, cut back to its last complete line."""
+        """Open the file ``day``'s events go to: the day's newest part, cut back to its
+        last complete line, or the next part once that reached ``max_bytes``."""
         parts = [p for p in self._parts() if p[0] == day]
         number = parts[-1][1] if parts else 0
         path = self._path(day, number)
         if os.path.exists(path):
+            # a writer crashed mid-line: neither glue onto its fragment nor leave it
+            # behind in a full part
+            _cut_torn(path)
             if os.path.getsize(path) >= self.max_bytes:
                 path = self._path(day, number + 1)
-            else:
-                _cut_torn(path)  # a writer crashed mid-line: do not glue onto its fragment
         return open(path, "ab")
 
     def _parts(self) -> list[tuple[str, int, str]]:
@@ -242,34 +234,16 @@ class JsonlSink:
         suffix = f".{number}" if number else ""
         return os.path.join(self.directory or ".", f"{self.prefix}-{day}{suffix}.jsonl")
 
-    def _tail(self) -> tuple[str, int, str] | None:
-        """Return the file, seq and event id of the last line written to the directory
-        (torn last lines cut off first), or ``None`` when the files hold no line."""
-        paths = [self._path_of(name) for _, _, name in self._parts()]
-        # The newest file holds the last line; files written in the same batch can share
-        # a modification time, and then the higher seq was written last.
-        recent = sorted((os.stat(path).st_mtime_ns, path) for path in paths)[-3:]
-        best: tuple[tuple[int, int], str, int, str] | None = None
-        for mtime, path in recent:
-            _cut_torn(path)
-            line = next(_lines_back_in(path), None)
-            if line is not None and (best is None or (mtime, line[0]) > best[0]):
-                best = ((mtime, line[0]), path, line[0], line[1])
-        return None if best is None else best[1:]
-
     def _path_of(self, name: str) -> str:
         return os.path.join(self.directory or ".", name)
 
-    def _lines_back(self, path: str) -> Iterator[tuple[int, str, int]]:
-        """Yield the lines of ``path``, then of the files before it, last line first."""
-        paths = [self._path_of(name) for _, _, name in self._parts()]
-        if path not in paths:  # removed meanwhile (retention, log rotation)
-            return
-        for earlier in reversed(paths[: paths.index(path) + 1]):
-            yield from _lines_back_in(earlier)
-
     def shutdown(self) -> None:
         """Nothing to release: files are opened and closed within each batch."""
+
+
+def _day(stored: StoredEvent) -> str:
+    """Return the UTC date naming the file ``stored`` is written to."""
+    return stored.event.timestamp.strftime("%Y-%m-%d")
 
 
 def _close(fh: IO[bytes]) -> None:
@@ -286,19 +260,19 @@ def _read_at(fh: IO[bytes], offset: int, size: int) -> bytes:
 
 def _cut_torn(path: str) -> None:
     """Cut ``path`` back to its last complete line (a crash can leave half a line)."""
-    with open(path, "rb+") as fh:
-        size = fh.seek(0, os.SEEK_END)
-        if size == 0 or _read_at(fh, size - 1, 1) == b"\n":
+    with open(path, "rb") as fh:  # opened for writing only when there is a fragment
+        end = fh.seek(0, os.SEEK_END)
+        if end == 0 or _read_at(fh, end - 1, 1) == b"\n":
             return
-        end = size
         while end > 0:  # the fragment can be longer than any window: scan back in chunks
             start = max(0, end - _CHUNK)
             cut = _read_at(fh, start, end - start).rfind(b"\n")
             if cut >= 0:
-                fh.truncate(start + cut + 1)
-                return
+                end = start + cut + 1
+                break
             end = start
-        fh.truncate(0)
+    with open(path, "rb+") as fh:
+        fh.truncate(end)
 
 
 def _lines_back_in(path: str) -> Iterator[tuple[int, str, int]]:
