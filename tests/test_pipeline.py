@@ -428,6 +428,29 @@ def test_failing_middleware_withholds_the_payload(tmp_path: Path) -> None:
     assert stats is not None and stats.withheld == 1
 
 
+def test_a_middleware_that_returns_no_event_withholds_and_the_writer_goes_on(
+    tmp_path: Path,
+) -> None:
+    # It returned the event's dict: the writer thread died on it, and every later event
+    # was lost (and shutdown() raised into the caller).
+    def by_mistake(event: AuditEvent) -> Any:
+        return event.to_dict() if event.kind == "output" else event
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    tracevault.configure(store=url, middleware=[by_mistake])
+    log = tracevault.AuditLogger(session_id="mw")
+    log.log_output("the answer is 4111 1111 1111 1111")
+    assert tracevault.flush(10)
+    for i in range(3):
+        log.log_input(f"later {i}")
+    assert tracevault.flush(10)
+    stats = tracevault.shutdown()
+    events = [s.event for s in open_store(url).events()]
+    assert [e.kind for e in events] == ["output", "input", "input", "input"]
+    assert events[0].data["withheld"] is True and "TypeError" in events[0].data["reason"]
+    assert stats is not None and (stats.withheld, stats.written) == (1, 4)
+
+
 def test_middleware_may_drop_or_replace_events(tmp_path: Path) -> None:
     def only_errors_and_tag(event: AuditEvent) -> AuditEvent | None:
         if event.kind == "custom":

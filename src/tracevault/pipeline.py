@@ -614,14 +614,17 @@ def apply_middleware(
     """Thaw ``event`` and pass it through ``steps``; never raises.
 
     Returns the event to keep (``None`` if a step dropped it) and what happened:
-    ``"kept"``, ``"filtered"`` or ``"withheld"`` (a step raised: the payload is replaced
-    by a marker, never kept raw).
+    ``"kept"``, ``"filtered"`` or ``"withheld"`` (a step raised, or returned something
+    that is not an event: the payload is replaced by a marker, never kept raw).
     """
     _thaw(event)
     current: AuditEvent | None = event
     for step in steps:
         try:
             current = step(current)  # type: ignore[arg-type]
+            if current is not None and not isinstance(current, AuditEvent):
+                # (an event's dict, say): what the writer cannot store must not stop it
+                raise TypeError(f"returned {type(current).__name__}, not an AuditEvent or None")
         except Exception as exc:
             # The stored reason names the step and the error type only: an exception
             # message may quote the very data that was to be redacted.
