@@ -224,3 +224,13 @@ def test_show_renders_unusual_payload_shapes(
     assert main(["show", "odd", "--store", f"sqlite:///{tmp_path / 'odd.db'}"]) == 0
     out = capsys.readouterr().out
     assert "✗ error: boom" in out and '"value":["not","a","dict"]' in out
+
+
+def test_store_urls_in_messages_hide_their_password() -> None:
+    from tracevault.store import shown_url
+
+    assert shown_url("postgresql://audit:p%40ss@db.example:5432/ledger?schema=a") == (
+        "postgresql://audit:***@db.example:5432/ledger?schema=a")
+    assert shown_url("postgresql://:pw@db/ledger") == "postgresql://:***@db/ledger"
+    for plain in ("sqlite:///tracevault.db", "postgresql://audit@db/ledger", "ledger.db"):
+        assert shown_url(plain) == plain

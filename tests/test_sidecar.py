@@ -282,3 +282,13 @@ def test_a_forked_child_writes_through_a_writer_process_of_its_own(tmp_path: Pat
         assert child_writer not in (0, parent_writer.pid, pid, os.getpid())
         assert [e.name for e in cap.events(session_id="child")] == ["in child"]
         assert cap.store.verify().ok
+
+
+def test_a_failed_writer_process_does_not_show_the_database_password() -> None:
+    from tracevault.config import Settings
+
+    store = SidecarStore(Settings(store="postgresql://audit:Sup3rS3cret@127.0.0.1:1/db"), [])
+    with pytest.raises(StoreError) as failed:
+        store._failed([], "killed")
+    assert "Sup3rS3cret" not in str(failed.value)
+    assert "postgresql://audit:***@127.0.0.1:1/db" in str(failed.value)

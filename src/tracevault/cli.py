@@ -23,7 +23,7 @@ import orjson
 from tracevault.ledger import parse_ts
 from tracevault.render import build_runs, render_sessions, render_stats, render_tree, session_header
 from tracevault.schema import event_json_schema
-from tracevault.store import DEFAULT_URL, Store, StoreError, open_store
+from tracevault.store import DEFAULT_URL, Store, StoreError, open_store, shown_url
 
 # Commands contributed by other modules: each exposes ``register(subparsers, common)``
 # which adds a sub-parser whose ``func`` default returns an exit status.
@@ -113,7 +113,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         what = (f"run {args.trace!r}" if args.trace is not None
                 else "run without a session" if args.no_session
                 else f"session {args.session!r}")
-        raise UsageError(f"no {what} in {_store_url(args)} (see `tracevault sessions`)")
+        raise UsageError(f"no {what} in {shown_url(_store_url(args))} (see `tracevault "
+                         "sessions`)")
     if args.json:
         _print_json(
             {
@@ -193,9 +194,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from tracevault.demo import run_demo
     session_id = run_demo()
     if not tracevault.flush(60):
-        raise StoreError(f"the demo's events did not reach {url}")
+        raise StoreError(f"the demo's events did not reach {shown_url(url)}")
     tracevault.shutdown()
-    print(f"recorded session {session_id} in {url}\n")
+    print(f"recorded session {session_id} in {shown_url(url)}\n")
     args.session, args.trace, args.no_session = session_id, None, False
     args.full = False
     return cmd_show(args)

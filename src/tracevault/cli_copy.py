@@ -5,21 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-from tracevault.store import DEFAULT_URL, StoreError, open_store
+from tracevault.store import DEFAULT_URL, StoreError, open_store, shown_url
 from tracevault.store.copy import copy_trail
-
-
-def shown(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***`` (for messages)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def cmd_copy(args: argparse.Namespace) -> int:
@@ -43,7 +33,8 @@ def cmd_copy(args: argparse.Namespace) -> int:
     else:
         span = f" (#{report.first_seq}..#{report.last_seq})" if report.copied else ""
         print(
-            f"copied {report.copied} events{span} from {shown(source_url)} to {shown(args.target)}"
+            f"copied {report.copied} events{span} from {shown_url(source_url)} "
+            f"to {shown_url(args.target)}"
         )
         check = report.verify
         if check.ok:

@@ -41,7 +41,7 @@ from tracevault.ledger import encode_event, parse_ts
 from tracevault.pipeline import Item, Middleware, Pipeline, apply_middleware, event_of, timestamp_of
 from tracevault.schema import AuditEvent
 from tracevault.snapshot import Frozen, thaw
-from tracevault.store import Store, StoreError, open_store
+from tracevault.store import Store, StoreError, open_store, shown_url
 
 log = logging.getLogger("tracevault")
 
@@ -89,7 +89,7 @@ class SidecarStore:
             return self._append_here(events)
         with self._lock:
             if self._closed:
-                raise StoreError(f"{self.url}: the ledger writer process is closed")
+                raise StoreError(f"{shown_url(self.url)}: the ledger writer process is closed")
             try:
                 proc = self._child()
                 assert proc.stdin is not None and proc.stdout is not None
@@ -166,7 +166,7 @@ class SidecarStore:
         if self._failures < _MAX_RESTARTS:
             # StoreError: the pipeline keeps the batch, backs off and sends it again
             # to a fresh child.
-            raise StoreError(f"{self.url}: the ledger writer process failed ({reason}); "
+            raise StoreError(f"{shown_url(self.url)}: the ledger writer process failed ({reason}); "
                              "restarting it")
         log.error("tracevault: the ledger writer process failed %d times (%s); writing in "
                   "this process from now on", self._failures, reason)

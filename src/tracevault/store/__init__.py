@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from tracevault.store.base import (
     DayStats,
@@ -29,7 +29,21 @@ __all__ = [
     "StoredEvent",
     "ToolStats",
     "open_store",
+    "shown_url",
 ]
+
+
+def shown_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``: how a store URL appears in
+    messages, logs and errors (a PostgreSQL URL may carry the database password)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:  # not a URL one can read a password from: show its scheme only
+        return url.split(":", 1)[0] + ":…"
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def open_store(url: str = DEFAULT_URL, *, create: bool = True) -> Store:
@@ -68,5 +82,6 @@ def open_store(url: str = DEFAULT_URL, *, create: bool = True) -> Store:
         store: Store = module.PostgresStore(url, create=create)
         return store
     raise StoreError(
-        f"unknown store URL scheme {scheme!r} in {url!r} (use sqlite:/// or postgresql://)"
+        f"unknown store URL scheme {scheme!r} in {shown_url(url)!r} (use sqlite:/// or "
+        "postgresql://)"
     )
