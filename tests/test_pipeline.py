@@ -451,6 +451,27 @@ def test_a_middleware_that_returns_no_event_withholds_and_the_writer_goes_on(
     assert stats is not None and (stats.withheld, stats.written) == (1, 4)
 
 
+def test_bytes_payloads_are_redacted_as_text_or_kept_as_a_digest(tmp_path: Path) -> None:
+    # Bytes were stored as base64, which redaction cannot read: an HTTP body with an
+    # email address and an API key reached the ledger whole.
+    body = b'{"owner": "jane.doe@example.com", "key": "sk-proj-AbCdEf0123456789XyZaBcDeF"}'
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    tracevault.configure(store=url)
+    log = tracevault.AuditLogger(session_id="bytes")
+    log.log_tool_call("fetch", {"url": "https://example.com"}, result=body, duration_ms=1.0)
+    log.log_tool_call("download", {}, result=b"\x89PNG\x00\xff" + bytes(range(256)))
+    assert tracevault.flush(10)
+    tracevault.shutdown()
+    ends = [s.event for s in open_store(url).events() if s.event.phase == "end"]
+    text = ends[0].data["result"]
+    assert (text["$bytes"], text["size"]) == ("utf-8", len(body))
+    assert "[EMAIL]" in text["text"] and "jane.doe" not in text["text"]
+    binary = ends[1].data["result"]
+    assert binary["$bytes"] == "sha256" and len(binary["sha256"]) == 64
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("b.db*"))  # the WAL too
+    assert b"jane.doe" not in raw and b"AbCdEf0123456789" not in raw
+
+
 def test_middleware_may_drop_or_replace_events(tmp_path: Path) -> None:
     def only_errors_and_tag(event: AuditEvent) -> AuditEvent | None:
         if event.kind == "custom":

@@ -17,7 +17,6 @@ unicode, payloads large enough to need truncating) takes the :func:`snapshot` pa
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import datetime as _dt
@@ -36,7 +35,6 @@ import orjson
 MAX_STRING = 256 * 1024
 MAX_ITEMS = 10_000
 MAX_DEPTH = 40
-MAX_BYTES_KEPT = 4096
 # The fast path takes payloads whose JSON has at most FAST_LIMIT bytes and fewer than
 # MAX_ITEMS commas: no string in it can then exceed MAX_STRING characters (a character
 # costs at least one byte) and no container MAX_ITEMS items (n items need n - 1
@@ -126,6 +124,22 @@ def describe_exception(exc: BaseException) -> dict[str, Any]:
 _REPORTED = "_tracevault_reported_in"  # where an exception was recorded, by trace
 _MAX_REPORTED = 1_000  # traces per exception
 _MAX_LINES = 100  # reports per trace
+
+
+def bytes_view(raw: bytes) -> dict[str, Any]:
+    """Return how bytes are recorded: as text if they are UTF-8 (an HTTP body, a file
+    read in binary mode), where redaction reads them like any string; otherwise as their
+    SHA-256 and size only. Never as base64, which would carry PII and secrets past
+    redaction unread."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"$bytes": "sha256", "sha256": hashlib.sha256(raw).hexdigest(),
+                "size": len(raw)}
+    out: dict[str, Any] = {"$bytes": "utf-8", "text": text[:MAX_STRING], "size": len(raw)}
+    if len(text) > MAX_STRING:
+        out["truncated"] = True
+    return out
 
 
 def first_report(exc: BaseException, trace_id: str, lineage: Sequence[str] = ()) -> bool | None:
@@ -303,14 +317,7 @@ class _Snapshotter:
         if isinstance(value, (uuid.UUID, Decimal)):
             return str(value)
         if isinstance(value, (bytes, bytearray, memoryview)):
-            raw = bytes(value)
-            out: dict[str, Any] = {
-                "$bytes": base64.b64encode(raw[:MAX_BYTES_KEPT]).decode(),
-                "size": len(raw),
-            }
-            if len(raw) > MAX_BYTES_KEPT:
-                out["truncated"] = True
-            return out
+            return bytes_view(bytes(value))
         if isinstance(value, BaseException):
             return describe_exception(value)
         if isinstance(value, (set, frozenset)):

@@ -77,7 +77,8 @@ def test_rich_tool_arguments_and_results(cap: Capture) -> None:
     assert result["scalar"] == 0.5
     assert result["when"] == "2026-01-02T03:04:05+00:00"
     assert result["id"] == str(key)
-    assert result["raw"] == {"$bytes": "AP8=", "size": 2}
+    assert result["raw"] == {"$bytes": "sha256", "sha256": hashlib.sha256(b"\x00\xff").hexdigest(),
+                             "size": 2}
     assert result["tags"] == ["a", "b"]
     assert result["error"]["type"] == "ValueError"
     assert result["error"]["message"] == "bad input"
