@@ -608,6 +608,13 @@ def test_strict_mode_stops_the_tool_when_intent_is_not_durable(tmp_path: Path) -
         call.result = "ok"
     assert ran == [2]
     assert tracevault.flush(10)
+    # The refused call's intent reached the ledger once it was back, with an end that
+    # says the tool did not run (not "pending" for good).
+    calls = [e.event for e in store.events() if e.event.kind == "tool_call"]
+    assert [(e.phase, e.data["status"]) for e in calls] == [
+        ("start", "pending"), ("end", "not_run"), ("start", "pending"), ("end", "success")]
+    assert "simulated outage" in calls[1].data["reason"] and calls[1].level == "error"
+    assert calls[1].span_id == calls[0].span_id
 
 
 def test_unwritable_and_corrupt_stores_give_clear_errors(tmp_path: Path) -> None:

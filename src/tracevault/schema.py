@@ -143,9 +143,9 @@ class ToolCallData(TypedDict, total=False):
     # cancelled: its task was cancelled; interrupted: it waits for input (a human's
     # answer) and is called again once that arrives; abandoned: recording stopped
     # while it ran; handed_off: it passed control to another agent. None of them is a
-    # failure.
+    # failure. not_run: strict mode refused it (its intent could not be made durable).
     status: Literal["pending", "success", "error", "cancelled", "interrupted", "abandoned",
-                    "handed_off"]
+                    "handed_off", "not_run"]
     duration_ms: float
     tool_call_id: str
 

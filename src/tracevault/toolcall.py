@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from tracevault import capture
 from tracevault.context import SpanRef, current_span, use_span
 from tracevault.ids import new_span_id
+from tracevault.pipeline import DurabilityError
 from tracevault.snapshot import describe_exception
 
 if TYPE_CHECKING:
@@ -85,14 +86,25 @@ class ToolCall:
             status="pending",
         )
         # In strict mode the intent must be durable before the tool may run.
-        self._recorded = self.logger.emit(
-            "tool_call",
-            intent,
-            phase="start",
-            name=name,
-            span_id=self._span.span_id,
-            durable=capture.settings().strict,
-        )
+        try:
+            self._recorded = self.logger.emit(
+                "tool_call",
+                intent,
+                phase="start",
+                name=name,
+                span_id=self._span.span_id,
+                durable=capture.settings().strict,
+            )
+        except DurabilityError as exc:
+            # The tool will not run: its end says so once the ledger takes it, rather
+            # than leaving the intent (queued all the same) "pending" for good.
+            self.status = "not_run"
+            self.logger.emit("tool_call", drop_none(tool_name=name, status="not_run",
+                                                    reason=str(exc),
+                                                    tool_call_id=self.tool_call_id),
+                             phase="end", name=name, span_id=self._span.span_id,
+                             level="error", keep=True)
+            raise
         # What the tool's code records hangs under the call, in the logger's session;
         # under the current span instead if the call is below the level (not recorded).
         self._cm = (use_span(self._span, session_id=self.logger.session_id,

@@ -176,6 +176,26 @@ def test_strict_tool_does_not_run_when_its_intent_is_not_durable(broken_ledger: 
     assert charged == []
 
 
+def test_a_strict_tool_that_did_not_run_says_so_in_its_end(tmp_path: Path) -> None:
+    from tracevault.pipeline import dead_letter_events
+
+    dead = tmp_path / "dead.jsonl"
+    pipeline = Pipeline(BrokenStore(str(tmp_path / "ledger.db")), dead_letter_path=str(dead))
+    capture.install(pipeline, dataclasses.replace(capture.settings(), strict_timeout=0.3))
+    try:
+        charge, charged = _charge_tool()
+        with pytest.raises(DurabilityError):
+            charge.invoke({"amount": 40}, {"callbacks": [TracevaultCallbackHandler(strict=True)]})
+    finally:
+        capture.install(None, None)
+        pipeline.shutdown(timeout=5)
+    assert charged == []
+    events = [e for e in dead_letter_events(str(dead)) if e.kind == "tool_call"]
+    assert [(e.phase, e.data["status"]) for e in events] == [
+        ("start", "pending"), ("end", "not_run")]
+    assert events[1].span_id == events[0].span_id and events[1].level == "error"
+
+
 def test_strict_setting_aborts_an_agent_tool_call(
     broken_ledger: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -221,9 +221,9 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
                       (serialized or {}).get("name") or kwargs.get("name") or "tool",
                       parameters, run_id, parent_run_id, *tags_and_metadata(tags, metadata),
                       kwargs.get("tool_call_id"), strict, durable=strict)
-            except DurabilityError:
+            except DurabilityError as exc:
                 lineage.end(run_id)  # the tool will not run: no end callback follows
-                later(self._rec.close, run_id)
+                later(self._tool_not_run, run_id, str(exc))
                 raise
             if (seen.ambient is None and capture.is_enabled_for("info")
                     and not (tags and HIDDEN_TAG in tags)):
@@ -252,6 +252,21 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
             self._rec.emit(st, "tool_call", "start", data, durable=strict, owned=True)
             if st.is_root:
                 self._input(st, input_copy(data["parameters"]), convert.user_metadata(metadata))
+        except Exception as exc:
+            recording_failed("on_tool_start", exc)
+
+    def _tool_not_run(self, run_id: UUID, reason: str) -> None:
+        # Strict mode refused the tool (its intent could not be made durable): its end
+        # says so, once the ledger takes it, rather than leaving the intent "pending".
+        try:
+            st = self._rec.close(run_id)
+            if st is None or st.span is None:
+                return
+            data: dict[str, Any] = {"tool_name": st.name, "status": "not_run",
+                                    "reason": reason}
+            if st.tool_call_id:
+                data["tool_call_id"] = st.tool_call_id
+            self._rec.emit(st, "tool_call", "end", data, level="error", owned=True)
         except Exception as exc:
             recording_failed("on_tool_start", exc)
 
