@@ -11,9 +11,11 @@ import socket
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -109,6 +111,92 @@ def test_a_new_month_is_created_once_by_concurrent_writers(pg_url: str) -> None:
     assert parts == (6,)
 
 
+def _partitions(url: str) -> list[str]:
+    rows = _sql(
+        url,
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'events'::regclass ORDER BY c.relname",
+    )
+    return [r[0] for r in rows]
+
+
+def _truncates_refused(pg_server: Any, url: str, tables: list[str]) -> list[str]:
+    """Truncate each table through ``psql`` as an operator would, triggers enabled;
+    return those where it was refused as append-only (one transaction each)."""
+    db = url.rsplit("/", 1)[1]
+    refused = []
+    for table in tables:
+        done = pg_server.psql(db, f"TRUNCATE {table}")
+        if done.returncode != 0 and "append-only" in done.stderr:
+            refused.append(table)
+    return refused
+
+
+def test_truncating_a_partition_directly_is_refused(
+    store: PostgresStore, pg_server: Any, pg_url: str
+) -> None:
+    """PostgreSQL fires the parent's TRUNCATE trigger only for ``TRUNCATE events``."""
+    store.append(_events(40, datetime(2026, 10, 20, tzinfo=timezone.utc), timedelta(days=1)))
+    parts = _partitions(pg_url)
+    assert parts == ["events_p202610", "events_p202611"]
+    assert _truncates_refused(pg_server, pg_url, ["events", *parts]) == ["events", *parts]
+    assert store.count() == 40 and store.verify().ok
+
+
+def test_partitions_of_an_older_ledger_are_protected_by_processes_opening_it_at_once(
+    pg_server: Any, pg_url: str
+) -> None:
+    """Partitions made before each got its TRUNCATE trigger get it when the ledger is
+    opened, once, while other processes open the ledger and append into them."""
+    with PostgresStore(pg_url) as store:
+        store.append(_events(60, datetime(2026, 1, 20, tzinfo=timezone.utc), timedelta(days=1)))
+    parts = _partitions(pg_url)
+    assert len(parts) == 3
+    for table in parts:  # as an older tracevault left them
+        _sql(pg_url, f"DROP TRIGGER IF EXISTS partition_no_truncate ON {table}")
+    script = (
+        "import sys; from datetime import datetime, timedelta, timezone\n"
+        "from tracevault.schema import AuditEvent; from tracevault.store import open_store\n"
+        "s = open_store(sys.argv[1]); w = sys.argv[2]\n"
+        "t = datetime(2026, 1, 25, tzinfo=timezone.utc)\n"
+        "s.append([AuditEvent(event_id=f'{w}-{i}', timestamp=t + timedelta(days=i),"
+        " kind='custom') for i in range(40)])\n"
+        "s.close()\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, pg_url, str(w)]) for w in range(4)]
+    assert [p.wait(timeout=120) for p in procs] == [0] * 4
+    triggers = _sql(
+        pg_url,
+        "SELECT c.relname, count(t.*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "LEFT JOIN pg_trigger t ON t.tgrelid = c.oid AND NOT t.tgisinternal "
+        "AND t.tgtype & 32 <> 0 "  # TRIGGER_TYPE_TRUNCATE
+        "WHERE i.inhparent = 'events'::regclass GROUP BY c.relname ORDER BY c.relname",
+    )
+    assert triggers == [(table, 1) for table in parts]
+    assert _truncates_refused(pg_server, pg_url, parts) == parts
+    with PostgresStore(pg_url) as store:
+        assert store.count() == 60 + 4 * 40 and store.verify().ok
+
+
+def test_a_reader_that_cannot_add_triggers_still_opens_an_older_ledger(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with PostgresStore(pg_url) as store:
+        store.append(_events(5))
+    _sql(pg_url, "DROP TRIGGER partition_no_truncate ON events_p202603")
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    _sql(pg_url, f"CREATE ROLE {role} LOGIN")
+    _sql(pg_url, f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    reader_url = pg_url.replace("://tracevault@", f"://{role}@")
+    with PostgresStore(reader_url, create=False) as reader:
+        assert reader.count() == 5 and reader.verify().ok
+    assert "cannot add the trigger refusing TRUNCATE" in caplog.text
+    with PostgresStore(pg_url):  # the owner's next open adds it
+        pass
+    found = _sql(pg_url, "SELECT count(*) FROM pg_trigger WHERE tgname = 'partition_no_truncate'")
+    assert found == [(1,)]
+
+
 # --- migrations ---------------------------------------------------------------------------
 
 
@@ -156,6 +244,25 @@ def test_a_schema_of_its_own(pg_url: str) -> None:
     store.append(_events(3))
     assert _sql(pg_url, "SELECT count(*) FROM audit.events") == [(3,)]
     assert not _sql(pg_url, "SELECT 1 FROM pg_tables WHERE schemaname = 'public'")
+
+
+def test_a_schema_name_that_needs_quoting(pg_url: str) -> None:
+    """Names PostgreSQL would fold to lower case or not parse unquoted; "TraceVault" and
+    "tracevault" are two schemas, so two ledgers."""
+    names = ["TraceVault", "tracevault", "a b", 'x"y.z', "Ünï-code"]
+    for n, name in enumerate(names, 1):
+        with PostgresStore(f"{pg_url}?schema={quote(name)}") as store:
+            store.append(_events(n, prefix=f"{name}-"))
+            store.append(_events(1, datetime(2026, 4, 1, tzinfo=timezone.utc), prefix="new"))
+    for n, name in enumerate(names, 1):
+        with PostgresStore(f"{pg_url}?schema={quote(name)}", create=False) as store:
+            assert store.count() == n + 1 and store.verify().ok
+        quoted = '"' + name.replace('"', '""') + '"'
+        assert _sql(pg_url, f"SELECT count(*) FROM {quoted}.events") == [(n + 1,)]
+        assert _sql(pg_url, f"SELECT count(*) FROM {quoted}.events_p202604") == [(1,)]
+    assert not _sql(pg_url, "SELECT 1 FROM pg_tables WHERE schemaname = 'public'")
+    with pytest.raises(StoreError, match=r"schema=\$user cannot be used"):
+        open_store(f"{pg_url}?schema=$user")
 
 
 # --- JSONB --------------------------------------------------------------------------------

@@ -51,6 +51,13 @@ class Pool:
         self._given = {k for k, _ in rest}
         # The place, never the password, goes into messages.
         self.where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}"
+        if self.schema == "$user":
+            # Quoted or not, "$user" in search_path means the schema named after the
+            # role: the tables would not go into the schema of that name.
+            raise StoreError(
+                f"PostgreSQL ledger {self.where}: schema=$user cannot be used (in "
+                "search_path it stands for the schema named after the role): name it"
+            )
         self._lock = threading.Lock()  # guards the idle list and the writer connection
         self.write_lock = threading.Lock()  # one append at a time per process
         self._idle: list[Conn] = []

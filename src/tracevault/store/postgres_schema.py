@@ -7,16 +7,24 @@ indexed columns as SQLite, the exact canonical JSON in ``payload`` and a generat
 triggers that keep ``events`` append-only. Version 2 adds the expression index on the
 tool name inside the JSONB payload. A new version is appended to :data:`MIGRATIONS`;
 existing entries never change, because deployed databases have already run them.
+
+Each monthly partition carries its own trigger refusing ``TRUNCATE``: it is created with
+the partition (:func:`partition_ddl`), and :func:`migrate` adds it to partitions that
+lack it (:func:`protect_partitions`).
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import date
 
+import psycopg
 from psycopg import Connection
+from psycopg import sql as pgsql
 from psycopg.rows import TupleRow
 
 from tracevault.store.base import StoreError
+from tracevault.store.postgres_pool import detail
 
 SCHEMA_VERSION = 2
 
@@ -101,6 +109,29 @@ MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2))
 # processes opening the same database for the first time at once.
 MIGRATION_LOCK = 0x7472_6163_6576  # "tracev"
 
+# PostgreSQL clones row triggers (UPDATE, DELETE) of ``events`` to every partition,
+# but not statement triggers: the parent's TRUNCATE trigger does not fire for a
+# partition truncated directly (``TRUNCATE events_p202611``), so each partition needs
+# its own.
+PARTITION_TRIGGER = "partition_no_truncate"
+
+# The partitions of ``events`` in the current schema lacking that trigger, read from the
+# catalog (see table_exists). Compared by name: the schema name may need quoting, which
+# a cast such as ``current_schema()::regnamespace`` would not do.
+_UNPROTECTED = """
+SELECT n.nspname, c.relname FROM pg_catalog.pg_inherits i
+JOIN pg_catalog.pg_class p ON p.oid = i.inhparent
+JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
+JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE p.relname = 'events' AND pn.nspname = current_schema()
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_trigger t
+                  WHERE t.tgrelid = c.oid AND t.tgname = %s)
+ORDER BY c.relname
+"""
+
+log = logging.getLogger("tracevault")
+
 
 def partition_name(month: str) -> str:
     """Return the table name of the partition holding month ``YYYY-MM``."""
@@ -108,24 +139,66 @@ def partition_name(month: str) -> str:
 
 
 def partition_ddl(month: str) -> str:
-    """Return the statement creating the partition of month ``YYYY-MM``."""
+    """Return the statements creating the partition of month ``YYYY-MM`` with its
+    trigger refusing ``TRUNCATE`` (for a caller that has checked it does not exist)."""
     year, mon = int(month[:4]), int(month[5:7])
     start = date(year, mon, 1)
     end = f"{year + 1:04d}-01-01" if mon == 12 else f"{year:04d}-{mon + 1:02d}-01"
+    table = partition_name(month)
     return (
-        f"CREATE TABLE IF NOT EXISTS {partition_name(month)} PARTITION OF events "
-        f"FOR VALUES FROM ('{start.isoformat()} 00:00:00+00') TO ('{end} 00:00:00+00')"
+        f"CREATE TABLE {table} PARTITION OF events "
+        f"FOR VALUES FROM ('{start.isoformat()} 00:00:00+00') TO ('{end} 00:00:00+00');\n"
+        f"CREATE TRIGGER {PARTITION_TRIGGER} BEFORE TRUNCATE ON {table} "
+        "FOR EACH STATEMENT EXECUTE FUNCTION tracevault_append_only()"
     )
+
+
+def protect_partitions(conn: Connection[TupleRow], *, where: str) -> None:
+    """Give every partition of the ledger the trigger refusing ``TRUNCATE`` that it
+    lacks (partitions created before tracevault added one, or by an older version).
+
+    Costs one catalog query when all have it. Without the privilege to create
+    triggers, or on a read-only server, it logs a warning and changes nothing: the
+    ledger still opens, and ``verify`` still detects removed rows.
+    """
+    missing = conn.execute(_UNPROTECTED, (PARTITION_TRIGGER,)).fetchall()
+    if not missing:
+        return
+    # The migration lock serialises processes opening the ledger at once; each looks
+    # again once it holds the lock and adds only what is still missing.
+    conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+    try:
+        for schema, table in conn.execute(_UNPROTECTED, (PARTITION_TRIGGER,)).fetchall():
+            # One partition per (autocommit) transaction: holding one partition's lock
+            # while waiting for another's could deadlock with a writer doing the reverse.
+            conn.execute(
+                pgsql.SQL(
+                    "CREATE TRIGGER {} BEFORE TRUNCATE ON {} "
+                    "FOR EACH STATEMENT EXECUTE FUNCTION tracevault_append_only()"
+                ).format(pgsql.Identifier(PARTITION_TRIGGER), pgsql.Identifier(schema, table))
+            )
+    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction) as exc:
+        log.warning(
+            "PostgreSQL ledger %s: cannot add the trigger refusing TRUNCATE to its monthly "
+            "partitions (%s); open it once with the owner's role to add it",
+            where,
+            detail(exc),
+        )
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
 
 
 def table_exists(conn: Connection[TupleRow], table: str) -> bool:
     """Whether ``table`` exists in the current schema, as committed right now."""
     # The catalog itself, read with the statement's snapshot: name lookups such as
     # to_regclass() may answer from a cache that has not yet seen another process's
-    # commit when only a row or advisory lock was waited for.
+    # commit when only a row or advisory lock was waited for. The schema is compared by
+    # name: a cast such as current_schema()::regnamespace parses it as an unquoted
+    # identifier, so "TraceVault" would become tracevault and "a b" a syntax error.
     row = conn.execute(
-        "SELECT count(*) FROM pg_catalog.pg_class "
-        "WHERE relname = %s AND relnamespace = current_schema()::regnamespace",
+        "SELECT count(*) FROM pg_catalog.pg_class c "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relname = %s AND n.nspname = current_schema()",
         (table,),
     ).fetchone()
     return bool(row and row[0])
@@ -140,14 +213,21 @@ def schema_version(conn: Connection[TupleRow]) -> int:
 
 
 def migrate(conn: Connection[TupleRow], *, where: str, create: bool) -> None:
-    """Bring the ledger's schema to :data:`SCHEMA_VERSION` (creating it if ``create``).
+    """Bring the ledger's schema to :data:`SCHEMA_VERSION` (creating it if ``create``)
+    and give every monthly partition its trigger refusing ``TRUNCATE``.
 
     Raises :class:`StoreError` for a newer schema or, with ``create=False``, for a
     database without a ledger; driver errors propagate.
     """
     version = schema_version(conn)
-    if version == SCHEMA_VERSION:
-        return
+    if version != SCHEMA_VERSION:
+        _migrate(conn, version, where=where, create=create)
+    protect_partitions(conn, where=where)
+
+
+def _migrate(conn: Connection[TupleRow], version: int, *, where: str, create: bool) -> None:
+    """Run the migrations after ``version`` (the ledger's version when the caller
+    looked), serialised with other processes; errors as for :func:`migrate`."""
     if version > SCHEMA_VERSION:
         raise StoreError(
             f"PostgreSQL ledger {where} has schema version {version}, newer than this "
