@@ -25,6 +25,7 @@ from redaction_canaries import make_canaries
 from tracevault.redaction import Detector, Policy, Redactor
 from tracevault.redaction import prefilter as prefilter_module
 from tracevault.redaction.prefilter import _RISKY_NON_ASCII, Prefilter
+from tracevault.redaction.secrets import SECRET_NAMES
 from tracevault.schema import AuditEvent
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -129,7 +130,10 @@ def test_canaries_give_the_same_results() -> None:
         for name, value in make_canaries().items():
             for event in _shapes(f"the {name} is {value} here", rng):
                 _check(redactor, event)
-            for data in ({name: value}, {"password": value}, {"log": f"{name}={value}"}):
+            for data in ({name: value}, {"password": value}, {"log": f"{name}={value}"},
+                         {"log": f"headers={{'Authorization': 'Basic {value}'}}"},
+                         {"log": f'req {{"user":"bob","{name}":"{value}","dsn":"{value}"}}'},
+                         {"log": f"a=1,auth={value},{name}:{value}"}):
                 _check(redactor, _event(data))
             # Values the detectors find on their own are never called clean.
             if name not in ("db_password", "field_password", "cookie"):
@@ -150,6 +154,10 @@ _FRAGMENTS = [
     "ſ", "K", "İ", "ı", "\u2003", "\xa0", "\u0663", "é", "→", "😀", "中文",
     "01a21c3d-1c73-7395-88b5-2eea34c1f6b1", "9390513a", "lc_run--", "+41 234 567",
     "\\token: ", "C:\\Users\\", "\\u0041KIA", "\\u0040",
+    # keys behind punctuation: dict reprs, compact JSON, key=value lists, CLI flags
+    "{'", "': '", "headers={'", "Authorization", "authorization", "'Authorization': '",
+    '","authorization":"', '{"dsn":"', "dsn=", ",auth=", "&auth=", ";pwd=", "--password=",
+    "Proxy-Authorization", "Set-Cookie", "connection_string", "\u8bf7\u6c42Authorization: ",
 ]
 _ALNUM = string.ascii_letters + string.digits
 
@@ -266,6 +274,30 @@ def test_values_behind_escapes_and_short_numbers_are_found(data: dict[str, Any])
     redactor = Redactor(Policy())
     assert not _check(redactor, _event(data))
     assert redactor(_event(copy.deepcopy(data))).metadata["redactions"]
+
+
+KEY_FORMS = [
+    "headers={{'{k}': 'Basic {v}'}}", "{{'a': 1, '{k}': '{v}'}}",
+    'log {{"user":"bob","{k}":"Basic {v}"}}', 'x={{"{k}":"{v}"}}',
+    "user=bob,{k}={v}", "a=1;{k}={v}", "run --{k}={v}", "({k}: {v})",
+]
+
+
+@pytest.mark.parametrize("name", sorted(SECRET_NAMES))
+def test_keys_behind_punctuation_take_the_full_path(name: str) -> None:
+    # The key=value rule reads the name right before the separator, after any quote,
+    # bracket, brace or comma: the prefilter must never call such an event clean.
+    redactor = Redactor(Policy())
+    value = "dXNlcjpzZWNyZXQ9"
+    for key in (name, name.capitalize(), name.upper()):
+        for form in KEY_FORMS:
+            text = form.format(k=key, v=value)
+            for data in ({"log": text}, {"r": json.dumps({"m": text})},
+                         {"r": json.dumps([{"m": text}], indent=1)}):
+                assert not _check(redactor, _event(data)), data
+                assert redactor(_event(copy.deepcopy(data))).metadata["redactions"]
+            cut = text.index(value)  # key and value in neighbouring strings
+            _check(redactor, _event({"a": text[:cut], "b": text[cut:]}))
 
 
 def test_what_orjson_cannot_write_takes_the_full_path() -> None:

@@ -44,6 +44,9 @@ from tracevault.redaction.validators import IBAN_LENGTHS
 # Every name the key rule or the key=value detector treats as secret ends, once
 # normalized (lower case, no whitespace, "_", "." or "-"), with one of these, followed
 # in the JSON text by quotes (or the backslash of an escaped one) and "=" or ":".
+# Nothing is asked of what stands before the ending: the key=value detector reads the
+# name after any punctuation ("headers={'Authorization", '{"a":"b","dsn', "x=1,auth";
+# see secrets.key_name).
 _ENDINGS: tuple[bytes, ...] = tuple(sorted(
     {n.encode() for n in (*SECRET_NAMES, *SECRET_SUFFIXES, "pass")}
 ))

@@ -179,7 +179,12 @@ _STOP_VALUES = frozenset({
 
 
 _KEY_EDGE = " \t\"'\\"
-_KEY_JUNK = "\\\"'{[(,;<>&?|*#!"
+# The key is the name right before the separator: the run of name characters at the end
+# of the text before it (quotes and spaces stripped), after any quote, bracket, brace,
+# comma or other punctuation -- "headers={'Authorization", '{"user":"bob","dsn',
+# "a=1,auth". Matched on the reversed text, so the match starts at the separator.
+_NAME_TAIL = re.compile(r"[A-Za-z0-9_.\-]+")
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 _name_cache: dict[tuple[str, frozenset[str]], bool] = {}
 _WHOLE_LINE_KEYS = frozenset({"cookie", "setcookie", "authorization", "proxyauthorization"})
 
@@ -189,13 +194,22 @@ def _line_end(text: str, start: int, endpos: int) -> int:
     return min(ends) if ends else endpos
 
 
-def _secret_key(name: str, extra: frozenset[str]) -> bool:
-    key = (name, extra)
+def key_name(word: str) -> str:
+    """Return the name a ``key=value`` pair's key ends with: the run of name characters
+    (ASCII letters, digits, ``_``, ``.``, ``-``) at the end of ``word``, from its first
+    letter (``headers={'Authorization`` -> ``Authorization``, ``--db-pass`` -> ``db-pass``)."""
+    tail = _NAME_TAIL.match(word[::-1])
+    return tail.group()[::-1].lstrip("0123456789_.-") if tail is not None else ""
+
+
+def _secret_key(word: str, extra: frozenset[str]) -> bool:
+    key = (word, extra)
     hit = _name_cache.get(key)
     if hit is None:
         if len(_name_cache) >= 20_000:  # names made of data must not grow it forever
             _name_cache.clear()
-        hit = _name_cache[key] = bool(name) and name[0].isalpha() and is_secret_name(name, extra)
+        name = key_name(word)
+        hit = _name_cache[key] = bool(name) and is_secret_name(name, extra)
     return hit
 
 
@@ -208,17 +222,21 @@ def find_key_values(
     for sep in ("=", ":"):
         i = text.find(sep, pos, endpos)
         while i != -1:
-            # the word just before the separator, without quotes or spaces around it
-            before = text[max(pos, i - 44):i].rstrip(_KEY_EDGE)
+            # the word just before the separator, without quotes or spaces around it;
+            # its key is the name it ends with (see key_name)
+            left = max(pos, i - 44)
+            before = text[left:i].rstrip(_KEY_EDGE)
             words = before.rsplit(None, 1)
-            name = words[-1].lstrip(_KEY_JUNK) if words else ""
-            if name and _secret_key(name, extra):
+            word = words[-1] if words else ""
+            if left > pos and len(word) == len(before) and text[left - 1] in _NAME_CHARS:
+                word = "x" + word  # cut by the window: only a secret ending may match
+            if word and _secret_key(word, extra):
                 m = _VALUE_AFTER.match(text, i + 1, endpos)
                 if m is not None:
                     g = next(i for i in (1, 2, 3, 4) if m.group(i) is not None)
                     start, end = m.span(g)
                     value = m.group(g)
-                    if g == 4 and normalize_name(name) in _WHOLE_LINE_KEYS:
+                    if g == 4 and normalize_name(key_name(word)) in _WHOLE_LINE_KEYS:
                         # "Cookie: a=1; b=2" -- every cookie, to the end of the line
                         end = _line_end(text, end, endpos)
                     if (len(value) >= 3 and value.lower() not in _STOP_VALUES
