@@ -914,3 +914,18 @@ def test_forked_child_keeps_the_configured_ledger_and_middleware(tmp_path: Path)
     assert os.waitstatus_to_exitcode(status) == 0
     assert [e.event.data for e in store.events()] == [{"masked": True}] * 2
     assert not (tmp_path / "tracevault.db").exists()
+
+
+def test_events_neither_written_nor_dead_lettered_count_as_dropped(tmp_path: Path) -> None:
+    store = FlakyStore(str(tmp_path / "down.db"))
+    store.healthy.clear()  # the ledger stays down
+    pipeline = Pipeline(store, dead_letter_path=str(tmp_path / "no-such-dir" / "dead.jsonl"))
+    for i in range(3):
+        pipeline.submit(AuditEvent(event_id=f"e{i}", timestamp=datetime.now(timezone.utc),
+                                   kind="custom"))
+    assert pipeline.flush(0.2) is False
+    stats = pipeline.shutdown(timeout=0.5)
+    # Nothing could be written and the dead-letter file could not be opened: lost, and
+    # counted so (they used to be counted as dead-lettered).
+    assert (stats.dead_lettered, stats.dropped, stats.written) == (0, 3, 0)
+    assert stats.captured == 3

@@ -227,6 +227,7 @@ class Pipeline:
         self._unreported_drops = 0
         self._unreported_callbacks = 0  # of those, deferred callbacks (see replay)
         self._dead_lettered = 0
+        self._lost = 0  # could reach neither the ledger nor the dead-letter file
         self._write_errors = 0
         self._last_error: str | None = None
         self._pending: list[Item] = []  # taken from the queue, not yet durable
@@ -322,7 +323,7 @@ class Pipeline:
             written=self._written - filtered_there,
             filtered=self._filtered + filtered_there,
             withheld=self._withheld + getattr(redacting_store, "withheld", 0),
-            dropped=self._dropped,
+            dropped=self._dropped + self._lost,
             dead_lettered=self._dead_lettered,
             write_errors=self._write_errors + getattr(self._store, "write_errors", 0),
             pending=pending,
@@ -496,7 +497,7 @@ class Pipeline:
         if not events:
             return True
         delay = 0.05
-        dead_before = self._dead_lettered
+        dead_before = self._dead_lettered + self._lost
         while True:
             try:
                 store = self._ensure_store()
@@ -505,7 +506,7 @@ class Pipeline:
                 if self._last_error is not None:
                     log.warning("tracevault: ledger writes recovered")
                     self._last_error = None
-                return self._dead_lettered == dead_before
+                return self._dead_lettered + self._lost == dead_before
             except Exception as exc:  # keep the events; back off; try again
                 self._write_errors += 1
                 if not isinstance(exc, StoreError) and self._store is not None:
@@ -516,7 +517,7 @@ class Pipeline:
                     # shutdown must not dead-letter it again.
                     self._pending = events
                     if not events:  # durable only if none had to be dead-lettered
-                        return self._dead_lettered == dead_before
+                        return self._dead_lettered + self._lost == dead_before
                 message = (
                     str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
                 )
@@ -604,7 +605,7 @@ class Pipeline:
                 self._dead_letter_path,
             )
         except OSError as exc:
-            self._dead_lettered += len(rest)
+            self._lost += len(rest)  # counted as dropped: nothing of them was kept
             log.critical("tracevault: %d events lost, dead-letter file failed: %s", len(rest), exc)
 
 
