@@ -400,7 +400,12 @@ class Forwarder:
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
-        try:
-            self.sink.shutdown()
-        except Exception as exc:
-            log.warning("tracevault: sink %s did not shut down cleanly: %s", self.name, exc)
+        shut_down(self.sink)
+
+
+def shut_down(sink: Sink) -> None:
+    """Shut ``sink`` down (its clients, providers), logging rather than raising a failure."""
+    try:
+        sink.shutdown()
+    except Exception as exc:
+        log.warning("tracevault: sink %s did not shut down cleanly: %s", sink.name, exc)

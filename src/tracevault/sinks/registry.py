@@ -31,7 +31,14 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from tracevault.sinks.base import Forwarder, Sink, SinkError, deadline_after, describe
+from tracevault.sinks.base import (
+    Forwarder,
+    Sink,
+    SinkError,
+    deadline_after,
+    describe,
+    shut_down,
+)
 from tracevault.store import Store, open_store
 
 log = logging.getLogger("tracevault.sinks")
@@ -175,7 +182,8 @@ class ForwarderGroup:
             self.store = open_store(store) if isinstance(store, str) else store
             sinks = self._build_sinks()
             if self._closed:  # shut down while the sinks were being built
-                _release(sinks)
+                for sink in sinks:
+                    shut_down(sink)
             else:
                 cap = positive_env("TRACEVAULT_FORWARD_MAX_BACKOFF", 60.0)
                 self.forwarders = [
@@ -202,7 +210,9 @@ class ForwarderGroup:
         shared = {n for n in names if names.count(n) > 1}
         for name in sorted(shared):
             self._not_started(name, f"two sinks are named {name}: give each a unique name")
-        _release([s for s in built if s.name in shared])
+        for sink in built:
+            if sink.name in shared:
+                shut_down(sink)  # built, but will not run
         return [s for s in built if s.name not in shared]
 
     def _not_started(self, name: str, error: str) -> None:
@@ -236,15 +246,6 @@ class ForwarderGroup:
             forwarder.shutdown(timeout)
         if isinstance(self._store_arg, str) and self.store is not None:
             self.store.close()
-
-
-def _release(sinks: Sequence[Sink]) -> None:
-    """Shut down sinks that were built but will not run (their clients, providers)."""
-    for sink in sinks:
-        try:
-            sink.shutdown()
-        except Exception as exc:
-            log.warning("tracevault: sink %s did not shut down cleanly: %s", sink.name, exc)
 
 
 def _label(spec: SinkSpec) -> str:
