@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
 
 from tracevault import capture
@@ -349,10 +349,7 @@ class AuditLogger:
         started = time.perf_counter()
         status = "success"
         try:
-            # Children of a step that is not in the ledger would point at a parent that
-            # never exists (orphans in every sink): they keep the current span instead.
-            inside = use_span(ref, session_id=self.session_id, user_id=self.user_id)
-            with inside if recorded else nullcontext(ref):
+            with self._inside(ref, recorded):
                 yield ref
         except BaseException:
             status = "error"
@@ -384,6 +381,15 @@ class AuditLogger:
         function is recorded with its bound arguments and return value.
         """
         return ToolCall(self, tool_name, parameters, tool_call_id)
+
+    def _inside(self, ref: SpanRef, recorded: bool) -> AbstractContextManager[SpanRef]:
+        """The block of a step of this logger: ``ref`` is the current span, in this
+        logger's session. A step that is not in the ledger (below the level) is not: its
+        children would point at a parent that never exists (orphans in every sink), so
+        they keep the current span instead."""
+        if not recorded:
+            return nullcontext(ref)
+        return use_span(ref, session_id=self.session_id, user_id=self.user_id)
 
     def _warn_if_slow(self, tool_name: str, duration_ms: float, span_id: str | None) -> None:
         warning = capture.slow_tool_warning(tool_name, duration_ms)

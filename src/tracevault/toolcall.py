@@ -11,12 +11,11 @@ import functools
 import inspect
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from tracevault import capture
-from tracevault.context import SpanRef, current_span, use_span
+from tracevault.context import SpanRef, current_span
 from tracevault.ids import new_span_id
 from tracevault.pipeline import DurabilityError
 from tracevault.snapshot import describe_exception
@@ -105,11 +104,8 @@ class ToolCall:
                              phase="end", name=name, span_id=self._span.span_id,
                              level="error", keep=True)
             raise
-        # What the tool's code records hangs under the call, in the logger's session;
-        # under the current span instead if the call is below the level (not recorded).
-        self._cm = (use_span(self._span, session_id=self.logger.session_id,
-                             user_id=self.logger.user_id)
-                    if self._recorded else nullcontext(self._span))
+        # What the tool's code records hangs under the call, in the logger's session.
+        self._cm = self.logger._inside(self._span, self._recorded)
         self._cm.__enter__()
         self._started = time.perf_counter()
         return self
