@@ -196,8 +196,7 @@ def _render_nodes(nodes: list[Node], prefix: str, lines: list[str], full: bool, 
 def session_header(summary: SessionSummary) -> str:
     """Return the one-line heading of a session."""
     return (
-        f"session {summary.session_id if summary.session_id is not None else NO_SESSION} · "
-        f"user {summary.user_id or '-'} · "
+        f"session {_session_label(summary)} · user {summary.user_id or '-'} · "
         f"{summary.start} → {summary.end} · {summary.runs} runs · {summary.events} events · "
         f"{summary.tool_calls} tool calls · {summary.errors} errors · "
         f"{summary.tokens} tokens · ${summary.cost:.6f}"
@@ -224,6 +223,10 @@ def _cell(value: Any) -> str:
 NO_SESSION = "(no session)"  # how runs recorded without a session are listed
 
 
+def _session_label(summary: SessionSummary) -> str:
+    return summary.session_id if summary.session_id is not None else NO_SESSION
+
+
 def render_sessions(sessions: Sequence[SessionSummary]) -> str:
     """Render the ``tracevault sessions`` table."""
     return table(
@@ -241,7 +244,7 @@ def render_sessions(sessions: Sequence[SessionSummary]) -> str:
         ],
         [
             [
-                s.session_id if s.session_id is not None else NO_SESSION,
+                _session_label(s),
                 s.user_id or "-",
                 s.start[:19],
                 s.end[:19],
