@@ -92,6 +92,14 @@ def test_events_land_in_monthly_partitions(store: PostgresStore, pg_url: str) ->
     assert not report.ok and report.first_bad_seq == 18 and "missing" in (report.reason or "")
 
 
+def _run_writers(url: str, script: str, writers: int = 4) -> None:
+    """Run ``script`` (argv: the ledger URL, the writer's number) in ``writers``
+    processes at once; each must succeed."""
+    procs = [subprocess.Popen([sys.executable, "-c", script, url, str(w)])
+             for w in range(writers)]
+    assert [p.wait(timeout=120) for p in procs] == [0] * writers
+
+
 def test_a_new_month_is_created_once_by_concurrent_writers(pg_url: str) -> None:
     """Processes start writing into months that have no partition yet, at once."""
     script = (
@@ -103,12 +111,10 @@ def test_a_new_month_is_created_once_by_concurrent_writers(pg_url: str) -> None:
         "    s.append([AuditEvent(event_id=f'{w}-{m}-{i}', timestamp=t + timedelta(hours=i),"
         " kind='custom') for i in range(20)])\n"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", script, pg_url, str(w)]) for w in range(4)]
-    assert [p.wait(timeout=120) for p in procs] == [0] * 4
+    _run_writers(pg_url, script)
     store = open_store(pg_url)
     assert store.count() == 4 * 6 * 20 and store.verify().ok
-    (parts,) = _sql(pg_url, "SELECT count(*) FROM pg_inherits WHERE inhparent = 'events'::regclass")
-    assert parts == (6,)
+    assert len(_partitions(pg_url)) == 6
 
 
 def _partitions(url: str) -> list[str]:
@@ -163,8 +169,7 @@ def test_partitions_of_an_older_ledger_are_protected_by_processes_opening_it_at_
         " kind='custom') for i in range(40)])\n"
         "s.close()\n"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", script, pg_url, str(w)]) for w in range(4)]
-    assert [p.wait(timeout=120) for p in procs] == [0] * 4
+    _run_writers(pg_url, script)
     triggers = _sql(
         pg_url,
         "SELECT c.relname, count(t.*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "

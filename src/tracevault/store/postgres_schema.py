@@ -114,6 +114,8 @@ MIGRATION_LOCK = 0x7472_6163_6576  # "tracev"
 # partition truncated directly (``TRUNCATE events_p202611``), so each partition needs
 # its own.
 PARTITION_TRIGGER = "partition_no_truncate"
+_PARTITION_TRIGGER_DDL = ("CREATE TRIGGER {} BEFORE TRUNCATE ON {} "
+                          "FOR EACH STATEMENT EXECUTE FUNCTION tracevault_append_only()")
 
 # The partitions of ``events`` in the current schema lacking that trigger, read from the
 # catalog (see table_exists). Compared by name: the schema name may need quoting, which
@@ -148,8 +150,7 @@ def partition_ddl(month: str) -> str:
     return (
         f"CREATE TABLE {table} PARTITION OF events "
         f"FOR VALUES FROM ('{start.isoformat()} 00:00:00+00') TO ('{end} 00:00:00+00');\n"
-        f"CREATE TRIGGER {PARTITION_TRIGGER} BEFORE TRUNCATE ON {table} "
-        "FOR EACH STATEMENT EXECUTE FUNCTION tracevault_append_only()"
+        + _PARTITION_TRIGGER_DDL.format(PARTITION_TRIGGER, table)
     )
 
 
@@ -171,12 +172,8 @@ def protect_partitions(conn: Connection[TupleRow], *, where: str) -> None:
         for schema, table in conn.execute(_UNPROTECTED, (PARTITION_TRIGGER,)).fetchall():
             # One partition per (autocommit) transaction: holding one partition's lock
             # while waiting for another's could deadlock with a writer doing the reverse.
-            conn.execute(
-                pgsql.SQL(
-                    "CREATE TRIGGER {} BEFORE TRUNCATE ON {} "
-                    "FOR EACH STATEMENT EXECUTE FUNCTION tracevault_append_only()"
-                ).format(pgsql.Identifier(PARTITION_TRIGGER), pgsql.Identifier(schema, table))
-            )
+            conn.execute(pgsql.SQL(_PARTITION_TRIGGER_DDL).format(
+                pgsql.Identifier(PARTITION_TRIGGER), pgsql.Identifier(schema, table)))
     except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction) as exc:
         log.warning(
             "PostgreSQL ledger %s: cannot add the trigger refusing TRUNCATE to its monthly "
