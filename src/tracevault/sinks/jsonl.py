@@ -139,7 +139,7 @@ class JsonlSink:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Hold the directory's lock file: one writer (process or sink) at a time."""
-        path = os.path.join(self.directory or ".", f".{self.prefix}.lock")
+        path = self._path_of(f".{self.prefix}.lock")
         with open(path, "ab") as fh:
             _lock(fh.fileno())
             try:
@@ -232,7 +232,7 @@ class JsonlSink:
 
     def _path(self, day: str, number: int) -> str:
         suffix = f".{number}" if number else ""
-        return os.path.join(self.directory or ".", f"{self.prefix}-{day}{suffix}.jsonl")
+        return self._path_of(f"{self.prefix}-{day}{suffix}.jsonl")
 
     def _path_of(self, name: str) -> str:
         return os.path.join(self.directory or ".", name)
