@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
 import sqlite3
+import threading
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 import tracevault
 from tracevault.cli import main
+from tracevault.ids import uuid7
 from tracevault.ledger import GENESIS
+from tracevault.schema import AuditEvent
 from tracevault.store import open_store
 from tracevault.store.sqlite import SQLiteStore
 
@@ -511,3 +517,83 @@ def test_closing_while_other_threads_use_the_store_does_not_crash(tmp_path: Path
     done = subprocess.run([sys.executable, "-c", _CLOSE_WHILE_IN_USE, str(tmp_path)],
                           capture_output=True, text=True, timeout=300)
     assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr[-2000:]
+
+
+def _custom(session_id: str) -> AuditEvent:
+    return AuditEvent(event_id=uuid7(), timestamp=datetime.now(timezone.utc), kind="custom",
+                      session_id=session_id, data={"pad": "x" * 200})
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")
+def test_a_child_forked_while_another_thread_appends_writes_the_ledger(tmp_path: Path) -> None:
+    # A child forked while a parent thread was inside a statement inherited SQLite's lock
+    # state of that moment: its connections waited on locks nobody would release, and
+    # what it recorded was lost (a multiprocessing pool started while the writer wrote).
+    store = SQLiteStore(str(tmp_path / "fork.db"))
+    stop = threading.Event()
+    appended = threading.Semaphore(0)
+
+    def append_until_stopped() -> None:
+        for _ in range(100_000):
+            if stop.is_set():
+                return
+            store.append([_custom("parent") for _ in range(20)])
+            appended.release()
+
+    appender = threading.Thread(target=append_until_stopped)
+    appender.start()
+    children = []
+    try:
+        for i in range(12):
+            appended.acquire(timeout=60)  # fork while the appender is busy
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    signal.alarm(30)  # a child that cannot write fails instead of hanging
+                    SQLiteStore(store.path).append([_custom(f"child-{i}")])
+                    store.append([_custom(f"child-{i}-same-store")])
+                    code = 0
+                finally:
+                    os._exit(code)
+            children.append(pid)
+    finally:
+        stop.set()
+        appender.join()
+    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
+    assert codes == [0] * 12
+    sessions = {s.session_id for s in store.sessions()}
+    assert {f"child-{i}{tag}" for i in range(12) for tag in ("", "-same-store")} <= sessions
+    assert store.verify().ok
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")
+def test_a_forked_child_keeps_writing_after_its_parent_closed_the_ledger(tmp_path: Path) -> None:
+    # The parent closing its last connection checkpoints the ledger and deletes its
+    # write-ahead log once no other process holds a lock on the file. A child that
+    # shared its parent's lock bookkeeping held none, and what it appended after that
+    # went to the deleted log: reported written, lost.
+    store = SQLiteStore(str(tmp_path / "fork.db"))
+    store.append([_custom("parent")])
+    child_wrote, parent_closed = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            signal.alarm(60)
+            store.append([_custom("child-before")])
+            os.write(child_wrote[1], b"1")
+            os.read(parent_closed[0], 1)
+            for _ in range(20):
+                store.append([_custom("child-after")])
+            code = 0
+        finally:
+            os._exit(code)
+    os.read(child_wrote[0], 1)
+    store.close()
+    os.write(parent_closed[1], b"1")
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    with SQLiteStore(store.path, create=False) as reader:
+        counts = {s.session_id: s.events for s in reader.sessions()}
+        assert counts == {"parent": 1, "child-before": 1, "child-after": 20}
+        assert reader.verify().ok

@@ -21,7 +21,7 @@ from typing import Any
 from tracevault.ledger import COLUMNS, VerifyReport
 from tracevault.store.base import Store, StoreError
 from tracevault.store.sql import SQLStore
-from tracevault.store.sqlite import SQLiteStore
+from tracevault.store.sqlite import FORK_GATE, SQLiteStore
 
 Row = tuple[Any, ...]  # (seq, *COLUMNS with ts as text, payload, salt, digest, chain)
 # Writes rows after the given (seq, chain) head, then sets the head to the last argument.
@@ -95,6 +95,12 @@ class _SQLiteRows:
         self.store = store
 
     def __call__(
+        self, rows: Sequence[Row], after: tuple[int, bytes], head: tuple[int, bytes]
+    ) -> None:
+        with FORK_GATE:  # one call into SQLite: a fork waits for it
+            self._write(rows, after, head)
+
+    def _write(
         self, rows: Sequence[Row], after: tuple[int, bytes], head: tuple[int, bytes]
     ) -> None:
         conn = sqlite3.connect(self.store.path, timeout=60.0, isolation_level=None)

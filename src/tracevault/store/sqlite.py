@@ -15,6 +15,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -160,6 +161,84 @@ def _switch_to_wal(conn: sqlite3.Connection, patience_s: float = 60.0) -> None:
         pause = min(pause * 2, 0.1)
 
 
+# --- forks ---------------------------------------------------------------------------
+# SQLite keeps, per process, the state of the locks its connections hold on a file, and
+# fork() copies that state but not the locks. A child forked while a parent thread is
+# inside a statement inherits locks nobody in the child will release: its connections
+# wait on them ("database is locked") and its events never reach the ledger. So a fork
+# waits for the SQLite calls under way to finish and holds new ones back until it is
+# done. The child then closes the connections it inherited, at rest: left open, they
+# would make its own connections share their bookkeeping ("this process holds a shared
+# lock") without holding the real locks, and a parent closing its last connection
+# would checkpoint and delete the write-ahead log under the child, losing what the child
+# appended after. Closing them touches only the child's locks, and the parent's real
+# ones keep that close from checkpointing. (SQLite advises against closing a
+# connection in a child; what it warns of needs a lock or a transaction held at the
+# fork, which the gate rules out.)
+
+_FORK_PATIENCE_S = 10.0  # a fork waits at most this long for SQLite calls to finish
+
+
+class _ForkGate:
+    """Lets any number of threads run SQLite calls at once, and a fork wait for them.
+
+    Each public operation of a store enters the gate once (never nested: a thread that
+    waited for a fork to finish while already inside would hold that fork back)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._running = 0
+        self._forking = 0
+
+    def __enter__(self) -> None:
+        with self._cond:
+            while self._forking:
+                self._cond.wait()
+            self._running += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._running -= 1
+            if self._forking and not self._running:
+                self._cond.notify_all()
+
+    def before_fork(self) -> None:
+        with self._cond:
+            self._forking += 1
+            self._cond.wait_for(lambda: not self._running, timeout=_FORK_PATIENCE_S)
+
+    def after_fork_in_parent(self) -> None:
+        with self._cond:
+            self._forking -= 1
+            self._cond.notify_all()
+
+    def after_fork_in_child(self) -> None:
+        self.reset()  # parent threads may have held its lock; they do not exist here
+        for store in list(_STORES):
+            for conn in store._forget_parent():
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+
+
+_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
+# Every call this package makes into SQLite runs inside it (``with FORK_GATE:``).
+FORK_GATE = _ForkGate()
+os.register_at_fork(
+    before=FORK_GATE.before_fork,
+    after_in_parent=FORK_GATE.after_fork_in_parent,
+    after_in_child=FORK_GATE.after_fork_in_child,
+)
+
+
+def _fetch_some(cursor: sqlite3.Cursor) -> list[Any]:
+    """The next rows of a streamed query (one call into SQLite, inside the fork gate)."""
+    with FORK_GATE:
+        return cursor.fetchmany(2000)
+
+
 class SQLiteStore(SQLStore):
     """A ledger in one SQLite file (created on first use unless ``create=False``)."""
 
@@ -189,24 +268,36 @@ class SQLiteStore(SQLStore):
         # without reading it first; None until known, or when another writer may have
         # appended since.
         self._head: tuple[int, bytes] | None = None
-        conn = self._conn()
+        _STORES.add(self)
         try:
-            conn.executescript(_SCHEMA)
+            with FORK_GATE:
+                self._conn().executescript(_SCHEMA)
         except sqlite3.Error as exc:
             self.close()
             raise self._error("cannot initialise", exc) from None
+
+    def _forget_parent(self) -> list[sqlite3.Connection]:
+        """In a forked child: hand over the connections inherited from the parent (to
+        be closed) and start afresh; this process opens its own on first use."""
+        inherited = [conn for _, conn in self._all]
+        self._local = threading.local()
+        self._all = []
+        self._lock = threading.Lock()  # a parent thread may have held it at the fork
+        self._head = None
+        return inherited
 
     def _check_is_ledger(self) -> None:
         """Refuse a file that is not a ledger before touching it: opening one for reading
         (``create=False``) must not turn another application's database, or an empty
         file, into an empty ledger that then verifies."""
         try:
-            probe = sqlite3.connect(f"file:{quote(self.path)}?mode=ro", uri=True)
-            try:
-                tables = {r[0] for r in probe.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'table'")}
-            finally:
-                probe.close()
+            with FORK_GATE:
+                probe = sqlite3.connect(f"file:{quote(self.path)}?mode=ro", uri=True)
+                try:
+                    tables = {r[0] for r in probe.execute(
+                        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+                finally:
+                    probe.close()
         except sqlite3.Error as exc:
             raise self._error("cannot open", exc) from None
         if not {"events", "ledger_head"} <= tables:
@@ -229,6 +320,8 @@ class SQLiteStore(SQLStore):
             raise StoreError(f"SQLite ledger {self.path!r} is closed")
 
     def _conn(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use (callers are inside the fork
+        gate)."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
             return conn
@@ -251,7 +344,8 @@ class SQLiteStore(SQLStore):
 
     def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:
-            return self._conn().execute(sql, tuple(params)).fetchall()
+            with FORK_GATE:
+                return self._conn().execute(sql, tuple(params)).fetchall()
         except sqlite3.Error as exc:
             raise self._error("cannot read", exc) from None
 
@@ -259,14 +353,18 @@ class SQLiteStore(SQLStore):
         self._check_open()
         try:
             # A connection of its own: the caller may interleave other queries while
-            # it iterates, and a WAL snapshot keeps the stream consistent.
-            conn = sqlite3.connect(self.path, timeout=60.0, check_same_thread=False)
+            # it iterates, and a WAL snapshot keeps the stream consistent. The fork
+            # gate is held for each call into SQLite, never across a yield.
+            with FORK_GATE:
+                conn = sqlite3.connect(self.path, timeout=60.0, check_same_thread=False)
             try:
-                cursor = conn.execute(sql, tuple(params))
-                while rows := cursor.fetchmany(2000):
+                with FORK_GATE:
+                    cursor = conn.execute(sql, tuple(params))
+                while rows := _fetch_some(cursor):
                     yield from rows
             finally:
-                conn.close()
+                with FORK_GATE:
+                    conn.close()
         except sqlite3.Error as exc:
             raise self._error("cannot read", exc) from None
 
@@ -281,19 +379,22 @@ class SQLiteStore(SQLStore):
         writers during the check cannot look like an extended or broken tail."""
         self._check_open()
         try:
-            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            with FORK_GATE:
+                conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
             try:
-                conn.execute("BEGIN")
-                head_seq, head_chain = _head_of(conn.execute(_HEAD).fetchone())
-                cursor = conn.execute(self._verify_sql())
+                with FORK_GATE:
+                    conn.execute("BEGIN")
+                    head_seq, head_chain = _head_of(conn.execute(_HEAD).fetchone())
+                    cursor = conn.execute(self._verify_sql())
 
                 def rows() -> Iterator[tuple[Any, ...]]:
-                    while batch := cursor.fetchmany(2000):
+                    while batch := _fetch_some(cursor):
                         yield from batch
 
                 return verify_rows(rows(), head_seq, head_chain, anchor)
             finally:
-                conn.close()
+                with FORK_GATE:
+                    conn.close()
         except sqlite3.Error as exc:
             raise self._error("cannot verify", exc) from None
 
@@ -308,18 +409,19 @@ class SQLiteStore(SQLStore):
         re-appending a batch (a retry, a dead-letter replay) never duplicates a record."""
         rows = unique_rows(prepare_rows(events))  # encode and hash outside the lock
         try:
-            try:
-                return self._append_rows(rows)
-            except sqlite3.IntegrityError:
-                stored = self._stored_ids([r.columns[0] for r in rows])
-                return self._append_rows([r for r in rows if r.columns[0] not in stored])
+            with FORK_GATE:
+                try:
+                    return self._append_rows(rows)
+                except sqlite3.IntegrityError:
+                    stored = self._stored_ids([r.columns[0] for r in rows])
+                    return self._append_rows([r for r in rows if r.columns[0] not in stored])
         except sqlite3.Error as exc:
             raise self._error("cannot append to", exc) from None
 
     def _append_rows(self, rows: Sequence[PreparedRow]) -> int:
         conn = self._conn()
         if not rows:
-            return self.head()[0]
+            return _head_of(conn.execute(_HEAD).fetchone())[0]
         per_statement = _rows_per_statement(conn)
         head = self._head
         if head is not None and len(rows) <= per_statement:
@@ -367,25 +469,28 @@ class SQLiteStore(SQLStore):
         return int(row[0][0]) if row else 0
 
     def set_cursor(self, name: str, seq: int) -> None:
-        try:
-            self._conn().execute(
-                "INSERT INTO sink_cursors (name, seq, updated) VALUES (?, ?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET seq = max(seq, excluded.seq), "
-                "updated = excluded.updated",
-                (name, seq, format_ts(datetime.now(timezone.utc))),
-            )
-        except sqlite3.Error as exc:
-            raise self._error("cannot save a cursor in", exc) from None
+        self._execute(
+            "cannot save a cursor in",
+            "INSERT INTO sink_cursors (name, seq, updated) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET seq = max(seq, excluded.seq), "
+            "updated = excluded.updated",
+            (name, seq, format_ts(datetime.now(timezone.utc))),
+        )
 
     def set_sink_error(self, name: str, error: str | None) -> None:
+        self._execute(
+            "cannot save a sink error in",
+            "INSERT INTO sink_errors (name, error, at) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET error = excluded.error, at = excluded.at",
+            (name, error, format_ts(datetime.now(timezone.utc))),
+        )
+
+    def _execute(self, doing: str, sql: str, params: Sequence[Any]) -> None:
         try:
-            self._conn().execute(
-                "INSERT INTO sink_errors (name, error, at) VALUES (?, ?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET error = excluded.error, at = excluded.at",
-                (name, error, format_ts(datetime.now(timezone.utc))),
-            )
+            with FORK_GATE:
+                self._conn().execute(sql, tuple(params))
         except sqlite3.Error as exc:
-            raise self._error("cannot save a sink error in", exc) from None
+            raise self._error(doing, exc) from None
 
     def close(self) -> None:
         """Close the ledger: this thread's connection now; the other threads' ones once
@@ -399,7 +504,7 @@ class SQLiteStore(SQLStore):
             conns, self._all = self._all, []
         for owner, conn in conns:
             if owner == me:
-                with contextlib.suppress(sqlite3.Error):
+                with FORK_GATE, contextlib.suppress(sqlite3.Error):
                     conn.close()
         self._local = threading.local()  # drops this store's references to the others'
         del conns
