@@ -69,6 +69,10 @@ def test_every_secret_name_is_redacted_in_every_form(key: str) -> None:
     ("retry=3,auth=s3cr3t-value,x=1", "retry=3,auth=[SECRET],x=1"),
     ("psql --password=hunter22 -h db", "psql --password=[SECRET] -h db"),
     ("cfg.db_password=hunter22", "cfg.db_password=[SECRET]"),
+    # prose: a name, spaces, then a quoted value (as exception messages put it)
+    ("TypeError: login() got password 'hunter22'", "TypeError: login() got password '[SECRET]'"),
+    ('rejected api_key "k3y-v4lue" for bob', 'rejected api_key "[SECRET]" for bob'),
+    ('{"error": "bad token \\"abc-123-xyz\\""}', '{"error": "bad token \\"[SECRET]\\""}'),
 ])
 def test_reported_forms(text: str, expected: str) -> None:
     assert R.redact_text(text)[0] == expected
@@ -82,6 +86,8 @@ def test_reported_forms(text: str, expected: str) -> None:
     "see (auth) below: it works", "OAuth: the protocol we use", "re-auth: completed",
     "bypass=on", "compass: north", "x.bypass=1", "sys.path=/usr/lib",
     "the token was refreshed: ok", "step 2: authorize the client",
+    "TypeError: connect() got an unexpected keyword argument 'password'",
+    "the token 'expired' at noon", "password 'reset' sent", "the user's password's length",
 ])
 def test_other_names_and_prose_survive(text: str) -> None:
     assert R.redact_text(text)[0] == text

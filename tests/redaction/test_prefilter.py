@@ -158,6 +158,8 @@ _FRAGMENTS = [
     "{'", "': '", "headers={'", "Authorization", "authorization", "'Authorization': '",
     '","authorization":"', '{"dsn":"', "dsn=", ",auth=", "&auth=", ";pwd=", "--password=",
     "Proxy-Authorization", "Set-Cookie", "connection_string", "\u8bf7\u6c42Authorization: ",
+    # prose: a name, spaces and a quoted value
+    "password '", "got token \"", " pwd\t'",
 ]
 _ALNUM = string.ascii_letters + string.digits
 
@@ -280,6 +282,7 @@ KEY_FORMS = [
     "headers={{'{k}': 'Basic {v}'}}", "{{'a': 1, '{k}': '{v}'}}",
     'log {{"user":"bob","{k}":"Basic {v}"}}', 'x={{"{k}":"{v}"}}',
     "user=bob,{k}={v}", "a=1;{k}={v}", "run --{k}={v}", "({k}: {v})",
+    "login() got {k} '{v}'", 'bad {k}\t"{v}" given',
 ]
 
 

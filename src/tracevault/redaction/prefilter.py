@@ -43,7 +43,8 @@ from tracevault.redaction.validators import IBAN_LENGTHS
 
 # Every name the key rule or the key=value detector treats as secret ends, once
 # normalized (lower case, no whitespace, "_", "." or "-"), with one of these, followed
-# in the JSON text by quotes (or the backslash of an escaped one) and "=" or ":".
+# in the JSON text by quotes (or the backslash of an escaped one) and "=" or ":", or
+# by spaces and a quote (a prose "password 'x'").
 # Nothing is asked of what stands before the ending: the key=value detector reads the
 # name after any punctuation ("headers={'Authorization", '{"a":"b","dsn', "x=1,auth";
 # see secrets.key_name).
@@ -55,14 +56,25 @@ _NAME_DELETE = b" _.-"
 _NAME_TABLE = bytes(ord(":") if i == ord("=") else i for i in range(256))
 
 
-def _names_pattern(endings: tuple[bytes, ...]) -> re.Pattern[bytes]:
+# What follows a secret name, read backwards, with the literal it starts with: a
+# separator and any quotes, or in prose ("password 'x'", or a double quote escaped in
+# the JSON text) a quote, the spaces between being gone from the names view. A pattern
+# that starts with a literal is found fast by the regex engine, and is not run at all
+# where its literal is absent.
+_AFTER_NAME = ((b":", rb":[\\\"']*"), (b"'", rb"'"), (b'"\\', rb"\"\\"))
+
+
+def _names_patterns(endings: tuple[bytes, ...]) -> tuple[tuple[bytes, re.Pattern[bytes]], ...]:
+    """For each way a name can be followed (see ``_AFTER_NAME``), its first byte(s) and
+    the pattern that finds a secret name there."""
     # Matched on the reversed text, so that the scan stops only at ":" (one literal
     # byte, a tight loop in the regex engine) instead of at every letter a name could
     # start with; the reversed endings form a trie, so a miss costs one or two bytes.
     words = sorted({e[::-1] for e in endings})
     # An ending that ends with another ending adds nothing ("setcookie", "cookie").
     words = [w for w in words if not any(w != o and w.startswith(o) for o in words)]
-    return re.compile(rb":[\\\"']*" + _trie(words))
+    trie = _trie(words)
+    return tuple((literal, re.compile(after + trie)) for literal, after in _AFTER_NAME)
 
 
 def _trie(words: list[bytes]) -> bytes:
@@ -148,7 +160,7 @@ class Prefilter:
     """Answers whether an event certainly has nothing to redact (see the module)."""
 
     def __init__(self, secret_fields: frozenset[str] = frozenset()) -> None:
-        self._names = _names_pattern(_ENDINGS + tuple(f.encode() for f in secret_fields))
+        self._names = _names_patterns(_ENDINGS + tuple(f.encode() for f in secret_fields))
 
     @classmethod
     def for_policy(cls, policy: Any) -> Prefilter | None:
@@ -191,8 +203,9 @@ class Prefilter:
         if self._tokens(text, lower) or _IPV6_HINT.search(text) is not None:
             return False
         names = lower.translate(_NAME_TABLE, _NAME_DELETE)[::-1]
-        if self._names.search(names) is not None:
-            return False
+        for literal, pattern in self._names:
+            if names.find(literal) >= 0 and pattern.search(names) is not None:
+                return False
         return not self._numbers(text)
 
     @staticmethod

@@ -138,7 +138,7 @@ class Scanner:
             for det in self._pem:
                 found.extend(Finding(s, e, det.category, det.name)
                              for s, e in det.find(text, 0, len(text)))
-        if self.key_values and ("=" in text or ":" in text):
+        if self.key_values and ("=" in text or ":" in text or "'" in text or '"' in text):
             found.extend(Finding(s, e, "SECRET", "key_value")
                          for s, e in find_key_values(text, 0, len(text), self.secret_names))
         for det, literals in self._text_gates:

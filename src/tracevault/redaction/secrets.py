@@ -216,30 +216,63 @@ def _secret_key(word: str, extra: frozenset[str]) -> bool:
 def find_key_values(
     text: str, pos: int, endpos: int, extra_names: Iterable[str] = ()
 ) -> Iterator[tuple[int, int]]:
-    """Yield spans of values written as ``key=value``, ``key: value`` or ``"key": "value"``
-    in ``text[pos:endpos]`` whose key names a secret."""
+    """Yield spans of values written as ``key=value``, ``key: value``,
+    ``"key": "value"`` or, in prose, ``key 'value'`` / ``key "value"`` (an exception
+    message: ``login() got password 'hunter2'``) in ``text[pos:endpos]`` whose key
+    names a secret."""
     extra = frozenset(extra_names)
     for sep in ("=", ":"):
         i = text.find(sep, pos, endpos)
         while i != -1:
-            # the word just before the separator, without quotes or spaces around it;
-            # its key is the name it ends with (see key_name)
-            left = max(pos, i - 44)
-            before = text[left:i].rstrip(_KEY_EDGE)
-            words = before.rsplit(None, 1)
-            word = words[-1] if words else ""
-            if left > pos and len(word) == len(before) and text[left - 1] in _NAME_CHARS:
-                word = "x" + word  # cut by the window: only a secret ending may match
+            word = _word_before(text, pos, i)
             if word and _secret_key(word, extra):
-                m = _VALUE_AFTER.match(text, i + 1, endpos)
-                if m is not None:
-                    g = next(i for i in (1, 2, 3, 4) if m.group(i) is not None)
-                    start, end = m.span(g)
-                    value = m.group(g)
-                    if g == 4 and normalize_name(key_name(word)) in _WHOLE_LINE_KEYS:
-                        # "Cookie: a=1; b=2" -- every cookie, to the end of the line
-                        end = _line_end(text, end, endpos)
-                    if (len(value) >= 3 and value.lower() not in _STOP_VALUES
-                            and not value.startswith("[") and not value.startswith("*")):
-                        yield start, end
+                span = _value_span(text, i + 1, endpos, word)
+                if span is not None:
+                    yield span
             i = text.find(sep, i + 1, endpos)
+    for quote in ("'", '"'):
+        i = text.find(quote, pos, endpos)
+        while i != -1:
+            at = i - 1 if i > pos and text[i - 1] == "\\" else i  # \"value\" in JSON text
+            if at > pos and text[at - 1] in " \t":
+                word = _word_before(text, pos, at)
+                # Only a quoted value: a bare word after a name is prose ("token expired").
+                if word and _secret_key(word, extra):
+                    span = _value_span(text, at, endpos, word, quoted=True)
+                    if span is not None:
+                        yield span
+            i = text.find(quote, i + 1, endpos)
+
+
+def _word_before(text: str, pos: int, at: int) -> str:
+    """The word just before ``text[at]``, without quotes or spaces around it; its key is
+    the name it ends with (see :func:`key_name`)."""
+    left = max(pos, at - 44)
+    before = text[left:at].rstrip(_KEY_EDGE)
+    words = before.rsplit(None, 1)
+    word = words[-1] if words else ""
+    if left > pos and len(word) == len(before) and text[left - 1] in _NAME_CHARS:
+        word = "x" + word  # cut by the window: only a secret ending may match
+    return word
+
+
+def _value_span(
+    text: str, at: int, endpos: int, word: str, quoted: bool = False
+) -> tuple[int, int] | None:
+    """The span of the value written at ``text[at:]`` after the key ``word``, unless it
+    is too short, a placeholder or a word that says something about the secret."""
+    m = _VALUE_AFTER.match(text, at, endpos)
+    if m is None:
+        return None
+    g = next(i for i in (1, 2, 3, 4) if m.group(i) is not None)
+    if quoted and g == 4:
+        return None
+    start, end = m.span(g)
+    value = m.group(g)
+    if g == 4 and normalize_name(key_name(word)) in _WHOLE_LINE_KEYS:
+        # "Cookie: a=1; b=2" -- every cookie, to the end of the line
+        end = _line_end(text, end, endpos)
+    if (len(value) < 3 or value.lower() in _STOP_VALUES
+            or value.startswith("[") or value.startswith("*")):
+        return None
+    return start, end
