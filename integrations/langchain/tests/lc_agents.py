@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
@@ -55,6 +55,22 @@ def weather_model() -> ScriptedChatModel:
     return ScriptedChatModel(respond=weather_script)
 
 
+# What a weather_model agent run records: model steps and tools in order, no graph nodes.
+AGENT_SEQUENCE = [
+    ("agent", "start", "LangGraph"),
+    ("input", "point", "user_message"),
+    ("llm_call", "start", "gpt-4o-mini"),
+    ("llm_call", "end", "gpt-4o-mini"),
+    ("reasoning", "point", "gpt-4o-mini"),
+    ("tool_call", "start", "get_weather"),
+    ("tool_call", "end", "get_weather"),
+    ("llm_call", "start", "gpt-4o-mini"),
+    ("llm_call", "end", "gpt-4o-mini"),
+    ("output", "point", "final_answer"),
+    ("agent", "end", "LangGraph"),
+]
+
+
 def two_tools_then_answer(first: str = "get_weather", second: str = "get_time") -> list[AIMessage]:
     """One response calling two tools in parallel, then a final answer."""
     return [
@@ -84,3 +100,8 @@ def lc_agent(model: ScriptedChatModel, tools: list[BaseTool], **kwargs: Any) -> 
         return f"error: {exc}"
 
     return create_agent(model, tools, middleware=[ToolErrorMiddleware(on_error)], **kwargs)
+
+
+AGENTS: dict[str, Callable[..., Any]] = {
+    "create_agent": lc_agent, "create_react_agent": react_agent,
+}

@@ -47,3 +47,12 @@ def parent_of(ev: AuditEvent, starts: dict[str, AuditEvent]) -> AuditEvent:
 def kinds(events: Sequence[AuditEvent], *, steps: bool = True) -> list[tuple[str, str, str | None]]:
     """Return ``(kind, phase, name)`` per event; ``steps=False`` drops ``chain`` steps."""
     return [(e.kind, e.phase, e.name) for e in events if steps or e.kind != "chain"]
+
+
+def tree(events: Sequence[AuditEvent]) -> list[tuple[str, str, str | None, str | None]]:
+    """Return ``(kind, phase, name, parent's name)`` per event of a tree that passes
+    :func:`check_tree`: the tree as recorded, ids aside."""
+    starts = check_tree(events)
+    return [(e.kind, e.phase, e.name,
+             None if e.parent_span_id is None else starts[e.parent_span_id].name)
+            for e in events]

@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from lc_agents import (
+    AGENT_SEQUENCE,
+    AGENTS,
     broken_clock,
     get_time,
     get_weather,
@@ -25,25 +27,7 @@ from tracevault.pricing import cost_of
 from tracevault.schema import AuditEvent, validate_event
 from tracevault.testing import Capture
 
-AGENTS: dict[str, Callable[..., Any]] = {
-    "create_agent": lc_agent, "create_react_agent": react_agent,
-}
 COST = (cost_of("gpt-4o-mini", 100, 20) or 0) + (cost_of("gpt-4o-mini", 150, 10) or 0)
-
-# What an agent run records, model steps and tools in order (graph-node steps aside).
-AGENT_SEQUENCE = [
-    ("agent", "start", "LangGraph"),
-    ("input", "point", "user_message"),
-    ("llm_call", "start", "gpt-4o-mini"),
-    ("llm_call", "end", "gpt-4o-mini"),
-    ("reasoning", "point", "gpt-4o-mini"),
-    ("tool_call", "start", "get_weather"),
-    ("tool_call", "end", "get_weather"),
-    ("llm_call", "start", "gpt-4o-mini"),
-    ("llm_call", "end", "gpt-4o-mini"),
-    ("output", "point", "final_answer"),
-    ("agent", "end", "LangGraph"),
-]
 
 
 def _config(**metadata: Any) -> dict[str, Any]:

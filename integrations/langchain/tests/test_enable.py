@@ -7,16 +7,18 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from langchain.agents import create_agent
+from langchain_core.callbacks import AsyncCallbackManager, CallbackManager
 from langchain_core.messages import HumanMessage
+from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
-from lc_agents import get_weather, lc_agent, weather_model
-from lc_tree import check_tree
+from lc_agents import AGENT_SEQUENCE, AGENTS, get_weather, lc_agent, weather_model
+from lc_tree import check_tree, kinds, tree
 from tracevault_langchain import TracevaultCallbackHandler, autoenable, convert
 from tracevault_langchain.handler import handler_failures
 from tracevault_langchain.testing import ScriptedChatModel, ai, tool_call
@@ -55,6 +57,9 @@ PROGRAM = textwrap.dedent(
     if "--explicit" in sys.argv:  # the user also passes a handler of their own
         from tracevault_langchain import TracevaultCallbackHandler
         callbacks = [TracevaultCallbackHandler()]
+    if "--manager" in sys.argv:  # ... in a CallbackManager: child runs do not inherit it
+        from langchain_core.callbacks import CallbackManager
+        callbacks = CallbackManager(callbacks)
     agent.invoke({"messages": [HumanMessage("Tell me about Oslo")]},
                  {"callbacks": callbacks, "metadata": {"session_id": "auto-1"}})
     print("imported before run:", sorted(m for m in sys.modules if m == "tracevault"))
@@ -82,26 +87,33 @@ def _run_program(tmp_path: Path, *args: str, enabled: bool = True) -> list[Audit
         store.close()
 
 
+PROGRAM_SEQUENCE = [
+    ("agent", "start"), ("input", "point"),
+    ("llm_call", "start"), ("llm_call", "end"),
+    ("tool_call", "start"), ("tool_call", "end"),
+    ("llm_call", "start"), ("llm_call", "end"),
+    ("output", "point"), ("agent", "end"),
+]
+
+
 def test_auto_enable_records_an_unmodified_program(tmp_path: Path) -> None:
     events = _run_program(tmp_path)
     check_tree(events)
-    assert [(e.kind, e.phase) for e in events if e.kind not in ("chain",)] == [
-        ("agent", "start"), ("input", "point"),
-        ("llm_call", "start"), ("llm_call", "end"),
-        ("tool_call", "start"), ("tool_call", "end"),
-        ("llm_call", "start"), ("llm_call", "end"),
-        ("output", "point"), ("agent", "end"),
-    ]
+    assert [(e.kind, e.phase) for e in events if e.kind not in ("chain",)] == PROGRAM_SEQUENCE
     assert {e.session_id for e in events} == {"auto-1"}
     tool_end = next(e for e in events if e.kind == "tool_call" and e.phase == "end")
     assert tool_end.data["result"] == "Oslo is lovely"
 
 
-def test_auto_enable_with_an_explicit_handler_records_each_event_once(tmp_path: Path) -> None:
-    events = _run_program(tmp_path, "--explicit")
+@pytest.mark.parametrize("args", [("--explicit",), ("--explicit", "--manager")],
+                         ids=["list", "manager"])
+def test_auto_enable_with_an_explicit_handler_records_each_event_once(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    events = _run_program(tmp_path, *args)
     check_tree(events)  # a span started twice would fail here
-    assert len([e for e in events if e.kind == "tool_call"]) == 2
-    assert len([e for e in events if e.kind == "output"]) == 1
+    assert [(e.kind, e.phase) for e in events if e.kind not in ("chain",)] == PROGRAM_SEQUENCE
+    assert {e.trace_id for e in events} == {events[0].span_id}
 
 
 def test_without_the_variable_nothing_is_recorded(tmp_path: Path) -> None:
@@ -134,6 +146,79 @@ def test_enable_is_idempotent_and_needs_no_callbacks(
     assert autoenable.installed_handler() is None
     agent.invoke({"messages": [HumanMessage("Nice")]})
     assert len(cap.events()) == len(events), "a disabled handler records nothing"
+
+
+# A user's own handler as config={"callbacks": ...} takes it: a CallbackManager's
+# handlers= reach only the run it is given to, its inheritable_handlers= and a list
+# reach child runs too.
+USER_CALLBACKS: dict[str, Callable[[TracevaultCallbackHandler], Any]] = {
+    "manager": lambda h: CallbackManager([h]),
+    "async-manager": lambda h: AsyncCallbackManager([h]),
+    "inheritable-manager": lambda h: CallbackManager(handlers=[h], inheritable_handlers=[h]),
+    "list": lambda h: [h],
+}
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("callbacks", USER_CALLBACKS.values(), ids=USER_CALLBACKS.keys())
+@pytest.mark.parametrize("build", AGENTS.values(), ids=AGENTS.keys())
+async def test_auto_enable_and_a_user_handler_record_the_same_tree_once(
+    cap: Capture, enabled: TracevaultCallbackHandler, build: Callable[..., Any],
+    callbacks: Callable[[TracevaultCallbackHandler], Any], mode: str,
+) -> None:
+    agent = build(weather_model(), [get_weather])
+    inputs = {"messages": [HumanMessage("Paris")]}
+    for config in ({}, {"callbacks": callbacks(TracevaultCallbackHandler(session_id="mine"))}):
+        if mode == "sync":
+            agent.invoke(inputs, config)
+        else:
+            await agent.ainvoke(inputs, config)
+    events = cap.events()
+    roots = [e for e in events if e.parent_span_id is None and e.phase == "start"]
+    assert len(roots) == 2, "one root per run"
+    assert [(r.kind, r.trace_id) for r in roots] == [("agent", r.span_id) for r in roots]
+    alone, with_user = ([e for e in events if e.trace_id == r.span_id] for r in roots)
+    assert len(alone) + len(with_user) == len(events)
+    assert kinds(with_user, steps=False) == AGENT_SEQUENCE
+    # the same steps under the same parents as with the process-wide handler alone
+    assert tree(with_user) == tree(alone)
+    # the user's handler records the run it was given; the steps under it follow it
+    assert {e.session_id for e in with_user} == {"mine"}
+
+
+def test_auto_enable_and_a_user_handler_on_an_inner_runnable_record_one_tree(
+    cap: Capture, enabled: TracevaultCallbackHandler
+) -> None:
+    agent = lc_agent(weather_model(), [get_weather]).with_config(
+        callbacks=[TracevaultCallbackHandler(session_id="inner")])
+    outer = RunnableLambda(lambda inputs: agent.invoke(inputs), name="outer")
+    outer.invoke({"messages": [HumanMessage("Paris")]})
+    events = cap.events()
+    root = events[0]
+    assert {e.trace_id for e in events} == {root.span_id}
+    assert tree(events) == [
+        ("agent", "start", "outer", None),
+        ("input", "point", "user_message", "outer"),
+        ("chain", "start", "LangGraph", "outer"),
+        ("chain", "start", "model", "LangGraph"),
+        ("llm_call", "start", "gpt-4o-mini", "model"),
+        ("llm_call", "end", "gpt-4o-mini", "model"),
+        ("reasoning", "point", "gpt-4o-mini", "gpt-4o-mini"),
+        ("chain", "end", "model", "LangGraph"),
+        ("chain", "start", "tools", "LangGraph"),
+        ("tool_call", "start", "get_weather", "tools"),
+        ("tool_call", "end", "get_weather", "tools"),
+        ("chain", "end", "tools", "LangGraph"),
+        ("chain", "start", "model", "LangGraph"),
+        ("llm_call", "start", "gpt-4o-mini", "model"),
+        ("llm_call", "end", "gpt-4o-mini", "model"),
+        ("chain", "end", "model", "LangGraph"),
+        ("chain", "end", "LangGraph", "outer"),
+        ("output", "point", "final_answer", "outer"),
+        ("agent", "end", "outer", None),
+    ]
+    # the process-wide handler saw the outer run start first: it records the whole tree
+    assert {e.session_id for e in events} == {None}
 
 
 # --- strict mode ----------------------------------------------------------------------

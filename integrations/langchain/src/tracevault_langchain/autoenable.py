@@ -3,10 +3,10 @@
 :func:`enable` installs one :class:`TracevaultCallbackHandler` for every LangChain and
 LangGraph run in the process through ``register_configure_hook``. The hook's context
 variable defaults to that single instance (so every thread and task sees the same
-handler and no new one is built per run), and the hook is registered with the handler
-class, so a run to which the user already passed a ``TracevaultCallbackHandler`` does
-not get a second one. Where both still meet (a user handler attached to an inner
-runnable), the shared run table records each run once.
+handler and no new one is built per run), and the hook adds it, inherited by child
+runs, to every run it is not already on, also one to which the user passed a
+``TracevaultCallbackHandler`` of their own. Where both meet, the shared run table
+records each run once: the first handler to see a run start owns it.
 """
 
 from __future__ import annotations
@@ -36,7 +36,13 @@ def enable() -> TracevaultCallbackHandler:
             var: ContextVar[TracevaultCallbackHandler | None] = ContextVar(
                 "tracevault_langchain_handler", default=handler
             )
-            register_configure_hook(var, True, TracevaultCallbackHandler)
+            # No handler class: LangChain would then skip runs that already hold any
+            # TracevaultCallbackHandler, even one their children do not inherit (given
+            # in a CallbackManager's handlers= only). LangGraph hands a node its
+            # parent's child manager without asking the hook again, so such a run's
+            # nodes would reach no handler and the models and tools under them (which
+            # do ask) would become roots of their own.
+            register_configure_hook(var, True)
             _handler, _var = handler, var
         _handler.mute(False)
         return _handler
