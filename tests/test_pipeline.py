@@ -41,17 +41,20 @@ def _active(pipeline: Pipeline) -> Iterator[Pipeline]:
 
 
 class FlakyStore(SQLiteStore):
-    """A real SQLite ledger whose appends fail while ``healthy`` is clear."""
+    """A real SQLite ledger whose appends fail while ``healthy`` is clear; ``failed`` is
+    set once one has failed."""
 
     def __init__(self, path: str) -> None:
         super().__init__(path)
         self.healthy = threading.Event()
         self.healthy.set()
+        self.failed = threading.Event()
         self.failures = 0
 
     def append(self, events: Sequence[AuditEvent]) -> int:
         if not self.healthy.is_set():
             self.failures += 1
+            self.failed.set()
             raise StoreError("simulated outage")
         return super().append(events)
 
@@ -232,6 +235,17 @@ def _queued(pipeline: Pipeline, n: int) -> bool:
     return False
 
 
+def _event(i: int) -> AuditEvent:
+    return AuditEvent(event_id=f"id-{i}", timestamp=datetime.now(timezone.utc),
+                      kind="custom", data={"i": i})
+
+
+def _balanced(stats: tracevault.PipelineStats) -> bool:
+    """Whether every captured event is accounted for (see PipelineStats)."""
+    return stats.captured == (stats.written + stats.filtered + stats.pending + stats.dropped
+                              + stats.dead_lettered)
+
+
 def test_flushes_waiting_together_write_at_once_in_large_batches(tmp_path: Path) -> None:
     # While the writer is busy, 300 events and two flushes queue up. With an hour's
     # linger and 4-event bursts, both flushes must still return, and the backlog goes
@@ -400,6 +414,76 @@ def test_block_timeout_drops_are_counted_and_recorded(tmp_path: Path) -> None:
     assert len(gaps) == 1
     assert gaps[0].data["message"].startswith(f"{dropped} events were not recorded")
     assert store.count() == 40 - dropped + 1
+    stats = tracevault.stats()  # the gap record counts as captured, and written
+    assert stats is not None and (stats.captured, stats.written) == (41, 40 - dropped + 1)
+    assert _balanced(stats)
+
+
+def test_drops_at_a_shutdown_with_the_ledger_down_leave_a_gap_record_in_the_dead_letter_file(
+    tmp_path: Path,
+) -> None:
+    # The ledger is down and the queue full: events are dropped (block_timeout) after
+    # the writer took its batch, so no batch it wrote carries the gap record. Shutdown
+    # dead-letters what is left: the gap record must go with it, and the stats must
+    # still account for every event (captured used to shrink by what was queued).
+    store = FlakyStore(str(tmp_path / "down.db"))
+    store.healthy.clear()
+    path = str(tmp_path / "dead.jsonl")
+    # An hour's linger: the writer takes its batch only once the queue holds a burst.
+    pipeline = Pipeline(store, queue_size=2, block_timeout=0.01, linger=3600,
+                        dead_letter_path=path)
+    for i in range(2):
+        pipeline.submit(_event(i))
+    assert store.failed.wait(60)  # the writer holds events 0 and 1 and retries
+    for i in range(2, 7):  # 2 and 3 fill the queue; 4, 5 and 6 find no room
+        pipeline.submit(_event(i))
+    before = pipeline.stats()
+    assert (before.captured, before.pending, before.dropped) == (7, 4, 3)
+    assert _balanced(before)
+    after = pipeline.shutdown(timeout=0.2)
+    saved = dead_letter_events(path)
+    assert [e.event_id for e in saved[:4]] == ["id-0", "id-1", "id-2", "id-3"]
+    [gap] = saved[4:]
+    assert gap.name == "tracevault.queue_full"
+    assert gap.data["message"].startswith("3 events were not recorded")
+    # The gap record counts as captured, and as dead-lettered with the events.
+    assert (after.captured, after.written, after.dead_lettered, after.dropped,
+            after.pending) == (8, 0, 5, 3, 0)
+    assert _balanced(after) and after.captured >= before.captured
+    store.close()
+
+
+def test_queued_callbacks_count_as_pending_until_they_have_run(tmp_path: Path) -> None:
+    # A framework handler's callbacks wait in the queue as Later items until the writer
+    # runs them: until then they are still to be written, one each, whatever number of
+    # events they will record (here two, and none).
+    store = GatedStore(str(tmp_path / "gated.db"))
+    pipeline = Pipeline(store)
+
+    def two(n: int) -> None:
+        capture.emit("custom", name=f"cb-{n}")
+        capture.emit("custom", name=f"cb-{n}-again")
+
+    with _active(pipeline):
+        try:
+            capture.emit("custom", name="first")
+            assert store.entered.wait(60)  # the writer is inside append with "first"
+            for n in range(3):
+                capture.later(two, n)
+            capture.later(lambda: None)  # records nothing
+            queued = pipeline.stats()
+            assert (queued.captured, queued.pending, queued.written) == (5, 5, 0)
+            assert _balanced(queued)
+        finally:
+            store.gate.set()
+        assert pipeline.flush(60)
+        done = pipeline.stats()
+    # Each callback now counts as what it recorded; the one that recorded none as filtered.
+    assert (done.captured, done.written, done.filtered, done.pending) == (8, 7, 1, 0)
+    assert _balanced(done) and done.captured >= queued.captured
+    assert [e.event.name for e in store.events()] == [
+        "first", "cb-0", "cb-0-again", "cb-1", "cb-1-again", "cb-2", "cb-2-again"]
+    store.close()
 
 
 def test_failing_middleware_withholds_the_payload(tmp_path: Path) -> None:
@@ -712,17 +796,14 @@ def test_what_a_stuck_store_was_never_handed_is_dead_lettered_at_shutdown(
     store = GatedStore(str(tmp_path / "stuck.db"))
     path = str(tmp_path / "dead.jsonl")
     pipeline = Pipeline(store, dead_letter_path=path)
-
-    def event(i: int) -> AuditEvent:
-        return AuditEvent(event_id=f"id-{i}", timestamp=datetime.now(timezone.utc),
-                          kind="custom", data={"i": i})
-
-    pipeline.submit(event(0))
+    pipeline.submit(_event(0))
     assert store.entered.wait(60)  # the writer is inside append with event 0
     for i in range(1, 4):
-        pipeline.submit(event(i))
+        pipeline.submit(_event(i))
     stats = pipeline.shutdown(timeout=0.2)
-    assert stats.dead_lettered == 3
+    # Event 0 is still being written; the others count as dead-lettered, not gone.
+    assert (stats.captured, stats.dead_lettered, stats.pending) == (4, 3, 1)
+    assert _balanced(stats)
     assert [e.event_id for e in dead_letter_events(path)] == ["id-1", "id-2", "id-3"]
     store.gate.set()  # the stuck append completes after all: event 0 is in the ledger
     pipeline._thread.join(60)

@@ -132,10 +132,20 @@ class DurabilityError(RuntimeError):
 
 @dataclass(slots=True)
 class PipelineStats:
-    """Counters of one pipeline; ``captured == written + filtered + pending + lost``.
+    """Counters of one pipeline. In every snapshot
+    ``captured == written + filtered + pending + dropped + dead_lettered``, and
+    ``captured`` never decreases.
 
-    ``withheld`` events are written (with their payload withheld) and so are also
-    counted in ``written``; ``lost`` is ``dropped + dead_lettered``.
+    ``captured`` counts the events captured and the gap records the pipeline adds for
+    events it had to drop (written or dead-lettered like the others). ``pending`` is
+    what is still to be written: queued, or in the batch being written. A framework
+    callback queued for the writer (:class:`~tracevault.replay.Later`) counts as one
+    event, in ``captured`` and ``pending`` (or ``dropped``, if given up), until the
+    writer has run it: how many events it records is known only then. From then on it
+    counts as the events it recorded, or as one ``filtered`` if it recorded none (below
+    the level, say). ``withheld`` events are written (with their payload withheld) and
+    so are also counted in ``written``; ``dropped`` includes events that could reach
+    neither the ledger nor the dead-letter file.
     """
 
     captured: int
@@ -219,7 +229,9 @@ class Pipeline:
         self._waiting = 0
         self._stop = threading.Event()
         self._closed = False
-        self._received = 0
+        # Items leave the queue and are counted in _received in one step (see stats()).
+        self._moving = threading.Lock()
+        self._received = 0  # what left the queue, and gap records (see PipelineStats)
         self._written = 0
         self._filtered = 0
         self._withheld = 0
@@ -309,24 +321,31 @@ class Pipeline:
         return marker.done.wait(timeout) and marker.ok
 
     def stats(self) -> PipelineStats:
-        """Return a consistent-enough snapshot of the counters (cheap; any thread)."""
-        # A deferred callback counts once it has recorded its events.
-        queued = sum(1 for item in list(self._queue)
-                     if not isinstance(item, (_Marker, Later)))
-        pending = queued + len(self._pending)
+        """Return a snapshot of the counters (cheap; any thread): what is still
+        ``pending`` is what was captured and is not yet written, filtered or lost."""
         # A store that runs the middleware itself (tracevault.sidecar) counts what it
         # filtered and withheld; the filtered ones were handed over but not written.
         redacting_store = self._store if self.store_applies_middleware else None
         filtered_there = getattr(redacting_store, "filtered", 0)
+        # What is done is read before what came in: an event is captured before it is
+        # written, filtered or lost, so none is counted done and not captured.
+        written = self._written - filtered_there
+        filtered = self._filtered + filtered_there
+        dropped = self._dropped  # on both sides of the sum: read once
+        lost = self._lost
+        dead_lettered = self._dead_lettered
+        with self._moving:
+            queue, received = list(self._queue), self._received
+        captured = received + dropped + sum(1 for item in queue if item.__class__ is not _Marker)
         return PipelineStats(
-            captured=self._received + queued + self._dropped,
-            written=self._written - filtered_there,
-            filtered=self._filtered + filtered_there,
+            captured=captured,
+            written=written,
+            filtered=filtered,
             withheld=self._withheld + getattr(redacting_store, "withheld", 0),
-            dropped=self._dropped + self._lost,
-            dead_lettered=self._dead_lettered,
+            dropped=dropped + lost,
+            dead_lettered=dead_lettered,
             write_errors=self._write_errors + getattr(self._store, "write_errors", 0),
-            pending=pending,
+            pending=captured - written - filtered - dropped - lost - dead_lettered,
             last_error=self._current_error(),
         )
 
@@ -405,20 +424,19 @@ class Pipeline:
             batch: list[Item] = []
             markers: list[_Marker] = []
             limit = self._batch_size if waited_for else self._burst
-            while queue and len(batch) < limit:
-                item = queue.popleft()
-                if item.__class__ is _Marker:
-                    markers.append(item)
-                    with self._flush_lock:
-                        self._flushes -= 1
-                    break  # everything before the marker is in this batch
-                if item.__class__ is Later:  # a callback to run here: its events, in place
-                    for made in item.run():
-                        batch.append(settled(made) if raw else event_of(made))
-                    continue
-                batch.append(settled(item) if raw else event_of(item))  # type: ignore[arg-type]
+            # A flush marker ends the batch: everything queued before it is in the batch.
+            while queue and len(batch) < limit and not markers:
+                for item in self._take(limit - len(batch)):
+                    if item.__class__ is _Marker:  # (always the last one taken)
+                        markers.append(item)
+                        with self._flush_lock:
+                            self._flushes -= 1
+                    elif item.__class__ is Later:  # a callback to run here: its events, in place
+                        for made in self._run_later(item):
+                            batch.append(settled(made) if raw else event_of(made))
+                    else:
+                        batch.append(settled(item) if raw else event_of(item))  # type: ignore[arg-type]
             behind = len(batch) >= limit  # (a deferred callback may add several)
-            self._received += len(batch)
             if self._waiting:
                 with self._space:
                     self._space.notify_all()
@@ -454,8 +472,7 @@ class Pipeline:
         else:
             events = [e for e in (self._apply_middleware(event_of(ev)) for ev in batch)
                       if e is not None]
-        if self._unreported_drops:
-            events.append(self._gap_record())
+        events.extend(self._gap_records())
         self._pending = events
         ok = self._write(events)
         if ok:  # on failure (only when stopping) shutdown dead-letters what is pending
@@ -470,14 +487,21 @@ class Pipeline:
             self._filtered += 1
         return result
 
-    def _gap_record(self) -> AuditEvent:
-        lost, self._unreported_drops = self._unreported_drops, 0
-        callbacks, self._unreported_callbacks = self._unreported_callbacks, 0
+    def _gap_records(self) -> list[AuditEvent]:
+        """Return a gap record for the events dropped since the last one, if any (it
+        counts as captured: see PipelineStats)."""
+        with self._moving:  # (the writer and a shutdown may both be here)
+            lost, self._unreported_drops = self._unreported_drops, 0
+            callbacks, self._unreported_callbacks = self._unreported_callbacks, 0
+            if lost:
+                self._received += 1
+        if not lost:
+            return []
         what = f"{lost} events were not recorded"
         if callbacks:  # a framework callback queued for the writer makes one or more events
             what = (f"{lost - callbacks} events and the events of {callbacks} framework "
                     "callbacks were not recorded")
-        return AuditEvent(
+        return [AuditEvent(
             event_id=uuid7(),
             timestamp=datetime.now(timezone.utc),
             kind="error",
@@ -489,7 +513,7 @@ class Pipeline:
                 f"block_timeout={self._block_timeout}s",
                 "where": "tracevault.pipeline",
             },
-        )
+        )]
 
     def _write(self, events: list[Item]) -> bool:
         """Write ``events``, retrying; return whether all of them are in the ledger
@@ -562,29 +586,59 @@ class Pipeline:
         self._pending = []
         self._dead_letter(rest + self._take_queued())
 
-    def _take_queued(self) -> list[Item]:
-        """Empty the queue (one item at a time: a writer still running may take some)
-        and return its events for the dead-letter file, releasing flush() callers."""
-        rest: list[Item] = []
+    def _take(self, room: int) -> list[Item | Later | _Marker]:
+        """Remove up to ``room`` items from the queue (``[]`` if it is empty) and count
+        them as received in the same step, so that stats() sees each either queued or
+        received. Stops after a flush marker, and after a callback: the writer runs it
+        before it takes what follows."""
+        taken: list[Item | Later | _Marker] = []
         queue = self._queue
-        while True:
-            try:
+        with self._moving:
+            while queue and len(taken) < room:
                 item = queue.popleft()
-            except IndexError:
-                return rest
-            if isinstance(item, _Marker):  # release flush() callers: not durable
-                item.ok = False
-                item.done.set()
-                with self._flush_lock:
-                    self._flushes -= 1
-                continue
-            for made in item.run() if isinstance(item, Later) else (item,):
-                if self.store_applies_middleware:
-                    rest.append(made)  # _dead_letter redacts these with the pending ones
-                else:  # redact before anything touches the disk
-                    processed = self._apply_middleware(event_of(made))
-                    if processed is not None:
-                        rest.append(processed)
+                taken.append(item)
+                if item.__class__ is _Marker:
+                    self._received += len(taken) - 1
+                    return taken
+                if item.__class__ is Later:
+                    break
+            self._received += len(taken)
+        return taken
+
+    def _run_later(self, item: Later) -> list[Item]:
+        """Run a callback taken from the queue and return what it recorded; counted
+        as one event until now, it counts from now on as those events (or as one
+        filtered if it recorded none: see PipelineStats)."""
+        made = item.run()
+        with self._moving:  # (the writer and a shutdown may both be counting)
+            if made:
+                self._received += len(made) - 1
+            else:
+                self._filtered += 1
+        return made
+
+    def _take_queued(self) -> list[Item]:
+        """Empty the queue (a writer still running may take some) and return its events
+        for the dead-letter file, releasing flush() callers; with a gap record for drops
+        none has reported yet, since the writer will not write one now."""
+        rest: list[Item] = []
+        while taken := self._take(len(self._queue)):
+            for item in taken:
+                if isinstance(item, _Marker):  # release flush() callers: not durable
+                    item.ok = False
+                    item.done.set()
+                    with self._flush_lock:
+                        self._flushes -= 1
+                    continue
+                for made in self._run_later(item) if isinstance(item, Later) else (item,):
+                    if self.store_applies_middleware:
+                        rest.append(made)  # _dead_letter redacts these with the pending ones
+                    else:  # redact before anything touches the disk
+                        processed = self._apply_middleware(event_of(made))
+                        if processed is not None:
+                            rest.append(processed)
+        rest.extend(self._gap_records())
+        return rest
 
     def _dead_letter(self, items: list[Item]) -> None:
         rest = [event_of(item) for item in items]
