@@ -23,6 +23,7 @@ from tracevault.config import Settings
 from tracevault.context import Scope, current_scope, current_span
 from tracevault.context import _scope as _scope_var
 from tracevault.context import _span as _span_var
+from tracevault.forks import FORK_GATE
 from tracevault.ids import uuid7
 from tracevault.pipeline import Appender, DurabilityError, Middleware, Pipeline
 from tracevault.replay import Later, Replay, replaying
@@ -56,7 +57,10 @@ def register_default_middleware(factory: Any) -> None:
 
 def default_middleware(settings: Settings) -> list[Middleware]:
     """Return the built-in middleware for ``settings`` (redaction first)."""
-    import tracevault.redaction  # noqa: F401  (registers the Redactor; imported late: cycle)
+    # Imported late (a cycle), and by whichever thread records first: a fork waits for
+    # the import to finish (see tracevault.forks).
+    with FORK_GATE:
+        import tracevault.redaction  # noqa: F401  (registers the Redactor)
 
     steps: list[Middleware] = []
     for factory in _middleware_factory:
@@ -148,7 +152,8 @@ def new_pipeline(
         elif not isinstance(store, str):
             reason = "the store was given as an object, not a URL"
         else:
-            from tracevault.sidecar import SidecarStore
+            with FORK_GATE:
+                from tracevault.sidecar import SidecarStore
 
             try:
                 store = SidecarStore(settings, steps)
@@ -210,7 +215,8 @@ def _forwarders_follow(pipeline: Pipeline | None, new_settings: Settings | None)
     if not wanted and "tracevault.sinks.registry" not in sys.modules:
         return
     try:
-        from tracevault.sinks.registry import pipeline_installed
+        with FORK_GATE:
+            from tracevault.sinks.registry import pipeline_installed
 
         pipeline_installed(pipeline, new_settings)
     except Exception as exc:  # never break capture because forwarding is misconfigured

@@ -568,13 +568,19 @@ def test_a_child_forked_while_another_thread_appends_writes_the_ledger(tmp_path:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")
-def test_a_forked_child_keeps_writing_after_its_parent_closed_the_ledger(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reading", [False, True], ids=["idle", "while-streaming"])
+def test_a_forked_child_keeps_writing_after_its_parent_closed_the_ledger(
+    tmp_path: Path, reading: bool
+) -> None:
     # The parent closing its last connection checkpoints the ledger and deletes its
     # write-ahead log once no other process holds a lock on the file. A child that
     # shared its parent's lock bookkeeping held none, and what it appended after that
     # went to the deleted log: reported written, lost.
     store = SQLiteStore(str(tmp_path / "fork.db"))
     store.append([_custom("parent")])
+    # A read the parent streams (events()) holds its own connection open at the fork.
+    stream = store.events() if reading else iter([])
+    next(stream, None)
     child_wrote, parent_closed = os.pipe(), os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -590,6 +596,7 @@ def test_a_forked_child_keeps_writing_after_its_parent_closed_the_ledger(tmp_pat
         finally:
             os._exit(code)
     os.read(child_wrote[0], 1)
+    del stream  # (a generator's connection closes when it is freed)
     store.close()
     os.write(parent_closed[1], b"1")
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0

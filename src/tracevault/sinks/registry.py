@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from tracevault.forks import FORK_GATE
 from tracevault.sinks.base import (
     Forwarder,
     Sink,
@@ -180,7 +181,8 @@ class ForwarderGroup:
         try:
             store = self._store_arg
             self.store = open_store(store) if isinstance(store, str) else store
-            sinks = self._build_sinks()
+            with FORK_GATE:  # the sinks' SDKs are imported here: see tracevault.forks
+                sinks = self._build_sinks()
             if self._closed:  # shut down while the sinks were being built
                 for sink in sinks:
                     shut_down(sink)
@@ -262,6 +264,17 @@ def persist_error(store: Store | None, name: str, error: str) -> None:
 
 _lock = threading.Lock()
 _group: ForwarderGroup | None = None
+
+
+def _forget_parent_group() -> None:
+    # A forked child has none of its parent's forwarder threads: waiting for them to
+    # stop would only stall its first capture; the parent's forwarders go on
+    # delivering what the child writes (they follow the ledger).
+    global _group, _lock
+    _group, _lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_parent_group)
 
 
 def active() -> ForwarderGroup | None:

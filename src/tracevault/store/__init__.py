@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
+from tracevault.forks import FORK_GATE
 from tracevault.store.base import (
     DayStats,
     ModelStats,
@@ -46,6 +48,14 @@ def shown_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
+def _backend(name: str) -> Any:
+    """Import a store module (on first use: the writer's thread opens the ledger). A
+    fork waits for the import to finish: a child forked in the middle of it would find
+    the module half-initialised and its import lock held for ever."""
+    with FORK_GATE:
+        return importlib.import_module(f"tracevault.store.{name}")
+
+
 def open_store(url: str = DEFAULT_URL, *, create: bool = True) -> Store:
     """Open the ledger at ``url``.
 
@@ -58,22 +68,22 @@ def open_store(url: str = DEFAULT_URL, *, create: bool = True) -> Store:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme in ("", "file") or (len(scheme) == 1 and url[1:3] in (":\\", ":/")):
-        from tracevault.store.sqlite import SQLiteStore
-
-        return SQLiteStore(parts.path if scheme == "file" else url, create=create)
+        path = parts.path if scheme == "file" else url
+        sqlite: Store = _backend("sqlite").SQLiteStore(path, create=create)
+        return sqlite
     if scheme == "sqlite":
-        from tracevault.store.sqlite import SQLiteStore
-
         path = url[len("sqlite:///") :].split("?", 1)[0] if url.startswith("sqlite:///") else ""
         if not path:
             raise StoreError(
                 f"bad SQLite URL {url!r}: use sqlite:///relative.db or sqlite:////abs.db"
             )
         options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        return SQLiteStore(path, create=create, synchronous=options.get("synchronous", "full"))
+        sqlite = _backend("sqlite").SQLiteStore(
+            path, create=create, synchronous=options.get("synchronous", "full"))
+        return sqlite
     if scheme in ("postgresql", "postgres"):
         try:
-            module = importlib.import_module("tracevault.store.postgres")
+            module = _backend("postgres")
         except ImportError as exc:
             raise StoreError(
                 "PostgreSQL ledger needs the postgres extra: "

@@ -18,10 +18,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tracevault.forks import FORK_GATE
 from tracevault.ledger import COLUMNS, VerifyReport
 from tracevault.store.base import Store, StoreError
 from tracevault.store.sql import SQLStore
-from tracevault.store.sqlite import FORK_GATE, SQLiteStore
+from tracevault.store.sqlite import SQLiteStore
 
 Row = tuple[Any, ...]  # (seq, *COLUMNS with ts as text, payload, salt, digest, chain)
 # Writes rows after the given (seq, chain) head, then sets the head to the last argument.

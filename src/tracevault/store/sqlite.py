@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
+from tracevault.forks import FORK_GATE
 from tracevault.ledger import (
     COLUMNS,
     GENESIS,
@@ -165,72 +166,45 @@ def _switch_to_wal(conn: sqlite3.Connection, patience_s: float = 60.0) -> None:
 # SQLite keeps, per process, the state of the locks its connections hold on a file, and
 # fork() copies that state but not the locks. A child forked while a parent thread is
 # inside a statement inherits locks nobody in the child will release: its connections
-# wait on them ("database is locked") and its events never reach the ledger. So a fork
-# waits for the SQLite calls under way to finish and holds new ones back until it is
-# done. The child then closes the connections it inherited, at rest: left open, they
-# would make its own connections share their bookkeeping ("this process holds a shared
-# lock") without holding the real locks, and a parent closing its last connection
-# would checkpoint and delete the write-ahead log under the child, losing what the child
-# appended after. Closing them touches only the child's locks, and the parent's real
-# ones keep that close from checkpointing. (SQLite advises against closing a
-# connection in a child; what it warns of needs a lock or a transaction held at the
-# fork, which the gate rules out.)
-
-_FORK_PATIENCE_S = 10.0  # a fork waits at most this long for SQLite calls to finish
-
-
-class _ForkGate:
-    """Lets any number of threads run SQLite calls at once, and a fork wait for them.
-
-    Each public operation of a store enters the gate once (never nested: a thread that
-    waited for a fork to finish while already inside would hold that fork back)."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._running = 0
-        self._forking = 0
-
-    def __enter__(self) -> None:
-        with self._cond:
-            while self._forking:
-                self._cond.wait()
-            self._running += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._cond:
-            self._running -= 1
-            if self._forking and not self._running:
-                self._cond.notify_all()
-
-    def before_fork(self) -> None:
-        with self._cond:
-            self._forking += 1
-            self._cond.wait_for(lambda: not self._running, timeout=_FORK_PATIENCE_S)
-
-    def after_fork_in_parent(self) -> None:
-        with self._cond:
-            self._forking -= 1
-            self._cond.notify_all()
-
-    def after_fork_in_child(self) -> None:
-        self.reset()  # parent threads may have held its lock; they do not exist here
-        for store in list(_STORES):
-            for conn in store._forget_parent():
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
-
+# wait on them ("database is locked") and its events never reach the ledger. So every
+# call into SQLite runs inside the fork gate (tracevault.forks). The child then closes
+# the connections it inherited, at rest: left open, they would make its own connections
+# share their bookkeeping ("this process holds a shared lock") without holding the real
+# locks, and a parent closing its last connection would checkpoint and delete the
+# write-ahead log under the child, losing what the child appended after. Closing them
+# touches only the child's locks, and the parent's real ones keep that close from
+# checkpointing. (SQLite advises against closing a connection in a child; what it warns
+# of needs a lock or a transaction held at the fork, which the gate rules out; a read
+# the parent was streaming stays open at the fork and is closed in the child too.)
 
 _STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
-# Every call this package makes into SQLite runs inside it (``with FORK_GATE:``).
-FORK_GATE = _ForkGate()
-os.register_at_fork(
-    before=FORK_GATE.before_fork,
-    after_in_parent=FORK_GATE.after_fork_in_parent,
-    after_in_child=FORK_GATE.after_fork_in_child,
-)
+_STREAMS: set[sqlite3.Connection] = set()  # connections of reads under way (streams)
+
+
+def _close_inherited() -> None:
+    inherited = [conn for store in list(_STORES) for conn in store._forget_parent()]
+    inherited += _STREAMS
+    _STREAMS.clear()
+    for conn in inherited:
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+
+
+os.register_at_fork(after_in_child=_close_inherited)
+
+
+def _read_connection(path: str, **options: Any) -> sqlite3.Connection:
+    """Open a connection for one streamed read (closed with :func:`_close_read`)."""
+    with FORK_GATE:
+        conn: sqlite3.Connection = sqlite3.connect(path, timeout=60.0, **options)
+        _STREAMS.add(conn)
+    return conn
+
+
+def _close_read(conn: sqlite3.Connection) -> None:
+    with FORK_GATE:
+        _STREAMS.discard(conn)
+        conn.close()
 
 
 def _fetch_some(cursor: sqlite3.Cursor) -> list[Any]:
@@ -355,16 +329,14 @@ class SQLiteStore(SQLStore):
             # A connection of its own: the caller may interleave other queries while
             # it iterates, and a WAL snapshot keeps the stream consistent. The fork
             # gate is held for each call into SQLite, never across a yield.
-            with FORK_GATE:
-                conn = sqlite3.connect(self.path, timeout=60.0, check_same_thread=False)
+            conn = _read_connection(self.path, check_same_thread=False)
             try:
                 with FORK_GATE:
                     cursor = conn.execute(sql, tuple(params))
                 while rows := _fetch_some(cursor):
                     yield from rows
             finally:
-                with FORK_GATE:
-                    conn.close()
+                _close_read(conn)
         except sqlite3.Error as exc:
             raise self._error("cannot read", exc) from None
 
@@ -379,8 +351,7 @@ class SQLiteStore(SQLStore):
         writers during the check cannot look like an extended or broken tail."""
         self._check_open()
         try:
-            with FORK_GATE:
-                conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            conn = _read_connection(self.path, isolation_level=None)
             try:
                 with FORK_GATE:
                     conn.execute("BEGIN")
@@ -393,8 +364,7 @@ class SQLiteStore(SQLStore):
 
                 return verify_rows(rows(), head_seq, head_chain, anchor)
             finally:
-                with FORK_GATE:
-                    conn.close()
+                _close_read(conn)
         except sqlite3.Error as exc:
             raise self._error("cannot verify", exc) from None
 
