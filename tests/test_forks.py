@@ -21,11 +21,10 @@ def test_a_fork_waits_for_work_inside_the_gate() -> None:
     order: list[str] = []
 
     def work() -> None:
-        with FORK_GATE:
-            with FORK_GATE:  # nested: only the outermost counts
-                inside.set()
-                release.wait(30)
-                order.append("work done")
+        with FORK_GATE, FORK_GATE:  # nested: only the outermost counts
+            inside.set()
+            release.wait(30)
+            order.append("work done")
 
     def fork() -> None:
         pid = os.fork()

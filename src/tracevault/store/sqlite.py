@@ -178,12 +178,19 @@ def _switch_to_wal(conn: sqlite3.Connection, patience_s: float = 60.0) -> None:
 # the parent was streaming stays open at the fork and is closed in the child too.)
 
 _STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
-_STREAMS: set[sqlite3.Connection] = set()  # connections of reads under way (streams)
+# Reads under way (streams, verify): their connections, and the cursor of each once
+# its query runs (a cursor still in its statement keeps the connection open through a
+# close: SQLite closes a connection only once its statements are done).
+_STREAMS: dict[sqlite3.Connection, sqlite3.Cursor | None] = {}
 
 
 def _close_inherited() -> None:
     inherited = [conn for store in list(_STORES) for conn in store._forget_parent()]
-    inherited += _STREAMS
+    for conn, cursor in list(_STREAMS.items()):
+        if cursor is not None:
+            with contextlib.suppress(sqlite3.Error):
+                cursor.close()
+        inherited.append(conn)
     _STREAMS.clear()
     for conn in inherited:
         with contextlib.suppress(sqlite3.Error):
@@ -197,13 +204,20 @@ def _read_connection(path: str, **options: Any) -> sqlite3.Connection:
     """Open a connection for one streamed read (closed with :func:`_close_read`)."""
     with FORK_GATE:
         conn: sqlite3.Connection = sqlite3.connect(path, timeout=60.0, **options)
-        _STREAMS.add(conn)
+        _STREAMS[conn] = None
     return conn
+
+
+def _read_query(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+    """Run the query of a read opened with :func:`_read_connection`."""
+    with FORK_GATE:
+        cursor = _STREAMS[conn] = conn.execute(sql, tuple(params))
+    return cursor
 
 
 def _close_read(conn: sqlite3.Connection) -> None:
     with FORK_GATE:
-        _STREAMS.discard(conn)
+        _STREAMS.pop(conn, None)
         conn.close()
 
 
@@ -331,8 +345,7 @@ class SQLiteStore(SQLStore):
             # gate is held for each call into SQLite, never across a yield.
             conn = _read_connection(self.path, check_same_thread=False)
             try:
-                with FORK_GATE:
-                    cursor = conn.execute(sql, tuple(params))
+                cursor = _read_query(conn, sql, params)
                 while rows := _fetch_some(cursor):
                     yield from rows
             finally:
@@ -356,7 +369,7 @@ class SQLiteStore(SQLStore):
                 with FORK_GATE:
                     conn.execute("BEGIN")
                     head_seq, head_chain = _head_of(conn.execute(_HEAD).fetchone())
-                    cursor = conn.execute(self._verify_sql())
+                cursor = _read_query(conn, self._verify_sql())
 
                 def rows() -> Iterator[tuple[Any, ...]]:
                     while batch := _fetch_some(cursor):
