@@ -515,13 +515,17 @@ class Pipeline:
             },
         )]
 
+    def _kept_out(self) -> int:
+        """How many events went to the dead-letter file or were lost so far."""
+        return self._dead_lettered + self._lost
+
     def _write(self, events: list[Item]) -> bool:
         """Write ``events``, retrying; return whether all of them are in the ledger
         (``False`` if any had to be dead-lettered, or when stopping)."""
         if not events:
             return True
         delay = 0.05
-        dead_before = self._dead_lettered + self._lost
+        kept_out_before = self._kept_out()
         while True:
             try:
                 store = self._ensure_store()
@@ -530,7 +534,7 @@ class Pipeline:
                 if self._last_error is not None:
                     log.warning("tracevault: ledger writes recovered")
                     self._last_error = None
-                return self._dead_lettered + self._lost == dead_before
+                return self._kept_out() == kept_out_before
             except Exception as exc:  # keep the events; back off; try again
                 self._write_errors += 1
                 if not isinstance(exc, StoreError) and self._store is not None:
@@ -541,7 +545,7 @@ class Pipeline:
                     # shutdown must not dead-letter it again.
                     self._pending = events
                     if not events:  # durable only if none had to be dead-lettered
-                        return self._dead_lettered + self._lost == dead_before
+                        return self._kept_out() == kept_out_before
                 message = (
                     str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
                 )
