@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -253,3 +254,29 @@ def test_flush_and_stats_without_a_pipeline() -> None:
     assert tracevault.flush() is True
     assert tracevault.stats() is None
     assert tracevault.shutdown() is None
+
+
+def test_configure_leaves_its_settings_to_processes_started_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tracevault.config import Settings
+    from tracevault.store import open_store
+
+    monkeypatch.setenv("TRACEVAULT_STORE", "sqlite:///elsewhere.db")
+    monkeypatch.delenv("TRACEVAULT_WRITER", raising=False)
+    store = open_store(f"sqlite:///{tmp_path / 'obj.db'}")
+    try:
+        # A store passed as an object has no URL a child could open: not exported.
+        tracevault.configure(store=store, level="WARNING", strict=False, slow_tool_ms=250)
+        assert os.environ["TRACEVAULT_STORE"] == "sqlite:///elsewhere.db"
+        assert os.environ["TRACEVAULT_LEVEL"] == "warning"
+        assert os.environ["TRACEVAULT_STRICT"] == "false"
+        url = f"sqlite:///{tmp_path / 'url.db'}"
+        tracevault.configure(store=url, strict=True)
+        child = Settings.from_env()  # what a process started now reads
+        assert (child.store, child.level, child.strict, child.slow_tool_ms) == (
+            url, "warning", True, 250.0)
+        assert "TRACEVAULT_WRITER" not in os.environ  # not given: left alone
+    finally:
+        tracevault.shutdown()
+        store.close()

@@ -947,16 +947,21 @@ def _child_records(i: int) -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")
-@pytest.mark.parametrize("writer", ["thread", "process"])
+@pytest.mark.parametrize(("writer", "start"), [("thread", "fork"), ("process", "fork"),
+                                               ("thread", "spawn"), ("process", "forkserver")])
 def test_multiprocessing_children_write_what_they_captured_before_exiting(
-    tmp_path: Path, writer: str
+    tmp_path: Path, writer: str, start: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A fork child inherits the configured pipeline; a spawn or forkserver child starts
+    # afresh and knows only the environment, which configure() set.
     import multiprocessing
 
+    monkeypatch.chdir(tmp_path)  # a child that missed the settings writes here instead
+    monkeypatch.delenv("TRACEVAULT_STORE", raising=False)
     url = f"sqlite:///{tmp_path / 'mp.db'}"
     tracevault.configure(store=url, writer=writer)
     tracevault.AuditLogger(session_id="parent").log_input("parent")
-    children = [multiprocessing.get_context("fork").Process(target=_child_records, args=(i,))
+    children = [multiprocessing.get_context(start).Process(target=_child_records, args=(i,))
                 for i in range(3)]
     for child in children:
         child.start()
@@ -971,6 +976,7 @@ def test_multiprocessing_children_write_what_they_captured_before_exiting(
         assert store.count() == 1 + 3 * 3 and store.verify().ok
     finally:
         store.close()
+    assert not (tmp_path / "tracevault.db").exists()
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")

@@ -21,7 +21,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
 
 from tracevault import capture
-from tracevault.config import Settings
+from tracevault.config import Settings, export
 from tracevault.context import SpanRef, current_span, use_span
 from tracevault.ids import new_span_id, new_trace_id
 from tracevault.pipeline import Middleware, Pipeline, PipelineStats
@@ -53,6 +53,12 @@ def configure(
     steps (redaction). ``writer="process"`` moves redaction and ledger writes to a
     child process (see :mod:`tracevault.sidecar`). ``extra`` keywords are kept for
     built-in middleware factories. Returns the new pipeline.
+
+    The settings given here that have a ``TRACEVAULT_*`` variable (``store`` as a URL,
+    ``level``, ``slow_tool_ms``, ``strict``, ``writer``) are also set in this process's
+    environment, for the processes it starts from now on (a ``spawn`` or
+    ``forkserver`` multiprocessing worker, a subprocess) to record into the same
+    ledger the same way.
     """
     settings = Settings.from_env(
         store=store if isinstance(store, str) else None,
@@ -81,6 +87,9 @@ def configure(
         owns_store=None if isinstance(target, str) else target is not store,
     )
     old = capture.install(pipeline, settings)
+    given = {"store": store if isinstance(store, str) else None, "level": level,
+             "slow_tool_ms": slow_tool_ms, "strict": strict, "writer": writer}
+    export(settings, [name for name, value in given.items() if value is not None])
     if old is not None:
         old.shutdown()
     return pipeline

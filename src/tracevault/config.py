@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -114,3 +114,25 @@ class Settings:
         base = cls(**values)
         changes = {k: v for k, v in overrides.items() if v is not None}
         return replace(base, **changes) if changes else base
+
+
+#: The settings a child process can read from its environment, by variable.
+ENVIRONMENT = {
+    "store": "TRACEVAULT_STORE",
+    "level": "TRACEVAULT_LEVEL",
+    "slow_tool_ms": "TRACEVAULT_SLOW_TOOL_MS",
+    "strict": "TRACEVAULT_STRICT",
+    "writer": "TRACEVAULT_WRITER",
+}
+
+
+def export(settings: Settings, names: Iterable[str]) -> None:
+    """Write the settings ``names`` (keys of :data:`ENVIRONMENT`) of ``settings`` into
+    this process's environment, so that processes started from now on read them:
+    multiprocessing's ``spawn`` and ``forkserver`` children and subprocesses start
+    afresh and know nothing of :func:`tracevault.configure` but the environment."""
+    for name in names:
+        value = getattr(settings, name)
+        os.environ[ENVIRONMENT[name]] = (
+            ("true" if value else "false") if isinstance(value, bool) else str(value)
+        )
