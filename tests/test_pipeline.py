@@ -788,11 +788,12 @@ def test_dead_letters_are_redacted_too(tmp_path: Path) -> None:
 
 
 def test_what_a_stuck_store_was_never_handed_is_dead_lettered_at_shutdown(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The store is stuck inside an append (a writer process retrying its ledger, a dead
     # peer): that batch may yet commit and stays alone, but what waits behind it in the
     # queue must not be lost when the process exits.
+    monkeypatch.setattr("tracevault.pipeline._STOP_WAIT", 0.2)
     store = GatedStore(str(tmp_path / "stuck.db"))
     path = str(tmp_path / "dead.jsonl")
     pipeline = Pipeline(store, dead_letter_path=path)
@@ -1016,3 +1017,46 @@ def test_events_neither_written_nor_dead_lettered_count_as_dropped(tmp_path: Pat
     # counted so (they used to be counted as dead-lettered).
     assert (stats.dead_lettered, stats.dropped, stats.written) == (0, 3, 0)
     assert stats.captured == 3
+
+
+def test_a_writer_shutdown_gave_up_on_takes_nothing_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Shutdown empties the queue itself when the writer is stuck in a store call; once
+    # the call returns, the writer must not take what is left at the same time: two
+    # threads would run framework callbacks at once, and out of order.
+    monkeypatch.setattr("tracevault.pipeline._STOP_WAIT", 0.2)
+    store = GatedStore(str(tmp_path / "stuck.db"))
+    path = str(tmp_path / "dead.jsonl")
+    pipeline = Pipeline(store, dead_letter_path=path)
+    first_running, finish_first = threading.Event(), threading.Event()
+    ran: list[tuple[str, str]] = []
+
+    def first() -> None:
+        ran.append(("first", threading.current_thread().name))
+        first_running.set()
+        finish_first.wait(60)
+        capture.emit("custom", name="first")
+
+    def second() -> None:
+        ran.append(("second", threading.current_thread().name))
+        capture.emit("custom", name="second")
+
+    with _active(pipeline):
+        pipeline.submit(_event(0))
+        assert store.entered.wait(60)  # the writer is inside append with event 0
+        capture.later(first)
+        capture.later(second)
+        stopping = threading.Thread(target=pipeline.shutdown, kwargs={"timeout": 0.2},
+                                    name="stopping")
+        stopping.start()
+        assert first_running.wait(60)  # shutdown runs the first callback ...
+        store.gate.set()  # ... when the stuck append returns
+        pipeline._thread.join(60)
+        assert not pipeline._thread.is_alive()
+        finish_first.set()
+        stopping.join(60)
+    assert ran == [("first", "stopping"), ("second", "stopping")]
+    assert [e.name for e in dead_letter_events(path)] == ["first", "second"]
+    assert [e.event.event_id for e in store.events()] == ["id-0"]
+    store.close()

@@ -76,6 +76,7 @@ class Appender(Protocol):
 Captured = tuple[Any, ...]
 Item = AuditEvent | Captured
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_STOP_WAIT = 5.0  # seconds shutdown waits for a writer whose flush timed out
 
 
 def timestamp_of(ts: datetime | int) -> datetime:
@@ -243,6 +244,9 @@ class Pipeline:
         self._write_errors = 0
         self._last_error: str | None = None
         self._pending: list[Item] = []  # taken from the queue, not yet durable
+        # Set when shutdown gave up waiting for the writer and empties the queue itself:
+        # the writer takes nothing more, so no two threads run deferred callbacks at once.
+        self._abandoned = False
         self._thread = threading.Thread(target=self._run, name="tracevault-writer", daemon=True)
         self._thread.start()
         _live.add(self)
@@ -379,12 +383,14 @@ class Pipeline:
         self._wake.set()
         with self._space:
             self._space.notify_all()
-        self._thread.join(timeout if flushed else 5.0)
+        self._thread.join(timeout if flushed else _STOP_WAIT)
         if self._thread.is_alive():
             # Still inside a store call (a long lock wait, a dead TCP peer, a writer
             # process retrying its ledger): that batch may yet commit, so neither
             # dead-letter it nor close the store under it. What was never handed over
             # goes to the dead-letter file now, or it would be lost at exit.
+            with self._moving:
+                self._abandoned = True
             queued = self._take_queued()
             log.error("tracevault: the ledger writer did not stop in time; %d events are "
                       "still being written, %d queued ones are dead-lettered",
@@ -402,6 +408,8 @@ class Pipeline:
         queue = self._queue
         behind = False  # the last batch was full: what waits is written without lingering
         while True:
+            if self._abandoned:  # shutdown empties the queue itself
+                return
             if not queue:
                 if self._stop.is_set():
                     return
@@ -425,8 +433,8 @@ class Pipeline:
             markers: list[_Marker] = []
             limit = self._batch_size if waited_for else self._burst
             # A flush marker ends the batch: everything queued before it is in the batch.
-            while queue and len(batch) < limit and not markers:
-                for item in self._take(limit - len(batch)):
+            while queue and len(batch) < limit and not markers and not self._abandoned:
+                for item in self._take(limit - len(batch), writer=True):
                     if item.__class__ is _Marker:  # (always the last one taken)
                         markers.append(item)
                         with self._flush_lock:
@@ -590,15 +598,15 @@ class Pipeline:
         self._pending = []
         self._dead_letter(rest + self._take_queued())
 
-    def _take(self, room: int) -> list[Item | Later | _Marker]:
-        """Remove up to ``room`` items from the queue (``[]`` if it is empty) and count
-        them as received in the same step, so that stats() sees each either queued or
-        received. Stops after a flush marker, and after a callback: the writer runs it
-        before it takes what follows."""
+    def _take(self, room: int, *, writer: bool = False) -> list[Item | Later | _Marker]:
+        """Remove up to ``room`` items from the queue (``[]`` if it is empty, or for the
+        ``writer`` once shutdown has taken over) and count them as received in the same
+        step, so that stats() sees each either queued or received. Stops after a flush
+        marker, and after a callback: the writer runs it before it takes what follows."""
         taken: list[Item | Later | _Marker] = []
         queue = self._queue
         with self._moving:
-            while queue and len(taken) < room:
+            while queue and len(taken) < room and not (writer and self._abandoned):
                 item = queue.popleft()
                 taken.append(item)
                 if item.__class__ is _Marker:
