@@ -458,10 +458,7 @@ def test_interrupt_and_resume_are_control_flow(cap: Capture) -> None:
     check_tree(events)
     assert not [e for e in events if e.kind == "error"]
     assert {e.session_id for e in events} == {"thread-7"}
-    runs: dict[str | None, list[AuditEvent]] = {}
-    for ev in events:
-        runs.setdefault(ev.trace_id, []).append(ev)
-    paused, resumed = runs.values()
+    paused, resumed = _by_trace(events).values()
     stop = next(e for e in paused if e.name == "interrupt")
     assert stop.data["payload"]["interrupts"][0]["value"] == "approve the transfer?"
     node = next(e for e in paused if e.kind == "chain" and e.phase == "end")
@@ -474,6 +471,42 @@ def test_interrupt_and_resume_are_control_flow(cap: Capture) -> None:
     go = next(e for e in resumed if e.kind == "input")
     assert go.data == {"type": "resume", "content": "yes"}
     assert any(e.name == "resume" for e in resumed)
+
+
+def test_a_resume_deep_in_subgraphs_is_recorded_once(cap: Capture) -> None:
+    # LangGraph reports the resume once per graph level it goes down (here three): one
+    # interrupt, one resume.
+    def ask(state: State) -> dict[str, list[str]]:
+        return {"log": [f"approved={interrupt('approve?')}"]}
+
+    inner = StateGraph(State)
+    inner.add_node("ask", ask)
+    inner.add_edge(START, "ask")
+    middle = StateGraph(State)
+    middle.add_node("inner", inner.compile())
+    middle.add_edge(START, "inner")
+    outer = StateGraph(State)
+    outer.add_node("middle", middle.compile())
+    outer.add_edge(START, "middle")
+    app = outer.compile(checkpointer=InMemorySaver())
+    config = _cfg(configurable={"thread_id": "deep"})
+    app.invoke({"log": []}, config)
+    assert app.invoke(Command(resume="yes"), config)["log"] == ["approved=yes"]
+    events = cap.events()
+    check_tree(events)
+    paused, resumed = _by_trace(events).values()
+    assert [e.name for e in paused if e.kind == "custom"] == ["interrupt"]
+    resumes = [e for e in resumed if e.kind == "custom"]
+    assert [e.name for e in resumes] == ["resume"]
+    assert resumes[0].data["payload"]["checkpoint_ns"] == []  # the outer graph's
+    assert resumed[-1].data["status"] == "success"
+
+
+def _by_trace(events: list[AuditEvent]) -> dict[str | None, list[AuditEvent]]:
+    runs: dict[str | None, list[AuditEvent]] = {}
+    for ev in events:
+        runs.setdefault(ev.trace_id, []).append(ev)
+    return runs
 
 
 def test_a_hand_off_to_another_agent_is_no_interrupt(cap: Capture) -> None:

@@ -252,6 +252,22 @@ def test_inline_media_is_recorded_as_a_digest_not_its_bytes(cap: Capture) -> Non
     assert question.content[1]["image_url"]["url"].endswith(image)  # the caller's is intact
 
 
+def test_a_list_given_as_the_input_is_data_and_in_messages_is_messages() -> None:
+    files = ["contract-A.pdf", "contract-B.pdf", "contract-C.pdf"]
+    assert convert.input_view(files) == ("chain_input", files)
+    assert convert.input_view({"messages": ["hi", "again"]}) == ("user_message", "again")
+    assert convert.input_view([HumanMessage("hello"), AIMessage("hi")]) == (
+        "user_message", "hello")
+    assert convert.input_view([("user", "question?")]) == ("user_message", "question?")
+
+
+def test_a_chain_over_a_list_records_the_whole_list_as_its_input(cap: Capture) -> None:
+    files = ["contract-A.pdf", "contract-B.pdf", "contract-C.pdf"]
+    assert RunnableLambda(lambda xs: len(xs)).invoke(files, _cfg()) == 3
+    came_in = next(e for e in cap.events() if e.kind == "input")
+    assert came_in.data == {"type": "chain_input", "content": files}
+
+
 def test_what_comes_into_a_resumed_or_commanded_graph() -> None:
     from langgraph.types import Command
 

@@ -106,6 +106,10 @@ class ControlCallbacks(HandlerBase):
             return
         if name == "interrupt":
             st.interrupted = True  # the run ends paused: no final answer (handler)
+        elif name == "resume":
+            if st.trace.resumed:  # the same resume, reported again by a subgraph
+                return
+            st.trace.resumed = True
         if "payload" in data:
             data["payload"] = thaw(data["payload"])
         self._rec.emit(st, kind, "point", data, name=name, point=True, owned=True)

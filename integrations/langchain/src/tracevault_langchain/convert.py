@@ -407,12 +407,14 @@ def tool_result(output: Any) -> tuple[Any, str, Any]:
     return output, "success", None
 
 
-def _last_message(messages: Sequence[Any], types: tuple[str, ...]) -> Any:
+def _last_message(messages: Sequence[Any], types: tuple[str, ...], *,
+                  strings: bool = True) -> Any:
+    # ``strings``: a bare string is a human message (as in LangGraph's "messages").
     for message in reversed(messages):
         view = message_view(message)
         if isinstance(view, dict) and view.get("type") in types:
             return view
-        if isinstance(view, str) and "human" in types:
+        if isinstance(view, str) and strings and "human" in types:
             return {"type": "human", "content": view}
     return None
 
@@ -425,7 +427,9 @@ def input_view(inputs: Any) -> tuple[str, Any]:
     if isinstance(messages, str):  # {"messages": "hi"}: LangGraph reads it as one message
         return "user_message", messages
     if isinstance(messages, (list, tuple)) and messages:
-        last = _last_message(messages, ("human", "user"))
+        # A list of strings is messages in a "messages" key; given as the whole input
+        # (a chain over several documents, a batch of prompts), it is data.
+        last = _last_message(messages, ("human", "user"), strings=messages is not inputs)
         if last is not None:
             return "user_message", last["content"]
     if type(inputs).__name__ == "Command":  # LangGraph: resume an interrupt, update state

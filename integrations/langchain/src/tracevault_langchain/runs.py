@@ -66,6 +66,8 @@ class Trace:
     open: set[int] = field(default_factory=set)
     # Failures by the key of the run they happened in: settled if that run succeeds.
     failed_under: dict[int, list[FailedTool]] = field(default_factory=dict)
+    # LangGraph reports one resume once per graph level it goes down: recorded once.
+    resumed: bool = False
 
     def add_usage(self, model: str | None, tokens: int, cost: float | None) -> None:
         """Add one model call's tokens and cost to the run's totals."""
