@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,17 @@ import pytest
 import tracevault_llamaindex
 from li_agents import DownLLM, check_tree, react_agent
 from llama_index.core.agent.workflow import FunctionAgent
+from llama_index.core.base.llms.types import CompletionResponse, LLMMetadata
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.instrumentation import dispatcher as _dispatcher_module  # noqa: F401
 from llama_index.core.instrumentation.dispatcher import instrument_tags
 from llama_index.core.llms import (
     ChatMessage,
+    CustomLLM,
     MockFunctionCallingLLM,
     MockLLM,
 )
+from llama_index.core.llms.callbacks import llm_completion_callback
 from llama_index.core.tools import FunctionTool
 from llama_index_instrumentation import get_dispatcher
 from tracevault_llamaindex import callbacks, llm, usage
@@ -31,7 +35,7 @@ from tracevault_llamaindex.testing import tool_then_answer
 
 import tracevault
 from tracevault.context import current_span
-from tracevault.testing import Capture
+from tracevault.testing import Capture, capture_events
 
 
 def test_public_surface() -> None:
@@ -226,6 +230,83 @@ def test_legacy_handler_records_a_failed_call_once_under_it(cap: Capture, chat: 
     error = next(e for e in events if e.kind == "error")
     assert error.parent_span_id == start.span_id and error.trace_id == start.trace_id
     assert error.data["type"] == "ConnectionError" and handler.errors == 0
+
+
+class _MeetingLLM(CustomLLM):
+    """A model whose calls wait for each other at ``meeting`` (two requests open at
+    once) and fail for a prompt that says so. Its chat() calls complete() inside."""
+
+    meeting: Any = None
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(model_name="gpt-4o-mini")
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+        self.meeting.wait(60)
+        if "fail" in prompt:
+            raise ConnectionError(f"down for {prompt.split()[-1]}")
+        return CompletionResponse(text="ok")
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+
+def test_legacy_handler_keeps_concurrent_requests_apart(cap: Capture) -> None:
+    # Requests in two threads, both reported under the parent "root": one's complete()
+    # is no nested call of the other's chat(), and its failure stays in its own session.
+    handler = tracevault_llamaindex.TracevaultCallbackHandler()
+    model = _MeetingLLM(callback_manager=CallbackManager([handler]),
+                        meeting=threading.Barrier(2))
+
+    def chat() -> None:
+        with tracevault.context(session_id="chatting"):
+            model.chat([ChatMessage(role="user", content="hello")])
+
+    def complete() -> None:
+        with tracevault.context(session_id="failing"), pytest.raises(ConnectionError):
+            model.complete("fail req-2")
+
+    threads = [threading.Thread(target=chat), threading.Thread(target=complete)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    events = cap.events()
+    check_tree(events)
+    starts = {e.session_id: e for e in events if e.kind == "llm_call" and e.phase == "start"}
+    assert set(starts) == {"chatting", "failing"}  # one each: chat()'s complete() is inside
+    assert "messages" in starts["chatting"].data and "prompt" in starts["failing"].data
+    [error] = [e for e in events if e.kind == "error"]
+    assert error.session_id == "failing" and error.data["message"] == "down for req-2"
+    assert error.parent_span_id == starts["failing"].span_id
+    assert handler.errors == 0
+
+
+def test_legacy_handler_below_the_level_hangs_children_under_what_is_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At level info the query and synthesis steps (debug) are not recorded: the
+    # retrieval and the model call under them hang under nothing rather than under them.
+    from llama_index.core import Document, Settings, VectorStoreIndex
+    from llama_index.core.embeddings import MockEmbedding
+
+    handler = tracevault_llamaindex.TracevaultCallbackHandler(session_id="docs")
+    monkeypatch.setattr(Settings, "callback_manager", CallbackManager([handler]))
+    index = VectorStoreIndex.from_documents(
+        [Document(text="Paris is in France."), Document(text="Rome is in Italy.")],
+        embed_model=MockEmbedding(embed_dim=8))
+    engine = index.as_query_engine(llm=MockLLM(max_tokens=3))
+    with capture_events(tmp_path, level="info") as cap:
+        engine.query("Where is Paris?")
+        events = cap.events()
+    check_tree(events)
+    assert [(e.kind, e.phase) for e in events] == [
+        ("retrieval", "start"), ("retrieval", "end"), ("llm_call", "start"), ("llm_call", "end")]
+    assert {e.parent_span_id for e in events if e.phase == "start"} == {None}
+    assert handler.errors == 0
 
 
 def test_legacy_handler_failures_never_break_the_call(

@@ -11,11 +11,11 @@ LLM call, so every hook here catches everything and only counts failures.
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from llama_index.core.callbacks.base_handler import BaseCallbackHandler
 from llama_index.core.callbacks.schema import CBEventType, EventPayload
@@ -43,6 +43,34 @@ _STEPS: dict[CBEventType, tuple[str, str, str]] = {
 _MAX_OPEN = 10_000
 
 
+class _Open(NamedTuple):
+    """An event started and not yet ended."""
+
+    trace_id: str
+    parent_span: str | None  # what its start hangs under
+    started: float
+    kind: str
+    name: str
+    level: str
+    session: Any
+    user: Any
+    model: str | None
+    recorded: bool  # its start passed the level filter
+    anchor: str | None  # what events inside it hang under: itself if recorded
+    owner: tuple[int, int]  # the thread and asyncio task it runs in (see _owner)
+
+
+def _owner() -> tuple[int, int]:
+    """The thread and the asyncio task (0 outside one) of the caller: a call nested in
+    another (chat() calling complete()) runs in the same one; calls of concurrent
+    requests, which LlamaIndex all reports under the parent "root", do not."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running loop in this thread
+        task = None
+    return threading.get_ident(), 0 if task is None else id(task)
+
+
 class TracevaultCallbackHandler(BaseCallbackHandler):
     """Records LLM, tool, retrieval, query and agent-step callbacks (never raises)."""
 
@@ -51,9 +79,9 @@ class TracevaultCallbackHandler(BaseCallbackHandler):
         self.session_id = session_id
         self.user_id = user_id
         self.errors = 0
-        # event_id -> (trace_id, parent, started, kind, name, level, session, user, model)
-        self._open: dict[str, tuple[Any, ...]] = {}
-        self._llm_inputs: dict[str, tuple[Any, Any, Any]] = {}  # open LLM calls' inputs
+        self._open: dict[str, _Open] = {}  # by event id
+        # open LLM calls' (parent id, messages, serialized model, owner), by event id
+        self._llm_inputs: dict[str, tuple[Any, Any, Any, tuple[int, int]]] = {}
         self._lock = threading.Lock()
         self._reporter = f"legacy-handler-{id(self)}"  # marks exceptions it recorded
 
@@ -102,8 +130,10 @@ class TracevaultCallbackHandler(BaseCallbackHandler):
                parent_id: str) -> None:
         parent = self._open.get(parent_id) if parent_id and parent_id != "root" else None
         parent_span: str | None
+        owner = _owner()
         if parent is not None:
-            trace_id, parent_span, session, user = parent[0], parent_id, parent[6], parent[7]
+            trace_id, parent_span, session, user = (parent.trace_id, parent.anchor,
+                                                    parent.session, parent.user)
         else:
             ref = current_span()
             trace_id = ref.trace_id if ref else event_id
@@ -112,20 +142,22 @@ class TracevaultCallbackHandler(BaseCallbackHandler):
             session = scope.session_id or self.session_id
             user = scope.user_id or self.user_id
         if event_type == CBEventType.EXCEPTION:
-            if parent is None and self._open:
+            if parent is None:
                 # The trace around a failing call reports its exception while the call
                 # is still open (chat), or just after its end (completion): it is that
-                # call's failure, recorded under it once.
-                with contextlib.suppress(RuntimeError, StopIteration):  # another thread
-                    innermost = next(reversed(self._open))
-                    entry = self._open[innermost]
-                    trace_id, parent_span, session, user = entry[0], innermost, entry[6], entry[7]
+                # call's failure, recorded under it once: the innermost event open in
+                # this thread and task, not another request's.
+                entry = next((e for e in reversed(list(self._open.values()))
+                              if e.owner == owner), None)
+                if entry is not None:
+                    trace_id, parent_span, session, user = (entry.trace_id, entry.anchor,
+                                                            entry.session, entry.user)
             self._error(payload, trace_id, parent_span, session, user)
             return
         step = _STEPS.get(event_type)
         if step is None:
             return
-        if step[0] == "llm_call" and self._nested(payload, parent_id):
+        if step[0] == "llm_call" and self._nested(payload, parent_id, owner):
             return
         kind, name, level = step
         data: dict[str, Any]
@@ -157,19 +189,24 @@ class TracevaultCallbackHandler(BaseCallbackHandler):
                 self._llm_inputs.pop(oldest, None)
         if kind == "llm_call":
             self._llm_inputs[event_id] = (parent_id, payload.get(EventPayload.MESSAGES),
-                                          payload.get(EventPayload.SERIALIZED))
-        self._open[event_id] = (trace_id, parent_span, time.perf_counter(), kind, name, level,
-                                session, user, model)
-        self._emit(kind, "start", level, name, data, trace_id, event_id, parent_span, session,
-                   user)
+                                          payload.get(EventPayload.SERIALIZED), owner)
+        started = time.perf_counter()
+        recorded = self._emit(kind, "start", level, name, data, trace_id, event_id,
+                              parent_span, session, user)
+        # A step below the level is not recorded: what happens inside it hangs under
+        # its nearest recorded ancestor.
+        self._open[event_id] = _Open(trace_id, parent_span, started, kind, name, level,
+                                     session, user, model, recorded,
+                                     event_id if recorded else parent_span, owner)
 
-    def _nested(self, payload: dict[str, Any], parent_id: str) -> bool:
+    def _nested(self, payload: dict[str, Any], parent_id: str, owner: tuple[int, int]) -> bool:
         # achat() reports its inner chat() (same message list) and CustomLLM.chat() its
-        # inner complete() (same model, a prompt instead of messages): one record per call.
+        # inner complete() (same model, a prompt instead of messages): one record per call,
+        # looked for among the calls open in the same thread and task.
         messages = payload.get(EventPayload.MESSAGES)
         serialized = payload.get(EventPayload.SERIALIZED)
         for other in list(self._llm_inputs.values()):
-            if other[0] != parent_id:
+            if other[0] != parent_id or other[3] != owner:
                 continue
             if messages is not None and other[1] is messages:
                 return True
@@ -182,8 +219,12 @@ class TracevaultCallbackHandler(BaseCallbackHandler):
         entry = self._open.pop(event_id, None)
         if entry is None:
             return
-        trace_id, parent_span, started, kind, name, level, session, user, model = entry
+        trace_id, parent_span, started, kind, name, level, session, user, model = entry[:9]
         exc = payload.get(EventPayload.EXCEPTION)
+        if not entry.recorded:  # below the level: only a failure, under its anchor
+            if exc is not None:
+                self._error(payload, trace_id, entry.anchor, session, user)
+            return
         data: dict[str, Any] = {
             "status": "error" if exc is not None else "success",
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
@@ -237,7 +278,8 @@ class TracevaultCallbackHandler(BaseCallbackHandler):
 
     def _emit(self, kind: str, phase: str, level: str, name: str | None, data: dict[str, Any],
               trace_id: str, span_id: str | None, parent: str | None, session: Any,
-              user: Any) -> None:
-        capture.emit(kind, phase=phase, level=level, name=name, data=data,
-                     framework=FRAMEWORK, session_id=session, user_id=user, trace_id=trace_id,
-                     span_id=span_id, parent_span_id=parent)
+              user: Any) -> bool:
+        return capture.emit(kind, phase=phase, level=level, name=name, data=data,
+                            framework=FRAMEWORK, session_id=session, user_id=user,
+                            trace_id=trace_id, span_id=span_id, parent_span_id=parent,
+                            keep=phase == "end")
