@@ -631,3 +631,47 @@ async def test_a_tool_waiting_for_a_human_is_interrupted_then_called_again(
         ("interrupted", "info", "call-0-confirm"), ("success", "info", "call-0-confirm")]
     assert ends[1].data["result"] == "human said yes"
     assert events[-1].data["status"] == "success"
+
+
+async def _wait_for_ever(n: int) -> str:
+    """Wait until cancelled."""
+    await asyncio.wait_for(asyncio.Event().wait(), timeout=60)  # bounded all the same
+    return "never"
+
+
+async def test_at_level_trace_a_step_stopped_without_failing_says_how(
+    tmp_path: Path, instrumented: Installed
+) -> None:
+    # The workflow catches a step's cancellation, or its wait for a human, inside the
+    # step: its span ends as if it had returned, yet the step did not succeed.
+    async def confirm(ctx: Context, action: str) -> str:
+        """Ask a human."""
+        answer = await ctx.wait_for_event(
+            HumanResponseEvent, waiter_id="confirm",
+            waiter_event=InputRequiredEvent(prefix=f"ok to {action}?"))
+        return f"human said {answer.response}"
+
+    confirm.__annotations__["ctx"] = Context  # (see the test of a tool waiting for a human)
+    with capture_events(tmp_path, level="trace") as cap:
+        waiting = FunctionAgent(
+            tools=[FunctionTool.from_defaults(async_fn=confirm)], streaming=False,
+            llm=MockFunctionCallingLLM(response_generator=tool_then_answer(
+                [("confirm", {"action": "delete"})], "deleted")))
+        handler = waiting.run(user_msg="delete it")
+        async for event in handler.stream_events():
+            if isinstance(event, InputRequiredEvent):
+                handler.ctx.send_event(HumanResponseEvent(response="yes"))
+        assert str(await handler) == "deleted"
+        stuck = FunctionAgent(
+            tools=[FunctionTool.from_defaults(async_fn=_wait_for_ever)], streaming=False,
+            llm=MockFunctionCallingLLM(response_generator=tool_then_answer(
+                [("_wait_for_ever", {"n": 1})], "unused")), timeout=0.5)
+        with pytest.raises(Exception, match="timed out"):
+            await stuck.run(user_msg="go")
+        events = cap.events()
+    check_tree(events)
+    calls = [(e.trace_id, e.data["status"]) for e in events
+             if e.kind == "chain" and e.phase == "end" and e.name == "call_tool"]
+    first, second = (e.trace_id for e in events if e.kind == "agent" and e.phase == "start")
+    assert [status for trace, status in calls if trace == first] == ["interrupted", "success"]
+    assert [status for trace, status in calls if trace == second] == ["cancelled"]

@@ -14,7 +14,14 @@ from typing import Any
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 
 from tracevault_llamaindex import llm, payloads
-from tracevault_llamaindex.state import Recorder, Span, elapsed_ms, interruption, is_root
+from tracevault_llamaindex.state import (
+    STEP,
+    Recorder,
+    Span,
+    elapsed_ms,
+    interruption,
+    is_root,
+)
 
 Handler = Callable[[Recorder, Any], None]
 
@@ -155,6 +162,14 @@ def _exception(rec: Recorder, event: Any) -> None:
     _record_error(rec, event, exc)
 
 
+def _span_cancelled(rec: Recorder, event: Any) -> None:
+    # Sent from inside a workflow step whose task was cancelled, just before its span
+    # ends as if the step had returned.
+    span = rec.spans.get(event.span_id) if event.span_id else None
+    if span is not None and span.role == STEP:
+        span.stopped = "cancelled"
+
+
 def _stream_chat_error(rec: Recorder, event: Any) -> None:
     _record_error(rec, event, event.exception)
 
@@ -192,6 +207,7 @@ _HANDLERS: dict[str, Handler] = {
     "SparseEmbeddingEndEvent": _embedding_end,
     "ReRankStartEvent": _rerank_start,
     "ReRankEndEvent": _rerank_end,
+    "SpanCancelledEvent": _span_cancelled,
 }
 _by_type: dict[type, Handler | None] = {}
 

@@ -454,7 +454,8 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
             self._chat_end(span, result)
         elif role == STEP and span.recorded:
             rec.emit("chain", span, phase="end", level="trace", name=span.name,
-                     data={"status": "success", "duration_ms": elapsed_ms(span.started)},
+                     data={"status": span.stopped or "success",
+                           "duration_ms": elapsed_ms(span.started)},
                      span_id=span.id, parent=span.parent_anchor)
         if span.step is not None:  # an event-derived step whose end event never came
             kind, name = span.step
@@ -573,6 +574,12 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
         role = span.role
         if role == TOOL:
             self._tool_end(span, None, err or RuntimeError("tool span dropped"), interrupted)
+            if interrupted is not None:  # the step that called it stops with it
+                step = span.parent
+                while step is not None and step.role != STEP:
+                    step = step.parent
+                if step is not None:
+                    step.stopped = interrupted
             failed = below + own
             for entry in failed:
                 entry["failed_tool"] = True

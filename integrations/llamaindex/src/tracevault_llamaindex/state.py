@@ -92,6 +92,10 @@ class Span:
     # A tool call's: the tracevault span that was current before its body ran, in a
     # tuple (it may be None), while the tool is the current span.
     ambient: tuple[SpanRef | None] | None = None
+    # A workflow step's: "cancelled" or "interrupted" when it stopped without failing.
+    # The workflow catches the CancelledError or WaitingForEvent inside the step, whose
+    # span then ends as if it had returned.
+    stopped: str | None = None
 
 
 def lineage_of(span: Span) -> tuple[str, ...]:
