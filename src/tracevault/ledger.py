@@ -319,13 +319,20 @@ def header(seq: int, columns: Sequence[Any]) -> bytes:
     )
 
 
-def header_sql(ts_text_sql: str = "ts") -> str:
+def header_sql(ts_text_sql: str = "ts", *, dynamic_types: bool = False) -> str:
     """Return the SQL expression that joins a row's text columns in header form (one
-    string per row keeps verification C-level); ``ts_text_sql`` gives ``ts`` as text."""
+    string per row keeps verification C-level); ``ts_text_sql`` gives ``ts`` as text.
+
+    With ``dynamic_types`` (SQLite, where any column can hold any type) a column that
+    holds a BLOB gives ``blob``, which no stored text can produce: the same bytes as
+    a BLOB concatenate to the same text, yet no longer match a query by value, so a
+    session retyped that way would drop out of ``sessions`` and ``show`` unseen.
+    """
     exprs = [ts_text_sql if c == "ts" else c for c in COLUMNS[:TEXT_COLUMNS]]
-    return f" || '{_SEP}' || ".join(
-        f"coalesce(length({x}) || ':' || {x}, '-')" for x in exprs
-    )
+    part = "coalesce(length({x}) || ':' || {x}, '-')"
+    if dynamic_types:
+        part = f"CASE typeof({{x}}) WHEN 'blob' THEN 'blob' ELSE {part} END"
+    return f" || '{_SEP}' || ".join(part.format(x=x) for x in exprs)
 
 
 def _text(v: Any) -> str:
@@ -427,60 +434,68 @@ def verify_rows(
     checked = erased = 0
     sha256 = hashlib.sha256
     sep = _SEP
-    for r in rows:
-        seq = r[0]
-        if seq != expected:
-            bad = min(seq, expected)
-            what = "missing" if seq > expected else "duplicated or out of order"
-            return VerifyReport(False, checked, head_seq, bad, f"row {bad} is {what}")
-        payload = r[_PAYLOAD]
-        salt = r[_SALT]
-        digest = bytes(r[_DIGEST])
-        if payload is None and salt is None:
-            erased += 1
-        elif payload is None or salt is None:  # erasure clears both, never one
-            return VerifyReport(
-                False, checked, head_seq, seq, f"row {seq} has a payload without its salt "
-                "or a salt without its payload (only erasure may clear them, both at once)"
-            )
-        else:
-            if payload.__class__ is str:
-                payload = payload.encode("utf-8", "surrogatepass")
-            if sha256(bytes(salt) + payload).digest() != digest:
+    seq = expected
+    try:
+        for r in rows:
+            seq = r[0]
+            if seq != expected:
+                bad = min(seq, expected)
+                what = "missing" if seq > expected else "duplicated or out of order"
+                return VerifyReport(False, checked, head_seq, bad, f"row {bad} is {what}")
+            payload = r[_PAYLOAD]
+            salt = r[_SALT]
+            digest = bytes(r[_DIGEST])
+            if payload is None and salt is None:
+                erased += 1
+            elif payload is None or salt is None:  # erasure clears both, never one
+                return VerifyReport(
+                    False, checked, head_seq, seq, f"row {seq} has a payload without its salt "
+                    "or a salt without its payload (only erasure may clear them, both at once)"
+                )
+            else:
+                if payload.__class__ is str:
+                    payload = payload.encode("utf-8", "surrogatepass")
+                if sha256(bytes(salt) + payload).digest() != digest:
+                    return VerifyReport(
+                        False,
+                        checked,
+                        head_seq,
+                        seq,
+                        f"payload of row {seq} does not match its digest",
+                    )
+            d, t, c = r[_NUMBERS], r[_NUMBERS + 1], r[_NUMBERS + 2]  # duration, tokens, cost
+            # _text() inlined: this loop runs once per stored row
+            text = (
+                f"{seq}{sep}{r[1]}"
+                f"{sep}{'' if d is None else repr(d) if d.__class__ is float else d}"
+                f"{sep}{'' if t is None else repr(t) if t.__class__ is float else t}"
+                f"{sep}{'' if c is None else repr(c) if c.__class__ is float else c}"
+            ).encode("utf-8", "surrogatepass")
+            prev = sha256(prev + text + digest).digest()
+            if prev != bytes(r[_CHAIN]):
                 return VerifyReport(
                     False,
                     checked,
                     head_seq,
                     seq,
-                    f"payload of row {seq} does not match its digest",
+                    f"chain breaks at row {seq} (row altered, inserted or reordered)",
                 )
-        d, t, c = r[_NUMBERS], r[_NUMBERS + 1], r[_NUMBERS + 2]  # duration, tokens, cost
-        # _text() inlined: this loop runs once per stored row
-        text = (
-            f"{seq}{sep}{r[1]}{sep}{'' if d is None else repr(d) if d.__class__ is float else d}"
-            f"{sep}{'' if t is None else repr(t) if t.__class__ is float else t}"
-            f"{sep}{'' if c is None else repr(c) if c.__class__ is float else c}"
-        ).encode("utf-8", "surrogatepass")
-        prev = sha256(prev + text + digest).digest()
-        if prev != bytes(r[_CHAIN]):
-            return VerifyReport(
-                False,
-                checked,
-                head_seq,
-                seq,
-                f"chain breaks at row {seq} (row altered, inserted or reordered)",
-            )
-        if anchor is not None and seq == anchor[0] and prev != anchor[1]:
-            return VerifyReport(
-                False,
-                checked,
-                head_seq,
-                seq,
-                f"row {seq} does not match the anchored chain value: the trail up to it "
-                "was rewritten",
-            )
-        checked += 1
-        expected += 1
+            if anchor is not None and seq == anchor[0] and prev != anchor[1]:
+                return VerifyReport(
+                    False,
+                    checked,
+                    head_seq,
+                    seq,
+                    f"row {seq} does not match the anchored chain value: the trail up to it "
+                    "was rewritten",
+                )
+            checked += 1
+            expected += 1
+    except TypeError:  # a salt, digest or chain stored as text, a payload as a number
+        return VerifyReport(
+            False, checked, head_seq, seq, f"row {seq} holds a payload, salt, digest or "
+            "chain value of another type than tracevault stores"
+        )
     last = expected - 1
     if anchor is not None and last < anchor[0]:
         return VerifyReport(

@@ -17,7 +17,8 @@ from tracevault.cli import main
 from tracevault.ids import uuid7
 from tracevault.ledger import GENESIS
 from tracevault.schema import AuditEvent
-from tracevault.store import open_store
+from tracevault.store import StoreError, open_store
+from tracevault.store.copy import copy_trail
 from tracevault.store.sqlite import SQLiteStore
 
 
@@ -76,6 +77,39 @@ def test_a_changed_indexed_column_is_detected(db: Path, capsys: pytest.CaptureFi
     _attacker(db).execute("UPDATE events SET user_id = 'mallory' WHERE seq = 5")
     code, out = _verify(db, capsys)
     assert code == 1 and "first bad event #5: chain breaks at row 5" in out
+
+
+def test_a_column_retyped_as_blob_is_detected(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Same bytes, so the text reads the same, but the row no longer matches its session.
+    _attacker(db).execute("UPDATE events SET session_id = CAST(session_id AS BLOB) WHERE seq = 6")
+    store = open_store(f"sqlite:///{db}", create=False)
+    assert [s.events for s in store.sessions(session_id="tamper")] == [19]
+    store.close()
+    code, out = _verify(db, capsys)
+    assert code == 1 and "first bad event #6: chain breaks at row 6" in out
+
+
+@pytest.mark.parametrize("column", ["salt", "digest", "chain"])
+def test_a_sealing_value_rewritten_as_text_is_tampering_not_a_crash(
+    db: Path, column: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _attacker(db).execute(f"UPDATE events SET {column} = hex({column}) WHERE seq = 4")
+    code, out = _verify(db, capsys)
+    assert code == 1
+    assert "first bad event #4: row 4 holds a payload, salt, digest or chain value of " \
+        "another type" in out
+    with pytest.raises(StoreError, match=r"cannot copy row 4 of .*: its payload, salt"):
+        copy_trail(open_store(f"sqlite:///{db}"), open_store(f"sqlite:///{db}.copy"))
+
+
+def test_a_head_rewritten_as_text_is_tampering(
+    db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _attacker(db).execute("UPDATE ledger_head SET chain = hex(chain)")
+    code, out = _verify(db, capsys)
+    assert code == 1 and "first bad event #21: ledger head says 20 rows" in out
 
 
 def test_a_deleted_row_is_detected(db: Path, capsys: pytest.CaptureFixture[str]) -> None:

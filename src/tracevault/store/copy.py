@@ -59,19 +59,18 @@ def source_rows(store: Store, after_seq: int, upto_seq: int) -> Iterator[Row]:
     sql = f"SELECT {', '.join(_ROW_COLUMNS)} FROM events WHERE seq > ? AND seq <= ? ORDER BY seq"
     to_text = store._ts_text
     for r in store._stream(sql, (after_seq, upto_seq)):
-        payload = r[-4]
-        if payload is not None and not isinstance(payload, str):
-            payload = bytes(payload).decode("utf-8", "surrogatepass")
-        salt = None if r[-3] is None else bytes(r[-3])
-        yield (
-            *r[:_TS],
-            to_text(r[_TS]),
-            *r[_TS + 1 : -4],
-            payload,
-            salt,
-            bytes(r[-2]),
-            bytes(r[-1]),
-        )
+        try:
+            payload = r[-4]
+            if payload is not None and not isinstance(payload, str):
+                payload = bytes(payload).decode("utf-8", "surrogatepass")
+            salt = None if r[-3] is None else bytes(r[-3])
+            digest, chain = bytes(r[-2]), bytes(r[-1])
+        except (TypeError, UnicodeDecodeError):
+            raise StoreError(
+                f"cannot copy row {r[0]} of {store.url}: its payload, salt, digest or chain "
+                "is not as tracevault stores it (see `tracevault verify`)"
+            ) from None
+        yield (*r[:_TS], to_text(r[_TS]), *r[_TS + 1 : -4], payload, salt, digest, chain)
 
 
 def row_writer(store: Store) -> RowWriter:

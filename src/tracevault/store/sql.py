@@ -56,6 +56,8 @@ class SQLStore:
     ts_text_sql = "ts"
     # SQL giving the payload for verification (a dialect may hand over its bytes as is).
     payload_sql = "payload"
+    # Whether a column may hold another type than declared (see header_sql()).
+    dynamic_types = False
 
     # --- what a backend provides -------------------------------------------------------
 
@@ -308,7 +310,7 @@ class SQLStore:
     def _verify_sql(self) -> str:
         """The query giving rows in the shape :func:`verify_rows` reads."""
         return (
-            f"SELECT seq, {header_sql(self.ts_text_sql)}, "
+            f"SELECT seq, {header_sql(self.ts_text_sql, dynamic_types=self.dynamic_types)}, "
             f"{', '.join(COLUMNS[TEXT_COLUMNS:])}, {self.payload_sql}, salt, digest, chain "
             "FROM events ORDER BY seq"
         )
