@@ -280,3 +280,37 @@ def test_configure_leaves_its_settings_to_processes_started_later(
     finally:
         tracevault.shutdown()
         store.close()
+
+
+def test_configure_refuses_to_add_a_ledger_to_another_applications_database(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    from tracevault.store import StoreError
+
+    app = tmp_path / "app.db"
+    with sqlite3.connect(app) as conn:
+        conn.execute("CREATE TABLE orders (id INTEGER)")
+    conn.close()
+    before = app.read_bytes()
+    with pytest.raises(StoreError, match=r"is another database \(tables orders\)"):
+        tracevault.configure(store=f"sqlite:///{app}")
+    assert app.read_bytes() == before
+    empty = tmp_path / "empty.db"
+    empty.touch()  # an empty file is no one's database yet: it becomes the ledger
+    tracevault.configure(store=f"sqlite:///{empty}")
+    tracevault.AuditLogger(session_id="s").log_input("hi")
+    assert tracevault.flush(10)
+    tracevault.shutdown()
+    assert _kinds_in(empty) == ["input"]
+
+
+def _kinds_in(db: Path) -> list[str]:
+    from tracevault.store import open_store
+
+    store = open_store(f"sqlite:///{db}", create=False)
+    try:
+        return [e.event.kind for e in store.events()]
+    finally:
+        store.close()

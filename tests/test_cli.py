@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,14 @@ def test_demo_creates_the_default_ledger_and_prints_the_session(tmp_path: Path) 
         assert kind in kinds
     stats = json.loads(_cli("stats", "--json", cwd=tmp_path).stdout)
     assert stats["tools"] and stats["models"] and stats["days"]
+
+
+def test_demo_json_prints_the_session_as_json_alone(tmp_path: Path) -> None:
+    out = _cli("demo", "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    assert "recorded session " + shown["session"]["session_id"] in out.stderr
+    assert {"input", "tool_call", "output"} <= {e["kind"] for e in shown["events"]}
 
 
 def test_store_flag_and_environment_select_the_ledger(tmp_path: Path) -> None:
@@ -152,6 +162,9 @@ def test_errors_are_one_line_messages(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "no session 'nope'" in capsys.readouterr().err
     assert main(["sessions", "--store", f"sqlite:///{db}", "--since", "yesterday-ish"]) == 2
     assert "cannot read time" in capsys.readouterr().err
+    for limit in ("0", "-1"):
+        assert main(["sessions", "--store", f"sqlite:///{db}", "--limit", limit]) == 2
+        assert f"--limit must be at least 1 (got {limit})" in capsys.readouterr().err
     (tmp_path / "junk.db").write_text("junk" * 1000)
     assert main(["verify", "--store", f"sqlite:///{tmp_path / 'junk.db'}"]) == 2
     err = capsys.readouterr().err
@@ -177,6 +190,52 @@ def test_reading_another_file_neither_changes_it_nor_passes(
         assert "is not a tracevault ledger" in capsys.readouterr().err
         assert path.read_bytes() == before
         assert not Path(f"{path}-wal").exists()
+
+
+@contextmanager
+def _unwritable(db: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Make a ledger and its directory unwritable for this process: chmod, or for root
+    (whom permissions do not stop) the immutable attribute; where the file system has
+    none, this process is told so by ``os.access``, as it would be."""
+    paths = [str(db), str(db.parent)]
+    if os.geteuid() != 0:
+        db.chmod(0o444), db.parent.chmod(0o555)
+        undo = ["chmod", "u+w", *paths]
+    elif subprocess.run(["chattr", "+i", *paths], capture_output=True).returncode == 0:
+        undo = ["chattr", "-i", *paths]
+    else:
+        real = os.access
+        monkeypatch.setattr(
+            os, "access", lambda p, mode, **kw: real(p, mode, **kw) and not (
+                mode & os.W_OK and str(p) in paths)
+        )
+        undo = ["true"]
+    try:
+        yield
+    finally:
+        subprocess.run(undo, check=True)
+
+
+def test_a_ledger_that_cannot_be_written_is_still_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "archive" / "audit.db"
+    db.parent.mkdir()
+    _seed(db)
+    assert not Path(f"{db}-wal").exists()  # the last writer closed: the file is all there is
+    before = db.read_bytes()
+    store = f"sqlite:///{db}"
+    with _unwritable(db, monkeypatch):
+        assert main(["verify", "--store", store]) == 0
+        assert capsys.readouterr().out.startswith("OK: ")
+        assert main(["sessions", "--store", store, "--json"]) == 0
+        sessions = json.loads(capsys.readouterr().out)
+        assert {s["session_id"] for s in sessions} == {"a-1", "a-2", "b-1"}
+        assert main(["show", "b-1", "--store", store]) == 0
+        assert "hi from bob" in capsys.readouterr().out
+        assert main(["stats", "--store", store]) == 0
+        capsys.readouterr()
+    assert db.read_bytes() == before and sorted(p.name for p in db.parent.iterdir()) == [db.name]
 
 
 def test_schema_prints_a_json_schema_with_every_kind(capsys: pytest.CaptureFixture[str]) -> None:

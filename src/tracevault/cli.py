@@ -72,6 +72,8 @@ def _open_existing(args: argparse.Namespace) -> Store:
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit must be at least 1 (got {args.limit})")
     with_store = _open_existing(args)
     try:
         sessions = with_store.sessions(
@@ -196,7 +198,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not tracevault.flush(60):
         raise StoreError(f"the demo's events did not reach {shown_url(url)}")
     tracevault.shutdown()
-    print(f"recorded session {session_id} in {shown_url(url)}\n")
+    # With --json, stdout is the JSON document alone.
+    print(f"recorded session {session_id} in {shown_url(url)}\n",
+          file=sys.stderr if args.json else sys.stdout)
     args.session, args.trace, args.no_session = session_id, None, False
     args.full = False
     return cmd_show(args)

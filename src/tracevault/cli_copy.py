@@ -8,6 +8,7 @@ import sys
 
 import orjson
 
+from tracevault.cli import UsageError
 from tracevault.store import DEFAULT_URL, StoreError, open_store, shown_url
 from tracevault.store.copy import copy_trail
 
@@ -18,6 +19,8 @@ def cmd_copy(args: argparse.Namespace) -> int:
     source_url = args.source or args.store or os.environ.get("TRACEVAULT_STORE") or DEFAULT_URL
     if source_url == args.target:
         raise StoreError("--from and --to are the same ledger")
+    if args.batch < 1:
+        raise UsageError(f"--batch must be at least 1 (got {args.batch})")
     source = open_store(source_url, create=False)
     try:
         target = open_store(args.target)

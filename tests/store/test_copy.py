@@ -122,6 +122,21 @@ def test_copy_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "no tracevault ledger" in capsys.readouterr().err
     assert main(["copy", "--from", missing, "--to", missing]) == 2
     assert "same ledger" in capsys.readouterr().err
+    source = f"sqlite:///{tmp_path / 'source.db'}"
+    _record(source, sessions=1, calls=2)
+    target = tmp_path / "never.db"
+    assert main(["copy", "--from", source, "--to", f"sqlite:///{target}", "--batch", "0"]) == 2
+    assert "--batch must be at least 1 (got 0)" in capsys.readouterr().err
+    assert not target.exists()  # refused before anything was created
+    app = tmp_path / "app.db"
+    with sqlite3.connect(app) as conn:
+        conn.execute("CREATE TABLE customers (name TEXT)")
+    conn.close()
+    before = app.read_bytes()
+    assert main(["copy", "--from", source, "--to", f"sqlite:///{app}"]) == 2
+    err = capsys.readouterr().err
+    assert "is another database (tables customers): a ledger needs a file of its own" in err
+    assert app.read_bytes() == before and not Path(f"{app}-wal").exists()
 
 
 def test_a_copied_cut_tail_stays_visible_to_a_store_that_appends_on(tmp_path: Path) -> None:

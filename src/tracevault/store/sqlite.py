@@ -250,8 +250,11 @@ class SQLiteStore(SQLStore):
                 f"no tracevault ledger at {path!r} (run an agent with tracevault first, "
                 "or pass --store / set TRACEVAULT_STORE)"
             )
-        if not create:
-            self._check_is_ledger()
+        # How connections open the file: its path, or for a ledger this process may not
+        # write (see _check_is_ledger) a read-only URI.
+        self._target, self._uri = path, False
+        if not create or os.path.exists(path):
+            self._check_is_ledger(create)
         self._local = threading.local()
         # Every connection this store opened, with the thread that uses it.
         self._all: list[tuple[int, sqlite3.Connection]] = []
@@ -262,6 +265,8 @@ class SQLiteStore(SQLStore):
         # appended since.
         self._head: tuple[int, bytes] | None = None
         _STORES.add(self)
+        if self._uri:
+            return  # read-only: the schema is what it is
         try:
             with FORK_GATE:
                 self._conn().executescript(_SCHEMA)
@@ -279,13 +284,27 @@ class SQLiteStore(SQLStore):
         self._head = None
         return inherited
 
-    def _check_is_ledger(self) -> None:
+    def _check_is_ledger(self, create: bool) -> None:
         """Refuse a file that is not a ledger before touching it: opening one for reading
         (``create=False``) must not turn another application's database, or an empty
-        file, into an empty ledger that then verifies."""
+        file, into an empty ledger that then verifies; nor may a new ledger (``create``)
+        be added to a database holding another application's tables.
+
+        A ledger this process may not write (an archive on read-only media, a file or
+        directory without write permission) is read through a read-only URI.
+        """
+        uri = f"file:{quote(self.path)}?mode=ro"
+        writable = create or (os.access(self.path, os.W_OK) and os.access(
+            os.path.dirname(os.path.abspath(self.path)), os.W_OK
+        ))
+        if not writable and not os.path.exists(self.path + "-wal"):
+            # Reading a WAL-mode file needs its shared-memory index, which SQLite cannot
+            # create here; with no write-ahead log beside it (the last writer closed),
+            # the file is all there is and can be read as immutable.
+            uri += "&immutable=1"
         try:
             with FORK_GATE:
-                probe = sqlite3.connect(f"file:{quote(self.path)}?mode=ro", uri=True)
+                probe = sqlite3.connect(uri, uri=True)
                 try:
                     tables = {r[0] for r in probe.execute(
                         "SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -293,7 +312,15 @@ class SQLiteStore(SQLStore):
                     probe.close()
         except sqlite3.Error as exc:
             raise self._error("cannot open", exc) from None
-        if not {"events", "ledger_head"} <= tables:
+        if not writable:
+            self._target, self._uri = uri, True
+        if create and tables and "events" not in tables:
+            others = ", ".join(sorted(tables)[:3]) + (", …" if len(tables) > 3 else "")
+            raise StoreError(
+                f"{self.path!r} is another database (tables {others}): a ledger needs a "
+                "file of its own; nothing was changed in it"
+            )
+        if not create and not {"events", "ledger_head"} <= tables:
             raise StoreError(f"{self.path!r} is not a tracevault ledger (no events table); "
                              "nothing was changed in it")
 
@@ -321,10 +348,12 @@ class SQLiteStore(SQLStore):
         self._check_open()
         try:
             conn = sqlite3.connect(
-                self.path, timeout=60.0, isolation_level=None, check_same_thread=False
+                self._target, timeout=60.0, isolation_level=None, check_same_thread=False,
+                uri=self._uri,
             )
-            _switch_to_wal(conn)
-            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            if not self._uri:
+                _switch_to_wal(conn)
+                conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute("PRAGMA busy_timeout=60000")
         except sqlite3.Error as exc:
             raise self._error("cannot open", exc) from None
@@ -348,7 +377,7 @@ class SQLiteStore(SQLStore):
             # A connection of its own: the caller may interleave other queries while
             # it iterates, and a WAL snapshot keeps the stream consistent. The fork
             # gate is held for each call into SQLite, never across a yield.
-            conn = _read_connection(self.path, check_same_thread=False)
+            conn = _read_connection(self._target, check_same_thread=False, uri=self._uri)
             try:
                 cursor = _read_query(conn, sql, params)
                 while rows := _fetch_some(cursor):
@@ -369,7 +398,7 @@ class SQLiteStore(SQLStore):
         writers during the check cannot look like an extended or broken tail."""
         self._check_open()
         try:
-            conn = _read_connection(self.path, isolation_level=None)
+            conn = _read_connection(self._target, isolation_level=None, uri=self._uri)
             try:
                 with FORK_GATE:
                     conn.execute("BEGIN")
@@ -481,17 +510,21 @@ class SQLiteStore(SQLStore):
             raise self._error(doing, exc) from None
 
     def close(self) -> None:
-        """Close the ledger: this thread's connection now; the other threads' ones once
-        they are done with them (each is freed, and so closed, with its last reference).
-        Closing a connection another thread is running a statement on can crash the
-        interpreter (a forwarder still finishing while the process shuts down); any
-        further use of the store raises :class:`StoreError`."""
+        """Close the ledger: this thread's connection and those of threads that ended
+        (a writer already joined) now; the other threads' ones once they are done with
+        them (each is freed, and so closed, with its last reference). Closing a
+        connection another thread is running a statement on can crash the interpreter
+        (a forwarder still finishing while the process shuts down); any further use of
+        the store raises :class:`StoreError`."""
         me = threading.get_ident()
+        running = {t.ident for t in threading.enumerate()} - {me}
         with self._lock:
             self._closed = True
             conns, self._all = self._all, []
         for owner, conn in conns:
-            if owner == me:
+            # A connection left open waits for the garbage collector (it is part of a
+            # reference cycle), and the write-ahead log stays beside the file till then.
+            if owner not in running:
                 with FORK_GATE, contextlib.suppress(sqlite3.Error):
                     conn.close()
         self._local = threading.local()  # drops this store's references to the others'
