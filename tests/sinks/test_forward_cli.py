@@ -11,7 +11,8 @@ import pytest
 import tracevault
 import tracevault.sinks.cli as sinks_cli
 from tracevault.cli import main
-from tracevault.sinks.base import SinkError
+from tracevault.sinks.base import PermanentError, SinkError
+from tracevault.sinks.jsonl import JsonlSink
 from tracevault.testing import capture_events
 
 
@@ -54,3 +55,29 @@ def test_forward_refuses_options_no_run_could_honour(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and option[0] in err, err
     assert not (tmp_path / "out").exists()  # refused before any sink was built
+
+
+def test_an_event_refused_for_good_is_reported_as_skipped_not_delivered(
+        tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+    monkeypatch.delenv("TRACEVAULT_SINKS", raising=False)
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    with capture_events(url):
+        for text in ("first", "poison", "third"):
+            tracevault.AuditLogger().log_input(text)
+
+    class Refusing(JsonlSink):
+        def export(self, batch: Any) -> None:
+            if any("poison" in str(e.event.data) for e in batch.events):
+                raise PermanentError("HTTP 400: refused")
+            super().export(batch)
+
+    monkeypatch.setattr(sinks_cli, "build",
+                        lambda name: Refusing(name=name, directory=str(tmp_path / "out")))
+    forward = ["forward", "--store", url, "--sink", "jsonl"]
+    assert main(forward) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == (
+        "jsonl: delivered 2 events, cursor 3 of 3; skipped 1 the sink refused for good (see "
+        "`tracevault status`)\n")
+    assert main(forward) == 0  # reported once: the cursor moved past it
+    assert capsys.readouterr().out == "jsonl: delivered 0 events, cursor 3 of 3\n"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from opentelemetry import trace as otel_trace
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.sdk.metrics.export import MetricExportResult
 
 from tracevault.sinks.base import Forwarder
 from tracevault.sinks.otel import OTelSink
@@ -89,6 +92,43 @@ def test_metrics_token_usage_duration_tools_errors(tmp_path, receiver, agent_run
     assert sum(p.as_int for p in tools) == 2
     errors = metrics["tracevault.errors"][-1].sum.data_points
     assert sum(p.as_int for p in errors) >= 2  # the failed tool and its error event
+
+
+def test_a_metrics_endpoint_that_hangs_does_not_hold_up_the_spans(tmp_path, receiver, agent_run):
+    class Hanging(OTLPMetricExporter):
+        """The real exporter behind a receiver that takes the request and does not answer."""
+
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.asked = threading.Event()
+            self.answer = threading.Event()
+
+        def export(self, metrics_data: Any, timeout_millis: float = 10_000,
+                   **kwargs: Any) -> MetricExportResult:
+            self.asked.set()
+            self.answer.wait()
+            return super().export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+
+    exporter = Hanging(endpoint=f"{receiver.url}/v1/metrics")
+    watchdog = threading.Timer(30, exporter.answer.set)
+    with capture_events(tmp_path) as cap:
+        agent_run()
+        cap.flush()
+        forwarder = Forwarder(cap.store, OTelSink(endpoint=receiver.url, metric_exporter=exporter),
+                              batch_size=5)
+        watchdog.start()
+        try:
+            report = forwarder.drain_once(timeout=30)
+            assert exporter.asked.wait(30)
+            assert not exporter.answer.is_set()  # every span went out while metrics hung
+            assert report.ok and report.cursor == cap.store.head()[0]
+            assert "execute_tool book_flight" in {s.name for s in receiver.unique_spans().values()}
+        finally:
+            watchdog.cancel()
+            exporter.answer.set()
+            forwarder.shutdown()
+    tools = receiver.received.metrics["tracevault.tool.calls"][-1].sum.data_points
+    assert sum(p.as_int for p in tools) == 2  # every batch counted once it answered
 
 
 def test_never_touches_the_global_tracer_provider(tmp_path, receiver, agent_run):

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -13,6 +14,7 @@ import tracevault
 from tracevault.cli import main
 from tracevault.sinks import registry
 from tracevault.sinks.jsonl import JsonlSink
+from tracevault.store import open_store
 from tracevault.testing import capture_events
 
 
@@ -88,6 +90,42 @@ def test_shutdown_delivers_what_was_captured_then_stops_the_forwarders(tmp_path,
     tracevault.shutdown()  # no flush before: shutdown() gives the forwarders their chance
     assert registry.active() is None
     assert len(_lines(tmp_path / "out")) == 20
+
+
+def test_exit_keeps_to_its_budget_when_a_receiver_never_answers(tmp_path, monkeypatch):
+    # A sink whose export and shutdown hang, as SDKs retrying against a receiver that
+    # accepts connections and never answers do. Exit waits the budget, then leaves it.
+    class Hanging(JsonlSink):
+        def __init__(self) -> None:
+            super().__init__(name="hanging", directory=str(tmp_path / "out"))
+            self.answer = threading.Event()
+            self.closing = threading.Event()
+
+        def export(self, batch) -> None:
+            self.answer.wait()
+            super().export(batch)
+
+        def shutdown(self) -> None:
+            self.closing.set()
+            self.answer.wait()
+            super().shutdown()
+
+    sink = Hanging()
+    watchdog = threading.Timer(30, sink.answer.set)  # frees a shutdown that waited for it
+    monkeypatch.setenv("TRACEVAULT_FORWARD_EXIT_TIMEOUT", "0.2")
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    tracevault.configure(store=url, sinks=[sink])
+    tracevault.AuditLogger().log_input("hi")
+    watchdog.start()
+    try:
+        tracevault.shutdown()
+        assert sink.closing.is_set() and not sink.answer.is_set()  # asked, not waited for
+    finally:
+        watchdog.cancel()
+        sink.answer.set()
+    store = open_store(url, create=False)
+    assert (store.count(), store.get_cursor("hanging")) == (1, 0)  # kept for the next run
+    store.close()
 
 
 def test_env_starts_forwarders_with_the_pipeline(tmp_path, monkeypatch):
@@ -166,6 +204,38 @@ def test_forward_without_sinks_is_a_usage_error(tmp_path, monkeypatch, capsys):
         tracevault.AuditLogger().log_input("x")
     assert main(["forward", "--store", url]) == 2
     assert "TRACEVAULT_SINKS" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sink", ["langfuse", "otlp"])
+def test_a_script_exits_within_its_budget_while_the_receiver_does_not_answer(
+        tmp_path, make_receiver, sink):
+    # The receiver takes each request and holds it unanswered; the SDKs would wait for
+    # it from exit hooks of their own (their timeout is 120 s here). The process must
+    # still leave once its budget is spent, keeping what was not delivered ahead of the
+    # sink's cursor.
+    server = make_receiver()
+    server.hold_after = 0
+    store = f"sqlite:///{tmp_path / 'ledger.db'}"
+    env = {**os.environ, "TRACEVAULT_STORE": store, "TRACEVAULT_SINKS": sink,
+           "TRACEVAULT_FORWARD_EXIT_TIMEOUT": "0.5", "OTEL_EXPORTER_OTLP_ENDPOINT": server.url,
+           "OTEL_EXPORTER_OTLP_TIMEOUT": "120", "LANGFUSE_BASE_URL": server.url,
+           "LANGFUSE_TIMEOUT": "120", "LANGFUSE_PUBLIC_KEY": "pk-lf-test",
+           "LANGFUSE_SECRET_KEY": "sk-lf-test"}
+    script = ("import tracevault\n"
+              "with tracevault.AuditLogger(session_id='s').span('run'):\n"
+              "    pass\n")
+    try:
+        # Held requests are answered only after a minute: exiting before that is
+        # exiting without them.
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                              text=True, timeout=50)
+    finally:
+        server.release.set()
+    assert done.returncode == 0, done.stderr
+    assert server.held.is_set()  # a request went out and was never answered
+    ledger = open_store(store, create=False)
+    assert ledger.count() == 2 and ledger.get_cursor(sink) == 0
+    ledger.close()
 
 
 @pytest.mark.parametrize("sink", ["otlp", "langfuse", "langsmith"])

@@ -146,6 +146,11 @@ def deadline_after(timeout: float | None) -> float | None:
     return time.monotonic() + timeout
 
 
+def time_left(deadline: float | None) -> float | None:
+    """Seconds until a :func:`deadline_after` deadline, 0 once it passed (``None``: none)."""
+    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+
 def backoff_delay(
     attempt: int,
     error: BaseException | None = None,
@@ -169,13 +174,15 @@ def backoff_delay(
 
 @dataclass(slots=True)
 class DrainReport:
-    """Outcome of :meth:`Forwarder.drain_once`: delivered events, cursor, error if any."""
+    """Outcome of :meth:`Forwarder.drain_once`: events delivered, events the sink refused
+    for good (skipped: the cursor moved past them), cursor, error if any."""
 
     sink: str
     delivered: int
     cursor: int
     head: int
     error: str | None
+    skipped: int = 0
 
     @property
     def ok(self) -> bool:
@@ -320,7 +327,7 @@ class Forwarder:
         """
         deadline = deadline_after(timeout)
         head = self.store.head()[0]
-        delivered = 0
+        delivered, skipped = self.delivered, self.skipped
         attempt = 0
         error: str | None = None
         if self.cursor >= head:
@@ -339,10 +346,10 @@ class Forwarder:
                 continue
             if n == 0:
                 break
-            delivered += n
             attempt = 0
             error = None
-        return DrainReport(self.name, delivered, self.cursor, head, error)
+        return DrainReport(self.name, self.delivered - delivered, self.cursor, head, error,
+                           self.skipped - skipped)
 
     # --- in the background ------------------------------------------------------------
 
@@ -380,15 +387,21 @@ class Forwarder:
         self._wake.set()
         with self._progress:
             while self.cursor < target:
-                remaining = None if deadline is None else deadline - time.monotonic()
+                remaining = time_left(deadline)
                 if remaining is not None and remaining <= 0:
                     return False
                 self._wake.set()
                 self._progress.wait(min(remaining, 0.2) if remaining is not None else 0.2)
         return True
 
+    def request_stop(self) -> None:
+        """Ask the thread to stop after its current batch, without waiting for it."""
+        self._stop.set()
+        self._wake.set()
+
     def shutdown(self, timeout: float | None = 10.0) -> None:
-        """Stop the thread (after its current batch) and shut the sink down. Idempotent.
+        """Stop the thread (after its current batch) and shut the sink down, within
+        ``timeout`` seconds in all. Idempotent.
 
         Does not wait for delivery: call :meth:`force_flush` first for that. What is
         left is delivered by the next forwarder of the same name.
@@ -396,16 +409,33 @@ class Forwarder:
         if self._closed:
             return
         self._closed = True
-        self._stop.set()
-        self._wake.set()
+        deadline = deadline_after(timeout)
+        self.request_stop()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
-        shut_down(self.sink)
+        shut_down(self.sink, time_left(deadline))
 
 
-def shut_down(sink: Sink) -> None:
-    """Shut ``sink`` down (its clients, providers), logging rather than raising a failure."""
-    try:
-        sink.shutdown()
-    except Exception as exc:
-        log.warning("tracevault: sink %s did not shut down cleanly: %s", sink.name, exc)
+def shut_down(sink: Sink, timeout: float | None = None) -> None:
+    """Shut ``sink`` down (its clients, providers), logging rather than raising a failure.
+
+    With a ``timeout`` the shutdown runs on a daemon thread and is waited for that long
+    at most: an SDK flushing to a receiver that does not answer (Langfuse's client,
+    OpenTelemetry's exporters retry for many seconds) must not hold up process exit.
+    Nothing is lost by leaving it: the cursor only moves past what a receiver accepted.
+    """
+    def close() -> None:
+        try:
+            sink.shutdown()
+        except Exception as exc:
+            log.warning("tracevault: sink %s did not shut down cleanly: %s", sink.name, exc)
+
+    if timeout is None:
+        close()
+        return
+    closing = threading.Thread(target=close, name=f"tracevault-close-{sink.name}", daemon=True)
+    closing.start()
+    closing.join(timeout)
+    if closing.is_alive():
+        log.warning("tracevault: sink %s still shutting down after %.1f s; left behind",
+                    sink.name, timeout)

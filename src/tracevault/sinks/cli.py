@@ -5,7 +5,8 @@
   ``TRACEVAULT_SINKS`` are listed even before their first delivery.
 * ``forward``: deliver what the ledger holds now to each sink and exit (for cron or
   serverless). Exit status 0 when every sink caught up, 1 when one still failed at the
-  deadline (nothing is lost: the next run continues from the cursor), 2 for bad options.
+  deadline (nothing is lost: the next run continues from the cursor) or skipped an event
+  it refused for good, 2 for bad options.
 """
 
 from __future__ import annotations
@@ -104,11 +105,16 @@ def cmd_forward(args: argparse.Namespace) -> int:
                 forwarder.shutdown()
             line = (f"{name}: delivered {report.delivered} events, cursor {report.cursor}"
                     f" of {report.head}")
-            if report.ok:
+            if report.skipped:
+                # Refused for good: the cursor moved past them, so say so loudly once.
+                line += (f"; skipped {report.skipped} the sink refused for good (see "
+                         "`tracevault status`)")
+            if report.ok and not report.skipped:
                 print(line)
             else:
                 failed += 1
-                print(f"{line}; failed: {report.error}", file=sys.stderr)
+                failure = f"; failed: {report.error}" if report.error else ""
+                print(f"{line}{failure}", file=sys.stderr)
     finally:
         store.close()
     return 1 if failed else 0

@@ -21,6 +21,7 @@ or use a separate key for tracevault.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import os
 import threading
@@ -169,6 +170,14 @@ class _Runtime:
         self.tracer = self.provider.get_tracer(SCOPE, langfuse_sdk.__version__,
                                                attributes={"public_key": public_key})
         self.lock = threading.Lock()
+        # The SDK flushes from an exit hook of its own, without a bound: against a
+        # receiver that does not answer its exporter retries for the whole timeout.
+        # tracevault's exit flushes and shuts this sink down within
+        # TRACEVAULT_FORWARD_EXIT_TIMEOUT instead (LangfuseSink.shutdown); nothing is
+        # lost, the cursor only moves past what Langfuse accepted.
+        resources = getattr(self.client, "_resources", None)
+        if resources is not None:
+            atexit.unregister(resources.shutdown)
 
 
 _runtimes: dict[str, _Runtime] = {}
@@ -322,8 +331,8 @@ class LangfuseSink:
         return meta
 
     def shutdown(self) -> None:
-        # The client is shared per key and flushed here; the SDK's own exit handler
-        # stops its threads.
+        # The client is shared per key and only flushed here: another sink of the same
+        # key may follow. Its threads are daemons and end with the process.
         self.client.flush()
 
 

@@ -108,12 +108,20 @@ class _Collect(SpanProcessor):
         self.spans.append(span)
 
 
+_METRICS_LAST_EXPORT_S = 2.0
+
+
 def private_tracer_provider(ids: IdGenerator) -> TracerProvider:
-    """A TracerProvider of our own: every span sampled, ids from ``ids``, never global."""
+    """A TracerProvider of our own: every span sampled, ids from ``ids``, never global.
+
+    It has no exit hook of its own (the SDK's would wait, unbounded, for a batch
+    processor retrying a receiver that does not answer): the sink shuts it down,
+    within the budget tracevault's exit gives the sinks."""
     resource = Resource.create()
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": "tracevault"}))
-    return TracerProvider(resource=resource, sampler=ALWAYS_ON, id_generator=ids)
+    return TracerProvider(resource=resource, sampler=ALWAYS_ON, id_generator=ids,
+                          shutdown_on_exit=False)
 
 
 def unsent(spans: Sequence[ReadableSpan], max_request_size: int) -> PermanentError | None:
@@ -171,12 +179,16 @@ class OTelSink:
         self._provider.add_span_processor(self._collect)
         self._tracer = self._provider.get_tracer(SCOPE)
         self._meters: MeterProvider | None = None
+        self._metrics_due = threading.Event()
+        self._metrics_thread: threading.Thread | None = None
+        self._closing = False
         if metrics:
             exporter = metric_exporter or OTLPMetricExporter(
                 endpoint=f"{base}/v1/metrics" if base else None, headers=headers, timeout=timeout,
             )
             reader = PeriodicExportingMetricReader(exporter, export_interval_millis=math.inf)
-            self._meters = MeterProvider(metric_readers=[reader], resource=self._provider.resource)
+            self._meters = MeterProvider(metric_readers=[reader], resource=self._provider.resource,
+                                         shutdown_on_exit=False)  # as the tracer provider
             meter = self._meters.get_meter(SCOPE)
             self._tokens = meter.create_histogram(
                 "gen_ai.client.token.usage", unit="{token}",
@@ -328,10 +340,28 @@ class OTelSink:
         if points:
             for record, value, attributes in points:
                 record(value, attributes)
-            if self._meters is not None and not self._meters.force_flush(timeout_millis=10_000):
-                # Cumulative temporality: the next successful export carries these counts.
-                log.debug("tracevault: OTLP metric export failed; will catch up on the next "
-                          "batch")
+            self._metrics_due.set()
+            sender = self._metrics_thread
+            if sender is None or not sender.is_alive():  # not started, or lost in a fork
+                self._metrics_thread = threading.Thread(
+                    target=self._send_metrics, name=f"tracevault-metrics-{self.name}",
+                    daemon=True)
+                self._metrics_thread.start()
+
+    def _send_metrics(self) -> None:
+        """Export the metrics after each batch that added to them, off the delivery
+        thread: a metrics endpoint that does not answer (the exporter retries for
+        seconds) must not hold up the spans. Batches that arrive meanwhile are folded
+        into the next export (cumulative temporality carries every count)."""
+        assert self._meters is not None
+        while True:
+            self._metrics_due.wait()
+            self._metrics_due.clear()
+            closing = self._closing  # read after clear(): a later shutdown sets it again
+            if not self._meters.force_flush(timeout_millis=10_000):
+                log.debug("tracevault: OTLP metric export failed; the next one catches up")
+            if closing:
+                return
 
     def _metric_points(self, batch: Batch) -> list[tuple[Callable[..., None], float,
                                                          dict[str, AttrValue]]]:
@@ -369,9 +399,15 @@ class OTelSink:
         return points
 
     def shutdown(self) -> None:
+        self._closing = True
+        self._metrics_due.set()  # the sender's last export carries every count
         try:
             self._exporter.shutdown()
         finally:
+            if self._metrics_thread is not None:
+                # A moment for the last export; then the meters' shutdown stops the
+                # exporter, which ends a retry against an endpoint that is down.
+                self._metrics_thread.join(_METRICS_LAST_EXPORT_S)
             if self._meters is not None:
                 self._meters.shutdown(timeout_millis=5_000)
             self._provider.shutdown()

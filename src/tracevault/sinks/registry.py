@@ -39,6 +39,7 @@ from tracevault.sinks.base import (
     deadline_after,
     describe,
     shut_down,
+    time_left,
 )
 from tracevault.store import Store, open_store
 
@@ -234,18 +235,21 @@ class ForwarderGroup:
             return False
         ok = not self.errors
         for forwarder in self.forwarders:
-            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            ok = forwarder.force_flush(remaining) and ok
+            ok = forwarder.force_flush(time_left(deadline)) and ok
         return ok
 
     def shutdown(self, timeout: float | None = 10.0) -> None:
-        """Stop every forwarder (after its current batch). Idempotent."""
+        """Stop every forwarder (after its current batch) and shut its sink down, within
+        ``timeout`` seconds in all. Idempotent."""
         if self._closed:
             return
         self._closed = True
+        deadline = deadline_after(timeout)
         self.wait_ready(timeout)
+        for forwarder in self.forwarders:  # all stop at once; then each is waited for
+            forwarder.request_stop()
         for forwarder in self.forwarders:
-            forwarder.shutdown(timeout)
+            forwarder.shutdown(time_left(deadline))
         if isinstance(self._store_arg, str) and self.store is not None:
             self.store.close()
 
@@ -308,7 +312,7 @@ def _deliver(group: ForwarderGroup | None, timeout: float | None) -> bool:
         return False
     if group is None:
         return True
-    return group.force_flush(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+    return group.force_flush(time_left(deadline))
 
 
 def stop() -> None:
@@ -321,17 +325,24 @@ def stop() -> None:
         group, _group = _group, None
     if group is None:
         return
+    raw = (os.environ.get("TRACEVAULT_FORWARD_EXIT_TIMEOUT") or "").strip()
+    # 0 turns the final delivery off; anything else that is not a number above 0 is
+    # logged and the default applies.
+    budget = 0.0 if raw in ("0", "0.0") else positive_env("TRACEVAULT_FORWARD_EXIT_TIMEOUT", 5.0)
+    deadline = time.monotonic() + budget
     try:
-        raw = (os.environ.get("TRACEVAULT_FORWARD_EXIT_TIMEOUT") or "").strip()
-        # 0 turns the final delivery off; anything else that is not a number above 0
-        # is logged and the default applies.
-        if raw not in ("0", "0.0"):
-            _deliver(group, positive_env("TRACEVAULT_FORWARD_EXIT_TIMEOUT", 5.0))
+        if budget:
+            _deliver(group, budget)
     except Exception as exc:
         log.warning("tracevault: final forwarding failed: %s", exc)
     finally:
-        group.shutdown(timeout=2.0)
+        # What the budget left, and a moment for sinks with nothing pending to close
+        # their clients cleanly; a sink stuck on a receiver that does not answer is
+        # left behind rather than holding up exit.
+        group.shutdown(timeout=max(deadline - time.monotonic(), 0.0) + _CLOSE_GRACE)
 
+
+_CLOSE_GRACE = 0.5  # seconds beyond the exit budget for closing sinks
 
 _early_exit_hook = False
 
