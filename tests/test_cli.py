@@ -293,3 +293,27 @@ def test_store_urls_in_messages_hide_their_password() -> None:
     assert shown_url("postgresql://:pw@db/ledger") == "postgresql://:***@db/ledger"
     for plain in ("sqlite:///tracevault.db", "postgresql://audit@db/ledger", "ledger.db"):
         assert shown_url(plain) == plain
+
+
+def test_erase_needs_a_filter_and_yes_then_clears_content_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "t.db"
+    _seed(db)
+    store = ["--store", f"sqlite:///{db}"]
+    assert main(["erase", *store, "--yes"]) == 2
+    assert "choose what to erase" in capsys.readouterr().err
+    assert main(["erase", *store, "--user", "alice"]) == 2
+    assert "add --yes" in capsys.readouterr().err
+    assert main(["erase", *store, "--user", "alice", "--session", "a-2", "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("erased the content of 6 events (session 'a-2', user 'alice')")
+    assert main(["erase", *store, "--user", "alice", "--yes", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["erased"] == 6  # a-1: a-2 was erased before
+    assert main(["show", "a-2", *store, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert {json.dumps(e["data"]) for e in shown["events"]} == {'{"erased": true}'}
+    assert main(["show", "b-1", *store, "--full"]) == 0
+    assert "hi from bob" in capsys.readouterr().out
+    assert main(["verify", *store]) == 0
+    assert "12 erased payloads" in capsys.readouterr().out

@@ -1,7 +1,8 @@
 """tracevault: a tamper-evident audit trail for LLM agents.
 
 The public surface: :class:`AuditLogger`, :func:`context`, :func:`configure`,
-:func:`flush`, :func:`shutdown`, :func:`open_store`, and the schema types.
+:func:`flush`, :func:`shutdown`, :func:`erase`, :func:`open_store`, and the schema
+types.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from tracevault.api import (
     AuditLogger,
     configure,
+    erase,
     flush,
     shutdown,
     stats,
@@ -34,6 +36,7 @@ __all__ = [
     "__version__",
     "configure",
     "context",
+    "erase",
     "event_json_schema",
     "flush",
     "open_store",

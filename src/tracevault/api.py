@@ -25,7 +25,7 @@ from tracevault.config import Settings, export
 from tracevault.context import SpanRef, current_span, use_span
 from tracevault.ids import new_span_id, new_trace_id
 from tracevault.pipeline import Middleware, Pipeline, PipelineStats
-from tracevault.store import Store, open_store
+from tracevault.store import Store, StoreError, open_store
 from tracevault.toolcall import ToolCall, drop_none, error_data
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -117,6 +117,38 @@ def shutdown(timeout: float | None = 30.0) -> PipelineStats | None:
         stop()
     pipeline = capture.reset()
     return None if pipeline is None else pipeline.shutdown(timeout)
+
+
+def erase(
+    *,
+    session_id: str | None = None,
+    user_id: str | None = None,
+    trace_id: str | None = None,
+    store: str | Store | None = None,
+    timeout: float | None = 60.0,
+) -> int:
+    """Erase the content of a session's, a user's or a run's events (filters combine
+    with AND); return how many events were erased.
+
+    What was captured before the call is flushed to the ledger first, so it is erased
+    too. ``store`` defaults to the ledger being recorded into (else
+    ``TRACEVAULT_STORE``). Payloads and salts are cleared; ids, names, kinds, times and
+    metrics stay, and the trail still verifies. Forwarders send nothing of an erased
+    payload from then on; what a receiver already got must be erased there.
+    """
+    if session_id is None and user_id is None and trace_id is None:
+        raise ValueError("erase needs session_id, user_id or trace_id")
+    pipeline = capture.current_pipeline()
+    if pipeline is not None and not pipeline.flush(timeout):
+        raise StoreError("what was captured did not reach the ledger in time; nothing erased")
+    if isinstance(store, str) or store is None:
+        url = store or (pipeline.store_url if pipeline is not None else Settings.from_env().store)
+        opened = open_store(url, create=False)
+        try:
+            return opened.erase(session_id=session_id, user_id=user_id, trace_id=trace_id)
+        finally:
+            opened.close()
+    return store.erase(session_id=session_id, user_id=user_id, trace_id=trace_id)
 
 
 def stats() -> PipelineStats | None:

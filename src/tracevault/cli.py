@@ -28,7 +28,8 @@ from tracevault.store import DEFAULT_URL, Store, StoreError, open_store, shown_u
 # Commands contributed by other modules: each exposes ``register(subparsers, common)``
 # which adds a sub-parser whose ``func`` default returns an exit status.
 PLUGIN_COMMANDS: tuple[str, ...] = (
-    "tracevault.sinks.cli", "tracevault.cli_copy", "tracevault.redaction.cli",
+    "tracevault.sinks.cli", "tracevault.cli_copy", "tracevault.cli_erase",
+    "tracevault.redaction.cli",
 )
 
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")

@@ -39,6 +39,9 @@ def cmd_copy(args: argparse.Namespace) -> int:
             f"copied {report.copied} events{span} from {shown_url(source_url)} "
             f"to {shown_url(args.target)}"
         )
+        if report.erased:
+            print(f"erased {report.erased} payloads in the copy that the source erased since "
+                  "the last copy")
         check = report.verify
         if check.ok:
             print(f"OK: {check.checked} events verified in the copy, chain intact up to "

@@ -80,6 +80,21 @@ def test_copy_resumes_and_refuses_a_different_trail(tmp_path: Path, pg_url: str)
         copy_trail(open_store(other), open_store(pg_url))
 
 
+def test_a_later_copy_carries_the_sources_erasures(tmp_path: Path, pg_url: str) -> None:
+    src = f"sqlite:///{tmp_path / 'src.db'}"
+    _record(src, sessions=2, calls=3)  # s0: #1-7, s1: #8-14
+    archive = f"sqlite:///{tmp_path / 'archive.db'}"
+    for target in (pg_url, archive):
+        assert copy_trail(open_store(src), open_store(target)).copied == 14
+    assert tracevault.erase(session_id="s1", store=src) == 7
+    _record(src, sessions=1, calls=1)  # and something new to copy
+    for target in (pg_url, archive):
+        report = copy_trail(open_store(src), open_store(target))
+        assert (report.erased, report.copied) == (7, 3) and report.verify.ok
+        assert report.verify.erased == 7 and _rows(target) == _rows(src)
+    assert copy_trail(open_store(src), open_store(archive)).erased == 0  # carried once
+
+
 def test_tampering_is_carried_over_not_laundered(tmp_path: Path, pg_url: str) -> None:
     src = f"sqlite:///{tmp_path / 'src.db'}"
     _record(src, sessions=1, calls=10)

@@ -642,3 +642,32 @@ def test_a_forked_child_keeps_writing_after_its_parent_closed_the_ledger(
         assert counts == {"parent": 5000 if reading else 1, "child-before": 1,
                           "child-after": 20}
         assert reader.verify().ok
+
+
+def test_erased_content_is_gone_from_the_file_and_its_log(tmp_path: Path) -> None:
+    db = tmp_path / "erase.db"
+    url = f"sqlite:///{db}"
+    tracevault.configure(store=url)
+    canary = "passport X1234-CANARY"
+    for session in ("keep", "forget"):
+        log = tracevault.AuditLogger(session_id=session)
+        for i in range(50):
+            log.log_tool_call("lookup", {"q": f"{session} {i}"},
+                              result=f"{canary} {session} {i} " + "x" * 3000)
+    assert tracevault.flush(10)
+
+    def on_disk() -> bytes:
+        return b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith(db.name))
+
+    assert b"CANARY forget" in on_disk()  # before: in the file or its write-ahead log
+    log.log_tool_call("lookup", {"q": "late"}, result=f"{canary} forget late")  # not flushed
+    assert tracevault.erase(session_id="forget") == 102  # starts and ends, the late one too
+    # Read while the recording process still holds the ledger open (its log too): the
+    # content must be gone from the log's earlier frames and the file's free space.
+    data = on_disk()
+    assert b"CANARY forget" not in data and b"forget 49" not in data
+    assert b"CANARY keep 49" in data
+    tracevault.shutdown()
+    store = open_store(url, create=False)
+    assert store.verify().ok and store.verify().erased == 102
+    store.close()

@@ -215,6 +215,27 @@ def test_verify_and_erasure(backend: Backend, store: Store) -> None:
     assert erased.event.data == {"erased": True} and erased.event.session_id == "s-a"
 
 
+def test_erase_clears_content_and_keeps_the_trail_verifiable(store: Store) -> None:
+    store.append(sample())  # runs: seq 1-9 and 10-18 (s-a), 19-28 (s-b), 29-37 (s-c)
+    with pytest.raises(ValueError, match="never erases the whole ledger"):
+        store.erase()
+    assert store.erase(session_id="s-a") == 18
+    assert store.erase(session_id="s-a") == 0  # erased already: not counted again
+    assert store.erase(user_id="bob", trace_id="run-3") == 0  # filters combine with AND
+    assert store.erase(user_id="alice", trace_id="run-3") == 9
+    assert store.erase(seqs=[1, 19, 20]) == 2  # #1 was erased with its session
+    report = store.verify()
+    assert report.ok and report.erased == 29
+    events = {e.seq: e.event for e in store.events()}
+    erased = {seq for seq, e in events.items() if e.data == {"erased": True}}
+    assert erased == {*range(1, 21), *range(29, 38)}
+    assert events[21].data["tool_name"] == "search"  # the rest is intact
+    assert events[10].session_id == "s-a" and events[10].kind == "input"  # ids stay
+    # Counts, tokens and cost come from the indexed columns, which erasure keeps.
+    assert sum(s.events for s in store.sessions()) == 37
+    assert sum(s.tokens for s in store.sessions()) == 40
+
+
 def _tamper_cases() -> list[tuple[str, str, tuple[Any, ...], int, str]]:
     return [
         ("column", "UPDATE events SET user_id = 'mallory' WHERE seq = 5", (), 5, "chain breaks"),

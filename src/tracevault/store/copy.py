@@ -6,9 +6,10 @@ every row exactly as stored — sequence number, indexed columns, canonical payl
 salt, digest and chain value, erased payloads staying erased — and finally gives the
 target the source's head. The target then verifies exactly when the source does:
 tampering in the source is carried over, never laundered. A copy into a ledger that
-already holds the beginning of the same trail resumes after it; a target holding a
-different trail is refused. Forwarder cursors are not copied (forwarders are
-idempotent by event id, so a forwarder started on the target may resend).
+already holds the beginning of the same trail resumes after it, and first erases there
+the payloads the source erased since; a target holding a different trail is refused.
+Forwarder cursors are not copied (forwarders are idempotent by event id, so a
+forwarder started on the target may resend).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class CopyReport:
     last_seq: int
     head_seq: int
     verify: VerifyReport
+    erased: int = 0  # rows copied earlier whose payload the source erased since
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +50,7 @@ class CopyReport:
             "first_seq": self.first_seq,
             "last_seq": self.last_seq,
             "head_seq": self.head_seq,
+            "erased": self.erased,
             "verify": self.verify.to_dict(),
         }
 
@@ -71,6 +74,14 @@ def source_rows(store: Store, after_seq: int, upto_seq: int) -> Iterator[Row]:
                 "is not as tracevault stores it (see `tracevault verify`)"
             ) from None
         yield (*r[:_TS], to_text(r[_TS]), *r[_TS + 1 : -4], payload, salt, digest, chain)
+
+
+def erased_seqs(store: Store, upto_seq: int) -> list[int]:
+    """The sequence numbers up to ``upto_seq`` whose payload ``store`` erased."""
+    if not isinstance(store, SQLStore):
+        raise StoreError(f"cannot copy from {type(store).__name__}: not a SQL ledger")
+    sql = "SELECT seq FROM events WHERE payload IS NULL AND seq <= ? ORDER BY seq"
+    return [int(r[0]) for r in store._stream(sql, (upto_seq,))]
 
 
 def row_writer(store: Store) -> RowWriter:
@@ -156,6 +167,8 @@ def copy_trail(
                 f"the target already holds a different trail (its #{after[0]} is not the "
                 "source's): copy into an empty ledger"
             )
+    # Erasures made in the source since an earlier copy apply to the copy too.
+    erased = target.erase(seqs=erased_seqs(source, after[0])) if after[0] else 0
     write = row_writer(target)
     first_seq = last_seq = after[0]
     first_seq += 1
@@ -178,4 +191,4 @@ def copy_trail(
         copied += len(chunk)
         if progress is not None:
             progress(last_seq)
-    return CopyReport(copied, first_seq, last_seq, src_head[0], target.verify())
+    return CopyReport(copied, first_seq, last_seq, src_head[0], target.verify(), erased)

@@ -329,11 +329,17 @@ class PostgresStore(SQLStore):
 
     # --- forwarder cursors ------------------------------------------------------------
 
-    def _execute(self, doing: str, sql: str, params: Sequence[Any]) -> None:
+    def _erase_rows(self, sql: str, params: Sequence[Any]) -> int:
+        # The old row versions stay in the table files until VACUUM reclaims them (see
+        # the README): PostgreSQL never overwrites a row in place.
+        return self._execute("cannot erase in", to_pg(sql), params)
+
+    def _execute(self, doing: str, sql: str, params: Sequence[Any]) -> int:
+        """Run one statement (autocommit); return its row count."""
         for _ in range(2):
             conn, reused = self._pool.take()
             try:
-                conn.execute(sql, tuple(params))
+                done = conn.execute(sql, tuple(params)).rowcount
             except psycopg.OperationalError as exc:
                 conn.close()
                 if reused:
@@ -343,7 +349,8 @@ class PostgresStore(SQLStore):
                 self._pool.give_back(conn)
                 raise self._pool.error(doing, exc) from None
             self._pool.give_back(conn)
-            return
+            return int(done)
+        raise StoreError(f"cannot write to PostgreSQL ledger {self.where}")  # pragma: no cover
 
     def get_cursor(self, name: str) -> int:
         row = self._fetch("SELECT seq FROM sink_cursors WHERE name = ?", (name,))

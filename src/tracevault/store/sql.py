@@ -35,6 +35,7 @@ from tracevault.store.base import (
 )
 
 _EVENT_COLUMNS = ", ".join(COLUMNS[:11])
+_IN_CHUNK = 500  # sequence numbers per statement (SQLite allows 999 parameters)
 _OUTCOME = "phase IN ('end', 'point')"
 
 
@@ -80,6 +81,10 @@ class SQLStore:
     def head(self) -> tuple[int, bytes]:
         raise NotImplementedError
 
+    def _erase_rows(self, sql: str, params: Sequence[Any]) -> int:
+        """Run an erasing ``UPDATE`` written with ``?`` placeholders; return its row count."""
+        raise NotImplementedError
+
     # --- shared queries ----------------------------------------------------------------
 
     def _time_filter(
@@ -97,6 +102,37 @@ class SQLStore:
 
     def count(self) -> int:
         return int(self._fetch("SELECT count(*) FROM events")[0][0])
+
+    def erase(
+        self,
+        *,
+        session_id: str | None = None,
+        user_id: str | None = None,
+        trace_id: str | None = None,
+        seqs: Sequence[int] | None = None,
+    ) -> int:
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("session_id", session_id), ("user_id", user_id),
+                              ("trace_id", trace_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if not where and seqs is None:
+            raise ValueError("erase needs a session, user, trace or sequence numbers "
+                             "(it never erases the whole ledger)")
+        # The triggers let exactly this change through: payload and salt, both at once.
+        sql = "UPDATE events SET payload = NULL, salt = NULL WHERE payload IS NOT NULL"
+        if seqs is None:
+            return self._erase_rows(" AND ".join([sql, *where]), params)
+        erased = 0
+        chosen = sorted(set(seqs))
+        for i in range(0, len(chosen), _IN_CHUNK):
+            chunk = chosen[i : i + _IN_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            erased += self._erase_rows(
+                " AND ".join([sql, *where, f"seq IN ({marks})"]), [*params, *chunk])
+        return erased
 
     def events(
         self,

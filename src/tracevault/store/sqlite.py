@@ -11,6 +11,7 @@ guard against accidents, while the hash chain is what detects deliberate tamperi
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -36,6 +37,8 @@ from tracevault.ledger import (
 from tracevault.schema import AuditEvent
 from tracevault.store.base import StoreError
 from tracevault.store.sql import SQLStore
+
+log = logging.getLogger("tracevault")
 
 SCHEMA_VERSION = 1
 
@@ -508,6 +511,24 @@ class SQLiteStore(SQLStore):
                 self._conn().execute(sql, tuple(params))
         except sqlite3.Error as exc:
             raise self._error(doing, exc) from None
+
+    def _erase_rows(self, sql: str, params: Sequence[Any]) -> int:
+        try:
+            with FORK_GATE:
+                conn = self._conn()
+                # Overwrite the freed bytes with zeros rather than leave them in free
+                # space, then move the pages out of the write-ahead log, whose earlier
+                # frames still hold the content, and truncate it.
+                conn.execute("PRAGMA secure_delete = ON")
+                erased = conn.execute(sql, tuple(params)).rowcount
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise self._error("cannot erase in", exc) from None
+        if busy:
+            log.warning("tracevault: %s: readers kept the write-ahead log from being emptied "
+                        "after the erasure; its earlier pages go at the next checkpoint",
+                        self.path)
+        return int(erased)
 
     def close(self) -> None:
         """Close the ledger: this thread's connection and those of threads that ended

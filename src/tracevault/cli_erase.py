@@ -1,0 +1,57 @@
+"""``tracevault erase``: erase the content of a session's, a user's or a run's events."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import orjson
+
+from tracevault.cli import UsageError, _store_url
+from tracevault.store import open_store, shown_url
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    """Clear the payloads of the chosen events; exit 2 on bad input or a store error."""
+    chosen = {"session": args.session, "user": args.user, "trace": args.trace}
+    if not any(v is not None for v in chosen.values()):
+        raise UsageError("choose what to erase: --session ID, --user ID and/or --trace ID")
+    if not args.yes:
+        raise UsageError("erasure cannot be undone: add --yes to erase")
+    url = _store_url(args)
+    store = open_store(url, create=False)
+    try:
+        erased = store.erase(session_id=args.session, user_id=args.user, trace_id=args.trace)
+    finally:
+        store.close()
+    what = ", ".join(f"{k} {v!r}" for k, v in chosen.items() if v is not None)
+    if args.json:
+        sys.stdout.write(orjson.dumps({"erased": erased, "store": shown_url(url)},
+                                      option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(f"erased the content of {erased} events ({what}) in {shown_url(url)}; "
+              "the trail still verifies (`tracevault verify`)")
+    return 0
+
+
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+    reading: argparse.ArgumentParser,
+) -> None:
+    """Add the ``erase`` command to the ``tracevault`` parser."""
+    p = subparsers.add_parser(
+        "erase",
+        parents=[reading],
+        help="erase the content of a session's, user's or run's events (the chain still verifies)",
+        description=(
+            "Clear the payload (inputs, messages, arguments, results) of every matching "
+            "event; ids, names, kinds, times and metrics stay, and so does the hash chain. "
+            "Filters combine with AND."
+        ),
+    )
+    p.add_argument("--session", metavar="ID", help="events of this session")
+    p.add_argument("--user", metavar="ID", help="events of this user")
+    p.add_argument("--trace", metavar="ID", help="events of this run")
+    p.add_argument("--yes", action="store_true", help="erase (it cannot be undone)")
+    p.set_defaults(func=cmd_erase)
