@@ -317,3 +317,9 @@ def test_erase_needs_a_filter_and_yes_then_clears_content_only(
     assert "hi from bob" in capsys.readouterr().out
     assert main(["verify", *store]) == 0
     assert "12 erased payloads" in capsys.readouterr().out
+    assert main(["erase", *store, "--before", "last tuesday", "--yes"]) == 2
+    assert "cannot read time" in capsys.readouterr().err
+    assert main(["erase", *store, "--before", "1d", "--yes"]) == 0  # recorded just now
+    assert "erased the content of 0 events (recorded before " in capsys.readouterr().out
+    assert main(["erase", *store, "--before", "2999-01-01", "--yes"]) == 0
+    assert "erased the content of 6 events" in capsys.readouterr().out  # bob's session

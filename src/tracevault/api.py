@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from datetime import datetime
 from typing import Any, TypeVar
 
 from tracevault import capture
@@ -124,11 +125,13 @@ def erase(
     session_id: str | None = None,
     user_id: str | None = None,
     trace_id: str | None = None,
+    before: datetime | None = None,
     store: str | Store | None = None,
     timeout: float | None = 60.0,
 ) -> int:
-    """Erase the content of a session's, a user's or a run's events (filters combine
-    with AND); return how many events were erased.
+    """Erase the content of a session's, a user's or a run's events, or of everything
+    recorded ``before`` a time (retention); filters combine with AND. Returns how many
+    events were erased.
 
     What was captured before the call is flushed to the ledger first, so it is erased
     too. ``store`` defaults to the ledger being recorded into (else
@@ -136,19 +139,21 @@ def erase(
     metrics stay, and the trail still verifies. Forwarders send nothing of an erased
     payload from then on; what a receiver already got must be erased there.
     """
-    if session_id is None and user_id is None and trace_id is None:
-        raise ValueError("erase needs session_id, user_id or trace_id")
+    if session_id is None and user_id is None and trace_id is None and before is None:
+        raise ValueError("erase needs session_id, user_id, trace_id or before")
     pipeline = capture.current_pipeline()
     if pipeline is not None and not pipeline.flush(timeout):
         raise StoreError("what was captured did not reach the ledger in time; nothing erased")
-    if isinstance(store, str) or store is None:
+    opened = None
+    if store is None or isinstance(store, str):
         url = store or (pipeline.store_url if pipeline is not None else Settings.from_env().store)
-        opened = open_store(url, create=False)
-        try:
-            return opened.erase(session_id=session_id, user_id=user_id, trace_id=trace_id)
-        finally:
+        store = opened = open_store(url, create=False)
+    try:
+        return store.erase(session_id=session_id, user_id=user_id, trace_id=trace_id,
+                           before=before)
+    finally:
+        if opened is not None:
             opened.close()
-    return store.erase(session_id=session_id, user_id=user_id, trace_id=trace_id)
 
 
 def stats() -> PipelineStats | None:

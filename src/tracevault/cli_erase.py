@@ -7,29 +7,36 @@ import sys
 
 import orjson
 
-from tracevault.cli import UsageError, _store_url
+from tracevault.cli import UsageError, _store_url, parse_when
+from tracevault.ledger import format_ts
 from tracevault.store import open_store, shown_url
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
     """Clear the payloads of the chosen events; exit 2 on bad input or a store error."""
-    chosen = {"session": args.session, "user": args.user, "trace": args.trace}
-    if not any(v is not None for v in chosen.values()):
-        raise UsageError("choose what to erase: --session ID, --user ID and/or --trace ID")
+    before = parse_when(args.before) if args.before is not None else None
+    what = [f"{name} {value!r}" for name, value in
+            (("session", args.session), ("user", args.user), ("trace", args.trace))
+            if value is not None]
+    if before is not None:
+        what.append(f"recorded before {format_ts(before)}")
+    if not what:
+        raise UsageError("choose what to erase: --session ID, --user ID, --trace ID and/or "
+                         "--before WHEN")
     if not args.yes:
         raise UsageError("erasure cannot be undone: add --yes to erase")
     url = _store_url(args)
     store = open_store(url, create=False)
     try:
-        erased = store.erase(session_id=args.session, user_id=args.user, trace_id=args.trace)
+        erased = store.erase(session_id=args.session, user_id=args.user, trace_id=args.trace,
+                             before=before)
     finally:
         store.close()
-    what = ", ".join(f"{k} {v!r}" for k, v in chosen.items() if v is not None)
     if args.json:
         sys.stdout.write(orjson.dumps({"erased": erased, "store": shown_url(url)},
                                       option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        print(f"erased the content of {erased} events ({what}) in {shown_url(url)}; "
+        print(f"erased the content of {erased} events ({', '.join(what)}) in {shown_url(url)}; "
               "the trail still verifies (`tracevault verify`)")
     return 0
 
@@ -53,5 +60,7 @@ def register(
     p.add_argument("--session", metavar="ID", help="events of this session")
     p.add_argument("--user", metavar="ID", help="events of this user")
     p.add_argument("--trace", metavar="ID", help="events of this run")
+    p.add_argument("--before", metavar="WHEN",
+                   help="events recorded before this time (ISO, or an age: 90d, 12w): retention")
     p.add_argument("--yes", action="store_true", help="erase (it cannot be undone)")
     p.set_defaults(func=cmd_erase)

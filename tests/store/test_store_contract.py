@@ -236,6 +236,21 @@ def test_erase_clears_content_and_keeps_the_trail_verifiable(store: Store) -> No
     assert sum(s.tokens for s in store.sessions()) == 40
 
 
+def test_erase_before_a_time_is_retention_a_few_rows_at_a_time(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tracevault.store.sql as sql
+
+    monkeypatch.setattr(sql, "_ERASE_ROWS", 4)  # several statements, as for a large ledger
+    store.append(sample())
+    # run 0 is minutes 0-10; run 1 minutes 20-30, its output at 30 not before it
+    assert store.erase(before=T0 + timedelta(minutes=30)) == 17
+    assert store.erase(before=T0 + timedelta(minutes=30), user_id="bob") == 0
+    events = {e.seq: e.event for e in store.events()}
+    assert {seq for seq, e in events.items() if e.data == {"erased": True}} == set(range(1, 18))
+    assert store.verify().ok
+
+
 def _tamper_cases() -> list[tuple[str, str, tuple[Any, ...], int, str]]:
     return [
         ("column", "UPDATE events SET user_id = 'mallory' WHERE seq = 5", (), 5, "chain breaks"),

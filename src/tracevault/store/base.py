@@ -178,12 +178,14 @@ class Store(Protocol):
         session_id: str | None = None,
         user_id: str | None = None,
         trace_id: str | None = None,
+        before: datetime | None = None,
         seqs: Sequence[int] | None = None,
     ) -> int:
         """Erase the content of the matching events (filters combine with AND; at least
-        one is required): payload and salt are cleared, while the indexed columns, the
-        digest and the chain stay, so the trail still verifies. Returns how many events
-        were erased now (ones erased before are not counted again)."""
+        one is required; ``before``: events recorded before that time, for retention):
+        payload and salt are cleared, while the indexed columns, the digest and the
+        chain stay, so the trail still verifies. Returns how many events were erased
+        now (ones erased before are not counted again)."""
         ...
 
     def get_cursor(self, name: str) -> int:

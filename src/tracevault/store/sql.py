@@ -36,6 +36,7 @@ from tracevault.store.base import (
 
 _EVENT_COLUMNS = ", ".join(COLUMNS[:11])
 _IN_CHUNK = 500  # sequence numbers per statement (SQLite allows 999 parameters)
+_ERASE_ROWS = 5_000  # rows erased per statement
 _OUTCOME = "phase IN ('end', 'point')"
 
 
@@ -109,29 +110,39 @@ class SQLStore:
         session_id: str | None = None,
         user_id: str | None = None,
         trace_id: str | None = None,
+        before: datetime | None = None,
         seqs: Sequence[int] | None = None,
     ) -> int:
-        where: list[str] = []
-        params: list[Any] = []
+        where, params = self._time_filter(None, before)
         for column, value in (("session_id", session_id), ("user_id", user_id),
                               ("trace_id", trace_id)):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
         if not where and seqs is None:
-            raise ValueError("erase needs a session, user, trace or sequence numbers "
+            raise ValueError("erase needs a session, user, trace, time or sequence numbers "
                              "(it never erases the whole ledger)")
         # The triggers let exactly this change through: payload and salt, both at once.
-        sql = "UPDATE events SET payload = NULL, salt = NULL WHERE payload IS NOT NULL"
-        if seqs is None:
-            return self._erase_rows(" AND ".join([sql, *where]), params)
+        # A bounded number of rows per statement: each is a write transaction, and
+        # agents appending meanwhile wait for it.
+        chunks: list[tuple[str, list[Any]]] = []
+        if seqs is not None:
+            chosen = sorted(set(seqs))
+            for i in range(0, len(chosen), _IN_CHUNK):
+                chunk = chosen[i : i + _IN_CHUNK]
+                chunks.append((f"seq IN ({', '.join('?' * len(chunk))})", chunk))
+        else:
+            chunks.append(("1 = 1", []))
         erased = 0
-        chosen = sorted(set(seqs))
-        for i in range(0, len(chosen), _IN_CHUNK):
-            chunk = chosen[i : i + _IN_CHUNK]
-            marks = ", ".join("?" * len(chunk))
-            erased += self._erase_rows(
-                " AND ".join([sql, *where, f"seq IN ({marks})"]), [*params, *chunk])
+        for condition, values in chunks:
+            picked = " AND ".join(["payload IS NOT NULL", *where, condition])
+            sql = ("UPDATE events SET payload = NULL, salt = NULL WHERE seq IN "
+                   f"(SELECT seq FROM events WHERE {picked} ORDER BY seq LIMIT {_ERASE_ROWS})")
+            while True:
+                done = self._erase_rows(sql, [*params, *values])
+                erased += done
+                if done < _ERASE_ROWS:
+                    break
         return erased
 
     def events(
