@@ -297,6 +297,15 @@ def test_configure_refuses_to_add_a_ledger_to_another_applications_database(
     with pytest.raises(StoreError, match=r"is another database \(tables orders\)"):
         tracevault.configure(store=f"sqlite:///{app}")
     assert app.read_bytes() == before
+    site = tmp_path / "site.db"  # an application with a table of the same name
+    with sqlite3.connect(site) as conn:
+        conn.execute("CREATE TABLE events (title TEXT)")
+        conn.execute("CREATE TABLE users (name TEXT)")
+    conn.close()
+    before = site.read_bytes()
+    with pytest.raises(StoreError, match=r"is another database \(tables users\)"):
+        tracevault.configure(store=f"sqlite:///{site}")
+    assert site.read_bytes() == before and not Path(f"{site}-wal").exists()
     empty = tmp_path / "empty.db"
     empty.touch()  # an empty file is no one's database yet: it becomes the ledger
     tracevault.configure(store=f"sqlite:///{empty}")

@@ -235,6 +235,9 @@ def test_a_ledger_that_cannot_be_written_is_still_read(
         assert "hi from bob" in capsys.readouterr().out
         assert main(["stats", "--store", store]) == 0
         capsys.readouterr()
+        assert main(["erase", "--store", store, "--session", "b-1", "--yes"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "cannot erase in" in err
     assert db.read_bytes() == before and sorted(p.name for p in db.parent.iterdir()) == [db.name]
 
 

@@ -142,12 +142,13 @@ def erase(
     if session_id is None and user_id is None and trace_id is None and before is None:
         raise ValueError("erase needs session_id, user_id, trace_id or before")
     pipeline = capture.current_pipeline()
-    if pipeline is not None and not pipeline.flush(timeout):
+    recording = pipeline.store_url if pipeline is not None else None
+    target = store.url if isinstance(store, Store) else store or recording
+    if pipeline is not None and target == recording and not pipeline.flush(timeout):
         raise StoreError("what was captured did not reach the ledger in time; nothing erased")
     opened = None
     if store is None or isinstance(store, str):
-        url = store or (pipeline.store_url if pipeline is not None else Settings.from_env().store)
-        store = opened = open_store(url, create=False)
+        store = opened = open_store(target or Settings.from_env().store, create=False)
     try:
         return store.erase(session_id=session_id, user_id=user_id, trace_id=trace_id,
                            before=before)

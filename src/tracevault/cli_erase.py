@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-import orjson
-
-from tracevault.cli import UsageError, _store_url, parse_when
+from tracevault.cli import UsageError, _open_existing, _print_json, _store_url, parse_when
 from tracevault.ledger import format_ts
-from tracevault.store import open_store, shown_url
+from tracevault.store import shown_url
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
@@ -26,15 +23,14 @@ def cmd_erase(args: argparse.Namespace) -> int:
     if not args.yes:
         raise UsageError("erasure cannot be undone: add --yes to erase")
     url = _store_url(args)
-    store = open_store(url, create=False)
+    store = _open_existing(args)
     try:
         erased = store.erase(session_id=args.session, user_id=args.user, trace_id=args.trace,
                              before=before)
     finally:
         store.close()
     if args.json:
-        sys.stdout.write(orjson.dumps({"erased": erased, "store": shown_url(url)},
-                                      option=orjson.OPT_INDENT_2).decode() + "\n")
+        _print_json({"erased": erased, "store": shown_url(url)})
     else:
         print(f"erased the content of {erased} events ({', '.join(what)}) in {shown_url(url)}; "
               "the trail still verifies (`tracevault verify`)")

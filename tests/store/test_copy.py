@@ -93,6 +93,13 @@ def test_a_later_copy_carries_the_sources_erasures(tmp_path: Path, pg_url: str) 
         assert (report.erased, report.copied) == (7, 3) and report.verify.ok
         assert report.verify.erased == 7 and _rows(target) == _rows(src)
     assert copy_trail(open_store(src), open_store(archive)).erased == 0  # carried once
+    # A payload cleared without its salt is tampering, not an erasure: not carried over.
+    attacker = sqlite3.connect(tmp_path / "src.db", isolation_level=None)
+    attacker.execute("DROP TRIGGER events_no_update")
+    attacker.execute("UPDATE events SET payload = NULL WHERE seq = 2")
+    attacker.close()
+    assert copy_trail(open_store(src), open_store(archive)).erased == 0
+    assert open_store(archive).verify().ok and not open_store(src).verify().ok
 
 
 def test_tampering_is_carried_over_not_laundered(tmp_path: Path, pg_url: str) -> None:

@@ -671,3 +671,30 @@ def test_erased_content_is_gone_from_the_file_and_its_log(tmp_path: Path) -> Non
     store = open_store(url, create=False)
     assert store.verify().ok and store.verify().erased == 102
     store.close()
+
+
+def test_an_erasure_does_not_wait_for_a_reader(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"sqlite:///{tmp_path / 'busy.db'}"
+    tracevault.configure(store=url)
+    log = tracevault.AuditLogger(session_id="gone")
+    for i in range(20):
+        log.log_input(f"secret {i}")
+    assert tracevault.flush(10)
+    reader = sqlite3.connect(tmp_path / "busy.db", isolation_level=None)
+    reader.execute("BEGIN")  # a read snapshot held open, as a long `verify` or `copy` does
+    assert reader.execute("SELECT count(*) FROM events").fetchone() == (20,)
+    done: list[int] = []
+    erasing = threading.Thread(target=lambda: done.append(tracevault.erase(session_id="gone")))
+    try:
+        erasing.start()
+        # Bounded: a checkpoint waiting for the reader would wait for its busy timeout
+        # (60 s), and the reader lets go only once the erasure returned.
+        erasing.join(30)
+        assert done == [20]
+    finally:
+        reader.close()
+        erasing.join(60)
+        tracevault.shutdown()
+    assert "a reader kept the write-ahead log from being emptied" in caplog.text

@@ -21,7 +21,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -406,14 +406,20 @@ class Forwarder:
         Does not wait for delivery: call :meth:`force_flush` first for that. What is
         left is delivered by the next forwarder of the same name.
         """
-        if self._closed:
-            return
-        self._closed = True
         deadline = deadline_after(timeout)
+        if self.stop_thread(timeout):
+            shut_down(self.sink, time_left(deadline))
+
+    def stop_thread(self, timeout: float | None = 10.0) -> bool:
+        """Stop the thread, waiting up to ``timeout``; ``False`` if already shut down
+        (the caller then leaves the sink alone too)."""
+        if self._closed:
+            return False
+        self._closed = True
         self.request_stop()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
-        shut_down(self.sink, time_left(deadline))
+        return True
 
 
 def shut_down(sink: Sink, timeout: float | None = None) -> None:
@@ -424,18 +430,33 @@ def shut_down(sink: Sink, timeout: float | None = None) -> None:
     OpenTelemetry's exporters retry for many seconds) must not hold up process exit.
     Nothing is lost by leaving it: the cursor only moves past what a receiver accepted.
     """
-    def close() -> None:
+    shut_down_all([sink], timeout)
+
+
+def shut_down_all(sinks: Sequence[Sink], timeout: float | None = None) -> None:
+    """:func:`shut_down` several sinks at once, all within the same ``timeout``."""
+
+    def close(sink: Sink) -> None:
         try:
             sink.shutdown()
         except Exception as exc:
             log.warning("tracevault: sink %s did not shut down cleanly: %s", sink.name, exc)
 
-    if timeout is None:
-        close()
-        return
-    closing = threading.Thread(target=close, name=f"tracevault-close-{sink.name}", daemon=True)
-    closing.start()
-    closing.join(timeout)
-    if closing.is_alive():
-        log.warning("tracevault: sink %s still shutting down after %.1f s; left behind",
-                    sink.name, timeout)
+    closing: list[tuple[Sink, threading.Thread]] = []
+    for sink in sinks:
+        if timeout is not None:
+            thread = threading.Thread(target=close, args=(sink,), daemon=True,
+                                      name=f"tracevault-close-{sink.name}")
+            try:
+                thread.start()
+                closing.append((sink, thread))
+                continue
+            except RuntimeError:  # no new threads during interpreter exit (3.12.0-1)
+                pass
+        close(sink)
+    deadline = deadline_after(timeout)
+    for sink, thread in closing:
+        thread.join(time_left(deadline))
+        if thread.is_alive():
+            log.warning("tracevault: sink %s still shutting down after %.1f s; left behind",
+                        sink.name, timeout)

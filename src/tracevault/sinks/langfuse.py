@@ -174,10 +174,11 @@ class _Runtime:
         # receiver that does not answer its exporter retries for the whole timeout.
         # tracevault's exit flushes and shuts this sink down within
         # TRACEVAULT_FORWARD_EXIT_TIMEOUT instead (LangfuseSink.shutdown); nothing is
-        # lost, the cursor only moves past what Langfuse accepted.
+        # lost, the cursor only moves past what Langfuse accepted. Only when the SDK's
+        # resources are ours: an application's client of the same key keeps its hook.
         resources = getattr(self.client, "_resources", None)
-        if resources is not None:
-            atexit.unregister(resources.shutdown)
+        if getattr(resources, "tracer_provider", None) is self.provider:
+            atexit.unregister(resources.shutdown)  # type: ignore[union-attr]
 
 
 _runtimes: dict[str, _Runtime] = {}

@@ -343,10 +343,16 @@ class OTelSink:
             self._metrics_due.set()
             sender = self._metrics_thread
             if sender is None or not sender.is_alive():  # not started, or lost in a fork
-                self._metrics_thread = threading.Thread(
+                sender = threading.Thread(
                     target=self._send_metrics, name=f"tracevault-metrics-{self.name}",
                     daemon=True)
-                self._metrics_thread.start()
+                try:
+                    sender.start()
+                except RuntimeError:  # no new threads during interpreter exit (3.12.0-1)
+                    if self._meters is not None:
+                        self._meters.force_flush(timeout_millis=2_000)
+                    return
+                self._metrics_thread = sender
 
     def _send_metrics(self) -> None:
         """Export the metrics after each batch that added to them, off the delivery

@@ -39,6 +39,7 @@ from tracevault.sinks.base import (
     deadline_after,
     describe,
     shut_down,
+    shut_down_all,
     time_left,
 )
 from tracevault.store import Store, open_store
@@ -248,8 +249,8 @@ class ForwarderGroup:
         self.wait_ready(timeout)
         for forwarder in self.forwarders:  # all stop at once; then each is waited for
             forwarder.request_stop()
-        for forwarder in self.forwarders:
-            forwarder.shutdown(time_left(deadline))
+        stopped = [f.sink for f in self.forwarders if f.stop_thread(time_left(deadline))]
+        shut_down_all(stopped, time_left(deadline))  # side by side: none waits for another
         if isinstance(self._store_arg, str) and self.store is not None:
             self.store.close()
 

@@ -77,10 +77,12 @@ def source_rows(store: Store, after_seq: int, upto_seq: int) -> Iterator[Row]:
 
 
 def erased_seqs(store: Store, upto_seq: int) -> list[int]:
-    """The sequence numbers up to ``upto_seq`` whose payload ``store`` erased."""
+    """The sequence numbers up to ``upto_seq`` whose payload ``store`` erased (payload
+    and salt both cleared: a payload cleared alone is tampering, copied as it is)."""
     if not isinstance(store, SQLStore):
-        raise StoreError(f"cannot copy from {type(store).__name__}: not a SQL ledger")
-    sql = "SELECT seq FROM events WHERE payload IS NULL AND seq <= ? ORDER BY seq"
+        raise StoreError(f"cannot copy with {type(store).__name__}: not a SQL ledger")
+    sql = ("SELECT seq FROM events WHERE payload IS NULL AND salt IS NULL AND seq <= ? "
+           "ORDER BY seq")
     return [int(r[0]) for r in store._stream(sql, (upto_seq,))]
 
 
@@ -167,8 +169,12 @@ def copy_trail(
                 f"the target already holds a different trail (its #{after[0]} is not the "
                 "source's): copy into an empty ledger"
             )
-    # Erasures made in the source since an earlier copy apply to the copy too.
-    erased = target.erase(seqs=erased_seqs(source, after[0])) if after[0] else 0
+    # Erasures made in the source since an earlier copy apply to the copy too: the rows
+    # the source erased that the target still holds.
+    erased = 0
+    if after[0]:
+        since = sorted(set(erased_seqs(source, after[0])) - set(erased_seqs(target, after[0])))
+        erased = target.erase(seqs=since) if since else 0
     write = row_writer(target)
     first_seq = last_seq = after[0]
     first_seq += 1

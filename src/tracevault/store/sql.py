@@ -86,6 +86,10 @@ class SQLStore:
         """Run an erasing ``UPDATE`` written with ``?`` placeholders; return its row count."""
         raise NotImplementedError
 
+    def _erased(self) -> None:
+        """Called once an erasure changed rows: remove what the storage still keeps of
+        them beyond the table (nothing to do unless a dialect says so)."""
+
     # --- shared queries ----------------------------------------------------------------
 
     def _time_filter(
@@ -123,26 +127,30 @@ class SQLStore:
             raise ValueError("erase needs a session, user, trace, time or sequence numbers "
                              "(it never erases the whole ledger)")
         # The triggers let exactly this change through: payload and salt, both at once.
-        # A bounded number of rows per statement: each is a write transaction, and
-        # agents appending meanwhile wait for it.
-        chunks: list[tuple[str, list[Any]]] = []
+        update = "UPDATE events SET payload = NULL, salt = NULL WHERE payload IS NOT NULL"
+        erased = 0
         if seqs is not None:
             chosen = sorted(set(seqs))
             for i in range(0, len(chosen), _IN_CHUNK):
                 chunk = chosen[i : i + _IN_CHUNK]
-                chunks.append((f"seq IN ({', '.join('?' * len(chunk))})", chunk))
+                erased += self._erase_rows(
+                    " AND ".join([update, *where, f"seq IN ({', '.join('?' * len(chunk))})"]),
+                    [*params, *chunk])
         else:
-            chunks.append(("1 = 1", []))
-        erased = 0
-        for condition, values in chunks:
-            picked = " AND ".join(["payload IS NOT NULL", *where, condition])
-            sql = ("UPDATE events SET payload = NULL, salt = NULL WHERE seq IN "
-                   f"(SELECT seq FROM events WHERE {picked} ORDER BY seq LIMIT {_ERASE_ROWS})")
-            while True:
-                done = self._erase_rows(sql, [*params, *values])
-                erased += done
-                if done < _ERASE_ROWS:
+            # A bounded range of rows per statement: each is a write transaction that
+            # agents appending meanwhile wait for. The rows are picked by a read that
+            # goes on from the last range, not from the start again.
+            pick = " AND ".join(["SELECT seq FROM events WHERE payload IS NOT NULL", *where,
+                                 "seq > ?"]) + f" ORDER BY seq LIMIT {_ERASE_ROWS}"
+            in_range = " AND ".join([update, *where, "seq BETWEEN ? AND ?"])
+            after = 0
+            while picked := self._fetch(pick, [*params, after]):
+                first, after = int(picked[0][0]), int(picked[-1][0])
+                erased += self._erase_rows(in_range, [*params, first, after])
+                if len(picked) < _ERASE_ROWS:
                     break
+        if erased:
+            self._erased()
         return erased
 
     def events(

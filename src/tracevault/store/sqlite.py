@@ -141,6 +141,20 @@ def _insert_after(rows: int) -> str:
 _HEAD = "SELECT seq, chain FROM ledger_head WHERE id = 1"
 
 
+_LEDGER_TABLES = frozenset({"events", "ledger_head", "meta", "sink_cursors", "sink_errors"})
+
+
+def _tables(uri: str) -> set[str]:
+    """The tables of the SQLite file at ``uri`` (opened as given: read-only)."""
+    with FORK_GATE:
+        probe = sqlite3.connect(uri, uri=True)
+        try:
+            return {r[0] for r in probe.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            probe.close()
+
+
 def _head_of(row: tuple[Any, ...] | None) -> tuple[int, bytes]:
     """The (seq, chain) of a ``ledger_head`` row (an empty ledger has none yet)."""
     if not row:
@@ -260,7 +274,7 @@ class SQLiteStore(SQLStore):
             self._check_is_ledger(create)
         self._local = threading.local()
         # Every connection this store opened, with the thread that uses it.
-        self._all: list[tuple[int, sqlite3.Connection]] = []
+        self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._lock = threading.Lock()
         self._closed = False
         # The head this store last wrote (seq, chain), to chain the next batch after
@@ -300,27 +314,27 @@ class SQLiteStore(SQLStore):
         writable = create or (os.access(self.path, os.W_OK) and os.access(
             os.path.dirname(os.path.abspath(self.path)), os.W_OK
         ))
-        if not writable and not os.path.exists(self.path + "-wal"):
-            # Reading a WAL-mode file needs its shared-memory index, which SQLite cannot
-            # create here; with no write-ahead log beside it (the last writer closed),
-            # the file is all there is and can be read as immutable.
-            uri += "&immutable=1"
         try:
-            with FORK_GATE:
-                probe = sqlite3.connect(uri, uri=True)
-                try:
-                    tables = {r[0] for r in probe.execute(
-                        "SELECT name FROM sqlite_master WHERE type = 'table'")}
-                finally:
-                    probe.close()
+            tables = _tables(uri)
         except sqlite3.Error as exc:
-            raise self._error("cannot open", exc) from None
+            if writable or os.path.exists(self.path + "-wal"):
+                raise self._error("cannot open", exc) from None
+            # Reading a WAL-mode file needs its shared-memory index, which SQLite could
+            # not create beside a file it may not write. With no write-ahead log there
+            # (the last writer closed), the file is all there is: read it as immutable
+            # (a writer starting meanwhile would not be seen).
+            uri += "&immutable=1"
+            try:
+                tables = _tables(uri)
+            except sqlite3.Error as exc:
+                raise self._error("cannot open", exc) from None
         if not writable:
             self._target, self._uri = uri, True
-        if create and tables and "events" not in tables:
-            others = ", ".join(sorted(tables)[:3]) + (", …" if len(tables) > 3 else "")
+        others = sorted(tables - _LEDGER_TABLES)
+        if create and others:
+            named = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
             raise StoreError(
-                f"{self.path!r} is another database (tables {others}): a ledger needs a "
+                f"{self.path!r} is another database (tables {named}): a ledger needs a "
                 "file of its own; nothing was changed in it"
             )
         if not create and not {"events", "ledger_head"} <= tables:
@@ -362,7 +376,7 @@ class SQLiteStore(SQLStore):
             raise self._error("cannot open", exc) from None
         self._local.conn = conn
         with self._lock:
-            self._all.append((threading.get_ident(), conn))
+            self._all.append((threading.current_thread(), conn))
         return conn
 
     # --- SQLStore hooks ---------------------------------------------------------------
@@ -516,19 +530,30 @@ class SQLiteStore(SQLStore):
         try:
             with FORK_GATE:
                 conn = self._conn()
-                # Overwrite the freed bytes with zeros rather than leave them in free
-                # space, then move the pages out of the write-ahead log, whose earlier
-                # frames still hold the content, and truncate it.
+                # Overwrite the freed bytes with zeros rather than leave them in free space.
                 conn.execute("PRAGMA secure_delete = ON")
-                erased = conn.execute(sql, tuple(params)).rowcount
-                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                return int(conn.execute(sql, tuple(params)).rowcount)
+        except sqlite3.Error as exc:
+            raise self._error("cannot erase in", exc) from None
+
+    def _erased(self) -> None:
+        """Move the pages out of the write-ahead log, whose earlier frames still hold the
+        erased content, and truncate it. Without waiting: a checkpoint that waits for
+        readers holds off every writer meanwhile."""
+        try:
+            with FORK_GATE:
+                conn = self._conn()
+                conn.execute("PRAGMA busy_timeout = 0")
+                try:
+                    busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                finally:
+                    conn.execute("PRAGMA busy_timeout = 60000")
         except sqlite3.Error as exc:
             raise self._error("cannot erase in", exc) from None
         if busy:
-            log.warning("tracevault: %s: readers kept the write-ahead log from being emptied "
-                        "after the erasure; its earlier pages go at the next checkpoint",
-                        self.path)
-        return int(erased)
+            log.warning("tracevault: %s: a reader kept the write-ahead log from being "
+                        "emptied after the erasure; its earlier pages go at the next "
+                        "checkpoint", self.path)
 
     def close(self) -> None:
         """Close the ledger: this thread's connection and those of threads that ended
@@ -537,15 +562,15 @@ class SQLiteStore(SQLStore):
         connection another thread is running a statement on can crash the interpreter
         (a forwarder still finishing while the process shuts down); any further use of
         the store raises :class:`StoreError`."""
-        me = threading.get_ident()
-        running = {t.ident for t in threading.enumerate()} - {me}
+        me = threading.current_thread()
         with self._lock:
             self._closed = True
             conns, self._all = self._all, []
         for owner, conn in conns:
             # A connection left open waits for the garbage collector (it is part of a
             # reference cycle), and the write-ahead log stays beside the file till then.
-            if owner not in running:
+            # (A thread threading did not start counts as alive: its connection stays.)
+            if owner is me or not owner.is_alive():
                 with FORK_GATE, contextlib.suppress(sqlite3.Error):
                     conn.close()
         self._local = threading.local()  # drops this store's references to the others'
