@@ -297,15 +297,18 @@ def test_configure_refuses_to_add_a_ledger_to_another_applications_database(
     with pytest.raises(StoreError, match=r"is another database \(tables orders\)"):
         tracevault.configure(store=f"sqlite:///{app}")
     assert app.read_bytes() == before
-    site = tmp_path / "site.db"  # an application with a table of the same name
-    with sqlite3.connect(site) as conn:
-        conn.execute("CREATE TABLE events (title TEXT)")
-        conn.execute("CREATE TABLE users (name TEXT)")
-    conn.close()
-    before = site.read_bytes()
-    with pytest.raises(StoreError, match=r"is another database \(tables users\)"):
-        tracevault.configure(store=f"sqlite:///{site}")
-    assert site.read_bytes() == before and not Path(f"{site}-wal").exists()
+    for extra in ("CREATE TABLE users (name TEXT)", None):  # with a table of the same name
+        site = tmp_path / f"site{extra is None}.db"
+        with sqlite3.connect(site) as conn:
+            conn.execute("CREATE TABLE events (title TEXT, session_id TEXT)")
+            if extra:
+                conn.execute(extra)
+        conn.close()
+        before = site.read_bytes()
+        named = "events, users" if extra else "events"
+        with pytest.raises(StoreError, match=rf"is another database \(tables {named}\)"):
+            tracevault.configure(store=f"sqlite:///{site}")
+        assert site.read_bytes() == before and not Path(f"{site}-wal").exists()
     empty = tmp_path / "empty.db"
     empty.touch()  # an empty file is no one's database yet: it becomes the ledger
     tracevault.configure(store=f"sqlite:///{empty}")

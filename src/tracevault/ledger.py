@@ -272,6 +272,12 @@ def _prepare(event: AuditEvent, salt: bytes) -> PreparedRow:
     return PreparedRow(columns, payload, salt, digest, _tail(columns) + digest)
 
 
+def stored_text(value: str) -> str:
+    """``value`` as a text column holds it (lone surrogates and NUL replaced, as
+    :func:`prepare` stores them): what a query by an id the application used compares."""
+    return str(sanitize_strings(value)).replace("\x00", "\ufffd")
+
+
 def _tail(columns: Sequence[Any]) -> bytes:
     """:func:`header` without the seq: ``header(seq, c) == b"%d" % seq + _tail(c)``."""
     # One f-string rather than a list of pieces and two joins: this runs for every

@@ -95,7 +95,14 @@ def describe(node: Node, width: int = 80) -> str:
     if data.get("withheld"):
         return f"{kind} {ev.name or ''} [payload withheld: {data.get('reason', '')}]"
     if data.get("erased"):
-        return f"{kind} {ev.name or ''} [payload erased]"
+        kept = [str(data["status"])] if data.get("status") else []
+        if data.get("tokens") is not None:
+            kept.append(f"{data['tokens']} tokens")
+        if isinstance(data.get("cost"), (int, float)):
+            kept.append(f"${data['cost']:.6f}")
+        if data.get("duration_ms") is not None:
+            kept.append(_ms(data["duration_ms"]))
+        return " · ".join([f"{kind} {ev.name or ''} [payload erased]", *kept])
     if kind == "input":
         return f"input {data.get('type', '')}: {short(data.get('content'), width)}"
     if kind == "output":

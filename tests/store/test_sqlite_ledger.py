@@ -171,7 +171,8 @@ def test_triggers_keep_the_table_append_only(db: Path) -> None:
     report = open_store(f"sqlite:///{db}").verify()
     assert report.ok and report.erased == 1
     erased = next(open_store(f"sqlite:///{db}").events(limit=2, after_seq=1))
-    assert erased.event.data == {"erased": True} and erased.event.session_id == "tamper"
+    assert erased.event.data == {"erased": True, "status": "success", "duration_ms": 1.0}
+    assert erased.event.session_id == "tamper"
 
 
 def _writer(path: str, worker: int, n: int) -> None:

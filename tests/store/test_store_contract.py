@@ -212,7 +212,9 @@ def test_verify_and_erasure(backend: Backend, store: Store) -> None:
     report = store.verify()
     assert report.ok and report.erased == 1
     erased = next(store.events(after_seq=1, limit=1))
-    assert erased.event.data == {"erased": True} and erased.event.session_id == "s-a"
+    # A tool call's start: the status column stays with the ids
+    assert erased.event.data == {"erased": True, "status": "pending"}
+    assert erased.event.session_id == "s-a"
 
 
 def test_erase_clears_content_and_keeps_the_trail_verifiable(store: Store) -> None:
@@ -224,15 +226,27 @@ def test_erase_clears_content_and_keeps_the_trail_verifiable(store: Store) -> No
     assert store.erase(user_id="bob", trace_id="run-3") == 0  # filters combine with AND
     assert store.erase(user_id="alice", trace_id="run-3") == 9
     assert store.erase(seqs=[1, 19, 20]) == 2  # #1 was erased with its session
+    with pytest.raises(ValueError, match="in the future"):
+        store.erase(before=datetime.now(timezone.utc) + timedelta(minutes=1))
+    with pytest.raises(TypeError, match="before must be a datetime"):
+        store.erase(before="2026-01-01")  # type: ignore[arg-type]
+    # Ids are found as the application wrote them, though a column keeps NUL and lone
+    # surrogates replaced.
+    odd = "odd\x00id\ud800"
+    store.append([_ev(900, "input", session_id=odd, data={"content": "x"})])
+    assert store.erase(session_id=odd) == 1
     report = store.verify()
-    assert report.ok and report.erased == 29
+    assert report.ok and report.erased == 30
     events = {e.seq: e.event for e in store.events()}
-    erased = {seq for seq, e in events.items() if e.data == {"erased": True}}
-    assert erased == {*range(1, 21), *range(29, 38)}
+    erased = {seq for seq, e in events.items() if e.data.get("erased")}
+    assert erased == {*range(1, 21), *range(29, 39)}
     assert events[21].data["tool_name"] == "search"  # the rest is intact
+    # What the columns keep of an outcome stays readable: status, duration, tokens, cost.
+    assert events[7].data == {"erased": True, "status": "error", "duration_ms": 5.0}
+    assert events[8].data == {"erased": True, "tokens": 10, "cost": 0.25}
     assert events[10].session_id == "s-a" and events[10].kind == "input"  # ids stay
     # Counts, tokens and cost come from the indexed columns, which erasure keeps.
-    assert sum(s.events for s in store.sessions()) == 37
+    assert sum(s.events for s in store.sessions()) == 38
     assert sum(s.tokens for s in store.sessions()) == 40
 
 
@@ -247,7 +261,7 @@ def test_erase_before_a_time_is_retention_a_few_rows_at_a_time(
     assert store.erase(before=T0 + timedelta(minutes=30)) == 17
     assert store.erase(before=T0 + timedelta(minutes=30), user_id="bob") == 0
     events = {e.seq: e.event for e in store.events()}
-    assert {seq for seq, e in events.items() if e.data == {"erased": True}} == set(range(1, 18))
+    assert {seq for seq, e in events.items() if e.data.get("erased")} == set(range(1, 18))
     assert store.verify().ok
 
 

@@ -182,7 +182,8 @@ class Store(Protocol):
         seqs: Sequence[int] | None = None,
     ) -> int:
         """Erase the content of the matching events (filters combine with AND; at least
-        one is required; ``before``: events recorded before that time, for retention):
+        one is required; ``before``: events recorded before that time, for retention; a
+        naive time is local time, and a time in the future is refused):
         payload and salt are cleared, while the indexed columns, the digest and the
         chain stay, so the trail still verifies. Returns how many events were erased
         now (ones erased before are not counted again)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from tracevault.ledger import (
@@ -21,6 +21,7 @@ from tracevault.ledger import (
     decode_event,
     header_sql,
     parse_ts,
+    stored_text,
     verify_rows,
 )
 from tracevault.schema import AuditEvent
@@ -34,7 +35,7 @@ from tracevault.store.base import (
     ToolStats,
 )
 
-_EVENT_COLUMNS = ", ".join(COLUMNS[:11])
+_EVENT_COLUMNS = ", ".join(COLUMNS)
 _IN_CHUNK = 500  # sequence numbers per statement (SQLite allows 999 parameters)
 _ERASE_ROWS = 5_000  # rows erased per statement
 _OUTCOME = "phase IN ('end', 'point')"
@@ -117,12 +118,19 @@ class SQLStore:
         before: datetime | None = None,
         seqs: Sequence[int] | None = None,
     ) -> int:
+        if before is not None:
+            if not isinstance(before, datetime):
+                raise TypeError(f"before must be a datetime (got {type(before).__name__})")
+            before = before.astimezone(timezone.utc)  # a naive time is local, as now() is
+            if before > datetime.now(timezone.utc):
+                raise ValueError(f"before is in the future ({before.isoformat()}): "
+                                 "retention erases what is older than a time that has passed")
         where, params = self._time_filter(None, before)
         for column, value in (("session_id", session_id), ("user_id", user_id),
                               ("trace_id", trace_id)):
             if value is not None:
                 where.append(f"{column} = ?")
-                params.append(value)
+                params.append(stored_text(value))
         if not where and seqs is None:
             raise ValueError("erase needs a session, user, trace, time or sequence numbers "
                              "(it never erases the whole ledger)")
@@ -198,8 +206,13 @@ class SQLStore:
         payload = row[1]
         if payload is not None:
             return decode_event(bytes(payload) if isinstance(payload, memoryview) else payload)
-        # Erased payload: the indexed columns survive, the content does not.
-        values = dict(zip(COLUMNS[:11], row[2:], strict=True))
+        # Erased payload: the indexed columns survive (ids, times, and the status and
+        # metrics a step's outcome had), the content does not.
+        values = dict(zip(COLUMNS, row[2:], strict=True))
+        data: dict[str, Any] = {"erased": True}
+        for key in ("status", "duration_ms", "tokens", "cost"):
+            if values[key] is not None:
+                data[key] = values[key]
         return AuditEvent(
             event_id=values["event_id"],
             timestamp=parse_ts(self._ts_text(values["ts"])),
@@ -212,7 +225,7 @@ class SQLStore:
             trace_id=values["trace_id"],
             span_id=values["span_id"],
             parent_span_id=values["parent_span_id"],
-            data={"erased": True},
+            data=data,
         )
 
     def sessions(

@@ -142,15 +142,19 @@ _HEAD = "SELECT seq, chain FROM ledger_head WHERE id = 1"
 
 
 _LEDGER_TABLES = frozenset({"events", "ledger_head", "meta", "sink_cursors", "sink_errors"})
+_LEDGER_COLUMNS = frozenset({"seq", *COLUMNS, "payload", "salt", "digest", "chain"})
 
 
-def _tables(uri: str) -> set[str]:
-    """The tables of the SQLite file at ``uri`` (opened as given: read-only)."""
+def _tables(uri: str) -> tuple[set[str], set[str]]:
+    """The tables and views of the SQLite file at ``uri`` (opened as given: read-only),
+    and the columns of its ``events`` table."""
     with FORK_GATE:
         probe = sqlite3.connect(uri, uri=True)
         try:
-            return {r[0] for r in probe.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            tables = {r[0] for r in probe.execute(
+                "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+            columns = {r[1] for r in probe.execute("PRAGMA table_info(events)")}
+            return tables, columns
         finally:
             probe.close()
 
@@ -315,7 +319,7 @@ class SQLiteStore(SQLStore):
             os.path.dirname(os.path.abspath(self.path)), os.W_OK
         ))
         try:
-            tables = _tables(uri)
+            tables, columns = _tables(uri)
         except sqlite3.Error as exc:
             if writable or os.path.exists(self.path + "-wal"):
                 raise self._error("cannot open", exc) from None
@@ -325,12 +329,14 @@ class SQLiteStore(SQLStore):
             # (a writer starting meanwhile would not be seen).
             uri += "&immutable=1"
             try:
-                tables = _tables(uri)
+                tables, columns = _tables(uri)
             except sqlite3.Error as exc:
                 raise self._error("cannot open", exc) from None
         if not writable:
             self._target, self._uri = uri, True
         others = sorted(tables - _LEDGER_TABLES)
+        if "events" in tables and not columns >= _LEDGER_COLUMNS:
+            others.insert(0, "events")  # an application's own table of that name
         if create and others:
             named = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
             raise StoreError(
