@@ -143,10 +143,10 @@ def erase(
         raise ValueError("erase needs session_id, user_id, trace_id or before")
     pipeline = capture.current_pipeline()
     recording = pipeline.store_url if pipeline is not None else None
-    target = store.url if isinstance(store, Store) else store or recording
+    opened = None
+    target = (store or recording) if store is None or isinstance(store, str) else store.url
     if pipeline is not None and target == recording and not pipeline.flush(timeout):
         raise StoreError("what was captured did not reach the ledger in time; nothing erased")
-    opened = None
     if store is None or isinstance(store, str):
         store = opened = open_store(target or Settings.from_env().store, create=False)
     try:

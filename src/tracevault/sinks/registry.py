@@ -27,7 +27,6 @@ import importlib
 import logging
 import os
 import threading
-import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -330,7 +329,7 @@ def stop() -> None:
     # 0 turns the final delivery off; anything else that is not a number above 0 is
     # logged and the default applies.
     budget = 0.0 if raw in ("0", "0.0") else positive_env("TRACEVAULT_FORWARD_EXIT_TIMEOUT", 5.0)
-    deadline = time.monotonic() + budget
+    deadline = deadline_after(budget)
     try:
         if budget:
             _deliver(group, budget)
@@ -340,7 +339,7 @@ def stop() -> None:
         # What the budget left, and a moment for sinks with nothing pending to close
         # their clients cleanly; a sink stuck on a receiver that does not answer is
         # left behind rather than holding up exit.
-        group.shutdown(timeout=max(deadline - time.monotonic(), 0.0) + _CLOSE_GRACE)
+        group.shutdown(timeout=(time_left(deadline) or 0.0) + _CLOSE_GRACE)
 
 
 _CLOSE_GRACE = 0.5  # seconds beyond the exit budget for closing sinks
