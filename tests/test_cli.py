@@ -237,7 +237,7 @@ def test_a_ledger_that_cannot_be_written_is_still_read(
         capsys.readouterr()
         assert main(["erase", "--store", store, "--session", "b-1", "--yes"]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "cannot erase in" in err
+        assert err.count("\n") == 1 and "nothing was erased" in err
     assert db.read_bytes() == before and sorted(p.name for p in db.parent.iterdir()) == [db.name]
 
 
@@ -308,21 +308,30 @@ def test_erase_needs_a_filter_and_yes_then_clears_content_only(
     assert "choose what to erase" in capsys.readouterr().err
     assert main(["erase", *store, "--user", "alice"]) == 2
     assert "add --yes" in capsys.readouterr().err
-    assert main(["erase", *store, "--user", "alice", "--session", "a-2", "--yes"]) == 0
+    assert main(["erase", *store, "--user", "alice", "--session", "a-2", "--yes",
+                 "--reason", "DSR-17"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("erased the content of 6 events (session 'a-2', user 'alice')")
+    assert "a tracevault.erasure event records it" in out
     assert main(["erase", *store, "--user", "alice", "--yes", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["erased"] == 6  # a-1: a-2 was erased before
     assert main(["show", "a-2", *store, "--json"]) == 0
-    shown = json.loads(capsys.readouterr().out)
+    *erased, record = json.loads(capsys.readouterr().out)["events"]
     kept = {"erased", "status", "duration_ms", "tokens", "cost"}
-    assert all(e["data"]["erased"] is True and set(e["data"]) <= kept for e in shown["events"])
+    assert len(erased) == 6
+    assert all(e["data"]["erased"] is True and set(e["data"]) <= kept for e in erased)
+    # The session ends with the record of its erasure, which the later erasure of the
+    # same user left alone.
+    assert (record["kind"], record["name"]) == ("custom", "tracevault.erasure")
+    assert record["data"]["payload"]["erases"] == {"session_id": "a-2", "user_id": "alice"}
+    assert record["data"]["payload"]["reason"] == "DSR-17"
+    assert record["data"]["payload"]["by"]["pid"] == os.getpid()
     assert main(["show", "a-2", *store]) == 0
     assert "tool_call search [payload erased] · error · 30.0 ms" in capsys.readouterr().out
     assert main(["show", "b-1", *store, "--full"]) == 0
     assert "hi from bob" in capsys.readouterr().out
     assert main(["verify", *store]) == 0
-    assert "12 erased payloads" in capsys.readouterr().out
+    assert "12 erased payloads (recorded by 2 erasure events)" in capsys.readouterr().out
     assert main(["erase", *store, "--before", "last tuesday", "--yes"]) == 2
     assert "cannot read time" in capsys.readouterr().err
     assert main(["erase", *store, "--before", "1d", "--yes"]) == 0  # recorded just now

@@ -128,10 +128,15 @@ def erase(
     before: datetime | None = None,
     store: str | Store | None = None,
     timeout: float | None = 60.0,
+    reason: str | None = None,
 ) -> int:
     """Erase the content of a session's, a user's or a run's events, or of everything
     recorded ``before`` a time (retention); filters combine with AND. Returns how many
     events were erased.
+
+    The erasure is itself recorded first: a sealed ``tracevault.erasure`` event naming
+    what it erases, who asked (login, host, process) and ``reason``; ``verify`` accepts
+    an erased event only below such a record.
 
     What was captured before the call is flushed to the ledger first, so it is erased
     too. ``store`` defaults to the ledger being recorded into (else
@@ -151,7 +156,7 @@ def erase(
         store = opened = open_store(target or Settings.from_env().store, create=False)
     try:
         return store.erase(session_id=session_id, user_id=user_id, trace_id=trace_id,
-                           before=before)
+                           before=before, reason=reason)
     finally:
         if opened is not None:
             opened.close()

@@ -169,7 +169,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report.to_dict())
     elif report.ok:
-        erased = f", {report.erased} erased payloads" if report.erased else ""
+        records = f"{report.erasures} erasure event{'' if report.erasures == 1 else 's'}"
+        erased = (f", {report.erased} erased payloads (recorded by {records})"
+                  if report.erased else "")
         print(
             f"OK: {report.checked} events verified, chain intact up to #{report.head_seq}{erased}"
         )

@@ -26,14 +26,15 @@ def cmd_erase(args: argparse.Namespace) -> int:
     store = _open_existing(args)
     try:
         erased = store.erase(session_id=args.session, user_id=args.user, trace_id=args.trace,
-                             before=before)
+                             before=before, reason=args.reason)
     finally:
         store.close()
     if args.json:
         _print_json({"erased": erased, "store": shown_url(url)})
     else:
-        print(f"erased the content of {erased} events ({', '.join(what)}) in {shown_url(url)}; "
-              "the trail still verifies (`tracevault verify`)")
+        print(f"erased the content of {erased} events ({', '.join(what)}) in {shown_url(url)}"
+              + ("; a tracevault.erasure event records it, and the trail still verifies "
+                 "(`tracevault verify`)" if erased else ""))
     return 0
 
 
@@ -50,7 +51,8 @@ def register(
         description=(
             "Clear the payload (inputs, messages, arguments, results) of every matching "
             "event; ids, names, kinds, times and metrics stay, and so does the hash chain. "
-            "Filters combine with AND."
+            "Filters combine with AND. A sealed tracevault.erasure event records what was "
+            "erased, by whom and why."
         ),
     )
     p.add_argument("--session", metavar="ID", help="events of this session")
@@ -58,5 +60,8 @@ def register(
     p.add_argument("--trace", metavar="ID", help="events of this run")
     p.add_argument("--before", metavar="WHEN",
                    help="events recorded before this time (ISO, or an age: 90d, 12w): retention")
+    p.add_argument("--reason", metavar="TEXT",
+                   help="why (a request's reference, a retention policy): kept in the "
+                   "erasure's record")
     p.add_argument("--yes", action="store_true", help="erase (it cannot be undone)")
     p.set_defaults(func=cmd_erase)

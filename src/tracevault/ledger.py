@@ -22,7 +22,7 @@ import hashlib
 import math
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -400,6 +400,7 @@ class VerifyReport:
     reason: str | None = None
     erased: int = 0
     head_chain: str | None = None  # hex chain value of the verified head (to anchor)
+    erasures: int = 0  # erasure records in the trail (see tracevault.store.erasures)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -410,6 +411,7 @@ class VerifyReport:
             "first_bad_seq": self.first_bad_seq,
             "reason": self.reason,
             "erased": self.erased,
+            "erasures": self.erasures,
         }
 
 
@@ -418,6 +420,7 @@ def verify_rows(
     head_seq: int,
     head_chain: bytes,
     anchor: tuple[int, bytes] | None = None,
+    recorded: Callable[[int, str], bool] | None = None,
 ) -> VerifyReport:
     """Recompute digests and the chain over ``rows`` (in seq order) against the head.
 
@@ -434,6 +437,10 @@ def verify_rows(
     ``anchor`` is a ``(seq, chain)`` pair kept outside the ledger (from an earlier
     ``verify``): the chain must pass through it, which also catches a trail rewritten
     consistently from some row onward.
+
+    ``recorded(seq, texts)`` says whether an erased row is covered by an erasure
+    record (:class:`tracevault.store.erasures.ErasureIndex`); an erased row it refuses is
+    reported. Without it, erased rows are only counted.
     """
     prev = GENESIS
     expected = 1
@@ -485,6 +492,13 @@ def verify_rows(
                     head_seq,
                     seq,
                     f"chain breaks at row {seq} (row altered, inserted or reordered)",
+                )
+            if payload is None and recorded is not None and not recorded(seq, r[1]):
+                # (after the chain: a row altered besides is reported as such)
+                return VerifyReport(
+                    False, checked, head_seq, seq, f"row {seq} was erased, but no erasure "
+                    "record after it covers it (payload and salt were cleared other than by "
+                    "`tracevault erase`)"
                 )
             if anchor is not None and seq == anchor[0] and prev != anchor[1]:
                 return VerifyReport(

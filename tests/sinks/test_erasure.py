@@ -3,8 +3,6 @@ sends, even for span starts it saw before the session was erased."""
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 import uuid
 from pathlib import Path
 from typing import Any
@@ -40,9 +38,9 @@ def _record() -> None:
 
 
 def _erase(tmp_path: Path) -> None:
-    """Erase the session as a GDPR request does: payload and salt go, the chain verifies."""
-    with contextlib.closing(sqlite3.connect(tmp_path / "ledger.db")) as conn, conn:
-        conn.execute("UPDATE events SET payload = NULL, salt = NULL WHERE session_id = 'gdpr'")
+    """Erase the session as a GDPR request does: payload and salt go, an erasure record
+    (seq 5) says so, the chain verifies."""
+    assert tracevault.erase(session_id="gdpr", store=f"sqlite:///{tmp_path / 'ledger.db'}") == 4
 
 
 @pytest.mark.parametrize("kind", SINKS)
@@ -57,7 +55,7 @@ def test_a_session_erased_during_an_outage_is_not_sent_when_the_receiver_returns
         _erase(tmp_path)
         assert cap.store.verify().ok
         receiver = make_receiver(port=unused_port)
-        assert forwarder.deliver_next() == 4
+        assert forwarder.deliver_next() == 5  # the four steps and the erasure's record
         forwarder.shutdown()
     text = receiver.body_text()
     assert "lookup" in text  # the steps arrive, their erased content does not
@@ -74,7 +72,7 @@ def test_an_end_sent_after_erasure_carries_none_of_its_starts_erased_data(
         assert forwarder.deliver_next() == 3  # the agent's start goes out before erasure
         before = len(receiver.received.bodies)
         _erase(tmp_path)
-        assert forwarder.deliver_next() == 1  # the agent's end, after it
+        assert forwarder.deliver_next() == 2  # the agent's end, after it, and the record
         forwarder.shutdown()
     after = b"\n".join(receiver.received.bodies[before:]).decode("utf-8", "replace")
     assert after and SECRET not in after

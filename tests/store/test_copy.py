@@ -40,16 +40,16 @@ def test_round_trip_sqlite_postgres_sqlite(
     first = f"sqlite:///{tmp_path / 'first.db'}"
     back = f"sqlite:///{tmp_path / 'back.db'}"
     _record(first)
-    sqlite3.connect(tmp_path / "first.db", isolation_level=None).execute(
-        "UPDATE events SET payload = NULL, salt = NULL WHERE seq = 3"
-    )  # an erased payload travels as erased
+    # An erased payload travels as erased, with the record of its erasure (#244).
+    assert open_store(first).erase(seqs=[3], reason="test") == 1
 
     assert main(["copy", "--from", first, "--to", pg_url, "--batch", "50"]) == 0
     out = capsys.readouterr().out
-    assert "copied 243 events (#1..#243)" in out and "OK: 243 events verified" in out
+    assert "copied 244 events (#1..#244)" in out and "OK: 244 events verified" in out
     assert main(["copy", "--from", pg_url, "--to", back, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["copied"] == 243 and report["verify"]["ok"] and report["verify"]["erased"] == 1
+    assert report["copied"] == 244 and report["verify"]["ok"]
+    assert (report["verify"]["erased"], report["verify"]["erasures"]) == (1, 1)
 
     original = _rows(first)
     assert _rows(pg_url) == original == _rows(back)  # seq, columns, payload, salt, digest, chain
@@ -61,7 +61,7 @@ def test_round_trip_sqlite_postgres_sqlite(
         s.to_dict() for s in open_store(first).sessions()
     ]
     _record(pg_url, sessions=1, calls=1)
-    assert pg.verify().ok and pg.count() == 246
+    assert pg.verify().ok and pg.count() == 247
 
 
 def test_copy_resumes_and_refuses_a_different_trail(tmp_path: Path, pg_url: str) -> None:
@@ -86,13 +86,22 @@ def test_a_later_copy_carries_the_sources_erasures(tmp_path: Path, pg_url: str) 
     archive = f"sqlite:///{tmp_path / 'archive.db'}"
     for target in (pg_url, archive):
         assert copy_trail(open_store(src), open_store(target)).copied == 14
-    assert tracevault.erase(session_id="s1", store=src) == 7
+    assert tracevault.erase(session_id="s1", store=src) == 7  # its record is #15
     _record(src, sessions=1, calls=1)  # and something new to copy
     for target in (pg_url, archive):
         report = copy_trail(open_store(src), open_store(target))
-        assert (report.erased, report.copied) == (7, 3) and report.verify.ok
+        assert (report.erased, report.copied) == (7, 4) and report.verify.ok
         assert report.verify.erased == 7 and _rows(target) == _rows(src)
     assert copy_trail(open_store(src), open_store(archive)).erased == 0  # carried once
+    # Payload and salt cleared with SQL, no erasure record: the source no longer
+    # verifies, and the copy keeps the content rather than lose it too.
+    attacker = sqlite3.connect(tmp_path / "src.db", isolation_level=None)
+    attacker.execute("UPDATE events SET payload = NULL, salt = NULL WHERE seq = 3")
+    attacker.close()
+    assert "no erasure record" in (open_store(src).verify().reason or "")
+    assert copy_trail(open_store(src), open_store(archive)).erased == 0
+    assert open_store(archive).verify().ok
+    assert not next(open_store(archive).events(seqs=[3])).event.data.get("erased")
     # A payload cleared without its salt is tampering, not an erasure: not carried over.
     attacker = sqlite3.connect(tmp_path / "src.db", isolation_level=None)
     attacker.execute("DROP TRIGGER events_no_update")

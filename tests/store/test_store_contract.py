@@ -26,6 +26,7 @@ from tracevault.cli import main
 from tracevault.ledger import encode_event
 from tracevault.schema import AuditEvent
 from tracevault.store import Store, StoreError, open_store
+from tracevault.store.erasures import ERASURE
 
 T0 = datetime(2026, 1, 31, 23, 0, tzinfo=timezone.utc)  # spans two months and days
 
@@ -199,33 +200,65 @@ def test_verify_and_erasure(backend: Backend, store: Store) -> None:
     store.append(sample())
     report = store.verify()
     assert report.ok and report.checked == len(sample()) and report.erased == 0
-    # Erasure (clearing payload and salt) is permitted by the triggers and still verifies.
+    # Erasure clears payload and salt below a sealed record of itself, and still verifies.
+    assert store.erase(seqs=[2], reason="test") == 1
+    report = store.verify()
+    assert report.ok and (report.checked, report.erased, report.erasures) == (38, 1, 1)
+    erased = next(store.events(after_seq=1, limit=1))
+    # A tool call's start: the status column stays with the ids
+    assert erased.event.data == {"erased": True, "status": "pending"}
+    assert erased.event.session_id == "s-a"
+    record = next(store.events(after_seq=37)).event
+    assert (record.kind, record.level, record.name) == ("custom", "warning", ERASURE)
+    assert record.data["payload"]["erases"] == {"seqs": [2]}
+    assert record.data["payload"]["reason"] == "test"
+    assert set(record.data["payload"]["by"]) == {"user", "host", "pid"}
+    # The triggers let the same change through in SQL (so erasure works without a
+    # store), but an erasure no record covers is reported: content cannot be wiped
+    # unseen.
+    sql = "UPDATE events SET payload = NULL, salt = NULL WHERE seq = 4"
     if backend.kind == "sqlite":
         conn = sqlite3.connect(backend.url[len("sqlite:///") :], isolation_level=None)
-        conn.execute("UPDATE events SET payload = NULL, salt = NULL WHERE seq = 2")
+        conn.execute(sql)
         conn.close()
     else:
         import psycopg
 
         with psycopg.connect(backend.url, autocommit=True) as pg:
-            pg.execute("UPDATE events SET payload = NULL, salt = NULL WHERE seq = 2")
+            pg.execute(sql)
     report = store.verify()
-    assert report.ok and report.erased == 1
-    erased = next(store.events(after_seq=1, limit=1))
-    # A tool call's start: the status column stays with the ids
-    assert erased.event.data == {"erased": True, "status": "pending"}
-    assert erased.event.session_id == "s-a"
+    assert not report.ok and report.first_bad_seq == 4
+    assert "no erasure record after it covers it" in (report.reason or "")
+    # A record cannot be made to cover it after the fact: an erasure that finds nothing
+    # left to clear appends no record.
+    assert store.erase(seqs=[4]) == 0
+    assert store.head()[0] == 38 and store.verify().first_bad_seq == 4
+
+
+def test_an_erasure_record_covers_only_what_it_names_before_it(
+    backend: Backend, store: Store
+) -> None:
+    store.append(sample())
+    assert store.erase(session_id="s-a") == 18  # record: #38
+    store.append([_ev(901, "input", session_id="s-a", data={"content": "later"})])  # #39
+    assert store.verify().ok
+    for seq in (39, 19):  # the session after its record; another session
+        backend.attack("UPDATE events SET payload = NULL, salt = NULL WHERE seq = ?", (seq,))
+        report = store.verify()
+        assert report.first_bad_seq == seq
+        assert "no erasure record after it covers it" in (report.reason or "")
 
 
 def test_erase_clears_content_and_keeps_the_trail_verifiable(store: Store) -> None:
     store.append(sample())  # runs: seq 1-9 and 10-18 (s-a), 19-28 (s-b), 29-37 (s-c)
     with pytest.raises(ValueError, match="never erases the whole ledger"):
         store.erase()
-    assert store.erase(session_id="s-a") == 18
+    assert store.erase(session_id="s-a") == 18  # record: #38
     assert store.erase(session_id="s-a") == 0  # erased already: not counted again
     assert store.erase(user_id="bob", trace_id="run-3") == 0  # filters combine with AND
-    assert store.erase(user_id="alice", trace_id="run-3") == 9
-    assert store.erase(seqs=[1, 19, 20]) == 2  # #1 was erased with its session
+    assert store.head()[0] == 38  # an erasure of nothing leaves no record
+    assert store.erase(user_id="alice", trace_id="run-3") == 9  # record: #39
+    assert store.erase(seqs=[1, 19, 20, 38]) == 2  # #1 was erased with its session; #40
     with pytest.raises(ValueError, match="in the future"):
         store.erase(before=datetime.now(timezone.utc) + timedelta(minutes=1))
     with pytest.raises(TypeError, match="before must be a datetime"):
@@ -233,20 +266,25 @@ def test_erase_clears_content_and_keeps_the_trail_verifiable(store: Store) -> No
     # Ids are found as the application wrote them, though a column keeps NUL and lone
     # surrogates replaced.
     odd = "odd\x00id\ud800"
-    store.append([_ev(900, "input", session_id=odd, data={"content": "x"})])
-    assert store.erase(session_id=odd) == 1
+    store.append([_ev(900, "input", session_id=odd, data={"content": "x"})])  # #41
+    assert store.erase(session_id=odd) == 1  # record: #42
     report = store.verify()
-    assert report.ok and report.erased == 30
+    assert report.ok and (report.erased, report.erasures) == (30, 4)
     events = {e.seq: e.event for e in store.events()}
     erased = {seq for seq, e in events.items() if e.data.get("erased")}
-    assert erased == {*range(1, 21), *range(29, 39)}
+    assert erased == {*range(1, 21), *range(29, 38), 41}
+    # Each erasure is recorded with what it erased; records are never erased (#38 was
+    # asked for by sequence number and kept).
+    erases = [events[seq].data["payload"]["erases"] for seq in (38, 39, 40, 42)]
+    assert erases == [{"session_id": "s-a"}, {"user_id": "alice", "trace_id": "run-3"},
+                      {"seqs": [1, 19, 20, 38]}, {"session_id": "odd\ufffdid\ufffd"}]
+    assert events[42].session_id == events[41].session_id  # shown with the session
     assert events[21].data["tool_name"] == "search"  # the rest is intact
     # What the columns keep of an outcome stays readable: status, duration, tokens, cost.
     assert events[7].data == {"erased": True, "status": "error", "duration_ms": 5.0}
     assert events[8].data == {"erased": True, "tokens": 10, "cost": 0.25}
     assert events[10].session_id == "s-a" and events[10].kind == "input"  # ids stay
     # Counts, tokens and cost come from the indexed columns, which erasure keeps.
-    assert sum(s.events for s in store.sessions()) == 38
     assert sum(s.tokens for s in store.sessions()) == 40
 
 
@@ -263,6 +301,22 @@ def test_erase_before_a_time_is_retention_a_few_rows_at_a_time(
     events = {e.seq: e.event for e in store.events()}
     assert {seq for seq, e in events.items() if e.data.get("erased")} == set(range(1, 18))
     assert store.verify().ok
+    # Retention never erases the records of earlier erasures, old as they get.
+    assert store.erase(before=datetime.now(timezone.utc)) == 20  # record: #39
+    (first, second) = [e for e in store.events(after_seq=37)]
+    assert first.event.name == ERASURE and "erased" not in first.event.data
+    assert second.event.data["payload"]["erases"]["before"].endswith("Z")
+    report = store.verify()
+    assert report.ok and (report.erased, report.erasures) == (37, 2)
+
+
+def test_erase_by_many_sequence_numbers(store: Store) -> None:
+    store.append(sample())
+    wanted = list(range(2, 1200, 2))  # more than one statement's worth
+    assert store.erase(seqs=wanted) == 18
+    report = store.verify()
+    assert report.ok and (report.erased, report.erasures) == (18, 1)
+    assert store.erase(seqs=wanted) == 0 and store.head()[0] == 38
 
 
 def _tamper_cases() -> list[tuple[str, str, tuple[Any, ...], int, str]]:

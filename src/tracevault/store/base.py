@@ -180,13 +180,20 @@ class Store(Protocol):
         trace_id: str | None = None,
         before: datetime | None = None,
         seqs: Sequence[int] | None = None,
+        reason: str | None = None,
     ) -> int:
         """Erase the content of the matching events (filters combine with AND; at least
         one is required; ``before``: events recorded before that time, for retention; a
         naive time is local time, and a time in the future is refused):
         payload and salt are cleared, while the indexed columns, the digest and the
         chain stay, so the trail still verifies. Returns how many events were erased
-        now (ones erased before are not counted again)."""
+        now (ones erased before are not counted again).
+
+        If anything matches, a record of the erasure (what it erases, who asked and
+        ``reason``) is appended first, and only events recorded before it are erased:
+        ``verify`` accepts an erased event only below a record that covers it
+        (:mod:`tracevault.store.erasures`). Erasure records themselves are never
+        erased."""
         ...
 
     def get_cursor(self, name: str) -> int:

@@ -6,8 +6,9 @@ every row exactly as stored — sequence number, indexed columns, canonical payl
 salt, digest and chain value, erased payloads staying erased — and finally gives the
 target the source's head. The target then verifies exactly when the source does:
 tampering in the source is carried over, never laundered. A copy into a ledger that
-already holds the beginning of the same trail resumes after it, and first erases there
-the payloads the source erased since; a target holding a different trail is refused.
+already holds the beginning of the same trail resumes after it, and then erases there
+the payloads the source erased since (only those an erasure record covers: the records
+come along with the rows); a target holding a different trail is refused.
 Forwarder cursors are not copied (forwarders are idempotent by event id, so a
 forwarder started on the target may resend).
 """
@@ -20,8 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracevault.forks import FORK_GATE
-from tracevault.ledger import COLUMNS, VerifyReport
+from tracevault.ledger import COLUMNS, VerifyReport, header_sql
 from tracevault.store.base import Store, StoreError
+from tracevault.store.erasures import ErasureIndex
 from tracevault.store.sql import SQLStore
 from tracevault.store.sqlite import SQLiteStore
 
@@ -57,11 +59,10 @@ class CopyReport:
 
 def source_rows(store: Store, after_seq: int, upto_seq: int) -> Iterator[Row]:
     """Yield the stored rows ``after_seq < seq <= upto_seq`` of ``store`` exactly."""
-    if not isinstance(store, SQLStore):
-        raise StoreError(f"cannot copy from {type(store).__name__}: not a SQL ledger")
+    sql_store = _sql(store, "copy from")
     sql = f"SELECT {', '.join(_ROW_COLUMNS)} FROM events WHERE seq > ? AND seq <= ? ORDER BY seq"
-    to_text = store._ts_text
-    for r in store._stream(sql, (after_seq, upto_seq)):
+    to_text = sql_store._ts_text
+    for r in sql_store._stream(sql, (after_seq, upto_seq)):
         try:
             payload = r[-4]
             if payload is not None and not isinstance(payload, str):
@@ -76,14 +77,30 @@ def source_rows(store: Store, after_seq: int, upto_seq: int) -> Iterator[Row]:
         yield (*r[:_TS], to_text(r[_TS]), *r[_TS + 1 : -4], payload, salt, digest, chain)
 
 
-def erased_seqs(store: Store, upto_seq: int) -> list[int]:
+def erased_seqs(store: Store, upto_seq: int, records_upto: int | None = None) -> list[int]:
     """The sequence numbers up to ``upto_seq`` whose payload ``store`` erased (payload
-    and salt both cleared: a payload cleared alone is tampering, copied as it is)."""
+    and salt both cleared: a payload cleared alone is tampering, copied as it is).
+
+    With ``records_upto``, only rows an erasure record up to that sequence number
+    covers: content cleared other than by an erasure stays in a copy that has it.
+    """
+    sql_store = _sql(store, "copy with")
+    if records_upto is None:
+        sql = ("SELECT seq FROM events WHERE payload IS NULL AND salt IS NULL AND seq <= ? "
+               "ORDER BY seq")
+        return [int(r[0]) for r in sql_store._stream(sql, (upto_seq,))]
+    records = ErasureIndex(sql_store.erasures(records_upto))
+    texts = header_sql(sql_store.ts_text_sql, dynamic_types=sql_store.dynamic_types)
+    sql = (f"SELECT seq, {texts} FROM events WHERE payload IS NULL AND salt IS NULL "
+           "AND seq <= ? ORDER BY seq")
+    return [int(seq) for seq, text in sql_store._stream(sql, (upto_seq,))
+            if records.covers(int(seq), text)]
+
+
+def _sql(store: Store, doing: str) -> SQLStore:
     if not isinstance(store, SQLStore):
-        raise StoreError(f"cannot copy with {type(store).__name__}: not a SQL ledger")
-    sql = ("SELECT seq FROM events WHERE payload IS NULL AND salt IS NULL AND seq <= ? "
-           "ORDER BY seq")
-    return [int(r[0]) for r in store._stream(sql, (upto_seq,))]
+        raise StoreError(f"cannot {doing} {type(store).__name__}: not a SQL ledger")
+    return store
 
 
 def row_writer(store: Store) -> RowWriter:
@@ -170,11 +187,12 @@ def copy_trail(
                 "source's): copy into an empty ledger"
             )
     # Erasures made in the source since an earlier copy apply to the copy too: the rows
-    # the source erased that the target still holds.
-    erased = 0
+    # the source erased that the target still holds, once the rows copied now have
+    # brought along the records that cover them.
+    since: list[int] = []
     if after[0]:
-        since = sorted(set(erased_seqs(source, after[0])) - set(erased_seqs(target, after[0])))
-        erased = target.erase(seqs=since) if since else 0
+        gone = set(erased_seqs(target, after[0]))
+        since = [seq for seq in erased_seqs(source, after[0], src_head[0]) if seq not in gone]
     write = row_writer(target)
     first_seq = last_seq = after[0]
     first_seq += 1
@@ -197,4 +215,5 @@ def copy_trail(
         copied += len(chunk)
         if progress is not None:
             progress(last_seq)
+    erased = _sql(target, "copy into").carry_erasures(since) if since else 0
     return CopyReport(copied, first_seq, last_seq, src_head[0], target.verify(), erased)

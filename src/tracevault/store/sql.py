@@ -32,7 +32,16 @@ from tracevault.store.base import (
     SinkCursor,
     Stats,
     StoredEvent,
+    StoreError,
     ToolStats,
+)
+from tracevault.store.erasures import (
+    ERASURE,
+    NOT_A_RECORD,
+    Erasure,
+    ErasureIndex,
+    erasure_event,
+    erasure_of,
 )
 
 _EVENT_COLUMNS = ", ".join(COLUMNS)
@@ -48,6 +57,30 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     ordered = sorted(values)
     rank = max(1, math.ceil(q * len(ordered)))
     return ordered[rank - 1]
+
+
+def verified(
+    rows: Iterator[tuple[Any, ...]],
+    head_seq: int,
+    head_chain: bytes,
+    anchor: tuple[int, bytes] | None,
+    records: list[Erasure],
+) -> VerifyReport:
+    """:func:`~tracevault.ledger.verify_rows` of a SQL ledger's rows, each erased row
+    checked against the trail's erasure ``records``."""
+    index = ErasureIndex(records)
+    report = verify_rows(rows, head_seq, head_chain, anchor, index.covers)
+    report.erasures = index.count
+    return report
+
+
+def _chunks(seqs: list[int]) -> Iterator[list[int]]:
+    for i in range(0, len(seqs), _IN_CHUNK):
+        yield seqs[i : i + _IN_CHUNK]
+
+
+def _seq_in(chunk: Sequence[int]) -> str:
+    return f"seq IN ({', '.join('?' * len(chunk))})"
 
 
 class SQLStore:
@@ -81,6 +114,9 @@ class SQLStore:
         raise NotImplementedError
 
     def head(self) -> tuple[int, bytes]:
+        raise NotImplementedError
+
+    def append(self, events: Sequence[AuditEvent]) -> int:
         raise NotImplementedError
 
     def _erase_rows(self, sql: str, params: Sequence[Any]) -> int:
@@ -117,6 +153,7 @@ class SQLStore:
         trace_id: str | None = None,
         before: datetime | None = None,
         seqs: Sequence[int] | None = None,
+        reason: str | None = None,
     ) -> int:
         if before is not None:
             if not isinstance(before, datetime):
@@ -134,16 +171,44 @@ class SQLStore:
         if not where and seqs is None:
             raise ValueError("erase needs a session, user, trace, time or sequence numbers "
                              "(it never erases the whole ledger)")
+        chosen = None if seqs is None else sorted(set(seqs))
+        where.append(NOT_A_RECORD)  # an erasure never erases the record of another
+        if not self._any_left(where, params, chosen):
+            return 0  # nothing left to erase: no record either
+        # The record first, then only rows recorded before it: verification accepts an
+        # erased row only below a record that covers it (tracevault.store.erasures).
+        record = erasure_event(session_id=session_id, user_id=user_id, trace_id=trace_id,
+                               before=before, seqs=chosen, reason=reason)
+        try:
+            self.append([record])
+        except StoreError as exc:
+            raise StoreError(f"cannot record the erasure, so nothing was erased: {exc}") from None
+        where.append("seq < ?")
+        params.append(self._seq_of(record))
+        return self._clear(where, params, chosen)
+
+    def carry_erasures(self, seqs: Sequence[int]) -> int:
+        """Clear the payload and salt of rows ``seqs`` without a record of its own: for
+        a copy whose trail already holds the erasure records that cover them (see
+        :mod:`tracevault.store.copy`). Returns how many rows were cleared."""
+        return self._clear([NOT_A_RECORD], [], sorted(set(seqs)))
+
+    def _any_left(self, where: list[str], params: list[Any], chosen: list[int] | None) -> bool:
+        # Whether any row the filters choose still has its payload.
+        query = " AND ".join(["SELECT 1 FROM events WHERE payload IS NOT NULL", *where])
+        if chosen is None:
+            return bool(self._fetch(query + " LIMIT 1", params))
+        return any(self._fetch(f"{query} AND {_seq_in(chunk)} LIMIT 1", [*params, *chunk])
+                   for chunk in _chunks(chosen))
+
+    def _clear(self, where: list[str], params: list[Any], chosen: list[int] | None) -> int:
         # The triggers let exactly this change through: payload and salt, both at once.
         update = "UPDATE events SET payload = NULL, salt = NULL WHERE payload IS NOT NULL"
         erased = 0
-        if seqs is not None:
-            chosen = sorted(set(seqs))
-            for i in range(0, len(chosen), _IN_CHUNK):
-                chunk = chosen[i : i + _IN_CHUNK]
-                erased += self._erase_rows(
-                    " AND ".join([update, *where, f"seq IN ({', '.join('?' * len(chunk))})"]),
-                    [*params, *chunk])
+        if chosen is not None:
+            for chunk in _chunks(chosen):
+                erased += self._erase_rows(" AND ".join([update, *where, _seq_in(chunk)]),
+                                           [*params, *chunk])
         else:
             # A bounded range of rows per statement: each is a write transaction that
             # agents appending meanwhile wait for. The rows are picked by a read that
@@ -160,6 +225,37 @@ class SQLStore:
         if erased:
             self._erased()
         return erased
+
+    def _seq_of(self, event: AuditEvent) -> int:
+        """The sequence number ``event``, just appended, was given."""
+        rows = self._fetch("SELECT seq FROM events WHERE event_id = ? AND ts = ?",
+                           [event.event_id, self._ts_param(event.timestamp)])
+        return int(rows[0][0])
+
+    def erasures(self, upto_seq: int | None = None) -> list[Erasure]:
+        """The erasure records of the trail (up to ``upto_seq``), in order."""
+        return self._erasures_in(self._fetch(*self._erasures_query(upto_seq)))
+
+    def _erasures_query(self, upto_seq: int | None = None) -> tuple[str, list[Any]]:
+        sql = (f"SELECT seq, payload, {_EVENT_COLUMNS} FROM events WHERE kind = 'custom' "
+               "AND phase = 'point' AND name = ? AND payload IS NOT NULL")
+        params: list[Any] = [ERASURE]
+        if upto_seq is not None:
+            sql += " AND seq <= ?"
+            params.append(upto_seq)
+        return sql + " ORDER BY seq", params
+
+    def _erasures_in(self, rows: Sequence[tuple[Any, ...]]) -> list[Erasure]:
+        out = []
+        for row in rows:
+            try:
+                event = self._decode(row)
+            except Exception:  # a payload that does not decode: verify reports its digest
+                continue
+            record = erasure_of(int(row[0]), event)
+            if record is not None:
+                out.append(record)
+        return out
 
     def events(
         self,
@@ -370,7 +466,7 @@ class SQLStore:
 
     def verify(self, anchor: tuple[int, bytes] | None = None) -> VerifyReport:
         head_seq, head_chain = self.head()
-        return verify_rows(self._verify_rows(), head_seq, head_chain, anchor)
+        return verified(self._verify_rows(), head_seq, head_chain, anchor, self.erasures())
 
     def _verify_rows(self) -> Iterator[tuple[Any, ...]]:
         return self._stream(self._verify_sql())

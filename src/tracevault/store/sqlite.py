@@ -32,11 +32,10 @@ from tracevault.ledger import (
     prepare_rows,
     sealed_values,
     unique_rows,
-    verify_rows,
 )
 from tracevault.schema import AuditEvent
 from tracevault.store.base import StoreError
-from tracevault.store.sql import SQLStore
+from tracevault.store.sql import SQLStore, verified
 
 log = logging.getLogger("tracevault")
 
@@ -426,13 +425,14 @@ class SQLiteStore(SQLStore):
                 with FORK_GATE:
                     conn.execute("BEGIN")
                     head_seq, head_chain = _head_of(conn.execute(_HEAD).fetchone())
+                records = self._erasures_in(_read_query(conn, *self._erasures_query()).fetchall())
                 cursor = _read_query(conn, self._verify_sql())
 
                 def rows() -> Iterator[tuple[Any, ...]]:
                     while batch := _fetch_some(cursor):
                         yield from batch
 
-                return verify_rows(rows(), head_seq, head_chain, anchor)
+                return verified(rows(), head_seq, head_chain, anchor, records)
             finally:
                 _close_read(conn)
         except sqlite3.Error as exc:

@@ -1,0 +1,193 @@
+"""Erasure records: every erasure leaves a sealed record of itself in the trail.
+
+Erasure clears a row's payload and salt and keeps its digest, so the chain still
+verifies — which, on its own, would let anyone with write access to the database wipe
+content unseen. :meth:`SQLStore.erase <tracevault.store.sql.SQLStore.erase>` therefore
+first appends a ``custom`` event named :data:`ERASURE` saying what it erases (the
+session, user, run, time bound or sequence numbers), who asked (login, host, process)
+and why, and then erases only matching rows recorded *before* that record.
+Verification accepts an erased row only when a record after it covers it
+(:class:`ErasureIndex`): payload and salt cleared any other way show up as tampering, and a
+record cannot be removed or moved without breaking the chain.
+
+The rule depends only on a row's columns and its place in the trail, so it holds in a
+copy (``tracevault copy`` keeps sequence numbers) as in the original.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from tracevault.ids import uuid7
+from tracevault.ledger import _SEP, COLUMNS, format_ts, parse_ts, stored_text
+from tracevault.schema import AuditEvent
+
+ERASURE = "tracevault.erasure"  # the name of an erasure record (kind "custom")
+# SQL that leaves erasure records out of what an erasure clears.
+NOT_A_RECORD = f"NOT (kind = 'custom' AND name = '{ERASURE}')"
+_TS = COLUMNS.index("ts")
+_ID_COLUMNS = tuple(COLUMNS.index(c) for c in ("session_id", "user_id", "trace_id"))
+
+
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    """An erasure record as verification reads it: it covers the erased rows before
+    ``seq`` that match every filter it names (``None``: not filtered on)."""
+
+    seq: int
+    session_id: str | None
+    user_id: str | None
+    trace_id: str | None
+    before: datetime | None
+    seqs: frozenset[int] | None
+
+    def covers(self, seq: int, columns: Sequence[str | None]) -> bool:
+        """Whether this record covers row ``seq`` with text ``columns`` (in
+        :data:`~tracevault.ledger.COLUMNS` order)."""
+        if seq >= self.seq or (self.seqs is not None and seq not in self.seqs):
+            return False
+        for value, column in zip(self.ids(), _ID_COLUMNS, strict=True):
+            if value is not None and columns[column] != value:
+                return False
+        if self.before is not None:
+            ts = columns[_TS]
+            return ts is not None and parse_ts(ts) < self.before
+        return True
+
+    def ids(self) -> tuple[str | None, str | None, str | None]:
+        """The session, user and run this record erases (``None``: any)."""
+        return self.session_id, self.user_id, self.trace_id
+
+
+class ErasureIndex:
+    """The erasure records of a trail, looked up by the ids of an erased row: checking
+    a row costs the records about its session, user or run plus those that name none
+    (by time or sequence number), not every record the trail holds."""
+
+    def __init__(self, records: Sequence[Erasure]) -> None:
+        self._by_id: tuple[dict[str, list[Erasure]], ...] = ({}, {}, {})
+        self._rest: list[Erasure] = []
+        for record in records:
+            # Filed under its first id: a record only covers rows with that id.
+            for by_id, value in zip(self._by_id, record.ids(), strict=True):
+                if value is not None:
+                    by_id.setdefault(value, []).append(record)
+                    break
+            else:
+                self._rest.append(record)
+        self.count = len(records)
+
+    def covers(self, seq: int, header_text: str) -> bool:
+        """Whether a record covers the erased row ``seq``, given its text columns
+        joined in header form (:func:`tracevault.ledger.header_sql`)."""
+        columns = header_columns(header_text)
+        if columns is None:
+            return False
+        for by_id, column in zip(self._by_id, _ID_COLUMNS, strict=True):
+            value = columns[column]
+            if value is not None and any(r.covers(seq, columns) for r in by_id.get(value, ())):
+                return True
+        return any(r.covers(seq, columns) for r in self._rest)
+
+
+def erasure_event(
+    *,
+    session_id: str | None,
+    user_id: str | None,
+    trace_id: str | None,
+    before: datetime | None,
+    seqs: Sequence[int] | None,
+    reason: str | None,
+) -> AuditEvent:
+    """The record an erasure appends before it clears anything. Its session, user and
+    run columns are the ones erased, so ``tracevault show`` of an erased session ends
+    with the erasure."""
+    what: dict[str, Any] = {}
+    for key, value in (("session_id", session_id), ("user_id", user_id),
+                       ("trace_id", trace_id)):
+        if value is not None:
+            what[key] = stored_text(value)
+    if before is not None:
+        what["before"] = format_ts(before)
+    if seqs is not None:
+        what["seqs"] = sorted(set(seqs))
+    payload: dict[str, Any] = {"erases": what, "by": _requester()}
+    if reason is not None:
+        payload["reason"] = reason
+    return AuditEvent(
+        event_id=uuid7(),
+        timestamp=datetime.now(timezone.utc),
+        kind="custom",
+        level="warning",
+        name=ERASURE,
+        session_id=what.get("session_id"),
+        user_id=what.get("user_id"),
+        trace_id=what.get("trace_id"),
+        data={"name": ERASURE, "payload": payload},
+    )
+
+
+def _requester() -> dict[str, Any]:
+    # Who erased: as much as the process can tell about itself.
+    try:
+        login = getpass.getuser()
+    except Exception:  # no login name (a container's bare uid)
+        login = str(os.getuid()) if hasattr(os, "getuid") else "?"
+    return {"user": login, "host": socket.gethostname(), "pid": os.getpid()}
+
+
+def erasure_of(seq: int, event: AuditEvent) -> Erasure | None:
+    """The record at ``seq`` as verification reads it; ``None`` if ``event`` is not a
+    well-formed erasure record (then it covers nothing)."""
+    if event.kind != "custom" or event.name != ERASURE:
+        return None
+    try:
+        what = event.data["payload"]["erases"]
+        before = what.get("before")
+        seqs = what.get("seqs")
+        return Erasure(
+            seq,
+            _text_or_none(what.get("session_id")),
+            _text_or_none(what.get("user_id")),
+            _text_or_none(what.get("trace_id")),
+            None if before is None else parse_ts(str(before)),
+            None if seqs is None else frozenset(int(s) for s in seqs),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def header_columns(text: str) -> list[str | None] | None:
+    """Split text columns joined in header form (``LENGTH:VALUE`` or ``-`` for NULL,
+    separated by ``\\x1f``) back into values; ``None`` if ``text`` is not in that form."""
+    out: list[str | None] = []
+    i, end = 0, len(text)
+    while i <= end:
+        if text.startswith("-", i):
+            out.append(None)
+            i += 1
+        else:
+            colon = text.find(":", i)
+            if colon < 0 or not text[i:colon].isdigit():
+                return None
+            start = colon + 1
+            i = start + int(text[i:colon])
+            if i > end:
+                return None
+            out.append(text[start:i])
+        if i == end:
+            return out
+        if text[i] != _SEP:
+            return None
+        i += 1
+    return out
