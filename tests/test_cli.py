@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -296,6 +297,29 @@ def test_store_urls_in_messages_hide_their_password() -> None:
     assert shown_url("postgresql://:pw@db/ledger") == "postgresql://:***@db/ledger"
     for plain in ("sqlite:///tracevault.db", "postgresql://audit@db/ledger", "ledger.db"):
         assert shown_url(plain) == plain
+
+
+def test_erase_found_records_what_was_erased_without_a_record(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "t.db"
+    _seed(db)
+    store = ["--store", f"sqlite:///{db}"]
+    with closing(sqlite3.connect(db, isolation_level=None)) as conn:
+        conn.execute("UPDATE events SET payload = NULL, salt = NULL WHERE seq IN (2, 3)")
+    assert main(["verify", *store]) == 1
+    assert "row 2 was erased, but no erasure record" in capsys.readouterr().out
+    assert main(["erase", *store, "--found", "--session", "a-1", "--yes"]) == 2
+    assert "takes no --session" in capsys.readouterr().err
+    assert main(["erase", *store, "--found"]) == 2
+    assert "add --yes" in capsys.readouterr().err
+    assert main(["erase", *store, "--found", "--yes", "--reason", "upgrade"]) == 0
+    assert capsys.readouterr().out.startswith("found 2 erased events no erasure record "
+                                              "covered (#2..#3)")
+    assert main(["verify", *store]) == 0
+    assert "2 erased payloads (recorded by 1 erasure event)" in capsys.readouterr().out
+    assert main(["erase", *store, "--found", "--yes", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["found"] == 0
 
 
 def test_erase_needs_a_filter_and_yes_then_clears_content_only(

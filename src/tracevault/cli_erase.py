@@ -7,10 +7,13 @@ import argparse
 from tracevault.cli import UsageError, _open_existing, _print_json, _store_url, parse_when
 from tracevault.ledger import format_ts
 from tracevault.store import shown_url
+from tracevault.store.sql import SQLStore
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
     """Clear the payloads of the chosen events; exit 2 on bad input or a store error."""
+    if args.found:
+        return _record_found(args)
     before = parse_when(args.before) if args.before is not None else None
     what = [f"{name} {value!r}" for name, value in
             (("session", args.session), ("user", args.user), ("trace", args.trace))
@@ -35,6 +38,32 @@ def cmd_erase(args: argparse.Namespace) -> int:
         print(f"erased the content of {erased} events ({', '.join(what)}) in {shown_url(url)}"
               + ("; a tracevault.erasure event records it, and the trail still verifies "
                  "(`tracevault verify`)" if erased else ""))
+    return 0
+
+
+def _record_found(args: argparse.Namespace) -> int:
+    # --found: a record for the erasures verify finds no record of.
+    if any(v is not None for v in (args.session, args.user, args.trace, args.before)):
+        raise UsageError("--found records the erasures already made: it takes no "
+                         "--session, --user, --trace or --before")
+    if not args.yes:
+        raise UsageError("verify will accept the erasures found: add --yes to record them")
+    url = _store_url(args)
+    store = _open_existing(args)
+    try:
+        if not isinstance(store, SQLStore):
+            raise UsageError(f"{shown_url(url)} is not a SQL ledger")
+        found = store.record_found_erasures(reason=args.reason)
+    finally:
+        store.close()
+    if args.json:
+        _print_json({"found": len(found), "seqs": found, "store": shown_url(url)})
+    elif found:
+        print(f"found {len(found)} erased events no erasure record covered (#{found[0]}.."
+              f"#{found[-1]}) in {shown_url(url)}; a tracevault.erasure event now records "
+              "them as found")
+    else:
+        print(f"every erased event in {shown_url(url)} is covered by an erasure record")
     return 0
 
 
@@ -63,5 +92,9 @@ def register(
     p.add_argument("--reason", metavar="TEXT",
                    help="why (a request's reference, a retention policy): kept in the "
                    "erasure's record")
+    p.add_argument("--found", action="store_true",
+                   help="erase nothing: record the events found erased that no erasure "
+                   "record covers (erased before erasures were recorded, or by SQL), so "
+                   "that verify accepts them")
     p.add_argument("--yes", action="store_true", help="erase (it cannot be undone)")
     p.set_defaults(func=cmd_erase)

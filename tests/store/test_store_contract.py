@@ -27,6 +27,7 @@ from tracevault.ledger import encode_event
 from tracevault.schema import AuditEvent
 from tracevault.store import Store, StoreError, open_store
 from tracevault.store.erasures import ERASURE
+from tracevault.store.sql import SQLStore
 
 T0 = datetime(2026, 1, 31, 23, 0, tzinfo=timezone.utc)  # spans two months and days
 
@@ -216,7 +217,7 @@ def test_verify_and_erasure(backend: Backend, store: Store) -> None:
     # The triggers let the same change through in SQL (so erasure works without a
     # store), but an erasure no record covers is reported: content cannot be wiped
     # unseen.
-    sql = "UPDATE events SET payload = NULL, salt = NULL WHERE seq = 4"
+    sql = "UPDATE events SET payload = NULL, salt = NULL WHERE seq BETWEEN 4 AND 9 OR seq = 12"
     if backend.kind == "sqlite":
         conn = sqlite3.connect(backend.url[len("sqlite:///") :], isolation_level=None)
         conn.execute(sql)
@@ -233,6 +234,17 @@ def test_verify_and_erasure(backend: Backend, store: Store) -> None:
     # left to clear appends no record.
     assert store.erase(seqs=[4]) == 0
     assert store.head()[0] == 38 and store.verify().first_bad_seq == 4
+    # What is found erased can be recorded as found (a ledger erased before erasures
+    # were recorded): the record says so, and verify accepts those rows again.
+    assert isinstance(store, SQLStore)
+    assert store.record_found_erasures(reason="found in an audit") == [*range(4, 10), 12]
+    report = store.verify()
+    assert report.ok and (report.erased, report.erasures) == (8, 2)
+    found = next(store.events(after_seq=38)).event
+    assert found.name == ERASURE and found.data["payload"]["found"] is True
+    assert found.data["payload"]["erases"] == {"seqs": [[4, 9], 12]}
+    assert found.data["payload"]["reason"] == "found in an audit"
+    assert store.record_found_erasures() == [] and store.head()[0] == 39
 
 
 def test_an_erasure_record_covers_only_what_it_names_before_it(

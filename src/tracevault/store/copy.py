@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracevault.forks import FORK_GATE
-from tracevault.ledger import COLUMNS, VerifyReport, header_sql
+from tracevault.ledger import COLUMNS, VerifyReport
 from tracevault.store.base import Store, StoreError
-from tracevault.store.erasures import ErasureIndex
 from tracevault.store.sql import SQLStore
 from tracevault.store.sqlite import SQLiteStore
 
@@ -84,17 +83,8 @@ def erased_seqs(store: Store, upto_seq: int, records_upto: int | None = None) ->
     With ``records_upto``, only rows an erasure record up to that sequence number
     covers: content cleared other than by an erasure stays in a copy that has it.
     """
-    sql_store = _sql(store, "copy with")
-    if records_upto is None:
-        sql = ("SELECT seq FROM events WHERE payload IS NULL AND salt IS NULL AND seq <= ? "
-               "ORDER BY seq")
-        return [int(r[0]) for r in sql_store._stream(sql, (upto_seq,))]
-    records = ErasureIndex(sql_store.erasures(records_upto))
-    texts = header_sql(sql_store.ts_text_sql, dynamic_types=sql_store.dynamic_types)
-    sql = (f"SELECT seq, {texts} FROM events WHERE payload IS NULL AND salt IS NULL "
-           "AND seq <= ? ORDER BY seq")
-    return [int(seq) for seq, text in sql_store._stream(sql, (upto_seq,))
-            if records.covers(int(seq), text)]
+    covered, uncovered = _sql(store, "copy with").erased_rows(upto_seq, records_upto)
+    return covered if records_upto is not None else sorted(covered + uncovered)
 
 
 def _sql(store: Store, doing: str) -> SQLStore:

@@ -20,7 +20,7 @@ import bisect
 import getpass
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -37,6 +37,60 @@ _ID_COLUMNS = tuple(COLUMNS.index(c) for c in ("session_id", "user_id", "trace_i
 
 
 @dataclass(frozen=True, slots=True)
+class SeqRanges:
+    """Sequence numbers as sorted, disjoint ``(first, last)`` ranges: a record naming
+    the scattered rows of years of erasures stays small and quick to look up."""
+
+    firsts: tuple[int, ...]
+    lasts: tuple[int, ...]
+
+    @classmethod
+    def of(cls, seqs: Iterable[int]) -> SeqRanges:
+        """The ranges that hold exactly ``seqs``."""
+        firsts: list[int] = []
+        lasts: list[int] = []
+        for seq in sorted(set(seqs)):
+            if lasts and seq == lasts[-1] + 1:
+                lasts[-1] = seq
+            else:
+                firsts.append(seq)
+                lasts.append(seq)
+        return cls(tuple(firsts), tuple(lasts))
+
+    @classmethod
+    def parse(cls, items: Iterable[Any]) -> SeqRanges:
+        """Read the ``seqs`` of a record: numbers and ``[first, last]`` pairs."""
+        seqs: list[tuple[int, int]] = []
+        for item in items:
+            if isinstance(item, list):
+                first, last = item
+                seqs.append((int(first), int(last)))
+            else:
+                seqs.append((int(item), int(item)))
+        seqs.sort()
+        return cls(tuple(f for f, _ in seqs), tuple(last for _, last in seqs))
+
+    def to_json(self) -> list[int | list[int]]:
+        """Numbers, and ``[first, last]`` for a run of more than two."""
+        out: list[int | list[int]] = []
+        for first, last in zip(self.firsts, self.lasts, strict=True):
+            if last - first > 1:
+                out.append([first, last])
+            else:
+                out.extend(range(first, last + 1))
+        return out
+
+    def __contains__(self, seq: object) -> bool:
+        if not isinstance(seq, int):
+            return False
+        i = bisect.bisect_right(self.firsts, seq) - 1
+        return i >= 0 and seq <= self.lasts[i]
+
+    def __len__(self) -> int:
+        return sum(last - first + 1 for first, last in zip(self.firsts, self.lasts, strict=True))
+
+
+@dataclass(frozen=True, slots=True)
 class Erasure:
     """An erasure record as verification reads it: it covers the erased rows before
     ``seq`` that match every filter it names (``None``: not filtered on)."""
@@ -46,7 +100,7 @@ class Erasure:
     user_id: str | None
     trace_id: str | None
     before: datetime | None
-    seqs: frozenset[int] | None
+    seqs: SeqRanges | None
 
     def covers(self, seq: int, columns: Sequence[str | None]) -> bool:
         """Whether this record covers row ``seq`` with text ``columns`` (in
@@ -114,12 +168,14 @@ def erasure_event(
     user_id: str | None,
     trace_id: str | None,
     before: datetime | None,
-    seqs: Sequence[int] | None,
+    seqs: Iterable[int] | None,
     reason: str | None,
+    found: bool = False,
 ) -> AuditEvent:
     """The record an erasure appends before it clears anything. Its session, user and
     run columns are the ones erased, so ``tracevault show`` of an erased session ends
-    with the erasure."""
+    with the erasure. ``found``: the record acknowledges rows found erased already
+    (``"found": true``), clearing nothing."""
     what: dict[str, Any] = {}
     for key, value in (("session_id", session_id), ("user_id", user_id),
                        ("trace_id", trace_id)):
@@ -128,8 +184,10 @@ def erasure_event(
     if before is not None:
         what["before"] = format_ts(before)
     if seqs is not None:
-        what["seqs"] = sorted(set(seqs))
+        what["seqs"] = SeqRanges.of(seqs).to_json()
     payload: dict[str, Any] = {"erases": what, "by": _requester()}
+    if found:
+        payload["found"] = True
     if reason is not None:
         payload["reason"] = reason
     return AuditEvent(
@@ -169,7 +227,7 @@ def erasure_of(seq: int, event: AuditEvent) -> Erasure | None:
             _text_or_none(what.get("user_id")),
             _text_or_none(what.get("trace_id")),
             None if before is None else parse_ts(str(before)),
-            None if seqs is None else frozenset(int(s) for s in seqs),
+            None if seqs is None else SeqRanges.parse(seqs),
         )
     except (KeyError, TypeError, ValueError, AttributeError):
         return None

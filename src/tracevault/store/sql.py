@@ -179,13 +179,51 @@ class SQLStore:
         # erased row only below a record that covers it (tracevault.store.erasures).
         record = erasure_event(session_id=session_id, user_id=user_id, trace_id=trace_id,
                                before=before, seqs=chosen, reason=reason)
+        where.append("seq < ?")
+        params.append(self._append_record(
+            record, "record the erasure, so nothing was erased"))
+        return self._clear(where, params, chosen)
+
+    def erased_rows(self, upto_seq: int | None = None,
+                    records_upto: int | None = None) -> tuple[list[int], list[int]]:
+        """The sequence numbers of the erased rows (payload and salt both cleared; a
+        payload cleared alone is tampering) up to ``upto_seq``: those an erasure record
+        (up to ``records_upto``) covers, and those none does."""
+        records = ErasureIndex(self.erasures(records_upto))
+        texts = header_sql(self.ts_text_sql, dynamic_types=self.dynamic_types)
+        sql = f"SELECT seq, {texts} FROM events WHERE payload IS NULL AND salt IS NULL"
+        params: list[Any] = []
+        if upto_seq is not None:
+            sql += " AND seq <= ?"
+            params.append(upto_seq)
+        covered: list[int] = []
+        uncovered: list[int] = []
+        for seq, text in self._stream(sql + " ORDER BY seq", params):
+            (covered if records.covers(int(seq), text) else uncovered).append(int(seq))
+        return covered, uncovered
+
+    def record_found_erasures(self, reason: str | None = None) -> list[int]:
+        """Append an erasure record for the rows found erased that no record covers
+        (erased before erasures were recorded, or by SQL), so that ``verify`` accepts
+        them again: the record says they were found so, when and by whom (its payload
+        has ``"found": true``). Returns their sequence numbers; with none, appends
+        nothing."""
+        _, found = self.erased_rows()
+        if found:
+            self._append_record(erasure_event(session_id=None, user_id=None, trace_id=None,
+                                              before=None, seqs=found, reason=reason,
+                                              found=True), "record the erasures found")
+        return found
+
+    def _append_record(self, record: AuditEvent, doing: str) -> int:
+        # The sequence number the record was given.
         try:
             self.append([record])
         except StoreError as exc:
-            raise StoreError(f"cannot record the erasure, so nothing was erased: {exc}") from None
-        where.append("seq < ?")
-        params.append(self._seq_of(record))
-        return self._clear(where, params, chosen)
+            raise StoreError(f"cannot {doing}: {exc}") from None
+        rows = self._fetch("SELECT seq FROM events WHERE event_id = ? AND ts = ?",
+                           [record.event_id, self._ts_param(record.timestamp)])
+        return int(rows[0][0])
 
     def carry_erasures(self, seqs: Sequence[int]) -> int:
         """Clear the payload and salt of rows ``seqs`` without a record of its own: for
@@ -225,12 +263,6 @@ class SQLStore:
         if erased:
             self._erased()
         return erased
-
-    def _seq_of(self, event: AuditEvent) -> int:
-        """The sequence number ``event``, just appended, was given."""
-        rows = self._fetch("SELECT seq FROM events WHERE event_id = ? AND ts = ?",
-                           [event.event_id, self._ts_param(event.timestamp)])
-        return int(rows[0][0])
 
     def erasures(self, upto_seq: int | None = None) -> list[Erasure]:
         """The erasure records of the trail (up to ``upto_seq``), in order."""
