@@ -47,28 +47,33 @@ class SeqRanges:
     @classmethod
     def of(cls, seqs: Iterable[int]) -> SeqRanges:
         """The ranges that hold exactly ``seqs``."""
-        firsts: list[int] = []
-        lasts: list[int] = []
-        for seq in sorted(set(seqs)):
-            if lasts and seq == lasts[-1] + 1:
-                lasts[-1] = seq
-            else:
-                firsts.append(seq)
-                lasts.append(seq)
-        return cls(tuple(firsts), tuple(lasts))
+        return cls._merged((seq, seq) for seq in seqs)
 
     @classmethod
     def parse(cls, items: Iterable[Any]) -> SeqRanges:
         """Read the ``seqs`` of a record: numbers and ``[first, last]`` pairs."""
-        seqs: list[tuple[int, int]] = []
+        pairs: list[tuple[int, int]] = []
         for item in items:
             if isinstance(item, list):
                 first, last = item
-                seqs.append((int(first), int(last)))
+                pairs.append((int(first), int(last)))
             else:
-                seqs.append((int(item), int(item)))
-        seqs.sort()
-        return cls(tuple(f for f, _ in seqs), tuple(last for _, last in seqs))
+                pairs.append((int(item), int(item)))
+        return cls._merged(pairs)
+
+    @classmethod
+    def _merged(cls, pairs: Iterable[tuple[int, int]]) -> SeqRanges:
+        # Sorted, with touching or overlapping ranges merged: a lookup bisects on the
+        # firsts and must find the one range that can hold a number.
+        firsts: list[int] = []
+        lasts: list[int] = []
+        for first, last in sorted(pairs):
+            if lasts and first <= lasts[-1] + 1:
+                lasts[-1] = max(lasts[-1], last)
+            elif first <= last:
+                firsts.append(first)
+                lasts.append(last)
+        return cls(tuple(firsts), tuple(lasts))
 
     def to_json(self) -> list[int | list[int]]:
         """Numbers, and ``[first, last]`` for a run of more than two."""
