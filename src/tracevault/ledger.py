@@ -341,6 +341,32 @@ def header_sql(ts_text_sql: str = "ts", *, dynamic_types: bool = False) -> str:
     return f" || '{_SEP}' || ".join(part.format(x=x) for x in exprs)
 
 
+def header_columns(text: str) -> list[str | None] | None:
+    """Split the text columns :func:`header_sql` joined back into values (``None``
+    for NULL); ``None`` if ``text`` is not in that form."""
+    out: list[str | None] = []
+    i, end = 0, len(text)
+    while i <= end:
+        if text.startswith("-", i):
+            out.append(None)
+            i += 1
+        else:
+            colon = text.find(":", i)
+            if colon < 0 or not text[i:colon].isdigit():
+                return None
+            start = colon + 1
+            i = start + int(text[i:colon])
+            if i > end:
+                return None
+            out.append(text[start:i])
+        if i == end:
+            return out
+        if text[i] != _SEP:
+            return None
+        i += 1
+    return out
+
+
 def _text(v: Any) -> str:
     # floats by repr so they round-trip exactly; the chain must not depend on formatting
     return "" if v is None else repr(v) if v.__class__ is float else str(v)

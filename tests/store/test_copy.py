@@ -111,6 +111,28 @@ def test_a_later_copy_carries_the_sources_erasures(tmp_path: Path, pg_url: str) 
     assert open_store(archive).verify().ok and not open_store(src).verify().ok
 
 
+def test_an_erasure_made_during_a_copy_arrives_with_its_record(tmp_path: Path) -> None:
+    src = f"sqlite:///{tmp_path / 'src.db'}"
+    _record(src, sessions=2, calls=3)  # s0: #1-7, s1: #8-14
+    source = open_store(src)
+    read_head = source.head
+    heads: list[tuple[int, bytes]] = []
+
+    def head_then_erase() -> tuple[int, bytes]:
+        # The copy has read the head; an erasure lands before it reads the rows.
+        heads.append(read_head())
+        if len(heads) == 1:
+            assert tracevault.erase(session_id="s1", store=src) == 7  # record: #15
+        return heads[-1]
+
+    source.head = head_then_erase  # type: ignore[method-assign]
+    archive = f"sqlite:///{tmp_path / 'archive.db'}"
+    report = copy_trail(source, open_store(archive))
+    # The rows arrived erased; the copy went on to the head that holds their record.
+    assert report.verify.ok and (report.copied, report.head_seq) == (15, 15)
+    assert report.verify.erased == 7 and _rows(archive) == _rows(src)
+
+
 def test_tampering_is_carried_over_not_laundered(tmp_path: Path, pg_url: str) -> None:
     src = f"sqlite:///{tmp_path / 'src.db'}"
     _record(src, sessions=1, calls=10)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from tracevault.ids import uuid7
-from tracevault.ledger import COLUMNS, header_sql
+from tracevault.ledger import COLUMNS, header_columns, header_sql
 from tracevault.schema import AuditEvent
 from tracevault.store import open_store
-from tracevault.store.erasures import SeqRanges, erasure_of, header_columns
+from tracevault.store.erasures import SeqRanges, erasure_of
 from tracevault.store.sql import SQLStore
 
 
@@ -40,7 +40,7 @@ def _input(session_id: str) -> AuditEvent:
 
 
 @pytest.mark.parametrize("erases", [
-    None, "not a dict", {"seqs": [[1, 2, 3]]}, {"seqs": ["x"]}, {"before": "yesterday"},
+    None, {}, "not a dict", {"seqs": [[1, 2, 3]]}, {"seqs": ["x"]}, {"before": "yesterday"},
 ])  # fmt: skip
 def test_a_malformed_record_covers_nothing(erases: object) -> None:
     assert erasure_of(7, _event(None, erases=erases)) is None

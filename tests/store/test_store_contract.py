@@ -261,6 +261,21 @@ def test_an_erasure_record_covers_only_what_it_names_before_it(
         assert "no erasure record after it covers it" in (report.reason or "")
 
 
+def test_an_erasure_record_wiped_by_sql_is_reported(backend: Backend, store: Store) -> None:
+    store.append(sample())
+    assert store.erase(session_id="s-a") == 18  # record: #38
+    store.append([_ev(901, "input", session_id="s-a", data={"content": "later"})])  # #39
+    assert store.erase(session_id="s-a") == 1  # record: #40, of the same session
+    assert store.erase(before=datetime.now(timezone.utc)) == 19  # record: #41
+    assert store.verify().ok
+    # Later records name #38's session and time, yet a record is never erased: its
+    # who and why cleared by SQL is tampering.
+    backend.attack("UPDATE events SET payload = NULL, salt = NULL WHERE seq = 38")
+    report = store.verify()
+    assert report.first_bad_seq == 38 and report.erasures == 2
+    assert "no erasure record after it covers it" in (report.reason or "")
+
+
 def test_erase_clears_content_and_keeps_the_trail_verifiable(store: Store) -> None:
     store.append(sample())  # runs: seq 1-9 and 10-18 (s-a), 19-28 (s-b), 29-37 (s-c)
     with pytest.raises(ValueError, match="never erases the whole ledger"):

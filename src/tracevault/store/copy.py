@@ -32,6 +32,7 @@ RowWriter = Callable[[Sequence[Row], tuple[int, bytes], tuple[int, bytes]], None
 
 _ROW_COLUMNS = ("seq", *COLUMNS, "payload", "salt", "digest", "chain")
 _TS = 2  # position of ts in a row
+_CATCH_UP = 3  # further passes when erasures in the source overtake a copy
 
 
 @dataclass(slots=True)
@@ -76,15 +77,12 @@ def source_rows(store: Store, after_seq: int, upto_seq: int) -> Iterator[Row]:
         yield (*r[:_TS], to_text(r[_TS]), *r[_TS + 1 : -4], payload, salt, digest, chain)
 
 
-def erased_seqs(store: Store, upto_seq: int, records_upto: int | None = None) -> list[int]:
+def erased_seqs(store: Store, upto_seq: int) -> list[int]:
     """The sequence numbers up to ``upto_seq`` whose payload ``store`` erased (payload
-    and salt both cleared: a payload cleared alone is tampering, copied as it is).
-
-    With ``records_upto``, only rows an erasure record up to that sequence number
-    covers: content cleared other than by an erasure stays in a copy that has it.
-    """
-    covered, uncovered = _sql(store, "copy with").erased_rows(upto_seq, records_upto)
-    return covered if records_upto is not None else sorted(covered + uncovered)
+    and salt both cleared: a payload cleared alone is tampering, copied as it is)."""
+    sql = ("SELECT seq FROM events WHERE payload IS NULL AND salt IS NULL AND seq <= ? "
+           "ORDER BY seq")
+    return [int(r[0]) for r in _sql(store, "copy with")._stream(sql, (upto_seq,))]
 
 
 def _sql(store: Store, doing: str) -> SQLStore:
@@ -157,11 +155,27 @@ def copy_trail(
     """Copy every row of ``source`` that ``target`` lacks, exactly; verify the target.
 
     ``target`` must be empty or hold the beginning of the same trail (then the copy
-    resumes). Rows appended to ``source`` while copying are left for the next copy.
+    resumes). Rows appended to ``source`` while copying are left for the next copy,
+    unless an erasure made meanwhile reached rows this copy brought over: then the copy
+    goes on to the source's new head, which holds the erasure's record.
     ``progress`` is called with the last copied sequence number after each batch.
     """
     if batch < 1:
         raise ValueError("batch must be at least 1")
+    report = _copy_to_head(source, target, batch, progress)
+    for _ in range(_CATCH_UP):
+        if report.verify.ok or source.head()[0] == report.head_seq:
+            break
+        more = _copy_to_head(source, target, batch, progress)
+        report = CopyReport(report.copied + more.copied, report.first_seq, more.last_seq,
+                            more.head_seq, more.verify, report.erased + more.erased)
+    return report
+
+
+def _copy_to_head(
+    source: Store, target: Store, batch: int, progress: Callable[[int], None] | None
+) -> CopyReport:
+    # One pass of copy_trail: up to the source's head as read now.
     src_head = source.head()
     after = target.head()
     if after[0] > src_head[0]:
@@ -182,7 +196,8 @@ def copy_trail(
     since: list[int] = []
     if after[0]:
         gone = set(erased_seqs(target, after[0]))
-        since = [seq for seq in erased_seqs(source, after[0], src_head[0]) if seq not in gone]
+        covered, _ = _sql(source, "copy from").erased_rows(after[0], src_head[0])
+        since = [seq for seq in covered if seq not in gone]
     write = row_writer(target)
     first_seq = last_seq = after[0]
     first_seq += 1

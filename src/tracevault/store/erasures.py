@@ -26,13 +26,15 @@ from datetime import datetime, timezone
 from typing import Any
 
 from tracevault.ids import uuid7
-from tracevault.ledger import _SEP, COLUMNS, format_ts, parse_ts, stored_text
+from tracevault.ledger import COLUMNS, format_ts, header_columns, parse_ts, stored_text
 from tracevault.schema import AuditEvent
 
 ERASURE = "tracevault.erasure"  # the name of an erasure record (kind "custom")
-# SQL that leaves erasure records out of what an erasure clears.
-NOT_A_RECORD = f"NOT (kind = 'custom' AND name = '{ERASURE}')"
-_TS = COLUMNS.index("ts")
+# SQL that picks erasure records, and its negation, which keeps them out of what an
+# erasure clears.
+IS_A_RECORD = f"kind = 'custom' AND name = '{ERASURE}'"
+NOT_A_RECORD = f"NOT ({IS_A_RECORD})"
+_TS, _KIND, _NAME = (COLUMNS.index(c) for c in ("ts", "kind", "name"))
 _ID_COLUMNS = tuple(COLUMNS.index(c) for c in ("session_id", "user_id", "trace_id"))
 
 
@@ -147,8 +149,8 @@ class ErasureIndex:
         """Whether a record covers the erased row ``seq``, given its text columns
         joined in header form (:func:`tracevault.ledger.header_sql`)."""
         columns = header_columns(header_text)
-        if columns is None:
-            return False
+        if columns is None or (columns[_KIND] == "custom" and columns[_NAME] == ERASURE):
+            return False  # a record is never erased: its payload cleared is tampering
         for by_id, column in zip(self._by_id, _ID_COLUMNS, strict=True):
             value = columns[column]
             if value is not None and _any_covers(by_id.get(value, ()), seq, columns):
@@ -157,8 +159,8 @@ class ErasureIndex:
 
 
 def _any_covers(records: Sequence[Erasure], seq: int, columns: Sequence[str | None]) -> bool:
-    # Records are in trail order and only later ones can cover the row: years of daily
-    # retention records cost a bisection, not a scan, per erased row.
+    # Records are in trail order and only later ones can cover the row: the search
+    # starts at the first of them (usually the one that erased it).
     start = bisect.bisect_right(records, seq, key=_record_seq)
     return any(records[i].covers(seq, columns) for i in range(start, len(records)))
 
@@ -224,6 +226,8 @@ def erasure_of(seq: int, event: AuditEvent) -> Erasure | None:
         return None
     try:
         what = event.data["payload"]["erases"]
+        if not what:
+            return None  # an erasure always names what it erases
         before = what.get("before")
         seqs = what.get("seqs")
         return Erasure(
@@ -240,29 +244,3 @@ def erasure_of(seq: int, event: AuditEvent) -> Erasure | None:
 
 def _text_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
-
-
-def header_columns(text: str) -> list[str | None] | None:
-    """Split text columns joined in header form (``LENGTH:VALUE`` or ``-`` for NULL,
-    separated by ``\\x1f``) back into values; ``None`` if ``text`` is not in that form."""
-    out: list[str | None] = []
-    i, end = 0, len(text)
-    while i <= end:
-        if text.startswith("-", i):
-            out.append(None)
-            i += 1
-        else:
-            colon = text.find(":", i)
-            if colon < 0 or not text[i:colon].isdigit():
-                return None
-            start = colon + 1
-            i = start + int(text[i:colon])
-            if i > end:
-                return None
-            out.append(text[start:i])
-        if i == end:
-            return out
-        if text[i] != _SEP:
-            return None
-        i += 1
-    return out

@@ -9,6 +9,7 @@ and read back, how a UTC day is extracted). The table layout is the same everywh
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
@@ -36,7 +37,7 @@ from tracevault.store.base import (
     ToolStats,
 )
 from tracevault.store.erasures import (
-    ERASURE,
+    IS_A_RECORD,
     NOT_A_RECORD,
     Erasure,
     ErasureIndex,
@@ -189,16 +190,22 @@ class SQLStore:
         """The sequence numbers of the erased rows (payload and salt both cleared; a
         payload cleared alone is tampering) up to ``upto_seq``: those an erasure record
         (up to ``records_upto``) covers, and those none does."""
-        records = ErasureIndex(self.erasures(records_upto))
         texts = header_sql(self.ts_text_sql, dynamic_types=self.dynamic_types)
         sql = f"SELECT seq, {texts} FROM events WHERE payload IS NULL AND salt IS NULL"
         params: list[Any] = []
         if upto_seq is not None:
             sql += " AND seq <= ?"
             params.append(upto_seq)
+        rows = self._stream(sql + " ORDER BY seq", params)
+        first = next(rows, None)  # the rows' snapshot is taken
+        if first is None:
+            return [], []
+        # The records after it: an erasure appends its record before it clears
+        # anything, so each row this snapshot holds erased has its record read here.
+        records = ErasureIndex(self.erasures(records_upto))
         covered: list[int] = []
         uncovered: list[int] = []
-        for seq, text in self._stream(sql + " ORDER BY seq", params):
+        for seq, text in itertools.chain([first], rows):
             (covered if records.covers(int(seq), text) else uncovered).append(int(seq))
         return covered, uncovered
 
@@ -216,14 +223,11 @@ class SQLStore:
         return found
 
     def _append_record(self, record: AuditEvent, doing: str) -> int:
-        # The sequence number the record was given.
+        # The sequence number the record was given (append returns the last written).
         try:
-            self.append([record])
+            return self.append([record])
         except StoreError as exc:
             raise StoreError(f"cannot {doing}: {exc}") from None
-        rows = self._fetch("SELECT seq FROM events WHERE event_id = ? AND ts = ?",
-                           [record.event_id, self._ts_param(record.timestamp)])
-        return int(rows[0][0])
 
     def carry_erasures(self, seqs: Sequence[int]) -> int:
         """Clear the payload and salt of rows ``seqs`` without a record of its own: for
@@ -269,9 +273,9 @@ class SQLStore:
         return self._erasures_in(self._fetch(*self._erasures_query(upto_seq)))
 
     def _erasures_query(self, upto_seq: int | None = None) -> tuple[str, list[Any]]:
-        sql = (f"SELECT seq, payload, {_EVENT_COLUMNS} FROM events WHERE kind = 'custom' "
-               "AND phase = 'point' AND name = ? AND payload IS NOT NULL")
-        params: list[Any] = [ERASURE]
+        sql = (f"SELECT seq, payload, {_EVENT_COLUMNS} FROM events WHERE {IS_A_RECORD} "
+               "AND payload IS NOT NULL")
+        params: list[Any] = []
         if upto_seq is not None:
             sql += " AND seq <= ?"
             params.append(upto_seq)
