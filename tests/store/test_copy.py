@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,30 @@ def test_an_erasure_made_during_a_copy_arrives_with_its_record(tmp_path: Path) -
     # The rows arrived erased; the copy went on to the head that holds their record.
     assert report.verify.ok and (report.copied, report.head_seq) == (15, 15)
     assert report.verify.erased == 7 and _rows(archive) == _rows(src)
+
+
+def test_content_cleared_by_sql_in_a_live_source_is_copied_once(tmp_path: Path) -> None:
+    src = f"sqlite:///{tmp_path / 'src.db'}"
+    _record(src, sessions=1, calls=3)  # #1-7
+    with closing(sqlite3.connect(tmp_path / "src.db", isolation_level=None)) as conn:
+        conn.execute("UPDATE events SET payload = NULL, salt = NULL WHERE seq = 2")
+    source = open_store(src)
+    read_head = source.head
+    agent = tracevault.AuditLogger(session_id="live")
+
+    def head_while_appending() -> tuple[int, bytes]:
+        head = read_head()
+        tracevault.configure(store=src)
+        agent.log_input("meanwhile")  # the source keeps growing
+        assert tracevault.flush(10)
+        tracevault.shutdown()
+        return head
+
+    source.head = head_while_appending  # type: ignore[method-assign]
+    report = copy_trail(source, open_store(f"sqlite:///{tmp_path / 'archive.db'}"))
+    # Tampering carried over as it is, in one pass: no erasure raced this copy.
+    assert (report.copied, report.head_seq) == (7, 7)
+    assert not report.verify.ok and report.verify.first_bad_seq == 2
 
 
 def test_tampering_is_carried_over_not_laundered(tmp_path: Path, pg_url: str) -> None:

@@ -40,7 +40,8 @@ def _input(session_id: str) -> AuditEvent:
 
 
 @pytest.mark.parametrize("erases", [
-    None, {}, "not a dict", {"seqs": [[1, 2, 3]]}, {"seqs": ["x"]}, {"before": "yesterday"},
+    None, {}, {"session_id": None}, {"session": "s1"}, {"seqs": None},  # name nothing
+    "not a dict", {"seqs": [[1, 2, 3]]}, {"seqs": ["x"]}, {"before": "yesterday"},
 ])  # fmt: skip
 def test_a_malformed_record_covers_nothing(erases: object) -> None:
     assert erasure_of(7, _event(None, erases=erases)) is None

@@ -295,11 +295,14 @@ def test_erase_clears_content_and_keeps_the_trail_verifiable(store: Store) -> No
     odd = "odd\x00id\ud800"
     store.append([_ev(900, "input", session_id=odd, data={"content": "x"})])  # #41
     assert store.erase(session_id=odd) == 1  # record: #42
+    # A custom event without a name is erased like any other (only records are kept).
+    store.append([_ev(902, "custom", session_id="unnamed", data={"payload": {"x": 1}})])
+    assert store.erase(session_id="unnamed") == 1  # #43, record: #44
     report = store.verify()
-    assert report.ok and (report.erased, report.erasures) == (30, 4)
+    assert report.ok and (report.erased, report.erasures) == (31, 5)
     events = {e.seq: e.event for e in store.events()}
     erased = {seq for seq, e in events.items() if e.data.get("erased")}
-    assert erased == {*range(1, 21), *range(29, 38), 41}
+    assert erased == {*range(1, 21), *range(29, 38), 41, 43}
     # Each erasure is recorded with what it erased; records are never erased (#38 was
     # asked for by sequence number and kept).
     erases = [events[seq].data["payload"]["erases"] for seq in (38, 39, 40, 42)]

@@ -164,12 +164,25 @@ def copy_trail(
         raise ValueError("batch must be at least 1")
     report = _copy_to_head(source, target, batch, progress)
     for _ in range(_CATCH_UP):
-        if report.verify.ok or source.head()[0] == report.head_seq:
+        if report.verify.ok or not _overtaken(source, target, report.head_seq):
             break
-        more = _copy_to_head(source, target, batch, progress)
+        try:
+            more = _copy_to_head(source, target, batch, progress)
+        except StoreError:
+            break  # (the source changed under the copy otherwise: report what was done)
         report = CopyReport(report.copied + more.copied, report.first_seq, more.last_seq,
                             more.head_seq, more.verify, report.erased + more.erased)
     return report
+
+
+def _overtaken(source: Store, target: Store, head_seq: int) -> bool:
+    """Whether rows the target holds erased without a record were erased in the source
+    by a record after ``head_seq`` (an erasure made while the copy read them)."""
+    _, unrecorded = _sql(target, "copy into").erased_rows()
+    if not unrecorded:
+        return False
+    covered, _ = _sql(source, "copy from").erased_rows(head_seq)
+    return not set(unrecorded).isdisjoint(covered)
 
 
 def _copy_to_head(

@@ -30,10 +30,10 @@ from tracevault.ledger import COLUMNS, format_ts, header_columns, parse_ts, stor
 from tracevault.schema import AuditEvent
 
 ERASURE = "tracevault.erasure"  # the name of an erasure record (kind "custom")
-# SQL that picks erasure records, and its negation, which keeps them out of what an
-# erasure clears.
+# SQL that picks erasure records, and the SQL that keeps them out of what an erasure
+# clears (NULL-safe: a custom event without a name is erased like any other).
 IS_A_RECORD = f"kind = 'custom' AND name = '{ERASURE}'"
-NOT_A_RECORD = f"NOT ({IS_A_RECORD})"
+NOT_A_RECORD = f"NOT (kind = 'custom' AND coalesce(name, '') = '{ERASURE}')"
 _TS, _KIND, _NAME = (COLUMNS.index(c) for c in ("ts", "kind", "name"))
 _ID_COLUMNS = tuple(COLUMNS.index(c) for c in ("session_id", "user_id", "trace_id"))
 
@@ -226,11 +226,9 @@ def erasure_of(seq: int, event: AuditEvent) -> Erasure | None:
         return None
     try:
         what = event.data["payload"]["erases"]
-        if not what:
-            return None  # an erasure always names what it erases
         before = what.get("before")
         seqs = what.get("seqs")
-        return Erasure(
+        record = Erasure(
             seq,
             _text_or_none(what.get("session_id")),
             _text_or_none(what.get("user_id")),
@@ -240,6 +238,9 @@ def erasure_of(seq: int, event: AuditEvent) -> Erasure | None:
         )
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
+    if record.ids() == (None, None, None) and record.before is None and record.seqs is None:
+        return None  # an erasure always names what it erases: this one covers nothing
+    return record
 
 
 def _text_or_none(value: Any) -> str | None:

@@ -223,11 +223,15 @@ class SQLStore:
         return found
 
     def _append_record(self, record: AuditEvent, doing: str) -> int:
-        # The sequence number the record was given (append returns the last written).
+        # The sequence number the record was given, read back: an append retried after
+        # a lost commit acknowledgement finds it stored and returns the head instead.
         try:
-            return self.append([record])
+            self.append([record])
         except StoreError as exc:
             raise StoreError(f"cannot {doing}: {exc}") from None
+        rows = self._fetch("SELECT seq FROM events WHERE event_id = ? AND ts = ?",
+                           [record.event_id, self._ts_param(record.timestamp)])
+        return int(rows[0][0])
 
     def carry_erasures(self, seqs: Sequence[int]) -> int:
         """Clear the payload and salt of rows ``seqs`` without a record of its own: for
