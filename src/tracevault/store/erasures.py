@@ -171,12 +171,12 @@ def _record_seq(record: Erasure) -> int:
 
 def erasure_event(
     *,
-    session_id: str | None,
-    user_id: str | None,
-    trace_id: str | None,
-    before: datetime | None,
-    seqs: Iterable[int] | None,
-    reason: str | None,
+    session_id: str | None = None,
+    user_id: str | None = None,
+    trace_id: str | None = None,
+    before: datetime | None = None,
+    seqs: Iterable[int] | None = None,
+    reason: str | None = None,
     found: bool = False,
 ) -> AuditEvent:
     """The record an erasure appends before it clears anything. Its session, user and

@@ -217,9 +217,8 @@ class SQLStore:
         nothing."""
         _, found = self.erased_rows()
         if found:
-            self._append_record(erasure_event(session_id=None, user_id=None, trace_id=None,
-                                              before=None, seqs=found, reason=reason,
-                                              found=True), "record the erasures found")
+            self._append_record(erasure_event(seqs=found, reason=reason, found=True),
+                                "record the erasures found")
         return found
 
     def _append_record(self, record: AuditEvent, doing: str) -> int:
