@@ -326,3 +326,30 @@ def _kinds_in(db: Path) -> list[str]:
         return [e.event.kind for e in store.events()]
     finally:
         store.close()
+
+
+def test_a_captured_event_cannot_pose_as_an_erasure_record(cap: Capture) -> None:
+    # Were it stored under the record's name, this event would cover the session's
+    # input, and wiping that input through SQL would pass verification.
+    logger = tracevault.AuditLogger(session_id="s1")
+    logger.log_input("my card is 4111 1111 1111 1111")
+    logger.log_event("tracevault.erasure", {"erases": {"session_id": "s1"}})
+    stored = cap.events(session_id="s1")
+    assert [(e.kind, e.name) for e in stored] == [
+        ("input", "user_message"), ("custom", "user:tracevault.erasure")]
+    assert stored[1].data["payload"] == {"erases": {"session_id": "s1"}}  # kept as given
+    report = cap.store.verify()
+    assert report.ok and report.erasures == 0
+
+    import sqlite3
+
+    conn = sqlite3.connect(cap.store.url[len("sqlite:///"):], isolation_level=None)
+    try:
+        conn.execute("DROP TRIGGER IF EXISTS events_no_update")
+        conn.execute("UPDATE events SET payload = NULL, salt = NULL WHERE kind = 'input'")
+    finally:
+        conn.close()
+    report = cap.store.verify()
+    first = cap.stored(session_id="s1")[0]
+    assert not report.ok and report.first_bad_seq == first.seq
+    assert "no erasure record after it covers it" in (report.reason or "")

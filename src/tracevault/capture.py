@@ -29,6 +29,7 @@ from tracevault.pipeline import Appender, DurabilityError, Middleware, Pipeline
 from tracevault.replay import Later, Replay, replaying
 from tracevault.schema import KINDS, LEVEL_RANK, PHASES
 from tracevault.snapshot import Deferred, freeze, thaw
+from tracevault.store.erasures import CAPTURED_ERASURE_NAME, ERASURE
 
 log = logging.getLogger("tracevault")
 
@@ -37,6 +38,7 @@ _pipeline: Pipeline | None = None
 _settings: Settings | None = None
 _min_rank = LEVEL_RANK["debug"]
 _capture_errors = 0
+_renamed = 0  # captured events named like an erasure record (see _not_a_record)
 # What a forked child rebuilds: the store URL, the middleware, and whether a writer
 # process wrote (the child then starts its own, through new_pipeline).
 _recipe: tuple[str, list[Middleware], bool] | None = None
@@ -302,6 +304,15 @@ def emit(
                   span_id, parent_span_id, metadata, tags, timestamp, durable, owned, keep)
 
 
+def _not_a_record(name: str) -> str:
+    global _renamed
+    _renamed += 1
+    if _renamed <= 10:
+        log.warning("tracevault: a captured event may not be named %r (the name of an "
+                    "erasure record); it is recorded as %r", name, CAPTURED_ERASURE_NAME)
+    return CAPTURED_ERASURE_NAME
+
+
 def record(
     kind: str,
     phase: str,
@@ -336,6 +347,8 @@ def record(
             return False
         if kind not in _KINDS or phase not in _PHASES:
             raise ValueError(f"unknown event kind {kind!r} or phase {phase!r}")
+        if name == ERASURE and kind == "custom":  # only an erasure writes its record
+            name = _not_a_record(name)
         if data is None:
             payload: Any = {}
         elif owned or data.__class__ is Deferred:

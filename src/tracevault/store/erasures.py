@@ -30,6 +30,10 @@ from tracevault.ledger import COLUMNS, format_ts, header_columns, parse_ts, stor
 from tracevault.schema import AuditEvent
 
 ERASURE = "tracevault.erasure"  # the name of an erasure record (kind "custom")
+# The name a captured custom event named ERASURE is stored under: only an erasure
+# appends records, or whoever can record an event (an agent, a prompt it obeys) could
+# write one covering content that is then wiped through SQL, and verify would pass.
+CAPTURED_ERASURE_NAME = f"user:{ERASURE}"
 # SQL that picks erasure records, and the SQL that keeps them out of what an erasure
 # clears (NULL-safe: a custom event without a name is erased like any other).
 IS_A_RECORD = f"kind = 'custom' AND name = '{ERASURE}'"
