@@ -353,3 +353,13 @@ def test_a_captured_event_cannot_pose_as_an_erasure_record(cap: Capture) -> None
     first = cap.stored(session_id="s1")[0]
     assert not report.ok and report.first_bad_seq == first.seq
     assert "no erasure record after it covers it" in (report.reason or "")
+
+
+def test_an_erasure_reason_is_redacted_like_recorded_text(cap: Capture) -> None:
+    tracevault.AuditLogger(session_id="s2").log_input("hello")
+    assert tracevault.erase(session_id="s2", reason="DSR-9, asked by bob@example.com") == 1
+    *_, record = cap.events(session_id="s2")
+    assert record.name == "tracevault.erasure"
+    reason = record.data["payload"]["reason"]
+    assert reason.startswith("DSR-9, asked by ") and "bob@example.com" not in reason
+    assert cap.store.verify().ok

@@ -333,7 +333,7 @@ def test_erase_needs_a_filter_and_yes_then_clears_content_only(
     assert main(["erase", *store, "--user", "alice"]) == 2
     assert "add --yes" in capsys.readouterr().err
     assert main(["erase", *store, "--user", "alice", "--session", "a-2", "--yes",
-                 "--reason", "DSR-17"]) == 0
+                 "--reason", "DSR-17 from alice@example.com"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("erased the content of 6 events (session 'a-2', user 'alice')")
     assert "a tracevault.erasure event records it" in out
@@ -348,7 +348,9 @@ def test_erase_needs_a_filter_and_yes_then_clears_content_only(
     # same user left alone.
     assert (record["kind"], record["name"]) == ("custom", "tracevault.erasure")
     assert record["data"]["payload"]["erases"] == {"session_id": "a-2", "user_id": "alice"}
-    assert record["data"]["payload"]["reason"] == "DSR-17"
+    # The reason is redacted like any recorded text: the record is never erased.
+    reason = record["data"]["payload"]["reason"]
+    assert reason.startswith("DSR-17 from ") and "alice@example.com" not in reason
     assert record["data"]["payload"]["by"]["pid"] == os.getpid()
     assert main(["show", "a-2", *store]) == 0
     assert "tool_call search [payload erased] · error · 30.0 ms" in capsys.readouterr().out

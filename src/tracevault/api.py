@@ -135,7 +135,8 @@ def erase(
     events were erased.
 
     The erasure is itself recorded first: a sealed ``tracevault.erasure`` event naming
-    what it erases, who asked (login, host, process) and ``reason``; ``verify`` accepts
+    what it erases, who asked (login, host, process) and ``reason`` (redacted like any
+    recorded text, as the record is never erased); ``verify`` accepts
     an erased event only below such a record.
 
     What was captured before the call is flushed to the ledger first, so it is erased
@@ -146,6 +147,9 @@ def erase(
     """
     if session_id is None and user_id is None and trace_id is None and before is None:
         raise ValueError("erase needs session_id, user_id, trace_id or before")
+    from tracevault.redaction.redactor import redact_reason
+
+    reason = redact_reason(reason, capture.settings())
     pipeline = capture.current_pipeline()
     recording = pipeline.store_url if pipeline is not None else None
     opened = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from tracevault import capture
 from tracevault.cli import UsageError, _open_existing, _print_json, _store_url, parse_when
 from tracevault.ledger import format_ts
 from tracevault.store import shown_url
@@ -29,7 +30,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     store = _open_existing(args)
     try:
         erased = store.erase(session_id=args.session, user_id=args.user, trace_id=args.trace,
-                             before=before, reason=args.reason)
+                             before=before, reason=_reason(args))
     finally:
         store.close()
     if args.json:
@@ -53,7 +54,7 @@ def _record_found(args: argparse.Namespace) -> int:
     try:
         if not isinstance(store, SQLStore):
             raise UsageError(f"{shown_url(url)} is not a SQL ledger")
-        found = store.record_found_erasures(reason=args.reason)
+        found = store.record_found_erasures(reason=_reason(args))
     finally:
         store.close()
     if args.json:
@@ -65,6 +66,12 @@ def _record_found(args: argparse.Namespace) -> int:
     else:
         print(f"every erased event in {shown_url(url)} is covered by an erasure record")
     return 0
+
+
+def _reason(args: argparse.Namespace) -> str | None:
+    from tracevault.redaction.redactor import redact_reason
+
+    return redact_reason(args.reason, capture.settings())
 
 
 def register(

@@ -325,3 +325,13 @@ def redactor_factory(settings: Any) -> list[Callable[[AuditEvent], AuditEvent | 
     """Default-middleware factory: the Redactor for ``settings``, or none when off."""
     policy = Policy.from_extra(getattr(settings, "extra", None) or {})
     return [Redactor(policy)] if policy.enabled else []
+
+
+def redact_reason(reason: str | None, settings: Any) -> str | None:
+    """``reason``, the free text an erasure records about itself, as the default
+    redaction for ``settings`` stores any text: a request's reference stays, the
+    details of the person whose data goes do not (the record itself is never erased)."""
+    if reason is None:
+        return None
+    policy = Policy.from_extra(getattr(settings, "extra", None) or {})
+    return Redactor(policy).redact_text(reason)[0] if policy.enabled else reason
