@@ -14,14 +14,18 @@ Typical use::
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from tracevault import capture
+from tracevault import dead_letters as dead_letter_files
 from tracevault.config import Settings, export
 from tracevault.context import SpanRef, current_span, use_span
 from tracevault.ids import new_span_id, new_trace_id
@@ -30,6 +34,7 @@ from tracevault.store import Store, StoreError, open_store
 from tracevault.toolcall import ToolCall, drop_none, error_data
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("tracevault")
 
 
 def configure(
@@ -129,10 +134,16 @@ def erase(
     store: str | Store | None = None,
     timeout: float | None = 60.0,
     reason: str | None = None,
+    dead_letters: Iterable[str | Path] | None = None,
 ) -> int:
     """Erase the content of a session's, a user's or a run's events, or of everything
     recorded ``before`` a time (retention); filters combine with AND. Returns how many
-    events were erased.
+    events were erased in the ledger.
+
+    The same events are erased in dead-letter files (events that could not reach the
+    ledger): those in ``dead_letters`` (files, or directories holding
+    ``tracevault-dead-letter-*.jsonl`` files; by default the working directory and the
+    file the current pipeline dead-letters into).
 
     The erasure is itself recorded first: a sealed ``tracevault.erasure`` event naming
     what it erases, who asked (login, host, process) and ``reason`` (redacted like any
@@ -147,6 +158,10 @@ def erase(
     """
     if session_id is None and user_id is None and trace_id is None and before is None:
         raise ValueError("erase needs session_id, user_id, trace_id or before")
+    places = [os.getcwd()] if dead_letters is None else list(dead_letters)
+    for place in places:
+        if not os.path.exists(place):
+            raise FileNotFoundError(f"{place}: no such dead-letter file or directory")
     from tracevault.redaction.redactor import redact_reason
 
     reason = redact_reason(reason, capture.settings())
@@ -159,11 +174,19 @@ def erase(
     if store is None or isinstance(store, str):
         store = opened = open_store(target or Settings.from_env().store, create=False)
     try:
-        return store.erase(session_id=session_id, user_id=user_id, trace_id=trace_id,
-                           before=before, reason=reason)
+        erased = store.erase(session_id=session_id, user_id=user_id, trace_id=trace_id,
+                             before=before, reason=reason)
     finally:
         if opened is not None:
             opened.close()
+    if dead_letters is None and pipeline is not None:
+        places.append(pipeline.dead_letter_path)
+    files = [f for f in dict.fromkeys(dead_letter_files.files_in(places)) if f.exists()]
+    cleared = dead_letter_files.erase(files, session_id=session_id, user_id=user_id,
+                                      trace_id=trace_id, before=before)
+    if cleared:
+        log.info("tracevault: erased the content of %d events in dead-letter files", cleared)
+    return erased
 
 
 def stats() -> PipelineStats | None:

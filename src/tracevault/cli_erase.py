@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 
-from tracevault import capture
+from tracevault import capture, dead_letters
 from tracevault.cli import UsageError, _open_existing, _print_json, _store_url, parse_when
 from tracevault.ledger import format_ts
 from tracevault.store import shown_url
@@ -26,6 +27,10 @@ def cmd_erase(args: argparse.Namespace) -> int:
                          "--before WHEN")
     if not args.yes:
         raise UsageError("erasure cannot be undone: add --yes to erase")
+    missing = [p for p in args.dead_letters or () if not os.path.exists(p)]
+    if missing:
+        raise UsageError(f"{missing[0]}: no such dead-letter file or directory")
+    files = dead_letters.files_in(args.dead_letters or [os.getcwd()])
     url = _store_url(args)
     store = _open_existing(args)
     try:
@@ -33,12 +38,17 @@ def cmd_erase(args: argparse.Namespace) -> int:
                              before=before, reason=_reason(args))
     finally:
         store.close()
+    cleared = dead_letters.erase(files, session_id=args.session, user_id=args.user,
+                                 trace_id=args.trace, before=before)
     if args.json:
-        _print_json({"erased": erased, "store": shown_url(url)})
-    else:
-        print(f"erased the content of {erased} events ({', '.join(what)}) in {shown_url(url)}"
-              + ("; a tracevault.erasure event records it, and the trail still verifies "
-                 "(`tracevault verify`)" if erased else ""))
+        _print_json({"erased": erased, "store": shown_url(url),
+                     "dead_letters_erased": cleared, "dead_letter_files": len(files)})
+        return 0
+    print(f"erased the content of {erased} events ({', '.join(what)}) in {shown_url(url)}"
+          + ("; a tracevault.erasure event records it, and the trail still verifies "
+             "(`tracevault verify`)" if erased else ""))
+    if cleared:
+        print(f"erased the content of {cleared} events in {len(files)} dead-letter files")
     return 0
 
 
@@ -99,6 +109,9 @@ def register(
     p.add_argument("--reason", metavar="TEXT",
                    help="why (a request's reference, a retention policy): kept in the "
                    "erasure's record")
+    p.add_argument("--dead-letters", metavar="PATH", action="append",
+                   help="a dead-letter file, or a directory of them, where the same events "
+                   "are erased (repeatable; default: the working directory)")
     p.add_argument("--found", action="store_true",
                    help="erase nothing: record the events found erased that no erasure "
                    "record covers (erased before erasures were recorded, or by SQL), so "

@@ -150,6 +150,26 @@ def _metrics(event: AuditEvent) -> tuple[str | None, float | None, int | None, f
 
 
 _INT_COLUMN = 2**63  # SQLite INTEGER and PostgreSQL bigint
+METRICS = ("status", "duration_ms", "tokens", "cost")  # the columns of _metrics
+
+
+def erased_data(metrics: Sequence[Any]) -> dict[str, Any]:
+    """The data of an erased event: ``{"erased": true}`` and the metrics its row keeps
+    (``metrics``: status, duration, tokens and cost, ``None`` where it has none)."""
+    data: dict[str, Any] = {"erased": True}
+    for key, value in zip(METRICS, metrics, strict=True):
+        if value is not None:
+            data[key] = value
+    return data
+
+
+def erased_event(event: AuditEvent) -> AuditEvent:
+    """``event`` as the ledger keeps it once erased (for copies kept outside it, such as
+    dead-letter files): ids, kind, name, time and metrics; no data, metadata or tags."""
+    return AuditEvent(event.event_id, event.timestamp, event.kind, event.phase, event.level,
+                      event.name, event.session_id, event.user_id, event.trace_id,
+                      event.span_id, event.parent_span_id, event.framework,
+                      data=erased_data(_metrics(event)))
 
 
 def _number(value: Any) -> float | None:

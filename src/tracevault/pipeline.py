@@ -33,8 +33,9 @@ from typing import Any, Protocol
 
 import orjson
 
+from tracevault import dead_letters
 from tracevault.ids import uuid7
-from tracevault.ledger import decode_event, encode_event
+from tracevault.ledger import encode_event
 from tracevault.replay import Later
 from tracevault.schema import AuditEvent
 from tracevault.snapshot import Deferred, make_data, snapshot, thaw
@@ -212,9 +213,7 @@ class Pipeline:
         self._maxsize = queue_size
         self._batch_size = batch_size
         self._block_timeout = block_timeout
-        self._dead_letter_path = dead_letter_path or os.path.join(
-            os.getcwd(), f"tracevault-dead-letter-{os.getpid()}.jsonl"
-        )
+        self._dead_letter_path = dead_letter_path or dead_letters.default_path()
         self._wake = threading.Event()
         # Set by flush()/shutdown(): write now rather than linger for a fuller batch.
         self._urgent = threading.Event()
@@ -255,6 +254,11 @@ class Pipeline:
     @property
     def store_url(self) -> str:
         return self._store_url
+
+    @property
+    def dead_letter_path(self) -> str:
+        """The file events that cannot reach the ledger are saved to (see shutdown)."""
+        return self._dead_letter_path
 
     # --- caller side ------------------------------------------------------------------
 
@@ -661,9 +665,7 @@ class Pipeline:
         if not rest:
             return
         try:
-            with open(self._dead_letter_path, "ab") as fh:
-                for event in rest:
-                    fh.write(_dead_letter_line(event))
+            dead_letters.append(self._dead_letter_path, [_dead_letter_line(e) for e in rest])
             self._dead_lettered += len(rest)
             log.error(
                 "tracevault: %d events could not reach the ledger and were saved to %s",
@@ -765,6 +767,6 @@ def _shut_down_before_multiprocessing_exits() -> None:
 
 
 def dead_letter_events(path: str) -> list[AuditEvent]:
-    """Read the events a pipeline saved to a dead-letter file (to re-append them)."""
-    with open(path, "rb") as fh:
-        return [decode_event(line) for line in fh if line.strip()]
+    """Read the events a pipeline saved to a dead-letter file (to re-append them):
+    :func:`tracevault.dead_letters.read`, under the name it had first."""
+    return dead_letters.read(path)

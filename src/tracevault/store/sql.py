@@ -17,9 +17,11 @@ from typing import Any
 
 from tracevault.ledger import (
     COLUMNS,
+    METRICS,
     TEXT_COLUMNS,
     VerifyReport,
     decode_event,
+    erased_data,
     header_sql,
     parse_ts,
     stored_text,
@@ -344,10 +346,7 @@ class SQLStore:
         # Erased payload: the indexed columns survive (ids, times, and the status and
         # metrics a step's outcome had), the content does not.
         values = dict(zip(COLUMNS, row[2:], strict=True))
-        data: dict[str, Any] = {"erased": True}
-        for key in ("status", "duration_ms", "tokens", "cost"):
-            if values[key] is not None:
-                data[key] = values[key]
+        data = erased_data([values[key] for key in METRICS])
         return AuditEvent(
             event_id=values["event_id"],
             timestamp=parse_ts(self._ts_text(values["ts"])),
