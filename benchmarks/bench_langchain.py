@@ -141,14 +141,18 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def _measure(invoke: Callable[[], Any], runs: int, warmup: int) -> tuple[list[float], list[float],
-                                                                       float]:
+def _measure(invoke: Callable[[], Any], runs: int, warmup: int, settle: bool = False
+             ) -> tuple[list[float], list[float], float]:
     """Return each run's wall-clock and agent-thread CPU time (µs), and the CPU time of
     the whole process over the runs (µs; the writer thread's included, not a writer
     process's). CPU times do not count the moments the VM ran something else, which
-    wall-clock time on a shared machine does."""
+    wall-clock time on a shared machine does. ``settle``: after the warm-up, wait until
+    the ledger writer has written it (a writer process starts, and imports what it
+    interprets callbacks with, on the first batch): the runs measure the steady state."""
     for _ in range(warmup):
         invoke()
+    if settle:
+        tracevault.flush(120)
     wall, cpu = [], []
     process0 = time.process_time()
     for _ in range(runs):
@@ -270,7 +274,7 @@ def run(args: argparse.Namespace, postgres: str | None) -> int:
                 busy = _busy_core()
             wall, cpu, process = _measure(
                 lambda c=config: agent.invoke(inputs, c),  # type: ignore[misc,call-overload]
-                runs, warmup)
+                runs, warmup, settle=name in ("tracevault", "tv_process"))
             latencies[name] += wall
             agent_cpu[name] += cpu
             process_cpu[name] += process

@@ -369,7 +369,7 @@ def record(
         # for the error that names it, and one a deferred callback records (already on
         # the writer, in queue order: settling it again would copy the tuple).
         item = (
-            uuid7() if durable or replay is not None else None,
+            replay.new_id() if replay is not None else uuid7() if durable else None,
             timestamp or (time_ns() if replay is None else replay.time_ns),
             kind,
             phase,

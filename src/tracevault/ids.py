@@ -29,6 +29,16 @@ def uuid7() -> str:
     return str(_uuid7())
 
 
+def uuid7_from(unix_ms: int, rand: bytes) -> str:
+    """A UUIDv7 with time ``unix_ms`` and its 74 random bits taken from ``rand`` (at
+    least 10 bytes): the same arguments give the same id."""
+    bits = int.from_bytes(rand[:10], "big")
+    value = ((unix_ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | (bits >> 68 & 0xFFF) << 64
+             | 0b10 << 62 | bits & 0x3FFF_FFFF_FFFF_FFFF)
+    text = f"{value:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
 def new_trace_id() -> str:
     """Return a random 128-bit trace id as 32 hex characters (OpenTelemetry's form)."""
     return f"{_getrandbits(128):032x}"

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import orjson
 
 from tracevault import dead_letters
+from tracevault.callback_wire import shippable
 from tracevault.ids import uuid7
 from tracevault.ledger import encode_event
 from tracevault.replay import Later
@@ -335,16 +336,23 @@ class Pipeline:
         # filtered and withheld; the filtered ones were handed over but not written.
         redacting_store = self._store if self.store_applies_middleware else None
         filtered_there = getattr(redacting_store, "filtered", 0)
+        # Deferred callbacks the store ran (a writer process interprets them): each was
+        # counted as one event written, and stands for the events it recorded, or for
+        # one filtered if it recorded none.
+        ran = getattr(redacting_store, "callbacks_run", 0)
+        made = getattr(redacting_store, "callback_events", 0)
+        empty = getattr(redacting_store, "empty_callbacks", 0)
         # What is done is read before what came in: an event is captured before it is
         # written, filtered or lost, so none is counted done and not captured.
-        written = self._written - filtered_there
-        filtered = self._filtered + filtered_there
+        written = self._written + made - ran - filtered_there
+        filtered = self._filtered + filtered_there + empty
         dropped = self._dropped  # on both sides of the sum: read once
         lost = self._lost
         dead_lettered = self._dead_lettered
         with self._moving:
             queue, received = list(self._queue), self._received
-        captured = received + dropped + sum(1 for item in queue if item.__class__ is not _Marker)
+        captured = (received + made - ran + empty + dropped
+                    + sum(1 for item in queue if item.__class__ is not _Marker))
         return PipelineStats(
             captured=captured,
             written=written,
@@ -433,7 +441,9 @@ class Pipeline:
             self._urgent.clear()
             # A store that applies the middleware itself takes the items as they are.
             raw = self.store_applies_middleware
-            batch: list[Item] = []
+            # A writer process interprets the callbacks it can (tracevault.callback_wire).
+            ships = getattr(self._store, "interprets_callbacks", False)
+            batch: list[Item | Later] = []
             markers: list[_Marker] = []
             limit = self._batch_size if waited_for else self._burst
             # A flush marker ends the batch: everything queued before it is in the batch.
@@ -443,7 +453,10 @@ class Pipeline:
                         markers.append(item)
                         with self._flush_lock:
                             self._flushes -= 1
-                    elif item.__class__ is Later:  # a callback to run here: its events, in place
+                    elif item.__class__ is Later:  # a callback: its events, in place
+                        if ships and shippable(item):
+                            batch.append(item)
+                            continue
                         for made in self._run_later(item):
                             batch.append(settled(made) if raw else event_of(made))
                     else:
@@ -460,7 +473,8 @@ class Pipeline:
                 # Pending events went through middleware; if it never ran, nothing of the
                 # batch may reach the dead-letter file unredacted.
                 reason = f"the ledger writer failed before redaction ({type(exc).__name__})"
-                self._dead_letter(self._pending or [_withhold(event_of(e), reason) for e in batch])
+                self._dead_letter(self._pending or [
+                    _withhold(event_of(e), reason) for e in self._interpreted(batch)])
                 self._pending = []
                 ok = False
             for marker in markers:
@@ -656,8 +670,19 @@ class Pipeline:
         rest.extend(self._gap_records())
         return rest
 
-    def _dead_letter(self, items: list[Item]) -> None:
-        rest = [event_of(item) for item in items]
+    def _interpreted(self, items: Sequence[Item | Later]) -> list[Item]:
+        """``items`` with the callbacks handed to a writer process but never written
+        run here instead (for the dead-letter file)."""
+        out: list[Item] = []
+        for item in items:
+            if item.__class__ is Later:
+                out.extend(self._run_later(item))
+            else:
+                out.append(item)
+        return out
+
+    def _dead_letter(self, items: Sequence[Item | Later]) -> None:
+        rest = [event_of(item) for item in self._interpreted(items)]
         if rest and self.store_applies_middleware:
             # Events meant for a store that redacts them itself have not been redacted
             # here yet, and nothing reaches the disk unredacted.

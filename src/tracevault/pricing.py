@@ -68,11 +68,30 @@ BUILTIN_PRICES: dict[str, Price] = {
 
 _lock = threading.Lock()
 _overrides: dict[str, Price] = {}
+_version = 0  # of _overrides (see overrides())
 _env_loaded = False
 # price_for() runs for every model call on the caller's thread; the prefix search is
 # remembered per model name until the table changes (set_price clears it).
 _matched: dict[str, Price | None] = {}
 _MAX_MATCHED = 1024
+
+
+def overrides() -> tuple[int, dict[str, Price]]:
+    """The version of the user's prices (it changes with every change) and the prices:
+    what a writer process needs to price model calls as this process does."""
+    _ensure_env()
+    with _lock:
+        return _version, dict(_overrides)
+
+
+def use_overrides(prices: Mapping[str, Price]) -> None:
+    """Replace the user's prices with ``prices`` (from :func:`overrides`)."""
+    global _version
+    with _lock:
+        _overrides.clear()
+        _overrides.update(prices)
+        _matched.clear()
+        _version += 1
 
 
 def set_price(
@@ -82,16 +101,20 @@ def set_price(
     """Add or override the price of ``model`` (USD per million tokens)."""
     if min(input, output, cached_input or 0.0, cache_write or 0.0) < 0:
         raise ValueError("prices must not be negative")
+    global _version
     with _lock:
         _overrides[model.lower()] = Price(input, output, cached_input, cache_write)
         _matched.clear()
+        _version += 1
 
 
 def clear_prices() -> None:
     """Forget every user price: back to the built-in table."""
+    global _version
     with _lock:
         _overrides.clear()
         _matched.clear()
+        _version += 1
 
 
 def load_prices(source: str | Mapping[str, Any]) -> int:

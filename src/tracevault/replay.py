@@ -21,11 +21,14 @@ time it runs (about half of what a callback cost the caller's thread in a loop).
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import logging
+import struct
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from tracevault.context import _scope, _span
+from tracevault.ids import uuid7, uuid7_from
 
 if TYPE_CHECKING:
     from tracevault.config import Settings
@@ -38,13 +41,29 @@ class Replay:
     stands for (the level filter and settings in force when the callback came, not
     those of a later ``configure()`` or ``shutdown()``)."""
 
-    __slots__ = ("clock", "items", "settings", "time_ns")
+    __slots__ = ("clock", "items", "salt", "settings", "time_ns")
 
-    def __init__(self, time_ns: int, clock: float, settings: Settings) -> None:
+    def __init__(self, time_ns: int, clock: float, settings: Settings,
+                 salt: bytes | None = None) -> None:
         self.time_ns = time_ns
         self.clock = clock
         self.settings = settings
+        self.salt = salt
         self.items: list[Any] = []
+
+    def new_id(self) -> str:
+        """The id of the next event this callback records: a new UUIDv7, or, with a
+        ``salt``, one derived from the salt, the callback's clocks and the event's place
+        among its events — the same each time the callback is run again (a writer
+        process that died before acknowledging a batch gets it again, and appends are
+        idempotent by id)."""
+        if self.salt is None:
+            return uuid7()
+        seed = self.salt + _SEED.pack(self.time_ns, self.clock, len(self.items))
+        return uuid7_from(self.time_ns // 1_000_000, hashlib.blake2b(seed, digest_size=10).digest())
+
+
+_SEED = struct.Struct("<qdI")
 
 
 _replay: contextvars.ContextVar[Replay | None] = contextvars.ContextVar(
@@ -75,10 +94,11 @@ class Later(tuple):  # type: ignore[type-arg]
 
     __slots__ = ()
 
-    def run(self) -> list[Any]:
+    def run(self, salt: bytes | None = None) -> list[Any]:
         """Run the callback; return what it recorded (queue items, in order). Never
-        raises: a failing callback is logged and records what it had recorded."""
-        replay = Replay(self[3], self[4], self[5])
+        raises: a failing callback is logged and records what it had recorded.
+        ``salt``: its events' ids are derived (see :meth:`Replay.new_id`)."""
+        replay = Replay(self[3], self[4], self[5], salt)
         tokens = (_replay.set(replay), _scope.set(self[1]), _span.set(self[2]))
         try:
             self[0](*self[6:])

@@ -23,6 +23,7 @@ the child's store fails by ``{"progress": true, "error": "...", "write_errors": 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
@@ -36,9 +37,19 @@ from typing import Any
 
 import orjson
 
+from tracevault import callback_wire, pricing
 from tracevault.config import Settings
 from tracevault.ledger import encode_event, parse_ts
-from tracevault.pipeline import Item, Middleware, Pipeline, apply_middleware, event_of, timestamp_of
+from tracevault.pipeline import (
+    Item,
+    Middleware,
+    Pipeline,
+    apply_middleware,
+    event_of,
+    settled,
+    timestamp_of,
+)
+from tracevault.replay import Later
 from tracevault.schema import AuditEvent
 from tracevault.snapshot import Frozen, thaw
 from tracevault.store import Store, StoreError, open_store, shown_url
@@ -46,6 +57,7 @@ from tracevault.store import Store, StoreError, open_store, shown_url
 log = logging.getLogger("tracevault")
 
 CONFIG_ENV = "TRACEVAULT_SIDECAR_SETTINGS"
+SALT_ENV = "TRACEVAULT_SIDECAR_SALT"
 _HEADER = struct.Struct(">I")
 _MAX_RESTARTS = 3  # consecutive failures before writing in this process instead
 _PROGRESS_EVERY = 1.0  # seconds between the child's reports while its store fails
@@ -79,12 +91,29 @@ class SidecarStore:
         self.last_error: str | None = None
         self.write_errors = 0
         self._closed = False
+        # Deferred callbacks interpreted here or in the child (see PipelineStats): how
+        # many ran, the events they made, and how many made none.
+        self.callbacks_run = 0
+        self.callback_events = 0
+        self.empty_callbacks = 0
+        # Ids of the events a callback makes derive from this (replay.Replay.new_id), so
+        # a batch sent again, to a new child or written here, is not stored twice.
+        self._salt = os.urandom(16)
+        self._prices_sent: int | None = None  # the price table's version the child has
 
     # --- the Store surface the pipeline uses -----------------------------------------
 
-    def append(self, events: Sequence[Item]) -> int:
-        """Send ``events`` (queued items, see :func:`~tracevault.pipeline.event_of`) to the
-        child and return once they are durable there."""
+    @property
+    def interprets_callbacks(self) -> bool:
+        """Whether deferred callbacks (:class:`~tracevault.replay.Later`) may be handed
+        over as they are, to be interpreted in the child (not once writing fell back to
+        this process)."""
+        return self._fallback is None
+
+    def append(self, events: Sequence[Item | Later]) -> int:
+        """Send ``events`` (queued items, see :func:`~tracevault.pipeline.event_of`, and
+        deferred callbacks, which the child runs) to the child and return once what
+        they stand for is durable there."""
         if self._fallback is not None:
             return self._append_here(events)
         with self._lock:
@@ -96,7 +125,7 @@ class SidecarStore:
                 # Raw pipes and as few system calls as possible: each one releases the
                 # GIL, and taking it back from a busy agent thread costs the agent a
                 # forced switch (an asyncio loop pays ~0.2 ms for each).
-                _send(proc.stdin.fileno(), _append_frame(events))
+                _send(proc.stdin.fileno(), self._frame(events))
                 reply = _receive(proc.stdout.fileno())
                 while reply is not None and reply.get("progress"):  # still retrying
                     self.last_error = reply.get("error")
@@ -113,7 +142,50 @@ class SidecarStore:
             self.last_error = None
             self.filtered += int(reply.get("filtered", 0))
             self.withheld += int(reply.get("withheld", 0))
+            self._count_callbacks(int(reply.get("callbacks", 0)),
+                                  int(reply.get("callback_events", 0)),
+                                  int(reply.get("empty_callbacks", 0)))
             return int(reply.get("written", len(events)))
+
+    def _frame(self, events: Sequence[Item | Later]) -> bytes:
+        """The append frame for ``events``: JSON, or pickled when it holds deferred
+        callbacks (with the price table, if the child has not got it yet)."""
+        if not any(item.__class__ is Later for item in events):
+            return _append_frame(events)
+        version, prices = pricing.overrides()
+        message: dict[str, Any] = {"op": "append", "events": events}
+        if version != self._prices_sent:
+            message["prices"] = prices
+        try:
+            body = callback_wire.dumps(message)
+        except Exception as exc:  # something in a callback's arguments does not pickle
+            log.error("tracevault: deferred callbacks could not be sent to the ledger "
+                      "writer process (%r); they are interpreted in this process", exc)
+            return _append_frame(self._run_here(events))
+        self._prices_sent = version
+        return body
+
+    def _run_here(self, events: Sequence[Item | Later]) -> list[Item]:
+        """``events`` with each deferred callback replaced by what it records when run
+        in this process."""
+        out: list[Item] = []
+        ran = made = empty = 0
+        for item in events:
+            if item.__class__ is Later:
+                recorded = item.run(self._salt)
+                ran += 1
+                made += len(recorded)
+                empty += not recorded
+                out.extend(settled(r) for r in recorded)
+            else:
+                out.append(item)
+        self._count_callbacks(ran, made, empty)
+        return out
+
+    def _count_callbacks(self, ran: int, made: int, empty: int) -> None:
+        self.callbacks_run += ran
+        self.callback_events += made
+        self.empty_callbacks += empty
 
     def close(self) -> None:
         """Let the child write what it holds and exit (idempotent)."""
@@ -128,7 +200,8 @@ class SidecarStore:
     def _child(self) -> subprocess.Popen[bytes]:
         if self._proc is not None:  # a child that died shows up as a failed send or read
             return self._proc
-        env = {**os.environ, CONFIG_ENV: self._config}
+        env = {**os.environ, CONFIG_ENV: self._config, SALT_ENV: self._salt.hex()}
+        self._prices_sent = None  # a new child knows only the prices of its environment
         # The child must not start a sidecar of its own, nor auto-enable frameworks.
         env.pop("TRACEVAULT_WRITER", None)
         env.pop("TRACEVAULT_ENABLED", None)
@@ -173,10 +246,10 @@ class SidecarStore:
         self._fallback = open_store(self.url)
         return self._append_here(events)
 
-    def _append_here(self, events: Sequence[Item]) -> int:
+    def _append_here(self, events: Sequence[Item | Later]) -> int:
         assert self._fallback is not None
         kept = []
-        for item in events:
+        for item in self._run_here(events):
             result, outcome = apply_middleware(self._middleware, event_of(item))
             if outcome == "filtered":
                 self.filtered += 1
@@ -221,7 +294,13 @@ def _send(fd: int, body: bytes) -> None:
 
 
 def _receive(fd: int) -> Any:
-    """Read one frame from a raw pipe; ``None`` at end of stream (the peer is gone).
+    """Read one JSON frame from a raw pipe; ``None`` at end of stream (the peer is gone)."""
+    body = _receive_body(fd)
+    return None if body is None else orjson.loads(body)
+
+
+def _receive_body(fd: int) -> memoryview | None:
+    """Read one frame's body from a raw pipe; ``None`` at end of stream (the peer is gone).
 
     The first read takes whatever has arrived, so a small frame costs one system call.
     Reading past the frame cannot happen: each side sends one frame and then waits for
@@ -236,7 +315,7 @@ def _receive(fd: int) -> Any:
         data += more
         if size is None and len(data) >= _HEADER.size:
             (size,) = _HEADER.unpack_from(data)
-    return orjson.loads(memoryview(data)[_HEADER.size:])
+    return memoryview(data)[_HEADER.size:]
 
 
 def _decode(raw: list[Any] | dict[str, Any]) -> AuditEvent:
@@ -246,6 +325,9 @@ def _decode(raw: list[Any] | dict[str, Any]) -> AuditEvent:
                           *fields)
     raw["timestamp"] = parse_ts(raw["timestamp"])
     return AuditEvent(**raw)
+
+
+_PICKLED = b"\x80"  # how a pickle starts (an orjson frame starts with "{")
 
 
 def main() -> int:
@@ -265,14 +347,33 @@ def main() -> int:
         burst=settings.batch_size,
     )
     threading.Thread(target=_exit_with_parent, args=(pipeline,), daemon=True).start()
+    salt = bytes.fromhex(os.environ.get(SALT_ENV, "")) or None
+    priority = _Priority(behind=max(64, settings.batch_size // 4))
     try:
         while True:
-            message = _receive(requests)
+            body = _receive_body(requests)
+            message = None if body is None else (
+                callback_wire.loads(body) if body[:1] == _PICKLED else orjson.loads(body))
             if message is None or message.get("op") != "append":
                 return 0
             before = pipeline.stats()
-            for raw in message["events"]:
-                pipeline.submit(_decode(raw))
+            if "prices" in message:
+                pricing.use_overrides(message["prices"])
+            ran = made = empty = 0
+            events: list[Any] = message["events"]
+            priority.keep_up(len(events))
+            for raw in events:
+                if raw.__class__ is Later:  # a framework callback: interpreted here
+                    recorded = raw.run(salt)
+                    ran += 1
+                    made += len(recorded)
+                    empty += not recorded
+                    for item in recorded:
+                        pipeline.submit(item)
+                elif isinstance(raw, (tuple, AuditEvent)):  # queued items, pickled
+                    pipeline.submit(raw)
+                else:  # their JSON form
+                    pipeline.submit(_decode(raw))
             # The pipeline retries a failing store until it works; meanwhile the parent
             # hears why, every so often (the Store protocol has one reply per append).
             while not pipeline.flush(_PROGRESS_EVERY):
@@ -287,12 +388,45 @@ def main() -> int:
                     "written": after.written - before.written,
                     "filtered": after.filtered - before.filtered,
                     "withheld": after.withheld - before.withheld,
+                    "callbacks": ran,
+                    "callback_events": made,
+                    "empty_callbacks": empty,
                     "error": after.last_error,
                 }))
             except OSError:  # the parent is gone: what we hold is written or dead-lettered
                 return 0
     finally:
         pipeline.shutdown()  # waits for one _exit_with_parent may have started
+
+
+class _Priority:
+    """The child's CPU priority: idle while it keeps up, normal once it falls behind.
+
+    On a machine with few cores the child's work (interpreting callbacks, redacting,
+    sealing, writing) competes for a core with the agent's own threads; when one of
+    them wakes (a tool's worker handing back to the graph) while the child runs, it can
+    wait for the child's time slice to end (3-5 ms on the 2-core VM of the README). At
+    idle priority (``SCHED_IDLE``) the child runs only on a core nothing else wants,
+    and yields it at once. A child that gets too little CPU that way falls behind —
+    batches arrive larger — and then competes normally until it has caught up.
+    """
+
+    def __init__(self, behind: int) -> None:
+        self.behind = behind
+        self.idle: bool | None = None
+        self.keep_up(0)
+
+    def keep_up(self, batch: int) -> None:
+        """Set the priority for a batch of ``batch`` items."""
+        idle = batch < self.behind
+        policy = getattr(os, "SCHED_IDLE" if idle else "SCHED_OTHER", None)
+        if idle == self.idle or policy is None or not hasattr(os, "sched_setscheduler"):
+            return  # (not Linux: the normal priority throughout)
+        self.idle = idle
+        for thread in threading.enumerate():  # the policy is each thread's own
+            if thread.native_id is not None:
+                with contextlib.suppress(OSError):
+                    os.sched_setscheduler(thread.native_id, policy, os.sched_param(0))
 
 
 def _exit_with_parent(pipeline: Pipeline) -> None:

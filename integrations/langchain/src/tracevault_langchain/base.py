@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from tracevault import callback_wire
 from tracevault.capture import later
 from tracevault.pipeline import DurabilityError
 from tracevault.replay import clock
@@ -17,7 +18,7 @@ from tracevault.schema import level_for
 from tracevault.snapshot import describe_exception, freeze, make_data, thaw
 from tracevault_langchain import convert
 from tracevault_langchain.recorder import Recorder, error_summary, handoff_target, stop_status
-from tracevault_langchain.runs import RunState, RunTable, Trace
+from tracevault_langchain.runs import RUNS, RunState, RunTable, Trace
 
 try:  # LangGraph sends interrupt/resume only to subclasses of its handler
     from langgraph.callbacks import GraphCallbackHandler as _Base
@@ -29,6 +30,24 @@ log = logging.getLogger("tracevault.langchain")
 _failures = 0
 _SWITCHES = ("ignore_llm", "ignore_chat_model", "ignore_chain", "ignore_agent",
              "ignore_retriever", "ignore_retry", "ignore_custom_event")
+
+
+def _replica_state(handler: HandlerBase) -> tuple[Any, ...]:
+    rec = handler._rec
+    return rec.session_id, rec.user_id, rec.strict, rec.runs is RUNS
+
+
+def _make_replica(cls: type[HandlerBase], state: tuple[Any, ...]) -> HandlerBase:
+    session_id, user_id, strict, shared = state
+    replica = cls.__new__(cls)
+    HandlerBase.__init__(replica, session_id=session_id, user_id=user_id, strict=strict,
+                         runs=None if shared else RunTable())
+    return replica
+
+
+def _update_replica(replica: HandlerBase, state: tuple[Any, ...]) -> None:
+    rec = replica._rec
+    rec.session_id, rec.user_id, rec.strict = state[:3]
 
 
 def recording_failed(callback: str, exc: Exception) -> None:
@@ -66,6 +85,9 @@ class HandlerBase(_Base):
     ) -> None:
         super().__init__()
         self._rec = Recorder(session_id, user_id, strict, runs)
+        # With the writer in another process, this handler's deferred callbacks are
+        # interpreted there, by a replica of it (see tracevault.callback_wire).
+        callback_wire.replicable(type(self), _replica_state, _make_replica, _update_replica)
 
     # The callback manager re-raises a handler's exception only when raise_error is set:
     # that is how a non-durable tool intent aborts the tool in strict mode.
@@ -129,7 +151,7 @@ class HandlerBase(_Base):
         if failure.status == "error":
             self._rec.error(st, failure.error, described=failure.described)
         elif failure.status == "handed_off":
-            self._rec.handed_off(st, failure.error)
+            self._rec.handed_off(st, failure.error, failure.goto)
         if st.span is not None:
             self._rec.emit(st, st.kind, "end", data, level=level_for(failure.status),
                            owned=True)
@@ -183,6 +205,22 @@ class Failure:
     status: str  # see recorder.stop_status
     ending: dict[str, Any]  # the fields the run's end records: status, error or reason
     described: dict[str, Any] | None  # type, message and stack trace (failures only)
+    goto: Any = None  # where a hand-off sends control (recorder.handoff_target)
+
+
+def _shipped_failure(failure: Failure) -> tuple[Any, ...]:
+    # To the writer process: the exception as an ErrorRef (see tracevault.callback_wire).
+    error = failure.error
+    try:
+        message = str(error)
+    except Exception:
+        message = f"<{type(error).__name__}: message unreadable>"
+    ref = callback_wire.ErrorRef(callback_wire.error_token(error), type(error).__qualname__,
+                                 message, {})
+    return Failure, (ref, failure.status, failure.ending, failure.described, failure.goto)
+
+
+callback_wire.reduce_with(Failure, _shipped_failure)
 
 
 def failure_of(error: BaseException) -> Failure:
@@ -200,12 +238,19 @@ def failure_of(error: BaseException) -> Failure:
     elif status == "interrupted":
         summary = error_summary(error)
         ending["reason"] = f"{summary['type']}: {summary['message']}"
-    elif status == "handed_off":
-        ending["reason"] = f"handed off to {handoff_target(error)}"
+    goto = None
+    if status == "handed_off":
+        goto = handoff_target(error)
+        ending["reason"] = f"handed off to {goto}"
     elif status == "error":
         described = describe_exception(error)
         ending["error"] = {"type": described["type"], "message": described["message"]}
-    return Failure(error, status, ending, described)
+    return Failure(error, status, ending, described, goto)
+
+
+def retried_failure(error: BaseException) -> Failure:
+    """A failure a retry follows, read when the callback came (as :func:`failure_of`)."""
+    return Failure(error, "error", {}, describe_exception(error))
 
 
 def ms_since(started: float) -> float:

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from tracevault.capture import later
-from tracevault.snapshot import describe_exception, freeze, thaw
-from tracevault_langchain.base import HandlerBase, recording_failed
+from tracevault.snapshot import freeze, thaw
+from tracevault_langchain.base import Failure, HandlerBase, recording_failed, retried_failure
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
@@ -32,16 +32,14 @@ class ControlCallbacks(HandlerBase):
                 return
             exc = outcome.exception()
             if exc is not None:
-                later(self._retried, run_id, exc, describe_exception(exc),
-                      retry_state.attempt_number)
+                later(self._retried, run_id, retried_failure(exc), retry_state.attempt_number)
         except Exception as exc:
             recording_failed("on_retry", exc)
 
-    def _retried(self, run_id: UUID, exc: BaseException, described: dict[str, Any],
-                 attempt: int) -> None:
+    def _retried(self, run_id: UUID, failure: Failure, attempt: int) -> None:
         st = self._rec.mine(run_id)
         if st is not None:
-            self._rec.retried(st, exc, attempt, described)
+            self._rec.retried(st, failure.error, attempt, failure.described)
 
     def on_custom_event(
         self,

@@ -347,7 +347,7 @@ class TracevaultCallbackHandler(ModelCallbacks, RetrieverCallbacks, ControlCallb
                 self._rec.error(st, failure.error, described=failure.described)
                 self._rec.tool_failed(st, ending["error"]["type"], ending["error"]["message"])
             elif status == "handed_off":
-                self._rec.handed_off(st, failure.error)
+                self._rec.handed_off(st, failure.error, failure.goto)
             self._rec.warn_if_slow(st, duration)
         except Exception as exc:
             recording_failed("on_tool_error", exc)

@@ -277,12 +277,12 @@ class Recorder:
                 "recovery_action": f"handled in {state.name}; the run continued",
             })
 
-    def handed_off(self, state: RunState, exc: BaseException) -> None:
-        """Record a hand-off (a LangGraph ``Command`` to the parent graph) once per
-        trace, where it was made: a ``custom`` event named ``handoff`` with its ``goto``."""
+    def handed_off(self, state: RunState, exc: BaseException, goto: Any) -> None:
+        """Record a hand-off (a LangGraph ``Command`` to the parent graph: ``exc``, to
+        ``goto``) once per trace, where it was made: a ``custom`` event named
+        ``handoff`` with its ``goto``."""
         if state.trace.first_report(exc, self.runs.lineage_of(state)):
-            self.emit_on(state, "custom", {"name": "handoff",
-                                           "payload": {"goto": handoff_target(exc)}},
+            self.emit_on(state, "custom", {"name": "handoff", "payload": {"goto": goto}},
                          level="info", name="handoff")
 
     def tool_failed(self, state: RunState, error_type: str, message: str) -> None:

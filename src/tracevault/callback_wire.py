@@ -1,0 +1,164 @@
+"""Deferred callbacks sent to the writer process, to be interpreted there.
+
+With the writer in a child process (:mod:`tracevault.sidecar`), what a framework
+handler's callback means — run state, tree, events, tokens and cost — is decided in
+the child too: the parent's writer thread pickles the :class:`~tracevault.replay.Later`
+items as they are (about 1.5 µs per event, against 7 to interpret them and encode the
+events), so the agent's process holds the GIL for a fifth of the time per batch.
+
+A callback's function is a method of its handler. The handler is sent as a
+*replica*: its class, a token and the few settings it was made with
+(:func:`replicable`); the child keeps one replica per token, so the run state the
+handler builds across callbacks lives there, in the child. Exceptions are sent as
+:class:`ErrorRef` (type, message, and what the handler needs to tell one failure from
+another), never as themselves: not every exception pickles, and one reported by
+several callbacks must stay one object in the child.
+
+Fast paths matter here (this runs for every callback): the pickler's dispatch table
+knows the classes met in every item, by exact class, so the C pickler never calls back
+into Python for an object it does not have to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copyreg
+import io
+import itertools
+import pickle
+import threading
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+from tracevault.context import Scope, SpanRef
+from tracevault.replay import Later
+from tracevault.snapshot import Deferred, Frozen
+
+_dispatch: dict[type, Callable[[Any], Any]] = dict(copyreg.dispatch_table)
+_tokens = itertools.count(1)
+_replicas: dict[tuple[type, int], Any] = {}  # in the child: the handlers it stands in for
+_errors: dict[int, ErrorRef] = {}  # in the child: one object per exception
+_MAX_ERRORS = 10_000
+_lock = threading.Lock()
+
+
+class ErrorRef(Exception):
+    """An exception of the agent's process, as the writer process sees it: its type
+    (``qualname``), message and ``args`` as text, and what was read from it where it
+    happened (``facts``). One object per exception in the child (``token``), so a
+    failure reported by several callbacks is recognised as one."""
+
+    def __init__(self, token: int, qualname: str, message: str, facts: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.token = token
+        self.qualname = qualname
+        self.facts = facts
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _error, (self.token, self.qualname, str(self), self.facts)
+
+
+def _error(token: int, qualname: str, message: str, facts: dict[str, Any]) -> ErrorRef:
+    with _lock:
+        known = _errors.get(token)
+        if known is None:
+            if len(_errors) >= _MAX_ERRORS:
+                _errors.clear()  # old failures: their runs have long ended
+            known = _errors[token] = ErrorRef(token, qualname, message, facts)
+        return known
+
+
+_TOKEN = "__tracevault_error_token__"
+
+
+def error_token(exc: BaseException) -> int:
+    """A number that stays with ``exc`` (set on it: ``id()`` is reused once it is
+    freed); a new one each time for an exception that takes no attributes."""
+    token = getattr(exc, _TOKEN, None)
+    if token.__class__ is int:
+        return token
+    token = next(_tokens)
+    with contextlib.suppress(AttributeError, TypeError):
+        setattr(exc, _TOKEN, token)
+    return token
+
+
+def replicable(cls: type, state: Callable[[Any], Any], make: Callable[[type, Any], Any],
+               update: Callable[[Any, Any], None]) -> None:
+    """Send instances of ``cls`` (exactly that class) to the writer process as replicas:
+    ``state(obj)`` is what the child needs to build one (picklable), ``make(cls,
+    state)`` builds it there and ``update(replica, state)`` brings it up to date. An
+    instance goes as its class, a token and its state; the child keeps one replica per
+    token."""
+    if cls in _dispatch:
+        return
+
+    def reduce(obj: Any) -> tuple[Any, ...]:
+        token = obj.__dict__.get(_REPLICA)
+        if token is None:
+            token = obj.__dict__.setdefault(_REPLICA, next(_tokens))
+        return _replica, (cls, token, state(obj), make, update)
+
+    _dispatch[cls] = reduce
+
+
+_REPLICA = "_tracevault_replica_token"
+
+
+def reduce_with(cls: type, reduce: Callable[[Any], Any]) -> None:
+    """Pickle instances of ``cls`` (exactly that class) with ``reduce``."""
+    _dispatch[cls] = reduce
+
+
+def _replica(cls: type, token: int, state: Any, make: Callable[[type, Any], Any],
+             update: Callable[[Any, Any], None]) -> Any:
+    with _lock:
+        replica = _replicas.get((cls, token))
+        if replica is None:
+            replica = _replicas[(cls, token)] = make(cls, state)
+        else:
+            update(replica, state)
+        return replica
+
+
+def _uuid(value: int) -> UUID:
+    return UUID(int=value)
+
+
+def _later(items: tuple[Any, ...]) -> Later:
+    return Later(items)
+
+
+_dispatch[UUID] = lambda u: (_uuid, (u.int,))
+_dispatch[Frozen] = lambda f: (Frozen, (f.raw,))
+_dispatch[Scope] = lambda s: (Scope, (s.session_id, s.user_id, s.metadata, s.tags))
+_dispatch[SpanRef] = lambda s: (SpanRef, (s.trace_id, s.span_id))
+_dispatch[Later] = lambda item: (_later, (tuple(item),))
+_dispatch[Deferred] = lambda d: (Deferred, (d.make, d.raw, d.context))
+
+
+class _Pickler(pickle.Pickler):
+    dispatch_table = _dispatch
+
+
+def dumps(message: Any) -> bytes:
+    """Pickle a message holding queue items (events and deferred callbacks) for the
+    writer process; raises :class:`pickle.PicklingError` (or another error) for what
+    cannot go there."""
+    out = io.BytesIO()
+    _Pickler(out, protocol=5).dump(message)
+    return out.getvalue()
+
+
+def loads(data: bytes | memoryview) -> Any:
+    """What :func:`dumps` pickled, with handlers and exceptions as replicas."""
+    return pickle.loads(data)
+
+
+def shippable(item: Later) -> bool:
+    """Whether ``item`` can be interpreted in the writer process: its function is a
+    method of an object sent as a replica (see :func:`replicable`)."""
+    owner = getattr(item[0], "__self__", None)
+    return owner is not None and owner.__class__ in _dispatch and owner.__class__ not in (
+        UUID, Frozen, Scope, SpanRef, Later, Deferred)
