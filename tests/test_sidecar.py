@@ -292,3 +292,49 @@ def test_a_failed_writer_process_does_not_show_the_database_password() -> None:
         store._failed([], "killed")
     assert "Sup3rS3cret" not in str(failed.value)
     assert "postgresql://audit:***@127.0.0.1:1/db" in str(failed.value)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_the_child_runs_at_idle_priority_while_it_keeps_up() -> None:
+    # In a process of its own: the priority is every thread's, this one's included.
+    script = """
+import os, threading
+from tracevault.sidecar import _Priority
+seen = []
+def policies():
+    seen.append(sorted({os.sched_getscheduler(t.native_id) for t in threading.enumerate()}))
+worker = threading.Thread(target=threading.Event().wait, args=(5,), daemon=True)
+worker.start()
+priority = _Priority(behind=100)
+policies()
+priority.keep_up(500)   # a batch that large: it has fallen behind
+policies()
+priority.keep_up(20)
+policies()
+print(seen)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    idle, normal = os.SCHED_IDLE, os.SCHED_OTHER
+    assert out.strip() == str([[idle], [normal], [idle]])
+
+
+def test_the_child_stays_at_normal_priority_if_it_could_not_return_to_it(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An unprivileged process with RLIMIT_NICE 0 cannot leave SCHED_IDLE: a busy machine
+    # could then starve the child for good.
+    import resource
+
+    from tracevault import sidecar
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (0, 0))
+    assert not sidecar._can_return()
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (20, 20))
+    assert sidecar._can_return()
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (0, 0))
+    calls: list[object] = []
+    monkeypatch.setattr(os, "sched_setscheduler", lambda *a: calls.append(a))
+    sidecar._Priority(behind=10).keep_up(1)
+    assert calls == []

@@ -408,25 +408,40 @@ class _Priority:
     wait for the child's time slice to end (3-5 ms on the 2-core VM of the README). At
     idle priority (``SCHED_IDLE``) the child runs only on a core nothing else wants,
     and yields it at once. A child that gets too little CPU that way falls behind —
-    batches arrive larger — and then competes normally until it has caught up.
+    batches arrive larger — and then competes normally until it has caught up. Only a
+    process allowed back to the normal priority goes idle (see :func:`_can_return`):
+    otherwise a busy machine could starve it for good.
     """
 
     def __init__(self, behind: int) -> None:
         self.behind = behind
         self.idle: bool | None = None
+        self.enabled = hasattr(os, "SCHED_IDLE") and _can_return()
         self.keep_up(0)
 
     def keep_up(self, batch: int) -> None:
         """Set the priority for a batch of ``batch`` items."""
         idle = batch < self.behind
-        policy = getattr(os, "SCHED_IDLE" if idle else "SCHED_OTHER", None)
-        if idle == self.idle or policy is None or not hasattr(os, "sched_setscheduler"):
-            return  # (not Linux: the normal priority throughout)
+        if idle == self.idle or not self.enabled:
+            return
+        policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
         self.idle = idle
         for thread in threading.enumerate():  # the policy is each thread's own
             if thread.native_id is not None:
                 with contextlib.suppress(OSError):
                     os.sched_setscheduler(thread.native_id, policy, os.sched_param(0))
+
+
+def _can_return() -> bool:
+    """Whether this process may go from idle back to the normal priority (Linux lets an
+    unprivileged one only if its ``RLIMIT_NICE`` allows nice 0)."""
+    try:
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_NICE)[0]
+    except (ImportError, AttributeError, OSError):
+        return False
+    return os.geteuid() == 0 or limit == resource.RLIM_INFINITY or limit >= 20
 
 
 def _exit_with_parent(pipeline: Pipeline) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,9 +26,17 @@ from tracevault_langchain.testing import ScriptedChatModel, ai, tool_call
 
 from tracevault.pricing import cost_of
 from tracevault.schema import AuditEvent, validate_event
-from tracevault.testing import Capture
+from tracevault.testing import Capture, capture_events
 
 COST = (cost_of("gpt-4o-mini", 100, 20) or 0) + (cost_of("gpt-4o-mini", 150, 10) or 0)
+
+
+@pytest.fixture(params=["thread", "process"])
+def cap(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Capture]:
+    """A fresh ledger, written by a writer thread or by a writer process — which then
+    also interprets the handler's callbacks: every run must come out the same."""
+    with capture_events(tmp_path, writer=request.param) as capture:
+        yield capture
 
 
 def _config(**metadata: Any) -> dict[str, Any]:

@@ -1,0 +1,169 @@
+"""The writer process interprets the handler's callbacks: what makes that safe.
+
+``test_agents`` runs every agent there as well as on a writer thread; these tests cover
+what only the process writer has: the callbacks really are interpreted in the child, a
+batch sent again is stored once, the agent process's prices apply there, and what
+cannot be sent is interpreted in the agent's process instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.messages import HumanMessage
+from lc_agents import get_weather, lc_agent, weather_model
+from tracevault_langchain import TracevaultCallbackHandler
+from tracevault_langchain.runs import RUNS
+
+import tracevault
+from tracevault import callback_wire, capture, pricing
+from tracevault.pipeline import settled
+from tracevault.replay import Later
+from tracevault.sidecar import SidecarStore
+from tracevault.store import open_store
+from tracevault.testing import Capture, capture_events
+
+EVENTS_PER_RUN = 17  # see test_agents.test_create_agent_exact_sequence_with_graph_nodes
+
+
+def _run_agent(city: str = "Paris") -> None:
+    lc_agent(weather_model(), [get_weather]).invoke(
+        {"messages": [HumanMessage(city)]},
+        {"callbacks": [TracevaultCallbackHandler()], "metadata": {"session_id": "s"}})
+
+
+@pytest.fixture()
+def proc(tmp_path: Path) -> Iterator[Capture]:
+    with capture_events(tmp_path, writer="process") as cap:
+        yield cap
+
+
+def _sidecar(cap: Capture) -> SidecarStore:
+    store = cap.pipeline._store
+    assert isinstance(store, SidecarStore)
+    return store
+
+
+def test_the_callbacks_are_interpreted_in_the_writer_process(proc: Capture) -> None:
+    _run_agent()
+    proc.flush()
+    sidecar = _sidecar(proc)
+    # Every callback went to the child as it was: this process made none of the events.
+    assert sidecar.callbacks_run >= 14 and sidecar.callback_events == EVENTS_PER_RUN
+    assert len(RUNS) == 0 and RUNS.evicted == 0  # the writer's run state lives there
+    stats = proc.pipeline.stats()
+    assert (stats.captured, stats.written, stats.pending) == (EVENTS_PER_RUN,) * 2 + (0,)
+    output = proc.events(kinds=["output"])[0]
+    assert output.data["tokens_used"] == 280 and output.data["cost"] > 0
+
+
+def _callbacks_of_one_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    # What the agent's thread queues for one run: deferred callbacks and captured items,
+    # as the writer thread would hand them over (captured items settled).
+    tracevault.configure(store=f"sqlite:///{tmp_path / 'unused.db'}")
+    pipeline = capture.current_pipeline()
+    assert pipeline is not None
+    queued: list[Any] = []
+    monkeypatch.setattr(pipeline, "submit", queued.append)
+    _run_agent()
+    monkeypatch.undo()
+    tracevault.shutdown()
+    assert any(item.__class__ is Later for item in queued)
+    return [item if item.__class__ is Later else settled(item) for item in queued]
+
+
+def _sidecar_into(url: str) -> SidecarStore:
+    return SidecarStore(dataclasses.replace(capture.settings(), store=url), [])
+
+
+def _stored(url: str) -> list[Any]:
+    store = open_store(url)
+    try:
+        return [s.event for s in store.events()]
+    finally:
+        store.close()
+
+
+def test_a_batch_of_callbacks_sent_again_is_stored_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = _callbacks_of_one_run(tmp_path, monkeypatch)
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    sidecar = _sidecar_into(url)
+    try:
+        assert sidecar.append(items) == EVENTS_PER_RUN
+        first = _stored(url)
+        # The child dies before its acknowledgement arrives: the pipeline sends the same
+        # batch to a new child, which knows none of the runs; its events have the same
+        # ids, so none is stored twice.
+        proc = sidecar._proc
+        assert proc is not None
+        proc.kill()
+        proc.wait()
+        with pytest.raises(Exception, match="restarting"):
+            sidecar.append(items)
+        sidecar.append(items)
+    finally:
+        sidecar.close()
+    stored = _stored(url)
+    assert len(first) == EVENTS_PER_RUN
+    assert [e.event_id for e in stored] == [e.event_id for e in first]
+
+
+def test_prices_set_in_the_agent_process_apply_in_the_writer_process(proc: Capture) -> None:
+    pricing.set_price("gpt-4o-mini", input=1000.0, output=2000.0)
+    try:
+        _run_agent()
+        cost = proc.events(kinds=["output"])[0].data["cost"]
+    finally:
+        pricing.clear_prices()
+    # 250 input and 30 output tokens over the two model calls, per million tokens.
+    assert cost == pytest.approx((250 * 1000.0 + 30 * 2000.0) / 1e6)
+
+
+def test_callbacks_that_cannot_be_sent_are_interpreted_in_the_agent_process(
+    proc: Capture, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(message: Any) -> bytes:
+        raise TypeError("cannot pickle '_thread.lock' object")
+
+    monkeypatch.setattr(callback_wire, "dumps", refuse)
+    with caplog.at_level(logging.ERROR, logger="tracevault"):
+        _run_agent()
+        events = proc.events()
+    assert len(events) == EVENTS_PER_RUN
+    assert [e.kind for e in events][:2] == ["agent", "input"]
+    assert _sidecar(proc).callback_events == EVENTS_PER_RUN  # made here, counted alike
+    assert "they are interpreted in this process" in caplog.text
+    assert proc.pipeline.stats().written == EVENTS_PER_RUN
+
+
+def test_an_exception_sent_in_two_batches_is_one_object_there() -> None:
+    from tracevault_langchain.base import failure_of
+
+    try:
+        raise ValueError("clock stopped")
+    except ValueError as exc:
+        error = exc
+    first = callback_wire.loads(callback_wire.dumps([failure_of(error)]))[0]
+    again = callback_wire.loads(callback_wire.dumps([failure_of(error)]))[0]
+    other = callback_wire.loads(callback_wire.dumps([failure_of(ValueError("x"))]))[0]
+    assert first.error is again.error and first.error is not other.error
+    assert isinstance(first.error, callback_wire.ErrorRef)
+    assert (first.error.qualname, str(first.error)) == ("ValueError", "clock stopped")
+    assert first.described == failure_of(error).described  # as read where it happened
+
+
+def test_a_handler_is_one_replica_there_that_follows_its_settings() -> None:
+    handler = TracevaultCallbackHandler(session_id="a", user_id="u")
+    first = callback_wire.loads(callback_wire.dumps([handler]))[0]
+    handler.raise_error = True
+    again = callback_wire.loads(callback_wire.dumps([handler]))[0]
+    other = callback_wire.loads(callback_wire.dumps([TracevaultCallbackHandler()]))[0]
+    assert first is again and first is not handler and first is not other
+    assert (again.session_id, again.user_id, again.raise_error) == ("a", "u", True)
