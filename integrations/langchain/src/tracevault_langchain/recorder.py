@@ -124,8 +124,11 @@ class Recorder:
         else:
             session = session or self.session_id
             user = user or self.user_id
-            ambient = current_span() if parent_run_id is None else None
-            if ambient is not None:  # inside an AuditLogger span: join its trace
+            ambient = current_span()
+            if ambient is not None and (parent_run_id is None
+                                        or ambient.span_id == str(parent_run_id)):
+                # Inside an AuditLogger span, or a tool run this handler never saw (in a
+                # process forked inside the tool): join its trace.
                 trace, parent_span = Trace(ambient.trace_id, run_id), ambient.span_id
             else:
                 # The top of what this handler sees; a parent it never saw keeps its id.
