@@ -6,8 +6,11 @@ unredacted, to a child Python process (``python -m tracevault.sidecar``) over a 
 waits, with the GIL released, until the child says the batch is durable. The child runs
 an ordinary :class:`~tracevault.pipeline.Pipeline` with the real store and the built-in
 middleware, so redaction, withholding, poison isolation, retries and dead letters work
-exactly as in-process. What the agent's process still does per event is one orjson
-encode of the batch (payloads captured by ``snapshot.freeze`` are spliced in as they are).
+exactly as in-process. It also runs the framework handlers' deferred callbacks
+(:mod:`tracevault.callback_wire`), which the parent sends pickled as they are. What the
+agent's process still does per event is one orjson encode of the batch (payloads
+captured by ``snapshot.freeze`` are spliced in as they are), or the pickling of the
+callbacks.
 
 :class:`SidecarStore` is what the parent's pipeline sees as its store. A child that
 dies is restarted and the batch sent again (appends are idempotent by event id, so a
@@ -16,9 +19,12 @@ be started, or keeps dying, makes the store fall back to writing in this process
 the same middleware, so nothing is lost because the process writer is unavailable.
 
 Wire format, both ways: a 4-byte big-endian length, then one orjson document.
-Parent to child: ``{"op": "append", "events": [...]}`` or ``{"op": "close"}``; child
-to parent: ``{"ok": true, "written": n, "filtered": n, "withheld": n}``, preceded while
-the child's store fails by ``{"progress": true, "error": "...", "write_errors": n}``.
+Parent to child: ``{"op": "append", "events": [...]}`` or ``{"op": "close"}`` — or, for
+a batch holding deferred callbacks, the same append as a pickle (its first byte tells
+which), with ``"prices"`` when the user's price table changed; child to parent:
+``{"ok": true, "written": n, "filtered": n, "withheld": n, "callbacks": n,
+"callback_events": n, "empty_callbacks": n}``, preceded while the child's store fails by
+``{"progress": true, "error": "...", "write_errors": n}``.
 """
 
 from __future__ import annotations
@@ -125,7 +131,8 @@ class SidecarStore:
                 # Raw pipes and as few system calls as possible: each one releases the
                 # GIL, and taking it back from a busy agent thread costs the agent a
                 # forced switch (an asyncio loop pays ~0.2 ms for each).
-                _send(proc.stdin.fileno(), self._frame(events))
+                body, ran_here = self._frame(events)
+                _send(proc.stdin.fileno(), body)
                 reply = _receive(proc.stdout.fileno())
                 while reply is not None and reply.get("progress"):  # still retrying
                     self.last_error = reply.get("error")
@@ -145,13 +152,16 @@ class SidecarStore:
             self._count_callbacks(int(reply.get("callbacks", 0)),
                                   int(reply.get("callback_events", 0)),
                                   int(reply.get("empty_callbacks", 0)))
+            self._count_callbacks(*ran_here)
             return int(reply.get("written", len(events)))
 
-    def _frame(self, events: Sequence[Item | Later]) -> bytes:
+    def _frame(self, events: Sequence[Item | Later]) -> tuple[bytes, tuple[int, int, int]]:
         """The append frame for ``events``: JSON, or pickled when it holds deferred
-        callbacks (with the price table, if the child has not got it yet)."""
+        callbacks (with the price table, if the child has not got it yet); and what
+        callbacks were run here instead (see :meth:`_run_here`), to count once the
+        child has their events."""
         if not any(item.__class__ is Later for item in events):
-            return _append_frame(events)
+            return _append_frame(events), (0, 0, 0)
         version, prices = pricing.overrides()
         message: dict[str, Any] = {"op": "append", "events": events}
         if version != self._prices_sent:
@@ -161,13 +171,16 @@ class SidecarStore:
         except Exception as exc:  # something in a callback's arguments does not pickle
             log.error("tracevault: deferred callbacks could not be sent to the ledger "
                       "writer process (%r); they are interpreted in this process", exc)
-            return _append_frame(self._run_here(events))
+            interpreted, counts = self._run_here(events)
+            return _append_frame(interpreted), counts
         self._prices_sent = version
-        return body
+        return body, (0, 0, 0)
 
-    def _run_here(self, events: Sequence[Item | Later]) -> list[Item]:
+    def _run_here(self, events: Sequence[Item | Later]
+                  ) -> tuple[list[Item], tuple[int, int, int]]:
         """``events`` with each deferred callback replaced by what it records when run
-        in this process."""
+        in this process; and how many callbacks ran, the events they made and how many
+        made none (counted once those events are written: a batch may be sent again)."""
         out: list[Item] = []
         ran = made = empty = 0
         for item in events:
@@ -179,8 +192,7 @@ class SidecarStore:
                 out.extend(settled(r) for r in recorded)
             else:
                 out.append(item)
-        self._count_callbacks(ran, made, empty)
-        return out
+        return out, (ran, made, empty)
 
     def _count_callbacks(self, ran: int, made: int, empty: int) -> None:
         self.callbacks_run += ran
@@ -249,15 +261,19 @@ class SidecarStore:
     def _append_here(self, events: Sequence[Item | Later]) -> int:
         assert self._fallback is not None
         kept = []
-        for item in self._run_here(events):
+        interpreted, counts = self._run_here(events)
+        filtered = withheld = 0
+        for item in interpreted:
             result, outcome = apply_middleware(self._middleware, event_of(item))
-            if outcome == "filtered":
-                self.filtered += 1
-            elif outcome == "withheld":
-                self.withheld += 1
+            filtered += outcome == "filtered"
+            withheld += outcome == "withheld"
             if result is not None:
                 kept.append(result)
         self._fallback.append(kept)
+        # Counted once written: a batch whose append fails is handed over again.
+        self.filtered += filtered
+        self.withheld += withheld
+        self._count_callbacks(*counts)
         return len(kept)
 
 

@@ -167,3 +167,20 @@ def test_a_handler_is_one_replica_there_that_follows_its_settings() -> None:
     other = callback_wire.loads(callback_wire.dumps([TracevaultCallbackHandler()]))[0]
     assert first is again and first is not handler and first is not other
     assert (again.session_id, again.user_id, again.raise_error) == ("a", "u", True)
+
+
+def test_without_a_usable_writer_process_the_callbacks_are_interpreted_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    with capture_events(tmp_path, writer="process") as cap:
+        _run_agent()
+        events = cap.events()
+        sidecar = _sidecar(cap)
+        assert not sidecar.interprets_callbacks  # fell back to writing here
+        assert len(events) == EVENTS_PER_RUN and cap.store.verify().ok
+        assert events[-2].kind == "output" and events[-2].data["tokens_used"] == 280
+        stats = cap.pipeline.stats()
+        assert (stats.captured, stats.written, stats.pending) == (EVENTS_PER_RUN,) * 2 + (0,)
