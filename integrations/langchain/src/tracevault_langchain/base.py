@@ -216,7 +216,7 @@ def _shipped_failure(failure: Failure) -> tuple[Any, ...]:
     except Exception:
         message = f"<{type(error).__name__}: message unreadable>"
     ref = callback_wire.ErrorRef(callback_wire.error_token(error), type(error).__qualname__,
-                                 message, {})
+                                 message)
     return Failure, (ref, failure.status, failure.ending, failure.described, failure.goto)
 
 
