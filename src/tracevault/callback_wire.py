@@ -27,6 +27,7 @@ import io
 import itertools
 import pickle
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 from uuid import UUID
@@ -37,7 +38,11 @@ from tracevault.snapshot import Deferred, Frozen
 
 _dispatch: dict[type, Callable[[Any], Any]] = dict(copyreg.dispatch_table)
 _tokens = itertools.count(1)
-_replicas: dict[tuple[type, int], Any] = {}  # in the child: the handlers it stands in for
+# In the child: the handlers it stands in for, least recently used first. Bounded: an
+# application may make a handler per request; one sent again after its replica was
+# dropped gets a new one, which owns the same runs (see replicable).
+_replicas: OrderedDict[tuple[type, int], Any] = OrderedDict()
+_MAX_REPLICAS = 4096
 _errors: dict[int, ErrorRef] = {}  # in the child: one object per exception
 _MAX_ERRORS = 10_000
 _lock = threading.Lock()
@@ -82,13 +87,14 @@ def error_token(exc: BaseException) -> int:
     return token
 
 
-def replicable(cls: type, state: Callable[[Any], Any], make: Callable[[type, Any], Any],
+def replicable(cls: type, state: Callable[[Any], Any], make: Callable[[type, int, Any], Any],
                update: Callable[[Any, Any], None]) -> None:
     """Send instances of ``cls`` (exactly that class) to the writer process as replicas:
-    ``state(obj)`` is what the child needs to build one (picklable), ``make(cls,
+    ``state(obj)`` is what the child needs to build one (picklable), ``make(cls, token,
     state)`` builds it there and ``update(replica, state)`` brings it up to date. An
     instance goes as its class, a token and its state; the child keeps one replica per
-    token."""
+    token (``make`` may be called again for a token whose replica was dropped: what the
+    replica owns must follow the token, not the object)."""
     if cls in _dispatch:
         return
 
@@ -109,13 +115,17 @@ def reduce_with(cls: type, reduce: Callable[[Any], Any]) -> None:
     _dispatch[cls] = reduce
 
 
-def _replica(cls: type, token: int, state: Any, make: Callable[[type, Any], Any],
+def _replica(cls: type, token: int, state: Any, make: Callable[[type, int, Any], Any],
              update: Callable[[Any, Any], None]) -> Any:
+    key = (cls, token)
     with _lock:
-        replica = _replicas.get((cls, token))
+        replica = _replicas.get(key)
         if replica is None:
-            replica = _replicas[(cls, token)] = make(cls, state)
+            replica = _replicas[key] = make(cls, token, state)
+            if len(_replicas) > _MAX_REPLICAS:
+                _replicas.popitem(last=False)
         else:
+            _replicas.move_to_end(key)
             update(replica, state)
         return replica
 

@@ -184,3 +184,22 @@ def test_without_a_usable_writer_process_the_callbacks_are_interpreted_here(
         assert events[-2].kind == "output" and events[-2].data["tokens_used"] == 280
         stats = cap.pipeline.stats()
         assert (stats.captured, stats.written, stats.pending) == (EVENTS_PER_RUN,) * 2 + (0,)
+
+
+def test_replicas_are_bounded_and_one_made_again_owns_the_same_runs(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An application may make a handler per request: the writer process keeps the
+    # replicas of the most recently used ones only.
+    monkeypatch.setattr(callback_wire, "_replicas", type(callback_wire._replicas)())
+    monkeypatch.setattr(callback_wire, "_MAX_REPLICAS", 3)
+    handlers = [TracevaultCallbackHandler() for _ in range(5)]
+    first = callback_wire.loads(callback_wire.dumps(handlers[0]))
+    for handler in handlers[1:]:
+        callback_wire.loads(callback_wire.dumps(handler))
+    assert len(callback_wire._replicas) == 3
+    again = callback_wire.loads(callback_wire.dumps(handlers[0]))
+    assert again is not first  # dropped, then made again ...
+    assert again._rec.owner == first._rec.owner  # ... owning what the first one opened
+    other = callback_wire.loads(callback_wire.dumps(handlers[1]))
+    assert other._rec.owner != again._rec.owner

@@ -37,11 +37,14 @@ def _replica_state(handler: HandlerBase) -> tuple[Any, ...]:
     return rec.session_id, rec.user_id, rec.strict, rec.runs is RUNS
 
 
-def _make_replica(cls: type[HandlerBase], state: tuple[Any, ...]) -> HandlerBase:
+def _make_replica(cls: type[HandlerBase], token: int, state: tuple[Any, ...]) -> HandlerBase:
     session_id, user_id, strict, shared = state
     replica = cls.__new__(cls)
     HandlerBase.__init__(replica, session_id=session_id, user_id=user_id, strict=strict,
                          runs=None if shared else RunTable())
+    # Runs are the handler's by this mark (not the replica's id()): a replica made again
+    # for the same handler, after the writer process dropped it, still owns them.
+    replica._rec.owner = -token
     return replica
 
 
