@@ -34,7 +34,7 @@ from uuid import UUID
 
 from tracevault.context import Scope, SpanRef
 from tracevault.replay import Later
-from tracevault.snapshot import Deferred, Frozen
+from tracevault.snapshot import Deferred, Frozen, add_reports, reports_of
 
 _dispatch: dict[type, Callable[[Any], Any]] = dict(copyreg.dispatch_table)
 _tokens = itertools.count(1)
@@ -50,26 +50,41 @@ _lock = threading.Lock()
 
 class ErrorRef(Exception):
     """An exception of the agent's process, as the writer process sees it: its type
-    (``qualname``) and message. One object per exception in the child (``token``), so a
-    failure reported by several callbacks is recognised as one."""
+    (``qualname``) and message, and where it was recorded already (by another
+    framework's handler in the agent's process, say: see
+    :func:`tracevault.snapshot.first_report`). One object per exception in the child
+    (``token``), so a failure reported by several callbacks is recognised as one."""
 
-    def __init__(self, token: int, qualname: str, message: str) -> None:
+    def __init__(self, token: int, qualname: str, message: str,
+                 reports: dict[str, list[tuple[str, ...]]] | None = None) -> None:
         super().__init__(message)
         self.token = token
         self.qualname = qualname
+        self.reports = reports or {}
+
+    @classmethod
+    def of(cls, exc: BaseException) -> ErrorRef:
+        """The stand-in for ``exc`` (read now: where it was recorded so far)."""
+        try:
+            message = str(exc)
+        except Exception:
+            message = f"<{type(exc).__name__}: message unreadable>"
+        return cls(error_token(exc), type(exc).__qualname__, message, reports_of(exc))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _error, (self.token, self.qualname, str(self))
+        return _error, (self.token, self.qualname, str(self), self.reports)
 
 
-def _error(token: int, qualname: str, message: str) -> ErrorRef:
+def _error(token: int, qualname: str, message: str,
+           reports: dict[str, list[tuple[str, ...]]]) -> ErrorRef:
     with _lock:
         known = _errors.get(token)
         if known is None:
             if len(_errors) >= _MAX_ERRORS:
                 _errors.clear()  # old failures: their runs have long ended
             known = _errors[token] = ErrorRef(token, qualname, message)
-        return known
+    add_reports(known, reports)  # recorded in the agent's process since it came last
+    return known
 
 
 _TOKEN = "__tracevault_error_token__"

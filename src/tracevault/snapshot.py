@@ -169,6 +169,30 @@ def first_report(exc: BaseException, trace_id: str, lineage: Sequence[str] = ())
         return None
 
 
+def reports_of(exc: BaseException) -> dict[str, list[tuple[str, ...]]]:
+    """Where ``exc`` was recorded so far (see :func:`first_report`), as a copy: what an
+    exception's stand-in in another process starts from."""
+    seen = getattr(exc, _REPORTED, None)
+    if seen.__class__ is not dict:
+        return {}
+    return {trace: list(lines) for trace, lines in seen.items()}
+
+
+def add_reports(exc: BaseException, reports: dict[str, list[tuple[str, ...]]]) -> None:
+    """Mark ``exc`` as recorded where ``reports`` says (from :func:`reports_of` of the
+    exception it stands for); never raises."""
+    try:
+        seen = getattr(exc, _REPORTED, None)
+        if seen.__class__ is not dict:
+            seen = {}
+            setattr(exc, _REPORTED, seen)
+        for trace, lines in reports.items():
+            known = seen.setdefault(trace, [])
+            known.extend(line for line in lines if line not in known)
+    except (AttributeError, TypeError):
+        pass
+
+
 def mark_reported(seen: dict[str, list[tuple[str, ...]]], trace_id: str,
                   lineage: tuple[str, ...]) -> bool:
     """Record a report of one exception from ``lineage`` in ``seen`` (its reports by

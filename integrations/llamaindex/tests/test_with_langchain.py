@@ -16,7 +16,7 @@ from tracevault_langchain.testing import ScriptedChatModel, ai, tool_call
 from tracevault_llamaindex.instrument import Installed
 
 import tracevault
-from tracevault.testing import Capture
+from tracevault.testing import Capture, capture_events
 
 DOCS = [
     Document(text="Paris is the capital of France.", id_="france"),
@@ -146,3 +146,35 @@ async def test_a_llamaindex_run_inside_a_logger_tool_call_is_in_its_session(
     assert {e.trace_id for e in events} == {log.trace_id}
     run = next(e for e in events if e.framework == "llamaindex")
     assert run.parent_span_id == events[0].span_id  # under the logger's tool call
+
+
+class _OfflineLLM(MockLLM):
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+        raise RuntimeError("index offline")
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_an_error_crossing_from_llamaindex_into_langchain_is_recorded_once(
+    tmp_path: Any, instrumented: Installed, writer: str
+) -> None:
+    # Raised inside the LlamaIndex query, it fails the LangChain tool too: one failure,
+    # recorded where it happened — also when a writer process interprets LangChain's
+    # callbacks (the exception's marks travel with it).
+    engine = VectorStoreIndex.from_documents(
+        DOCS, embed_model=MockEmbedding(embed_dim=8)
+    ).as_query_engine(llm=_OfflineLLM(), similarity_top_k=1)
+
+    @tool
+    def lookup(question: str) -> str:
+        """Answer a question from the document index."""
+        return str(engine.query(question))
+
+    with capture_events(tmp_path, writer=writer) as cap:
+        with pytest.raises(RuntimeError, match="index offline"):
+            lookup.invoke({"question": "capital?"}, {"callbacks": [TracevaultCallbackHandler()]})
+        events = cap.events()
+    errors = [e for e in events if e.kind == "error"]
+    assert [(e.framework, e.data["message"]) for e in errors] == [
+        ("llamaindex", "index offline")]
+    tool_end = next(e for e in events if e.kind == "tool_call" and e.phase == "end")
+    assert tool_end.data["status"] == "error"

@@ -213,14 +213,8 @@ class Failure:
 
 def _shipped_failure(failure: Failure) -> tuple[Any, ...]:
     # To the writer process: the exception as an ErrorRef (see tracevault.callback_wire).
-    error = failure.error
-    try:
-        message = str(error)
-    except Exception:
-        message = f"<{type(error).__name__}: message unreadable>"
-    ref = callback_wire.ErrorRef(callback_wire.error_token(error), type(error).__qualname__,
-                                 message)
-    return Failure, (ref, failure.status, failure.ending, failure.described, failure.goto)
+    return Failure, (callback_wire.ErrorRef.of(failure.error), failure.status,
+                     failure.ending, failure.described, failure.goto)
 
 
 callback_wire.reduce_with(Failure, _shipped_failure)
