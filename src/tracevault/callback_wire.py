@@ -109,8 +109,10 @@ def replicable(cls: type, state: Callable[[Any], Any], make: Callable[[type, int
     state)`` builds it there and ``update(replica, state)`` brings it up to date. An
     instance goes as its class, a token and its state; the child keeps one replica per
     token (``make`` may be called again for a token whose replica was dropped: what the
-    replica owns must follow the token, not the object)."""
-    if cls in _dispatch:
+    replica owns must follow the token, not the object). A class the child could not
+    import by its name (defined in ``__main__`` or inside a function) is not sent: its
+    callbacks are interpreted in this process."""
+    if cls in _dispatch or cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
         return
 
     def reduce(obj: Any) -> tuple[Any, ...]:

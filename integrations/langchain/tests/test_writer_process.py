@@ -203,3 +203,17 @@ def test_replicas_are_bounded_and_one_made_again_owns_the_same_runs(
     assert again._rec.owner == first._rec.owner  # ... owning what the first one opened
     other = callback_wire.loads(callback_wire.dumps(handlers[1]))
     assert other._rec.owner != again._rec.owner
+
+
+def test_a_handler_class_the_writer_process_cannot_import_is_interpreted_here(
+    proc: Capture
+) -> None:
+    class Local(TracevaultCallbackHandler):  # the child cannot import it by name
+        pass
+
+    lc_agent(weather_model(), [get_weather]).invoke(
+        {"messages": [HumanMessage("Oslo")]}, {"callbacks": [Local()]})
+    events = proc.events()
+    assert len(events) == EVENTS_PER_RUN
+    assert _sidecar(proc).callbacks_run == 0  # none went to the child
+    assert proc.pipeline.stats().written == EVENTS_PER_RUN
