@@ -106,6 +106,7 @@ class SidecarStore:
         # a batch sent again, to a new child or written here, is not stored twice.
         self._salt = os.urandom(16)
         self._prices_sent: int | None = None  # the price table's version the child has
+        self._unsent = 0  # batches of callbacks that could not be pickled (logged: 10)
 
     # --- the Store surface the pipeline uses -----------------------------------------
 
@@ -169,8 +170,10 @@ class SidecarStore:
         try:
             body = callback_wire.dumps(message)
         except Exception as exc:  # something in a callback's arguments does not pickle
-            log.error("tracevault: deferred callbacks could not be sent to the ledger "
-                      "writer process (%r); they are interpreted in this process", exc)
+            self._unsent += 1
+            if self._unsent <= 10:
+                log.error("tracevault: deferred callbacks could not be sent to the ledger "
+                          "writer process (%r); they are interpreted in this process", exc)
             interpreted, counts = self._run_here(events)
             return _append_frame(interpreted), counts
         self._prices_sent = version
