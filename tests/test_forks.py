@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,50 @@ def test_a_forked_child_does_not_wait_for_its_parents_forwarders(
             os._exit(code)
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
     assert tracevault.flush(30)
+
+
+def test_a_fork_that_stops_waiting_leaves_busy_sqlite_connections_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A parent thread waits inside an SQLite call (another process holds the write lock)
+    # longer than a fork is patient: the child inherits that connection with its mutex
+    # held, and closing it there would hang the child for ever.
+    import sqlite3
+    import time
+
+    from tracevault import forks
+    from tracevault.schema import AuditEvent
+    from tracevault.store.sqlite import SQLiteStore
+
+    monkeypatch.setattr(forks, "_FORK_PATIENCE_S", 0.3)
+    store = SQLiteStore(str(tmp_path / "busy.db"))
+    event = AuditEvent(event_id="e-1", timestamp=datetime.now(timezone.utc), kind="custom",
+                       name="x")
+    store.append([event])
+    blocker = sqlite3.connect(store.path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the write lock, held by "another process"
+    appender = threading.Thread(target=store.append, args=([
+        AuditEvent(event_id="e-2", timestamp=event.timestamp, kind="custom", name="y")],))
+    appender.start()
+    deadline = time.monotonic() + 20
+    while not forks.FORK_GATE._running and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the appender is inside the gate, in its busy wait
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)  # reached only if the at-fork handlers returned
+    deadline = time.monotonic() + 20
+    status = None
+    while status is None and time.monotonic() < deadline:
+        done, code = os.waitpid(pid, os.WNOHANG)
+        status = code if done else None
+        time.sleep(0.05)
+    if status is None:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    blocker.execute("COMMIT")
+    blocker.close()
+    appender.join(30)
+    assert forks.FORK_GATE.busy_at_fork
+    assert status is not None and os.waitstatus_to_exitcode(status) == 0, "the child hung"
+    assert [e.event.event_id for e in store.events()] == ["e-1", "e-2"]
+    store.close()

@@ -26,6 +26,11 @@ class ForkGate:
 
     def __init__(self) -> None:
         self._reset()
+        # Whether the last fork went ahead with gated work still under way (it waited
+        # its patience out): a child then must not touch what that work was using (an
+        # SQLite connection inside a call holds its mutex, and closing it would wait
+        # for ever). Read in the child; not reset there.
+        self.busy_at_fork = False
 
     def _reset(self) -> None:
         self._cond = threading.Condition(threading.Lock())
@@ -53,7 +58,8 @@ class ForkGate:
     def _before_fork(self) -> None:
         with self._cond:
             self._forking += 1
-            self._cond.wait_for(lambda: not self._running, timeout=_FORK_PATIENCE_S)
+            self.busy_at_fork = not self._cond.wait_for(lambda: not self._running,
+                                                        timeout=_FORK_PATIENCE_S)
 
     def _after_fork_in_parent(self) -> None:
         with self._cond:

@@ -210,15 +210,26 @@ _STREAMS: dict[sqlite3.Connection, sqlite3.Cursor | None] = {}
 
 def _close_inherited() -> None:
     inherited = [conn for store in list(_STORES) for conn in store._forget_parent()]
-    for conn, cursor in list(_STREAMS.items()):
+    streams = list(_STREAMS.items())
+    _STREAMS.clear()
+    if FORK_GATE.busy_at_fork:
+        # The fork did not wait for a parent thread to leave SQLite: a connection may
+        # be inside a call, holding a mutex no thread here will release, and closing it
+        # (or letting the collector close it) would hang this process. Kept, unused.
+        _ABANDONED.extend(inherited)
+        _ABANDONED.extend(item for pair in streams for item in pair if item is not None)
+        return
+    for conn, cursor in streams:
         if cursor is not None:
             with contextlib.suppress(sqlite3.Error):
                 cursor.close()
         inherited.append(conn)
-    _STREAMS.clear()
     for conn in inherited:
         with contextlib.suppress(sqlite3.Error):
             conn.close()
+
+
+_ABANDONED: list[Any] = []  # a forked child's inherited connections it must not close
 
 
 os.register_at_fork(after_in_child=_close_inherited)
