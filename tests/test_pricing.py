@@ -137,3 +137,28 @@ def test_cache_writes_are_billed_at_their_rate_and_reads_at_theirs() -> None:
             pytest.approx(2.5))
     finally:
         pricing.clear_prices()
+
+
+def test_a_user_price_beats_the_price_file_here_and_in_a_writer_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The agent's process loaded TRACEVAULT_PRICES and then set its own price for the
+    # same model; the writer process (same environment) gets the table and must not
+    # load the file again over it.
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps({"house-model": {"input": 1.0, "output": 1.0}}))
+    monkeypatch.setenv("TRACEVAULT_PRICES", str(path))
+    monkeypatch.setattr(pricing, "_env_loaded", False)
+    pricing.clear_prices()
+    try:
+        pricing.set_price("house-model", input=7.0, output=7.0)
+        # In this process too: the file, read at the first lookup, does not win.
+        assert pricing.cost_of("house-model", 1_000_000, 0) == pytest.approx(7.0)
+        version, table = pricing.overrides()
+        pricing.clear_prices()  # ... the writer process, which starts with none loaded
+        monkeypatch.setattr(pricing, "_env_loaded", False)
+        pricing.use_overrides(table)
+        assert pricing.cost_of("house-model", 1_000_000, 0) == pytest.approx(7.0)
+        assert pricing.overrides()[0] != version  # a change of its own
+    finally:
+        pricing.clear_prices()

@@ -85,8 +85,10 @@ def overrides() -> tuple[int, dict[str, Price]]:
 
 
 def use_overrides(prices: Mapping[str, Price]) -> None:
-    """Replace the user's prices with ``prices`` (from :func:`overrides`)."""
-    global _version
+    """Replace the user's prices with ``prices`` (from :func:`overrides`, which holds
+    those of ``TRACEVAULT_PRICES`` too: not loaded again over them)."""
+    global _version, _env_loaded
+    _env_loaded = True
     with _lock:
         _overrides.clear()
         _overrides.update(prices)
@@ -101,6 +103,7 @@ def set_price(
     """Add or override the price of ``model`` (USD per million tokens)."""
     if min(input, output, cached_input or 0.0, cache_write or 0.0) < 0:
         raise ValueError("prices must not be negative")
+    _ensure_env()  # TRACEVAULT_PRICES first: a price set here is not loaded over later
     global _version
     with _lock:
         _overrides[model.lower()] = Price(input, output, cached_input, cache_write)
