@@ -107,6 +107,7 @@ class SidecarStore:
         self._salt = os.urandom(16)
         self._prices_sent: int | None = None  # the price table's version the child has
         self._unsent = 0  # batches of callbacks that could not be pickled (logged: 10)
+        self._callbacks_here = False  # the child could not read callbacks: run them here
 
     # --- the Store surface the pipeline uses -----------------------------------------
 
@@ -115,7 +116,7 @@ class SidecarStore:
         """Whether deferred callbacks (:class:`~tracevault.replay.Later`) may be handed
         over as they are, to be interpreted in the child (not once writing fell back to
         this process)."""
-        return self._fallback is None
+        return self._fallback is None and not self._callbacks_here
 
     def append(self, events: Sequence[Item | Later]) -> int:
         """Send ``events`` (queued items, see :func:`~tracevault.pipeline.event_of`, and
@@ -144,6 +145,15 @@ class SidecarStore:
                 reason = f"{type(exc).__name__}: {exc}"
             else:
                 reason = "it exited" if reply is None else str(reply.get("error"))
+            if reply is not None and reply.get("unreadable"):
+                # The child cannot rebuild what the callbacks refer to (a handler class
+                # it cannot import): from now on they are interpreted here, starting
+                # with this batch, which it did not take in.
+                self._callbacks_here = True
+                log.error("tracevault: the ledger writer process cannot interpret "
+                          "callbacks (%s); they are interpreted in this process",
+                          reply["unreadable"])
+                raise StoreError(f"{shown_url(self.url)}: sending the batch again")
             if reply is None or not reply.get("ok"):
                 return self._failed(events, reason)
             self._failures = 0
@@ -163,6 +173,9 @@ class SidecarStore:
         child has their events."""
         if not any(item.__class__ is Later for item in events):
             return _append_frame(events), (0, 0, 0)
+        if self._callbacks_here:
+            interpreted, counts = self._run_here(events)
+            return _append_frame(interpreted), counts
         version, prices = pricing.overrides()
         message: dict[str, Any] = {"op": "append", "events": events}
         if version != self._prices_sent:
@@ -215,7 +228,10 @@ class SidecarStore:
     def _child(self) -> subprocess.Popen[bytes]:
         if self._proc is not None:  # a child that died shows up as a failed send or read
             return self._proc
-        env = {**os.environ, CONFIG_ENV: self._config, SALT_ENV: self._salt.hex()}
+        env = {**os.environ, CONFIG_ENV: self._config, SALT_ENV: self._salt.hex(),
+               # The child imports the handler classes it stands in for from where this
+               # process found them (a script's own directory, say).
+               "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self._prices_sent = None  # a new child knows only the prices of its environment
         # The child must not start a sidecar of its own, nor auto-enable frameworks.
         env.pop("TRACEVAULT_WRITER", None)
@@ -371,8 +387,13 @@ def main() -> int:
     try:
         while True:
             body = _receive_body(requests)
-            message = None if body is None else (
-                callback_wire.loads(body) if body[:1] == _PICKLED else orjson.loads(body))
+            try:
+                message = None if body is None else (
+                    callback_wire.loads(body) if body[:1] == _PICKLED else orjson.loads(body))
+            except Exception as exc:  # e.g. a handler class this process cannot import
+                _send(replies, orjson.dumps({"ok": False,
+                                             "unreadable": f"{type(exc).__name__}: {exc}"}))
+                continue
             if message is None or message.get("op") != "append":
                 return 0
             before = pipeline.stats()

@@ -217,3 +217,46 @@ def test_a_handler_class_the_writer_process_cannot_import_is_interpreted_here(
     assert len(events) == EVENTS_PER_RUN
     assert _sidecar(proc).callbacks_run == 0  # none went to the child
     assert proc.pipeline.stats().written == EVENTS_PER_RUN
+
+
+_HANDLER_MODULE = '''
+from tracevault_langchain import TracevaultCallbackHandler
+
+
+class HouseHandler(TracevaultCallbackHandler):
+    """A handler subclass of the application's own."""
+'''
+
+
+@pytest.mark.parametrize("importable", [True, False])
+def test_a_handler_subclass_of_the_application_is_found_or_interpreted_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, importable: bool
+) -> None:
+    # The application's module sits where this process found it (on its sys.path, not
+    # in the working directory): the writer process finds it there too. A module it
+    # cannot import (removed since) makes it say so, and the callbacks are
+    # interpreted here from then on, this batch included.
+    import importlib
+    import sys
+
+    code = tmp_path / "app_code"
+    code.mkdir()
+    module = code / f"house_handlers_{importable}.py"
+    module.write_text(_HANDLER_MODULE)
+    monkeypatch.syspath_prepend(str(code))
+    handler_class = importlib.import_module(module.stem).HouseHandler
+    if not importable:
+        module.unlink()
+    try:
+        with capture_events(tmp_path, writer="process") as cap:
+            lc_agent(weather_model(), [get_weather]).invoke(
+                {"messages": [HumanMessage("Lima")]}, {"callbacks": [handler_class()]})
+            events = cap.events()
+            sidecar = _sidecar(cap)
+            assert len(events) == EVENTS_PER_RUN
+            assert [e.kind for e in events][:2] == ["agent", "input"]
+            assert sidecar.interprets_callbacks is importable
+            assert sidecar._fallback is None  # the writer process still writes
+            assert cap.pipeline.stats().written == EVENTS_PER_RUN
+    finally:
+        sys.modules.pop(module.stem, None)
