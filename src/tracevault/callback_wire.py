@@ -21,10 +21,10 @@ event instead of 1.5).
 
 from __future__ import annotations
 
-import contextlib
 import copyreg
 import io
 import itertools
+import logging
 import pickle
 import threading
 from collections import OrderedDict
@@ -91,15 +91,29 @@ _TOKEN = "__tracevault_error_token__"
 
 
 def error_token(exc: BaseException) -> int:
-    """A number that stays with ``exc`` (set on it: ``id()`` is reused once it is
-    freed); a new one each time for an exception that takes no attributes."""
+    """A number that stays with ``exc``: set on it (``id()`` is reused once it is
+    freed), or, for an exception that takes no attributes, kept with the exception
+    itself (alive, so its ``id()`` is not reused) among the last few thousand."""
     token = getattr(exc, _TOKEN, None)
     if token.__class__ is int:
         return token
-    token = next(_tokens)
-    with contextlib.suppress(AttributeError, TypeError):
-        setattr(exc, _TOKEN, token)
-    return token
+    try:
+        setattr(exc, _TOKEN, token := next(_tokens))
+        return token
+    except (AttributeError, TypeError):
+        pass
+    with _lock:
+        known = _refusing.get(id(exc))
+        if known is not None and known[0] is exc:
+            return known[1]
+        if len(_refusing) >= _MAX_ERRORS:
+            _refusing.clear()
+        token = next(_tokens)
+        _refusing[id(exc)] = (exc, token)
+        return token
+
+
+_refusing: dict[int, tuple[BaseException, int]] = {}
 
 
 def replicable(cls: type, state: Callable[[Any], Any], make: Callable[[type, int, Any], Any],
@@ -112,7 +126,10 @@ def replicable(cls: type, state: Callable[[Any], Any], make: Callable[[type, int
     replica owns must follow the token, not the object). A class the child could not
     import by its name (defined in ``__main__`` or inside a function) is not sent: its
     callbacks are interpreted in this process."""
-    if cls in _dispatch or cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+    if cls in _replicated:
+        return
+    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+        keep_here(f"{cls.__qualname__} cannot be imported by the ledger writer process")
         return
 
     def reduce(obj: Any) -> tuple[Any, ...]:
@@ -122,6 +139,7 @@ def replicable(cls: type, state: Callable[[Any], Any], make: Callable[[type, int
         return _replica, (cls, token, state(obj), make, update)
 
     _dispatch[cls] = reduce
+    _replicated.add(cls)
 
 
 _REPLICA = "_tracevault_replica_token"
@@ -183,7 +201,25 @@ def loads(data: bytes | memoryview) -> Any:
 
 def shippable(item: Later) -> bool:
     """Whether ``item`` can be interpreted in the writer process: its function is a
-    method of an object sent as a replica (see :func:`replicable`)."""
+    method of an object sent as a replica (see :func:`replicable`), and no handler of
+    this process has to stay here (see :func:`keep_here`)."""
+    if _kept_here:
+        return False
     owner = getattr(item[0], "__self__", None)
-    return owner is not None and owner.__class__ in _dispatch and owner.__class__ not in (
-        UUID, Frozen, Scope, SpanRef, Later, Deferred)
+    return owner is not None and owner.__class__ in _replicated
+
+
+def keep_here(reason: str) -> None:
+    """Interpret every callback in this process from now on: a handler whose callbacks
+    cannot be interpreted elsewhere (``reason``) shares run state with the others (it
+    tells which runs another handler records already), and that state must be in one
+    place."""
+    global _kept_here
+    if not _kept_here:
+        _kept_here = True
+        logging.getLogger("tracevault").info(
+            "tracevault: callbacks are interpreted in this process: %s", reason)
+
+
+_kept_here = False
+_replicated: set[type] = set()

@@ -339,9 +339,7 @@ class Pipeline:
         # Deferred callbacks the store ran (a writer process interprets them): each was
         # counted as one event written, and stands for the events it recorded, or for
         # one filtered if it recorded none.
-        ran = getattr(redacting_store, "callbacks_run", 0)
-        made = getattr(redacting_store, "callback_events", 0)
-        empty = getattr(redacting_store, "empty_callbacks", 0)
+        ran, made, empty = getattr(redacting_store, "callback_counts", (0, 0, 0))
         # What is done is read before what came in: an event is captured before it is
         # written, filtered or lost, so none is counted done and not captured.
         written = self._written + made - ran - filtered_there

@@ -99,9 +99,12 @@ class SidecarStore:
         self._closed = False
         # Deferred callbacks interpreted here or in the child (see PipelineStats): how
         # many ran, the events they made, and how many made none.
-        self.callbacks_run = 0
-        self.callback_events = 0
-        self.empty_callbacks = 0
+        # One tuple, replaced whole: stats() reads the three together (see
+        # PipelineStats: a torn read could count an event captured and then not).
+        self.callback_counts = (0, 0, 0)
+        # Callbacks of the batch being appended that ran here, with what they made: a
+        # batch sent again (a retry) must not run them twice (a run's end closes it).
+        self._ran: dict[int, tuple[Later, list[Item]]] = {}
         # Ids of the events a callback makes derive from this (replay.Replay.new_id), so
         # a batch sent again, to a new child or written here, is not stored twice.
         self._salt = os.urandom(16)
@@ -164,6 +167,7 @@ class SidecarStore:
                                   int(reply.get("callback_events", 0)),
                                   int(reply.get("empty_callbacks", 0)))
             self._count_callbacks(*ran_here)
+            self._forget_ran(events)
             return int(reply.get("written", len(events)))
 
     def _frame(self, events: Sequence[Item | Later]) -> tuple[bytes, tuple[int, int, int]]:
@@ -201,7 +205,12 @@ class SidecarStore:
         ran = made = empty = 0
         for item in events:
             if item.__class__ is Later:
-                recorded = item.run(self._salt)
+                done = self._ran.get(id(item))
+                if done is not None and done[0] is item:
+                    recorded = done[1]
+                else:
+                    recorded = item.run(self._salt)
+                    self._ran[id(item)] = (item, recorded)
                 ran += 1
                 made += len(recorded)
                 empty += not recorded
@@ -210,10 +219,24 @@ class SidecarStore:
                 out.append(item)
         return out, (ran, made, empty)
 
+    def _forget_ran(self, events: Sequence[Item | Later]) -> None:
+        if self._ran:
+            for item in events:
+                self._ran.pop(id(item), None)
+
     def _count_callbacks(self, ran: int, made: int, empty: int) -> None:
-        self.callbacks_run += ran
-        self.callback_events += made
-        self.empty_callbacks += empty
+        old_ran, old_made, old_empty = self.callback_counts
+        self.callback_counts = (old_ran + ran, old_made + made, old_empty + empty)
+
+    @property
+    def callbacks_run(self) -> int:
+        """Deferred callbacks interpreted (here or in the child) and written."""
+        return self.callback_counts[0]
+
+    @property
+    def callback_events(self) -> int:
+        """The events those callbacks made."""
+        return self.callback_counts[1]
 
     def close(self) -> None:
         """Let the child write what it holds and exit (idempotent)."""
@@ -293,6 +316,7 @@ class SidecarStore:
         self.filtered += filtered
         self.withheld += withheld
         self._count_callbacks(*counts)
+        self._forget_ran(events)
         return len(kept)
 
 

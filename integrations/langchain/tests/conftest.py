@@ -12,6 +12,7 @@ import pytest
 from tracevault_langchain.runs import RUNS
 
 import tracevault
+from tracevault import callback_wire
 from tracevault.testing import Capture, capture_events
 
 # The shared helpers (lc_agents, lc_tree) sit next to the tests; pytest's importlib mode
@@ -31,6 +32,9 @@ def _runs_evicted() -> Iterator[None]:
     """Every test starts and ends with no open run state and no active pipeline."""
     tracevault.shutdown()
     RUNS.clear()
+    # A test's handler that had to stay in this process (callback_wire.keep_here) must
+    # not keep the next test's callbacks here too.
+    callback_wire._kept_here = False
     yield
     gc.collect()  # abandoned generators end their runs when collected
     tracevault.flush(30.0)  # the ledger writer has handled every callback

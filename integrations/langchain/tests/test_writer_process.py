@@ -260,3 +260,72 @@ def test_a_handler_subclass_of_the_application_is_found_or_interpreted_here(
             assert cap.pipeline.stats().written == EVENTS_PER_RUN
     finally:
         sys.modules.pop(module.stem, None)
+
+
+def test_callbacks_run_here_are_not_run_again_when_their_batch_is_sent_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Interpreted in this process (the child could not read them), then the send fails
+    # and the pipeline hands the same batch over again: a callback run twice would find
+    # its run closed by the first time, and its events would be lost.
+    items = _callbacks_of_one_run(tmp_path, monkeypatch)
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    sidecar = _sidecar_into(url)
+    sidecar._callbacks_here = True
+    half = len(items) // 2
+    try:
+        sidecar.append(items[:half])
+        proc = sidecar._proc
+        assert proc is not None
+        proc.kill()
+        proc.wait()
+        with pytest.raises(Exception, match="restarting"):
+            sidecar.append(items[half:])
+        sidecar.append(items[half:])
+    finally:
+        sidecar.close()
+    assert len(_stored(url)) == EVENTS_PER_RUN
+
+
+def test_with_a_handler_that_must_stay_here_every_callback_stays_here(proc: Capture) -> None:
+    # Two handlers on one run: the second records nothing the first records already, by
+    # the run table they share. One of them cannot go to the writer process, so neither
+    # goes: the table stays in one place.
+    class Local(TracevaultCallbackHandler):
+        pass
+
+    _run_agent_with([TracevaultCallbackHandler(), Local()])
+    assert len(proc.events()) == EVENTS_PER_RUN
+    assert _sidecar(proc).callbacks_run == 0
+
+
+def _run_agent_with(handlers: list[Any]) -> None:
+    lc_agent(weather_model(), [get_weather]).invoke(
+        {"messages": [HumanMessage("Paris")]}, {"callbacks": handlers})
+
+
+class _Frozen(Exception):
+    """An exception that refuses attributes (no mark can be set on it)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if "tracevault" in name:
+            raise AttributeError(name)
+        super().__setattr__(name, value)
+
+
+def _boom(x: int) -> int:
+    raise _Frozen(x)
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_an_exception_that_refuses_attributes_is_one_failure(
+    tmp_path: Path, writer: str
+) -> None:
+    from langchain_core.runnables import RunnableLambda
+
+    inner = RunnableLambda(_boom, name="inner")
+    outer = RunnableLambda(lambda x: inner.invoke(x), name="outer")
+    with capture_events(tmp_path, writer=writer) as cap:
+        with pytest.raises(_Frozen):
+            outer.invoke(1, {"callbacks": [TracevaultCallbackHandler()]})
+        assert len(cap.events(kinds=["error"])) == 1

@@ -34,14 +34,13 @@ _SWITCHES = ("ignore_llm", "ignore_chat_model", "ignore_chain", "ignore_agent",
 
 def _replica_state(handler: HandlerBase) -> tuple[Any, ...]:
     rec = handler._rec
-    return rec.session_id, rec.user_id, rec.strict, rec.runs is RUNS
+    return rec.session_id, rec.user_id, rec.strict
 
 
 def _make_replica(cls: type[HandlerBase], token: int, state: tuple[Any, ...]) -> HandlerBase:
-    session_id, user_id, strict, shared = state
+    session_id, user_id, strict = state
     replica = cls.__new__(cls)
-    HandlerBase.__init__(replica, session_id=session_id, user_id=user_id, strict=strict,
-                         runs=None if shared else RunTable())
+    HandlerBase.__init__(replica, session_id=session_id, user_id=user_id, strict=strict)
     # Runs are the handler's by this mark (not the replica's id()): a replica made again
     # for the same handler, after the writer process dropped it, still owns them.
     replica._rec.owner = -token
@@ -89,8 +88,13 @@ class HandlerBase(_Base):
         super().__init__()
         self._rec = Recorder(session_id, user_id, strict, runs)
         # With the writer in another process, this handler's deferred callbacks are
-        # interpreted there, by a replica of it (see tracevault.callback_wire).
-        callback_wire.replicable(type(self), _replica_state, _make_replica, _update_replica)
+        # interpreted there, by a replica of it (see tracevault.callback_wire) — unless
+        # it keeps a run table of its own: that table is where it is.
+        if runs is not None and runs is not RUNS:
+            callback_wire.keep_here("a handler keeps a run table of its own")
+        else:
+            callback_wire.replicable(type(self), _replica_state, _make_replica,
+                                     _update_replica)
 
     # The callback manager re-raises a handler's exception only when raise_error is set:
     # that is how a non-durable tool intent aborts the tool in strict mode.
