@@ -31,10 +31,11 @@ from tracevault.testing import Capture, capture_events
 EVENTS_PER_RUN = 17  # see test_agents.test_create_agent_exact_sequence_with_graph_nodes
 
 
-def _run_agent(city: str = "Paris") -> None:
+def _run_agent(city: str = "Paris", handlers: list[Any] | None = None) -> None:
     lc_agent(weather_model(), [get_weather]).invoke(
         {"messages": [HumanMessage(city)]},
-        {"callbacks": [TracevaultCallbackHandler()], "metadata": {"session_id": "s"}})
+        {"callbacks": handlers or [TracevaultCallbackHandler()],
+         "metadata": {"session_id": "s"}})
 
 
 @pytest.fixture()
@@ -81,6 +82,13 @@ def _sidecar_into(url: str) -> SidecarStore:
     return SidecarStore(dataclasses.replace(capture.settings(), store=url), [])
 
 
+def _kill_child(sidecar: SidecarStore) -> None:
+    proc = sidecar._proc
+    assert proc is not None
+    proc.kill()
+    proc.wait()
+
+
 def _stored(url: str) -> list[Any]:
     store = open_store(url)
     try:
@@ -101,10 +109,7 @@ def test_a_batch_of_callbacks_sent_again_is_stored_once(
         # The child dies before its acknowledgement arrives: the pipeline sends the same
         # batch to a new child, which knows none of the runs; its events have the same
         # ids, so none is stored twice.
-        proc = sidecar._proc
-        assert proc is not None
-        proc.kill()
-        proc.wait()
+        _kill_child(sidecar)
         with pytest.raises(Exception, match="restarting"):
             sidecar.append(items)
         sidecar.append(items)
@@ -275,10 +280,7 @@ def test_callbacks_run_here_are_not_run_again_when_their_batch_is_sent_again(
     half = len(items) // 2
     try:
         sidecar.append(items[:half])
-        proc = sidecar._proc
-        assert proc is not None
-        proc.kill()
-        proc.wait()
+        _kill_child(sidecar)
         with pytest.raises(Exception, match="restarting"):
             sidecar.append(items[half:])
         sidecar.append(items[half:])
@@ -294,14 +296,10 @@ def test_with_a_handler_that_must_stay_here_every_callback_stays_here(proc: Capt
     class Local(TracevaultCallbackHandler):
         pass
 
-    _run_agent_with([TracevaultCallbackHandler(), Local()])
+    _run_agent(handlers=[TracevaultCallbackHandler(), Local()])
     assert len(proc.events()) == EVENTS_PER_RUN
     assert _sidecar(proc).callbacks_run == 0
 
-
-def _run_agent_with(handlers: list[Any]) -> None:
-    lc_agent(weather_model(), [get_weather]).invoke(
-        {"messages": [HumanMessage("Paris")]}, {"callbacks": handlers})
 
 
 class _Frozen(Exception):
