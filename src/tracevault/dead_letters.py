@@ -23,7 +23,7 @@ from typing import IO
 
 from tracevault.ledger import decode_event, encode_event, erased_event, stored_text
 from tracevault.schema import AuditEvent
-from tracevault.store.erasures import ERASURE
+from tracevault.store.erasures import is_record
 
 try:
     import fcntl
@@ -121,7 +121,7 @@ def _event_or_none(line: bytes) -> AuditEvent | None:
 
 
 def _matches(event: AuditEvent, wanted: dict[str, str], before: datetime | None) -> bool:
-    if event.kind == "custom" and event.name == ERASURE:
+    if is_record(event.kind, event.name):
         return False  # as in the ledger, an erasure never erases a record
     for key, value in wanted.items():
         own = getattr(event, key)

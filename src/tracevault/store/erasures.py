@@ -39,6 +39,12 @@ CAPTURED_ERASURE_NAME = f"user:{ERASURE}"
 IS_A_RECORD = f"kind = 'custom' AND name = '{ERASURE}'"
 NOT_A_RECORD = f"NOT (kind = 'custom' AND coalesce(name, '') = '{ERASURE}')"
 _TS, _KIND, _NAME = (COLUMNS.index(c) for c in ("ts", "kind", "name"))
+
+
+def is_record(kind: str | None, name: str | None) -> bool:
+    """Whether an event of ``kind`` named ``name`` is an erasure record (the Python
+    twin of :data:`IS_A_RECORD`)."""
+    return kind == "custom" and name == ERASURE
 _ID_COLUMNS = tuple(COLUMNS.index(c) for c in ("session_id", "user_id", "trace_id"))
 
 
@@ -153,7 +159,7 @@ class ErasureIndex:
         """Whether a record covers the erased row ``seq``, given its text columns
         joined in header form (:func:`tracevault.ledger.header_sql`)."""
         columns = header_columns(header_text)
-        if columns is None or (columns[_KIND] == "custom" and columns[_NAME] == ERASURE):
+        if columns is None or is_record(columns[_KIND], columns[_NAME]):
             return False  # a record is never erased: its payload cleared is tampering
         for by_id, column in zip(self._by_id, _ID_COLUMNS, strict=True):
             value = columns[column]
@@ -226,7 +232,7 @@ def _requester() -> dict[str, Any]:
 def erasure_of(seq: int, event: AuditEvent) -> Erasure | None:
     """The record at ``seq`` as verification reads it; ``None`` if ``event`` is not a
     well-formed erasure record (then it covers nothing)."""
-    if event.kind != "custom" or event.name != ERASURE:
+    if not is_record(event.kind, event.name):
         return None
     try:
         what = event.data["payload"]["erases"]
