@@ -158,14 +158,15 @@ def erase(
     """
     if session_id is None and user_id is None and trace_id is None and before is None:
         raise ValueError("erase needs session_id, user_id, trace_id or before")
+    pipeline = capture.current_pipeline()
     places = [os.getcwd()] if dead_letters is None else list(dead_letters)
-    for place in places:
-        if not os.path.exists(place):
-            raise FileNotFoundError(f"{place}: no such dead-letter file or directory")
+    if dead_letters is None and pipeline is not None and os.path.exists(
+            pipeline.dead_letter_path):
+        places.append(pipeline.dead_letter_path)
+    files = dead_letter_files.files_in(places)  # (before erasing: raises for a bad path)
     from tracevault.redaction.redactor import redact_reason
 
     reason = redact_reason(reason, capture.settings())
-    pipeline = capture.current_pipeline()
     recording = pipeline.store_url if pipeline is not None else None
     opened = None
     target = (store or recording) if store is None or isinstance(store, str) else store.url
@@ -179,9 +180,6 @@ def erase(
     finally:
         if opened is not None:
             opened.close()
-    if dead_letters is None and pipeline is not None:
-        places.append(pipeline.dead_letter_path)
-    files = [f for f in dict.fromkeys(dead_letter_files.files_in(places)) if f.exists()]
     cleared = dead_letter_files.erase(files, session_id=session_id, user_id=user_id,
                                       trace_id=trace_id, before=before)
     if cleared:

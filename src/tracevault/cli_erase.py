@@ -27,10 +27,10 @@ def cmd_erase(args: argparse.Namespace) -> int:
                          "--before WHEN")
     if not args.yes:
         raise UsageError("erasure cannot be undone: add --yes to erase")
-    missing = [p for p in args.dead_letters or () if not os.path.exists(p)]
-    if missing:
-        raise UsageError(f"{missing[0]}: no such dead-letter file or directory")
-    files = dead_letters.files_in(args.dead_letters or [os.getcwd()])
+    try:
+        files = dead_letters.files_in(args.dead_letters or [os.getcwd()])
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
     url = _store_url(args)
     store = _open_existing(args)
     try:

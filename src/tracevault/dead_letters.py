@@ -41,11 +41,14 @@ def default_path() -> str:
 
 def files_in(where: Iterable[str | Path]) -> list[Path]:
     """The dead-letter files among ``where``: files as given, and in each directory
-    those named like :data:`PATTERN`."""
+    those named like :data:`PATTERN`, each once. Raises :class:`FileNotFoundError` for
+    a place that does not exist (a mistyped path must not erase nowhere unnoticed)."""
     found: list[Path] = []
     for place in map(Path, where):
+        if not place.exists():
+            raise FileNotFoundError(f"{place}: no such dead-letter file or directory")
         found.extend(sorted(place.glob(PATTERN)) if place.is_dir() else [place])
-    return found
+    return list(dict.fromkeys(found))
 
 
 def read(path: str | Path) -> list[AuditEvent]:
