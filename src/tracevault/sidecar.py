@@ -37,7 +37,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -201,23 +201,16 @@ class SidecarStore:
         """``events`` with each deferred callback replaced by what it records when run
         in this process; and how many callbacks ran, the events they made and how many
         made none (counted once those events are written: a batch may be sent again)."""
-        out: list[Item] = []
-        ran = made = empty = 0
-        for item in events:
-            if item.__class__ is Later:
-                done = self._ran.get(id(item))
-                if done is not None and done[0] is item:
-                    recorded = done[1]
-                else:
-                    recorded = item.run(self._salt)
-                    self._ran[id(item)] = (item, recorded)
-                ran += 1
-                made += len(recorded)
-                empty += not recorded
-                out.extend(settled(r) for r in recorded)
-            else:
-                out.append(item)
-        return out, (ran, made, empty)
+        interpreted, counts = _interpret(events, self._run_once)
+        return [settled(item) for item in interpreted], counts
+
+    def _run_once(self, item: Later) -> list[Item]:
+        done = self._ran.get(id(item))
+        if done is not None and done[0] is item:
+            return done[1]
+        recorded: list[Item] = item.run(self._salt)
+        self._ran[id(item)] = (item, recorded)
+        return recorded
 
     def _forget_ran(self, events: Sequence[Item | Later]) -> None:
         if self._ran:
@@ -386,6 +379,25 @@ def _decode(raw: list[Any] | dict[str, Any]) -> AuditEvent:
     return AuditEvent(**raw)
 
 
+def _interpret(events: Sequence[Any], run: Callable[[Later], list[Item]]
+               ) -> tuple[list[Any], tuple[int, int, int]]:
+    """``events`` with each deferred callback replaced by what ``run`` makes it record;
+    and how many callbacks ran, the events they made, and how many made none (what
+    PipelineStats counts a callback as: see ``callback_counts``)."""
+    out: list[Any] = []
+    ran = made = empty = 0
+    for item in events:
+        if item.__class__ is Later:
+            recorded = run(item)
+            ran += 1
+            made += len(recorded)
+            empty += not recorded
+            out.extend(recorded)
+        else:
+            out.append(item)
+    return out, (ran, made, empty)
+
+
 _PICKLED = b"\x80"  # how a pickle starts (an orjson frame starts with "{")
 
 
@@ -423,21 +435,14 @@ def main() -> int:
             before = pipeline.stats()
             if "prices" in message:
                 pricing.use_overrides(message["prices"])
-            ran = made = empty = 0
             events: list[Any] = message["events"]
             priority.keep_up(len(events))
-            for raw in events:
-                if raw.__class__ is Later:  # a framework callback: interpreted here
-                    recorded = raw.run(salt)
-                    ran += 1
-                    made += len(recorded)
-                    empty += not recorded
-                    for item in recorded:
-                        pipeline.submit(item)
-                elif isinstance(raw, (tuple, AuditEvent)):  # queued items, pickled
-                    pipeline.submit(raw)
-                else:  # their JSON form
-                    pipeline.submit(_decode(raw))
+            # Framework callbacks are interpreted here; other items come as they were
+            # queued (pickled) or in their JSON form.
+            items, (ran, made, empty) = _interpret(events, lambda later: later.run(salt))
+            for item in items:
+                pipeline.submit(item if isinstance(item, (tuple, AuditEvent))
+                                else _decode(item))
             # The pipeline retries a failing store until it works; meanwhile the parent
             # hears why, every so often (the Store protocol has one reply per append).
             while not pipeline.flush(_PROGRESS_EVERY):
