@@ -45,14 +45,20 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from harness import GatedStore, machine, new_database, postgres_server, write_results
+from harness import (
+    CountingSink,
+    GatedStore,
+    local_sink,
+    machine,
+    new_database,
+    postgres_server,
+    write_results,
+)
 from langchain.agents import create_agent
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import BaseMessage, HumanMessage, ToolMessage
@@ -116,26 +122,6 @@ class AppendHandler(GraphCallbackHandler):
         self.seen.append((output, kwargs))
 
 
-class _Sink(BaseHTTPRequestHandler):
-    requests = 0
-    received = 0
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        type(self).requests += 1
-        type(self).received += len(body)
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def do_GET(self) -> None:
-        self.do_POST()
-
-    def log_message(self, *args: Any) -> None:
-        return None
-
-
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -181,8 +167,7 @@ def _langfuse_handler() -> tuple[Any, Callable[[], None], Callable[[], None]] | 
         from langfuse.langchain import CallbackHandler
     except ImportError:
         return None
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = local_sink()
     client = Langfuse(public_key="pk-lf-bench", secret_key="sk-lf-bench",
                       host=f"http://127.0.0.1:{server.server_address[1]}")
 
@@ -332,8 +317,8 @@ def run(args: argparse.Namespace, postgres: str | None) -> int:
           f"{'ev/run':>8}{'µs/event':>10}{'agent CPU':>11}{'proc. CPU':>11}")
     print(f"{'':<62}{'(over no-op, per event)':>32}")
     if "langfuse" in results:
-        print(f"langfuse exported {_Sink.requests} requests, {_Sink.received} bytes to the "
-              "local server")
+        print(f"langfuse exported {CountingSink.requests} requests, "
+              f"{CountingSink.received} bytes to the local server")
     for name, r in results.items():
         per_event = r.get("per_event_over_noop_us")
         ev = r.get("events_per_run")

@@ -1,5 +1,6 @@
 """What the benchmark scripts share: the machine description, the results folder, a
-store that parks the ledger writer, and a throwaway PostgreSQL server.
+store that parks the ledger writer, a throwaway PostgreSQL server, and a local HTTP
+server that stands in for a peer's collector.
 
 The scripts run as ``python benchmarks/bench_x.py``, which puts this folder on
 ``sys.path``, so they import this module by its plain name.
@@ -15,6 +16,7 @@ import platform
 import sys
 import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -103,3 +105,34 @@ def new_database(admin_url: str, name: str) -> str:
         conn.execute(f"DROP DATABASE IF EXISTS {name}".encode())
         conn.execute(f"CREATE DATABASE {name}".encode())
     return urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
+
+
+class CountingSink(BaseHTTPRequestHandler):
+    """Answers every request with ``{}`` and counts requests and bytes: a collector
+    that costs the exporting process nothing but the HTTP round trip."""
+
+    requests = 0
+    received = 0
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        type(self).requests += 1
+        type(self).received += len(body)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def do_GET(self) -> None:
+        self.do_POST()
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+def local_sink() -> ThreadingHTTPServer:
+    """Start a :class:`CountingSink` on a free loopback port, served by a daemon
+    thread; the caller shuts it down."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), CountingSink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
