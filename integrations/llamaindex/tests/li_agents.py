@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from llama_index.core.agent.workflow import FunctionAgent, ReActAgent
+from llama_index.core.agent.workflow import CodeActAgent, FunctionAgent, ReActAgent
 from llama_index.core.base.llms.types import CompletionResponse, LLMMetadata
 from llama_index.core.llms import CustomLLM, MockFunctionCallingLLM
 from llama_index.core.llms.callbacks import llm_completion_callback
@@ -42,6 +42,52 @@ def react_agent(streaming: bool = False) -> ReActAgent:
     llm = ScriptedReActLLM(thought="I need to add 2 and 3.", action="add",
                            action_input={"a": 2, "b": 3}, answer="It is 5.")
     return ReActAgent(tools=[ADD], llm=llm, streaming=streaming)
+
+
+class ScriptedCodeActLLM(CustomLLM):
+    """A CodeAct model: a sentence and the code to run, then the answer once it saw
+    the code's result (streaming word by word when asked to stream)."""
+
+    thought: str = "I will add the two numbers with the tool."
+    code: str = "print(add(2, 3))"
+    answer: str = "The sum is 5."
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(model_name="gpt-4o-mini", is_chat_model=False)
+
+    def _text(self, prompt: str) -> str:
+        if "Result of executing the code given" in prompt:
+            return self.answer
+        return f"{self.thought}\n<execute>\n{self.code}\n</execute>"
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return CompletionResponse(text=self._text(prompt))
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+        text = self._text(prompt)
+
+        def words() -> Any:
+            sofar = ""
+            for word in text.split(" "):
+                delta = word if not sofar else f" {word}"
+                sofar += delta
+                yield CompletionResponse(text=sofar, delta=delta)
+
+        return words()
+
+
+def code_act_agent(streaming: bool = False) -> CodeActAgent:
+    """A CodeActAgent that runs ``print(add(2, 3))`` (its executor answers "5"), then
+    answers."""
+
+    def execute(code: str) -> str:
+        return "5"
+
+    return CodeActAgent(code_execute_fn=execute, tools=[add], llm=ScriptedCodeActLLM(),
+                        streaming=streaming)
 
 
 def kinds(events: list[AuditEvent]) -> list[tuple[str, str]]:

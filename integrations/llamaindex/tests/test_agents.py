@@ -13,6 +13,7 @@ from li_agents import (
     TimesOutOnce,
     add,
     check_tree,
+    code_act_agent,
     function_agent,
     kinds,
     one,
@@ -197,6 +198,57 @@ async def test_react_agent(cap: Capture, instrumented: Installed, streaming: boo
     tool_end = one(events, "tool_call", "end")
     assert tool_end.data["result"] == "5" and tool_end.data["status"] == "success"
     assert one(events, "tool_call", "start").data["parameters"] == {"a": 2, "b": 3}
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_code_act_agent(cap: Capture, instrumented: Installed, streaming: bool) -> None:
+    assert str(await code_act_agent(streaming).run(user_msg="Add 2 and 3")).strip() == (
+        "The sum is 5.")
+    events = cap.events()
+    assert [(e.kind, e.phase) for e in events] == [
+        ("agent", "start"), ("input", "point"), ("llm_call", "start"), ("llm_call", "end"),
+        ("reasoning", "point"), ("tool_call", "start"), ("tool_call", "end"),
+        ("llm_call", "start"), ("llm_call", "end"), ("output", "point"), ("agent", "end"),
+    ]
+    check_tree(events)
+    run = events[0]
+    assert run.name == "code_act_agent" and run.parent_span_id is None
+    assert events[1].data["content"] == "Add 2 and 3"
+    # The model writes its code in its text: the words before it are its reasoning.
+    first_end = events[3]
+    assert first_end.data["response"].startswith("I will add the two numbers with the tool.")
+    assert "<execute>" in first_end.data["response"]
+    thought = events[4]
+    assert thought.data == {"thought": "I will add the two numbers with the tool.",
+                            "source": "text before tool calls"}
+    assert thought.parent_span_id == first_end.parent_span_id == run.span_id
+    # ... and the code it asked for runs as the agent's "execute" tool.
+    start, end = events[5], events[6]
+    assert start.name == "execute" and start.parent_span_id == run.span_id
+    assert start.data["parameters"] == {"code": "print(add(2, 3))"}
+    assert (end.data["result"], end.data["is_error"], end.data["status"]) == (
+        "5", False, "success")
+    assert end.data["tool_call_id"] == start.data["tool_call_id"]
+    assert len({e.span_id for e in events if e.kind == "llm_call"}) == 2
+    if streaming:
+        assert all(e.data["streamed"] for e in events if e.kind == "llm_call" and e.phase == "end")
+    assert events[-2].data["content"].strip() == "The sum is 5."
+
+
+async def test_a_code_act_agent_in_an_agent_workflow_keeps_its_reasoning(
+    cap: Capture, instrumented: Installed
+) -> None:
+    agent = code_act_agent()
+    workflow = AgentWorkflow(agents=[agent], root_agent=agent.name)
+    assert str(await workflow.run(user_msg="Add 2 and 3")).strip() == "The sum is 5."
+    events = cap.events()
+    check_tree(events)
+    turn = next(e for e in events
+                if (e.kind, e.phase, e.name) == ("agent", "start", "code_act_agent"))
+    thought = one(events, "reasoning")
+    assert thought.data["thought"] == "I will add the two numbers with the tool."
+    assert thought.parent_span_id == turn.span_id
+    assert one(events, "tool_call", "start").data["parameters"] == {"code": "print(add(2, 3))"}
 
 
 class _AnswersWithoutThought(CustomLLM):

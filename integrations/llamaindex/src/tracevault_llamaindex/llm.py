@@ -37,6 +37,7 @@ from tracevault_llamaindex.state import (
     interruption,
 )
 
+_TEXT_BEFORE_TOOLS = "text before tool calls"  # the source of such reasoning
 _tool_specs: dict[int, tuple[Any, Any]] = {}  # id(tool metadata) -> (metadata, spec)
 _MAX_SPECS = 1_024
 
@@ -139,6 +140,7 @@ def start(rec: Recorder, event: Any, chat: bool) -> None:
         provider=usage.provider_of(model_dict),
     )
     call.output_flag = span.output_flag
+    call.code_act = span.run is not None and span.run.code_act
     span.llm_owner = span_id  # tracked even when not recorded: its nested calls fold into it
     rec.open_llm(call)
     extra = event.additional_kwargs
@@ -284,6 +286,12 @@ def finish(
     if text and calls:
         rec.emit("reasoning", call, name="thought", data=Deferred(_thought_data, raw),
                  parent=call.parent_anchor)
+    elif text and call.code_act:
+        thought = _before_code(payloads.text_of(response))
+        if thought:
+            rec.emit("reasoning", call, name="thought",
+                     data={"thought": thought, "source": _TEXT_BEFORE_TOOLS},
+                     parent=call.parent_anchor)
     if exc is not None:
         owner = rec.spans.get(call.span_id) or rec.closed(call.span_id)
         if owner is not None:
@@ -366,7 +374,15 @@ def _thinking_data(response: Any, streamed: str) -> dict[str, Any]:
 
 
 def _thought_data(response: Any, _: None) -> dict[str, Any]:
-    return {"thought": payloads.response_parts(response)[0], "source": "text before tool calls"}
+    return {"thought": payloads.response_parts(response)[0], "source": _TEXT_BEFORE_TOOLS}
+
+
+def _before_code(text: Any) -> str | None:
+    """The text a CodeAct model wrote before the code it asks to run (``<execute>``, as
+    ``CodeActAgent`` parses it); ``None`` for a reply with no code (its answer)."""
+    if not isinstance(text, str) or "<execute>" not in text or "</execute>" not in text:
+        return None
+    return text.partition("<execute>")[0].strip() or None
 
 
 def _answer_data(response: Any, end: _Ending) -> dict[str, Any]:

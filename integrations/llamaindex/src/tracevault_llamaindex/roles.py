@@ -103,6 +103,25 @@ def agent_classes() -> tuple[type, type]:
     return _agent_types
 
 
+_code_act_type: type | None = None
+
+
+def runs_code_act(instance: Any) -> bool:
+    """Whether a workflow run is a ``CodeActAgent``'s, or an agents' workflow with one:
+    its model writes the code it runs in its text (``<execute>…</execute>``), not as
+    tool calls."""
+    global _code_act_type
+    if _code_act_type is None:
+        from llama_index.core.agent.workflow import CodeActAgent
+
+        _code_act_type = CodeActAgent
+    if isinstance(instance, _code_act_type):
+        return True
+    agents = getattr(instance, "agents", None)
+    return isinstance(agents, dict) and any(
+        isinstance(agent, _code_act_type) for agent in agents.values())
+
+
 _step_state: Any = None  # workflows' context variable of the running step (False: none)
 
 

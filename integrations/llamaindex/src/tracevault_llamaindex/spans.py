@@ -271,7 +271,7 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
         agent = isinstance(instance, agent_cls)
         name = (getattr(instance, "name", None) if agent else None) or type(instance).__name__
         multi = isinstance(instance, workflow_cls)
-        span.run = RunState(str(name), multi, agent or multi)
+        span.run = RunState(str(name), multi, agent or multi, roles.runs_code_act(instance))
         span.name = span.run.name
         start_event = bound_args.arguments.get("start_event")
         inputs = (payloads.event_fields(start_event, skip=roles.NOT_INPUTS)

@@ -60,6 +60,7 @@ class RunState:
     name: str
     multi: bool
     agent: bool = False  # an agent (or agents' workflow): a tool's error goes back to it
+    code_act: bool = False  # a CodeActAgent's (or a workflow with one): code in the text
     turn_id: str | None = None
     turn_agent: str | None = None
     turn_started: float = 0.0
@@ -141,6 +142,7 @@ class LLMCall:
     output_flag: list[Any] | None = None
     stream: Any = None  # weak reference to the stream the call returned, if any
     recorded: bool = False  # its start was recorded (not filtered by level): record its end
+    code_act: bool = False  # made in a CodeAct run: text before <execute> is reasoning
 
 
 class Recorder:
