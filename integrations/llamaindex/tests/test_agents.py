@@ -333,6 +333,82 @@ async def test_agent_workflow_hand_off(cap: Capture, instrumented: Installed) ->
     assert output.data["agent"] == "weather" and output.parent_span_id == run.span_id
 
 
+def _tool_call(call_id: str, name: str, arguments: dict[str, Any]) -> ChatMessage:
+    return ChatMessage(role="assistant", blocks=[ToolCallBlock(
+        tool_call_id=call_id, tool_name=name, tool_kwargs=arguments)])
+
+
+async def test_agent_workflow_with_three_agents_and_two_hand_offs(
+    cap: Capture, instrumented: Installed
+) -> None:
+    def lookup(city: str) -> str:
+        """Look up the weather of a city."""
+        return f"sunny in {city}"
+
+    def weather_reply(messages: Any, **kwargs: Any) -> Any:
+        if any(m.role == "tool" and "sunny" in (m.content or "") for m in messages):
+            return _tool_call("w2", "handoff", {"to_agent": "writer", "reason": "write it up"})
+        return _tool_call("w1", "lookup", {"city": "Paris"})
+
+    router = FunctionAgent(
+        name="router", description="Routes requests.", streaming=False,
+        llm=MockFunctionCallingLLM(response_generator=lambda messages, **kw: _tool_call(
+            "r1", "handoff", {"to_agent": "weather", "reason": "needs the weather"})),
+        can_handoff_to=["weather"])
+    weather = FunctionAgent(
+        name="weather", description="Knows the weather.", streaming=False,
+        llm=MockFunctionCallingLLM(response_generator=weather_reply),
+        tools=[FunctionTool.from_defaults(lookup)], can_handoff_to=["writer"])
+    writer = FunctionAgent(
+        name="writer", description="Writes answers.", streaming=False,
+        llm=MockFunctionCallingLLM(response_generator=lambda messages, **kw: ChatMessage(
+            role="assistant", content="It is sunny in Paris.")))
+    workflow = AgentWorkflow(agents=[router, weather, writer], root_agent="router")
+    assert str(await workflow.run(user_msg="Weather in Paris?")) == "It is sunny in Paris."
+
+    events = cap.events()
+    check_tree(events)
+    assert [(e.kind, e.phase, e.name) for e in events if e.kind != "llm_call"] == [
+        ("agent", "start", "AgentWorkflow"), ("input", "point", "user_message"),
+        ("agent", "start", "router"),
+        ("tool_call", "start", "handoff"), ("tool_call", "end", "handoff"),
+        ("agent", "end", "router"),
+        ("agent", "start", "weather"),
+        ("tool_call", "start", "lookup"), ("tool_call", "end", "lookup"),
+        ("tool_call", "start", "handoff"), ("tool_call", "end", "handoff"),
+        ("agent", "end", "weather"),
+        ("agent", "start", "writer"), ("agent", "end", "writer"),
+        ("output", "point", "final_answer"), ("agent", "end", "AgentWorkflow"),
+    ]
+    run = events[0]
+    turns = {e.name: e.span_id for e in events
+             if e.kind == "agent" and e.phase == "start" and e is not run}
+    assert all(e.parent_span_id == run.span_id for e in events
+               if e.kind == "agent" and e.span_id in turns.values())
+    # Each model call and tool call hangs under the turn of the agent that made it.
+    calls_by_turn = [(e.kind, e.phase, e.parent_span_id) for e in events
+                     if e.kind in ("llm_call", "tool_call") and e.phase == "start"]
+    assert calls_by_turn == [
+        ("llm_call", "start", turns["router"]), ("tool_call", "start", turns["router"]),
+        ("llm_call", "start", turns["weather"]), ("tool_call", "start", turns["weather"]),
+        ("llm_call", "start", turns["weather"]), ("tool_call", "start", turns["weather"]),
+        ("llm_call", "start", turns["writer"]),
+    ]
+    handoffs = [e for e in events if e.kind == "tool_call" and e.name == "handoff"]
+    assert [e.data["parameters"] for e in handoffs if e.phase == "start"] == [
+        {"to_agent": "weather", "reason": "needs the weather"},
+        {"to_agent": "writer", "reason": "write it up"}]
+    ends = [e.data for e in handoffs if e.phase == "end"]
+    assert [d["status"] for d in ends] == ["success", "success"]
+    assert ends[0]["result"].startswith("Agent weather is now handling the request")
+    assert ends[1]["result"].startswith("Agent writer is now handling the request")
+    assert [d["tool_call_id"] for d in ends] == ["r1", "w2"]
+    lookup_end = one(events, "tool_call", "end", tool_name="lookup")
+    assert (lookup_end.data["result"], lookup_end.data["tool_call_id"]) == ("sunny in Paris", "w1")
+    output = one(events, "output")
+    assert output.data["agent"] == "writer" and output.data["content"] == "It is sunny in Paris."
+
+
 async def test_a_failed_agent_turn_ends_at_the_level_of_its_status(
     cap: Capture, instrumented: Installed
 ) -> None:

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 import tracevault_llamaindex
-from li_agents import DownLLM, check_tree, react_agent
+from li_agents import ADD, FAIL, DownLLM, check_tree, react_agent
 from llama_index.core.agent.workflow import FunctionAgent
 from llama_index.core.base.llms.types import CompletionResponse, LLMMetadata
-from llama_index.core.callbacks import CallbackManager
+from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload
 from llama_index.core.instrumentation import dispatcher as _dispatcher_module  # noqa: F401
 from llama_index.core.instrumentation.dispatcher import instrument_tags
 from llama_index.core.llms import (
@@ -209,6 +209,43 @@ def test_legacy_callback_handler(cap: Capture) -> None:
     assert end.data["response"] == "text text text" and end.data["status"] == "success"
     assert {e.session_id for e in events} == {"legacy"}
     assert handler.errors == 0
+
+
+def test_legacy_handler_records_tool_calls_with_their_results_and_failures(
+    cap: Capture,
+) -> None:
+    handler = tracevault_llamaindex.TracevaultCallbackHandler(session_id="legacy")
+    manager = CallbackManager([handler])
+
+    def call(tool: FunctionTool, **arguments: Any) -> None:
+        # What the code paths still on the CallbackManager report around a tool call.
+        payload = {EventPayload.FUNCTION_CALL: arguments, EventPayload.TOOL: tool.metadata}
+        with manager.event(CBEventType.FUNCTION_CALL, payload=payload) as event:
+            output = tool(**arguments)
+            event.on_end(payload={EventPayload.FUNCTION_OUTPUT: output})
+
+    call(ADD, a=2, b=3)
+    with pytest.raises(RuntimeError, match="cannot handle y"):
+        call(FAIL, x="y")
+    events = cap.events()
+    check_tree(events)
+    assert [(e.kind, e.phase, e.name) for e in events] == [
+        ("tool_call", "start", "add"), ("tool_call", "end", "add"),
+        ("tool_call", "start", "fail"), ("error", "point", "RuntimeError"),
+        ("tool_call", "end", "fail"),
+    ]
+    add_start, add_end, fail_start, error, fail_end = events
+    assert add_start.data == {"tool_name": "add", "status": "pending",
+                              "parameters": {"a": 2, "b": 3}}
+    assert (add_end.data["result"], add_end.data["is_error"], add_end.data["status"]) == (
+        "5", False, "success")
+    assert add_end.data["duration_ms"] >= 0 and add_end.span_id == add_start.span_id
+    assert fail_start.data["parameters"] == {"x": "y"}
+    assert (fail_end.data["is_error"], fail_end.data["status"], fail_end.level) == (
+        True, "error", "error")
+    assert error.parent_span_id == fail_start.span_id
+    assert error.data["message"] == "cannot handle y"
+    assert {e.session_id for e in events} == {"legacy"} and handler.errors == 0
 
 
 @pytest.mark.parametrize("chat", [False, True], ids=["complete", "chat"])

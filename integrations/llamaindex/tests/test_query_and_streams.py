@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from llama_index.core.llms import (
     MockLLM,
 )
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.postprocessor import StructuredLLMRerank
 from tracevault_llamaindex.instrument import Installed
 from tracevault_llamaindex.testing import ScriptedReActLLM
 
@@ -84,6 +86,58 @@ def test_query_engine(cap: Capture, instrumented: Installed) -> None:
     index_trace = [e for e in events if e.trace_id != query.trace_id]
     assert [(e.kind, e.name) for e in index_trace] == [("chain", "embedding")] * 2
     assert index_trace[1].data["outputs"] == {"chunks": 3, "dimensions": 8}
+
+
+class _Judge(CustomLLM):
+    """A reranking model: of the documents it is shown, the second is the relevant one."""
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(model_name="gpt-4o-mini")
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return CompletionResponse(text=json.dumps({"documents": [
+            {"document_number": 2, "relevance": 9}, {"document_number": 1, "relevance": 4}]}))
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+
+def test_a_reranked_query_records_the_rerank_step(
+    cap: Capture, instrumented: Installed
+) -> None:
+    rerank = StructuredLLMRerank(llm=_Judge(), top_n=1, choice_batch_size=5)
+    engine = _index().as_query_engine(llm=MockLLM(max_tokens=6), similarity_top_k=2,
+                                      node_postprocessors=[rerank])
+    engine.query("What is the capital of France?")
+    events = cap.events()
+    check_tree(events)
+    trace = _trace_of(events, "chain", "query")
+    assert [(e.kind, e.phase, e.name) for e in trace] == [
+        ("chain", "start", "query"), ("input", "point", "query"),
+        ("retrieval", "start", "retrieve"),
+        ("chain", "start", "embedding"), ("chain", "end", "embedding"),
+        ("retrieval", "end", "retrieve"),
+        ("retrieval", "start", "rerank"),
+        ("llm_call", "start", "gpt-4o-mini"), ("llm_call", "end", "gpt-4o-mini"),
+        ("retrieval", "end", "rerank"),
+        ("chain", "start", "synthesize"),
+        ("llm_call", "start", "unknown"), ("llm_call", "end", "unknown"),
+        ("chain", "end", "synthesize"),
+        ("chain", "end", "query"), ("output", "point", "final_answer"),
+    ]
+    query, retrieved, rerank_start, judge, rerank_end = (trace[0], trace[5], trace[6],
+                                                         trace[7], trace[9])
+    assert rerank_start.parent_span_id == query.span_id
+    assert rerank_start.data == {"query": "What is the capital of France?",
+                                 "model": "gpt-4o-mini", "top_n": 1, "candidates": 2}
+    assert judge.parent_span_id == rerank_start.span_id  # the model call that ranked them
+    assert rerank_end.span_id == rerank_start.span_id
+    # The judge's pick: the second document it was shown, with its relevance as score.
+    second = retrieved.data["documents"][1]
+    assert rerank_end.data["documents"] == [{**second, "score": 9.0}]
 
 
 def test_streaming_query_engine_is_one_tree(cap: Capture, instrumented: Installed) -> None:

@@ -164,6 +164,36 @@ def test_a_calls_attachments_thinking_and_tool_calls_are_recorded_as_sent(
                if e.kind == "reasoning")
 
 
+class _StreamsItsThinking(ChatOnlyLLM):
+    """Streams its thinking as deltas (as LlamaIndex's Anthropic and Gemini models
+    report it: ``additional_kwargs["thinking_delta"]``), then its answer."""
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Any, **kwargs: Any) -> Any:
+        chunks = [("Two and three ", ""), ("make five.", ""), ("", "It is "), ("", "5.")]
+        text = ""
+        for thinking, delta in chunks:
+            text += delta
+            extra = {"thinking_delta": thinking} if thinking else {}
+            yield ChatResponse(message=ChatMessage(role="assistant", content=text),
+                               delta=delta, additional_kwargs=extra)
+
+
+def test_streamed_thinking_deltas_are_one_reasoning_event(
+    cap: Capture, instrumented: Installed
+) -> None:
+    chunks = list(_StreamsItsThinking().stream_chat([ChatMessage(role="user", content="2+3?")]))
+    assert chunks[-1].message.content == "It is 5."
+    events = cap.events()
+    assert [(e.kind, e.phase) for e in events] == [
+        ("llm_call", "start"), ("llm_call", "end"), ("reasoning", "point")]
+    start, end, thinking = events
+    assert end.data["response"] == "It is 5." and end.data["streamed"] is True
+    assert (thinking.name, thinking.data) == (
+        "thinking", {"thought": "Two and three make five.", "source": "thinking"})
+    assert thinking.parent_span_id == start.parent_span_id
+
+
 class _Answer(BaseModel):
     value: int
 
