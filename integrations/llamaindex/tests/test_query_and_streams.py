@@ -46,6 +46,15 @@ def _index() -> VectorStoreIndex:
     return VectorStoreIndex.from_documents(DOCS, embed_model=MockEmbedding(embed_dim=8))
 
 
+# A root query's steps, up to the end of its retrieval.
+_RETRIEVED = [
+    ("chain", "start", "query"), ("input", "point", "query"),
+    ("retrieval", "start", "retrieve"),
+    ("chain", "start", "embedding"), ("chain", "end", "embedding"),
+    ("retrieval", "end", "retrieve"),
+]
+
+
 def _trace_of(events: list[AuditEvent], kind: str, name: str) -> list[AuditEvent]:
     root = next(e for e in events if e.kind == kind and e.name == name and e.phase == "start")
     return [e for e in events if e.trace_id == root.trace_id]
@@ -58,10 +67,7 @@ def test_query_engine(cap: Capture, instrumented: Installed) -> None:
     check_tree(events)
     trace = _trace_of(events, "chain", "query")
     assert [(e.kind, e.phase, e.name) for e in trace] == [
-        ("chain", "start", "query"), ("input", "point", "query"),
-        ("retrieval", "start", "retrieve"),
-        ("chain", "start", "embedding"), ("chain", "end", "embedding"),
-        ("retrieval", "end", "retrieve"),
+        *_RETRIEVED,
         ("chain", "start", "synthesize"),
         ("llm_call", "start", "unknown"), ("llm_call", "end", "unknown"),
         ("chain", "end", "synthesize"),
@@ -116,10 +122,7 @@ def test_a_reranked_query_records_the_rerank_step(
     check_tree(events)
     trace = _trace_of(events, "chain", "query")
     assert [(e.kind, e.phase, e.name) for e in trace] == [
-        ("chain", "start", "query"), ("input", "point", "query"),
-        ("retrieval", "start", "retrieve"),
-        ("chain", "start", "embedding"), ("chain", "end", "embedding"),
-        ("retrieval", "end", "retrieve"),
+        *_RETRIEVED,
         ("retrieval", "start", "rerank"),
         ("llm_call", "start", "gpt-4o-mini"), ("llm_call", "end", "gpt-4o-mini"),
         ("retrieval", "end", "rerank"),
@@ -149,10 +152,7 @@ def test_streaming_query_engine_is_one_tree(cap: Capture, instrumented: Installe
     check_tree(events)
     trace = _trace_of(events, "chain", "query")
     assert [(e.kind, e.phase, e.name) for e in trace] == [
-        ("chain", "start", "query"), ("input", "point", "query"),
-        ("retrieval", "start", "retrieve"),
-        ("chain", "start", "embedding"), ("chain", "end", "embedding"),
-        ("retrieval", "end", "retrieve"),
+        *_RETRIEVED,
         ("chain", "start", "synthesize"),
         ("chain", "end", "synthesize"), ("chain", "end", "query"),  # they return a stream
         ("llm_call", "start", "gpt-4o-mini"), ("llm_call", "end", "gpt-4o-mini"),
