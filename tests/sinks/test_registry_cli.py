@@ -212,12 +212,13 @@ def test_a_script_exits_within_its_budget_while_the_receiver_does_not_answer(
     # The receiver takes each request and holds it unanswered; the SDKs would wait for
     # it from exit hooks of their own (their timeout is 120 s here). The process must
     # still leave once its budget is spent, keeping what was not delivered ahead of the
-    # sink's cursor.
+    # sink's cursor. The budget leaves the SDK time to start and send on a loaded
+    # machine (with 0.5 s, Langfuse's import alone could spend it: no request went out).
     server = make_receiver()
     server.hold_after = 0
     store = f"sqlite:///{tmp_path / 'ledger.db'}"
     env = {**os.environ, "TRACEVAULT_STORE": store, "TRACEVAULT_SINKS": sink,
-           "TRACEVAULT_FORWARD_EXIT_TIMEOUT": "0.5", "OTEL_EXPORTER_OTLP_ENDPOINT": server.url,
+           "TRACEVAULT_FORWARD_EXIT_TIMEOUT": "3", "OTEL_EXPORTER_OTLP_ENDPOINT": server.url,
            "OTEL_EXPORTER_OTLP_TIMEOUT": "120", "LANGFUSE_BASE_URL": server.url,
            "LANGFUSE_TIMEOUT": "120", "LANGFUSE_PUBLIC_KEY": "pk-lf-test",
            "LANGFUSE_SECRET_KEY": "sk-lf-test"}
