@@ -86,8 +86,10 @@ class TracevaultCallbackHandler(BaseCallbackHandler):
         self._reporter = f"legacy-handler-{id(self)}"  # marks exceptions it recorded
 
     def _failed(self, where: str, exc: BaseException) -> None:
-        self.errors += 1
-        if self.errors <= 10:
+        with self._lock:  # callbacks come from any thread: no count lost to a race
+            self.errors += 1
+            count = self.errors
+        if count <= 10:
             log.error("tracevault: callback handler failed in %s: %r", where, exc, exc_info=True)
 
     def start_trace(self, trace_id: str | None = None) -> None:

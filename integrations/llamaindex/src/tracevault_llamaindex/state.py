@@ -165,8 +165,10 @@ class Recorder:
 
     def failed(self, where: str, exc: BaseException) -> None:
         """Count a failure of our own handler code (LlamaIndex would hide it)."""
-        self.errors += 1
-        if self.errors <= 10:
+        with self.lock:  # handlers run on any thread: no count lost to a race
+            self.errors += 1
+            count = self.errors
+        if count <= 10:
             log.error("tracevault: LlamaIndex handler failed in %s: %r", where, exc, exc_info=True)
 
     # --- emission ------------------------------------------------------------------------
