@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from li_agents import (
     ADD,
+    ScriptedCodeActLLM,
     TimesOutOnce,
     add,
     check_tree,
@@ -607,6 +608,20 @@ async def test_a_huge_tool_argument_is_cut_like_any_captured_string(
     call_end = next(e for e in events if e.kind == "llm_call" and e.data.get("tool_calls"))
     assert call_end.data["tool_calls"][0]["arguments"] == {"blob": cut}
     assert one(events, "tool_call", "end").data["result"] == str(MAX_STRING + 1000)
+
+
+async def test_a_code_act_thought_longer_than_a_captured_string_is_kept_and_cut(
+    cap: Capture, instrumented: Installed
+) -> None:
+    agent = code_act_agent()
+    thought = "w" * (MAX_STRING + 1000)
+    assert isinstance(agent.llm, ScriptedCodeActLLM)
+    agent.llm.thought = thought  # the code comes after the length strings are cut to
+    assert str(await agent.run(user_msg="Add 2 and 3")).strip() == "The sum is 5."
+    cut = truncate_string(thought)
+    assert len(cut) < len(thought)
+    assert one(cap.events(), "reasoning").data == {"thought": cut,
+                                                   "source": "text before tool calls"}
 
 
 class _Recovers(Workflow):

@@ -287,10 +287,11 @@ def finish(
         rec.emit("reasoning", call, name="thought", data=Deferred(_thought_data, raw),
                  parent=call.parent_anchor)
     elif text and call.code_act:
-        thought = _before_code(payloads.text_of(response))
+        # Read whole: the code may come after the length a captured string is cut to.
+        thought = _before_code(payloads.whole_text(response))
         if thought:
             rec.emit("reasoning", call, name="thought",
-                     data={"thought": thought, "source": _TEXT_BEFORE_TOOLS},
+                     data={"thought": payloads.text_of(thought), "source": _TEXT_BEFORE_TOOLS},
                      parent=call.parent_anchor)
     if exc is not None:
         owner = rec.spans.get(call.span_id) or rec.closed(call.span_id)

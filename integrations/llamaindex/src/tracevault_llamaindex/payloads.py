@@ -97,6 +97,11 @@ def text_of(value: Any) -> Any:
     return _cut(_text(value))
 
 
+def whole_text(value: Any) -> Any:
+    """:func:`text_of`, not cut: for finding what a long text holds further on."""
+    return _text(value)
+
+
 def _text(value: Any) -> Any:
     if value is None or isinstance(value, str):
         return value
