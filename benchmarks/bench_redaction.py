@@ -105,7 +105,7 @@ def timed(fn: Callable[[], Any], seconds: float) -> float:
         if clock() - start > 0.05:
             break
         n *= 2
-    runs = []
+    runs: list[float] = []
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline or len(runs) < 5:
         start = clock()
@@ -164,7 +164,7 @@ def main() -> int:
     clean_text = clean_event_data()["result"] * 10
     clean_s = timed(lambda: redactor.redact_text(clean_text), args.seconds)
 
-    results = {
+    results: dict[str, Any] = {
         "machine": machine(),
         "clean_event_bytes": size,
         "clean_event_scan_us": round(scan_only * 1e6, 2),
