@@ -66,6 +66,7 @@ from tracevault.store import open_store
 
 EVENTS_PER_RUN = 10  # agent x2, input, llm_call x4, tool_call x2, output
 CONFIGS = ("none", "noop", "refs", "parked", "full", "process", "langfuse")
+REPLAYS, WARM_UP_REPLAYS = 2_000, 100  # of one run's callbacks (Bench.warm_replay)
 
 
 def add(a: int, b: int) -> int:
@@ -116,30 +117,30 @@ class NoopEventHandler(BaseEventHandler):
         return None
 
 
-KEPT: list[tuple[Any, ...]] = []  # what the ``refs`` handlers keep; emptied after each block
+KEPT: list[tuple[str, tuple[Any, ...]]] = []  # (method, arguments) the ``refs`` handlers kept
 
 
 class RefsSpanHandler(NoopSpanHandler):
-    """Keeps a reference to each span callback's arguments, and its time."""
+    """Keeps a reference to each span callback's arguments (no copy), by method."""
 
     def span_enter(self, id_: str, bound_args: Any, instance: Any = None,
                    parent_id: str | None = None, tags: Any = None, **kwargs: Any) -> None:
-        KEPT.append((0, id_, bound_args, instance, parent_id, tags, time.perf_counter()))
+        KEPT.append(("span_enter", (id_, bound_args, instance, parent_id, tags)))
 
     def span_exit(self, id_: str, bound_args: Any, instance: Any = None,
                   result: Any = None, **kwargs: Any) -> None:
-        KEPT.append((1, id_, result, time.perf_counter()))
+        KEPT.append(("span_exit", (id_, bound_args, instance, result)))
 
     def span_drop(self, id_: str, bound_args: Any, instance: Any = None,
                   err: BaseException | None = None, **kwargs: Any) -> None:
-        KEPT.append((2, id_, err, time.perf_counter()))
+        KEPT.append(("span_drop", (id_, bound_args, instance, err)))
 
 
 class RefsEventHandler(BaseEventHandler):
     """Keeps a reference to each event."""
 
     def handle(self, event: Any, **kwargs: Any) -> None:
-        KEPT.append((3, event))
+        KEPT.append(("handle", (event,)))
 
 
 async def workload(agent: FunctionAgent, runs: int, offset: int = 0) -> tuple[list[float], float]:
@@ -288,31 +289,17 @@ class Bench:
         one run's callbacks (arguments as LlamaIndex passed them) replayed ``times``
         times in a row into fresh handlers, the writer parked. What the handlers' code
         itself costs, apart from running cold between LlamaIndex's own work."""
-        journal: list[tuple[str, tuple[Any, ...]]] = []
-
-        class SpanJournal(NoopSpanHandler):
-            def span_enter(self, id_: str, bound_args: Any, instance: Any = None,
-                           parent_id: str | None = None, tags: Any = None,
-                           **kwargs: Any) -> None:
-                journal.append(("span_enter", (id_, bound_args, instance, parent_id, tags)))
-
-            def span_exit(self, id_: str, bound_args: Any, instance: Any = None,
-                          result: Any = None, **kwargs: Any) -> None:
-                journal.append(("span_exit", (id_, bound_args, instance, result)))
-
-        class EventJournal(BaseEventHandler):
-            def handle(self, event: Any, **kwargs: Any) -> None:
-                journal.append(("handle", (event,)))
-
         dispatcher = get_dispatcher()
-        handlers = (SpanJournal(), EventJournal())
-        dispatcher.add_span_handler(handlers[0])
-        dispatcher.add_event_handler(handlers[1])
+        dispatcher.add_span_handler(self.refs[0])
+        dispatcher.add_event_handler(self.refs[1])
         asyncio.run(workload(self.agent, 1, self.offset))
-        dispatcher.span_handlers.remove(handlers[0])
-        dispatcher.event_handlers.remove(handlers[1])
+        dispatcher.span_handlers.remove(self.refs[0])
+        dispatcher.event_handlers.remove(self.refs[1])
+        journal = list(KEPT)
+        KEPT.clear()
         self.gated.gate.clear()
-        tracevault.configure(store=self.gated, queue_size=(times + 100) * EVENTS_PER_RUN)
+        tracevault.configure(store=self.gated,
+                             queue_size=(times + WARM_UP_REPLAYS) * EVENTS_PER_RUN)
 
         def replay() -> None:
             recorder = Recorder()
@@ -320,13 +307,14 @@ class Bench:
             targets: dict[str, Callable[..., None]] = {
                 "span_enter": span_handler.span_enter,
                 "span_exit": span_handler.span_exit,
+                "span_drop": span_handler.span_drop,
                 "handle": TracevaultEventHandler(recorder).handle,
             }
             for method, args in journal:
                 targets[method](*args)
 
         try:
-            for _ in range(100):
+            for _ in range(WARM_UP_REPLAYS):
                 replay()
             started = time.perf_counter()
             for _ in range(times):
@@ -388,7 +376,7 @@ def main() -> None:
             for config in configs[r % len(configs):] + configs[:r % len(configs)]:
                 bench.block(config)
         inside, callbacks = bench.handler_time()
-        warm = bench.warm_replay(2_000)
+        warm = bench.warm_replay(REPLAYS)
         tracevault.shutdown()
         if bench.peer is not None:
             bench.peer.close()
@@ -401,7 +389,7 @@ def main() -> None:
         parked_events = bench.gated.store.count()
         bench.gated.store.close()
     expected_full = (args.rounds + 1) * args.runs * EVENTS_PER_RUN
-    expected_parked = (args.rounds + 2) * args.runs * EVENTS_PER_RUN + 2_100 * EVENTS_PER_RUN
+    expected_parked = ((args.rounds + 2) * args.runs + REPLAYS + WARM_UP_REPLAYS) * EVENTS_PER_RUN
     expected_process = expected_full + args.rounds + 1  # one warm-up event per block
     if (full_events, parked_events, process_events) != (
         expected_full, expected_parked, expected_process
