@@ -39,13 +39,13 @@ CAPTURED_ERASURE_NAME = f"user:{ERASURE}"
 IS_A_RECORD = f"kind = 'custom' AND name = '{ERASURE}'"
 NOT_A_RECORD = f"NOT (kind = 'custom' AND coalesce(name, '') = '{ERASURE}')"
 _TS, _KIND, _NAME = (COLUMNS.index(c) for c in ("ts", "kind", "name"))
+_ID_COLUMNS = tuple(COLUMNS.index(c) for c in ("session_id", "user_id", "trace_id"))
 
 
 def is_record(kind: str | None, name: str | None) -> bool:
     """Whether an event of ``kind`` named ``name`` is an erasure record (the Python
     twin of :data:`IS_A_RECORD`)."""
     return kind == "custom" and name == ERASURE
-_ID_COLUMNS = tuple(COLUMNS.index(c) for c in ("session_id", "user_id", "trace_id"))
 
 
 @dataclass(frozen=True, slots=True)
