@@ -671,13 +671,7 @@ class Pipeline:
     def _interpreted(self, items: Sequence[Item | Later]) -> list[Item]:
         """``items`` with the callbacks handed to a writer process but never written
         run here instead (for the dead-letter file)."""
-        out: list[Item] = []
-        for item in items:
-            if item.__class__ is Later:
-                out.extend(self._run_later(item))
-            else:
-                out.append(item)
-        return out
+        return interpret(items, self._run_later)[0]
 
     def _dead_letter(self, items: Sequence[Item | Later]) -> None:
         rest = [event_of(item) for item in self._interpreted(items)]
@@ -787,6 +781,25 @@ def _shut_down_before_multiprocessing_exits() -> None:
         return
     _finalizer_pid = os.getpid()
     util.Finalize(None, _shutdown_all, exitpriority=10)
+
+
+def interpret(items: Sequence[Item | Later], run: Callable[[Later], list[Item]]
+              ) -> tuple[list[Item], tuple[int, int, int]]:
+    """``items`` with each deferred callback replaced by what ``run`` makes it record;
+    and how many callbacks ran, the events they made, and how many made none (what
+    PipelineStats counts a callback as: see ``SidecarStore.callback_counts``)."""
+    out: list[Item] = []
+    ran = made = empty = 0
+    for item in items:
+        if item.__class__ is Later:
+            recorded = run(item)
+            ran += 1
+            made += len(recorded)
+            empty += not recorded
+            out.extend(recorded)
+        else:
+            out.append(item)
+    return out, (ran, made, empty)
 
 
 def dead_letter_events(path: str) -> list[AuditEvent]:

@@ -37,7 +37,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -52,6 +52,7 @@ from tracevault.pipeline import (
     Pipeline,
     apply_middleware,
     event_of,
+    interpret,
     settled,
     timestamp_of,
 )
@@ -201,7 +202,7 @@ class SidecarStore:
         """``events`` with each deferred callback replaced by what it records when run
         in this process; and how many callbacks ran, the events they made and how many
         made none (counted once those events are written: a batch may be sent again)."""
-        interpreted, counts = _interpret(events, self._run_once)
+        interpreted, counts = interpret(events, self._run_once)
         return [settled(item) for item in interpreted], counts
 
     def _run_once(self, item: Later) -> list[Item]:
@@ -379,25 +380,6 @@ def _decode(raw: list[Any] | dict[str, Any]) -> AuditEvent:
     return AuditEvent(**raw)
 
 
-def _interpret(events: Sequence[Any], run: Callable[[Later], list[Item]]
-               ) -> tuple[list[Any], tuple[int, int, int]]:
-    """``events`` with each deferred callback replaced by what ``run`` makes it record;
-    and how many callbacks ran, the events they made, and how many made none (what
-    PipelineStats counts a callback as: see ``callback_counts``)."""
-    out: list[Any] = []
-    ran = made = empty = 0
-    for item in events:
-        if item.__class__ is Later:
-            recorded = run(item)
-            ran += 1
-            made += len(recorded)
-            empty += not recorded
-            out.extend(recorded)
-        else:
-            out.append(item)
-    return out, (ran, made, empty)
-
-
 _PICKLED = b"\x80"  # how a pickle starts (an orjson frame starts with "{")
 
 
@@ -439,7 +421,7 @@ def main() -> int:
             priority.keep_up(len(events))
             # Framework callbacks are interpreted here; other items come as they were
             # queued (pickled) or in their JSON form.
-            items, (ran, made, empty) = _interpret(events, lambda later: later.run(salt))
+            items, (ran, made, empty) = interpret(events, lambda later: later.run(salt))
             for item in items:
                 pipeline.submit(item if isinstance(item, (tuple, AuditEvent))
                                 else _decode(item))
