@@ -90,36 +90,34 @@ def event_shape(cls: type) -> int:
 # Start-event fields not copied into an agent's inputs: the memory is the whole
 # conversation store (converting it only to drop it would cost every run).
 NOT_INPUTS = frozenset({"memory"})
-_agent_types: tuple[type, type] | None = None
+_agent_types: tuple[type, type, type] | None = None
 
 
-def agent_classes() -> tuple[type, type]:
-    """Return ``(BaseWorkflowAgent, AgentWorkflow)``, imported on first use."""
+def agent_classes() -> tuple[type, type, type]:
+    """Return ``(BaseWorkflowAgent, AgentWorkflow, CodeActAgent)``, imported on first
+    use."""
     global _agent_types
     if _agent_types is None:
-        from llama_index.core.agent.workflow import AgentWorkflow, BaseWorkflowAgent
+        from llama_index.core.agent.workflow import (
+            AgentWorkflow,
+            BaseWorkflowAgent,
+            CodeActAgent,
+        )
 
-        _agent_types = (BaseWorkflowAgent, AgentWorkflow)
+        _agent_types = (BaseWorkflowAgent, AgentWorkflow, CodeActAgent)
     return _agent_types
-
-
-_code_act_type: type | None = None
 
 
 def runs_code_act(instance: Any) -> bool:
     """Whether a workflow run is a ``CodeActAgent``'s, or an agents' workflow with one:
     its model writes the code it runs in its text (``<execute>…</execute>``), not as
     tool calls."""
-    global _code_act_type
-    if _code_act_type is None:
-        from llama_index.core.agent.workflow import CodeActAgent
-
-        _code_act_type = CodeActAgent
-    if isinstance(instance, _code_act_type):
+    code_act = agent_classes()[2]
+    if isinstance(instance, code_act):
         return True
     agents = getattr(instance, "agents", None)
     return isinstance(agents, dict) and any(
-        isinstance(agent, _code_act_type) for agent in agents.values())
+        isinstance(agent, code_act) for agent in agents.values())
 
 
 _step_state: Any = None  # workflows' context variable of the running step (False: none)

@@ -267,7 +267,7 @@ class TracevaultSpanHandler(BaseSpanHandler[SimpleSpan]):
         return span
 
     def _run_start(self, span: Span, instance: Any, bound_args: inspect.BoundArguments) -> None:
-        agent_cls, workflow_cls = roles.agent_classes()
+        agent_cls, workflow_cls, _ = roles.agent_classes()
         agent = isinstance(instance, agent_cls)
         name = (getattr(instance, "name", None) if agent else None) or type(instance).__name__
         multi = isinstance(instance, workflow_cls)
