@@ -282,6 +282,11 @@ async def test_a_react_thought_the_parser_made_up_is_marked_as_implicit(
     assert thought["thought"].startswith("(Implicit)") and thought["answer"] == "It is 5."
 
 
+def _tool_call(call_id: str, name: str, arguments: dict[str, Any]) -> ChatMessage:
+    return ChatMessage(role="assistant", blocks=[ToolCallBlock(
+        tool_call_id=call_id, tool_name=name, tool_kwargs=arguments)])
+
+
 async def test_agent_workflow_hand_off(cap: Capture, instrumented: Installed) -> None:
     def lookup(city: str) -> str:
         """Look up the weather of a city."""
@@ -298,8 +303,7 @@ async def test_agent_workflow_hand_off(cap: Capture, instrumented: Installed) ->
         done = any(m.role == "tool" and "sunny" in (m.content or "") for m in messages)
         if done:
             return ChatMessage(role="assistant", content="It is sunny in Paris.")
-        return ChatMessage(role="assistant", blocks=[ToolCallBlock(
-            tool_call_id="w1", tool_name="lookup", tool_kwargs={"city": "Paris"})])
+        return _tool_call("w1", "lookup", {"city": "Paris"})
 
     weather = FunctionAgent(
         name="weather", description="Knows the weather.", streaming=False,
@@ -332,11 +336,6 @@ async def test_agent_workflow_hand_off(cap: Capture, instrumented: Installed) ->
                      ("agent", "end", "weather"), ("agent", "end", "AgentWorkflow")]
     output = one(events, "output")
     assert output.data["agent"] == "weather" and output.parent_span_id == run.span_id
-
-
-def _tool_call(call_id: str, name: str, arguments: dict[str, Any]) -> ChatMessage:
-    return ChatMessage(role="assistant", blocks=[ToolCallBlock(
-        tool_call_id=call_id, tool_name=name, tool_kwargs=arguments)])
 
 
 async def test_agent_workflow_with_three_agents_and_two_hand_offs(
