@@ -82,6 +82,14 @@ def _sidecar_into(url: str) -> SidecarStore:
     return SidecarStore(dataclasses.replace(capture.settings(), store=url), [])
 
 
+def _one_run_for_a_new_sidecar(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[Any], str, SidecarStore]:
+    """One run's deferred callbacks, a ledger URL, and a writer process writing there."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    return _callbacks_of_one_run(tmp_path, monkeypatch), url, _sidecar_into(url)
+
+
 def _kill_child(sidecar: SidecarStore) -> None:
     proc = sidecar._proc
     assert proc is not None
@@ -100,9 +108,7 @@ def _stored(url: str) -> list[Any]:
 def test_a_batch_of_callbacks_sent_again_is_stored_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    items = _callbacks_of_one_run(tmp_path, monkeypatch)
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    sidecar = _sidecar_into(url)
+    items, url, sidecar = _one_run_for_a_new_sidecar(tmp_path, monkeypatch)
     try:
         assert sidecar.append(items) == EVENTS_PER_RUN
         first = _stored(url)
@@ -273,9 +279,7 @@ def test_callbacks_run_here_are_not_run_again_when_their_batch_is_sent_again(
     # Interpreted in this process (the child could not read them), then the send fails
     # and the pipeline hands the same batch over again: a callback run twice would find
     # its run closed by the first time, and its events would be lost.
-    items = _callbacks_of_one_run(tmp_path, monkeypatch)
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    sidecar = _sidecar_into(url)
+    items, url, sidecar = _one_run_for_a_new_sidecar(tmp_path, monkeypatch)
     sidecar._callbacks_here = True
     half = len(items) // 2
     try:
